@@ -1,0 +1,18 @@
+//! Shared core of the control planes: the resource model and its validation, data sources, the CA
+//! backends (builtin, provided, vault), the sled-backed resource store, and a launcher for a real
+//! OpenBao server used by tests and scenarios.
+
+pub mod ca;
+pub mod datasource;
+pub mod duration;
+pub mod error;
+pub mod model;
+pub mod openbao;
+pub mod parse;
+pub mod store;
+pub mod template;
+pub mod validate;
+pub mod vault;
+pub mod x509;
+
+pub use error::{FieldError, ValidationErrors};

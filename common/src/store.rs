@@ -1,0 +1,632 @@
+//! The resource store on sled, used by global (the source of truth) and by zones (their copy of
+//! what global sent). It owns durability and atomicity: every write is a batch of puts and deletes
+//! applied in one sled transaction and flushed before the call returns, so a refused or failed
+//! write leaves nothing behind and an acknowledged one survives a crash. Each write bumps a store
+//! revision published on a `watch` channel, which is how the sync server learns of changes without
+//! polling. Each stored resource carries a content hash (its version on the sync stream), and an
+//! in-memory index of those hashes per kind (`versions`) lets the sync server diff what a zone
+//! holds against the store without decoding records. Side tables that are not resources (global's
+//! zone records, a zone's sync bookkeeping) live in named record trees (`records`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use tokio::sync::watch;
+
+use crate::datasource::SecretLookup;
+use crate::model::{Dataplane, Kind, Mesh, Resource, Secret};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored record {key:?} is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("cannot open the store at {path}: {reason}")]
+    Open { path: String, reason: String },
+}
+
+/// Identity of a stored resource. A Mesh has `mesh == name`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ResourceKey {
+    pub kind: Kind,
+    pub mesh: String,
+    pub name: String,
+}
+
+impl ResourceKey {
+    pub fn new(kind: Kind, mesh: &str, name: &str) -> Self {
+        Self {
+            kind,
+            mesh: mesh.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    pub fn mesh(name: &str) -> Self {
+        Self::new(Kind::Mesh, name, name)
+    }
+
+    pub fn of(r: &Resource) -> Self {
+        Self::new(r.kind(), r.mesh(), r.name())
+    }
+
+    /// sled key: `<Kind>/<mesh>/<name>`. Names are DNS names, so they never contain `/`.
+    fn encode(&self) -> Vec<u8> {
+        format!("{}/{}/{}", self.kind.as_str(), self.mesh, self.name).into_bytes()
+    }
+
+    fn prefix(kind: Kind, mesh: Option<&str>) -> Vec<u8> {
+        match mesh {
+            Some(m) => format!("{}/{}/", kind.as_str(), m).into_bytes(),
+            None => format!("{}/", kind.as_str()).into_bytes(),
+        }
+    }
+}
+
+/// A resource as stored, with its metadata.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredResource {
+    pub key: ResourceKey,
+    /// Hex SHA-256 of the canonical JSON of `spec`: changes exactly when the content changes.
+    pub hash: String,
+    /// Store revision of the write that last changed this resource.
+    pub revision: u64,
+    pub created_unix: u64,
+    pub modified_unix: u64,
+    /// The resource in its Universal form.
+    pub spec: serde_json::Value,
+}
+
+impl std::fmt::Debug for StoredResource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // spec may hold Secret data: never print it.
+        f.debug_struct("StoredResource")
+            .field("key", &self.key)
+            .field("hash", &self.hash)
+            .field("revision", &self.revision)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoredResource {
+    /// Decodes the stored spec back into a resource.
+    pub fn resource(&self) -> Result<Resource, StoreError> {
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+            key: format!("{:?}", self.key),
+            reason: e.to_string(),
+        };
+        Ok(match self.key.kind {
+            Kind::Mesh => {
+                Resource::Mesh(serde_json::from_value(self.spec.clone()).map_err(corrupt)?)
+            }
+            Kind::Secret => {
+                Resource::Secret(serde_json::from_value(self.spec.clone()).map_err(corrupt)?)
+            }
+            Kind::Dataplane => {
+                Resource::Dataplane(serde_json::from_value(self.spec.clone()).map_err(corrupt)?)
+            }
+        })
+    }
+}
+
+/// The Universal JSON form of a resource.
+pub fn resource_json(r: &Resource) -> serde_json::Value {
+    let v = match r {
+        Resource::Mesh(m) => serde_json::to_value(m),
+        Resource::Secret(s) => serde_json::to_value(s),
+        Resource::Dataplane(d) => serde_json::to_value(d),
+    };
+    v.expect("model types always serialize to JSON")
+}
+
+/// Content hash of a resource's JSON form (serde_json maps are sorted, so this is canonical).
+pub fn content_hash(spec: &serde_json::Value) -> String {
+    let bytes = serde_json::to_vec(spec).expect("JSON values always serialize");
+    hex::encode(Sha256::digest(&bytes))
+}
+
+/// An op ready for the transaction: the encoded key and, for a put, the JSON and its hash.
+type PreparedOp = (Vec<u8>, Option<(serde_json::Value, String)>);
+
+/// One change in a write batch.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Put(Resource),
+    Delete(ResourceKey),
+}
+
+/// What a write did to one resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Created,
+    Updated,
+    Unchanged,
+    Deleted,
+    NotFound,
+}
+
+const RESOURCES: &str = "resources";
+const META: &str = "meta";
+const REVISION_KEY: &[u8] = b"revision";
+const RECORDS_PREFIX: &str = "records/";
+
+/// The versions of every resource of one kind: `(mesh, name)` -> content hash, sorted.
+pub type VersionMap = BTreeMap<(String, String), String>;
+
+/// The version index: per kind, a copy-on-write map, with the revision it reflects.
+#[derive(Default)]
+struct VersionIndex {
+    revision: u64,
+    kinds: HashMap<Kind, Arc<VersionMap>>,
+}
+
+/// The sled-backed store. Cheap to clone; clones share the database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    resources: sled::Tree,
+    meta: sled::Tree,
+    revision_tx: std::sync::Arc<watch::Sender<u64>>,
+    write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    index: Arc<RwLock<VersionIndex>>,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+            path: dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let db = sled::Config::new()
+            .path(dir.join("store"))
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|e| StoreError::Open {
+                path: dir.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        Self::from_db(db)
+    }
+
+    /// A store that lives in memory only (unit tests).
+    pub fn temporary() -> Result<Self, StoreError> {
+        Self::from_db(sled::Config::new().temporary(true).open()?)
+    }
+
+    fn from_db(db: sled::Db) -> Result<Self, StoreError> {
+        let resources = db.open_tree(RESOURCES)?;
+        let meta = db.open_tree(META)?;
+        let revision = match meta.get(REVISION_KEY)? {
+            Some(v) => decode_u64(&v),
+            None => 0,
+        };
+        // The version index: only the key and hash of each record are decoded.
+        #[derive(Deserialize)]
+        struct KeyAndHash {
+            key: ResourceKey,
+            hash: String,
+        }
+        let mut index = VersionIndex {
+            revision,
+            kinds: HashMap::new(),
+        };
+        let mut maps: HashMap<Kind, VersionMap> = HashMap::new();
+        for item in resources.iter() {
+            let (k, v) = item?;
+            let r: KeyAndHash = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                reason: e.to_string(),
+            })?;
+            maps.entry(r.key.kind)
+                .or_default()
+                .insert((r.key.mesh, r.key.name), r.hash);
+        }
+        for (kind, map) in maps {
+            index.kinds.insert(kind, Arc::new(map));
+        }
+        let (revision_tx, _) = watch::channel(revision);
+        Ok(Self {
+            db,
+            resources,
+            meta,
+            revision_tx: std::sync::Arc::new(revision_tx),
+            write_lock: std::sync::Arc::new(tokio::sync::Mutex::new(())),
+            index: Arc::new(RwLock::new(index)),
+        })
+    }
+
+    /// The versions of every resource of a kind and the revision they reflect, as one consistent
+    /// snapshot (cheap: the map is shared until the next write changes that kind).
+    pub fn versions(&self, kind: Kind) -> (u64, Arc<VersionMap>) {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let map = index.kinds.get(&kind).cloned().unwrap_or_default();
+        (index.revision, map)
+    }
+
+    /// A named tree of records that are not resources (no revision, not synced, not in `list`).
+    pub fn records(&self, name: &str) -> Result<Records, StoreError> {
+        Ok(Records {
+            db: self.db.clone(),
+            tree: self.db.open_tree(format!("{RECORDS_PREFIX}{name}"))?,
+        })
+    }
+
+    /// The current revision; bumped by every write that changed something.
+    pub fn revision(&self) -> u64 {
+        *self.revision_tx.borrow()
+    }
+
+    /// A receiver that wakes on every revision change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.revision_tx.subscribe()
+    }
+
+    pub fn get(&self, key: &ResourceKey) -> Result<Option<StoredResource>, StoreError> {
+        match self.resources.get(key.encode())? {
+            Some(bytes) => Ok(Some(decode_record(&key.encode(), &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn get_mesh(&self, name: &str) -> Result<Option<Mesh>, StoreError> {
+        match self.get(&ResourceKey::mesh(name))? {
+            Some(r) => match r.resource()? {
+                Resource::Mesh(m) => Ok(Some(m)),
+                _ => Ok(None),
+            },
+            None => Ok(None),
+        }
+    }
+
+    pub fn get_secret(&self, mesh: &str, name: &str) -> Result<Option<Secret>, StoreError> {
+        match self.get(&ResourceKey::new(Kind::Secret, mesh, name))? {
+            Some(r) => match r.resource()? {
+                Resource::Secret(s) => Ok(Some(s)),
+                _ => Ok(None),
+            },
+            None => Ok(None),
+        }
+    }
+
+    /// Every stored resource of a kind, optionally within one mesh, sorted by key.
+    pub fn list(&self, kind: Kind, mesh: Option<&str>) -> Result<Vec<StoredResource>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.resources.scan_prefix(ResourceKey::prefix(kind, mesh)) {
+            let (k, v) = item?;
+            out.push(decode_record(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    pub fn list_meshes(&self) -> Result<Vec<Mesh>, StoreError> {
+        let mut out = Vec::new();
+        for r in self.list(Kind::Mesh, None)? {
+            if let Resource::Mesh(m) = r.resource()? {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn list_dataplanes(&self, mesh: Option<&str>) -> Result<Vec<Dataplane>, StoreError> {
+        let mut out = Vec::new();
+        for r in self.list(Kind::Dataplane, mesh)? {
+            if let Resource::Dataplane(d) = r.resource()? {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies a batch atomically and durably: all of it or none of it. Returns one outcome per op.
+    pub async fn write(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, StoreError> {
+        // Writers are serialized so that revisions are assigned in commit order.
+        let _guard = self.write_lock.lock().await;
+        let current = self.revision();
+        let next = current + 1;
+        let now = now_unix();
+        let prepared: Vec<PreparedOp> = ops
+            .iter()
+            .map(|op| match op {
+                Op::Put(r) => {
+                    let spec = resource_json(r);
+                    let hash = content_hash(&spec);
+                    (ResourceKey::of(r).encode(), Some((spec, hash)))
+                }
+                Op::Delete(k) => (k.encode(), None),
+            })
+            .collect();
+        let keys: Vec<ResourceKey> = ops
+            .iter()
+            .map(|op| match op {
+                Op::Put(r) => ResourceKey::of(r),
+                Op::Delete(k) => k.clone(),
+            })
+            .collect();
+
+        let result: Result<Vec<Outcome>, TransactionError<StoreError>> =
+            (&self.resources, &self.meta).transaction(|(res, meta)| {
+                let mut outcomes = Vec::with_capacity(prepared.len());
+                let mut changed = false;
+                for ((key_bytes, put), key) in prepared.iter().zip(&keys) {
+                    let existing = match res.get(key_bytes)? {
+                        Some(bytes) => Some(
+                            decode_record(key_bytes, &bytes)
+                                .map_err(ConflictableTransactionError::Abort)?,
+                        ),
+                        None => None,
+                    };
+                    match put {
+                        Some((spec, hash)) => {
+                            if existing.as_ref().map(|e| &e.hash) == Some(hash) {
+                                outcomes.push(Outcome::Unchanged);
+                                continue;
+                            }
+                            let record = StoredResource {
+                                key: key.clone(),
+                                hash: hash.clone(),
+                                revision: next,
+                                created_unix: existing
+                                    .as_ref()
+                                    .map(|e| e.created_unix)
+                                    .unwrap_or(now),
+                                modified_unix: now,
+                                spec: spec.clone(),
+                            };
+                            let bytes = serde_json::to_vec(&record)
+                                .expect("stored records always serialize");
+                            res.insert(key_bytes.as_slice(), bytes)?;
+                            changed = true;
+                            outcomes.push(if existing.is_some() {
+                                Outcome::Updated
+                            } else {
+                                Outcome::Created
+                            });
+                        }
+                        None => {
+                            if existing.is_some() {
+                                res.remove(key_bytes.as_slice())?;
+                                changed = true;
+                                outcomes.push(Outcome::Deleted);
+                            } else {
+                                outcomes.push(Outcome::NotFound);
+                            }
+                        }
+                    }
+                }
+                if changed {
+                    meta.insert(REVISION_KEY, &next.to_be_bytes())?;
+                }
+                Ok(outcomes)
+            });
+        let outcomes = match result {
+            Ok(o) => o,
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(StoreError::Sled(e)),
+        };
+        self.db.flush_async().await?;
+        if outcomes
+            .iter()
+            .any(|o| matches!(o, Outcome::Created | Outcome::Updated | Outcome::Deleted))
+        {
+            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+            for ((key, put), outcome) in keys.iter().zip(&prepared).zip(&outcomes) {
+                let map = Arc::make_mut(index.kinds.entry(key.kind).or_default());
+                match (outcome, put) {
+                    (Outcome::Created | Outcome::Updated, (_, Some((_, hash)))) => {
+                        map.insert((key.mesh.clone(), key.name.clone()), hash.clone());
+                    }
+                    (Outcome::Deleted, _) => {
+                        map.remove(&(key.mesh.clone(), key.name.clone()));
+                    }
+                    _ => {}
+                }
+            }
+            index.revision = next;
+            drop(index);
+            self.revision_tx.send_replace(next);
+        }
+        Ok(outcomes)
+    }
+}
+
+/// A named tree of JSON records beside the resources (e.g. global's zone records). Writes are
+/// flushed before they return.
+#[derive(Clone)]
+pub struct Records {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+impl Records {
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        match self.tree.get(key.as_bytes())? {
+            Some(bytes) => Ok(Some(decode_json(key.as_bytes(), &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every record, sorted by key.
+    pub fn list<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.iter() {
+            let (k, v) = item?;
+            out.push((
+                String::from_utf8_lossy(&k).into_owned(),
+                decode_json(&k, &v)?,
+            ));
+        }
+        Ok(out)
+    }
+
+    pub async fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
+            key: key.to_string(),
+            reason: e.to_string(),
+        })?;
+        self.tree.insert(key.as_bytes(), bytes)?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub async fn remove(&self, key: &str) -> Result<bool, StoreError> {
+        let existed = self.tree.remove(key.as_bytes())?.is_some();
+        self.db.flush_async().await?;
+        Ok(existed)
+    }
+}
+
+fn decode_json<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+impl SecretLookup for Store {
+    fn secret_data(&self, mesh: &str, name: &str) -> Option<Vec<u8>> {
+        self.get_secret(mesh, name)
+            .ok()
+            .flatten()
+            .and_then(|s| s.decode().ok())
+    }
+}
+
+fn decode_u64(v: &[u8]) -> u64 {
+    let mut buf = [0u8; 8];
+    let n = v.len().min(8);
+    buf[8 - n..].copy_from_slice(&v[v.len() - n..]);
+    u64::from_be_bytes(buf)
+}
+
+fn decode_record(key: &[u8], bytes: &[u8]) -> Result<StoredResource, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mesh(name: &str) -> Resource {
+        Resource::Mesh(Mesh {
+            type_: "Mesh".into(),
+            name: name.into(),
+            labels: Default::default(),
+            mtls: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn writes_are_atomic_and_versioned() {
+        let store = Store::temporary().unwrap();
+        let mut rx = store.subscribe();
+        let out = store
+            .write(vec![
+                Op::Put(mesh("a")),
+                Op::Put(Resource::Secret(Secret::new("a", "s", b"x"))),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(out, vec![Outcome::Created, Outcome::Created]);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), 1);
+        // Same content again: unchanged, no new revision.
+        let out = store.write(vec![Op::Put(mesh("a"))]).await.unwrap();
+        assert_eq!(out, vec![Outcome::Unchanged]);
+        assert_eq!(store.revision(), 1);
+        assert!(!rx.has_changed().unwrap());
+        assert_eq!(store.list(Kind::Secret, Some("a")).unwrap().len(), 1);
+        assert_eq!(store.list(Kind::Secret, Some("b")).unwrap().len(), 0);
+        assert_eq!(store.secret_data("a", "s").unwrap(), b"x");
+        let out = store
+            .write(vec![
+                Op::Delete(ResourceKey::new(Kind::Secret, "a", "s")),
+                Op::Delete(ResourceKey::new(Kind::Secret, "a", "nope")),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(out, vec![Outcome::Deleted, Outcome::NotFound]);
+        assert_eq!(store.revision(), 2);
+    }
+
+    #[tokio::test]
+    async fn version_index_follows_writes_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = Resource::Secret(Secret::new("a", "s", b"x"));
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert!(store.versions(Kind::Mesh).1.is_empty());
+            store
+                .write(vec![
+                    Op::Put(mesh("a")),
+                    Op::Put(mesh("b")),
+                    Op::Put(secret.clone()),
+                ])
+                .await
+                .unwrap();
+            let (rev, meshes) = store.versions(Kind::Mesh);
+            assert_eq!(rev, 1);
+            assert_eq!(meshes.len(), 2);
+            let stored = store.get(&ResourceKey::mesh("a")).unwrap().unwrap();
+            assert_eq!(meshes[&("a".to_string(), "a".to_string())], stored.hash);
+            // A snapshot taken before a write is not changed by it.
+            store
+                .write(vec![Op::Delete(ResourceKey::mesh("b"))])
+                .await
+                .unwrap();
+            assert_eq!(meshes.len(), 2);
+            assert_eq!(store.versions(Kind::Mesh).1.len(), 1);
+            assert_eq!(store.versions(Kind::Mesh).0, 2);
+            let records = store.records("zones").unwrap();
+            records
+                .put("z1", &serde_json::json!({"online": false}))
+                .await
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let (rev, meshes) = store.versions(Kind::Mesh);
+        assert_eq!((rev, meshes.len()), (2, 1));
+        let secrets = store.versions(Kind::Secret).1;
+        assert!(secrets.contains_key(&("a".to_string(), "s".to_string())));
+        let records = store.records("zones").unwrap();
+        let all: Vec<(String, serde_json::Value)> = records.list().unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].1["online"], false);
+        // Records are neither resources nor revisions.
+        assert_eq!(store.revision(), 2);
+        assert!(records.remove("z1").await.unwrap());
+        assert!(records.get::<serde_json::Value>("z1").unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.write(vec![Op::Put(mesh("m1"))]).await.unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.revision(), 1);
+        assert_eq!(store.list_meshes().unwrap()[0].name, "m1");
+    }
+}

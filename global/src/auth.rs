@@ -1,0 +1,129 @@
+//! The admin token of global: created once in `<data-dir>/admin-token` (mode 0600) and required as
+//! `Authorization: Bearer TOKEN` on writes, on everything under secrets, and on token generation.
+//! Reads of meshes, zones and dataplanes are open to loopback clients only.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use axum::http::{HeaderMap, Method};
+
+/// The admin token, compared in constant time. `Debug` never shows it.
+#[derive(Clone)]
+pub struct AdminToken(String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+impl AdminToken {
+    pub fn new(token: String) -> Self {
+        Self(token)
+    }
+
+    /// Reads `<dir>/admin-token`, creating it with a fresh random token on first start.
+    pub fn load_or_create(dir: &Path) -> std::io::Result<Self> {
+        let path = dir.join("admin-token");
+        match std::fs::read_to_string(&path) {
+            Ok(s) if !s.trim().is_empty() => return Ok(Self(s.trim().to_string())),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let token = random_token();
+        let tmp = dir.join(".admin-token.tmp");
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(token.as_bytes())?;
+            f.write_all(b"\n")?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path)?;
+        Ok(Self(token))
+    }
+
+    /// Whether the request carries this token.
+    pub fn matches(&self, headers: &HeaderMap) -> bool {
+        let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+            return false;
+        };
+        let Ok(value) = value.to_str() else {
+            return false;
+        };
+        let Some(presented) = value.strip_prefix("Bearer ") else {
+            return false;
+        };
+        constant_time_eq(presented.trim().as_bytes(), self.0.as_bytes())
+    }
+}
+
+/// 32 random bytes, hex.
+pub fn random_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    hex::encode(bytes)
+}
+
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether a request needs the admin token: every write, everything under secrets and tokens,
+/// and any read from a non-loopback peer.
+pub fn needs_admin(method: &Method, path: &str, peer: Option<SocketAddr>) -> bool {
+    if !matches!(*method, Method::GET | Method::HEAD) {
+        return true;
+    }
+    if path.contains("/secrets") || path.starts_with("/tokens") {
+        return true;
+    }
+    if matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        return false;
+    }
+    !peer.map(|p| p.ip().is_loopback()).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_file_is_private_and_stable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let t1 = AdminToken::load_or_create(dir.path()).unwrap();
+        let mode = std::fs::metadata(dir.path().join("admin-token")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let t2 = AdminToken::load_or_create(dir.path()).unwrap();
+        assert_eq!(t1.0, t2.0);
+        assert!(!format!("{t1:?}").contains(&t1.0));
+        let mut h = HeaderMap::new();
+        assert!(!t1.matches(&h));
+        h.insert("authorization", format!("Bearer {}", t1.0).parse().unwrap());
+        assert!(t1.matches(&h));
+        h.insert("authorization", "Bearer nope".parse().unwrap());
+        assert!(!t1.matches(&h));
+    }
+
+    #[test]
+    fn which_requests_need_the_token() {
+        let local: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let remote: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        assert!(!needs_admin(&Method::GET, "/meshes", Some(local)));
+        assert!(needs_admin(&Method::GET, "/meshes", Some(remote)));
+        assert!(needs_admin(&Method::GET, "/meshes/default/secrets", Some(local)));
+        assert!(needs_admin(&Method::PUT, "/meshes/default", Some(local)));
+        assert!(needs_admin(&Method::DELETE, "/meshes/default", Some(local)));
+        assert!(!needs_admin(&Method::GET, "/healthz", Some(remote)));
+    }
+}

@@ -1,0 +1,105 @@
+//! Metrics of the sync server, registered in global's registry (served at `GET /metrics`):
+//! per zone and type the responses sent, acknowledged and rejected and the resources sent; stream
+//! connects and disconnects per zone; refused streams by reason; zones online.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ZoneTypeLabels {
+    pub zone: String,
+    pub r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ZoneLabels {
+    pub zone: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Default)]
+pub struct KdsMetrics {
+    pub responses_sent: Family<ZoneTypeLabels, Counter>,
+    pub responses_acked: Family<ZoneTypeLabels, Counter>,
+    pub responses_nacked: Family<ZoneTypeLabels, Counter>,
+    pub resources_sent: Family<ZoneTypeLabels, Counter>,
+    pub bytes_sent: Family<ZoneTypeLabels, Counter>,
+    pub resources_too_large: Family<ZoneTypeLabels, Counter>,
+    pub stream_connects: Family<ZoneLabels, Counter>,
+    pub stream_disconnects: Family<ZoneLabels, Counter>,
+    pub auth_refusals: Family<ReasonLabels, Counter>,
+    pub zones_online: Gauge,
+}
+
+impl KdsMetrics {
+    /// Creates the metrics and registers them under `kds_`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let r = registry.sub_registry_with_prefix("kds");
+        r.register(
+            "responses_sent",
+            "Discovery responses sent, per zone and type",
+            m.responses_sent.clone(),
+        );
+        r.register(
+            "responses_acked",
+            "Discovery responses acknowledged by the zone, per zone and type",
+            m.responses_acked.clone(),
+        );
+        r.register(
+            "responses_nacked",
+            "Discovery responses rejected (wholly or in part) by the zone, per zone and type",
+            m.responses_nacked.clone(),
+        );
+        r.register(
+            "resources_sent",
+            "Resources sent (added or changed), per zone and type",
+            m.resources_sent.clone(),
+        );
+        r.register(
+            "bytes_sent",
+            "Encoded size of the discovery responses sent (before compression), per zone and type",
+            m.bytes_sent.clone(),
+        );
+        r.register(
+            "resources_too_large",
+            "Resources not sent because one alone exceeds the message size limit",
+            m.resources_too_large.clone(),
+        );
+        r.register(
+            "stream_connects",
+            "Sync streams established, per zone",
+            m.stream_connects.clone(),
+        );
+        r.register(
+            "stream_disconnects",
+            "Sync streams ended, per zone",
+            m.stream_disconnects.clone(),
+        );
+        r.register(
+            "auth_refusals",
+            "Sync streams refused at authentication, by reason",
+            m.auth_refusals.clone(),
+        );
+        r.register(
+            "zones_online",
+            "Zones with a live sync stream",
+            m.zones_online.clone(),
+        );
+        m
+    }
+
+    pub fn zone_type(zone: &str, type_: &str) -> ZoneTypeLabels {
+        ZoneTypeLabels {
+            zone: zone.to_string(),
+            r#type: type_.to_string(),
+        }
+    }
+}

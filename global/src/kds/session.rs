@@ -1,0 +1,524 @@
+//! One zone's stream. The receive task reads subscriptions, ACK/NACKs and status reports and
+//! records them without ever waiting on the sender; the send loop wakes on a store revision
+//! change or a new subscription, diffs each subscribed type against what this zone was sent,
+//! and pushes the delta through a bounded queue. Whichever side ends first ends the session.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use common::model::Kind;
+use common::store::ResourceKey;
+use proto::kds::{
+    self, DiscoveryRequest, DiscoveryResponse, GlobalMessage, ZoneMessage, global_message,
+    zone_message,
+};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc, watch};
+use tonic::{Status, Streaming};
+
+use super::Ctx;
+use super::diff::{self, Sent};
+use super::metrics::KdsMetrics;
+use super::zones::{LastNack, Rejected, TooLarge, now_ms};
+
+/// Oversized entries listed in one response at most.
+const MAX_SKIPPED_LISTED: usize = 20;
+/// Unanswered responses remembered per stream.
+const MAX_INFLIGHT: usize = 1024;
+
+pub fn parse_kind(s: &str) -> Option<Kind> {
+    match s {
+        "Mesh" => Some(Kind::Mesh),
+        "Secret" => Some(Kind::Secret),
+        _ => None,
+    }
+}
+
+/// State shared by the two halves; every lock is held briefly and never across an await.
+#[derive(Default)]
+struct Shared {
+    /// Subscriptions received and not yet served.
+    subscriptions: Mutex<Vec<(Kind, Vec<kds::ResourceVersion>)>>,
+    wake: Notify,
+    /// nonce -> (type, system version) of responses sent and not yet answered.
+    inflight: Mutex<BTreeMap<u64, (Kind, u64)>>,
+}
+
+struct TypeState {
+    kind: Kind,
+    sent: Sent,
+    /// The next response is the first (full) state of the type.
+    initial: bool,
+}
+
+#[derive(Clone)]
+enum End {
+    Reason(String),
+    /// End the stream with this status to the zone.
+    Status(Status, String),
+}
+
+pub(crate) async fn run(
+    ctx: Arc<Ctx>,
+    zone: String,
+    session: u64,
+    inbound: Streaming<ZoneMessage>,
+    out: mpsc::Sender<Result<GlobalMessage, Status>>,
+    cancel: watch::Receiver<bool>,
+) {
+    let shared = Arc::new(Shared::default());
+    let (recv_end_tx, recv_end) = watch::channel::<Option<End>>(None);
+    let recv = tokio::spawn(recv_loop(
+        ctx.clone(),
+        zone.clone(),
+        session,
+        inbound,
+        shared.clone(),
+        recv_end_tx,
+    ));
+    let mut sender = Sender {
+        ctx: ctx.clone(),
+        zone: zone.clone(),
+        session,
+        out: out.clone(),
+        shared,
+        types: Vec::new(),
+        cancel,
+        shutdown: ctx.shutdown.clone(),
+        recv_end,
+        nonce: 0,
+    };
+    let end = sender.run().await;
+    recv.abort();
+    let reason = match end {
+        End::Reason(r) => r,
+        End::Status(status, r) => {
+            let _ = out.try_send(Err(status));
+            r
+        }
+    };
+    drop(sender);
+    drop(out);
+    ctx.metrics
+        .stream_disconnects
+        .get_or_create(&super::metrics::ZoneLabels { zone: zone.clone() })
+        .inc();
+    tracing::info!(zone = %zone, session, reason = %reason, "zone disconnected");
+    ctx.zones.disconnect(&zone, session, &reason).await;
+}
+
+struct Sender {
+    ctx: Arc<Ctx>,
+    zone: String,
+    session: u64,
+    out: mpsc::Sender<Result<GlobalMessage, Status>>,
+    shared: Arc<Shared>,
+    types: Vec<TypeState>,
+    cancel: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+    recv_end: watch::Receiver<Option<End>>,
+    nonce: u64,
+}
+
+impl Sender {
+    fn take_recv_end(&self) -> End {
+        self.recv_end
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| End::Reason("the stream ended".into()))
+    }
+
+    async fn run(&mut self) -> End {
+        let mut revision = self.ctx.store.subscribe();
+        loop {
+            // New subscriptions replace the state of their type.
+            let subs = std::mem::take(
+                &mut *self
+                    .shared
+                    .subscriptions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()),
+            );
+            for (kind, versions) in subs {
+                let sent: Sent = versions
+                    .into_iter()
+                    .map(|v| ((v.mesh, v.name), v.version))
+                    .collect();
+                tracing::debug!(zone = %self.zone, type_ = %kind, held = sent.len(), "subscribed");
+                self.types.retain(|t| t.kind != kind);
+                self.types.push(TypeState {
+                    kind,
+                    sent,
+                    initial: true,
+                });
+            }
+            revision.borrow_and_update();
+            for i in 0..self.types.len() {
+                if let Err(end) = self.sync_type(i).await {
+                    return end;
+                }
+            }
+            let (mut cancel, mut shutdown, mut recv_end) = (
+                self.cancel.clone(),
+                self.shutdown.clone(),
+                self.recv_end.clone(),
+            );
+            tokio::select! {
+                biased;
+                _ = cancel.wait_for(|v| *v) => {
+                    return End::Status(
+                        Status::aborted("a newer stream of this zone replaced this one"),
+                        "replaced by a newer stream of the same zone".into(),
+                    );
+                }
+                _ = shutdown.wait_for(|v| *v) => {
+                    return End::Status(Status::unavailable("global is shutting down"), "global is shutting down".into());
+                }
+                _ = recv_end.wait_for(|v| v.is_some()) => return self.take_recv_end(),
+                r = revision.changed() => {
+                    if r.is_err() {
+                        return End::Reason("the store closed".into());
+                    }
+                }
+                _ = self.shared.wake.notified() => {}
+            }
+        }
+    }
+
+    async fn send(&mut self, response: DiscoveryResponse) -> Result<(), End> {
+        let msg = GlobalMessage {
+            message: Some(global_message::Message::Response(response)),
+        };
+        let timeout = self.ctx.config.send_timeout;
+        let (out, mut cancel, mut shutdown, mut recv_end) = (
+            self.out.clone(),
+            self.cancel.clone(),
+            self.shutdown.clone(),
+            self.recv_end.clone(),
+        );
+        tokio::select! {
+            r = out.send(Ok(msg)) => r.map_err(|_| End::Reason("the zone went away".into())),
+            _ = tokio::time::sleep(timeout) => Err(End::Reason(format!(
+                "the zone did not read for {}s", timeout.as_secs()
+            ))),
+            _ = cancel.wait_for(|v| *v) => Err(End::Reason("replaced by a newer stream of the same zone".into())),
+            _ = shutdown.wait_for(|v| *v) => Err(End::Reason("global is shutting down".into())),
+            _ = recv_end.wait_for(|v| v.is_some()) => Err(self.take_recv_end()),
+        }
+    }
+
+    /// Sends what changed of `types[i]` since it was last sent (everything relevant if initial).
+    async fn sync_type(&mut self, i: usize) -> Result<(), End> {
+        let kind = self.types[i].kind;
+        let (system_version, current) = self.ctx.store.versions(kind);
+        let delta = diff::diff(&current, &self.types[i].sent);
+        let initial = self.types[i].initial;
+        if delta.is_empty() && !initial {
+            return Ok(());
+        }
+        let mut resources = Vec::with_capacity(delta.changed.len());
+        for (mesh, name) in delta.changed {
+            match self.ctx.store.get(&ResourceKey::new(kind, &mesh, &name)) {
+                Ok(Some(record)) => resources.push(kds::Resource {
+                    payload: serde_json::to_vec(&record.spec).expect("JSON values serialize"),
+                    version: record.hash,
+                    mesh,
+                    name,
+                }),
+                // Deleted since the snapshot: the next pass removes it.
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(zone = %self.zone, type_ = %kind, mesh = %mesh, name = %name, error = %e, "cannot read a resource to send");
+                }
+            }
+        }
+        let removed: Vec<kds::ResourceId> = delta
+            .removed
+            .into_iter()
+            .map(|(mesh, name)| kds::ResourceId { mesh, name })
+            .collect();
+        let limit = self.ctx.config.max_message_bytes;
+        let (chunks, oversized) = diff::split(resources, removed, limit);
+        let labels = KdsMetrics::zone_type(&self.zone, kind.as_str());
+        let mut skipped = Vec::new();
+        for o in oversized {
+            tracing::warn!(
+                zone = %self.zone, type_ = %kind, mesh = %o.mesh, name = %o.name, size = o.size, limit,
+                "resource too large to send: skipped until it changes"
+            );
+            self.ctx
+                .metrics
+                .resources_too_large
+                .get_or_create(&labels)
+                .inc();
+            self.ctx.zones.record_too_large(
+                &self.zone,
+                self.session,
+                TooLarge {
+                    type_: kind.as_str().to_string(),
+                    mesh: o.mesh.clone(),
+                    name: o.name.clone(),
+                    version: o.version.clone(),
+                    size: o.size as u64,
+                    limit: limit as u64,
+                    at_ms: now_ms(),
+                },
+            );
+            self.types[i]
+                .sent
+                .insert((o.mesh.clone(), o.name.clone()), o.version.clone());
+            if skipped.len() < MAX_SKIPPED_LISTED {
+                skipped.push(kds::SkippedResource {
+                    mesh: o.mesh,
+                    name: o.name,
+                    size: o.size as u64,
+                    limit: limit as u64,
+                });
+            }
+        }
+        let n = chunks.len();
+        for (j, chunk) in chunks.into_iter().enumerate() {
+            self.nonce += 1;
+            let nonce = self.nonce;
+            let (n_res, n_rem) = (chunk.resources.len() as u64, chunk.removed.len() as u64);
+            let applied: Vec<((String, String), Option<String>)> = chunk
+                .resources
+                .iter()
+                .map(|r| ((r.mesh.clone(), r.name.clone()), Some(r.version.clone())))
+                .chain(
+                    chunk
+                        .removed
+                        .iter()
+                        .map(|r| ((r.mesh.clone(), r.name.clone()), None)),
+                )
+                .collect();
+            let response = DiscoveryResponse {
+                r#type: kind.as_str().to_string(),
+                nonce: nonce.to_string(),
+                system_version,
+                resources: chunk.resources,
+                removed_resources: chunk.removed,
+                skipped: if j + 1 == n {
+                    std::mem::take(&mut skipped)
+                } else {
+                    vec![]
+                },
+                initial,
+                more: j + 1 < n,
+            };
+            let bytes = prost::Message::encoded_len(&response) as u64;
+            {
+                let mut inflight = self
+                    .shared
+                    .inflight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                inflight.insert(nonce, (kind, system_version));
+                while inflight.len() > MAX_INFLIGHT {
+                    inflight.pop_first();
+                }
+            }
+            self.send(response).await?;
+            let sent = &mut self.types[i].sent;
+            for (key, version) in applied {
+                match version {
+                    Some(v) => sent.insert(key, v),
+                    None => sent.remove(&key),
+                };
+            }
+            self.ctx.metrics.responses_sent.get_or_create(&labels).inc();
+            self.ctx
+                .metrics
+                .resources_sent
+                .get_or_create(&labels)
+                .inc_by(n_res);
+            self.ctx
+                .metrics
+                .bytes_sent
+                .get_or_create(&labels)
+                .inc_by(bytes);
+            self.ctx.zones.update(&self.zone, self.session, |r| {
+                let s = r.types.entry(kind.as_str().to_string()).or_default();
+                s.responses_sent += 1;
+                s.resources_sent += n_res;
+                s.removed_sent += n_rem;
+                s.bytes_sent += bytes;
+                s.last_sent_ms = now_ms();
+            });
+            tracing::debug!(zone = %self.zone, type_ = %kind, nonce, resources = n_res, removed = n_rem, bytes, initial, "sent");
+        }
+        self.types[i].initial = false;
+        Ok(())
+    }
+}
+
+async fn recv_loop(
+    ctx: Arc<Ctx>,
+    zone: String,
+    session: u64,
+    mut inbound: Streaming<ZoneMessage>,
+    shared: Arc<Shared>,
+    end: watch::Sender<Option<End>>,
+) {
+    let reason = loop {
+        match inbound.message().await {
+            Ok(Some(ZoneMessage {
+                message: Some(zone_message::Message::Request(req)),
+            })) => handle_request(&ctx, &zone, session, &shared, req).await,
+            Ok(Some(ZoneMessage {
+                message: Some(zone_message::Message::Status(status)),
+            })) => {
+                if !status.zone.is_empty() && status.zone != zone {
+                    let msg = format!(
+                        "the zone reports itself as {:?} but its token is for {zone:?}",
+                        status.zone
+                    );
+                    break End::Status(Status::unauthenticated(msg.clone()), msg);
+                }
+                let value = status_json(&status);
+                ctx.zones
+                    .update_persist(&zone, session, |r| r.status = Some(value))
+                    .await;
+            }
+            Ok(Some(ZoneMessage { message: None })) => {}
+            Ok(None) => break End::Reason("the zone closed the stream".into()),
+            Err(status) => {
+                break End::Reason(format!("stream error: {}", status.message()));
+            }
+        }
+    };
+    let _ = end.send(Some(reason));
+}
+
+async fn handle_request(
+    ctx: &Ctx,
+    zone: &str,
+    session: u64,
+    shared: &Shared,
+    req: DiscoveryRequest,
+) {
+    let Some(kind) = parse_kind(&req.r#type) else {
+        tracing::warn!(zone = %zone, type_ = %req.r#type, "the zone asked for a type that is not synced");
+        let msg = format!("asked for type {:?}, which is not synced", req.r#type);
+        ctx.zones.update(zone, session, |r| r.last_error = msg);
+        return;
+    };
+    if req.response_nonce.is_empty() {
+        shared
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((kind, req.initial_resource_versions));
+        shared.wake.notify_one();
+        ctx.zones.update(zone, session, |_| {});
+        return;
+    }
+    let Ok(nonce) = req.response_nonce.parse::<u64>() else {
+        tracing::debug!(zone = %zone, nonce = %req.response_nonce, "answer to an unknown response");
+        return;
+    };
+    let sent = shared
+        .inflight
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&nonce);
+    let Some((sent_kind, system_version)) = sent.filter(|(k, _)| *k == kind) else {
+        tracing::debug!(zone = %zone, nonce, "answer to an unknown response");
+        return;
+    };
+    let labels = KdsMetrics::zone_type(zone, sent_kind.as_str());
+    match req.error_detail {
+        None if req.rejected.is_empty() => {
+            ctx.metrics.responses_acked.get_or_create(&labels).inc();
+            ctx.zones.update(zone, session, |r| {
+                let s = r.types.entry(kind.as_str().to_string()).or_default();
+                s.acked += 1;
+                s.acked_version = s.acked_version.max(system_version);
+                s.last_acked_ms = now_ms();
+            });
+        }
+        detail => {
+            let error = detail
+                .map(|d| d.message)
+                .unwrap_or_else(|| "some resources were rejected".into());
+            let resources: Vec<Rejected> = req
+                .rejected
+                .into_iter()
+                .map(|r| Rejected {
+                    mesh: r.mesh,
+                    name: r.name,
+                    reason: r.reason,
+                })
+                .collect();
+            tracing::warn!(
+                zone = %zone, type_ = %kind, nonce, error = %error,
+                rejected = ?resources.iter().map(|r| format!("{}/{}", r.mesh, r.name)).collect::<Vec<_>>(),
+                "the zone rejected a response"
+            );
+            ctx.metrics.responses_nacked.get_or_create(&labels).inc();
+            ctx.zones
+                .update_persist(zone, session, |r| {
+                    let s = r.types.entry(kind.as_str().to_string()).or_default();
+                    s.nacked += 1;
+                    s.last_nack = Some(LastNack {
+                        at_ms: now_ms(),
+                        nonce: nonce.to_string(),
+                        error,
+                        resources,
+                    });
+                })
+                .await;
+        }
+    }
+}
+
+fn rfc3339_ms(ms: i64) -> Value {
+    if ms <= 0 {
+        return Value::Null;
+    }
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .map(Value::String)
+        .unwrap_or(Value::Null)
+}
+
+/// The JSON form of a zone's status report, as `GET /zones/{name}` shows it.
+pub fn status_json(s: &kds::ZoneStatus) -> Value {
+    json!({
+        "zone": s.zone,
+        "version": s.version,
+        "connectedSince": rfc3339_ms(s.connected_since_unix_ms),
+        "reportedAt": rfc3339_ms(s.reported_at_unix_ms),
+        "types": s.types.iter().map(|t| json!({
+            "type": t.r#type,
+            "count": t.count,
+            "digest": t.digest,
+            "systemVersion": t.system_version,
+            "applied": t.applied,
+            "rejected": t.rejected,
+        })).collect::<Vec<_>>(),
+        "dataplanes": s.dataplanes.iter().map(|d| json!({
+            "mesh": d.mesh,
+            "name": d.name,
+            "service": d.service,
+            "tags": d.tags,
+            "backend": d.backend,
+            "certSerial": d.cert_serial,
+            "certExpires": rfc3339_ms(d.cert_expires_unix_ms),
+            "connected": d.connected,
+        })).collect::<Vec<_>>(),
+        "backendChecks": s.backend_checks.iter().map(|c| json!({
+            "mesh": c.mesh,
+            "backend": c.backend,
+            "type": c.backend_type,
+            "ok": c.ok,
+            "error": c.error,
+            "checkedAt": rfc3339_ms(c.checked_at_unix_ms),
+            "issued": c.issued,
+        })).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,458 @@
+//! Global's record of every zone that ever connected: online or not, since when, last seen, why
+//! its last stream ended, per synced type what was sent, acknowledged and rejected, resources too
+//! large to send, and the status the zone reported. Records live in memory and in the `zones`
+//! record tree of global's store (never synced to zones), so `GET /zones` still lists them, offline,
+//! after a restart. Also served here: `GET /zones` and `GET /zones/{name}`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use common::store::{Records, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::api::{ApiError, ApiState};
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn rfc3339_ms(ms: u64) -> Value {
+    if ms == 0 {
+        return Value::Null;
+    }
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .map(Value::String)
+        .unwrap_or(Value::Null)
+}
+
+/// One rejected resource.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejected {
+    pub mesh: String,
+    pub name: String,
+    pub reason: String,
+}
+
+/// The last rejection of a type by the zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastNack {
+    pub at_ms: u64,
+    pub nonce: String,
+    pub error: String,
+    pub resources: Vec<Rejected>,
+}
+
+/// Per synced type, counted over the current (or last) stream of the zone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TypeStats {
+    /// Discovery responses sent.
+    pub responses_sent: u64,
+    /// Resources sent (added or changed), over all responses.
+    pub resources_sent: u64,
+    /// Removals sent.
+    pub removed_sent: u64,
+    /// Bytes sent (encoded responses, before compression).
+    pub bytes_sent: u64,
+    pub acked: u64,
+    pub nacked: u64,
+    /// Global's system version of the last response acknowledged.
+    pub acked_version: u64,
+    pub last_sent_ms: u64,
+    pub last_acked_ms: u64,
+    pub last_nack: Option<LastNack>,
+}
+
+/// A resource that was not sent because it alone exceeds the message size limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TooLarge {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub mesh: String,
+    pub name: String,
+    pub version: String,
+    pub size: u64,
+    pub limit: u64,
+    pub at_ms: u64,
+}
+
+/// A refused stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Refusal {
+    pub at_ms: u64,
+    /// The name the client called itself, or the name in its token.
+    pub zone: String,
+    pub peer: String,
+    pub reason: String,
+}
+
+/// What global keeps about one zone.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ZoneRecord {
+    pub name: String,
+    pub online: bool,
+    pub connected_since_ms: u64,
+    pub last_seen_ms: u64,
+    pub last_disconnect_ms: u64,
+    pub last_disconnect_reason: String,
+    pub last_error: String,
+    pub peer: String,
+    pub connects: u64,
+    pub disconnects: u64,
+    pub token_expires_ms: u64,
+    pub types: BTreeMap<String, TypeStats>,
+    pub too_large: Vec<TooLarge>,
+    pub last_refusal: Option<Refusal>,
+    /// The last status report of the zone, as JSON (see `ZoneStatus` in kds.proto).
+    pub status: Option<Value>,
+}
+
+struct Entry {
+    record: ZoneRecord,
+    /// The live stream, if any: its id and the switch that ends it.
+    session: Option<(u64, watch::Sender<bool>)>,
+}
+
+struct Inner {
+    zones: HashMap<String, Entry>,
+    refusals: VecDeque<Refusal>,
+}
+
+/// The registry of zones. Cheap to clone.
+#[derive(Clone)]
+pub struct Zones {
+    inner: Arc<Mutex<Inner>>,
+    records: Records,
+    next_session: Arc<std::sync::atomic::AtomicU64>,
+    online_gauge: Option<prometheus_client::metrics::gauge::Gauge>,
+}
+
+const MAX_REFUSALS: usize = 20;
+const MAX_TOO_LARGE: usize = 50;
+
+impl Zones {
+    /// Loads the known zones (all offline: no stream survives a restart).
+    pub fn load(store: &Store) -> Result<Self, StoreError> {
+        let records = store.records("zones")?;
+        let mut zones = HashMap::new();
+        for (name, mut record) in records.list::<ZoneRecord>()? {
+            if record.online {
+                record.online = false;
+                record.last_disconnect_ms = record.last_seen_ms;
+                record.last_disconnect_reason = "global restarted".into();
+            }
+            zones.insert(
+                name,
+                Entry {
+                    record,
+                    session: None,
+                },
+            );
+        }
+        Ok(Self {
+            inner: Arc::new(Mutex::new(Inner {
+                zones,
+                refusals: VecDeque::new(),
+            })),
+            records,
+            next_session: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+            online_gauge: None,
+        })
+    }
+
+    /// Keeps the `zones_online` gauge current.
+    pub fn with_gauge(mut self, gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        self.online_gauge = Some(gauge);
+        self
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn update_gauge(&self, inner: &Inner) {
+        if let Some(g) = &self.online_gauge {
+            g.set(inner.zones.values().filter(|e| e.record.online).count() as i64);
+        }
+    }
+
+    async fn persist(&self, name: &str) {
+        let record = self.lock().zones.get(name).map(|e| e.record.clone());
+        if let Some(record) = record
+            && let Err(e) = self.records.put(name, &record).await
+        {
+            tracing::warn!(zone = %name, error = %e, "cannot persist the zone record");
+        }
+    }
+
+    /// A new stream of `name`: it replaces any older one (which is ended). Returns the session id
+    /// and the receiver that turns true when the session must end.
+    pub async fn connect(
+        &self,
+        name: &str,
+        peer: &str,
+        token_expires_ms: u64,
+    ) -> (u64, watch::Receiver<bool>) {
+        let id = self
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = watch::channel(false);
+        {
+            let mut inner = self.lock();
+            let entry = inner
+                .zones
+                .entry(name.to_string())
+                .or_insert_with(|| Entry {
+                    record: ZoneRecord {
+                        name: name.to_string(),
+                        ..Default::default()
+                    },
+                    session: None,
+                });
+            if let Some((old, old_tx)) = entry.session.take() {
+                tracing::info!(zone = %name, old_session = old, "a new stream of the zone replaces its previous one");
+                let _ = old_tx.send(true);
+            }
+            let now = now_ms();
+            let r = &mut entry.record;
+            r.online = true;
+            r.connected_since_ms = now;
+            r.last_seen_ms = now;
+            r.peer = peer.to_string();
+            r.connects += 1;
+            r.token_expires_ms = token_expires_ms;
+            r.last_error.clear();
+            // Counters describe the current stream.
+            r.types.clear();
+            r.too_large.clear();
+            entry.session = Some((id, tx));
+            self.update_gauge(&inner);
+        }
+        self.persist(name).await;
+        (id, rx)
+    }
+
+    /// The stream `session` of `name` ended.
+    pub async fn disconnect(&self, name: &str, session: u64, reason: &str) {
+        {
+            let mut inner = self.lock();
+            let Some(entry) = inner.zones.get_mut(name) else {
+                return;
+            };
+            let now = now_ms();
+            entry.record.disconnects += 1;
+            if entry.session.as_ref().map(|s| s.0) == Some(session) {
+                entry.session = None;
+                entry.record.online = false;
+                entry.record.last_seen_ms = now;
+                entry.record.last_disconnect_ms = now;
+                entry.record.last_disconnect_reason = reason.to_string();
+            }
+            self.update_gauge(&inner);
+        }
+        self.persist(name).await;
+    }
+
+    /// Applies `f` to the record of `name` if `session` is its live stream.
+    pub fn update(&self, name: &str, session: u64, f: impl FnOnce(&mut ZoneRecord)) {
+        let mut inner = self.lock();
+        if let Some(entry) = inner.zones.get_mut(name)
+            && entry.session.as_ref().map(|s| s.0) == Some(session)
+        {
+            entry.record.last_seen_ms = now_ms();
+            f(&mut entry.record);
+        }
+    }
+
+    /// Like `update`, then persists the record.
+    pub async fn update_persist(&self, name: &str, session: u64, f: impl FnOnce(&mut ZoneRecord)) {
+        self.update(name, session, f);
+        self.persist(name).await;
+    }
+
+    pub fn record_too_large(&self, name: &str, session: u64, item: TooLarge) {
+        self.update(name, session, |r| {
+            r.too_large
+                .retain(|t| !(t.type_ == item.type_ && t.mesh == item.mesh && t.name == item.name));
+            r.too_large.push(item);
+            if r.too_large.len() > MAX_TOO_LARGE {
+                r.too_large.remove(0);
+            }
+        });
+    }
+
+    /// A refused stream: kept in a short list, and on the record of the zone it names if known.
+    pub async fn refused(&self, refusal: Refusal) {
+        let known = {
+            let mut inner = self.lock();
+            inner.refusals.push_back(refusal.clone());
+            while inner.refusals.len() > MAX_REFUSALS {
+                inner.refusals.pop_front();
+            }
+            match inner.zones.get_mut(&refusal.zone) {
+                Some(entry) => {
+                    entry.record.last_refusal = Some(refusal.clone());
+                    true
+                }
+                None => false,
+            }
+        };
+        if known {
+            self.persist(&refusal.zone).await;
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<ZoneRecord> {
+        self.lock().zones.get(name).map(|e| e.record.clone())
+    }
+
+    pub fn list(&self) -> Vec<ZoneRecord> {
+        let mut all: Vec<ZoneRecord> = self
+            .lock()
+            .zones
+            .values()
+            .map(|e| e.record.clone())
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    pub fn refusals(&self) -> Vec<Refusal> {
+        self.lock().refusals.iter().cloned().collect()
+    }
+
+    /// Ends every live stream (shutdown) and marks the zones offline.
+    pub async fn disconnect_all(&self, reason: &str) {
+        let names: Vec<(String, u64)> = self
+            .lock()
+            .zones
+            .iter()
+            .filter_map(|(n, e)| e.session.as_ref().map(|s| (n.clone(), s.0)))
+            .collect();
+        for (name, session) in names {
+            if let Some(tx) = self
+                .lock()
+                .zones
+                .get(&name)
+                .and_then(|e| e.session.as_ref().map(|s| s.1.clone()))
+            {
+                let _ = tx.send(true);
+            }
+            self.disconnect(&name, session, reason).await;
+        }
+    }
+}
+
+fn present_refusal(r: &Refusal) -> Value {
+    json!({"at": rfc3339_ms(r.at_ms), "zone": r.zone, "peer": r.peer, "reason": r.reason})
+}
+
+/// The API view of a zone record.
+pub fn present(r: &ZoneRecord) -> Value {
+    let types: serde_json::Map<String, Value> = r
+        .types
+        .iter()
+        .map(|(t, s)| {
+            (
+                t.clone(),
+                json!({
+                    "sent": s.responses_sent,
+                    "acked": s.acked,
+                    "nacked": s.nacked,
+                    "resourcesSent": s.resources_sent,
+                    "removedSent": s.removed_sent,
+                    "bytesSent": s.bytes_sent,
+                    "ackedVersion": s.acked_version,
+                    "lastSent": rfc3339_ms(s.last_sent_ms),
+                    "lastAcked": rfc3339_ms(s.last_acked_ms),
+                    "lastNack": s.last_nack.as_ref().map(|n| json!({
+                        "at": rfc3339_ms(n.at_ms),
+                        "error": n.error,
+                        "resources": n.resources,
+                    })),
+                }),
+            )
+        })
+        .collect();
+    let too_large: Vec<Value> = r
+        .too_large
+        .iter()
+        .map(|t| {
+            json!({"type": t.type_, "mesh": t.mesh, "name": t.name, "version": t.version,
+                   "size": t.size, "limit": t.limit, "at": rfc3339_ms(t.at_ms)})
+        })
+        .collect();
+    let last_seen = if r.online { now_ms() } else { r.last_seen_ms };
+    let vault: Vec<Value> = r
+        .status
+        .as_ref()
+        .and_then(|s| s.get("backendChecks"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let last_error = if !r.last_error.is_empty() {
+        Value::String(r.last_error.clone())
+    } else if !r.online && !r.last_disconnect_reason.is_empty() {
+        Value::String(r.last_disconnect_reason.clone())
+    } else {
+        Value::Null
+    };
+    json!({
+        "name": r.name,
+        "online": r.online,
+        "connectedSince": if r.online { rfc3339_ms(r.connected_since_ms) } else { Value::Null },
+        "lastConnected": rfc3339_ms(r.connected_since_ms),
+        "lastSeen": rfc3339_ms(last_seen),
+        "lastDisconnect": rfc3339_ms(r.last_disconnect_ms),
+        "lastDisconnectReason": if r.last_disconnect_reason.is_empty() { Value::Null } else { Value::String(r.last_disconnect_reason.clone()) },
+        "lastError": last_error,
+        "peer": r.peer,
+        "connects": r.connects,
+        "disconnects": r.disconnects,
+        "tokenExpires": rfc3339_ms(r.token_expires_ms),
+        "types": types,
+        "tooLarge": too_large,
+        "lastRefusal": r.last_refusal.as_ref().map(present_refusal),
+        "vault": vault,
+        "status": r.status,
+    })
+}
+
+/// `GET /zones`.
+pub async fn list_zones(State(state): State<ApiState>) -> Json<Value> {
+    let items: Vec<Value> = state.zones.list().iter().map(present).collect();
+    let refusals: Vec<Value> = state.zones.refusals().iter().map(present_refusal).collect();
+    Json(json!({"total": items.len(), "items": items, "refusals": refusals}))
+}
+
+/// `GET /zones/{name}`.
+pub async fn get_zone(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    match state.zones.get(&name) {
+        Some(r) => Ok(Json(present(&r))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("zone {name:?} is not known: it never connected"),
+        )),
+    }
+}

@@ -1,0 +1,15 @@
+//! The global control plane: the source of truth for Meshes and Secrets. It admits resources
+//! (validation plus real backend checks, see `accept`), stores them in sled, serves the HTTP API
+//! (`api`) and, through the sync server, streams them to zones. `run` is the whole server; the
+//! `global` binary only parses flags and calls it, and tests call it with port-0 listeners.
+
+pub mod accept;
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod kds;
+pub mod metrics;
+pub mod server;
+pub mod tokens;
+
+pub use server::{GlobalConfig, KdsEndpoint, Listeners, run};

@@ -1,0 +1,115 @@
+//! Prometheus metrics of global, served at `GET /metrics` in the text format: API requests,
+//! admissions by kind and result, and the backend checks (count by result, duration).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmitLabels {
+    pub kind: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    pub backend_type: String,
+    pub result: String,
+}
+
+/// All metrics of global. Cheap to share behind an `Arc`.
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<RequestLabels, Counter>,
+    pub admissions: Family<AdmitLabels, Counter>,
+    pub backend_checks: Family<CheckLabels, Counter>,
+    pub vault_check_seconds: Histogram,
+    pub meshes: Gauge,
+    /// The sync server's metrics (`global_kds_*`).
+    pub kds: crate::kds::KdsMetrics,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("global");
+        let http_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP API requests by method and status",
+            http_requests.clone(),
+        );
+        let admissions = Family::<AdmitLabels, Counter>::default();
+        registry.register(
+            "admissions",
+            "Resources admitted or refused, by kind and result",
+            admissions.clone(),
+        );
+        let backend_checks = Family::<CheckLabels, Counter>::default();
+        registry.register(
+            "backend_checks",
+            "CA backend checks (Vault test certificates, provided CA checks) by result",
+            backend_checks.clone(),
+        );
+        let vault_check_seconds = Histogram::new(
+            [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0].into_iter(),
+        );
+        registry.register(
+            "vault_check_seconds",
+            "Duration of admission backend checks",
+            vault_check_seconds.clone(),
+        );
+        let meshes = Gauge::default();
+        registry.register("meshes", "Meshes stored", meshes.clone());
+        let kds = crate::kds::KdsMetrics::register(&mut registry);
+        Self {
+            registry,
+            http_requests,
+            admissions,
+            backend_checks,
+            vault_check_seconds,
+            meshes,
+            kds,
+        }
+    }
+
+    pub fn count_check(&self, backend_type: &str, ok: bool) {
+        self.backend_checks
+            .get_or_create(&CheckLabels {
+                backend_type: backend_type.to_string(),
+                result: if ok { "ok" } else { "failed" }.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn count_admission(&self, kind: &str, result: &str) {
+        self.admissions
+            .get_or_create(&AdmitLabels {
+                kind: kind.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,567 @@
+//! The zone's side of the sync stream. It dials global over TLS (verifying global's certificate
+//! against `--global-ca-file`, or not at all only with `--insecure-skip-verify`), presents its
+//! zone token, subscribes to Secrets and Meshes with the versions its store already holds,
+//! applies each response (`apply`) and answers it with an ACK or a NACK, and reports its status on
+//! connect and on change. When the stream fails it keeps serving from its store and reconnects
+//! with exponential backoff and jitter, logging each change of state once.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proto::kds::zone_sync_client::ZoneSyncClient;
+use proto::kds::{self, GlobalMessage, ZoneMessage, global_message, zone_message};
+use rustls::DigitallySignedStruct;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codec::CompressionEncoding;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::ZoneConfig;
+use crate::apply::{self, ApplyError};
+use crate::metrics::ZoneMetrics;
+use crate::state::{Nack, SYNCED_TYPES, ZoneCtx, now_ms};
+
+/// Largest message on the stream (global's limit).
+pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
+/// Metadata in which the zone names itself (global checks it against the token).
+pub const ZONE_NAME_HEADER: &str = "x-zone-name";
+/// A stream that lived this long resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+const OUTBOUND_QUEUE: usize = 64;
+
+/// How global's certificate is checked.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    CaFile(PathBuf),
+    InsecureSkipVerify,
+}
+
+/// Where and how to reach global, checked once at start.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `https://HOST:PORT` (gRPC over TLS).
+    pub uri: String,
+    /// The name the certificate must carry (host name or IP).
+    pub server_name: String,
+    pub trust: Trust,
+}
+
+impl Target {
+    pub fn new(config: &ZoneConfig) -> Result<Self, String> {
+        let addr = config.global_address.trim();
+        let rest = addr
+            .strip_prefix("grpcs://")
+            .or_else(|| addr.strip_prefix("https://"))
+            .ok_or_else(|| {
+                format!("--global-address {addr:?} must be grpcs://HOST:PORT: the sync stream runs over TLS only")
+            })?;
+        let uri = format!("https://{}", rest.trim_end_matches('/'));
+        let parsed: tonic::transport::Uri = uri
+            .parse()
+            .map_err(|e| format!("--global-address {addr:?} is not a valid address: {e}"))?;
+        let host = parsed
+            .host()
+            .ok_or_else(|| format!("--global-address {addr:?} has no host"))?;
+        if parsed.port_u16().is_none() {
+            return Err(format!(
+                "--global-address {addr:?} needs a port (global's --kds-addr, 5685 by default)"
+            ));
+        }
+        let server_name = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let trust = match (&config.global_ca_file, config.insecure_skip_verify) {
+            (_, true) => Trust::InsecureSkipVerify,
+            (Some(ca), false) => Trust::CaFile(ca.clone()),
+            (None, false) => {
+                return Err("--global-ca-file is required to verify global's certificate (global writes <data-dir>/kds-ca.pem); --insecure-skip-verify turns verification off".into());
+            }
+        };
+        Ok(Self {
+            uri,
+            server_name,
+            trust,
+        })
+    }
+}
+
+/// Exponential backoff with jitter: delay n is uniform in [b/2, b] with b = initial * 2^n, capped.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max,
+            attempt: 0,
+        }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let factor = 1u32 << self.attempt.min(16);
+        let base = self.initial.saturating_mul(factor).min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let half = base / 2;
+        half + half.mul_f64(rand::random::<f64>())
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// Accepts any server certificate (`--insecure-skip-verify`), still checking handshake
+/// signatures so the TLS session itself is sound.
+#[derive(Debug)]
+struct SkipVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for SkipVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let next = c.to_string();
+        if !s.contains(&next) {
+            s.push_str(": ");
+            s.push_str(&next);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+fn describe(status: &tonic::Status) -> String {
+    match status.code() {
+        tonic::Code::Unauthenticated => {
+            format!(
+                "global refused this zone (unauthenticated): {}",
+                status.message()
+            )
+        }
+        tonic::Code::Unavailable if status.message().is_empty() => {
+            format!("global is unavailable: {}", error_chain(status))
+        }
+        code => {
+            let chain = status
+                .source()
+                .map(error_chain)
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default();
+            format!("{code:?}: {}{chain}", status.message())
+        }
+    }
+}
+
+use std::error::Error as _;
+
+async fn connect(target: &Target) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(target.uri.clone())
+        .map_err(|e| error_chain(&e))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(3))
+        .keep_alive_timeout(Duration::from_secs(3))
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true);
+    let tls = ClientTlsConfig::new().domain_name(target.server_name.clone());
+    let endpoint = match &target.trust {
+        Trust::CaFile(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read --global-ca-file {}: {e}", path.display()))?;
+            endpoint.tls_config(tls.ca_certificate(Certificate::from_pem(pem)))
+        }
+        Trust::InsecureSkipVerify => endpoint.tls_config_with_verifier(
+            tls,
+            Arc::new(SkipVerify(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))),
+        ),
+    }
+    .map_err(|e| format!("TLS configuration: {}", error_chain(&e)))?;
+    endpoint.connect().await.map_err(|e| {
+        format!(
+            "cannot connect to global at {}: {}",
+            target.uri,
+            error_chain(&e)
+        )
+    })
+}
+
+enum End {
+    Shutdown,
+    Failed {
+        error: String,
+        connected_for: Option<Duration>,
+    },
+}
+
+fn failed(error: impl Into<String>) -> End {
+    End::Failed {
+        error: error.into(),
+        connected_for: None,
+    }
+}
+
+/// Keeps the zone in sync with global until `stop` turns true.
+pub async fn run(ctx: Arc<ZoneCtx>, target: Target, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Backoff::new(ctx.config.reconnect_initial, ctx.config.reconnect_max);
+    let mut last_logged: Option<String> = None;
+    let mut attempts = 0u64;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        if attempts > 0 {
+            ctx.metrics.reconnects.inc();
+        }
+        attempts += 1;
+        match session(&ctx, &target, &mut stop, &mut last_logged).await {
+            End::Shutdown => break,
+            End::Failed {
+                error,
+                connected_for,
+            } => {
+                {
+                    let mut conn = ctx.connection();
+                    conn.connected = false;
+                    conn.last_error = error.clone();
+                    conn.last_error_ms = now_ms();
+                }
+                ctx.metrics.connected.set(0);
+                match connected_for {
+                    Some(lasted) => {
+                        tracing::warn!(error = %error, "lost the connection to global; serving from the local store and reconnecting");
+                        if lasted >= STABLE_AFTER {
+                            backoff.reset();
+                        }
+                        last_logged = Some(error);
+                    }
+                    None if last_logged.as_deref() != Some(error.as_str()) => {
+                        tracing::warn!(error = %error, "cannot sync with global; serving from the local store and retrying with backoff");
+                        last_logged = Some(error);
+                    }
+                    None => tracing::debug!(error = %error, "retry failed the same way"),
+                }
+            }
+        }
+        let delay = backoff.next_delay();
+        tracing::debug!(
+            delay_ms = delay.as_millis() as u64,
+            "next connection attempt"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stopped(&mut stop) => break,
+        }
+    }
+    ctx.connection().connected = false;
+    ctx.metrics.connected.set(0);
+}
+
+/// Completes when `stop` turns true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|v| *v).await;
+}
+
+fn subscribe(ctx: &ZoneCtx, kind: common::model::Kind) -> ZoneMessage {
+    ZoneMessage {
+        message: Some(zone_message::Message::Request(kds::DiscoveryRequest {
+            r#type: kind.as_str().to_string(),
+            initial_resource_versions: ctx.held_versions(kind),
+            ..Default::default()
+        })),
+    }
+}
+
+fn report(ctx: &ZoneCtx) -> ZoneMessage {
+    ZoneMessage {
+        message: Some(zone_message::Message::Status(ctx.status_report())),
+    }
+}
+
+async fn session(
+    ctx: &Arc<ZoneCtx>,
+    target: &Target,
+    stop: &mut watch::Receiver<bool>,
+    last_logged: &mut Option<String>,
+) -> End {
+    let token = match std::fs::read_to_string(&ctx.config.token_file) {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+        Ok(_) => {
+            return failed(format!(
+                "the token file {} is empty",
+                ctx.config.token_file.display()
+            ));
+        }
+        Err(e) => {
+            return failed(format!(
+                "cannot read the token file {}: {e}",
+                ctx.config.token_file.display()
+            ));
+        }
+    };
+    let channel = tokio::select! {
+        c = connect(target) => match c {
+            Ok(c) => c,
+            Err(e) => return failed(e),
+        },
+        _ = stopped(stop) => return End::Shutdown,
+    };
+    let mut client = ZoneSyncClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        .send_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Gzip);
+    let (tx, rx) = mpsc::channel::<ZoneMessage>(OUTBOUND_QUEUE);
+    for kind in SYNCED_TYPES {
+        tx.send(subscribe(ctx, kind))
+            .await
+            .expect("the receiver is held below");
+    }
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    let Ok(auth) = format!("Bearer {token}").parse() else {
+        return failed("the token file does not hold a valid token");
+    };
+    request.metadata_mut().insert("authorization", auth);
+    if let Ok(name) = ctx.config.name.parse() {
+        request.metadata_mut().insert(ZONE_NAME_HEADER, name);
+    }
+    let response = tokio::select! {
+        r = client.sync(request) => r,
+        _ = stopped(stop) => return End::Shutdown,
+    };
+    let mut inbound = match response {
+        Ok(r) => r.into_inner(),
+        Err(status) => return failed(describe(&status)),
+    };
+    let since = Instant::now();
+    {
+        let mut conn = ctx.connection();
+        conn.connected = true;
+        conn.since_ms = now_ms();
+        conn.connects += 1;
+        conn.applied.clear();
+    }
+    ctx.metrics.connected.set(1);
+    tracing::info!(global = %target.uri, "connected to global");
+    *last_logged = None;
+    if tx.send(report(ctx)).await.is_err() {
+        return End::Failed {
+            error: "the stream to global closed".into(),
+            connected_for: Some(since.elapsed()),
+        };
+    }
+    let lost = |error: String| End::Failed {
+        error,
+        connected_for: Some(since.elapsed()),
+    };
+    loop {
+        tokio::select! {
+            biased;
+            _ = stopped(stop) => return End::Shutdown,
+            msg = inbound.message() => match msg {
+                Ok(Some(GlobalMessage { message: Some(global_message::Message::Response(resp)) })) => {
+                    let reply = match handle_response(ctx, &resp).await {
+                        Ok(reply) => reply,
+                        Err(e) => return lost(e),
+                    };
+                    if tx.send(reply).await.is_err() {
+                        return lost("the stream to global closed".into());
+                    }
+                    if !resp.more && tx.send(report(ctx)).await.is_err() {
+                        return lost("the stream to global closed".into());
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return lost("global ended the stream".into()),
+                Err(status) => return lost(describe(&status)),
+            },
+            _ = ctx.report_now.notified() => {
+                if tx.send(report(ctx)).await.is_err() {
+                    return lost("the stream to global closed".into());
+                }
+            }
+        }
+    }
+}
+
+/// Applies one response and returns the ACK or NACK to send. A store failure ends the stream
+/// (the zone resubscribes with what it really holds).
+async fn handle_response(
+    ctx: &ZoneCtx,
+    resp: &kds::DiscoveryResponse,
+) -> Result<ZoneMessage, String> {
+    let labels = ZoneMetrics::labels(&resp.r#type);
+    let mut request = kds::DiscoveryRequest {
+        r#type: resp.r#type.clone(),
+        response_nonce: resp.nonce.clone(),
+        ..Default::default()
+    };
+    for s in &resp.skipped {
+        tracing::warn!(type_ = %resp.r#type, mesh = %s.mesh, name = %s.name, size = s.size, limit = s.limit, "global could not send a resource: it is larger than the message limit");
+    }
+    match apply::apply(&ctx.store, resp).await {
+        Ok(applied) => {
+            let kind = apply::parse_kind(&resp.r#type).expect("apply checked the type");
+            ctx.metrics.syncs_applied.get_or_create(&labels).inc();
+            ctx.metrics
+                .resources_applied
+                .get_or_create(&labels)
+                .inc_by(applied.changed as u64);
+            ctx.metrics
+                .resources_removed
+                .get_or_create(&labels)
+                .inc_by(applied.removed as u64);
+            let rejected = !applied.rejected.is_empty();
+            {
+                let mut conn = ctx.connection();
+                let e = conn.applied.entry(kind.as_str()).or_default();
+                e.0 += 1;
+                if rejected {
+                    e.1 += 1;
+                }
+            }
+            let nack = rejected.then(|| Nack {
+                at_ms: now_ms(),
+                error: format!(
+                    "{} of {} resources rejected",
+                    applied.rejected.len(),
+                    resp.resources.len()
+                ),
+                resources: applied
+                    .rejected
+                    .iter()
+                    .map(|r| (r.mesh.clone(), r.name.clone(), r.reason.clone()))
+                    .collect(),
+            });
+            let system_version = resp.system_version;
+            ctx.update_type(kind, |t| {
+                t.system_version = system_version;
+                t.last_applied_ms = now_ms();
+                t.responses_applied += 1;
+                if let Some(n) = nack.clone() {
+                    t.responses_rejected += 1;
+                    t.last_nack = Some(n);
+                }
+            })
+            .await;
+            if let Some(n) = nack {
+                ctx.metrics.nacks.get_or_create(&labels).inc();
+                tracing::warn!(
+                    type_ = %resp.r#type, nonce = %resp.nonce,
+                    rejected = ?applied.rejected.iter().map(|r| format!("{}/{}: {}", r.mesh, r.name, r.reason)).collect::<Vec<_>>(),
+                    "rejected resources from global; applied the rest"
+                );
+                request.error_detail = Some(kds::ErrorDetail {
+                    code: tonic::Code::InvalidArgument as i32,
+                    message: n.error,
+                });
+                request.rejected = applied.rejected;
+            } else {
+                tracing::debug!(
+                    type_ = %resp.r#type, nonce = %resp.nonce, changed = applied.changed,
+                    removed = applied.removed, unchanged = applied.unchanged, "applied"
+                );
+            }
+        }
+        Err(ApplyError::UnknownType(t)) => {
+            ctx.metrics.nacks.get_or_create(&labels).inc();
+            tracing::warn!(type_ = %t, "global sent a type this zone does not know");
+            request.error_detail = Some(kds::ErrorDetail {
+                code: tonic::Code::InvalidArgument as i32,
+                message: format!("unknown type {t:?}"),
+            });
+        }
+        Err(ApplyError::Store(e)) => return Err(format!("cannot write the local store: {e}")),
+    }
+    Ok(ZoneMessage {
+        message: Some(zone_message::Message::Request(request)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_starts_within_a_second_and_is_capped() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        let first = b.next_delay();
+        assert!(first >= Duration::from_millis(500) && first <= Duration::from_secs(1));
+        let delays: Vec<Duration> = (0..20).map(|_| b.next_delay()).collect();
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(30)));
+        assert!(delays.last().unwrap() >= &Duration::from_secs(15));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn target_requires_tls_and_a_trust_choice() {
+        let mut c = ZoneConfig::new("z", "grpcs://127.0.0.1:5685", "t".into(), "d".into());
+        assert!(Target::new(&c).unwrap_err().contains("--global-ca-file"));
+        c.insecure_skip_verify = true;
+        let t = Target::new(&c).unwrap();
+        assert_eq!(
+            (t.uri.as_str(), t.server_name.as_str()),
+            ("https://127.0.0.1:5685", "127.0.0.1")
+        );
+        c.global_address = "grpcs://[::1]:5685".into();
+        assert_eq!(Target::new(&c).unwrap().server_name, "::1");
+        c.global_address = "http://127.0.0.1:5685".into();
+        assert!(Target::new(&c).unwrap_err().contains("grpcs://"));
+        c.global_address = "grpcs://localhost".into();
+        assert!(Target::new(&c).unwrap_err().contains("port"));
+    }
+}

@@ -1,0 +1,188 @@
+//! The zone's shared state: its store, the state of its connection to global, per synced type
+//! what it applied, and the extra status (dataplanes, backend checks) other parts of the zone
+//! publish for the report to global.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::model::Kind;
+use common::store::{Records, Store, StoreError};
+use proto::kds;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+
+use crate::ZoneConfig;
+use crate::metrics::ZoneMetrics;
+
+/// The types the zone receives from global, in the order it subscribes (Secrets before the
+/// Meshes that use them).
+pub const SYNCED_TYPES: [Kind; 2] = [Kind::Secret, Kind::Mesh];
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Last rejection of a type.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Nack {
+    pub at_ms: u64,
+    pub error: String,
+    pub resources: Vec<(String, String, String)>,
+}
+
+/// Per synced type, persisted in the `sync` record tree so it survives restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TypeSync {
+    /// Global's system version of the last response applied.
+    pub system_version: u64,
+    pub last_applied_ms: u64,
+    /// Counted over the life of the zone's data directory.
+    pub responses_applied: u64,
+    pub responses_rejected: u64,
+    pub last_nack: Option<Nack>,
+}
+
+/// The connection to global, in memory.
+#[derive(Debug, Clone, Default)]
+pub struct Connection {
+    pub connected: bool,
+    /// When the current stream was established (or the last one, when disconnected).
+    pub since_ms: u64,
+    pub last_error: String,
+    pub last_error_ms: u64,
+    pub connects: u64,
+    /// Responses applied / rejected on the current stream, per type.
+    pub applied: BTreeMap<&'static str, (u64, u64)>,
+}
+
+/// What other parts of the zone add to its status report (dataplanes, backend checks).
+#[derive(Debug, Clone, Default)]
+pub struct StatusExtra {
+    pub dataplanes: Vec<kds::DataplaneStatus>,
+    pub backend_checks: Vec<kds::BackendCheck>,
+}
+
+pub struct ZoneCtx {
+    pub config: ZoneConfig,
+    pub store: Store,
+    pub metrics: ZoneMetrics,
+    pub connection: Mutex<Connection>,
+    types: Mutex<BTreeMap<&'static str, TypeSync>>,
+    sync_records: Records,
+    pub extra: Mutex<StatusExtra>,
+    /// Notified when the status report should be resent (e.g. `extra` changed).
+    pub report_now: Notify,
+}
+
+impl ZoneCtx {
+    pub fn new(config: ZoneConfig, store: Store) -> Result<Self, StoreError> {
+        let sync_records = store.records("sync")?;
+        let mut types = BTreeMap::new();
+        for kind in SYNCED_TYPES {
+            let t: TypeSync = sync_records.get(kind.as_str())?.unwrap_or_default();
+            types.insert(kind.as_str(), t);
+        }
+        Ok(Self {
+            config,
+            store,
+            metrics: ZoneMetrics::new(),
+            connection: Mutex::new(Connection::default()),
+            types: Mutex::new(types),
+            sync_records,
+            extra: Mutex::new(StatusExtra::default()),
+            report_now: Notify::new(),
+        })
+    }
+
+    pub fn connection(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.connection.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn type_sync(&self, kind: Kind) -> TypeSync {
+        self.types
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(kind.as_str())
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Updates and persists the bookkeeping of a type.
+    pub async fn update_type(&self, kind: Kind, f: impl FnOnce(&mut TypeSync)) {
+        let value = {
+            let mut types = self.types.lock().unwrap_or_else(|e| e.into_inner());
+            let t = types.entry(kind.as_str()).or_default();
+            f(t);
+            t.clone()
+        };
+        if let Err(e) = self.sync_records.put(kind.as_str(), &value).await {
+            tracing::warn!(error = %e, "cannot persist the sync bookkeeping");
+        }
+    }
+
+    /// The versions the zone holds of a type, as sent when subscribing.
+    pub fn held_versions(&self, kind: Kind) -> Vec<kds::ResourceVersion> {
+        let (_, map) = self.store.versions(kind);
+        map.iter()
+            .map(|((mesh, name), version)| kds::ResourceVersion {
+                mesh: mesh.clone(),
+                name: name.clone(),
+                version: version.clone(),
+            })
+            .collect()
+    }
+
+    /// Count and digest of what the zone holds of a type.
+    pub fn held_digest(&self, kind: Kind) -> (u64, String) {
+        let (_, map) = self.store.versions(kind);
+        let mut h = Sha256::new();
+        for ((mesh, name), version) in map.iter() {
+            h.update(mesh.as_bytes());
+            h.update([0]);
+            h.update(name.as_bytes());
+            h.update([0]);
+            h.update(version.as_bytes());
+            h.update([b'\n']);
+        }
+        (map.len() as u64, hex::encode(h.finalize()))
+    }
+
+    /// The status report sent to global.
+    pub fn status_report(&self) -> kds::ZoneStatus {
+        let conn = self.connection().clone();
+        let extra = self.extra.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let types = SYNCED_TYPES
+            .iter()
+            .map(|kind| {
+                let (count, digest) = self.held_digest(*kind);
+                let t = self.type_sync(*kind);
+                let (applied, rejected) =
+                    conn.applied.get(kind.as_str()).copied().unwrap_or((0, 0));
+                kds::TypeStatus {
+                    r#type: kind.as_str().to_string(),
+                    count,
+                    digest,
+                    system_version: t.system_version,
+                    applied,
+                    rejected,
+                }
+            })
+            .collect();
+        kds::ZoneStatus {
+            zone: self.config.name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            connected_since_unix_ms: conn.since_ms as i64,
+            reported_at_unix_ms: now_ms() as i64,
+            types,
+            dataplanes: extra.dataplanes,
+            backend_checks: extra.backend_checks,
+        }
+    }
+}

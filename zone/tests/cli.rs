@@ -1,0 +1,145 @@
+//! The `zone` binary on its own: flag errors exit 2 before anything starts; without a reachable
+//! global it still serves its API, reports the failure at `/status`, retries with backoff and
+//! logs the failure once, and stops cleanly on SIGTERM.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn zone() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_zone"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn flag_errors_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t").unwrap();
+    let base = |extra: &[&str]| {
+        let mut c = zone();
+        c.args(["run", "--name", "z1", "--data-dir"])
+            .arg(dir.path())
+            .arg("--token-file")
+            .arg(&token)
+            .args(["--api-addr", "127.0.0.1:0"])
+            .args(extra);
+        c.output().unwrap()
+    };
+    // No way to trust global's certificate.
+    let out = base(&["--global-address", "grpcs://127.0.0.1:5685"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--global-ca-file"));
+    // Plain text is refused.
+    let out = base(&[
+        "--global-address",
+        "http://127.0.0.1:5685",
+        "--insecure-skip-verify",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("grpcs://"));
+    // Missing required flag (clap).
+    let out = zone().args(["run", "--name", "z1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+async fn get(url: &str) -> Option<(u16, serde_json::Value)> {
+    let resp = reqwest::get(url).await.ok()?;
+    let status = resp.status().as_u16();
+    Some((status, resp.json().await.unwrap_or(serde_json::Value::Null)))
+}
+
+#[tokio::test]
+async fn without_global_it_serves_reports_and_logs_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "not-a-real-token").unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "").unwrap();
+    let api = free_port();
+    let log = dir.path().join("zone.log");
+    let mut child = zone()
+        .args(["run", "--name", "lonely"])
+        .args([
+            "--global-address",
+            &format!("grpcs://127.0.0.1:{}", free_port()),
+        ])
+        .arg("--global-ca-file")
+        .arg(&ca)
+        .arg("--token-file")
+        .arg(&token)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--api-addr", &format!("127.0.0.1:{api}")])
+        .args(["--dp-addr", "127.0.0.1:0"])
+        .env("RUST_LOG", "info,zone=debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{api}");
+    let start = Instant::now();
+    // Serves at once, reports the failure, and keeps retrying.
+    let status = loop {
+        if let Some((200, s)) = get(&format!("{base}/status")).await
+            && s["global"]["lastError"].is_string()
+            && s["global"]["connected"] == false
+        {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no status");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(status["zone"], "lonely");
+    assert_eq!(status["types"]["Mesh"]["count"], 0);
+    assert_eq!(get(&format!("{base}/readyz")).await.unwrap().0, 200);
+    assert_eq!(get(&format!("{base}/meshes")).await.unwrap().1["total"], 0);
+    let (code, body) = get(&format!("{base}/meshes/nope")).await.unwrap();
+    assert_eq!(code, 404, "{body}");
+    // Two retries at least (first within a second, then within two more).
+    let metrics_url = format!("{base}/metrics");
+    loop {
+        let text = reqwest::get(&metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.lines().any(|l| {
+            l.starts_with("zone_reconnects_total ") && !l.ends_with(" 0") && !l.ends_with(" 1")
+        }) {
+            assert!(text.contains("zone_connected 0"), "{text}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no retries: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "no exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(log.matches("cannot sync with global").count(), 1, "{log}");
+    assert!(log.contains("retry failed the same way"), "{log}");
+    assert!(log.contains("--dp-addr"), "{log}");
+}
