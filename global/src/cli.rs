@@ -614,6 +614,11 @@ pub async fn validate_resources(resources: Vec<Resource>) -> Vec<ResourceReport>
                 Err(refused) => {
                     report.valid = false;
                     report.errors = refused.errors.errors;
+                    report.warnings = refused
+                        .checks
+                        .iter()
+                        .flat_map(|c| c.warnings.iter().map(move |w| format!("backend {:?}: {w}", c.backend)))
+                        .collect();
                     report.checks = refused.checks;
                     report.unreachable = refused.unreachable;
                 }
@@ -664,16 +669,33 @@ fn print_report(reports: &[ResourceReport]) {
         println!("{} {:?}{}: {}", r.kind, r.name, scope, if r.valid { "VALID" } else { "INVALID" });
         for c in &r.checks {
             for step in &c.checks {
+                // Warnings are listed once, below.
+                if step.passed && step.detail.starts_with("warning:") {
+                    continue;
+                }
+                let field = step.field.as_deref().map(|f| format!(" [{f}]")).unwrap_or_default();
                 println!(
-                    "  {}  {} {}: {}",
+                    "  {}  {} {}{}: {}",
                     if step.passed { "PASS" } else { "FAIL" },
                     c.backend,
                     step.name,
+                    if step.passed { String::new() } else { field },
                     step.detail
                 );
             }
         }
+        // Errors that repeat a failed check above are not printed twice.
+        let failed_details: Vec<&str> = r
+            .checks
+            .iter()
+            .flat_map(|c| c.checks.iter())
+            .filter(|s| !s.passed)
+            .map(|s| s.detail.as_str())
+            .collect();
         for e in &r.errors {
+            if failed_details.iter().any(|d| e.reason.contains(d)) {
+                continue;
+            }
             println!("  FAIL  {}: {}", e.field, e.reason);
         }
         for w in &r.warnings {
