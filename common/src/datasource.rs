@@ -60,12 +60,12 @@ impl DataSource {
             n => return Err(DataSourceError::NotExactlyOne(n)),
         }
         if let Some(name) = &self.secret {
-            return secrets
-                .secret_data(mesh, name)
-                .ok_or_else(|| DataSourceError::SecretNotFound {
+            return secrets.secret_data(mesh, name).ok_or_else(|| {
+                DataSourceError::SecretNotFound {
                     mesh: mesh.to_string(),
                     name: name.clone(),
-                });
+                }
+            });
         }
         if let Some(path) = &self.file {
             return std::fs::read(path).map_err(|e| DataSourceError::File {
@@ -90,20 +90,47 @@ mod tests {
     fn resolves_each_kind() {
         let mut secrets = SecretMap::default();
         secrets.insert("default", "sec-1", b"hello".to_vec());
-        assert_eq!(DataSource::secret("sec-1").resolve("default", &secrets).unwrap(), b"hello");
+        assert_eq!(
+            DataSource::secret("sec-1")
+                .resolve("default", &secrets)
+                .unwrap(),
+            b"hello"
+        );
         assert_eq!(
             DataSource::secret("sec-1").resolve("other", &secrets),
-            Err(DataSourceError::SecretNotFound { mesh: "other".into(), name: "sec-1".into() })
+            Err(DataSourceError::SecretNotFound {
+                mesh: "other".into(),
+                name: "sec-1".into()
+            })
         );
-        assert_eq!(DataSource::inline_string("x").resolve("m", &secrets).unwrap(), b"x");
-        let inline = DataSource { inline: Some("aGk=".into()), ..Default::default() };
+        assert_eq!(
+            DataSource::inline_string("x")
+                .resolve("m", &secrets)
+                .unwrap(),
+            b"x"
+        );
+        let inline = DataSource {
+            inline: Some("aGk=".into()),
+            ..Default::default()
+        };
         assert_eq!(inline.resolve("m", &secrets).unwrap(), b"hi");
-        let bad = DataSource { inline: Some("%%%".into()), ..Default::default() };
-        assert!(matches!(bad.resolve("m", &secrets), Err(DataSourceError::Base64(_))));
+        let bad = DataSource {
+            inline: Some("%%%".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            bad.resolve("m", &secrets),
+            Err(DataSourceError::Base64(_))
+        ));
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
         std::fs::write(&p, b"file!").unwrap();
-        assert_eq!(DataSource::file(p.to_str().unwrap()).resolve("m", &secrets).unwrap(), b"file!");
+        assert_eq!(
+            DataSource::file(p.to_str().unwrap())
+                .resolve("m", &secrets)
+                .unwrap(),
+            b"file!"
+        );
         assert!(matches!(
             DataSource::file("/nonexistent/x").resolve("m", &secrets),
             Err(DataSourceError::File { .. })
@@ -116,7 +143,10 @@ mod tests {
 
     #[test]
     fn debug_redacts_inline_values() {
-        let ds = DataSource { inline_string: Some("s3cr3t-token".into()), ..Default::default() };
+        let ds = DataSource {
+            inline_string: Some("s3cr3t-token".into()),
+            ..Default::default()
+        };
         assert!(!format!("{ds:?}").contains("s3cr3t"));
         let s = Secret::new("m", "n", b"topsecret");
         assert!(!format!("{s:?}").contains(&s.data));

@@ -18,7 +18,9 @@ pub struct HumanDuration {
 pub enum DurationError {
     #[error("empty duration")]
     Empty,
-    #[error("invalid duration {0:?}: expected a number followed by a unit (ms, s, m, h, d, w, y), e.g. 24h or 1h30m")]
+    #[error(
+        "invalid duration {0:?}: expected a number followed by a unit (ms, s, m, h, d, w, y), e.g. 24h or 1h30m"
+    )]
     Invalid(String),
     #[error("duration {0:?} is too large")]
     Overflow(String),
@@ -140,12 +142,7 @@ pub fn format_duration(d: Duration) -> String {
         return "0s".to_string();
     }
     let mut out = String::new();
-    for (unit, size) in [
-        ("h", 3_600_000u128),
-        ("m", 60_000),
-        ("s", 1_000),
-        ("ms", 1),
-    ] {
+    for (unit, size) in [("h", 3_600_000u128), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
         if ms >= size {
             out.push_str(&format!("{}{}", ms / size, unit));
             ms %= size;
@@ -164,7 +161,10 @@ mod tests {
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
         assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86_400));
-        assert_eq!(parse_duration("1w").unwrap(), Duration::from_secs(7 * 86_400));
+        assert_eq!(
+            parse_duration("1w").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration(" 2h ").unwrap(), Duration::from_secs(7200));
@@ -172,7 +172,17 @@ mod tests {
 
     #[test]
     fn refuses_bad_forms() {
-        for bad in ["", "10", "h", "10x", "1.5h", "-1h", "10 s", "1h-", "99999999999999999999999h"] {
+        for bad in [
+            "",
+            "10",
+            "h",
+            "10x",
+            "1.5h",
+            "-1h",
+            "10 s",
+            "1h-",
+            "99999999999999999999999h",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
         }
     }

@@ -63,7 +63,11 @@ impl ValidationErrors {
 
     /// `Ok(())` when nothing was found, else `Err(self)`.
     pub fn into_result(self) -> Result<(), ValidationErrors> {
-        if self.errors.is_empty() { Ok(()) } else { Err(self) }
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(self)
+        }
     }
 }
 

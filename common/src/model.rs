@@ -94,7 +94,10 @@ impl Mesh {
     }
 
     pub fn backends(&self) -> &[Backend] {
-        self.mtls.as_ref().map(|m| m.backends.as_slice()).unwrap_or(&[])
+        self.mtls
+            .as_ref()
+            .map(|m| m.backends.as_slice())
+            .unwrap_or(&[])
     }
 }
 
@@ -123,7 +126,8 @@ pub struct Backend {
 }
 
 /// Default lifetime of a proxy certificate when `dpCert.rotation.expiration` is not set (Kuma's).
-pub const DEFAULT_DP_CERT_EXPIRATION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+pub const DEFAULT_DP_CERT_EXPIRATION: std::time::Duration =
+    std::time::Duration::from_secs(24 * 3600);
 
 impl Backend {
     pub fn backend_type(&self) -> Option<BackendType> {

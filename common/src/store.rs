@@ -167,6 +167,18 @@ pub type VersionMap = BTreeMap<(String, String), String>;
 struct VersionIndex {
     revision: u64,
     kinds: HashMap<Kind, Arc<VersionMap>>,
+    /// Per kind, the revision of the last write that changed it.
+    changed_at: HashMap<Kind, u64>,
+}
+
+/// A consistent view of one kind's versions.
+#[derive(Debug, Clone)]
+pub struct VersionSnapshot {
+    /// The store revision the map reflects.
+    pub revision: u64,
+    /// The revision of the last write that changed this kind (at most `revision`).
+    pub changed_at: u64,
+    pub map: Arc<VersionMap>,
 }
 
 /// The sled-backed store. Cheap to clone; clones share the database.
@@ -225,7 +237,7 @@ impl Store {
         }
         let mut index = VersionIndex {
             revision,
-            kinds: HashMap::new(),
+            ..Default::default()
         };
         let mut maps: HashMap<Kind, VersionMap> = HashMap::new();
         for item in resources.iter() {
@@ -240,6 +252,7 @@ impl Store {
         }
         for (kind, map) in maps {
             index.kinds.insert(kind, Arc::new(map));
+            index.changed_at.insert(kind, revision);
         }
         let (revision_tx, _) = watch::channel(revision);
         Ok(Self {
@@ -258,6 +271,17 @@ impl Store {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
         let map = index.kinds.get(&kind).cloned().unwrap_or_default();
         (index.revision, map)
+    }
+
+    /// Like `versions`, with the revision at which the kind last changed, so that a reader can
+    /// skip kinds that did not change since it last looked.
+    pub fn snapshot(&self, kind: Kind) -> VersionSnapshot {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        VersionSnapshot {
+            revision: index.revision,
+            changed_at: index.changed_at.get(&kind).copied().unwrap_or(0),
+            map: index.kinds.get(&kind).cloned().unwrap_or_default(),
+        }
     }
 
     /// A named tree of records that are not resources (no revision, not synced, not in `list`).
@@ -436,8 +460,9 @@ impl Store {
                     (Outcome::Deleted, _) => {
                         map.remove(&(key.mesh.clone(), key.name.clone()));
                     }
-                    _ => {}
+                    _ => continue,
                 }
+                index.changed_at.insert(key.kind, next);
             }
             index.revision = next;
             drop(index);
@@ -477,12 +502,19 @@ impl Records {
     }
 
     pub async fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        self.put_buffered(key, value)?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Writes without waiting for the disk: durable at sled's next periodic flush (about half a
+    /// second), for bookkeeping that may lag after a crash.
+    pub fn put_buffered<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
             key: key.to_string(),
             reason: e.to_string(),
         })?;
         self.tree.insert(key.as_bytes(), bytes)?;
-        self.db.flush_async().await?;
         Ok(())
     }
 
@@ -597,6 +629,10 @@ mod tests {
             assert_eq!(meshes.len(), 2);
             assert_eq!(store.versions(Kind::Mesh).1.len(), 1);
             assert_eq!(store.versions(Kind::Mesh).0, 2);
+            let snap = store.snapshot(Kind::Secret);
+            assert_eq!((snap.revision, snap.changed_at, snap.map.len()), (2, 1, 1));
+            assert_eq!(store.snapshot(Kind::Mesh).changed_at, 2);
+            assert_eq!(store.snapshot(Kind::Dataplane).changed_at, 0);
             let records = store.records("zones").unwrap();
             records
                 .put("z1", &serde_json::json!({"online": false}))

@@ -331,8 +331,16 @@ pub async fn admit_mesh(
                         .await;
                 match generated_ca {
                     Ok(Ok(pair)) => {
-                        generated.push(Secret::new(&mesh.name, &cert_name, pair.cert_pem.as_bytes()));
-                        generated.push(Secret::new(&mesh.name, &key_name, pair.key_pem().as_bytes()));
+                        generated.push(Secret::new(
+                            &mesh.name,
+                            &cert_name,
+                            pair.cert_pem.as_bytes(),
+                        ));
+                        generated.push(Secret::new(
+                            &mesh.name,
+                            &key_name,
+                            pair.key_pem().as_bytes(),
+                        ));
                         admitted.checks.push(BackendCheck {
                             mesh: mesh.name.clone(),
                             backend: backend.name.clone(),
@@ -341,7 +349,9 @@ pub async fn admit_mesh(
                             checks: vec![CheckStep {
                                 name: "builtin CA".into(),
                                 passed: true,
-                                detail: format!("generated, stored as Secrets {cert_name} and {key_name}"),
+                                detail: format!(
+                                    "generated, stored as Secrets {cert_name} and {key_name}"
+                                ),
                                 field: None,
                             }],
                             warnings: vec![],
@@ -350,11 +360,17 @@ pub async fn admit_mesh(
                     }
                     Ok(Err(e)) => {
                         all_unreachable = false;
-                        errors.push(format!("{field}.conf"), format!("cannot generate the CA: {e}"));
+                        errors.push(
+                            format!("{field}.conf"),
+                            format!("cannot generate the CA: {e}"),
+                        );
                     }
                     Err(e) => {
                         all_unreachable = false;
-                        errors.push(format!("{field}.conf"), format!("CA generation failed: {e}"));
+                        errors.push(
+                            format!("{field}.conf"),
+                            format!("CA generation failed: {e}"),
+                        );
                     }
                 }
             }
@@ -418,14 +434,22 @@ pub fn secret_users(mesh: &Mesh, secret: &str) -> Vec<String> {
     for (i, b) in mesh.backends().iter().enumerate() {
         if let Some(conf) = &b.conf {
             let mut paths = Vec::new();
-            find_secret_refs(conf, &format!("mtls.backends[{i}].conf"), secret, &mut paths);
+            find_secret_refs(
+                conf,
+                &format!("mtls.backends[{i}].conf"),
+                secret,
+                &mut paths,
+            );
             for p in paths {
                 users.push(format!("{p} (backend {:?})", b.name));
             }
         }
         let (cert, key) = ca::builtin_secret_names(&mesh.name, &b.name);
         if b.type_ == "builtin" && (cert == secret || key == secret) {
-            users.push(format!("mtls.backends[{i}] (builtin CA of backend {:?})", b.name));
+            users.push(format!(
+                "mtls.backends[{i}] (builtin CA of backend {:?})",
+                b.name
+            ));
         }
     }
     users
@@ -456,10 +480,7 @@ pub fn invalid_parameters(errors: &ValidationErrors) -> Vec<FieldError> {
 }
 
 /// Keys of the resources a batch deletes when a Mesh is deleted: the Mesh and everything in it.
-pub fn mesh_delete_ops(
-    mesh: &str,
-    stored: &BTreeMap<Kind, Vec<ResourceKey>>,
-) -> Vec<Op> {
+pub fn mesh_delete_ops(mesh: &str, stored: &BTreeMap<Kind, Vec<ResourceKey>>) -> Vec<Op> {
     let mut ops = vec![Op::Delete(ResourceKey::mesh(mesh))];
     for keys in stored.values() {
         ops.extend(keys.iter().cloned().map(Op::Delete));

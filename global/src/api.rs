@@ -123,7 +123,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/meshes", get(list_meshes))
-        .route("/meshes/{name}", put(put_mesh).get(get_mesh).delete(delete_mesh))
+        .route(
+            "/meshes/{name}",
+            put(put_mesh).get(get_mesh).delete(delete_mesh),
+        )
         .route("/meshes/{mesh}/secrets", get(list_secrets))
         .route(
             "/meshes/{mesh}/secrets/{name}",
@@ -135,7 +138,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/zones/{name}", get(crate::kds::zones::get_zone))
         .route("/tokens/zone", post(crate::tokens::issue_zone_token))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API path") })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -194,7 +200,10 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
 fn rfc3339(unix: u64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix as i64)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -220,22 +229,36 @@ async fn list_meshes(State(state): State<ApiState>) -> ApiResult<Json<Value>> {
     Ok(Json(list_body(state.store.list(Kind::Mesh, None)?)))
 }
 
-async fn get_mesh(State(state): State<ApiState>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_mesh(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
     match state.store.get(&ResourceKey::mesh(&name))? {
         Some(r) => Ok(Json(present(&r))),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("mesh {name:?} not found"))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("mesh {name:?} not found"),
+        )),
     }
 }
 
-async fn list_secrets(State(state): State<ApiState>, Path(mesh): Path<String>) -> ApiResult<Json<Value>> {
-    Ok(Json(list_body(state.store.list(Kind::Secret, Some(&mesh))?)))
+async fn list_secrets(
+    State(state): State<ApiState>,
+    Path(mesh): Path<String>,
+) -> ApiResult<Json<Value>> {
+    Ok(Json(list_body(
+        state.store.list(Kind::Secret, Some(&mesh))?,
+    )))
 }
 
 async fn get_secret(
     State(state): State<ApiState>,
     Path((mesh, name)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    match state.store.get(&ResourceKey::new(Kind::Secret, &mesh, &name))? {
+    match state
+        .store
+        .get(&ResourceKey::new(Kind::Secret, &mesh, &name))?
+    {
         Some(r) => Ok(Json(present(&r))),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -248,7 +271,9 @@ async fn list_dataplanes(
     State(state): State<ApiState>,
     Path(mesh): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    Ok(Json(list_body(state.store.list(Kind::Dataplane, Some(&mesh))?)))
+    Ok(Json(list_body(
+        state.store.list(Kind::Dataplane, Some(&mesh))?,
+    )))
 }
 
 impl Existing for Store {
@@ -352,25 +377,37 @@ fn check_url_identity(resource: &Resource, kind: Kind, mesh: &str, name: &str) -
     if resource.kind() != kind {
         errors.push(
             "type",
-            format!("this path takes a {kind}, the body is a {}", resource.kind()),
+            format!(
+                "this path takes a {kind}, the body is a {}",
+                resource.kind()
+            ),
         );
     }
     if resource.name() != name {
         errors.push(
             "name",
-            format!("name {:?} does not match the name in the path {name:?}", resource.name()),
+            format!(
+                "name {:?} does not match the name in the path {name:?}",
+                resource.name()
+            ),
         );
     }
     if kind != Kind::Mesh && resource.mesh() != mesh {
         errors.push(
             "mesh",
-            format!("mesh {:?} does not match the mesh in the path {mesh:?}", resource.mesh()),
+            format!(
+                "mesh {:?} does not match the mesh in the path {mesh:?}",
+                resource.mesh()
+            ),
         );
     }
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(ApiError::invalid("the body does not match the path", errors))
+        Err(ApiError::invalid(
+            "the body does not match the path",
+            errors,
+        ))
     }
 }
 
@@ -422,10 +459,16 @@ async fn put_secret(
     put_resource(state, Kind::Secret, mesh, name, query, body).await
 }
 
-async fn delete_mesh(State(state): State<ApiState>, Path(name): Path<String>) -> ApiResult<Response> {
+async fn delete_mesh(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     let _guard = state.admit_lock.lock().await;
     if state.store.get(&ResourceKey::mesh(&name))?.is_none() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("mesh {name:?} not found")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("mesh {name:?} not found"),
+        ));
     }
     // The Mesh and everything in it go in one transaction.
     let mut ops = vec![Op::Delete(ResourceKey::mesh(&name))];
@@ -437,7 +480,11 @@ async fn delete_mesh(State(state): State<ApiState>, Path(name): Path<String>) ->
     let n = ops.len() - 1;
     state.store.write(ops).await?;
     tracing::info!(mesh = %name, owned = n, "mesh deleted");
-    Ok((StatusCode::OK, Json(json!({"type": "Mesh", "name": name, "result": "deleted", "ownedDeleted": n}))).into_response())
+    Ok((
+        StatusCode::OK,
+        Json(json!({"type": "Mesh", "name": name, "result": "deleted", "ownedDeleted": n})),
+    )
+        .into_response())
 }
 
 async fn delete_secret(
@@ -468,7 +515,11 @@ async fn delete_secret(
     }
     state.store.write(vec![Op::Delete(key)]).await?;
     tracing::info!(mesh = %mesh, name = %name, "secret deleted");
-    Ok((StatusCode::OK, Json(json!({"type": "Secret", "mesh": mesh, "name": name, "result": "deleted"}))).into_response())
+    Ok((
+        StatusCode::OK,
+        Json(json!({"type": "Secret", "mesh": mesh, "name": name, "result": "deleted"})),
+    )
+        .into_response())
 }
 
 /// `POST /apply[?dryRun=true]`: several documents (YAML stream or JSON), admitted and stored as one
@@ -481,10 +532,16 @@ async fn apply_batch(
 ) -> ApiResult<Response> {
     let body = body_bytes(body)?;
     let text = std::str::from_utf8(&body).map_err(|_| {
-        ApiError::invalid("the body is not UTF-8", ValidationErrors::single("", "the body is not valid UTF-8"))
+        ApiError::invalid(
+            "the body is not UTF-8",
+            ValidationErrors::single("", "the body is not valid UTF-8"),
+        )
     })?;
     let mut resources = common::parse::parse_documents(text).map_err(|e| {
-        ApiError::invalid(format!("document {} could not be parsed", e.document), e.errors.clone())
+        ApiError::invalid(
+            format!("document {} could not be parsed", e.document),
+            e.errors.clone(),
+        )
     })?;
     // Meshes before their Secrets would fail the mesh-exists check for new meshes, and Secrets
     // before Meshes are needed for references: admission sees the whole batch, so order by kind.

@@ -102,7 +102,10 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let t1 = AdminToken::load_or_create(dir.path()).unwrap();
-        let mode = std::fs::metadata(dir.path().join("admin-token")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("admin-token"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let t2 = AdminToken::load_or_create(dir.path()).unwrap();
         assert_eq!(t1.0, t2.0);
@@ -121,7 +124,11 @@ mod tests {
         let remote: SocketAddr = "10.0.0.1:1".parse().unwrap();
         assert!(!needs_admin(&Method::GET, "/meshes", Some(local)));
         assert!(needs_admin(&Method::GET, "/meshes", Some(remote)));
-        assert!(needs_admin(&Method::GET, "/meshes/default/secrets", Some(local)));
+        assert!(needs_admin(
+            &Method::GET,
+            "/meshes/default/secrets",
+            Some(local)
+        ));
         assert!(needs_admin(&Method::PUT, "/meshes/default", Some(local)));
         assert!(needs_admin(&Method::DELETE, "/meshes/default", Some(local)));
         assert!(!needs_admin(&Method::GET, "/healthz", Some(remote)));

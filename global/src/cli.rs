@@ -14,7 +14,11 @@ use serde_json::Value;
 use crate::accept::{self, BackendCheck};
 
 #[derive(Parser, Debug)]
-#[command(name = "global", version, about = "Global control plane: holds Meshes and Secrets, validates CA backends, syncs zones")]
+#[command(
+    name = "global",
+    version,
+    about = "Global control plane: holds Meshes and Secrets, validates CA backends, syncs zones"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -140,13 +144,22 @@ pub struct Failure {
 
 impl Failure {
     fn refused(message: impl Into<String>) -> Self {
-        Self { code: exit::REFUSED, message: message.into() }
+        Self {
+            code: exit::REFUSED,
+            message: message.into(),
+        }
     }
     fn usage(message: impl Into<String>) -> Self {
-        Self { code: exit::USAGE, message: message.into() }
+        Self {
+            code: exit::USAGE,
+            message: message.into(),
+        }
     }
     fn unreachable(message: impl Into<String>) -> Self {
-        Self { code: exit::UNREACHABLE, message: message.into() }
+        Self {
+            code: exit::UNREACHABLE,
+            message: message.into(),
+        }
     }
 }
 
@@ -187,27 +200,63 @@ pub fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Run { data_dir, api_addr, kds_addr, kds_tls_cert, kds_tls_key } => {
+        Command::Run {
+            data_dir,
+            api_addr,
+            kds_addr,
+            kds_tls_cert,
+            kds_tls_key,
+        } => {
             init_tracing();
             let listener = tokio::net::TcpListener::bind(&api_addr)
                 .await
-                .map_err(|e| Failure::usage(format!("cannot listen on --api-addr {api_addr}: {e}")))?;
+                .map_err(|e| {
+                    Failure::usage(format!("cannot listen on --api-addr {api_addr}: {e}"))
+                })?;
             let kds_listener = tokio::net::TcpListener::bind(&kds_addr)
                 .await
-                .map_err(|e| Failure::usage(format!("cannot listen on --kds-addr {kds_addr}: {e}")))?;
+                .map_err(|e| {
+                    Failure::usage(format!("cannot listen on --kds-addr {kds_addr}: {e}"))
+                })?;
             let mut kds = crate::KdsEndpoint::new(kds_listener);
             if let (Some(cert), Some(key)) = (kds_tls_cert, kds_tls_key) {
                 kds.tls = crate::kds::KdsTls::Files { cert, key };
             }
-            let listeners = crate::Listeners { api: listener, kds: Some(kds) };
-            crate::run(crate::GlobalConfig { data_dir }, listeners, shutdown_signal())
-                .await
-                .map_err(|e| Failure::refused(e.to_string()))
+            let listeners = crate::Listeners {
+                api: listener,
+                kds: Some(kds),
+            };
+            crate::run(
+                crate::GlobalConfig { data_dir },
+                listeners,
+                shutdown_signal(),
+            )
+            .await
+            .map_err(|e| Failure::refused(e.to_string()))
         }
-        Command::ZoneToken { zone, valid_for, api } => zone_token(&zone, &valid_for, &api).await,
-        Command::Apply { files, dry_run, api } => apply(&files, dry_run, &api).await,
-        Command::Get { what, name, mesh, output, api } => get(what, name, &mesh, output, &api).await,
-        Command::Delete { what, name, mesh, api } => delete(what, &name, &mesh, &api).await,
+        Command::ZoneToken {
+            zone,
+            valid_for,
+            api,
+        } => zone_token(&zone, &valid_for, &api).await,
+        Command::Apply {
+            files,
+            dry_run,
+            api,
+        } => apply(&files, dry_run, &api).await,
+        Command::Get {
+            what,
+            name,
+            mesh,
+            output,
+            api,
+        } => get(what, name, &mesh, output, &api).await,
+        Command::Delete {
+            what,
+            name,
+            mesh,
+            api,
+        } => delete(what, &name, &mesh, &api).await,
         Command::Validate { files, output } => validate(&files, output).await,
     }
 }
@@ -217,13 +266,14 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -243,9 +293,17 @@ fn read_inputs(files: &[String]) -> Result<Vec<(String, String)>, Failure> {
                 .map_err(|e| Failure::usage(format!("cannot read stdin: {e}")))?;
             s
         } else {
-            std::fs::read_to_string(f).map_err(|e| Failure::usage(format!("cannot read {f}: {e}")))?
+            std::fs::read_to_string(f)
+                .map_err(|e| Failure::usage(format!("cannot read {f}: {e}")))?
         };
-        out.push((if f == "-" { "stdin".to_string() } else { f.clone() }, text));
+        out.push((
+            if f == "-" {
+                "stdin".to_string()
+            } else {
+                f.clone()
+            },
+            text,
+        ));
     }
     Ok(out)
 }
@@ -273,7 +331,12 @@ impl Client {
         let token = match &args.admin_token_file {
             Some(p) => Some(
                 std::fs::read_to_string(p)
-                    .map_err(|e| Failure::usage(format!("cannot read --admin-token-file {}: {e}", p.display())))?
+                    .map_err(|e| {
+                        Failure::usage(format!(
+                            "cannot read --admin-token-file {}: {e}",
+                            p.display()
+                        ))
+                    })?
                     .trim()
                     .to_string(),
             ),
@@ -283,7 +346,11 @@ impl Client {
             .timeout(std::time::Duration::from_secs(120))
             .build()
             .map_err(|e| Failure::refused(e.to_string()))?;
-        Ok(Self { http, base: args.api.trim_end_matches('/').to_string(), token })
+        Ok(Self {
+            http,
+            base: args.api.trim_end_matches('/').to_string(),
+            token,
+        })
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -297,7 +364,11 @@ impl Client {
     /// Sends a request; returns the JSON body of a 2xx, or a Failure with the API's error.
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, Failure> {
         let resp = req.send().await.map_err(|e| {
-            Failure::unreachable(format!("cannot reach global at {}: {}", self.base, error_chain(&e)))
+            Failure::unreachable(format!(
+                "cannot reach global at {}: {}",
+                self.base,
+                error_chain(&e)
+            ))
         })?;
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
@@ -323,7 +394,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 pub fn describe_api_error(status: u16, body: &Value) -> String {
     let mut out = format!(
         "{} ({}): {}",
-        body.get("title").and_then(Value::as_str).unwrap_or("request failed"),
+        body.get("title")
+            .and_then(Value::as_str)
+            .unwrap_or("request failed"),
         status,
         body.get("detail").and_then(Value::as_str).unwrap_or("")
     );
@@ -352,7 +425,11 @@ async fn apply(files: &[String], dry_run: bool, api: &ApiArgs) -> Result<(), Fai
         .collect::<Vec<_>>()
         .join("\n---\n");
     let client = Client::new(api)?;
-    let path = if dry_run { "/apply?dryRun=true" } else { "/apply" };
+    let path = if dry_run {
+        "/apply?dryRun=true"
+    } else {
+        "/apply"
+    };
     let resp = client
         .send(
             client
@@ -361,8 +438,17 @@ async fn apply(files: &[String], dry_run: bool, api: &ApiArgs) -> Result<(), Fai
                 .body(body),
         )
         .await?;
-    for r in resp.get("results").and_then(Value::as_array).into_iter().flatten() {
-        let kind = r.get("type").and_then(Value::as_str).unwrap_or("").to_lowercase();
+    for r in resp
+        .get("results")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let kind = r
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_lowercase();
         let name = r.get("name").and_then(Value::as_str).unwrap_or("");
         let mesh = r.get("mesh").and_then(Value::as_str).unwrap_or("");
         let result = r.get("result").and_then(Value::as_str).unwrap_or("");
@@ -373,7 +459,12 @@ async fn apply(files: &[String], dry_run: bool, api: &ApiArgs) -> Result<(), Fai
         }
     }
     print_checks(resp.get("checks"));
-    for w in resp.get("warnings").and_then(Value::as_array).into_iter().flatten() {
+    for w in resp
+        .get("warnings")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         println!("warning: {}", w.as_str().unwrap_or(""));
     }
     if dry_run {
@@ -386,7 +477,12 @@ fn print_checks(checks: Option<&Value>) {
     for c in checks.and_then(Value::as_array).into_iter().flatten() {
         let backend = c.get("backend").and_then(Value::as_str).unwrap_or("");
         let mesh = c.get("mesh").and_then(Value::as_str).unwrap_or("");
-        for step in c.get("checks").and_then(Value::as_array).into_iter().flatten() {
+        for step in c
+            .get("checks")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let passed = step.get("passed").and_then(Value::as_bool).unwrap_or(false);
             println!(
                 "  {} mesh {mesh:?} backend {backend:?} {}: {}",
@@ -398,7 +494,13 @@ fn print_checks(checks: Option<&Value>) {
     }
 }
 
-async fn get(what: GetKind, name: Option<String>, mesh: &str, output: Format, api: &ApiArgs) -> Result<(), Failure> {
+async fn get(
+    what: GetKind,
+    name: Option<String>,
+    mesh: &str,
+    output: Format,
+    api: &ApiArgs,
+) -> Result<(), Failure> {
     let client = Client::new(api)?;
     let path = match (what, &name) {
         (GetKind::Meshes | GetKind::Mesh, None) => "/meshes".to_string(),
@@ -409,9 +511,14 @@ async fn get(what: GetKind, name: Option<String>, mesh: &str, output: Format, ap
         (GetKind::Zones | GetKind::Zone, Some(n)) => format!("/zones/{n}"),
         (GetKind::Dataplanes, _) => format!("/meshes/{mesh}/dataplanes"),
     };
-    let body = client.send(client.request(reqwest::Method::GET, &path)).await?;
+    let body = client
+        .send(client.request(reqwest::Method::GET, &path))
+        .await?;
     match output {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default()),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&body).unwrap_or_default()
+        ),
         Format::Yaml => print!("{}", serde_norway::to_string(&body).unwrap_or_default()),
         Format::Table => {
             let items: Vec<Value> = match body.get("items").and_then(Value::as_array) {
@@ -439,7 +546,12 @@ fn print_table(what: GetKind, items: &[Value]) {
     let mut rows: Vec<Vec<String>> = Vec::new();
     match what {
         GetKind::Meshes | GetKind::Mesh => {
-            rows.push(vec!["NAME".into(), "MTLS".into(), "BACKENDS".into(), "MODIFIED".into()]);
+            rows.push(vec![
+                "NAME".into(),
+                "MTLS".into(),
+                "BACKENDS".into(),
+                "MODIFIED".into(),
+            ]);
             for m in items {
                 let enabled = s(m, &["mtls", "enabledBackend"]);
                 let backends: Vec<String> = m
@@ -452,7 +564,11 @@ fn print_table(what: GetKind, items: &[Value]) {
                     .collect();
                 rows.push(vec![
                     s(m, &["name"]).into(),
-                    if enabled.is_empty() { "off".into() } else { enabled.into() },
+                    if enabled.is_empty() {
+                        "off".into()
+                    } else {
+                        enabled.into()
+                    },
                     backends.join(","),
                     s(m, &["modificationTime"]).into(),
                 ]);
@@ -461,11 +577,20 @@ fn print_table(what: GetKind, items: &[Value]) {
         GetKind::Secrets | GetKind::Secret => {
             rows.push(vec!["MESH".into(), "NAME".into(), "MODIFIED".into()]);
             for x in items {
-                rows.push(vec![s(x, &["mesh"]).into(), s(x, &["name"]).into(), s(x, &["modificationTime"]).into()]);
+                rows.push(vec![
+                    s(x, &["mesh"]).into(),
+                    s(x, &["name"]).into(),
+                    s(x, &["modificationTime"]).into(),
+                ]);
             }
         }
         GetKind::Zones | GetKind::Zone => {
-            rows.push(vec!["NAME".into(), "STATUS".into(), "LAST SEEN".into(), "VAULT".into()]);
+            rows.push(vec![
+                "NAME".into(),
+                "STATUS".into(),
+                "LAST SEEN".into(),
+                "VAULT".into(),
+            ]);
             for z in items {
                 let online = z.get("online").and_then(Value::as_bool).unwrap_or(false);
                 let vault = z
@@ -480,7 +605,11 @@ fn print_table(what: GetKind, items: &[Value]) {
                                     "{}/{}={}",
                                     s(c, &["mesh"]),
                                     s(c, &["backend"]),
-                                    if ok { "ok".to_string() } else { format!("FAILED ({})", s(c, &["error"])) }
+                                    if ok {
+                                        "ok".to_string()
+                                    } else {
+                                        format!("FAILED ({})", s(c, &["error"]))
+                                    }
                                 )
                             })
                             .collect::<Vec<_>>()
@@ -489,14 +618,26 @@ fn print_table(what: GetKind, items: &[Value]) {
                     .unwrap_or_default();
                 rows.push(vec![
                     s(z, &["name"]).into(),
-                    if online { "online".into() } else { "offline".into() },
+                    if online {
+                        "online".into()
+                    } else {
+                        "offline".into()
+                    },
                     s(z, &["lastSeen"]).into(),
                     vault,
                 ]);
             }
         }
         GetKind::Dataplanes => {
-            rows.push(vec!["MESH".into(), "NAME".into(), "ZONE".into(), "SERVICE".into(), "BACKEND".into(), "SERIAL".into(), "EXPIRES".into()]);
+            rows.push(vec![
+                "MESH".into(),
+                "NAME".into(),
+                "ZONE".into(),
+                "SERVICE".into(),
+                "BACKEND".into(),
+                "SERIAL".into(),
+                "EXPIRES".into(),
+            ]);
             for d in items {
                 let service = d
                     .get("networking")
@@ -524,7 +665,12 @@ fn print_table(what: GetKind, items: &[Value]) {
 pub fn render_table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().map(|r| r.get(c).map(|x| x.chars().count()).unwrap_or(0)).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map(|x| x.chars().count()).unwrap_or(0))
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for r in rows {
@@ -545,7 +691,9 @@ async fn delete(what: DeleteKind, name: &str, mesh: &str, api: &ApiArgs) -> Resu
         DeleteKind::Mesh => format!("/meshes/{name}"),
         DeleteKind::Secret => format!("/meshes/{mesh}/secrets/{name}"),
     };
-    client.send(client.request(reqwest::Method::DELETE, &path)).await?;
+    client
+        .send(client.request(reqwest::Method::DELETE, &path))
+        .await?;
     match what {
         DeleteKind::Mesh => println!("mesh {name:?} deleted"),
         DeleteKind::Secret => println!("secret {name:?} (mesh {mesh:?}) deleted"),
@@ -561,7 +709,11 @@ async fn zone_token(zone: &str, valid_for: &str, api: &ApiArgs) -> Result<(), Fa
     let client = Client::new(api)?;
     let body = serde_json::json!({"zone": zone, "validFor": valid_for});
     let resp = client
-        .send(client.request(reqwest::Method::POST, "/tokens/zone").json(&body))
+        .send(
+            client
+                .request(reqwest::Method::POST, "/tokens/zone")
+                .json(&body),
+        )
         .await?;
     let token = resp
         .get("token")
@@ -617,7 +769,11 @@ pub async fn validate_resources(resources: Vec<Resource>) -> Vec<ResourceReport>
                     report.warnings = refused
                         .checks
                         .iter()
-                        .flat_map(|c| c.warnings.iter().map(move |w| format!("backend {:?}: {w}", c.backend)))
+                        .flat_map(|c| {
+                            c.warnings
+                                .iter()
+                                .map(move |w| format!("backend {:?}: {w}", c.backend))
+                        })
                         .collect();
                     report.checks = refused.checks;
                     report.unreachable = refused.unreachable;
@@ -649,7 +805,10 @@ async fn validate(files: &[String], output: Format) -> Result<(), Failure> {
     }
     let reports = validate_resources(resources).await;
     match output {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&reports).unwrap_or_default()),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&reports).unwrap_or_default()
+        ),
         Format::Yaml => print!("{}", serde_norway::to_string(&reports).unwrap_or_default()),
         Format::Table => print_report(&reports),
     }
@@ -657,23 +816,45 @@ async fn validate(files: &[String], output: Format) -> Result<(), Failure> {
     if invalid.is_empty() {
         Ok(())
     } else if invalid.iter().all(|r| r.unreachable) {
-        Err(Failure::unreachable(format!("{} of {} resources could not be validated: Vault unreachable", invalid.len(), reports.len())))
+        Err(Failure::unreachable(format!(
+            "{} of {} resources could not be validated: Vault unreachable",
+            invalid.len(),
+            reports.len()
+        )))
     } else {
-        Err(Failure::refused(format!("{} of {} resources are invalid", invalid.len(), reports.len())))
+        Err(Failure::refused(format!(
+            "{} of {} resources are invalid",
+            invalid.len(),
+            reports.len()
+        )))
     }
 }
 
 fn print_report(reports: &[ResourceReport]) {
     for r in reports {
-        let scope = if r.kind == "Mesh" { String::new() } else { format!(" (mesh {:?})", r.mesh) };
-        println!("{} {:?}{}: {}", r.kind, r.name, scope, if r.valid { "VALID" } else { "INVALID" });
+        let scope = if r.kind == "Mesh" {
+            String::new()
+        } else {
+            format!(" (mesh {:?})", r.mesh)
+        };
+        println!(
+            "{} {:?}{}: {}",
+            r.kind,
+            r.name,
+            scope,
+            if r.valid { "VALID" } else { "INVALID" }
+        );
         for c in &r.checks {
             for step in &c.checks {
                 // Warnings are listed once, below.
                 if step.passed && step.detail.starts_with("warning:") {
                     continue;
                 }
-                let field = step.field.as_deref().map(|f| format!(" [{f}]")).unwrap_or_default();
+                let field = step
+                    .field
+                    .as_deref()
+                    .map(|f| format!(" [{f}]"))
+                    .unwrap_or_default();
                 println!(
                     "  {}  {} {}{}: {}",
                     if step.passed { "PASS" } else { "FAIL" },
@@ -703,7 +884,10 @@ fn print_report(reports: &[ResourceReport]) {
         }
     }
     let valid = reports.iter().filter(|r| r.valid).count();
-    println!("{valid} of {} resources valid; nothing was stored", reports.len());
+    println!(
+        "{valid} of {} resources valid; nothing was stored",
+        reports.len()
+    );
 }
 
 /// Reads a token file for tests and tools.

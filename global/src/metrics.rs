@@ -65,9 +65,9 @@ impl Metrics {
             "CA backend checks (Vault test certificates, provided CA checks) by result",
             backend_checks.clone(),
         );
-        let vault_check_seconds = Histogram::new(
-            [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
-        );
+        let vault_check_seconds = Histogram::new([
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
         registry.register(
             "vault_check_seconds",
             "Duration of admission backend checks",

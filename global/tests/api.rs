@@ -38,38 +38,226 @@ const GOOD_FROM_CP: &str = r#"        address: http://127.0.0.1:1
 fn invalid_meshes() -> Vec<(&'static str, String, &'static str)> {
     let v = |s: &str| mesh_with("default", &vault_backend(s));
     vec![
-        ("bad mesh name", "type: Mesh\nname: Bad_Name\n".into(), "name"),
-        ("name too long", format!("type: Mesh\nname: {}\n", "a".repeat(64)), "name"),
-        ("unknown top-level field", "type: Mesh\nname: default\nmtlss: {}\n".into(), "mtlss"),
-        ("mtls wrong type", "type: Mesh\nname: default\nmtls: 5\n".into(), "mtls"),
-        ("enabledBackend names nothing", mesh_with("default", "  enabledBackend: nope\n  backends:\n  - name: ca-1\n    type: builtin\n"), "mtls.enabledBackend"),
-        ("duplicate backend names", mesh_with("default", "  backends:\n  - name: ca-1\n    type: builtin\n  - name: ca-1\n    type: builtin\n"), "mtls.backends[1].name"),
-        ("unknown backend type", mesh_with("default", "  backends:\n  - name: ca-1\n    type: magic\n"), "mtls.backends[0].type"),
-        ("bad backend name", mesh_with("default", "  backends:\n  - name: CA_1\n    type: builtin\n"), "mtls.backends[0].name"),
-        ("bad expiration", mesh_with("default", "  backends:\n  - name: ca-1\n    type: builtin\n    dpCert:\n      rotation:\n        expiration: 24 hours\n"), "mtls.backends[0].dpCert.rotation.expiration"),
-        ("zero expiration", mesh_with("default", "  backends:\n  - name: ca-1\n    type: builtin\n    dpCert:\n      rotation:\n        expiration: 0s\n"), "mtls.backends[0].dpCert.rotation.expiration"),
-        ("builtin RSAbits", mesh_with("default", "  backends:\n  - name: ca-1\n    type: builtin\n    conf:\n      caCert:\n        RSAbits: 1000\n"), "mtls.backends[0].conf.caCert.RSAbits"),
-        ("builtin unknown conf field", mesh_with("default", "  backends:\n  - name: ca-1\n    type: builtin\n    conf:\n      bogus: 1\n"), "mtls.backends[0].conf.bogus"),
-        ("provided without key", mesh_with("default", "  backends:\n  - name: ca-1\n    type: provided\n    conf:\n      cert:\n        inlineString: x\n"), "mtls.backends[0].conf.key"),
-        ("provided missing secret", mesh_with("default", "  backends:\n  - name: ca-1\n    type: provided\n    conf:\n      cert:\n        secret: nope\n      key:\n        secret: nope2\n"), "mtls.backends[0].conf.cert.secret"),
-        ("vault without fromCp", mesh_with("default", "  backends:\n  - name: v\n    type: vault\n    conf: {}\n"), "mtls.backends[0].conf.fromCp"),
-        ("vault without address", v("        pki: p\n        role: r\n        auth:\n          token:\n            inlineString: t\n"), "mtls.backends[0].conf.fromCp.address"),
-        ("vault address not a URL", v("        address: not a url\n        pki: p\n        role: r\n        auth:\n          token:\n            inlineString: t\n"), "mtls.backends[0].conf.fromCp.address"),
-        ("vault address typo vault.8200", v("        address: https://vault.8200\n        pki: p\n        role: r\n        tls:\n          skipVerify: true\n        auth:\n          token:\n            inlineString: t\n"), "mtls.backends[0].conf.fromCp.address"),
-        ("vault without pki", v("        address: http://127.0.0.1:8200\n        role: r\n        auth:\n          token:\n            inlineString: t\n"), "mtls.backends[0].conf.fromCp.pki"),
-        ("vault without role", v("        address: http://127.0.0.1:8200\n        pki: p\n        auth:\n          token:\n            inlineString: t\n"), "mtls.backends[0].conf.fromCp.role"),
-        ("vault without auth", v("        address: http://127.0.0.1:8200\n        pki: p\n        role: r\n"), "mtls.backends[0].conf.fromCp.auth"),
-        ("vault both auth methods", v("        address: http://127.0.0.1:8200\n        pki: p\n        role: r\n        auth:\n          token:\n            inlineString: t\n          tls:\n            clientKey:\n              inlineString: k\n            clientCert:\n              inlineString: c\n"), "mtls.backends[0].conf.fromCp.auth"),
-        ("vault tls auth without clientCert", v("        address: http://127.0.0.1:8200\n        pki: p\n        role: r\n        auth:\n          tls:\n            clientKey:\n              inlineString: k\n"), "mtls.backends[0].conf.fromCp.auth.tls.clientCert"),
-        ("vault https without caCert", v("        address: https://127.0.0.1:8200\n        pki: p\n        role: r\n        auth:\n          token:\n            inlineString: t\n"), "mtls.backends[0].conf.fromCp.tls.caCert"),
-        ("vault token secret missing", v("        address: http://127.0.0.1:8200\n        pki: p\n        role: r\n        auth:\n          token:\n            secret: token-1\n"), "mtls.backends[0].conf.fromCp.auth.token.secret"),
-        ("data source with two fields", v("        address: http://127.0.0.1:8200\n        pki: p\n        role: r\n        auth:\n          token:\n            inlineString: t\n            file: /tmp/t\n"), "mtls.backends[0].conf.fromCp.auth.token"),
-        ("data source bad base64", v("        address: http://127.0.0.1:8200\n        pki: p\n        role: r\n        auth:\n          token:\n            inline: '%%%'\n"), "mtls.backends[0].conf.fromCp.auth.token.inline"),
-        ("relative file path", v("        address: http://127.0.0.1:8200\n        pki: p\n        role: r\n        auth:\n          token:\n            file: token.txt\n"), "mtls.backends[0].conf.fromCp.auth.token.file"),
-        ("bad commonName template", v(&format!("{GOOD_FROM_CP}        commonName: '{{{{ nope \"x\" }}}}'\n")), "mtls.backends[0].conf.fromCp.commonName"),
-        ("unterminated template", v(&format!("{GOOD_FROM_CP}        commonName: '{{{{ tag \"x\"'\n")), "mtls.backends[0].conf.fromCp.commonName"),
-        ("unknown fromCp field", v(&format!("{GOOD_FROM_CP}        adress: x\n")), "mtls.backends[0].conf.fromCp.adress"),
-        ("pki with slash", v("        address: http://127.0.0.1:8200\n        pki: /p/\n        role: r\n        auth:\n          token:\n            inlineString: t\n"), "mtls.backends[0].conf.fromCp.pki"),
+        (
+            "bad mesh name",
+            "type: Mesh\nname: Bad_Name\n".into(),
+            "name",
+        ),
+        (
+            "name too long",
+            format!("type: Mesh\nname: {}\n", "a".repeat(64)),
+            "name",
+        ),
+        (
+            "unknown top-level field",
+            "type: Mesh\nname: default\nmtlss: {}\n".into(),
+            "mtlss",
+        ),
+        (
+            "mtls wrong type",
+            "type: Mesh\nname: default\nmtls: 5\n".into(),
+            "mtls",
+        ),
+        (
+            "enabledBackend names nothing",
+            mesh_with(
+                "default",
+                "  enabledBackend: nope\n  backends:\n  - name: ca-1\n    type: builtin\n",
+            ),
+            "mtls.enabledBackend",
+        ),
+        (
+            "duplicate backend names",
+            mesh_with(
+                "default",
+                "  backends:\n  - name: ca-1\n    type: builtin\n  - name: ca-1\n    type: builtin\n",
+            ),
+            "mtls.backends[1].name",
+        ),
+        (
+            "unknown backend type",
+            mesh_with("default", "  backends:\n  - name: ca-1\n    type: magic\n"),
+            "mtls.backends[0].type",
+        ),
+        (
+            "bad backend name",
+            mesh_with(
+                "default",
+                "  backends:\n  - name: CA_1\n    type: builtin\n",
+            ),
+            "mtls.backends[0].name",
+        ),
+        (
+            "bad expiration",
+            mesh_with(
+                "default",
+                "  backends:\n  - name: ca-1\n    type: builtin\n    dpCert:\n      rotation:\n        expiration: 24 hours\n",
+            ),
+            "mtls.backends[0].dpCert.rotation.expiration",
+        ),
+        (
+            "zero expiration",
+            mesh_with(
+                "default",
+                "  backends:\n  - name: ca-1\n    type: builtin\n    dpCert:\n      rotation:\n        expiration: 0s\n",
+            ),
+            "mtls.backends[0].dpCert.rotation.expiration",
+        ),
+        (
+            "builtin RSAbits",
+            mesh_with(
+                "default",
+                "  backends:\n  - name: ca-1\n    type: builtin\n    conf:\n      caCert:\n        RSAbits: 1000\n",
+            ),
+            "mtls.backends[0].conf.caCert.RSAbits",
+        ),
+        (
+            "builtin unknown conf field",
+            mesh_with(
+                "default",
+                "  backends:\n  - name: ca-1\n    type: builtin\n    conf:\n      bogus: 1\n",
+            ),
+            "mtls.backends[0].conf.bogus",
+        ),
+        (
+            "provided without key",
+            mesh_with(
+                "default",
+                "  backends:\n  - name: ca-1\n    type: provided\n    conf:\n      cert:\n        inlineString: x\n",
+            ),
+            "mtls.backends[0].conf.key",
+        ),
+        (
+            "provided missing secret",
+            mesh_with(
+                "default",
+                "  backends:\n  - name: ca-1\n    type: provided\n    conf:\n      cert:\n        secret: nope\n      key:\n        secret: nope2\n",
+            ),
+            "mtls.backends[0].conf.cert.secret",
+        ),
+        (
+            "vault without fromCp",
+            mesh_with(
+                "default",
+                "  backends:\n  - name: v\n    type: vault\n    conf: {}\n",
+            ),
+            "mtls.backends[0].conf.fromCp",
+        ),
+        (
+            "vault without address",
+            v(
+                "        pki: p\n        role: r\n        auth:\n          token:\n            inlineString: t\n",
+            ),
+            "mtls.backends[0].conf.fromCp.address",
+        ),
+        (
+            "vault address not a URL",
+            v(
+                "        address: not a url\n        pki: p\n        role: r\n        auth:\n          token:\n            inlineString: t\n",
+            ),
+            "mtls.backends[0].conf.fromCp.address",
+        ),
+        (
+            "vault address typo vault.8200",
+            v(
+                "        address: https://vault.8200\n        pki: p\n        role: r\n        tls:\n          skipVerify: true\n        auth:\n          token:\n            inlineString: t\n",
+            ),
+            "mtls.backends[0].conf.fromCp.address",
+        ),
+        (
+            "vault without pki",
+            v(
+                "        address: http://127.0.0.1:8200\n        role: r\n        auth:\n          token:\n            inlineString: t\n",
+            ),
+            "mtls.backends[0].conf.fromCp.pki",
+        ),
+        (
+            "vault without role",
+            v(
+                "        address: http://127.0.0.1:8200\n        pki: p\n        auth:\n          token:\n            inlineString: t\n",
+            ),
+            "mtls.backends[0].conf.fromCp.role",
+        ),
+        (
+            "vault without auth",
+            v("        address: http://127.0.0.1:8200\n        pki: p\n        role: r\n"),
+            "mtls.backends[0].conf.fromCp.auth",
+        ),
+        (
+            "vault both auth methods",
+            v(
+                "        address: http://127.0.0.1:8200\n        pki: p\n        role: r\n        auth:\n          token:\n            inlineString: t\n          tls:\n            clientKey:\n              inlineString: k\n            clientCert:\n              inlineString: c\n",
+            ),
+            "mtls.backends[0].conf.fromCp.auth",
+        ),
+        (
+            "vault tls auth without clientCert",
+            v(
+                "        address: http://127.0.0.1:8200\n        pki: p\n        role: r\n        auth:\n          tls:\n            clientKey:\n              inlineString: k\n",
+            ),
+            "mtls.backends[0].conf.fromCp.auth.tls.clientCert",
+        ),
+        (
+            "vault https without caCert",
+            v(
+                "        address: https://127.0.0.1:8200\n        pki: p\n        role: r\n        auth:\n          token:\n            inlineString: t\n",
+            ),
+            "mtls.backends[0].conf.fromCp.tls.caCert",
+        ),
+        (
+            "vault token secret missing",
+            v(
+                "        address: http://127.0.0.1:8200\n        pki: p\n        role: r\n        auth:\n          token:\n            secret: token-1\n",
+            ),
+            "mtls.backends[0].conf.fromCp.auth.token.secret",
+        ),
+        (
+            "data source with two fields",
+            v(
+                "        address: http://127.0.0.1:8200\n        pki: p\n        role: r\n        auth:\n          token:\n            inlineString: t\n            file: /tmp/t\n",
+            ),
+            "mtls.backends[0].conf.fromCp.auth.token",
+        ),
+        (
+            "data source bad base64",
+            v(
+                "        address: http://127.0.0.1:8200\n        pki: p\n        role: r\n        auth:\n          token:\n            inline: '%%%'\n",
+            ),
+            "mtls.backends[0].conf.fromCp.auth.token.inline",
+        ),
+        (
+            "relative file path",
+            v(
+                "        address: http://127.0.0.1:8200\n        pki: p\n        role: r\n        auth:\n          token:\n            file: token.txt\n",
+            ),
+            "mtls.backends[0].conf.fromCp.auth.token.file",
+        ),
+        (
+            "bad commonName template",
+            v(&format!(
+                "{GOOD_FROM_CP}        commonName: '{{{{ nope \"x\" }}}}'\n"
+            )),
+            "mtls.backends[0].conf.fromCp.commonName",
+        ),
+        (
+            "unterminated template",
+            v(&format!(
+                "{GOOD_FROM_CP}        commonName: '{{{{ tag \"x\"'\n"
+            )),
+            "mtls.backends[0].conf.fromCp.commonName",
+        ),
+        (
+            "unknown fromCp field",
+            v(&format!("{GOOD_FROM_CP}        adress: x\n")),
+            "mtls.backends[0].conf.fromCp.adress",
+        ),
+        (
+            "pki with slash",
+            v(
+                "        address: http://127.0.0.1:8200\n        pki: /p/\n        role: r\n        auth:\n          token:\n            inlineString: t\n",
+            ),
+            "mtls.backends[0].conf.fromCp.pki",
+        ),
     ]
 }
 
@@ -86,16 +274,24 @@ async fn every_invalid_mesh_is_refused_with_its_field_and_nothing_is_stored() {
             .to_string();
         let (status, v) = g.put(&format!("/meshes/{name}"), body).await;
         assert_eq!(status, 400, "{what}: expected 400, got {status}: {v}");
-        let params = v["invalid_parameters"].as_array().unwrap_or_else(|| panic!("{what}: no invalid_parameters in {v}"));
+        let params = v["invalid_parameters"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{what}: no invalid_parameters in {v}"));
         assert!(
             params.iter().any(|p| p["field"] == *field),
             "{what}: expected field {field:?} in {params:?}"
         );
         for p in params {
-            assert!(!p["reason"].as_str().unwrap().is_empty(), "{what}: empty reason");
+            assert!(
+                !p["reason"].as_str().unwrap().is_empty(),
+                "{what}: empty reason"
+            );
         }
         assert_eq!(v["status"], 400);
-        assert!(v["title"].is_string() && v["detail"].is_string(), "{what}: error body {v}");
+        assert!(
+            v["title"].is_string() && v["detail"].is_string(),
+            "{what}: error body {v}"
+        );
     }
     assert_eq!(g.mesh_count().await, 0, "a refused mesh was stored");
     let (_, secrets) = g.get("/meshes/default/secrets").await;
@@ -108,21 +304,44 @@ async fn writes_and_secrets_need_the_admin_token() {
     let url = &g.url;
     let body = "type: Mesh\nname: default\n";
     // No token.
-    let r = g.http.put(format!("{url}/meshes/default")).body(body).send().await.unwrap();
+    let r = g
+        .http
+        .put(format!("{url}/meshes/default"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["status"], 401);
     // Wrong token.
-    let r = g.http.put(format!("{url}/meshes/default")).bearer_auth("wrong").body(body).send().await.unwrap();
+    let r = g
+        .http
+        .put(format!("{url}/meshes/default"))
+        .bearer_auth("wrong")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(g.mesh_count().await, 0);
     // With the token it works; reads of meshes are open on loopback, secrets are not.
     assert_eq!(g.put("/meshes/default", body).await.0, 201);
     let r = g.http.get(format!("{url}/meshes")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let r = g.http.get(format!("{url}/meshes/default/secrets")).send().await.unwrap();
+    let r = g
+        .http
+        .get(format!("{url}/meshes/default/secrets"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = g.http.delete(format!("{url}/meshes/default")).send().await.unwrap();
+    let r = g
+        .http
+        .delete(format!("{url}/meshes/default"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(g.mesh_count().await, 1);
 }
@@ -130,7 +349,10 @@ async fn writes_and_secrets_need_the_admin_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn builtin_mesh_gets_a_ca_secret_data_is_never_shown_and_everything_survives_restart() {
     let g = TestGlobal::start().await;
-    let body = mesh_with("default", "  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n");
+    let body = mesh_with(
+        "default",
+        "  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n",
+    );
     let (status, v) = g.put("/meshes/default", &body).await;
     assert_eq!(status, 201, "{v}");
     assert_eq!(v["result"], "created");
@@ -139,17 +361,32 @@ async fn builtin_mesh_gets_a_ca_secret_data_is_never_shown_and_everything_surviv
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["result"], "unchanged");
     let (_, secrets) = g.get("/meshes/default/secrets").await;
-    let names: Vec<&str> = secrets["items"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names, vec!["default.ca-builtin-cert-ca-1", "default.ca-builtin-key-ca-1"]);
+    let names: Vec<&str> = secrets["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            "default.ca-builtin-cert-ca-1",
+            "default.ca-builtin-key-ca-1"
+        ]
+    );
     for s in secrets["items"].as_array().unwrap() {
         assert!(s.get("data").is_none(), "secret data shown: {s}");
     }
-    let (status, key) = g.get("/meshes/default/secrets/default.ca-builtin-key-ca-1").await;
+    let (status, key) = g
+        .get("/meshes/default/secrets/default.ca-builtin-key-ca-1")
+        .await;
     assert_eq!(status, 200);
     assert!(key.get("data").is_none());
     assert!(!key.to_string().contains("PRIVATE"));
     // The CA secret is in use: deleting it is refused.
-    let (status, v) = g.delete("/meshes/default/secrets/default.ca-builtin-key-ca-1").await;
+    let (status, v) = g
+        .delete("/meshes/default/secrets/default.ca-builtin-key-ca-1")
+        .await;
     assert_eq!(status, 409, "{v}");
     // A plain secret: created, readable without data.
     let secret = "type: Secret\nname: sec-1\nmesh: default\ndata: aGVsbG8=\n";
@@ -174,7 +411,10 @@ async fn builtin_mesh_gets_a_ca_secret_data_is_never_shown_and_everything_surviv
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_runs_store_nothing() {
     let g = TestGlobal::start().await;
-    let body = mesh_with("default", "  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n");
+    let body = mesh_with(
+        "default",
+        "  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n",
+    );
     let (status, v) = g.put("/meshes/default?dryRun=true", &body).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["result"], "valid");
@@ -184,7 +424,12 @@ async fn dry_runs_store_nothing() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["results"].as_array().unwrap().len(), 2);
     // An invalid dry run is refused like a real one.
-    let (status, _) = g.put("/meshes/default?dryRun=true", "type: Mesh\nname: default\nmtls: {enabledBackend: x}\n").await;
+    let (status, _) = g
+        .put(
+            "/meshes/default?dryRun=true",
+            "type: Mesh\nname: default\nmtls: {enabledBackend: x}\n",
+        )
+        .await;
     assert_eq!(status, 400);
     assert_eq!(g.mesh_count().await, 0);
     let (_, secrets) = g.get("/meshes/default/secrets").await;
@@ -203,15 +448,29 @@ async fn batch_apply_is_all_or_nothing_and_body_must_match_path() {
     let batch = "type: Mesh\nname: m1\n---\ntype: Mesh\nname: m2\nmtls:\n  enabledBackend: nope\n";
     let (status, v) = g.post("/apply", batch).await;
     assert_eq!(status, 400, "{v}");
-    assert_eq!(g.mesh_count().await, 0, "half of a refused batch was stored");
+    assert_eq!(
+        g.mesh_count().await,
+        0,
+        "half of a refused batch was stored"
+    );
     let (status, v) = g.put("/meshes/m1", "type: Mesh\nname: m2\n").await;
     assert_eq!(status, 400);
     assert_eq!(v["invalid_parameters"][0]["field"], "name");
     // A secret whose mesh does not exist is refused.
-    let (status, v) = g.put("/meshes/ghost/secrets/s", "type: Secret\nname: s\nmesh: ghost\ndata: aGk=\n").await;
+    let (status, v) = g
+        .put(
+            "/meshes/ghost/secrets/s",
+            "type: Secret\nname: s\nmesh: ghost\ndata: aGk=\n",
+        )
+        .await;
     assert_eq!(status, 400, "{v}");
     // Mesh and its secret in one batch work.
-    let (status, v) = g.post("/apply", "type: Secret\nname: s\nmesh: m1\ndata: aGk=\n---\ntype: Mesh\nname: m1\n").await;
+    let (status, v) = g
+        .post(
+            "/apply",
+            "type: Secret\nname: s\nmesh: m1\ndata: aGk=\n---\ntype: Mesh\nname: m1\n",
+        )
+        .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(g.mesh_count().await, 1);
 }
@@ -219,7 +478,10 @@ async fn batch_apply_is_all_or_nothing_and_body_must_match_path() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_garbage_bodies_get_the_error_body() {
     let g = TestGlobal::start().await;
-    let huge = format!("type: Mesh\nname: default\nlabels:\n  a: \"{}\"\n", "x".repeat(5 * 1024 * 1024));
+    let huge = format!(
+        "type: Mesh\nname: default\nlabels:\n  a: \"{}\"\n",
+        "x".repeat(5 * 1024 * 1024)
+    );
     let (status, v) = g.put("/meshes/default", &huge).await;
     assert_eq!(status, 413, "{v}");
     assert_eq!(v["status"], 413);
@@ -229,7 +491,12 @@ async fn oversized_and_garbage_bodies_get_the_error_body() {
     let (status, _) = g.get("/nope").await;
     assert_eq!(status, 404);
     assert_eq!(g.mesh_count().await, 0);
-    let r = g.http.get(format!("{}/metrics", g.url)).send().await.unwrap();
+    let r = g
+        .http
+        .get(format!("{}/metrics", g.url))
+        .send()
+        .await
+        .unwrap();
     let text = r.text().await.unwrap();
     assert!(text.contains("global_http_requests_total"), "{text}");
     assert!(text.contains("global_admissions_total"), "{text}");

@@ -55,9 +55,21 @@ async fn seeded_vault() -> Vault {
     let bao = BaoServer::start().await.expect("OpenBao starts");
     let cli = bao.admin();
     seed::setup_root_ca(&cli, "default", "kmesh-pki-default").unwrap();
-    seed::create_role(&cli, "kmesh-pki-default", "dataplane-proxies", &RoleOptions::seed("default")).unwrap();
+    seed::create_role(
+        &cli,
+        "kmesh-pki-default",
+        "dataplane-proxies",
+        &RoleOptions::seed("default"),
+    )
+    .unwrap();
     // An EC role for speed where RSA is not the point.
-    seed::create_role(&cli, "kmesh-pki-default", "ec", &RoleOptions::seed_ec("default")).unwrap();
+    seed::create_role(
+        &cli,
+        "kmesh-pki-default",
+        "ec",
+        &RoleOptions::seed_ec("default"),
+    )
+    .unwrap();
     let p1 = seed::write_policy(&cli, "default", "kmesh-pki-default", "dataplane-proxies").unwrap();
     let p2 = seed::write_policy(&cli, "default", "kmesh-pki-default", "ec").unwrap();
     let token = seed::create_token(&cli, &[&p1, &p2]).unwrap();
@@ -69,7 +81,11 @@ async fn validate_without_a_server_reports_each_check_and_exit_codes() {
     let v = seeded_vault().await;
     let dir = tempfile::tempdir().unwrap();
     // The page's setup: valid, with the key-usage warning.
-    let good = write_file(dir.path(), "good.yaml", &mesh_file(&v.bao.addr(), "dataplane-proxies", "24h", &v.token));
+    let good = write_file(
+        dir.path(),
+        "good.yaml",
+        &mesh_file(&v.bao.addr(), "dataplane-proxies", "24h", &v.token),
+    );
     let out = global_bin(&["validate", "-f", good.to_str().unwrap()], &[]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
@@ -79,22 +95,44 @@ async fn validate_without_a_server_reports_each_check_and_exit_codes() {
     assert!(!text.contains(&v.token), "the token leaked into the report");
 
     // TTL above the role's max_ttl: refused with both numbers, exit 1.
-    let long = write_file(dir.path(), "long.yaml", &mesh_file(&v.bao.addr(), "dataplane-proxies", "1000h", &v.token));
+    let long = write_file(
+        dir.path(),
+        "long.yaml",
+        &mesh_file(&v.bao.addr(), "dataplane-proxies", "1000h", &v.token),
+    );
     let out = global_bin(&["validate", "-f", long.to_str().unwrap()], &[]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("720h") && text.contains("1000h"), "{text}");
 
     // Wrong token: refused, permission denied.
-    let bad = write_file(dir.path(), "bad.yaml", &mesh_file(&v.bao.addr(), "ec", "24h", "not-a-token"));
+    let bad = write_file(
+        dir.path(),
+        "bad.yaml",
+        &mesh_file(&v.bao.addr(), "ec", "24h", "not-a-token"),
+    );
     let out = global_bin(&["validate", "-f", bad.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
-    assert!(stdout(&out).contains("permission denied"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("permission denied"),
+        "{}",
+        stdout(&out)
+    );
 
     // Unreachable Vault: exit 3.
-    let gone = write_file(dir.path(), "gone.yaml", &mesh_file("http://127.0.0.1:9", "ec", "24h", &v.token));
+    let gone = write_file(
+        dir.path(),
+        "gone.yaml",
+        &mesh_file("http://127.0.0.1:9", "ec", "24h", &v.token),
+    );
     let out = global_bin(&["validate", "-f", gone.to_str().unwrap()], &[]);
-    assert_eq!(out.status.code(), Some(3), "{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
 
     // The page's own YAML sets both auth methods: refused with that reason, before any Vault call.
     let both = mesh_file(&v.bao.addr(), "ec", "24h", &v.token).replace(
@@ -104,36 +142,70 @@ async fn validate_without_a_server_reports_each_check_and_exit_codes() {
     let both = write_file(dir.path(), "both.yaml", &both);
     let out = global_bin(&["validate", "-f", both.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
-    assert!(stdout(&out).contains("mtls.backends[0].conf.fromCp.auth"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("mtls.backends[0].conf.fromCp.auth"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_dry_run_stores_nothing_and_apply_stores_the_mesh_and_secret() {
     let v = seeded_vault().await;
     let g = TestGlobal::start().await;
-    let file = write_file(g.dir.path(), "mesh.yaml", &mesh_file(&v.bao.addr(), "ec", "24h", &v.token));
+    let file = write_file(
+        g.dir.path(),
+        "mesh.yaml",
+        &mesh_file(&v.bao.addr(), "ec", "24h", &v.token),
+    );
     let f = file.to_str().unwrap();
 
     let out = g.cli(&["apply", "--dry-run", "-f", f]);
-    assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
     assert!(stdout(&out).contains("PASS"), "{}", stdout(&out));
     assert_eq!(g.mesh_count().await, 0, "dry run stored the mesh");
     let (_, secrets) = g.get("/meshes/default/secrets").await;
     assert_eq!(secrets["total"], 0, "dry run stored the secret");
 
     let out = g.cli(&["apply", "-f", f]);
-    assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout(&out), stderr(&out));
-    assert!(stdout(&out).contains("mesh \"default\" created"), "{}", stdout(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("mesh \"default\" created"),
+        "{}",
+        stdout(&out)
+    );
     assert_eq!(g.mesh_count().await, 1);
 
     // Unchanged backend: no new Vault check (the role could even be gone).
     let out = g.cli(&["apply", "-f", f]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(!stdout(&out).contains("PASS"), "unchanged backend was checked again: {}", stdout(&out));
+    assert!(
+        !stdout(&out).contains("PASS"),
+        "unchanged backend was checked again: {}",
+        stdout(&out)
+    );
 
     // A changed backend that Vault refuses: 400 naming the field, and the stored mesh is untouched.
     let changed = mesh_file(&v.bao.addr(), "no-such-role", "24h", &v.token);
-    let out = g.cli(&["apply", "-f", write_file(g.dir.path(), "bad.yaml", &changed).to_str().unwrap()]);
+    let out = g.cli(&[
+        "apply",
+        "-f",
+        write_file(g.dir.path(), "bad.yaml", &changed)
+            .to_str()
+            .unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     let err = stderr(&out);
     assert!(err.contains("mtls.backends[0]"), "{err}");
@@ -162,9 +234,22 @@ async fn api_refusal_for_truncated_ttl_names_both_numbers() {
     let (status, body) = g.put("/meshes/default", mesh_doc).await;
     assert_eq!(status, 400, "{body}");
     let params = body["invalid_parameters"].as_array().unwrap();
-    let reason = params.iter().map(|p| p["reason"].as_str().unwrap().to_string()).collect::<Vec<_>>().join(" ");
-    assert!(reason.contains("720h") && reason.contains("1000h"), "{body}");
-    assert!(!body["checks"].as_array().unwrap().is_empty(), "the check report is returned: {body}");
+    let reason = params
+        .iter()
+        .map(|p| p["reason"].as_str().unwrap().to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        reason.contains("720h") && reason.contains("1000h"),
+        "{body}"
+    );
+    assert!(
+        !body["checks"].as_array().unwrap().is_empty(),
+        "the check report is returned: {body}"
+    );
     let (_, mesh) = g.get("/meshes/default").await;
-    assert!(mesh.get("mtls").is_none(), "the refused update was stored: {mesh}");
+    assert!(
+        mesh.get("mtls").is_none(),
+        "the refused update was stored: {mesh}"
+    );
 }

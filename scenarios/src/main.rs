@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "scenarios", about = "Multi-process runs of the control planes with a real OpenBao")]
+#[command(
+    name = "scenarios",
+    about = "Multi-process runs of the control planes with a real OpenBao"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

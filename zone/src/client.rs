@@ -495,8 +495,7 @@ async fn handle_response(
                     t.responses_rejected += 1;
                     t.last_nack = Some(n);
                 }
-            })
-            .await;
+            });
             if let Some(n) = nack {
                 ctx.metrics.nacks.get_or_create(&labels).inc();
                 tracing::warn!(

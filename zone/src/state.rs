@@ -114,15 +114,16 @@ impl ZoneCtx {
             .unwrap_or_default()
     }
 
-    /// Updates and persists the bookkeeping of a type.
-    pub async fn update_type(&self, kind: Kind, f: impl FnOnce(&mut TypeSync)) {
+    /// Updates and persists the bookkeeping of a type (without waiting for the disk: it is
+    /// informative, and the resources themselves were flushed by their write).
+    pub fn update_type(&self, kind: Kind, f: impl FnOnce(&mut TypeSync)) {
         let value = {
             let mut types = self.types.lock().unwrap_or_else(|e| e.into_inner());
             let t = types.entry(kind.as_str()).or_default();
             f(t);
             t.clone()
         };
-        if let Err(e) = self.sync_records.put(kind.as_str(), &value).await {
+        if let Err(e) = self.sync_records.put_buffered(kind.as_str(), &value) {
             tracing::warn!(error = %e, "cannot persist the sync bookkeeping");
         }
     }

@@ -49,6 +49,8 @@ struct TypeState {
     sent: Sent,
     /// The next response is the first (full) state of the type.
     initial: bool,
+    /// The store revision this type was last diffed at.
+    synced_revision: u64,
 }
 
 #[derive(Clone)]
@@ -150,6 +152,7 @@ impl Sender {
                     kind,
                     sent,
                     initial: true,
+                    synced_revision: 0,
                 });
             }
             revision.borrow_and_update();
@@ -210,9 +213,15 @@ impl Sender {
     /// Sends what changed of `types[i]` since it was last sent (everything relevant if initial).
     async fn sync_type(&mut self, i: usize) -> Result<(), End> {
         let kind = self.types[i].kind;
-        let (system_version, current) = self.ctx.store.versions(kind);
-        let delta = diff::diff(&current, &self.types[i].sent);
+        let snapshot = self.ctx.store.snapshot(kind);
         let initial = self.types[i].initial;
+        if !initial && snapshot.changed_at <= self.types[i].synced_revision {
+            // Nothing of this type changed since it was last diffed.
+            return Ok(());
+        }
+        let system_version = snapshot.revision;
+        let delta = diff::diff(&snapshot.map, &self.types[i].sent);
+        self.types[i].synced_revision = system_version;
         if delta.is_empty() && !initial {
             return Ok(());
         }
@@ -377,8 +386,7 @@ async fn recv_loop(
                 }
                 let value = status_json(&status);
                 ctx.zones
-                    .update_persist(&zone, session, |r| r.status = Some(value))
-                    .await;
+                    .update_persist(&zone, session, |r| r.status = Some(value));
             }
             Ok(Some(ZoneMessage { message: None })) => {}
             Ok(None) => break End::Reason("the zone closed the stream".into()),
@@ -456,18 +464,16 @@ async fn handle_request(
                 "the zone rejected a response"
             );
             ctx.metrics.responses_nacked.get_or_create(&labels).inc();
-            ctx.zones
-                .update_persist(zone, session, |r| {
-                    let s = r.types.entry(kind.as_str().to_string()).or_default();
-                    s.nacked += 1;
-                    s.last_nack = Some(LastNack {
-                        at_ms: now_ms(),
-                        nonce: nonce.to_string(),
-                        error,
-                        resources,
-                    });
-                })
-                .await;
+            ctx.zones.update_persist(zone, session, |r| {
+                let s = r.types.entry(kind.as_str().to_string()).or_default();
+                s.nacked += 1;
+                s.last_nack = Some(LastNack {
+                    at_ms: now_ms(),
+                    nonce: nonce.to_string(),
+                    error,
+                    resources,
+                });
+            });
         }
     }
 }

@@ -194,10 +194,22 @@ impl Zones {
         }
     }
 
+    /// Writes the record and waits for the disk (connects, disconnects, refusals).
     async fn persist(&self, name: &str) {
         let record = self.lock().zones.get(name).map(|e| e.record.clone());
         if let Some(record) = record
             && let Err(e) = self.records.put(name, &record).await
+        {
+            tracing::warn!(zone = %name, error = %e, "cannot persist the zone record");
+        }
+    }
+
+    /// Writes the record without waiting for the disk (status reports, NACKs: frequent, and
+    /// flushed with the next connect or disconnect at the latest).
+    fn persist_buffered(&self, name: &str) {
+        let record = self.lock().zones.get(name).map(|e| e.record.clone());
+        if let Some(record) = record
+            && let Err(e) = self.records.put_buffered(name, &record)
         {
             tracing::warn!(zone = %name, error = %e, "cannot persist the zone record");
         }
@@ -282,10 +294,10 @@ impl Zones {
         }
     }
 
-    /// Like `update`, then persists the record.
-    pub async fn update_persist(&self, name: &str, session: u64, f: impl FnOnce(&mut ZoneRecord)) {
+    /// Like `update`, then persists the record (buffered).
+    pub fn update_persist(&self, name: &str, session: u64, f: impl FnOnce(&mut ZoneRecord)) {
         self.update(name, session, f);
-        self.persist(name).await;
+        self.persist_buffered(name);
     }
 
     pub fn record_too_large(&self, name: &str, session: u64, item: TooLarge) {
@@ -454,5 +466,46 @@ pub async fn get_zone(
             StatusCode::NOT_FOUND,
             format!("zone {name:?} is not known: it never connected"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn records_survive_a_restart_as_offline() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let zones = Zones::load(&store).unwrap();
+            let (session, _cancel) = zones.connect("east", "127.0.0.1:1", 0).await;
+            zones.update_persist("east", session, |r| {
+                r.types.entry("Mesh".into()).or_default().resources_sent = 3;
+            });
+            // A second stream of the same zone replaces the first, which is told to end.
+            let (second, mut cancel2) = zones.connect("east", "127.0.0.1:2", 0).await;
+            assert!(!*cancel2.borrow_and_update());
+            zones.disconnect("east", session, "old stream ended").await;
+            assert!(
+                zones.get("east").unwrap().online,
+                "the newer stream keeps it online"
+            );
+            zones.update("east", second, |r| r.last_error = "x".into());
+            // No disconnect of the live stream: as after a crash.
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let zones = Zones::load(&store).unwrap();
+        let r = zones.get("east").unwrap();
+        assert!(!r.online);
+        assert_eq!(r.connects, 2);
+        assert_eq!(r.last_disconnect_reason, "global restarted");
+        let v = present(&r);
+        assert_eq!(v["online"], false);
+        assert_eq!(v["connectedSince"], Value::Null);
+        assert_eq!(v["lastError"], "global restarted");
+        // Updates for a session that is not live are ignored.
+        zones.update("east", 99, |r| r.peer = "nope".into());
+        assert_ne!(zones.get("east").unwrap().peer, "nope");
     }
 }

@@ -29,7 +29,9 @@ impl TestGlobal {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
-        let config = global::GlobalConfig { data_dir: dir.path().to_path_buf() };
+        let config = global::GlobalConfig {
+            data_dir: dir.path().to_path_buf(),
+        };
         let handle = tokio::spawn(async move {
             global::run(config, listener, async {
                 let _ = rx.await;
@@ -45,8 +47,18 @@ impl TestGlobal {
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        let token = std::fs::read_to_string(dir.path().join("admin-token")).unwrap().trim().to_string();
-        Self { url, token, dir, shutdown: Some(tx), handle: Some(handle), http }
+        let token = std::fs::read_to_string(dir.path().join("admin-token"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Self {
+            url,
+            token,
+            dir,
+            shutdown: Some(tx),
+            handle: Some(handle),
+            http,
+        }
     }
 
     /// Stops the server and returns its data directory for a restart.
@@ -125,7 +137,16 @@ impl TestGlobal {
 
     /// Runs the real `global` binary with `--api` and the token file set.
     pub fn cli(&self, args: &[&str]) -> Output {
-        global_bin(args, &[("GLOBAL_API", &self.url), ("GLOBAL_ADMIN_TOKEN_FILE", self.token_file().to_str().unwrap())])
+        global_bin(
+            args,
+            &[
+                ("GLOBAL_API", &self.url),
+                (
+                    "GLOBAL_ADMIN_TOKEN_FILE",
+                    self.token_file().to_str().unwrap(),
+                ),
+            ],
+        )
     }
 }
 
