@@ -1,0 +1,4 @@
+//! Benchmarks (`scenarios bench ...`): figures printed as tables, recorded in BENCHMARKS.md with
+//! the command that produced them.
+
+pub mod sync;
