@@ -1,5 +1,5 @@
-//! Generates the Rust code of the sync protocol from `proto/kds.proto`, with the vendored protoc
-//! (nothing to install by hand).
+//! Generates the Rust code of the sync protocol (`proto/kds.proto`) and of the proxy identity
+//! stream (`proto/identity.proto`) with the vendored protoc (nothing to install by hand).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
@@ -8,9 +8,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        // Resource payloads may hold Secret data: its Debug is written by hand, redacted.
-        .skip_debug(["kmesh.sync.v1.Resource"])
-        .compile_protos(&["proto/kds.proto"], &["proto"])?;
+        // Resource payloads may hold Secret data, identity bundles a private key: their Debug is
+        // written by hand, redacted.
+        .skip_debug([
+            "kmesh.sync.v1.Resource",
+            "kmesh.identity.v1.IdentityResponse",
+        ])
+        .compile_protos(&["proto/kds.proto", "proto/identity.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto/kds.proto");
+    println!("cargo:rerun-if-changed=proto/identity.proto");
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod openbao;
 pub mod parse;
 pub mod store;
 pub mod template;
+pub mod tokens;
 pub mod validate;
 pub mod vault;
 pub mod x509;

@@ -596,6 +596,14 @@ pub struct IssueRequest {
     pub ttl: Duration,
 }
 
+/// What Vault says about the token in use (`auth/token/lookup-self`, `renew-self`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenInfo {
+    /// Remaining lifetime; zero for a token that never expires.
+    pub ttl: Duration,
+    pub renewable: bool,
+}
+
 /// A certificate issued by Vault. `Debug` never shows the private key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct IssuedCert {
@@ -1169,6 +1177,77 @@ impl VaultIssuer {
             serial: data.serial_number,
             expiration: data.expiration,
             warnings: answer.warnings.unwrap_or_default(),
+        })
+    }
+
+    /// `auth/token/lookup-self`: the remaining TTL of the token in use and whether it can be
+    /// renewed. `None` when there is no token to look up (through an agent, or before a cert
+    /// login). A TTL of zero means the token never expires (a root token).
+    pub async fn token_info(&self) -> Result<Option<TokenInfo>, VaultError> {
+        if self.auth == AuthMode::Agent || self.current_token().is_none() {
+            return Ok(None);
+        }
+        let v = self
+            .token_call(reqwest::Method::GET, "auth/token/lookup-self", None)
+            .await?;
+        let data = &v["data"];
+        Ok(Some(TokenInfo {
+            ttl: Duration::from_secs(data["ttl"].as_u64().unwrap_or(0)),
+            renewable: data["renewable"].as_bool().unwrap_or(false),
+        }))
+    }
+
+    /// `auth/token/renew-self`: renews the token in use (by `increment`, or by its own period or
+    /// default TTL) and returns its new TTL. `None` when there is no token (see [`Self::token_info`]).
+    pub async fn renew_token(
+        &self,
+        increment: Option<Duration>,
+    ) -> Result<Option<TokenInfo>, VaultError> {
+        if self.auth == AuthMode::Agent || self.current_token().is_none() {
+            return Ok(None);
+        }
+        let body = increment.map(|d| serde_json::json!({"increment": format!("{}s", d.as_secs())}));
+        let v = self
+            .token_call(reqwest::Method::POST, "auth/token/renew-self", body)
+            .await?;
+        let auth = &v["auth"];
+        Ok(Some(TokenInfo {
+            ttl: Duration::from_secs(auth["lease_duration"].as_u64().unwrap_or(0)),
+            renewable: auth["renewable"].as_bool().unwrap_or(false),
+        }))
+    }
+
+    async fn token_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, VaultError> {
+        let mut rb = self.request(method, path);
+        if let Some(b) = &body {
+            rb = rb.json(b);
+        }
+        let resp = rb.send().await.map_err(|e| classify_transport(self, &e))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| classify_transport(self, &e))?;
+        if !(200..300).contains(&status) {
+            let errors = serde_json::from_str::<ErrorBody>(&text)
+                .map(|b| b.errors)
+                .unwrap_or_default();
+            let ctx = Ctx {
+                issuer: self,
+                path,
+                req: None,
+            };
+            return Err(classify_answer(&ctx, status, &errors, &text));
+        }
+        serde_json::from_str(&text).map_err(|e| VaultError::BadResponse {
+            address: self.address.clone(),
+            path: path.to_string(),
+            reason: format!("not the expected JSON: {e}"),
         })
     }
 

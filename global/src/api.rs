@@ -132,11 +132,18 @@ pub fn router(state: ApiState) -> Router {
             "/meshes/{mesh}/secrets/{name}",
             put(put_secret).get(get_secret).delete(delete_secret),
         )
-        .route("/meshes/{mesh}/dataplanes", get(list_dataplanes))
+        .route(
+            "/meshes/{mesh}/dataplanes",
+            get(crate::kds::zones::list_dataplanes),
+        )
         .route("/apply", post(apply_batch))
         .route("/zones", get(crate::kds::zones::list_zones))
         .route("/zones/{name}", get(crate::kds::zones::get_zone))
         .route("/tokens/zone", post(crate::tokens::issue_zone_token))
+        .route(
+            "/tokens/dataplane",
+            post(crate::tokens::issue_dataplane_token),
+        )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API path") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -265,15 +272,6 @@ async fn get_secret(
             format!("secret {name:?} not found in mesh {mesh:?}"),
         )),
     }
-}
-
-async fn list_dataplanes(
-    State(state): State<ApiState>,
-    Path(mesh): Path<String>,
-) -> ApiResult<Json<Value>> {
-    Ok(Json(list_body(
-        state.store.list(Kind::Dataplane, Some(&mesh))?,
-    )))
 }
 
 impl Existing for Store {

@@ -63,6 +63,19 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Print a token with which one proxy authenticates to its zone (`zone proxy --token-file`);
+    /// it is bound to that mesh and dataplane name.
+    DataplaneToken {
+        #[arg(long)]
+        mesh: String,
+        #[arg(long)]
+        name: String,
+        /// How long the token is valid, e.g. 720h, 30d.
+        #[arg(long, default_value = "720h")]
+        valid_for: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Create or update resources from files (`-f -` reads stdin), all or nothing.
     Apply {
         #[arg(short = 'f', long = "file", required = true)]
@@ -239,6 +252,12 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             valid_for,
             api,
         } => zone_token(&zone, &valid_for, &api).await,
+        Command::DataplaneToken {
+            mesh,
+            name,
+            valid_for,
+            api,
+        } => dataplane_token(&mesh, &name, &valid_for, &api).await,
         Command::Apply {
             files,
             dry_run,
@@ -521,10 +540,14 @@ async fn get(
         ),
         Format::Yaml => print!("{}", serde_norway::to_string(&body).unwrap_or_default()),
         Format::Table => {
-            let items: Vec<Value> = match body.get("items").and_then(Value::as_array) {
+            let mut items: Vec<Value> = match body.get("items").and_then(Value::as_array) {
                 Some(items) => items.clone(),
                 None => vec![body],
             };
+            // Dataplanes are listed per mesh; a NAME narrows the list.
+            if let (GetKind::Dataplanes, Some(n)) = (what, &name) {
+                items.retain(|d| s(d, &["name"]) == n);
+            }
             print_table(what, &items);
         }
     }
@@ -637,6 +660,7 @@ fn print_table(what: GetKind, items: &[Value]) {
                 "BACKEND".into(),
                 "SERIAL".into(),
                 "EXPIRES".into(),
+                "CONNECTED".into(),
             ]);
             for d in items {
                 let service = d
@@ -654,6 +678,14 @@ fn print_table(what: GetKind, items: &[Value]) {
                     s(d, &["certificate", "backend"]).into(),
                     s(d, &["certificate", "serial"]).into(),
                     s(d, &["certificate", "expiration"]).into(),
+                    match (
+                        d.get("connected").and_then(Value::as_bool),
+                        d.get("zoneOnline").and_then(Value::as_bool),
+                    ) {
+                        (_, Some(false)) => "unknown (zone offline)".into(),
+                        (Some(true), _) => "yes".into(),
+                        _ => "no".into(),
+                    },
                 ]);
             }
         }
@@ -712,6 +744,41 @@ async fn zone_token(zone: &str, valid_for: &str, api: &ApiArgs) -> Result<(), Fa
         .send(
             client
                 .request(reqwest::Method::POST, "/tokens/zone")
+                .json(&body),
+        )
+        .await?;
+    let token = resp
+        .get("token")
+        .and_then(Value::as_str)
+        .ok_or_else(|| Failure::refused("global answered without a token"))?;
+    println!("{token}");
+    Ok(())
+}
+
+/// `dataplane-token`: asks the running global (admin token needed) and prints the token alone.
+async fn dataplane_token(
+    mesh: &str,
+    name: &str,
+    valid_for: &str,
+    api: &ApiArgs,
+) -> Result<(), Failure> {
+    crate::tokens::check_dataplane_names(mesh, name).map_err(|errs| {
+        Failure::usage(
+            errs.errors
+                .iter()
+                .map(|e| format!("--{}: {}", e.field, e.reason))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })?;
+    common::duration::parse_duration(valid_for)
+        .map_err(|e| Failure::usage(format!("--valid-for: {e}")))?;
+    let client = Client::new(api)?;
+    let body = serde_json::json!({"mesh": mesh, "name": name, "validFor": valid_for});
+    let resp = client
+        .send(
+            client
+                .request(reqwest::Method::POST, "/tokens/dataplane")
                 .json(&body),
         )
         .await?;

@@ -1,295 +1,20 @@
-//! Signed tokens: zone tokens now (`global zone-token`), dataplane tokens later, through the same
-//! signer. A token is a standard JWT (RFC 7519) signed with Ed25519 (`alg: EdDSA`) by a key that
-//! global creates on first start in `<data-dir>/token-signing-key.pem` (PKCS#8, mode 0600). The
-//! claims are `scope`, `iat`, `exp`, `jti` plus the scope's own claims (`zone` for zone tokens).
-//! Verification needs only the public key (`TokenVerifier`), so it can be handed to zones.
+//! Token issuance through the API: `POST /tokens/zone` and `POST /tokens/dataplane` (admin only).
+//! The tokens themselves (JWTs signed with global's Ed25519 key, and their verification) live in
+//! `common::tokens`, re-exported here, so that zones verify dataplane tokens with the same code;
+//! the public key reaches zones over the sync stream (`kds`).
 
-use std::io::Write;
-use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use axum::http::StatusCode;
+use serde::Deserialize;
 
-/// File name of the signing key in the data directory.
-pub const KEY_FILE: &str = "token-signing-key.pem";
-/// Scope of zone tokens.
-pub const ZONE_SCOPE: &str = "zone";
-/// Default validity of a token (`--valid-for`).
-pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(720 * 3600);
+pub use common::tokens::{
+    Claims, DATAPLANE_SCOPE, DEFAULT_VALIDITY, DataplaneClaim, KEY_FILE, KeySet, TokenError,
+    TokenSigner, TokenVerifier, ZONE_SCOPE, ZoneClaim, check_zone_name,
+};
+use common::tokens::{now_unix, rfc3339};
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum TokenError {
-    #[error("the token is malformed: {0}")]
-    Malformed(String),
-    #[error("the token signature is invalid (forged, or signed by another global control plane)")]
-    BadSignature,
-    #[error("the token expired at {0}")]
-    Expired(String),
-    #[error("the token is not valid before {0}")]
-    NotYetValid(String),
-    #[error("the token has scope {found:?}, expected {expected:?}")]
-    WrongScope { expected: String, found: String },
-}
-
-/// The claims every token carries, with the scope's own claims flattened in.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims<T> {
-    pub scope: String,
-    /// Issued at, unix seconds.
-    pub iat: u64,
-    /// Expires at, unix seconds.
-    pub exp: u64,
-    /// Unique token id.
-    pub jti: String,
-    #[serde(flatten)]
-    pub body: T,
-}
-
-/// The claim of a zone token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ZoneClaim {
-    pub zone: String,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Header {
-    alg: String,
-    typ: String,
-    kid: String,
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-fn rfc3339(unix: u64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix as i64)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
-}
-
-/// Key id: the first 8 bytes of the SHA-256 of the public key, hex.
-fn key_id(public: &[u8]) -> String {
-    hex::encode(&Sha256::digest(public)[..8])
-}
-
-/// Signs tokens with global's key. `Debug` never shows the key.
-pub struct TokenSigner {
-    key: Ed25519KeyPair,
-    verifier: TokenVerifier,
-}
-
-impl std::fmt::Debug for TokenSigner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenSigner")
-            .field("kid", &self.verifier.kid)
-            .finish_non_exhaustive()
-    }
-}
-
-impl TokenSigner {
-    /// A fresh key that lives in memory only (tests).
-    pub fn generate() -> Self {
-        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-            .expect("Ed25519 key generation does not fail");
-        Self::from_pkcs8(doc.as_ref()).expect("a freshly generated key parses")
-    }
-
-    fn from_pkcs8(der: &[u8]) -> Result<Self, String> {
-        let key = Ed25519KeyPair::from_pkcs8(der).map_err(|e| e.to_string())?;
-        let public = key.public_key().as_ref().to_vec();
-        Ok(Self {
-            verifier: TokenVerifier {
-                kid: key_id(&public),
-                public,
-            },
-            key,
-        })
-    }
-
-    /// Reads `<dir>/token-signing-key.pem`, creating it (mode 0600) on first start.
-    pub fn load_or_create(dir: &Path) -> std::io::Result<Self> {
-        let path = dir.join(KEY_FILE);
-        let invalid = |reason: String| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{}: {reason}", path.display()),
-            )
-        };
-        match std::fs::read_to_string(&path) {
-            Ok(text) => {
-                let block = pem::parse(text.as_bytes()).map_err(|e| invalid(e.to_string()))?;
-                return Self::from_pkcs8(block.contents()).map_err(invalid);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-            .map_err(|e| invalid(e.to_string()))?;
-        let text = pem::encode(&pem::Pem::new("PRIVATE KEY", doc.as_ref().to_vec()));
-        let tmp = dir.join(format!(".{KEY_FILE}.tmp"));
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &path)?;
-        Self::from_pkcs8(doc.as_ref()).map_err(invalid)
-    }
-
-    /// The public half, enough to verify.
-    pub fn verifier(&self) -> &TokenVerifier {
-        &self.verifier
-    }
-
-    /// Signs claims as they are (the caller sets `iat`/`exp`; tests use this for expired tokens).
-    pub fn sign<T: Serialize>(&self, claims: &Claims<T>) -> String {
-        let header = Header {
-            alg: "EdDSA".into(),
-            typ: "JWT".into(),
-            kid: self.verifier.kid.clone(),
-        };
-        let header = B64.encode(serde_json::to_vec(&header).expect("header serializes"));
-        let claims = B64.encode(serde_json::to_vec(claims).expect("claims serialize"));
-        let signing_input = format!("{header}.{claims}");
-        let signature = self.key.sign(signing_input.as_bytes());
-        format!("{signing_input}.{}", B64.encode(signature.as_ref()))
-    }
-
-    /// Issues a token of `scope` valid for `valid_for` from now.
-    pub fn issue<T: Serialize>(&self, scope: &str, body: T, valid_for: Duration) -> String {
-        let iat = now_unix();
-        let jti: [u8; 16] = rand::random();
-        self.sign(&Claims {
-            scope: scope.to_string(),
-            iat,
-            exp: iat.saturating_add(valid_for.as_secs()),
-            jti: hex::encode(jti),
-            body,
-        })
-    }
-
-    /// A zone token for `zone`.
-    pub fn issue_zone_token(&self, zone: &str, valid_for: Duration) -> String {
-        self.issue(
-            ZONE_SCOPE,
-            ZoneClaim {
-                zone: zone.to_string(),
-            },
-            valid_for,
-        )
-    }
-}
-
-/// Verifies tokens with global's public key.
-#[derive(Clone, Debug)]
-pub struct TokenVerifier {
-    kid: String,
-    public: Vec<u8>,
-}
-
-impl TokenVerifier {
-    pub fn public_key(&self) -> &[u8] {
-        &self.public
-    }
-
-    /// Checks signature, scope and validity period; returns the claims.
-    pub fn verify<T: DeserializeOwned>(
-        &self,
-        token: &str,
-        scope: &str,
-    ) -> Result<Claims<T>, TokenError> {
-        self.verify_at(token, scope, now_unix())
-    }
-
-    pub fn verify_at<T: DeserializeOwned>(
-        &self,
-        token: &str,
-        scope: &str,
-        now: u64,
-    ) -> Result<Claims<T>, TokenError> {
-        let token = token.trim();
-        let mut parts = token.split('.');
-        let (Some(h), Some(c), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(TokenError::Malformed(
-                "expected three dot-separated parts (a JWT)".into(),
-            ));
-        };
-        let decode = |what: &str, part: &str| {
-            B64.decode(part)
-                .map_err(|e| TokenError::Malformed(format!("{what} is not base64url: {e}")))
-        };
-        let header: Header = serde_json::from_slice(&decode("header", h)?)
-            .map_err(|e| TokenError::Malformed(format!("header: {e}")))?;
-        if header.alg != "EdDSA" {
-            return Err(TokenError::Malformed(format!(
-                "algorithm {:?} is not accepted (EdDSA only)",
-                header.alg
-            )));
-        }
-        let signature = decode("signature", s)?;
-        let signing_input = &token[..h.len() + 1 + c.len()];
-        UnparsedPublicKey::new(&ED25519, &self.public)
-            .verify(signing_input.as_bytes(), &signature)
-            .map_err(|_| TokenError::BadSignature)?;
-        // Claims are only parsed once the signature holds.
-        let claims: Claims<T> = serde_json::from_slice(&decode("claims", c)?)
-            .map_err(|e| TokenError::Malformed(format!("claims: {e}")))?;
-        if claims.scope != scope {
-            return Err(TokenError::WrongScope {
-                expected: scope.to_string(),
-                found: claims.scope,
-            });
-        }
-        if now >= claims.exp {
-            return Err(TokenError::Expired(rfc3339(claims.exp)));
-        }
-        // A minute of leeway for clocks that disagree.
-        if claims.iat > now + 60 {
-            return Err(TokenError::NotYetValid(rfc3339(claims.iat)));
-        }
-        Ok(claims)
-    }
-}
-
-/// Whether `name` can name a zone: a DNS label (lowercase letters, digits, `-`), 1 to 63 long.
-pub fn check_zone_name(name: &str) -> Result<(), String> {
-    let ok_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if name.is_empty()
-        || name.len() > 63
-        || !ok_chars
-        || name.starts_with('-')
-        || name.ends_with('-')
-    {
-        return Err(format!(
-            "{name:?} is not a valid zone name: use 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
-        ));
-    }
-    Ok(())
-}
+use crate::api::{ApiError, ApiState};
 
 /// Body of `POST /tokens/zone`.
 #[derive(Debug, Deserialize)]
@@ -301,26 +26,26 @@ pub struct ZoneTokenRequest {
     pub valid_for: Option<String>,
 }
 
-/// `POST /tokens/zone` (admin only): `{"zone": NAME, "validFor": "720h"}` -> `{"token": ...}`.
-pub async fn issue_zone_token(
-    axum::extract::State(state): axum::extract::State<crate::api::ApiState>,
-    body: axum::body::Bytes,
-) -> Result<axum::Json<serde_json::Value>, crate::api::ApiError> {
-    use axum::http::StatusCode;
-    let invalid = |field: &str, reason: String| {
-        let mut e = crate::api::ApiError::new(StatusCode::BAD_REQUEST, reason.clone());
-        e.title = "Invalid request".into();
-        e.invalid_parameters = vec![common::FieldError::new(field, reason)];
-        e
-    };
-    let req: ZoneTokenRequest = serde_json::from_slice(&body).map_err(|e| {
-        invalid(
-            "",
-            format!("the body must be {{\"zone\": NAME, \"validFor\": DURATION}}: {e}"),
-        )
-    })?;
-    check_zone_name(&req.zone).map_err(|e| invalid("zone", e))?;
-    let valid_for = match &req.valid_for {
+/// Body of `POST /tokens/dataplane`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DataplaneTokenRequest {
+    pub mesh: String,
+    pub name: String,
+    /// Validity, e.g. `720h` (the default), `30d`.
+    #[serde(default)]
+    pub valid_for: Option<String>,
+}
+
+fn invalid(field: &str, reason: String) -> ApiError {
+    let mut e = ApiError::new(StatusCode::BAD_REQUEST, reason.clone());
+    e.title = "Invalid request".into();
+    e.invalid_parameters = vec![common::FieldError::new(field, reason)];
+    e
+}
+
+fn validity(valid_for: &Option<String>) -> Result<Duration, ApiError> {
+    let valid_for = match valid_for {
         None => DEFAULT_VALIDITY,
         Some(text) => common::duration::parse_duration(text)
             .map_err(|e| invalid("validFor", e.to_string()))?,
@@ -328,6 +53,22 @@ pub async fn issue_zone_token(
     if valid_for.as_secs() == 0 {
         return Err(invalid("validFor", "must be at least 1s".into()));
     }
+    Ok(valid_for)
+}
+
+/// `POST /tokens/zone` (admin only): `{"zone": NAME, "validFor": "720h"}` -> `{"token": ...}`.
+pub async fn issue_zone_token(
+    axum::extract::State(state): axum::extract::State<ApiState>,
+    body: axum::body::Bytes,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let req: ZoneTokenRequest = serde_json::from_slice(&body).map_err(|e| {
+        invalid(
+            "",
+            format!("the body must be {{\"zone\": NAME, \"validFor\": DURATION}}: {e}"),
+        )
+    })?;
+    check_zone_name(&req.zone).map_err(|e| invalid("zone", e))?;
+    let valid_for = validity(&req.valid_for)?;
     let token = state.tokens.issue_zone_token(&req.zone, valid_for);
     let exp = now_unix().saturating_add(valid_for.as_secs());
     tracing::info!(zone = %req.zone, expires = %rfc3339(exp), "zone token issued");
@@ -338,81 +79,58 @@ pub async fn issue_zone_token(
     })))
 }
 
+/// Checks the mesh and dataplane names of a dataplane token request, naming each bad field.
+pub fn check_dataplane_names(mesh: &str, name: &str) -> Result<(), common::ValidationErrors> {
+    let mut errs = common::ValidationErrors::new();
+    common::validate::validate_mesh_name("mesh", mesh, &mut errs);
+    common::validate::validate_object_name("name", name, &mut errs);
+    if errs.is_empty() { Ok(()) } else { Err(errs) }
+}
+
+/// `POST /tokens/dataplane` (admin only): `{"mesh": M, "name": N, "validFor": "720h"}` ->
+/// `{"token": ...}`: a token with which the proxy `N` of mesh `M` authenticates to its zone. The
+/// mesh need not exist yet (tokens may be prepared before the Mesh is applied).
+pub async fn issue_dataplane_token(
+    axum::extract::State(state): axum::extract::State<ApiState>,
+    body: axum::body::Bytes,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let req: DataplaneTokenRequest = serde_json::from_slice(&body).map_err(|e| {
+        invalid(
+            "",
+            format!(
+                "the body must be {{\"mesh\": MESH, \"name\": NAME, \"validFor\": DURATION}}: {e}"
+            ),
+        )
+    })?;
+    if let Err(errs) = check_dataplane_names(&req.mesh, &req.name) {
+        let mut e = ApiError::new(StatusCode::BAD_REQUEST, errs.to_string());
+        e.title = "Invalid request".into();
+        e.invalid_parameters = errs.errors;
+        return Err(e);
+    }
+    let valid_for = validity(&req.valid_for)?;
+    let token = state
+        .tokens
+        .issue_dataplane_token(&req.mesh, &req.name, valid_for);
+    let exp = now_unix().saturating_add(valid_for.as_secs());
+    tracing::info!(mesh = %req.mesh, name = %req.name, expires = %rfc3339(exp), "dataplane token issued");
+    Ok(axum::Json(serde_json::json!({
+        "mesh": req.mesh,
+        "name": req.name,
+        "expires": rfc3339(exp),
+        "token": token,
+    })))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn zone_token_roundtrip_and_refusals() {
-        let signer = TokenSigner::generate();
-        let token = signer.issue_zone_token("zone-1", Duration::from_secs(3600));
-        let claims: Claims<ZoneClaim> = signer.verifier().verify(&token, ZONE_SCOPE).unwrap();
-        assert_eq!(claims.body.zone, "zone-1");
-        assert_eq!(claims.exp - claims.iat, 3600);
-        assert_eq!(claims.jti.len(), 32);
-
-        // Another key: forged.
-        let other = TokenSigner::generate();
-        let forged = other.issue_zone_token("zone-1", Duration::from_secs(3600));
-        assert_eq!(
-            signer.verifier().verify::<ZoneClaim>(&forged, ZONE_SCOPE),
-            Err(TokenError::BadSignature)
-        );
-        // Tampered claims keep the old signature: forged too.
-        let parts: Vec<&str> = token.split('.').collect();
-        let tampered_claims = B64.encode(
-            serde_json::to_vec(&Claims {
-                body: ZoneClaim {
-                    zone: "zone-2".into(),
-                },
-                ..claims.clone()
-            })
-            .unwrap(),
-        );
-        let tampered = format!("{}.{}.{}", parts[0], tampered_claims, parts[2]);
-        assert_eq!(
-            signer.verifier().verify::<ZoneClaim>(&tampered, ZONE_SCOPE),
-            Err(TokenError::BadSignature)
-        );
-        // Expired.
-        let expired = signer.sign(&Claims {
-            scope: ZONE_SCOPE.into(),
-            iat: 1,
-            exp: 2,
-            jti: "x".into(),
-            body: ZoneClaim {
-                zone: "zone-1".into(),
-            },
-        });
-        assert!(matches!(
-            signer.verifier().verify::<ZoneClaim>(&expired, ZONE_SCOPE),
-            Err(TokenError::Expired(_))
-        ));
-        // Wrong scope.
-        assert!(matches!(
-            signer.verifier().verify::<ZoneClaim>(&token, "dataplane"),
-            Err(TokenError::WrongScope { .. })
-        ));
-        // Garbage.
-        assert!(matches!(
-            signer.verifier().verify::<ZoneClaim>("abc", ZONE_SCOPE),
-            Err(TokenError::Malformed(_))
-        ));
-    }
-
-    #[test]
-    fn key_file_is_private_and_stable() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let a = TokenSigner::load_or_create(dir.path()).unwrap();
-        let mode = std::fs::metadata(dir.path().join(KEY_FILE))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-        let b = TokenSigner::load_or_create(dir.path()).unwrap();
-        let token = a.issue_zone_token("z", Duration::from_secs(60));
-        assert!(b.verifier().verify::<ZoneClaim>(&token, ZONE_SCOPE).is_ok());
-        assert!(!format!("{a:?}").contains("PRIVATE"));
+    fn dataplane_names_are_checked() {
+        assert!(check_dataplane_names("default", "web-1").is_ok());
+        let errs = check_dataplane_names("Bad_Mesh", "").unwrap_err();
+        let fields: Vec<&str> = errs.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, vec!["mesh", "name"]);
     }
 }

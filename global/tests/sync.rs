@@ -903,14 +903,18 @@ fn answer(resp: &kds::DiscoveryResponse, rejected: Vec<kds::Rejection>) -> ZoneM
 }
 
 async fn next_response(stream: &mut tonic::Streaming<GlobalMessage>) -> kds::DiscoveryResponse {
-    let msg = tokio::time::timeout(WAIT, stream.message())
-        .await
-        .expect("a response in time")
-        .expect("the stream is healthy")
-        .expect("the stream is open");
-    match msg.message {
-        Some(global_message::Message::Response(r)) => r,
-        None => panic!("an empty message"),
+    loop {
+        let msg = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("a response in time")
+            .expect("the stream is healthy")
+            .expect("the stream is open");
+        match msg.message {
+            Some(global_message::Message::Response(r)) => return r,
+            // The dataplane token keys, sent first on every stream.
+            Some(global_message::Message::TokenKeys(_)) => continue,
+            None => panic!("an empty message"),
+        }
     }
 }
 

@@ -1,9 +1,10 @@
-//! The zone's read-only HTTP API: what it holds from global (`/meshes`, never Secret data), the
-//! state of its sync with global (`/status`), health and metrics.
+//! The zone's read-only HTTP API: what it holds from global (`/meshes`, never Secret data), its
+//! dataplanes and their certificates (`/dataplanes`), the state of its sync with global
+//! (`/status`), health and metrics.
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -12,6 +13,7 @@ use common::model::Kind;
 use common::store::{ResourceKey, StoredResource};
 use serde_json::{Value, json};
 
+use crate::identity::IdentityManager;
 use crate::state::{SYNCED_TYPES, ZoneCtx};
 
 fn rfc3339_ms(ms: u64) -> Value {
@@ -61,7 +63,7 @@ fn present(r: &StoredResource) -> Value {
     v
 }
 
-pub fn router(ctx: Arc<ZoneCtx>) -> Router {
+pub fn router(ctx: Arc<ZoneCtx>, identity: Arc<IdentityManager>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -69,8 +71,16 @@ pub fn router(ctx: Arc<ZoneCtx>) -> Router {
         .route("/meshes", get(list_meshes))
         .route("/meshes/{name}", get(get_mesh))
         .route("/status", get(status))
+        .route("/dataplanes", get(list_dataplanes))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such API path") })
+        .layer(Extension(identity))
         .with_state(ctx)
+}
+
+/// `GET /dataplanes`: every dataplane registered in the zone, with its certificate.
+async fn list_dataplanes(Extension(identity): Extension<Arc<IdentityManager>>) -> Response {
+    let items = identity.dataplanes();
+    Json(json!({"total": items.len(), "items": items})).into_response()
 }
 
 /// Ready when the store answers: a zone serves from its store whether or not global is reachable.

@@ -1,10 +1,11 @@
-//! The command line of the `zone` binary (SPEC.md). Today: `zone run`. Exit codes: 0 success,
-//! 1 refused or failed, 2 usage, 3 unreachable.
+//! The command line of the `zone` binary (SPEC.md): `zone run`, `zone proxy` (a proxy's agent)
+//! and `zone get dataplanes`. Exit codes: 0 success, 1 refused or failed, 2 usage, 3 unreachable.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::Value;
 
 use crate::ZoneConfig;
 
@@ -23,6 +24,72 @@ pub struct Cli {
 pub enum Command {
     /// Run a zone control plane.
     Run(RunArgs),
+    /// Run a proxy's agent: register the dataplane with its zone and keep DIR/cert.pem,
+    /// DIR/key.pem and DIR/ca.pem current.
+    Proxy(ProxyArgs),
+    /// Read what the zone holds.
+    Get {
+        what: GetKind,
+        /// URL of the zone's HTTP API (its --api-addr).
+        #[arg(long, default_value = "http://127.0.0.1:5682", env = "ZONE_API")]
+        api: String,
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GetKind {
+    Dataplanes,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProxyArgs {
+    /// The zone's proxy identity service, grpcs://HOST:PORT (the zone's --dp-addr).
+    #[arg(long)]
+    pub zone_address: String,
+    /// PEM CA that signs the zone's certificate (the zone writes <data-dir>/dp-ca.pem).
+    #[arg(long)]
+    pub zone_ca_file: Option<PathBuf>,
+    /// Do not verify the zone's certificate (testing only: private keys travel on this stream).
+    #[arg(long)]
+    pub insecure_skip_verify: bool,
+    /// File holding the dataplane token (`global dataplane-token --mesh MESH --name NAME`).
+    #[arg(long)]
+    pub token_file: PathBuf,
+    #[arg(long)]
+    pub mesh: String,
+    /// The dataplane's name: the one its token was issued for.
+    #[arg(long)]
+    pub name: String,
+    /// The kuma.io/service tag.
+    #[arg(long)]
+    pub service: String,
+    /// More inbound tags, K=V (repeatable).
+    #[arg(long = "tag", value_parser = parse_tag)]
+    pub tags: Vec<(String, String)>,
+    /// Where cert.pem, key.pem and ca.pem are kept.
+    #[arg(long)]
+    pub out_dir: PathBuf,
+    /// Command run with `sh -c` after each change of the files.
+    #[arg(long)]
+    pub exec: Option<String>,
+    /// How long --exec may run before it is killed.
+    #[arg(long, default_value = "30s")]
+    pub exec_timeout: String,
+}
+
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not K=V")),
+    }
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -48,9 +115,13 @@ pub struct RunArgs {
     /// Address of the zone's HTTP API.
     #[arg(long, default_value = "127.0.0.1:5682")]
     pub api_addr: String,
-    /// Address of the proxy identity service (served once dataplane support lands).
+    /// Address of the proxy identity service (gRPC over TLS; the CA of its generated certificate
+    /// is written to <data-dir>/dp-ca.pem). Without it no proxy can connect.
     #[arg(long)]
     pub dp_addr: Option<String>,
+    /// Certificates issued at once, at most (shapes the burst when many proxies need one).
+    #[arg(long)]
+    pub max_concurrent_issuance: Option<usize>,
 }
 
 pub mod exit {
@@ -98,6 +169,8 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => runtime.block_on(run(args)),
+        Command::Proxy(args) => runtime.block_on(proxy(args)),
+        Command::Get { what, api, output } => runtime.block_on(get(what, &api, output)),
     }
 }
 
@@ -118,8 +191,12 @@ async fn run(args: RunArgs) -> ExitCode {
     if args.insecure_skip_verify {
         tracing::warn!("--insecure-skip-verify: global's certificate is NOT verified");
     }
-    if let Some(dp) = &args.dp_addr {
-        tracing::info!(dp_addr = %dp, "--dp-addr noted: the proxy identity service is not served by this version yet");
+    if let Some(n) = args.max_concurrent_issuance {
+        if n == 0 {
+            eprintln!("error: --max-concurrent-issuance must be at least 1");
+            return ExitCode::from(exit::USAGE);
+        }
+        config.issuance.max_concurrent = n;
     }
     let listener = match tokio::net::TcpListener::bind(&args.api_addr).await {
         Ok(l) => l,
@@ -128,11 +205,188 @@ async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     };
-    match crate::run(config, listener, shutdown_signal()).await {
+    let dp = match &args.dp_addr {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("error: cannot listen on --dp-addr {addr}: {e}");
+                return ExitCode::from(exit::USAGE);
+            }
+        },
+        None => {
+            tracing::warn!(
+                "no --dp-addr: the proxy identity service is not served, so no proxy can connect"
+            );
+            None
+        }
+    };
+    let listeners = crate::Listeners { api: listener, dp };
+    match crate::run(config, listeners, shutdown_signal()).await {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(exit::REFUSED)
         }
     }
+}
+
+async fn proxy(args: ProxyArgs) -> ExitCode {
+    init_tracing();
+    let exec_timeout = match common::duration::parse_duration(&args.exec_timeout) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: --exec-timeout: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let mut config = crate::agent::AgentConfig::new(
+        &args.zone_address,
+        args.token_file.clone(),
+        &args.mesh,
+        &args.name,
+        &args.service,
+        args.out_dir.clone(),
+    );
+    for (k, v) in &args.tags {
+        if k == common::model::SERVICE_TAG && v != &args.service {
+            eprintln!(
+                "error: --tag {k}={v} contradicts --service {}: the service tag is set by --service",
+                args.service
+            );
+            return ExitCode::from(exit::USAGE);
+        }
+        config.tags.insert(k.clone(), v.clone());
+    }
+    config.zone_ca_file = args.zone_ca_file.clone();
+    config.insecure_skip_verify = args.insecure_skip_verify;
+    config.exec = args.exec.clone();
+    config.exec_timeout = exec_timeout;
+    if let Err(e) = crate::agent::check(&config) {
+        eprintln!("error: {e}");
+        return ExitCode::from(exit::USAGE);
+    }
+    if args.insecure_skip_verify {
+        tracing::warn!(
+            "--insecure-skip-verify: the zone's certificate is NOT verified, and private keys travel on this stream"
+        );
+    }
+    match crate::agent::run(config, shutdown_signal()).await {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(crate::agent::AgentError::Config(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(exit::USAGE)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(exit::REFUSED)
+        }
+    }
+}
+
+fn text(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// `zone get dataplanes`: the zone's dataplanes with their certificates.
+async fn get(what: GetKind, api: &str, output: Format) -> ExitCode {
+    let GetKind::Dataplanes = what;
+    let url = format!("{}/dataplanes", api.trim_end_matches('/'));
+    let client = match reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(exit::REFUSED);
+        }
+    };
+    let resp = match client.get(&url).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "error: cannot reach the zone at {api}: {}",
+                crate::client::error_chain(&e)
+            );
+            return ExitCode::from(exit::UNREACHABLE);
+        }
+    };
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        eprintln!(
+            "error: the zone answered {status}: {}",
+            body.get("detail").and_then(Value::as_str).unwrap_or("")
+        );
+        return ExitCode::from(exit::REFUSED);
+    }
+    if output == Format::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&body).unwrap_or_default()
+        );
+        return ExitCode::from(exit::OK);
+    }
+    let mut rows = vec![
+        [
+            "NAME",
+            "MESH",
+            "SERVICE",
+            "BACKEND",
+            "SERIAL",
+            "EXPIRES",
+            "CONNECTED",
+            "LAST ERROR",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for d in body
+        .get("items")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let connected = d.get("connected").and_then(Value::as_bool).unwrap_or(false);
+        rows.push(vec![
+            text(d, "name"),
+            text(d, "mesh"),
+            text(d, "service"),
+            text(d, "backend"),
+            text(d, "serial"),
+            text(d, "expiration"),
+            if connected { "yes" } else { "no" }.to_string(),
+            text(d, "lastError"),
+        ]);
+    }
+    print!("{}", render_table(&rows));
+    ExitCode::from(exit::OK)
+}
+
+/// Left-aligned columns separated by two spaces.
+pub fn render_table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map(|x| x.chars().count()).unwrap_or(0))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| format!("{cell:<w$}", w = widths[i]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }

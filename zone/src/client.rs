@@ -120,9 +120,17 @@ impl Backoff {
 }
 
 /// Accepts any server certificate (`--insecure-skip-verify`), still checking handshake
-/// signatures so the TLS session itself is sound.
+/// signatures so the TLS session itself is sound. Also used by the proxy agent.
 #[derive(Debug)]
-struct SkipVerify(Arc<rustls::crypto::CryptoProvider>);
+pub(crate) struct SkipVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl SkipVerify {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self(
+            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+        ))
+    }
+}
 
 impl ServerCertVerifier for SkipVerify {
     fn verify_server_cert(
@@ -169,7 +177,7 @@ impl ServerCertVerifier for SkipVerify {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -222,12 +230,7 @@ async fn connect(target: &Target) -> Result<Channel, String> {
                 .map_err(|e| format!("cannot read --global-ca-file {}: {e}", path.display()))?;
             endpoint.tls_config(tls.ca_certificate(Certificate::from_pem(pem)))
         }
-        Trust::InsecureSkipVerify => endpoint.tls_config_with_verifier(
-            tls,
-            Arc::new(SkipVerify(Arc::new(
-                rustls::crypto::aws_lc_rs::default_provider(),
-            ))),
-        ),
+        Trust::InsecureSkipVerify => endpoint.tls_config_with_verifier(tls, SkipVerify::new()),
     }
     .map_err(|e| format!("TLS configuration: {}", error_chain(&e)))?;
     endpoint.connect().await.map_err(|e| {
@@ -424,7 +427,14 @@ async fn session(
                         return lost("the stream to global closed".into());
                     }
                 }
-                Ok(Some(_)) => {}
+                Ok(Some(GlobalMessage { message: Some(global_message::Message::TokenKeys(keys)) })) => {
+                    match crate::dp::keys::save(&ctx.store, &keys).await {
+                        Ok(true) => tracing::info!(keys = keys.keys.len(), "received the dataplane token keys from global"),
+                        Ok(false) => tracing::debug!("dataplane token keys unchanged"),
+                        Err(e) => tracing::warn!(error = %e, "cannot keep the dataplane token keys from global; proxies are verified with the keys held"),
+                    }
+                }
+                Ok(Some(GlobalMessage { message: None })) => {}
                 Ok(None) => return lost("global ended the stream".into()),
                 Err(status) => return lost(describe(&status)),
             },

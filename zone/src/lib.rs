@@ -1,13 +1,19 @@
 //! The zone control plane. It holds a copy of global's Meshes and Secrets in its own sled store,
 //! kept current over one sync stream to global (`client`), each update validated and applied in
-//! one transaction (`apply`), and serves from that store whether or not global is reachable. Its
-//! read-only HTTP API (`api`) shows what it holds and the state of the connection. The `zone`
-//! binary only parses flags (`cli`) and calls `run`; tests call `run` with port-0 listeners.
+//! one transaction (`apply`), and serves from that store whether or not global is reachable. It
+//! issues and rotates its proxies' certificates (`identity`) and hands them out over the proxy
+//! identity service on `--dp-addr` (`dp`), to the agents of its proxies (`agent`, `zone proxy`).
+//! Its read-only HTTP API (`api`) shows what it holds, its dataplanes and the state of the
+//! connection. The `zone` binary only parses flags (`cli`) and calls `run` (or `agent::run`);
+//! tests call them with port-0 listeners.
 
+pub mod agent;
 pub mod api;
 pub mod apply;
 pub mod cli;
 pub mod client;
+pub mod dp;
+pub mod identity;
 pub mod metrics;
 pub mod state;
 
@@ -38,6 +44,8 @@ pub struct ZoneConfig {
     /// up to `reconnect_max`, each with jitter.
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
+    /// Proxy certificate issuance (`--max-concurrent-issuance` and the engine's tunables).
+    pub issuance: identity::IssuanceConfig,
 }
 
 impl ZoneConfig {
@@ -51,19 +59,20 @@ impl ZoneConfig {
             data_dir,
             reconnect_initial: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(30),
+            issuance: identity::IssuanceConfig::default(),
         }
     }
 }
 
-/// The sockets a zone serves on. The proxy identity service (`--dp-addr`) joins with the
-/// dataplane work.
+/// The sockets a zone serves on: its HTTP API and, when given, the proxy identity service.
 pub struct Listeners {
     pub api: TcpListener,
+    pub dp: Option<TcpListener>,
 }
 
 impl From<TcpListener> for Listeners {
     fn from(api: TcpListener) -> Self {
-        Self { api }
+        Self { api, dp: None }
     }
 }
 
@@ -75,6 +84,8 @@ pub enum ZoneError {
     Config(String),
     #[error("API server failed: {0}")]
     Serve(std::io::Error),
+    #[error("proxy identity service (--dp-addr): {0}")]
+    Dp(String),
 }
 
 /// Runs the zone until `shutdown` completes.
@@ -89,14 +100,50 @@ pub async fn run(
     let store = common::store::Store::open(&config.data_dir)?;
     let ctx = Arc::new(ZoneCtx::new(config.clone(), store)?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
+    let stop_tx = Arc::new(stop_tx);
+    {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+    }
+    let dp_tls = match &listeners.dp {
+        Some(_) => Some(
+            dp::tls::load_or_generate(&config.data_dir)
+                .map_err(|e| ZoneError::Dp(format!("cannot prepare its TLS certificate: {e}")))?,
+        ),
+        None => None,
+    };
     let sync = tokio::spawn(client::run(ctx.clone(), target, stop_rx.clone()));
+    let identity = identity::IdentityManager::new(ctx.clone(), config.issuance.clone());
+    let issuance = tokio::spawn(identity.clone().run(stop_rx.clone()));
+    let dp_addr = listeners
+        .dp
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let dp_task = match (listeners.dp, dp_tls) {
+        (Some(listener), Some(tls)) => {
+            let server = dp::DpServer::new(ctx.clone(), identity.clone(), stop_rx.clone());
+            let stop_tx = stop_tx.clone();
+            Some(tokio::spawn(async move {
+                let r = server.serve(listener, tls).await;
+                if let Err(e) = &r {
+                    // The zone is of little use to its proxies without it: stop everything.
+                    tracing::error!(error = %e, "the proxy identity service failed");
+                    let _ = stop_tx.send(true);
+                }
+                r.map_err(|e| ZoneError::Dp(client::error_chain(&e)))
+            }))
+        }
+        _ => None,
+    };
     tracing::info!(
         zone = %config.name,
         api = %listeners.api.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        dp = %dp_addr,
         global = %config.global_address,
         data_dir = %config.data_dir.display(),
         meshes = ctx.store.versions(common::model::Kind::Mesh).1.len(),
@@ -105,13 +152,23 @@ pub async fn run(
     let mut api_stop = stop_rx.clone();
     let served = axum::serve(
         listeners.api,
-        api::router(ctx.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        api::router(ctx.clone(), identity.clone())
+            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(async move {
         let _ = api_stop.wait_for(|v| *v).await;
     })
     .await;
+    // Whatever ended first, everything stops.
+    let _ = stop_tx.send(true);
+    let dp_result = match dp_task {
+        Some(t) => t
+            .await
+            .unwrap_or_else(|e| Err(ZoneError::Dp(e.to_string()))),
+        None => Ok(()),
+    };
     let _ = sync.await;
+    let _ = issuance.await;
     tracing::info!(zone = %config.name, "zone control plane stopped");
-    served.map_err(ZoneError::Serve)
+    served.map_err(ZoneError::Serve).and(dp_result)
 }

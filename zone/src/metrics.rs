@@ -1,10 +1,12 @@
 //! Prometheus metrics of a zone (`GET /metrics`): responses applied and rejected per type,
-//! resources applied, reconnections, and whether the zone is connected to global.
+//! resources applied, reconnections, and whether the zone is connected to global; and, under
+//! `identity`, the proxy certificates (issued, failed, rotated, reused, Vault latency, breakers).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -20,6 +22,7 @@ pub struct ZoneMetrics {
     pub nacks: Family<TypeLabels, Counter>,
     pub reconnects: Counter,
     pub connected: Gauge,
+    pub identity: IdentityMetrics,
 }
 
 impl Default for ZoneMetrics {
@@ -67,8 +70,10 @@ impl ZoneMetrics {
             "1 while the sync stream to global is up",
             connected.clone(),
         );
+        let identity = IdentityMetrics::register(&mut registry);
         Self {
             registry,
+            identity,
             syncs_applied,
             resources_applied,
             resources_removed,
@@ -89,5 +94,115 @@ impl ZoneMetrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendTypeLabels {
+    /// vault, builtin or provided.
+    pub backend_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// unreachable, denied, refused or other.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabels {
+    /// expiry, backend_change or tags_change.
+    pub cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub mesh: String,
+    pub backend: String,
+}
+
+/// Metrics of proxy certificate issuance (`zone/src/identity`).
+pub struct IdentityMetrics {
+    pub issued: Family<BackendTypeLabels, Counter>,
+    pub failed: Family<ReasonLabels, Counter>,
+    pub rotations: Family<CauseLabels, Counter>,
+    /// Certificates presented by reconnecting proxies and kept (no issuance).
+    pub reused: Counter,
+    /// Issuance requests sent to a backend (each retry counts).
+    pub attempts: Counter,
+    pub vault_request_seconds: Histogram,
+    /// Seconds until the earliest certificate of a connected proxy expires (negative: expired).
+    pub earliest_expiry_seconds: Gauge,
+    /// 0 closed, 1 open, 2 half-open.
+    pub breaker_state: Family<BackendLabels, Gauge>,
+    pub proxies_connected: Gauge,
+    pub issuing: Gauge,
+}
+
+impl IdentityMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            issued: Family::default(),
+            failed: Family::default(),
+            rotations: Family::default(),
+            reused: Counter::default(),
+            attempts: Counter::default(),
+            vault_request_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            earliest_expiry_seconds: Gauge::default(),
+            breaker_state: Family::default(),
+            proxies_connected: Gauge::default(),
+            issuing: Gauge::default(),
+        };
+        registry.register(
+            "certificates_issued",
+            "Proxy certificates issued, per backend type",
+            m.issued.clone(),
+        );
+        registry.register(
+            "certificates_failed",
+            "Failed proxy certificate issuances, per reason (unreachable, denied, refused, other)",
+            m.failed.clone(),
+        );
+        registry.register(
+            "certificate_rotations",
+            "Proxy certificates replaced, per cause (expiry, backend_change, tags_change)",
+            m.rotations.clone(),
+        );
+        registry.register(
+            "certificates_reused",
+            "Certificates presented by reconnecting proxies and kept without a new issuance",
+            m.reused.clone(),
+        );
+        registry.register(
+            "issuance_attempts",
+            "Issuance requests sent to a CA backend, retries included",
+            m.attempts.clone(),
+        );
+        registry.register(
+            "vault_request_seconds",
+            "Latency of certificate requests to Vault",
+            m.vault_request_seconds.clone(),
+        );
+        registry.register(
+            "certificate_earliest_expiry_seconds",
+            "Seconds until the earliest certificate of a connected proxy expires",
+            m.earliest_expiry_seconds.clone(),
+        );
+        registry.register(
+            "ca_breaker_state",
+            "Circuit breaker of a mesh's CA backend: 0 closed, 1 open, 2 half-open",
+            m.breaker_state.clone(),
+        );
+        registry.register(
+            "proxies_connected",
+            "Proxies connected to the identity service",
+            m.proxies_connected.clone(),
+        );
+        registry.register(
+            "issuances_in_flight",
+            "Certificate issuances in progress",
+            m.issuing.clone(),
+        );
+        m
     }
 }

@@ -141,5 +141,7 @@ async fn without_global_it_serves_reports_and_logs_once() {
     let log = std::fs::read_to_string(&log).unwrap();
     assert_eq!(log.matches("cannot sync with global").count(), 1, "{log}");
     assert!(log.contains("retry failed the same way"), "{log}");
-    assert!(log.contains("--dp-addr"), "{log}");
+    // The proxy identity service was served, with a generated certificate whose CA is kept.
+    assert!(log.contains("--zone-ca-file"), "{log}");
+    assert!(dir.path().join("data/dp-ca.pem").exists());
 }

@@ -35,7 +35,7 @@ pub use metrics::KdsMetrics;
 pub use tls::{KdsTls, TlsMaterial};
 pub use zones::Zones;
 
-use crate::tokens::{TokenError, TokenVerifier, ZONE_SCOPE, ZoneClaim};
+use crate::tokens::{TokenVerifier, ZONE_SCOPE, ZoneClaim};
 
 /// Largest message on the stream, either way (Kuma's).
 pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
@@ -187,13 +187,7 @@ impl KdsServer {
             .verifier
             .verify::<ZoneClaim>(token, ZONE_SCOPE)
             .map_err(|e| {
-                let code = match e {
-                    TokenError::Expired(_) => "expired",
-                    TokenError::BadSignature => "forged",
-                    TokenError::WrongScope { .. } => "wrong_scope",
-                    TokenError::NotYetValid(_) => "not_yet_valid",
-                    TokenError::Malformed(_) => "malformed",
-                };
+                let code = e.code();
                 (code, format!("zone token refused: {e}"))
             })?;
         if let Some(claimed) = claimed
@@ -294,6 +288,10 @@ impl ZoneSync for KdsServer {
             .inc();
         tracing::info!(zone = %zone, peer = %peer_s, session, "zone connected");
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        // The keys that verify dataplane tokens go first: the zone needs them before its proxies
+        // can connect. (Global's signing key only changes with its data directory, so once per
+        // stream is "whenever they change".)
+        let _ = tx.try_send(Ok(token_keys_message(&self.ctx.verifier)));
         tokio::spawn(session::run(
             self.ctx.clone(),
             zone,
@@ -303,5 +301,20 @@ impl ZoneSync for KdsServer {
             cancel,
         ));
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// The `TokenKeys` message of the stream: global's public token key.
+pub fn token_keys_message(verifier: &TokenVerifier) -> GlobalMessage {
+    GlobalMessage {
+        message: Some(proto::kds::global_message::Message::TokenKeys(
+            proto::kds::TokenKeys {
+                keys: vec![proto::kds::TokenKey {
+                    kid: verifier.kid().to_string(),
+                    algorithm: common::tokens::ED25519_ALGORITHM.to_string(),
+                    public_key: verifier.public_key().to_vec(),
+                }],
+            },
+        )),
     }
 }

@@ -19,7 +19,7 @@ use tonic::{Status, Streaming};
 use super::Ctx;
 use super::diff::{self, Sent};
 use super::metrics::KdsMetrics;
-use super::zones::{LastNack, Rejected, TooLarge, now_ms};
+use super::zones::{DataplaneReport, LastNack, Rejected, TooLarge, now_ms};
 
 /// Oversized entries listed in one response at most.
 const MAX_SKIPPED_LISTED: usize = 20;
@@ -385,8 +385,20 @@ async fn recv_loop(
                     break End::Status(Status::unauthenticated(msg.clone()), msg);
                 }
                 let value = status_json(&status);
-                ctx.zones
-                    .update_persist(&zone, session, |r| r.status = Some(value));
+                let dataplanes: Vec<DataplaneReport> = status
+                    .dataplanes
+                    .iter()
+                    .map(DataplaneReport::from)
+                    .collect();
+                let reported = u64::try_from(status.reported_at_unix_ms)
+                    .ok()
+                    .filter(|ms| *ms > 0)
+                    .unwrap_or_else(now_ms);
+                ctx.zones.update_persist(&zone, session, |r| {
+                    r.status = Some(value);
+                    r.dataplanes = dataplanes;
+                    r.dataplanes_reported_ms = reported;
+                });
             }
             Ok(Some(ZoneMessage { message: None })) => {}
             Ok(None) => break End::Reason("the zone closed the stream".into()),
@@ -507,16 +519,12 @@ pub fn status_json(s: &kds::ZoneStatus) -> Value {
             "applied": t.applied,
             "rejected": t.rejected,
         })).collect::<Vec<_>>(),
-        "dataplanes": s.dataplanes.iter().map(|d| json!({
-            "mesh": d.mesh,
-            "name": d.name,
-            "service": d.service,
-            "tags": d.tags,
-            "backend": d.backend,
-            "certSerial": d.cert_serial,
-            "certExpires": rfc3339_ms(d.cert_expires_unix_ms),
-            "connected": d.connected,
-        })).collect::<Vec<_>>(),
+        // The dataplanes themselves are kept apart (`GET /meshes/{mesh}/dataplanes`): a zone may
+        // have thousands.
+        "dataplanes": {
+            "total": s.dataplanes.len(),
+            "connected": s.dataplanes.iter().filter(|d| d.connected).count(),
+        },
         "backendChecks": s.backend_checks.iter().map(|c| json!({
             "mesh": c.mesh,
             "backend": c.backend,
@@ -525,6 +533,7 @@ pub fn status_json(s: &kds::ZoneStatus) -> Value {
             "error": c.error,
             "checkedAt": rfc3339_ms(c.checked_at_unix_ms),
             "issued": c.issued,
+            "lastIssuedAt": rfc3339_ms(c.last_issued_unix_ms),
         })).collect::<Vec<_>>(),
     })
 }

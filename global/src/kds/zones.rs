@@ -103,6 +103,37 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// A dataplane as its zone last reported it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct DataplaneReport {
+    pub mesh: String,
+    pub name: String,
+    pub service: String,
+    pub tags: BTreeMap<String, String>,
+    /// The CA backend of its current certificate (empty: none yet).
+    pub backend: String,
+    pub serial: String,
+    /// Expiry of its current certificate, unix milliseconds (0: none).
+    pub expires_ms: i64,
+    pub connected: bool,
+}
+
+impl From<&proto::kds::DataplaneStatus> for DataplaneReport {
+    fn from(d: &proto::kds::DataplaneStatus) -> Self {
+        Self {
+            mesh: d.mesh.clone(),
+            name: d.name.clone(),
+            service: d.service.clone(),
+            tags: d.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            backend: d.backend.clone(),
+            serial: d.cert_serial.clone(),
+            expires_ms: d.cert_expires_unix_ms,
+            connected: d.connected,
+        }
+    }
+}
+
 /// What global keeps about one zone.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -121,8 +152,13 @@ pub struct ZoneRecord {
     pub types: BTreeMap<String, TypeStats>,
     pub too_large: Vec<TooLarge>,
     pub last_refusal: Option<Refusal>,
-    /// The last status report of the zone, as JSON (see `ZoneStatus` in kds.proto).
+    /// The last status report of the zone, as JSON (see `ZoneStatus` in kds.proto), without its
+    /// dataplanes, which are kept in `dataplanes`.
     pub status: Option<Value>,
+    /// The dataplanes of the zone's last status report (kept while the zone is offline).
+    pub dataplanes: Vec<DataplaneReport>,
+    /// When that report was made, unix milliseconds.
+    pub dataplanes_reported_ms: u64,
 }
 
 struct Entry {
@@ -413,13 +449,23 @@ pub fn present(r: &ZoneRecord) -> Value {
         })
         .collect();
     let last_seen = if r.online { now_ms() } else { r.last_seen_ms };
+    // Per mesh and vault backend, the zone's own check of Vault as it last reported it:
+    // {mesh, backend, type, ok, error, checkedAt, issued, lastIssuedAt}.
     let vault: Vec<Value> = r
         .status
         .as_ref()
         .and_then(|s| s.get("backendChecks"))
         .and_then(Value::as_array)
         .cloned()
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut c| {
+            if let Value::Object(m) = &mut c {
+                m.entry("lastIssuedAt").or_insert(Value::Null);
+            }
+            c
+        })
+        .collect();
     let last_error = if !r.last_error.is_empty() {
         Value::String(r.last_error.clone())
     } else if !r.online && !r.last_disconnect_reason.is_empty() {
@@ -453,6 +499,57 @@ pub async fn list_zones(State(state): State<ApiState>) -> Json<Value> {
     let items: Vec<Value> = state.zones.list().iter().map(present).collect();
     let refusals: Vec<Value> = state.zones.refusals().iter().map(present_refusal).collect();
     Json(json!({"total": items.len(), "items": items, "refusals": refusals}))
+}
+
+/// The API view of a dataplane reported by `zone`.
+pub fn present_dataplane(zone: &ZoneRecord, d: &DataplaneReport) -> Value {
+    let mut tags = d.tags.clone();
+    if !d.service.is_empty() {
+        tags.entry(common::model::SERVICE_TAG.to_string())
+            .or_insert_with(|| d.service.clone());
+    }
+    let certificate = if d.serial.is_empty() {
+        Value::Null
+    } else {
+        json!({
+            "backend": d.backend,
+            "serial": d.serial,
+            "expiration": rfc3339_ms(d.expires_ms.max(0) as u64),
+        })
+    };
+    json!({
+        "type": "Dataplane",
+        "mesh": d.mesh,
+        "name": d.name,
+        "zone": zone.name,
+        "networking": {"inbound": [{"tags": tags}]},
+        "certificate": certificate,
+        "connected": d.connected,
+        "zoneOnline": zone.online,
+        "reportedAt": rfc3339_ms(zone.dataplanes_reported_ms),
+    })
+}
+
+/// `GET /meshes/{mesh}/dataplanes`: the dataplanes of the mesh as every zone last reported them,
+/// sorted by zone and name.
+pub async fn list_dataplanes(
+    State(state): State<ApiState>,
+    Path(mesh): Path<String>,
+) -> Json<Value> {
+    let items: Vec<Value> = state
+        .zones
+        .list()
+        .iter()
+        .flat_map(|z| {
+            let mut dps: Vec<&DataplaneReport> =
+                z.dataplanes.iter().filter(|d| d.mesh == mesh).collect();
+            dps.sort_by(|a, b| a.name.cmp(&b.name));
+            dps.into_iter()
+                .map(|d| present_dataplane(z, d))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    Json(json!({"total": items.len(), "items": items}))
 }
 
 /// `GET /zones/{name}`.

@@ -1,0 +1,566 @@
+//! Signed tokens: zone tokens (`global zone-token`) and dataplane tokens (`global
+//! dataplane-token`), through one signer. A token is a standard JWT (RFC 7519) signed with Ed25519
+//! (`alg: EdDSA`) by a key that global creates on first start in
+//! `<data-dir>/token-signing-key.pem` (PKCS#8, mode 0600). The claims are `scope`, `iat`, `exp`,
+//! `jti` plus the scope's own claims (`zone` for zone tokens; `mesh` and `name` for dataplane
+//! tokens). Verification needs only the public key (`TokenVerifier`): global sends it to zones
+//! over the sync stream, and zones verify proxies' dataplane tokens with it (`KeySet`).
+//!
+//! Signing lives here too (not only in global) so that the signer and the verifier are tested
+//! together and tests can mint tokens (expired, forged) without a running global.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// File name of the signing key in the data directory.
+pub const KEY_FILE: &str = "token-signing-key.pem";
+/// Scope of zone tokens.
+pub const ZONE_SCOPE: &str = "zone";
+/// Scope of dataplane tokens.
+pub const DATAPLANE_SCOPE: &str = "dataplane";
+/// Default validity of a token (`--valid-for`).
+pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(720 * 3600);
+/// The only algorithm of verifying keys.
+pub const ED25519_ALGORITHM: &str = "Ed25519";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("the token is malformed: {0}")]
+    Malformed(String),
+    #[error("the token signature is invalid (forged, or signed by another global control plane)")]
+    BadSignature,
+    #[error("the token expired at {0}")]
+    Expired(String),
+    #[error("the token is not valid before {0}")]
+    NotYetValid(String),
+    #[error("the token has scope {found:?}, expected {expected:?}")]
+    WrongScope { expected: String, found: String },
+}
+
+impl TokenError {
+    /// A short stable name of the cause, for metrics and log keys.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TokenError::Expired(_) => "expired",
+            TokenError::BadSignature => "forged",
+            TokenError::WrongScope { .. } => "wrong_scope",
+            TokenError::NotYetValid(_) => "not_yet_valid",
+            TokenError::Malformed(_) => "malformed",
+        }
+    }
+}
+
+/// The claims every token carries, with the scope's own claims flattened in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims<T> {
+    pub scope: String,
+    /// Issued at, unix seconds.
+    pub iat: u64,
+    /// Expires at, unix seconds.
+    pub exp: u64,
+    /// Unique token id.
+    pub jti: String,
+    #[serde(flatten)]
+    pub body: T,
+}
+
+/// The claim of a zone token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZoneClaim {
+    pub zone: String,
+}
+
+/// The claims of a dataplane token: the one mesh and dataplane name it is good for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataplaneClaim {
+    pub mesh: String,
+    pub name: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    alg: String,
+    typ: String,
+    #[serde(default)]
+    kid: String,
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// RFC 3339 of unix seconds (the number itself when out of range).
+pub fn rfc3339(unix: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix as i64)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// Key id: the first 8 bytes of the SHA-256 of the public key, hex.
+fn key_id(public: &[u8]) -> String {
+    hex::encode(&Sha256::digest(public)[..8])
+}
+
+/// Signs tokens with global's key. `Debug` never shows the key.
+pub struct TokenSigner {
+    key: Ed25519KeyPair,
+    verifier: TokenVerifier,
+}
+
+impl std::fmt::Debug for TokenSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSigner")
+            .field("kid", &self.verifier.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenSigner {
+    /// A fresh key that lives in memory only (tests).
+    pub fn generate() -> Self {
+        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+            .expect("Ed25519 key generation does not fail");
+        Self::from_pkcs8(doc.as_ref()).expect("a freshly generated key parses")
+    }
+
+    fn from_pkcs8(der: &[u8]) -> Result<Self, String> {
+        let key = Ed25519KeyPair::from_pkcs8(der).map_err(|e| e.to_string())?;
+        let public = key.public_key().as_ref().to_vec();
+        Ok(Self {
+            verifier: TokenVerifier {
+                kid: key_id(&public),
+                public,
+            },
+            key,
+        })
+    }
+
+    /// Reads `<dir>/token-signing-key.pem`, creating it (mode 0600) on first start.
+    pub fn load_or_create(dir: &Path) -> std::io::Result<Self> {
+        let path = dir.join(KEY_FILE);
+        let invalid = |reason: String| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {reason}", path.display()),
+            )
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let block = pem::parse(text.as_bytes()).map_err(|e| invalid(e.to_string()))?;
+                return Self::from_pkcs8(block.contents()).map_err(invalid);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+            .map_err(|e| invalid(e.to_string()))?;
+        let text = pem::encode(&pem::Pem::new("PRIVATE KEY", doc.as_ref().to_vec()));
+        let tmp = dir.join(format!(".{KEY_FILE}.tmp"));
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path)?;
+        Self::from_pkcs8(doc.as_ref()).map_err(invalid)
+    }
+
+    /// The public half, enough to verify.
+    pub fn verifier(&self) -> &TokenVerifier {
+        &self.verifier
+    }
+
+    /// Signs claims as they are (the caller sets `iat`/`exp`; tests use this for expired tokens).
+    pub fn sign<T: Serialize>(&self, claims: &Claims<T>) -> String {
+        let header = Header {
+            alg: "EdDSA".into(),
+            typ: "JWT".into(),
+            kid: self.verifier.kid.clone(),
+        };
+        let header = B64.encode(serde_json::to_vec(&header).expect("header serializes"));
+        let claims = B64.encode(serde_json::to_vec(claims).expect("claims serialize"));
+        let signing_input = format!("{header}.{claims}");
+        let signature = self.key.sign(signing_input.as_bytes());
+        format!("{signing_input}.{}", B64.encode(signature.as_ref()))
+    }
+
+    /// Issues a token of `scope` valid for `valid_for` from now.
+    pub fn issue<T: Serialize>(&self, scope: &str, body: T, valid_for: Duration) -> String {
+        let iat = now_unix();
+        let jti: [u8; 16] = rand::random();
+        self.sign(&Claims {
+            scope: scope.to_string(),
+            iat,
+            exp: iat.saturating_add(valid_for.as_secs()),
+            jti: hex::encode(jti),
+            body,
+        })
+    }
+
+    /// A zone token for `zone`.
+    pub fn issue_zone_token(&self, zone: &str, valid_for: Duration) -> String {
+        self.issue(
+            ZONE_SCOPE,
+            ZoneClaim {
+                zone: zone.to_string(),
+            },
+            valid_for,
+        )
+    }
+
+    /// A dataplane token for the dataplane `name` of `mesh`.
+    pub fn issue_dataplane_token(&self, mesh: &str, name: &str, valid_for: Duration) -> String {
+        self.issue(
+            DATAPLANE_SCOPE,
+            DataplaneClaim {
+                mesh: mesh.to_string(),
+                name: name.to_string(),
+            },
+            valid_for,
+        )
+    }
+}
+
+/// Verifies tokens with global's public key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenVerifier {
+    kid: String,
+    public: Vec<u8>,
+}
+
+impl TokenVerifier {
+    /// A verifier from a raw Ed25519 public key (as sent to zones).
+    pub fn from_public_key(public: &[u8]) -> Result<Self, String> {
+        if public.len() != 32 {
+            return Err(format!(
+                "an Ed25519 public key has 32 bytes, this one {}",
+                public.len()
+            ));
+        }
+        Ok(Self {
+            kid: key_id(public),
+            public: public.to_vec(),
+        })
+    }
+
+    pub fn public_key(&self) -> &[u8] {
+        &self.public
+    }
+
+    /// The key id, as in the `kid` header of the tokens it verifies.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// Checks signature, scope and validity period; returns the claims.
+    pub fn verify<T: DeserializeOwned>(
+        &self,
+        token: &str,
+        scope: &str,
+    ) -> Result<Claims<T>, TokenError> {
+        self.verify_at(token, scope, now_unix())
+    }
+
+    pub fn verify_at<T: DeserializeOwned>(
+        &self,
+        token: &str,
+        scope: &str,
+        now: u64,
+    ) -> Result<Claims<T>, TokenError> {
+        let parts = split(token)?;
+        check_signature(&self.public, &parts)?;
+        parts.claims(scope, now)
+    }
+}
+
+/// The verifying keys a zone holds: a token is checked with the key its `kid` names (or every
+/// key when it names none).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeySet {
+    keys: Vec<TokenVerifier>,
+}
+
+impl KeySet {
+    pub fn new(keys: Vec<TokenVerifier>) -> Self {
+        Self { keys }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn keys(&self) -> &[TokenVerifier] {
+        &self.keys
+    }
+
+    pub fn verify<T: DeserializeOwned>(
+        &self,
+        token: &str,
+        scope: &str,
+    ) -> Result<Claims<T>, TokenError> {
+        self.verify_at(token, scope, now_unix())
+    }
+
+    pub fn verify_at<T: DeserializeOwned>(
+        &self,
+        token: &str,
+        scope: &str,
+        now: u64,
+    ) -> Result<Claims<T>, TokenError> {
+        let parts = split(token)?;
+        let candidates: Vec<&TokenVerifier> = self
+            .keys
+            .iter()
+            .filter(|k| parts.kid.is_empty() || k.kid == parts.kid)
+            .collect();
+        if !candidates
+            .iter()
+            .any(|k| check_signature(&k.public, &parts).is_ok())
+        {
+            return Err(TokenError::BadSignature);
+        }
+        parts.claims(scope, now)
+    }
+}
+
+/// A token cut into its parts, the header checked.
+struct Parts<'a> {
+    kid: String,
+    signing_input: &'a str,
+    claims_b64: &'a str,
+    signature: Vec<u8>,
+}
+
+fn decode(what: &str, part: &str) -> Result<Vec<u8>, TokenError> {
+    B64.decode(part)
+        .map_err(|e| TokenError::Malformed(format!("{what} is not base64url: {e}")))
+}
+
+fn split(token: &str) -> Result<Parts<'_>, TokenError> {
+    let token = token.trim();
+    let mut parts = token.split('.');
+    let (Some(h), Some(c), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed(
+            "expected three dot-separated parts (a JWT)".into(),
+        ));
+    };
+    let header: Header = serde_json::from_slice(&decode("header", h)?)
+        .map_err(|e| TokenError::Malformed(format!("header: {e}")))?;
+    if header.alg != "EdDSA" {
+        return Err(TokenError::Malformed(format!(
+            "algorithm {:?} is not accepted (EdDSA only)",
+            header.alg
+        )));
+    }
+    Ok(Parts {
+        kid: header.kid,
+        signing_input: &token[..h.len() + 1 + c.len()],
+        claims_b64: c,
+        signature: decode("signature", s)?,
+    })
+}
+
+fn check_signature(public: &[u8], parts: &Parts<'_>) -> Result<(), TokenError> {
+    UnparsedPublicKey::new(&ED25519, public)
+        .verify(parts.signing_input.as_bytes(), &parts.signature)
+        .map_err(|_| TokenError::BadSignature)
+}
+
+impl Parts<'_> {
+    /// Claims are only parsed once the signature holds.
+    fn claims<T: DeserializeOwned>(&self, scope: &str, now: u64) -> Result<Claims<T>, TokenError> {
+        let bytes = decode("claims", self.claims_b64)?;
+        // The scope first: a token of another scope lacks this scope's claims.
+        #[derive(Deserialize)]
+        struct Scope {
+            scope: String,
+        }
+        let found: Scope = serde_json::from_slice(&bytes)
+            .map_err(|e| TokenError::Malformed(format!("claims: {e}")))?;
+        if found.scope != scope {
+            return Err(TokenError::WrongScope {
+                expected: scope.to_string(),
+                found: found.scope,
+            });
+        }
+        let claims: Claims<T> = serde_json::from_slice(&bytes)
+            .map_err(|e| TokenError::Malformed(format!("claims: {e}")))?;
+        if claims.scope != scope {
+            return Err(TokenError::WrongScope {
+                expected: scope.to_string(),
+                found: claims.scope,
+            });
+        }
+        if now >= claims.exp {
+            return Err(TokenError::Expired(rfc3339(claims.exp)));
+        }
+        // A minute of leeway for clocks that disagree.
+        if claims.iat > now + 60 {
+            return Err(TokenError::NotYetValid(rfc3339(claims.iat)));
+        }
+        Ok(claims)
+    }
+}
+
+/// Whether `name` can name a zone: a DNS label (lowercase letters, digits, `-`), 1 to 63 long.
+pub fn check_zone_name(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if name.is_empty()
+        || name.len() > 63
+        || !ok_chars
+        || name.starts_with('-')
+        || name.ends_with('-')
+    {
+        return Err(format!(
+            "{name:?} is not a valid zone name: use 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zone_token_roundtrip_and_refusals() {
+        let signer = TokenSigner::generate();
+        let token = signer.issue_zone_token("zone-1", Duration::from_secs(3600));
+        let claims: Claims<ZoneClaim> = signer.verifier().verify(&token, ZONE_SCOPE).unwrap();
+        assert_eq!(claims.body.zone, "zone-1");
+        assert_eq!(claims.exp - claims.iat, 3600);
+        assert_eq!(claims.jti.len(), 32);
+
+        // Another key: forged.
+        let other = TokenSigner::generate();
+        let forged = other.issue_zone_token("zone-1", Duration::from_secs(3600));
+        assert_eq!(
+            signer.verifier().verify::<ZoneClaim>(&forged, ZONE_SCOPE),
+            Err(TokenError::BadSignature)
+        );
+        // Tampered claims keep the old signature: forged too.
+        let parts: Vec<&str> = token.split('.').collect();
+        let tampered_claims = B64.encode(
+            serde_json::to_vec(&Claims {
+                body: ZoneClaim {
+                    zone: "zone-2".into(),
+                },
+                ..claims.clone()
+            })
+            .unwrap(),
+        );
+        let tampered = format!("{}.{}.{}", parts[0], tampered_claims, parts[2]);
+        assert_eq!(
+            signer.verifier().verify::<ZoneClaim>(&tampered, ZONE_SCOPE),
+            Err(TokenError::BadSignature)
+        );
+        // Expired.
+        let expired = signer.sign(&Claims {
+            scope: ZONE_SCOPE.into(),
+            iat: 1,
+            exp: 2,
+            jti: "x".into(),
+            body: ZoneClaim {
+                zone: "zone-1".into(),
+            },
+        });
+        assert!(matches!(
+            signer.verifier().verify::<ZoneClaim>(&expired, ZONE_SCOPE),
+            Err(TokenError::Expired(_))
+        ));
+        // Wrong scope.
+        assert!(matches!(
+            signer
+                .verifier()
+                .verify::<ZoneClaim>(&token, DATAPLANE_SCOPE),
+            Err(TokenError::WrongScope { .. })
+        ));
+        // Garbage.
+        assert!(matches!(
+            signer.verifier().verify::<ZoneClaim>("abc", ZONE_SCOPE),
+            Err(TokenError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn dataplane_tokens_verify_with_the_public_key_alone() {
+        let signer = TokenSigner::generate();
+        let token = signer.issue_dataplane_token("default", "web-1", Duration::from_secs(60));
+        // What a zone gets over the sync stream: the raw public key.
+        let verifier = TokenVerifier::from_public_key(signer.verifier().public_key()).unwrap();
+        assert_eq!(verifier.kid(), signer.verifier().kid());
+        let keys = KeySet::new(vec![
+            TokenVerifier::from_public_key(TokenSigner::generate().verifier().public_key())
+                .unwrap(),
+            verifier,
+        ]);
+        let claims: Claims<DataplaneClaim> = keys.verify(&token, DATAPLANE_SCOPE).unwrap();
+        assert_eq!(
+            claims.body,
+            DataplaneClaim {
+                mesh: "default".into(),
+                name: "web-1".into()
+            }
+        );
+        // A zone token is not a dataplane token.
+        let zone = signer.issue_zone_token("z", Duration::from_secs(60));
+        assert!(matches!(
+            keys.verify::<DataplaneClaim>(&zone, DATAPLANE_SCOPE),
+            Err(TokenError::WrongScope { .. })
+        ));
+        // Another global's token, and no keys at all.
+        let forged =
+            TokenSigner::generate().issue_dataplane_token("default", "web-1", Duration::MAX);
+        assert_eq!(
+            keys.verify::<DataplaneClaim>(&forged, DATAPLANE_SCOPE),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(
+            KeySet::default().verify::<DataplaneClaim>(&token, DATAPLANE_SCOPE),
+            Err(TokenError::BadSignature)
+        );
+        assert!(TokenVerifier::from_public_key(b"short").is_err());
+    }
+
+    #[test]
+    fn key_file_is_private_and_stable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let a = TokenSigner::load_or_create(dir.path()).unwrap();
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let b = TokenSigner::load_or_create(dir.path()).unwrap();
+        let token = a.issue_zone_token("z", Duration::from_secs(60));
+        assert!(b.verifier().verify::<ZoneClaim>(&token, ZONE_SCOPE).is_ok());
+        assert!(!format!("{a:?}").contains("PRIVATE"));
+    }
+}

@@ -1,0 +1,642 @@
+//! The proxy agent (`zone proxy`): registers one dataplane with its zone over the identity stream
+//! (`proto/identity.proto`) and keeps `cert.pem`, `key.pem` and `ca.pem` current in its output
+//! directory, running `--exec` after each change.
+//!
+//! Two tasks: the connection loop reads the stream and hands each bundle to the writer through a
+//! watch channel (latest wins, so a slow `--exec` never stalls the stream), and the writer
+//! validates and writes files (`files`). On every (re)connection the agent presents the
+//! certificate it holds, so a restarted zone can let it keep it. When the zone is away the files
+//! stay as they are and the agent reconnects with exponential backoff and jitter (first retry
+//! within `reconnect_initial`, capped at `reconnect_max`), logging each change of state once.
+
+pub mod files;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use proto::dpid::dataplane_identity_client::DataplaneIdentityClient;
+use proto::dpid::{IdentityRequest, IdentityResponse};
+use tokio::sync::watch;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::client::{Backoff, SkipVerify, error_chain};
+use files::{Bundle, OutDir};
+
+/// A stream that lived this long resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// Largest `--exec` output kept in the log, per stream.
+const EXEC_OUTPUT_LOGGED: usize = 4096;
+
+/// Configuration of the agent of one proxy.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// `grpcs://HOST:PORT` of the zone's `--dp-addr`.
+    pub zone_address: String,
+    /// PEM CA that signs the zone's certificate (`<zone data-dir>/dp-ca.pem`).
+    pub zone_ca_file: Option<PathBuf>,
+    /// Do not verify the zone's certificate (explicit opt-in only).
+    pub insecure_skip_verify: bool,
+    /// File holding the dataplane token (re-read on every connection attempt).
+    pub token_file: PathBuf,
+    pub mesh: String,
+    pub name: String,
+    /// Inbound tags, `kuma.io/service` included.
+    pub tags: BTreeMap<String, String>,
+    pub out_dir: PathBuf,
+    /// Run with `sh -c` after each change of the files.
+    pub exec: Option<String>,
+    pub exec_timeout: Duration,
+    pub reconnect_initial: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl AgentConfig {
+    pub fn new(
+        zone_address: &str,
+        token_file: PathBuf,
+        mesh: &str,
+        name: &str,
+        service: &str,
+        out_dir: PathBuf,
+    ) -> Self {
+        let mut tags = BTreeMap::new();
+        tags.insert(common::model::SERVICE_TAG.to_string(), service.to_string());
+        Self {
+            zone_address: zone_address.to_string(),
+            zone_ca_file: None,
+            insecure_skip_verify: false,
+            token_file,
+            mesh: mesh.to_string(),
+            name: name.to_string(),
+            tags,
+            out_dir,
+            exec: None,
+            exec_timeout: Duration::from_secs(30),
+            reconnect_initial: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// A flag is wrong: nothing was started.
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// How the zone's certificate is checked.
+#[derive(Debug, Clone)]
+enum Trust {
+    CaFile(PathBuf),
+    InsecureSkipVerify,
+}
+
+/// Where the zone is, checked once at start.
+#[derive(Debug, Clone)]
+struct Target {
+    uri: String,
+    server_name: String,
+    trust: Trust,
+}
+
+impl Target {
+    fn new(config: &AgentConfig) -> Result<Self, String> {
+        let addr = config.zone_address.trim();
+        let rest = addr
+            .strip_prefix("grpcs://")
+            .or_else(|| addr.strip_prefix("https://"))
+            .ok_or_else(|| {
+                format!("--zone-address {addr:?} must be grpcs://HOST:PORT: private keys travel on this stream, so it runs over TLS only")
+            })?;
+        let uri = format!("https://{}", rest.trim_end_matches('/'));
+        let parsed: tonic::transport::Uri = uri
+            .parse()
+            .map_err(|e| format!("--zone-address {addr:?} is not a valid address: {e}"))?;
+        let host = parsed
+            .host()
+            .ok_or_else(|| format!("--zone-address {addr:?} has no host"))?;
+        if parsed.port_u16().is_none() {
+            return Err(format!(
+                "--zone-address {addr:?} needs a port (the zone's --dp-addr)"
+            ));
+        }
+        let server_name = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let trust = match (&config.zone_ca_file, config.insecure_skip_verify) {
+            (_, true) => Trust::InsecureSkipVerify,
+            (Some(ca), false) => Trust::CaFile(ca.clone()),
+            (None, false) => {
+                return Err("--zone-ca-file is required to verify the zone's certificate (the zone writes <data-dir>/dp-ca.pem); --insecure-skip-verify turns verification off".into());
+            }
+        };
+        Ok(Self {
+            uri,
+            server_name,
+            trust,
+        })
+    }
+}
+
+/// Checks the configuration without starting anything.
+pub fn check(config: &AgentConfig) -> Result<(), AgentError> {
+    Target::new(config).map_err(AgentError::Config)?;
+    let mut errs = common::ValidationErrors::new();
+    common::validate::validate_mesh_name("--mesh", &config.mesh, &mut errs);
+    common::validate::validate_object_name("--name", &config.name, &mut errs);
+    if let Some(e) = errs.errors.first() {
+        return Err(AgentError::Config(format!("{}: {}", e.field, e.reason)));
+    }
+    match config.tags.get(common::model::SERVICE_TAG) {
+        Some(s) if !s.trim().is_empty() => {}
+        _ => {
+            return Err(AgentError::Config(
+                "--service is required and must not be empty".into(),
+            ));
+        }
+    }
+    if config.exec_timeout.is_zero() {
+        return Err(AgentError::Config("--exec-timeout must be above 0".into()));
+    }
+    Ok(())
+}
+
+/// Runs the agent until `shutdown` completes. Errors only for a bad configuration or an output
+/// directory that cannot be created; everything else is retried.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    check(&config)?;
+    let target = Target::new(&config).map_err(AgentError::Config)?;
+    let out = OutDir::open(&config.out_dir).map_err(|e| {
+        AgentError::Io(format!(
+            "cannot create --out-dir {}: {e}",
+            config.out_dir.display()
+        ))
+    })?;
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    match out.held() {
+        Some(h) => tracing::info!(
+            dir = %config.out_dir.display(), serial = %h.serial, expires = %rfc3339(h.not_after_unix),
+            "holding a certificate from a previous run: presenting it to the zone"
+        ),
+        None => {
+            tracing::info!(dir = %config.out_dir.display(), "no usable certificate on disk yet")
+        }
+    }
+    let (bundle_tx, bundle_rx) = watch::channel::<Option<Bundle>>(None);
+    let writer = tokio::spawn(writer(config.clone(), out.clone(), bundle_rx));
+    connection_loop(&config, &target, &out, &bundle_tx, stop).await;
+    drop(bundle_tx);
+    let _ = writer.await;
+    tracing::info!(mesh = %config.mesh, name = %config.name, "proxy agent stopped");
+    Ok(())
+}
+
+fn rfc3339(unix: i64) -> String {
+    common::tokens::rfc3339(unix.max(0) as u64)
+}
+
+enum End {
+    Shutdown,
+    Failed {
+        error: String,
+        /// Whether the stream was established (and delivered what it did) before it ended.
+        lasted: Option<Duration>,
+        delivered: bool,
+    },
+}
+
+fn failed(error: impl Into<String>) -> End {
+    End::Failed {
+        error: error.into(),
+        lasted: None,
+        delivered: false,
+    }
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|v| *v).await;
+}
+
+async fn connection_loop(
+    config: &AgentConfig,
+    target: &Target,
+    out: &OutDir,
+    bundles: &watch::Sender<Option<Bundle>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new(config.reconnect_initial, config.reconnect_max);
+    let mut last_logged: Option<String> = None;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        match session(config, target, out, bundles, &mut stop, &mut last_logged).await {
+            End::Shutdown => return,
+            End::Failed {
+                error,
+                lasted,
+                delivered,
+            } => match lasted {
+                Some(lasted) => {
+                    tracing::warn!(error = %error, "lost the stream to the zone; keeping the files and reconnecting");
+                    if lasted >= STABLE_AFTER || delivered {
+                        backoff.reset();
+                    }
+                    last_logged = Some(error);
+                }
+                None if last_logged.as_deref() != Some(error.as_str()) => {
+                    tracing::warn!(error = %error, "cannot get an identity from the zone; keeping the files and retrying with backoff");
+                    last_logged = Some(error);
+                }
+                None => tracing::debug!(error = %error, "retry failed the same way"),
+            },
+        }
+        let delay = backoff.next_delay();
+        tracing::debug!(
+            delay_ms = delay.as_millis() as u64,
+            "next connection attempt"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stopped(&mut stop) => return,
+        }
+    }
+}
+
+async fn connect(target: &Target) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(target.uri.clone())
+        .map_err(|e| error_chain(&e))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true);
+    let tls = ClientTlsConfig::new().domain_name(target.server_name.clone());
+    let endpoint = match &target.trust {
+        Trust::CaFile(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read --zone-ca-file {}: {e}", path.display()))?;
+            endpoint.tls_config(tls.ca_certificate(Certificate::from_pem(pem)))
+        }
+        Trust::InsecureSkipVerify => endpoint.tls_config_with_verifier(tls, SkipVerify::new()),
+    }
+    .map_err(|e| format!("TLS configuration: {}", error_chain(&e)))?;
+    endpoint.connect().await.map_err(|e| {
+        format!(
+            "cannot connect to the zone at {}: {}",
+            target.uri,
+            error_chain(&e)
+        )
+    })
+}
+
+fn describe(status: &tonic::Status) -> String {
+    use std::error::Error as _;
+    match status.code() {
+        tonic::Code::Unauthenticated => format!(
+            "the zone refused this proxy (unauthenticated): {}",
+            status.message()
+        ),
+        tonic::Code::Unavailable if status.message().is_empty() => {
+            format!("the zone is unavailable: {}", error_chain(status))
+        }
+        code => {
+            let chain = status
+                .source()
+                .map(error_chain)
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default();
+            format!("{code:?}: {}{chain}", status.message())
+        }
+    }
+}
+
+fn bundle_of(resp: IdentityResponse, last_key: &mut Option<String>) -> Bundle {
+    // "Keep your key" means the key the zone last sent on this stream, when it sent one: the
+    // writer may not have written it yet (latest bundle wins).
+    let key_pem = match resp.key_pem {
+        Some(k) => {
+            *last_key = Some(k.clone());
+            Some(k)
+        }
+        None => last_key.clone(),
+    };
+    Bundle {
+        generation: resp.generation,
+        cert_chain_pem: resp.cert_chain_pem,
+        key_pem,
+        trust_bundle_pem: resp.trust_bundle_pem,
+        backend: resp.backend,
+        serial: resp.serial,
+        not_after_unix: resp.not_after_unix,
+    }
+}
+
+async fn session(
+    config: &AgentConfig,
+    target: &Target,
+    out: &OutDir,
+    bundles: &watch::Sender<Option<Bundle>>,
+    stop: &mut watch::Receiver<bool>,
+    last_logged: &mut Option<String>,
+) -> End {
+    let token = match std::fs::read_to_string(&config.token_file) {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+        Ok(_) => {
+            return failed(format!(
+                "the token file {} is empty",
+                config.token_file.display()
+            ));
+        }
+        Err(e) => {
+            return failed(format!(
+                "cannot read the token file {}: {e}",
+                config.token_file.display()
+            ));
+        }
+    };
+    let channel = tokio::select! {
+        c = connect(target) => match c {
+            Ok(c) => c,
+            Err(e) => return failed(e),
+        },
+        _ = stopped(stop) => return End::Shutdown,
+    };
+    let presented = out.held();
+    let mut request = tonic::Request::new(IdentityRequest {
+        mesh: config.mesh.clone(),
+        name: config.name.clone(),
+        tags: config.tags.clone().into_iter().collect(),
+        cert_chain_pem: presented
+            .as_ref()
+            .map(|h| h.cert_chain_pem.clone())
+            .unwrap_or_default(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    });
+    let Ok(auth) = format!("Bearer {token}").parse() else {
+        return failed("the token file does not hold a valid token");
+    };
+    request.metadata_mut().insert("authorization", auth);
+    let mut client = DataplaneIdentityClient::new(channel);
+    let response = tokio::select! {
+        r = client.stream(request) => r,
+        _ = stopped(stop) => return End::Shutdown,
+    };
+    let mut inbound = match response {
+        Ok(r) => r.into_inner(),
+        Err(status) => return failed(describe(&status)),
+    };
+    let since = Instant::now();
+    tracing::info!(
+        zone = %target.uri, mesh = %config.mesh, name = %config.name,
+        presented = presented.as_ref().map(|h| h.serial.as_str()).unwrap_or(""),
+        "connected to the zone: dataplane registered"
+    );
+    *last_logged = None;
+    let mut last_key: Option<String> = None;
+    let mut delivered = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = stopped(stop) => return End::Shutdown,
+            msg = inbound.message() => {
+                let error = match msg {
+                    Ok(Some(resp)) => {
+                        tracing::debug!(generation = resp.generation, serial = %resp.serial, has_key = resp.key_pem.is_some(), "identity bundle received");
+                        delivered = true;
+                        bundles.send_replace(Some(bundle_of(resp, &mut last_key)));
+                        continue;
+                    }
+                    Ok(None) => "the zone ended the stream".to_string(),
+                    Err(status) => describe(&status),
+                };
+                return End::Failed { error, lasted: Some(since.elapsed()), delivered };
+            }
+        }
+    }
+}
+
+/// Writes each bundle (the latest when several arrive meanwhile) and runs `--exec` after a change.
+/// A failed write is retried every few seconds until it succeeds or a newer bundle arrives. Ends
+/// when the connection loop drops the sender, after the last bundle.
+async fn writer(config: AgentConfig, out: OutDir, mut bundles: watch::Receiver<Option<Bundle>>) {
+    let mut pending: Option<Bundle> = None;
+    let mut last_error: Option<String> = None;
+    loop {
+        // Some(open): the channel moved (or closed); None: time to retry the pending bundle.
+        let event = if pending.is_some() {
+            tokio::select! {
+                r = bundles.changed() => Some(r.is_ok()),
+                _ = tokio::time::sleep(Duration::from_secs(5)) => None,
+            }
+        } else {
+            Some(bundles.changed().await.is_ok())
+        };
+        match event {
+            Some(true) => {
+                if let Some(b) = bundles.borrow_and_update().clone() {
+                    pending = Some(b);
+                }
+            }
+            Some(false) => {
+                // Closed, nothing unseen: one last try of a pending bundle.
+                if let Some(b) = pending.take() {
+                    apply(&config, &out, &b, &mut last_error).await;
+                }
+                return;
+            }
+            None => {}
+        }
+        if let Some(b) = pending.take()
+            && !apply(&config, &out, &b, &mut last_error).await
+        {
+            pending = Some(b);
+        }
+    }
+}
+
+/// Applies one bundle; false when it should be retried (a write error).
+async fn apply(
+    config: &AgentConfig,
+    out: &OutDir,
+    bundle: &Bundle,
+    last_error: &mut Option<String>,
+) -> bool {
+    let result = {
+        let (out, bundle) = (out.clone(), bundle.clone());
+        tokio::task::spawn_blocking(move || out.apply(&bundle))
+            .await
+            .unwrap_or_else(|e| {
+                Err(files::ApplyError::Write(format!(
+                    "the writer task failed: {e}"
+                )))
+            })
+    };
+    match result {
+        Ok(changed) if changed.any() => {
+            *last_error = None;
+            tracing::info!(
+                generation = bundle.generation, backend = %bundle.backend, serial = %changed.serial,
+                expires = %rfc3339(changed.not_after_unix), files = ?changed.files,
+                "identity updated"
+            );
+            if let Some(cmd) = &config.exec {
+                run_exec(cmd, config, out).await;
+            }
+            true
+        }
+        Ok(_) => {
+            tracing::debug!(generation = bundle.generation, "identity unchanged");
+            true
+        }
+        Err(e) => {
+            let retry = matches!(e, files::ApplyError::Write(_));
+            let e = e.to_string();
+            if last_error.as_deref() != Some(e.as_str()) {
+                tracing::error!(
+                    generation = bundle.generation, serial = %bundle.serial, error = %e,
+                    "refused an identity bundle: the files on disk are kept"
+                );
+                *last_error = Some(e);
+            }
+            !retry
+        }
+    }
+}
+
+fn shorten(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim();
+    if text.len() <= EXEC_OUTPUT_LOGGED {
+        return text.to_string();
+    }
+    let mut end = EXEC_OUTPUT_LOGGED;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes more)", &text[..end], text.len() - end)
+}
+
+/// Runs `sh -c CMD` in its own process group with the file paths in the environment; kills the
+/// group when it outlives `exec_timeout`. Its output goes to the log.
+async fn run_exec(cmd: &str, config: &AgentConfig, out: &OutDir) {
+    let started = Instant::now();
+    let mut command = tokio::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg(cmd)
+        .env("KMESH_CERT_FILE", out.path(files::CERT_FILE))
+        .env("KMESH_KEY_FILE", out.path(files::KEY_FILE))
+        .env("KMESH_CA_FILE", out.path(files::CA_FILE))
+        .env("KMESH_MESH", &config.mesh)
+        .env("KMESH_DATAPLANE", &config.name)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(command = %cmd, error = %e, "cannot run --exec");
+            return;
+        }
+    };
+    let pid = child.id();
+    match tokio::time::timeout(config.exec_timeout, child.wait_with_output()).await {
+        Ok(Ok(output)) => {
+            let (stdout, stderr) = (shorten(&output.stdout), shorten(&output.stderr));
+            let elapsed_ms = started.elapsed().as_millis() as u64;
+            if output.status.success() {
+                tracing::info!(command = %cmd, elapsed_ms, stdout = %stdout, stderr = %stderr, "--exec ran");
+            } else {
+                tracing::warn!(command = %cmd, status = %output.status, elapsed_ms, stdout = %stdout, stderr = %stderr, "--exec failed");
+            }
+        }
+        Ok(Err(e)) => tracing::error!(command = %cmd, error = %e, "--exec could not be waited for"),
+        Err(_) => {
+            // The shell is killed on drop; its children with the whole group.
+            if let Some(pid) = pid {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{pid}")])
+                    .status();
+            }
+            tracing::warn!(
+                command = %cmd,
+                timeout_s = config.exec_timeout.as_secs_f64(),
+                "--exec did not finish in time: killed"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_zone_address_needs_tls_a_port_and_a_trust_choice() {
+        let mut c = AgentConfig::new(
+            "grpcs://127.0.0.1:5683",
+            "t".into(),
+            "default",
+            "web-1",
+            "web",
+            "out".into(),
+        );
+        assert!(
+            check(&c)
+                .unwrap_err()
+                .to_string()
+                .contains("--zone-ca-file")
+        );
+        c.zone_ca_file = Some("ca.pem".into());
+        check(&c).unwrap();
+        let t = Target::new(&c).unwrap();
+        assert_eq!(
+            (t.uri.as_str(), t.server_name.as_str()),
+            ("https://127.0.0.1:5683", "127.0.0.1")
+        );
+        c.zone_address = "http://127.0.0.1:5683".into();
+        assert!(check(&c).unwrap_err().to_string().contains("grpcs://"));
+        c.zone_address = "grpcs://localhost".into();
+        assert!(check(&c).unwrap_err().to_string().contains("port"));
+        c.zone_address = "grpcs://[::1]:5683".into();
+        assert_eq!(Target::new(&c).unwrap().server_name, "::1");
+        c.name = "Bad Name".into();
+        assert!(check(&c).unwrap_err().to_string().contains("--name"));
+    }
+
+    #[test]
+    fn a_bundle_without_a_key_takes_the_last_key_of_the_stream() {
+        let mut last = None;
+        let with = bundle_of(
+            IdentityResponse {
+                key_pem: Some("K".into()),
+                ..Default::default()
+            },
+            &mut last,
+        );
+        assert_eq!(with.key_pem.as_deref(), Some("K"));
+        let without = bundle_of(IdentityResponse::default(), &mut last);
+        assert_eq!(without.key_pem.as_deref(), Some("K"));
+        let mut fresh = None;
+        assert_eq!(
+            bundle_of(IdentityResponse::default(), &mut fresh).key_pem,
+            None
+        );
+    }
+}

@@ -1,0 +1,689 @@
+//! Certificate sources: what issues a proxy certificate for a mesh's enabled backend. Behind the
+//! small [`CertSource`] trait (so that the engine's scheduling can be unit-tested with fakes):
+//!
+//! - [`VaultSource`]: `<pki>/issue/<role>` through a [`VaultIssuer`] built from the backend's
+//!   `conf.fromCp` with the zone's Secrets and files; renewable tokens are renewed at 2/3 of their
+//!   TTL; when Vault answers "permission denied" the data sources are read again (a token rotated
+//!   in its file or Secret) and, if they changed, the client is rebuilt and the request retried.
+//! - [`LocalSource`]: the builtin CA (the mesh Secrets `<mesh>.ca-builtin-cert/key-<backend>`) or
+//!   the provided CA (`conf.cert` / `conf.key`), signing in `spawn_blocking`.
+//!
+//! Every source returns the leaf with its intermediates, the key, and the trust anchors the leaf
+//! chains to. [`backend_material`] hashes what a source is built from beyond the backend's spec,
+//! so that the engine rebuilds a source exactly when its inputs change.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use common::ca::{CaError, CaKeyPair, CaSigner, LeafRequest, builtin_secret_names, leaf_uri_sans};
+use common::datasource::SecretLookup;
+use common::model::{Backend, BackendConf, DataSource, FromCp};
+use common::store::Store;
+use common::vault::{IssueRequest, VaultError, VaultIssuer};
+use common::x509;
+use prometheus_client::metrics::histogram::Histogram;
+use sha2::{Digest, Sha256};
+
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why an issuance failed, for the `certificates_failed` metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailReason {
+    /// Vault could not be reached, or is sealed.
+    Unreachable,
+    /// Vault refused the credentials.
+    Denied,
+    /// The backend refused the request (role, mount, SANs, common name, conf).
+    Refused,
+    Other,
+}
+
+impl FailReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailReason::Unreachable => "unreachable",
+            FailReason::Denied => "denied",
+            FailReason::Refused => "refused",
+            FailReason::Other => "other",
+        }
+    }
+}
+
+/// A failed issuance (or source build). `per_proxy`: the failure concerns this proxy's request
+/// only (its SANs or common name): the backend answered, so it does not count for the breaker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceError {
+    pub reason: FailReason,
+    pub message: String,
+    pub per_proxy: bool,
+}
+
+impl SourceError {
+    pub fn other(message: impl Into<String>) -> Self {
+        Self {
+            reason: FailReason::Other,
+            message: message.into(),
+            per_proxy: false,
+        }
+    }
+
+    pub fn from_vault(e: &VaultError) -> Self {
+        let reason = match e {
+            VaultError::Unreachable { .. } | VaultError::Unavailable { .. } => {
+                FailReason::Unreachable
+            }
+            VaultError::PermissionDenied { .. } | VaultError::LoginRefused { .. } => {
+                FailReason::Denied
+            }
+            VaultError::Conf { .. }
+            | VaultError::MountMissing { .. }
+            | VaultError::UnknownRole { .. }
+            | VaultError::UriSanNotAllowed { .. }
+            | VaultError::CommonNameNotAllowed { .. }
+            | VaultError::BadRequest { .. } => FailReason::Refused,
+            VaultError::Tls { .. } | VaultError::BadResponse { .. } | VaultError::Other { .. } => {
+                FailReason::Other
+            }
+        };
+        let per_proxy = match e {
+            VaultError::UriSanNotAllowed { .. } | VaultError::CommonNameNotAllowed { .. } => true,
+            VaultError::Conf { field, .. } => field == "fromCp.commonName",
+            _ => false,
+        };
+        Self {
+            reason,
+            message: e.to_string(),
+            per_proxy,
+        }
+    }
+
+    pub fn from_ca(e: &CaError) -> Self {
+        let per_proxy = matches!(
+            e,
+            CaError::MissingService
+                | CaError::InvalidSan { .. }
+                | CaError::InvalidCommonName { .. }
+        );
+        Self {
+            reason: if per_proxy {
+                FailReason::Refused
+            } else {
+                FailReason::Other
+            },
+            message: e.to_string(),
+            per_proxy,
+        }
+    }
+}
+
+impl std::fmt::Display for SourceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// What to issue.
+#[derive(Debug, Clone)]
+pub struct LeafSpec {
+    pub mesh: String,
+    /// All tags of the proxy (`Dataplane::tags`).
+    pub tags: BTreeMap<String, Vec<String>>,
+    pub ttl: Duration,
+}
+
+/// An issued certificate. `Debug` never shows the key.
+#[derive(Clone)]
+pub struct Issued {
+    /// The leaf, then its intermediates (PEM).
+    pub chain_pem: String,
+    pub key_pem: String,
+    /// The trust anchors the leaf chains to (PEM, one certificate each).
+    pub anchors: Vec<String>,
+    /// Lower-case hex bytes separated by `:`.
+    pub serial: String,
+    /// Validity, unix seconds.
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+impl Issued {
+    /// Completes an issued chain with what its leaf says.
+    pub fn new(
+        chain_pem: String,
+        key_pem: String,
+        anchors: Vec<String>,
+    ) -> Result<Self, SourceError> {
+        let s = x509::summarize_pem(&chain_pem).map_err(|e| {
+            SourceError::other(format!("the issued certificate cannot be read: {e}"))
+        })?;
+        Ok(Self {
+            chain_pem,
+            key_pem,
+            anchors,
+            serial: s.serial,
+            not_before: s.not_before,
+            not_after: s.not_after,
+        })
+    }
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("chain_pem", &self.chain_pem)
+            .field("key_pem", &"<redacted>")
+            .field("anchors", &self.anchors.len())
+            .field("serial", &self.serial)
+            .finish()
+    }
+}
+
+/// Issues proxy certificates for one backend of one mesh.
+pub trait CertSource: Send + Sync {
+    fn issue<'a>(&'a self, spec: &'a LeafSpec) -> BoxFut<'a, Result<Issued, SourceError>>;
+    /// The trust anchors of the backend as it stands (PEM, one certificate each).
+    fn anchors(&self) -> BoxFut<'_, Result<Vec<String>, SourceError>>;
+}
+
+/// Builds sources (the real ones, or fakes in unit tests).
+pub trait SourceFactory: Send + Sync {
+    /// A hash of everything the backend's source is built from beyond its spec: the resolved data
+    /// sources (tokens, CA files, client certificates) or the CA Secrets. Never fails: a data
+    /// source that cannot be resolved hashes as its error, so that fixing it changes the hash.
+    fn material(&self, mesh: &str, backend: &Backend, store: &Store) -> String;
+    fn build<'a>(
+        &'a self,
+        mesh: &'a str,
+        backend: &'a Backend,
+        store: &'a Store,
+    ) -> BoxFut<'a, Result<Arc<dyn CertSource>, SourceError>>;
+}
+
+/// The real sources.
+pub struct RealFactory {
+    pub vault_latency: Histogram,
+}
+
+impl SourceFactory for RealFactory {
+    fn material(&self, mesh: &str, backend: &Backend, store: &Store) -> String {
+        backend_material(mesh, backend, store)
+    }
+
+    fn build<'a>(
+        &'a self,
+        mesh: &'a str,
+        backend: &'a Backend,
+        store: &'a Store,
+    ) -> BoxFut<'a, Result<Arc<dyn CertSource>, SourceError>> {
+        Box::pin(async move {
+            match backend.typed_conf() {
+                Ok(BackendConf::Vault(v)) => {
+                    let from_cp = v.from_cp.ok_or_else(|| SourceError {
+                        reason: FailReason::Refused,
+                        message: "conf.fromCp must be set".into(),
+                        per_proxy: false,
+                    })?;
+                    let src =
+                        VaultSource::new(mesh, from_cp, store.clone(), self.vault_latency.clone())
+                            .await?;
+                    Ok(src as Arc<dyn CertSource>)
+                }
+                Ok(BackendConf::Builtin(_)) | Ok(BackendConf::Provided(_)) => {
+                    let pair = local_ca(mesh, backend, store)?;
+                    let signer = tokio::task::spawn_blocking(move || CaSigner::new(&pair))
+                        .await
+                        .map_err(|e| SourceError::other(format!("CA task failed: {e}")))?
+                        .map_err(|e| SourceError::other(format!("the mesh CA is unusable: {e}")))?;
+                    Ok(Arc::new(LocalSource::new(signer)) as Arc<dyn CertSource>)
+                }
+                Err(e) => Err(SourceError {
+                    reason: FailReason::Refused,
+                    message: format!("conf.{}: {}", e.path, e.reason),
+                    per_proxy: false,
+                }),
+            }
+        })
+    }
+}
+
+/// The CA certificate and key of a builtin or provided backend.
+fn local_ca(mesh: &str, backend: &Backend, store: &Store) -> Result<CaKeyPair, SourceError> {
+    let (cert, key) = local_ca_bytes(mesh, backend, store)?;
+    let text = |b: Vec<u8>, what: &str| {
+        String::from_utf8(b).map_err(|_| SourceError::other(format!("{what} is not PEM text")))
+    };
+    Ok(CaKeyPair::new(
+        text(cert, "the CA certificate")?,
+        text(key, "the CA key")?,
+    ))
+}
+
+fn local_ca_bytes(
+    mesh: &str,
+    backend: &Backend,
+    store: &Store,
+) -> Result<(Vec<u8>, Vec<u8>), SourceError> {
+    match backend.typed_conf() {
+        Ok(BackendConf::Builtin(_)) => {
+            let (cert_name, key_name) = builtin_secret_names(mesh, &backend.name);
+            let get = |name: &str| {
+                store.secret_data(mesh, name).ok_or_else(|| {
+                    SourceError::other(format!(
+                        "the builtin CA Secret {name:?} of mesh {mesh:?} is not in this zone (not synced from global yet?)"
+                    ))
+                })
+            };
+            Ok((get(&cert_name)?, get(&key_name)?))
+        }
+        Ok(BackendConf::Provided(p)) => {
+            let get = |ds: &Option<DataSource>, field: &str| {
+                let ds = ds.as_ref().ok_or_else(|| SourceError {
+                    reason: FailReason::Refused,
+                    message: format!("conf.{field} must be set"),
+                    per_proxy: false,
+                })?;
+                ds.resolve(mesh, store).map_err(|e| SourceError {
+                    reason: FailReason::Refused,
+                    message: format!("conf.{field}: {e}"),
+                    per_proxy: false,
+                })
+            };
+            Ok((get(&p.cert, "cert")?, get(&p.key, "key")?))
+        }
+        _ => Err(SourceError::other("not a builtin or provided backend")),
+    }
+}
+
+fn hash_parts(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// See [`SourceFactory::material`].
+pub fn backend_material(mesh: &str, backend: &Backend, store: &Store) -> String {
+    match backend.typed_conf() {
+        Ok(BackendConf::Vault(v)) => {
+            let Some(f) = v.from_cp else {
+                return "no fromCp".into();
+            };
+            vault_material(mesh, &f, store)
+        }
+        Ok(BackendConf::Builtin(_)) | Ok(BackendConf::Provided(_)) => {
+            match local_ca_bytes(mesh, backend, store) {
+                Ok((c, k)) => hash_parts(&[&c, &k]),
+                Err(e) => format!("error: {}", e.message),
+            }
+        }
+        Err(e) => format!("error: {}", e.reason),
+    }
+}
+
+fn vault_material(mesh: &str, f: &FromCp, secrets: &dyn SecretLookup) -> String {
+    let auth = f.auth.clone().unwrap_or_default();
+    let tls_auth = auth.tls.clone().unwrap_or_default();
+    let sources = [
+        f.tls.as_ref().and_then(|t| t.ca_cert.clone()),
+        auth.token.clone(),
+        tls_auth.client_cert.clone(),
+        tls_auth.client_key.clone(),
+    ];
+    let resolved: Vec<Vec<u8>> = sources
+        .iter()
+        .map(|ds| match ds {
+            None => b"-".to_vec(),
+            Some(ds) => match ds.resolve(mesh, secrets) {
+                Ok(b) => b,
+                Err(e) => format!("error: {e}").into_bytes(),
+            },
+        })
+        .collect();
+    let refs: Vec<&[u8]> = resolved.iter().map(Vec::as_slice).collect();
+    hash_parts(&refs)
+}
+
+/// The first value of each tag: what the `commonName` template sees.
+pub fn template_tags(tags: &BTreeMap<String, Vec<String>>) -> BTreeMap<String, String> {
+    tags.iter()
+        .filter_map(|(k, v)| v.first().map(|f| (k.clone(), f.clone())))
+        .collect()
+}
+
+/// The common name a certificate of this backend must carry for these tags (vault with a
+/// `commonName` template only).
+pub fn expected_common_name(
+    backend: &Backend,
+    tags: &BTreeMap<String, Vec<String>>,
+) -> Option<String> {
+    let Ok(BackendConf::Vault(v)) = backend.typed_conf() else {
+        return None;
+    };
+    let template = v.from_cp?.common_name;
+    if template.trim().is_empty() {
+        return None;
+    }
+    common::template::render(template.trim(), &template_tags(tags)).ok()
+}
+
+/// PEM of one DER certificate, with `\n` line ends (what proxies write to disk).
+fn to_pem(der: &[u8]) -> String {
+    x509::der_to_pem(der).replace("\r\n", "\n")
+}
+
+/// Splits PEM text into one PEM per certificate; the self-signed ones are the roots.
+fn split_roots(pems: &[&str]) -> (Vec<String>, Vec<String>) {
+    let mut roots = Vec::new();
+    let mut others = Vec::new();
+    let mut seen: Vec<Vec<u8>> = Vec::new();
+    for p in pems {
+        let Ok(ders) = x509::pem_to_ders(p) else {
+            continue;
+        };
+        for d in ders {
+            if seen.contains(&d) {
+                continue;
+            }
+            if x509::der_is_self_signed(&d) {
+                roots.push(to_pem(&d));
+            } else {
+                others.push(to_pem(&d));
+            }
+            seen.push(d);
+        }
+    }
+    (roots, others)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vault
+// ---------------------------------------------------------------------------------------------
+
+/// The roots and intermediates of one CA chain as Vault returns it, worked out once.
+struct ChainParts {
+    anchors: Vec<String>,
+    intermediates: String,
+}
+
+pub struct VaultSource {
+    mesh: String,
+    from_cp: FromCp,
+    store: Store,
+    latency: Histogram,
+    issuer: RwLock<Arc<VaultIssuer>>,
+    material: Mutex<String>,
+    /// Serializes rebuilding the client.
+    rebuild: tokio::sync::Mutex<()>,
+    chains: Mutex<HashMap<String, Arc<ChainParts>>>,
+    renewal: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for VaultSource {
+    fn drop(&mut self) {
+        if let Some(h) = self
+            .renewal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            h.abort();
+        }
+    }
+}
+
+impl VaultSource {
+    pub async fn new(
+        mesh: &str,
+        from_cp: FromCp,
+        store: Store,
+        latency: Histogram,
+    ) -> Result<Arc<Self>, SourceError> {
+        let material = vault_material(mesh, &from_cp, &store);
+        let issuer = Arc::new(
+            VaultIssuer::connect(mesh, &from_cp, &store)
+                .await
+                .map_err(|e| SourceError::from_vault(&e))?,
+        );
+        let src = Arc::new(Self {
+            mesh: mesh.to_string(),
+            from_cp,
+            store,
+            latency,
+            issuer: RwLock::new(issuer.clone()),
+            material: Mutex::new(material),
+            rebuild: tokio::sync::Mutex::new(()),
+            chains: Mutex::new(HashMap::new()),
+            renewal: Mutex::new(None),
+        });
+        src.start_renewal(issuer);
+        Ok(src)
+    }
+
+    fn issuer(&self) -> Arc<VaultIssuer> {
+        self.issuer
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Keeps a renewable token alive: renew-self at 2/3 of its TTL.
+    fn start_renewal(&self, issuer: Arc<VaultIssuer>) {
+        let mesh = self.mesh.clone();
+        let handle = tokio::spawn(async move {
+            let mut info = match issuer.token_info().await {
+                Ok(Some(i)) => i,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(mesh = %mesh, error = %e, "cannot look up the Vault token; it is not renewed");
+                    return;
+                }
+            };
+            loop {
+                if !info.renewable || info.ttl.is_zero() {
+                    return;
+                }
+                tokio::time::sleep(info.ttl.mul_f64(2.0 / 3.0)).await;
+                match issuer.renew_token(None).await {
+                    Ok(Some(i)) => {
+                        tracing::debug!(mesh = %mesh, ttl_s = i.ttl.as_secs(), "renewed the Vault token");
+                        info = i;
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::warn!(mesh = %mesh, error = %e, "cannot renew the Vault token");
+                        // Try again within what is left of the last known TTL.
+                        info.ttl = (info.ttl / 3).max(Duration::from_secs(3));
+                    }
+                }
+            }
+        });
+        if let Some(old) = self
+            .renewal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(handle)
+        {
+            old.abort();
+        }
+    }
+
+    /// Reads the data sources again; if they changed (a rotated token), rebuilds the client.
+    /// Returns true when a new client is in place.
+    async fn refresh(&self) -> bool {
+        let _guard = self.rebuild.lock().await;
+        let material = vault_material(&self.mesh, &self.from_cp, &self.store);
+        if *self.material.lock().unwrap_or_else(|e| e.into_inner()) == material {
+            return false;
+        }
+        match VaultIssuer::connect(&self.mesh, &self.from_cp, &self.store).await {
+            Ok(issuer) => {
+                let issuer = Arc::new(issuer);
+                *self.issuer.write().unwrap_or_else(|e| e.into_inner()) = issuer.clone();
+                *self.material.lock().unwrap_or_else(|e| e.into_inner()) = material;
+                self.start_renewal(issuer);
+                tracing::info!(mesh = %self.mesh, "Vault credentials changed: client rebuilt");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(mesh = %self.mesh, error = %e, "cannot rebuild the Vault client");
+                false
+            }
+        }
+    }
+
+    fn chain_parts(&self, issuing_ca: &str, ca_chain: &[String]) -> Arc<ChainParts> {
+        let mut h = Sha256::new();
+        h.update(issuing_ca.as_bytes());
+        for c in ca_chain {
+            h.update([0]);
+            h.update(c.as_bytes());
+        }
+        let key = hex::encode(h.finalize());
+        if let Some(p) = self
+            .chains
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return p.clone();
+        }
+        let mut pems: Vec<&str> = ca_chain.iter().map(String::as_str).collect();
+        pems.push(issuing_ca);
+        let (mut roots, inters) = split_roots(&pems);
+        if roots.is_empty() {
+            // An intermediate set without its root: trust the top of the chain.
+            if let Some(top) = inters.last() {
+                roots.push(top.clone());
+            }
+        }
+        let mut intermediates = String::new();
+        for i in &inters {
+            intermediates.push_str(i.trim_end());
+            intermediates.push('\n');
+        }
+        let parts = Arc::new(ChainParts {
+            anchors: roots,
+            intermediates,
+        });
+        let mut chains = self.chains.lock().unwrap_or_else(|e| e.into_inner());
+        if chains.len() > 16 {
+            chains.clear();
+        }
+        chains.insert(key, parts.clone());
+        parts
+    }
+
+    async fn issue_inner(&self, spec: &LeafSpec) -> Result<Issued, SourceError> {
+        let mut retried = false;
+        loop {
+            let issuer = self.issuer();
+            let common_name = issuer
+                .render_common_name(&template_tags(&spec.tags))
+                .map_err(|e| SourceError::from_vault(&e))?;
+            let req = IssueRequest {
+                uri_sans: leaf_uri_sans(&spec.mesh, &spec.tags),
+                common_name,
+                ttl: spec.ttl,
+            };
+            let started = tokio::time::Instant::now();
+            let res = issuer.issue(&req).await;
+            self.latency.observe(started.elapsed().as_secs_f64());
+            match res {
+                Ok(cert) => {
+                    let parts = self.chain_parts(&cert.issuing_ca_pem, &cert.ca_chain_pem);
+                    let mut chain_pem = cert.certificate_pem.trim_end().to_string();
+                    chain_pem.push('\n');
+                    chain_pem.push_str(&parts.intermediates);
+                    return Issued::new(chain_pem, cert.private_key_pem, parts.anchors.clone());
+                }
+                Err(
+                    e @ (VaultError::PermissionDenied { .. }
+                    | VaultError::LoginRefused { .. }
+                    | VaultError::Tls { .. }),
+                ) => {
+                    if !retried && self.refresh().await {
+                        retried = true;
+                        continue;
+                    }
+                    return Err(SourceError::from_vault(&e));
+                }
+                Err(e) => return Err(SourceError::from_vault(&e)),
+            }
+        }
+    }
+}
+
+impl CertSource for VaultSource {
+    fn issue<'a>(&'a self, spec: &'a LeafSpec) -> BoxFut<'a, Result<Issued, SourceError>> {
+        Box::pin(self.issue_inner(spec))
+    }
+
+    fn anchors(&self) -> BoxFut<'_, Result<Vec<String>, SourceError>> {
+        Box::pin(async move {
+            let pem = self
+                .issuer()
+                .ca_chain()
+                .await
+                .map_err(|e| SourceError::from_vault(&e))?;
+            let parts = self.chain_parts(&pem, &[]);
+            if parts.anchors.is_empty() {
+                return Err(SourceError::other(format!(
+                    "Vault returned no CA certificate for {}",
+                    self.from_cp.pki
+                )));
+            }
+            Ok(parts.anchors.clone())
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// builtin and provided
+// ---------------------------------------------------------------------------------------------
+
+pub struct LocalSource {
+    signer: Arc<CaSigner>,
+    anchors: Vec<String>,
+}
+
+impl LocalSource {
+    pub fn new(signer: CaSigner) -> Self {
+        let anchors = x509::pem_to_ders(signer.ca_pem())
+            .map(|ders| ders.iter().map(|d| to_pem(d)).collect())
+            .unwrap_or_default();
+        Self {
+            signer: Arc::new(signer),
+            anchors,
+        }
+    }
+}
+
+impl CertSource for LocalSource {
+    fn issue<'a>(&'a self, spec: &'a LeafSpec) -> BoxFut<'a, Result<Issued, SourceError>> {
+        let signer = self.signer.clone();
+        let req = LeafRequest {
+            mesh: spec.mesh.clone(),
+            tags: spec.tags.clone(),
+            common_name: None,
+            lifetime: spec.ttl,
+        };
+        let anchors = self.anchors.clone();
+        Box::pin(async move {
+            let leaf = tokio::task::spawn_blocking(move || signer.issue(&req))
+                .await
+                .map_err(|e| SourceError::other(format!("signing task failed: {e}")))?
+                .map_err(|e| SourceError::from_ca(&e))?;
+            Issued::new(leaf.cert_pem.clone(), leaf.key_pem.clone(), anchors)
+        })
+    }
+
+    fn anchors(&self) -> BoxFut<'_, Result<Vec<String>, SourceError>> {
+        let a = self.anchors.clone();
+        Box::pin(async move { Ok(a) })
+    }
+}

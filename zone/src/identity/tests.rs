@@ -1,0 +1,479 @@
+//! The engine's scheduling with fake certificate sources and paused tokio time: issuance and
+//! rotation at 4/5 of the lifetime, retries bounded by the circuit breaker and recovery without a
+//! storm, the concurrency limit, the trust bundle across a backend switch, and tag changes.
+//! (Real backends — OpenBao, builtin, provided — are exercised in `zone/tests/identity.rs`.)
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::model::{Backend, Dataplane, Inbound, Mesh, Networking, Resource};
+use common::store::{Op, Store};
+use tokio::time::Instant;
+
+use super::source::{BoxFut, CertSource, FailReason, Issued, LeafSpec, SourceError, SourceFactory};
+use super::*;
+use crate::{ZoneConfig, ZoneCtx};
+
+/// A self-signed CA certificate (PEM), so that anchor sets differ per backend.
+fn ca_pem(cn: &str) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.self_signed(&key).unwrap().pem()
+}
+
+/// Shared by every source the fake factory builds.
+struct FakeShared {
+    base: Instant,
+    base_unix_ms: i64,
+    failing: AtomicBool,
+    delay: Mutex<Duration>,
+    calls: AtomicU64,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+    serial: AtomicU64,
+    /// backend name -> CA PEM.
+    cas: Mutex<BTreeMap<String, String>>,
+}
+
+impl FakeShared {
+    fn now_unix(&self) -> i64 {
+        (self.base_unix_ms + self.base.elapsed().as_millis() as i64) / 1000
+    }
+}
+
+struct FakeFactory(Arc<FakeShared>);
+
+struct FakeSource {
+    shared: Arc<FakeShared>,
+    ca: String,
+    backend: String,
+}
+
+impl SourceFactory for FakeFactory {
+    fn material(&self, _mesh: &str, _backend: &Backend, _store: &Store) -> String {
+        "fake".into()
+    }
+
+    fn build<'a>(
+        &'a self,
+        _mesh: &'a str,
+        backend: &'a Backend,
+        _store: &'a Store,
+    ) -> BoxFut<'a, Result<Arc<dyn CertSource>, SourceError>> {
+        Box::pin(async move {
+            let ca = self
+                .0
+                .cas
+                .lock()
+                .unwrap()
+                .entry(backend.name.clone())
+                .or_insert_with(|| ca_pem(&backend.name))
+                .clone();
+            Ok(Arc::new(FakeSource {
+                shared: self.0.clone(),
+                ca,
+                backend: backend.name.clone(),
+            }) as Arc<dyn CertSource>)
+        })
+    }
+}
+
+impl CertSource for FakeSource {
+    fn issue<'a>(&'a self, spec: &'a LeafSpec) -> BoxFut<'a, Result<Issued, SourceError>> {
+        Box::pin(async move {
+            let s = &self.shared;
+            s.calls.fetch_add(1, Ordering::SeqCst);
+            let n = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            s.max_in_flight.fetch_max(n, Ordering::SeqCst);
+            let delay = *s.delay.lock().unwrap();
+            tokio::time::sleep(delay).await;
+            s.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if s.failing.load(Ordering::SeqCst) {
+                return Err(SourceError {
+                    reason: FailReason::Unreachable,
+                    message: "cannot reach Vault at http://fake: connection refused".into(),
+                    per_proxy: false,
+                });
+            }
+            let now = s.now_unix();
+            Ok(Issued {
+                chain_pem: format!("LEAF {} {:?}\n", self.backend, spec.tags),
+                key_pem: "KEY".into(),
+                anchors: vec![self.ca.clone()],
+                serial: format!("{:02x}", s.serial.fetch_add(1, Ordering::SeqCst)),
+                not_before: now - 10,
+                not_after: now + spec.ttl.as_secs() as i64,
+            })
+        })
+    }
+
+    fn anchors(&self) -> BoxFut<'_, Result<Vec<String>, SourceError>> {
+        let ca = self.ca.clone();
+        let failing = self.shared.failing.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if failing {
+                Err(SourceError::other("down"))
+            } else {
+                Ok(vec![ca])
+            }
+        })
+    }
+}
+
+struct Harness {
+    manager: Arc<IdentityManager>,
+    fake: Arc<FakeShared>,
+    ctx: Arc<ZoneCtx>,
+    _stop: watch::Sender<bool>,
+}
+
+fn mesh(enabled: &str, expiration: &str) -> Mesh {
+    serde_json::from_value(serde_json::json!({
+        "type": "Mesh",
+        "name": "m",
+        "mtls": {
+            "enabledBackend": enabled,
+            "backends": [
+                {"name": "ca-a", "type": "builtin", "dpCert": {"rotation": {"expiration": expiration}}},
+                {"name": "ca-b", "type": "builtin", "dpCert": {"rotation": {"expiration": expiration}}},
+            ],
+        },
+    }))
+    .unwrap()
+}
+
+fn dp(name: &str, service: &str, extra: &[(&str, &str)]) -> Dataplane {
+    let mut tags = BTreeMap::from([("kuma.io/service".to_string(), service.to_string())]);
+    for (k, v) in extra {
+        tags.insert(k.to_string(), v.to_string());
+    }
+    Dataplane {
+        type_: "Dataplane".into(),
+        name: name.into(),
+        mesh: "m".into(),
+        labels: BTreeMap::new(),
+        networking: Networking {
+            address: String::new(),
+            inbound: vec![Inbound {
+                port: Some(8080),
+                tags,
+            }],
+        },
+    }
+}
+
+async fn harness(config: IssuanceConfig, m: Mesh) -> Harness {
+    let store = Store::temporary().unwrap();
+    store.write(vec![Op::Put(Resource::Mesh(m))]).await.unwrap();
+    let config_zone = ZoneConfig::new(
+        "z1",
+        "grpcs://127.0.0.1:1",
+        PathBuf::from("/nonexistent/token"),
+        PathBuf::from("/nonexistent/data"),
+    );
+    let ctx = Arc::new(ZoneCtx::new(config_zone, store).unwrap());
+    let fake = Arc::new(FakeShared {
+        base: Instant::now(),
+        base_unix_ms: 1_700_000_000_000,
+        failing: AtomicBool::new(false),
+        delay: Mutex::new(Duration::from_millis(10)),
+        calls: AtomicU64::new(0),
+        in_flight: AtomicU64::new(0),
+        max_in_flight: AtomicU64::new(0),
+        serial: AtomicU64::new(1),
+        cas: Mutex::new(BTreeMap::new()),
+    });
+    let clock = Clock {
+        tokio: true,
+        base_unix_ms: fake.base_unix_ms,
+        base: fake.base,
+    };
+    let manager = IdentityManager::build(
+        ctx.clone(),
+        config,
+        Arc::new(FakeFactory(fake.clone())),
+        clock,
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(manager.clone().run(stop_rx));
+    Harness {
+        manager,
+        fake,
+        ctx,
+        _stop: stop_tx,
+    }
+}
+
+/// Waits (in paused time) for the next bundle.
+async fn next_bundle(sub: &mut IdentitySubscription, within: Duration) -> Arc<IdentityBundle> {
+    tokio::time::timeout(within, sub.updates.changed())
+        .await
+        .expect("a bundle in time")
+        .expect("channel open");
+    sub.updates.borrow_and_update().clone().expect("a bundle")
+}
+
+#[tokio::test(start_paused = true)]
+async fn issues_then_rotates_at_four_fifths_with_jitter() {
+    let h = harness(IssuanceConfig::default(), mesh("ca-a", "100s")).await;
+    let mut sub = h.manager.connect(dp("web-1", "web", &[]), None).unwrap();
+    let t0 = Instant::now();
+    let b1 = next_bundle(&mut sub, Duration::from_secs(5)).await;
+    assert!(b1.key_pem.is_some());
+    assert_eq!(b1.backend, "ca-a");
+    assert!(b1.trust_bundle_pem.contains("BEGIN CERTIFICATE"));
+    assert_eq!(b1.not_after_unix - h.fake.now_unix(), 100);
+    let b2 = next_bundle(&mut sub, Duration::from_secs(200)).await;
+    let at = t0.elapsed().as_secs_f64();
+    assert!((74.0..=86.0).contains(&at), "rotated after {at}s");
+    assert_ne!(b2.serial, b1.serial);
+    assert!(b2.generation > b1.generation);
+    let s = h.manager.stats();
+    assert_eq!((s.issued, s.rotations, s.attempts), (2, 1, 2));
+    let v = h.manager.dataplane("m", "web-1").unwrap();
+    assert_eq!(v.serial.as_deref(), Some(b2.serial.as_str()));
+    assert_eq!(v.issued_count, 2);
+    assert!(v.connected);
+    // Disconnected: still listed.
+    drop(sub);
+    assert!(!h.manager.dataplane("m", "web-1").unwrap().connected);
+    assert_eq!(h.manager.stats().connected, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn breaker_bounds_attempts_and_recovery_has_no_storm() {
+    let config = IssuanceConfig {
+        max_concurrent: 4,
+        backoff_initial: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(60),
+        breaker_threshold: 3,
+        breaker_cooldown: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let h = harness(config, mesh("ca-a", "1h")).await;
+    h.fake.failing.store(true, Ordering::SeqCst);
+    let mut subs: Vec<IdentitySubscription> = (0..20)
+        .map(|i| {
+            h.manager
+                .connect(dp(&format!("p-{i}"), "web", &[]), None)
+                .unwrap()
+        })
+        .collect();
+    // 100 s of a dead backend.
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    let during = h.manager.stats();
+    // At most threshold + (max_concurrent - 1) before the breaker opens, then one probe per
+    // cooldown.
+    assert!(
+        during.attempts <= 3 + 3 + 100 / 10 + 1,
+        "attempts {}",
+        during.attempts
+    );
+    assert!(
+        during.attempts >= 3 + 8,
+        "probes happen: {}",
+        during.attempts
+    );
+    assert_eq!(during.issued, 0);
+    assert_eq!(h.manager.breaker_state("m", "ca-a"), "open");
+    assert!(subs.iter().all(|s| s.updates.borrow().is_none()));
+    let v = h.manager.dataplane("m", "p-3").unwrap();
+    assert!(v.last_error.unwrap().contains("connection refused"));
+
+    // Back: the next probe closes the breaker and every proxy is served, 4 at a time.
+    h.fake.failing.store(false, Ordering::SeqCst);
+    h.fake.max_in_flight.store(0, Ordering::SeqCst);
+    let t = Instant::now();
+    for s in subs.iter_mut() {
+        next_bundle(s, Duration::from_secs(30)).await;
+    }
+    assert!(t.elapsed() <= Duration::from_secs(12), "{:?}", t.elapsed());
+    let after = h.manager.stats();
+    assert_eq!(after.issued, 20);
+    assert_eq!(after.attempts - during.attempts, 20, "no retry storm");
+    assert!(h.fake.max_in_flight.load(Ordering::SeqCst) <= 4);
+    assert!(after.max_in_flight <= 4);
+    assert_eq!(h.manager.breaker_state("m", "ca-a"), "closed");
+    assert!(
+        h.ctx
+            .metrics
+            .encode()
+            .contains("zone_certificates_failed_total{reason=\"unreachable\"}")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrency_limit_shapes_a_burst() {
+    let config = IssuanceConfig {
+        max_concurrent: 8,
+        ..Default::default()
+    };
+    let h = harness(config, mesh("ca-a", "1h")).await;
+    *h.fake.delay.lock().unwrap() = Duration::from_millis(100);
+    let mut subs: Vec<IdentitySubscription> = (0..200)
+        .map(|i| {
+            h.manager
+                .connect(dp(&format!("p-{i}"), "web", &[]), None)
+                .unwrap()
+        })
+        .collect();
+    let t = Instant::now();
+    for s in subs.iter_mut() {
+        next_bundle(s, Duration::from_secs(60)).await;
+    }
+    // 200 at 8 in parallel, 100 ms each: 2.5 s.
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(2400) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    assert_eq!(h.fake.max_in_flight.load(Ordering::SeqCst), 8);
+    assert_eq!(h.manager.stats().attempts, 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn backend_switch_trusts_both_until_every_proxy_is_reissued() {
+    let config = IssuanceConfig {
+        max_concurrent: 1,
+        ..Default::default()
+    };
+    // A long lifetime: while the store writes (real I/O), paused time runs through timers.
+    let h = harness(config, mesh("ca-a", "8760h")).await;
+    *h.fake.delay.lock().unwrap() = Duration::from_secs(1);
+    let mut subs: Vec<IdentitySubscription> = (0..3)
+        .map(|i| {
+            h.manager
+                .connect(dp(&format!("p-{i}"), "web", &[]), None)
+                .unwrap()
+        })
+        .collect();
+    for s in subs.iter_mut() {
+        next_bundle(s, Duration::from_secs(10)).await;
+    }
+    let ca_a = h.fake.cas.lock().unwrap()["ca-a"].clone();
+    for s in &subs {
+        let b = s.updates.borrow().clone().unwrap();
+        assert_eq!(b.trust_bundle_pem.trim(), ca_a.trim());
+    }
+    h.ctx
+        .store
+        .write(vec![Op::Put(Resource::Mesh(mesh("ca-b", "8760h")))])
+        .await
+        .unwrap();
+    // Follow every bundle of every proxy until all hold ca-b certificates with a ca-b-only trust.
+    let mut seen: Vec<Vec<Arc<IdentityBundle>>> = vec![Vec::new(); 3];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for (i, s) in subs.iter_mut().enumerate() {
+            if s.updates.has_changed().unwrap() {
+                seen[i].push(s.updates.borrow_and_update().clone().unwrap());
+            }
+        }
+        let ca_b = h.fake.cas.lock().unwrap().get("ca-b").cloned();
+        let done = ca_b.as_ref().is_some_and(|b| {
+            subs.iter().all(|s| {
+                let cur = s.updates.borrow().clone().unwrap();
+                cur.backend == "ca-b" && cur.trust_bundle_pem.trim() == b.trim()
+            })
+        });
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "switch did not complete");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ca_b = h.fake.cas.lock().unwrap()["ca-b"].clone();
+    for bundles in &seen {
+        // Every certificate of ca-b was handed out with a trust bundle holding both CAs, except
+        // once every proxy had one.
+        let first_b = bundles.iter().find(|b| b.backend == "ca-b").unwrap();
+        assert!(first_b.key_pem.is_some());
+        // Before any ca-b certificate, the proxy was told to trust ca-b too.
+        let trusted_b_before = bundles.iter().take_while(|b| b.backend == "ca-a").any(|b| {
+            b.trust_bundle_pem.contains(ca_b.trim()) && b.trust_bundle_pem.contains(ca_a.trim())
+        });
+        assert!(
+            trusted_b_before,
+            "no two-CA bundle before the switch reached this proxy"
+        );
+    }
+    let s = h.manager.stats();
+    assert_eq!(s.rotations, 3, "{s:?}");
+    assert!(
+        h.ctx
+            .metrics
+            .encode()
+            .contains("zone_certificate_rotations_total{cause=\"backend_change\"} 3")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn new_tags_mean_a_new_certificate() {
+    let h = harness(IssuanceConfig::default(), mesh("ca-a", "1h")).await;
+    let mut sub = h.manager.connect(dp("web-1", "web", &[]), None).unwrap();
+    let b1 = next_bundle(&mut sub, Duration::from_secs(5)).await;
+    drop(sub);
+    let mut sub = h
+        .manager
+        .connect(dp("web-1", "web", &[("version", "v2")]), None)
+        .unwrap();
+    let b2 = next_bundle(&mut sub, Duration::from_secs(5)).await;
+    assert_ne!(b1.serial, b2.serial);
+    assert!(b2.cert_chain_pem.contains("v2"));
+    assert!(
+        h.ctx
+            .metrics
+            .encode()
+            .contains("zone_certificate_rotations_total{cause=\"tags_change\"} 1")
+    );
+    // The status report carries the dataplane.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let extra = h.ctx.extra.lock().unwrap().clone();
+    assert_eq!(extra.dataplanes.len(), 1);
+    assert_eq!(extra.dataplanes[0].cert_serial, b2.serial);
+    assert_eq!(extra.dataplanes[0].tags["version"], "v2");
+    assert!(extra.dataplanes[0].connected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn refusals() {
+    let h = harness(IssuanceConfig::default(), mesh("ca-a", "1h")).await;
+    let mut other = dp("x", "web", &[]);
+    other.mesh = "nope".into();
+    assert_eq!(
+        h.manager.connect(other, None).unwrap_err(),
+        IdentityError::MeshNotFound("nope".into())
+    );
+    let mut bad = dp("x", "web", &[]);
+    bad.networking.inbound[0].tags.clear();
+    assert!(matches!(
+        h.manager.connect(bad, None).unwrap_err(),
+        IdentityError::InvalidDataplane(_)
+    ));
+    // A newer connection replaces the older one, whose channel closes.
+    let mut first = h.manager.connect(dp("a", "web", &[]), None).unwrap();
+    let second = h.manager.connect(dp("a", "web", &[]), None).unwrap();
+    assert!(first.updates.changed().await.is_err());
+    drop(first);
+    assert!(h.manager.dataplane("m", "a").unwrap().connected);
+    drop(second);
+    assert!(!h.manager.dataplane("m", "a").unwrap().connected);
+    // Debug never shows a key.
+    let b = IdentityBundle {
+        generation: 1,
+        cert_chain_pem: String::new(),
+        key_pem: Some("SECRET-KEY".into()),
+        trust_bundle_pem: String::new(),
+        backend: "b".into(),
+        serial: "01".into(),
+        not_before_unix: 0,
+        not_after_unix: 1,
+    };
+    assert!(!format!("{b:?}").contains("SECRET"));
+}
