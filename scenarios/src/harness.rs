@@ -34,8 +34,9 @@ fn bin_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// Path of a workspace binary (`global`, `zone`) of the same profile as this executable, built
-/// with cargo first if it is missing or when `SCENARIOS_BUILD=1`.
+/// Path of a workspace binary (`global`, `zone`) of the same profile as this executable. The first
+/// call in a process runs `cargo build -p global -p zone` (a no-op when they are up to date), so a
+/// scenario never runs stale binaries; when cargo is not available, existing binaries are used.
 pub fn binary(name: &str) -> Result<PathBuf> {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let dir = bin_dir();
@@ -44,8 +45,15 @@ pub fn binary(name: &str) -> Result<PathBuf> {
         let release = dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "global", "-p", "zone"])
+        cmd.args(["build", "-p", "global", "-p", "zone"])
             .current_dir(common::openbao::workspace_root());
+        if !dir.join("global").exists() || !dir.join("zone").exists() {
+            eprintln!(
+                "building the global and zone binaries (the first time takes a few minutes)..."
+            );
+        } else {
+            cmd.arg("--quiet");
+        }
         if release {
             cmd.arg("--release");
         }
@@ -54,6 +62,7 @@ pub fn binary(name: &str) -> Result<PathBuf> {
             Ok(s) => Err(format!("cargo build of global and zone failed: {s}")),
             Err(e) => Err(format!("cannot run cargo to build global and zone: {e}")),
         }
+        .inspect_err(|e| eprintln!("warning: {e}; using the binaries already built"))
     });
     if let Err(e) = built {
         if !path.exists() {
@@ -272,6 +281,37 @@ where
     }
 }
 
+/// `RUST_LOG` of the control planes and agents started here (`SCENARIOS_LOG`, default `info`).
+fn log_filter() -> String {
+    std::env::var("SCENARIOS_LOG").unwrap_or_else(|_| "info".into())
+}
+
+/// Waits until `GET {base}/healthz` answers 200, or fails with the tail of the log.
+async fn wait_healthy(what: &str, base: &str, proc: &mut Proc, timeout: Duration) -> Result<()> {
+    let probe = Api::new(base, None);
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok((200, _)) = probe.get("/healthz").await {
+            return Ok(());
+        }
+        if !proc.is_running() {
+            bail!(
+                "{what} exited before answering on {base}; last lines of {}:\n{}",
+                proc.log.display(),
+                proc.log_tail(20)
+            );
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{what} did not answer on {base} within {timeout:?}; last lines of {}:\n{}",
+                proc.log.display(),
+                proc.log_tail(20)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A `global run` process.
 pub struct GlobalProc {
     pub proc: Proc,
@@ -294,24 +334,10 @@ impl GlobalProc {
             .arg(dir)
             .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
             .args(["--kds-addr", &format!("127.0.0.1:{kds_port}")])
-            .env(
-                "RUST_LOG",
-                std::env::var("SCENARIOS_LOG").unwrap_or_else(|_| "info".into()),
-            );
-        let proc = Proc::spawn("global", cmd, dir.join("global.log"))?;
+            .env("RUST_LOG", log_filter());
+        let mut proc = Proc::spawn("global", cmd, dir.join("global.log"))?;
         let base = format!("http://127.0.0.1:{api_port}");
-        let probe = Api::new(&base, None);
-        wait_until(
-            "global to answer",
-            Duration::from_secs(30),
-            Duration::from_millis(20),
-            || {
-                let probe = probe.clone();
-                async move { probe.get("/healthz").await.ok().filter(|(s, _)| *s == 200) }
-            },
-        )
-        .await
-        .map_err(|e| anyhow!("{e}\n{}", proc.log_tail(20)))?;
+        wait_healthy("global", &base, &mut proc, Duration::from_secs(30)).await?;
         let token = std::fs::read_to_string(dir.join("admin-token"))?
             .trim()
             .to_string();
@@ -322,6 +348,17 @@ impl GlobalProc {
             kds_port,
             api: Api::new(&base, Some(token)),
         })
+    }
+
+    /// The same global again: same data directory, same ports (after `kill9` or `stop`).
+    pub async fn restart(&mut self) -> Result<()> {
+        self.proc.stop(Duration::from_secs(5));
+        *self = Self::start_on(&self.dir, self.api_port, self.kds_port).await?;
+        Ok(())
+    }
+
+    pub fn api_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
     }
 
     pub fn kds_address(&self) -> String {
@@ -338,22 +375,33 @@ impl GlobalProc {
 
     /// A zone token from `POST /tokens/zone`, written to `<dir>/<zone>.token`.
     pub async fn zone_token_file(&self, zone: &str, dir: &Path) -> Result<PathBuf> {
-        let v = self
-            .api
-            .write_ok(
-                reqwest::Method::POST,
-                "/tokens/zone",
-                &format!("{{\"zone\": \"{zone}\"}}"),
-            )
-            .await?;
+        let body = serde_json::json!({ "zone": zone }).to_string();
+        self.token_file("/tokens/zone", &body, &dir.join(format!("{zone}.token")))
+            .await
+    }
+
+    /// A dataplane token from `POST /tokens/dataplane`, written to `<dir>/<mesh>-<name>.token`.
+    pub async fn dataplane_token_file(&self, mesh: &str, name: &str, dir: &Path) -> Result<PathBuf> {
+        let body = serde_json::json!({ "mesh": mesh, "name": name }).to_string();
+        self.token_file(
+            "/tokens/dataplane",
+            &body,
+            &dir.join(format!("{mesh}-{name}.token")),
+        )
+        .await
+    }
+
+    async fn token_file(&self, path: &str, body: &str, file: &Path) -> Result<PathBuf> {
+        let v = self.api.write_ok(reqwest::Method::POST, path, body).await?;
         let token = v
             .get("token")
             .and_then(Value::as_str)
-            .ok_or_else(|| anyhow!("no token in {v}"))?;
-        std::fs::create_dir_all(dir)?;
-        let path = dir.join(format!("{zone}.token"));
-        std::fs::write(&path, token)?;
-        Ok(path)
+            .ok_or_else(|| anyhow!("no token in the answer of POST {path}"))?;
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        write_private(file, token)?;
+        Ok(file.to_path_buf())
     }
 
     /// `POST /apply` of a YAML stream.
@@ -362,6 +410,115 @@ impl GlobalProc {
             .write_ok(reqwest::Method::POST, "/apply", yaml)
             .await
     }
+
+    /// Runs the real `global` binary with `args` against this global (`--api`, and
+    /// `--admin-token-file` for the commands that take it).
+    pub fn cli(&self, args: &[&str]) -> Result<CmdOutput> {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let takes_api = matches!(
+            args.first().copied(),
+            Some("apply" | "get" | "delete" | "zone-token" | "dataplane-token")
+        );
+        if takes_api {
+            all.extend(["--api".to_string(), self.api_url()]);
+            all.push("--admin-token-file".to_string());
+            all.push(self.admin_token_file().display().to_string());
+        }
+        run_global(&all, Duration::from_secs(120))
+    }
+}
+
+/// Writes a secret file with mode 0600.
+pub fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// What a finished command printed.
+#[derive(Debug, Clone)]
+pub struct CmdOutput {
+    /// `None` when it was killed (signal or timeout).
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CmdOutput {
+    /// stdout then stderr.
+    pub fn text(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs a command to completion with a time limit (killed after it), capturing its output.
+pub fn run_bounded(mut cmd: Command, limit: Duration) -> Result<CmdOutput> {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("VAULT_ADDR")
+        .env_remove("VAULT_TOKEN")
+        .spawn()
+        .with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
+    let mut out = child.stdout.take();
+    let mut err = child.stderr.take();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(o) = out.as_mut() {
+            let _ = o.read_to_string(&mut s);
+        }
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(e) = err.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Ok(CmdOutput {
+        code: status.and_then(|s| s.code()),
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    })
+}
+
+/// Runs `global ARGS` (the real binary) with a time limit.
+pub fn run_global(args: &[String], limit: Duration) -> Result<CmdOutput> {
+    let mut cmd = Command::new(binary("global")?);
+    cmd.args(args).env("RUST_LOG", "warn");
+    run_bounded(cmd, limit)
+}
+
+/// How a zone was started, so that it can be started again the same way.
+#[derive(Debug, Clone)]
+struct ZoneSpec {
+    global_address: String,
+    ca_file: PathBuf,
+    token_file: PathBuf,
+    extra: Vec<String>,
 }
 
 /// A `zone run` process.
@@ -372,6 +529,7 @@ pub struct ZoneProc {
     pub api_port: u16,
     pub dp_port: u16,
     pub api: Api,
+    spec: ZoneSpec,
 }
 
 impl ZoneProc {
@@ -400,46 +558,215 @@ impl ZoneProc {
         dir: &Path,
         extra: &[&str],
     ) -> Result<Self> {
+        let spec = ZoneSpec {
+            global_address: global_address.to_string(),
+            ca_file: ca_file.to_path_buf(),
+            token_file: token_file.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        Self::launch(name, dir, spec, free_port(), free_port()).await
+    }
+
+    async fn launch(
+        name: &str,
+        dir: &Path,
+        spec: ZoneSpec,
+        api_port: u16,
+        dp_port: u16,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let api_port = free_port();
-        let dp_port = free_port();
         let mut cmd = Command::new(binary("zone")?);
-        cmd.args(["run", "--name", name, "--global-address", global_address])
+        cmd.args(["run", "--name", name, "--global-address", &spec.global_address])
             .arg("--global-ca-file")
-            .arg(ca_file)
+            .arg(&spec.ca_file)
             .arg("--token-file")
-            .arg(token_file)
+            .arg(&spec.token_file)
             .arg("--data-dir")
             .arg(dir)
             .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
             .args(["--dp-addr", &format!("127.0.0.1:{dp_port}")])
-            .args(extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("SCENARIOS_LOG").unwrap_or_else(|_| "info".into()),
-            );
-        let proc = Proc::spawn(&format!("zone {name}"), cmd, dir.join("zone.log"))?;
+            .args(&spec.extra)
+            .env("RUST_LOG", log_filter());
+        let mut proc = Proc::spawn(&format!("zone {name}"), cmd, dir.join("zone.log"))?;
         let base = format!("http://127.0.0.1:{api_port}");
-        let api = Api::new(&base, None);
-        let probe = api.clone();
-        wait_until(
-            "the zone to answer",
-            Duration::from_secs(30),
-            Duration::from_millis(20),
-            || {
-                let probe = probe.clone();
-                async move { probe.get("/healthz").await.ok().filter(|(s, _)| *s == 200) }
-            },
-        )
-        .await
-        .map_err(|e| anyhow!("{e}\n{}", proc.log_tail(20)))?;
+        wait_healthy(&format!("zone {name}"), &base, &mut proc, Duration::from_secs(30)).await?;
         Ok(Self {
             name: name.to_string(),
             proc,
             dir: dir.to_path_buf(),
             api_port,
             dp_port,
-            api,
+            api: Api::new(&base, None),
+            spec,
         })
+    }
+
+    /// The same zone again: same name, data directory, token and ports (after `kill9` or `stop`).
+    pub async fn restart(&mut self) -> Result<()> {
+        self.proc.stop(Duration::from_secs(5));
+        *self = Self::launch(
+            &self.name,
+            &self.dir,
+            self.spec.clone(),
+            self.api_port,
+            self.dp_port,
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub fn api_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+
+    /// What proxies dial: `grpcs://127.0.0.1:<dp port>`.
+    pub fn dp_address(&self) -> String {
+        format!("grpcs://127.0.0.1:{}", self.dp_port)
+    }
+
+    /// The CA of the zone's proxy-facing certificate (`<data-dir>/dp-ca.pem`).
+    pub fn dp_ca_file(&self) -> PathBuf {
+        self.dir.join("dp-ca.pem")
+    }
+
+    /// `GET /dataplanes` items.
+    pub async fn dataplanes(&self) -> Result<Vec<Value>> {
+        let v = self.api.get_ok("/dataplanes").await?;
+        Ok(v.get("items")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// The value of a counter in `GET /metrics` (summed over its label sets), 0 when absent.
+    pub async fn metric(&self, name: &str) -> Result<f64> {
+        let text = self.api.get_text("/metrics").await?;
+        Ok(metric_sum(&text, name))
+    }
+}
+
+/// Sums the samples of metric `name` (any labels) in a Prometheus / OpenMetrics text.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (head, value) = l.rsplit_once(' ')?;
+            let metric = head.split('{').next()?.trim();
+            (metric == name).then(|| value.trim().parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// A `zone proxy` agent: one dataplane of a mesh, keeping `cert.pem`, `key.pem` and `ca.pem` in
+/// its output directory.
+pub struct ProxyProc {
+    pub name: String,
+    pub mesh: String,
+    pub service: String,
+    /// The zone it connects to.
+    pub zone: String,
+    pub proc: Proc,
+    pub out_dir: PathBuf,
+}
+
+/// What a proxy is.
+#[derive(Debug, Clone)]
+pub struct ProxySpec {
+    pub mesh: String,
+    pub name: String,
+    pub service: String,
+    pub tags: Vec<(String, String)>,
+}
+
+impl ProxySpec {
+    pub fn new(mesh: &str, name: &str, service: &str) -> Self {
+        Self {
+            mesh: mesh.to_string(),
+            name: name.to_string(),
+            service: service.to_string(),
+            tags: Vec::new(),
+        }
+    }
+
+    pub fn tag(mut self, k: &str, v: &str) -> Self {
+        self.tags.push((k.to_string(), v.to_string()));
+        self
+    }
+}
+
+impl ProxyProc {
+    /// Starts `zone proxy` against `zone` with the dataplane token in `token_file`; files go to
+    /// `dir/out`, the log to `dir/proxy.log`.
+    pub fn start(zone: &ZoneProc, spec: &ProxySpec, token_file: &Path, dir: &Path) -> Result<Self> {
+        let out_dir = dir.join("out");
+        std::fs::create_dir_all(&out_dir)?;
+        let mut cmd = Command::new(binary("zone")?);
+        cmd.args(["proxy", "--zone-address", &zone.dp_address()])
+            .arg("--zone-ca-file")
+            .arg(zone.dp_ca_file())
+            .arg("--token-file")
+            .arg(token_file)
+            .args(["--mesh", &spec.mesh, "--name", &spec.name])
+            .args(["--service", &spec.service])
+            .arg("--out-dir")
+            .arg(&out_dir)
+            .env("RUST_LOG", log_filter());
+        for (k, v) in &spec.tags {
+            cmd.arg("--tag").arg(format!("{k}={v}"));
+        }
+        let proc = Proc::spawn(
+            &format!("proxy {}", spec.name),
+            cmd,
+            dir.join("proxy.log"),
+        )?;
+        Ok(Self {
+            name: spec.name.clone(),
+            mesh: spec.mesh.clone(),
+            service: spec.service.clone(),
+            zone: zone.name.clone(),
+            proc,
+            out_dir,
+        })
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.out_dir.join(name)
+    }
+
+    /// The files as they are now, if all three are there and the certificate parses.
+    pub fn identity(&self) -> Option<crate::certs::ProxyIdentity> {
+        crate::certs::ProxyIdentity::read(&self.out_dir).ok()
+    }
+
+    /// Waits until the files hold an identity for which `accept` is true.
+    pub async fn wait_identity(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        accept: impl Fn(&crate::certs::ProxyIdentity) -> bool,
+    ) -> Result<crate::certs::ProxyIdentity> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(id) = self.identity().filter(|id| accept(id)) {
+                return Ok(id);
+            }
+            if !self.proc.is_running() {
+                bail!(
+                    "proxy {} exited; last lines of {}:\n{}",
+                    self.name,
+                    self.proc.log.display(),
+                    self.proc.log_tail(10)
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "proxy {}: no {what} within {timeout:?}; last lines of {}:\n{}",
+                    self.name,
+                    self.proc.log.display(),
+                    self.proc.log_tail(10)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

