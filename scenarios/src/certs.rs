@@ -179,6 +179,9 @@ mod tests {
     #[test]
     fn short_serials() {
         assert_eq!(short_serial("01:02"), "01:02");
-        assert_eq!(short_serial("01:02:03:04:05:06:07:08"), "01:02:03:…:06:07:08");
+        assert_eq!(
+            short_serial("01:02:03:04:05:06:07:08"),
+            "01:02:03:…:06:07:08"
+        );
     }
 }

@@ -242,8 +242,12 @@ impl Cluster {
     pub async fn start(dir: &Path, options: ClusterOptions) -> Result<Self> {
         let vault = match options.backend {
             BackendKind::Vault => Some(
-                Vault::start_with(options.intermediate, options.ec_role, options.token_id.clone())
-                    .await?,
+                Vault::start_with(
+                    options.intermediate,
+                    options.ec_role,
+                    options.token_id.clone(),
+                )
+                .await?,
             ),
             _ => None,
         };
@@ -326,7 +330,13 @@ impl Cluster {
                 &format!("mesh {mesh} in zone {}", z.name),
                 timeout,
                 Duration::from_millis(50),
-                || async { z.api.get(&format!("/meshes/{mesh}")).await.ok().filter(|(s, _)| *s == 200) },
+                || async {
+                    z.api
+                        .get(&format!("/meshes/{mesh}"))
+                        .await
+                        .ok()
+                        .filter(|(s, _)| *s == 200)
+                },
             )
             .await?;
         }

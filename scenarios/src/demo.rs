@@ -79,24 +79,36 @@ fn service(j: usize) -> String {
 /// it started is stopped before it returns.
 pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Result<Report> {
     let work = WorkDir::new("kmesh-demo", opts.dir.as_deref())?;
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     let mut steps = Steps::new(&format!(
-        "kmesh demo: {} backend, {} zones, {} proxies per zone",
+        "kmesh demo: {} backend, {}, {} per zone",
         match opts.backend {
             BackendKind::Vault => "vault",
             BackendKind::Builtin => "builtin",
             BackendKind::Provided => "provided",
         },
-        opts.zones.max(1),
-        opts.proxies
+        plural(opts.zones.max(1), "zone", "zones"),
+        plural(opts.proxies, "proxy", "proxies")
     ));
     steps.note(&format!("data and logs under {}", work.path().display()));
     let mut cluster = None;
-    let outcome = body(&opts, &work, &mut steps, &mut cluster).await;
+    // Ctrl-C during the setup ends it too: what was started is dropped, which kills it.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let outcome = tokio::select! {
+        r = body(&opts, &work, &mut steps, &mut cluster) => r,
+        () = &mut shutdown => Err(anyhow!("interrupted (Ctrl-C) before the checks completed")),
+    };
+    let interrupted = outcome
+        .as_ref()
+        .is_err_and(|e| e.to_string().starts_with("interrupted"));
     let report = steps.finish(outcome);
     print!("\n{}", report.summary());
     if let Some(c) = cluster.as_mut() {
-        println!("\n{}", where_things_are(c));
-        if !opts.once {
+        if !interrupted {
+            println!("\n{}", where_things_are(c));
+        }
+        if !opts.once && !interrupted {
             println!("Everything keeps running. Press Ctrl-C to stop every process.");
             shutdown.await;
             println!("\nCtrl-C: stopping...");
@@ -163,11 +175,13 @@ fn where_things_are(c: &Cluster) -> String {
             p.proc.log.display()
         ));
     }
-    lines.push("Try:".into());
-    lines.push(format!(
-        "  global get zones --api {}",
-        c.global.api_url()
-    ));
+    let bin_dir = crate::harness::binary("global")
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.display().to_string()))
+        .unwrap_or_default();
+    lines.push("Try, in another terminal:".into());
+    lines.push(format!("  export PATH={bin_dir}:$PATH"));
+    lines.push(format!("  global get zones --api {}", c.global.api_url()));
     lines.push(format!(
         "  global get dataplanes --mesh {MESH} --api {}",
         c.global.api_url()
@@ -181,13 +195,6 @@ fn where_things_are(c: &Cluster) -> String {
             p.file("cert.pem").display()
         ));
     }
-    lines.push(format!(
-        "  (the binaries are in {})",
-        crate::harness::binary("global")
-            .ok()
-            .and_then(|p| p.parent().map(|d| d.display().to_string()))
-            .unwrap_or_default()
-    ));
     lines.join("\n")
 }
 
@@ -289,7 +296,11 @@ async fn body(
     let mesh_file = dir.join("mesh.yaml");
     std::fs::write(&mesh_file, &yaml)?;
     let applied = steps.must(
-        "the page's Mesh and Secret applied",
+        match opts.backend {
+            BackendKind::Vault => "the page's Mesh and Secret applied",
+            BackendKind::Builtin => "Mesh applied (builtin CA)",
+            BackendKind::Provided => "Mesh and CA Secrets applied (provided CA)",
+        },
         async {
             let v = global.apply(&yaml).await?;
             Ok((v.clone(), describe_apply(&v, &mesh_file)))
@@ -320,7 +331,11 @@ async fn body(
             Ok(format!(
                 "{} zones online{}\n$ global get zones\n{}",
                 c.zones.len(),
-                if c.vault.is_some() { ", each reached Vault and issued with it" } else { "" },
+                if c.vault.is_some() {
+                    ", each reached Vault and issued with it"
+                } else {
+                    ""
+                },
                 out.stdout.trim_end()
             ))
         }
@@ -329,7 +344,14 @@ async fn body(
 
     // 6. Proxies.
     let mut names = Vec::new();
-    for (i, z) in c.zones.iter().map(|z| z.name.clone()).collect::<Vec<_>>().iter().enumerate() {
+    for (i, z) in c
+        .zones
+        .iter()
+        .map(|z| z.name.clone())
+        .collect::<Vec<_>>()
+        .iter()
+        .enumerate()
+    {
         for j in 1..=opts.proxies {
             let svc = service(j);
             let spec = ProxySpec::new(MESH, &format!("{svc}-z{}", i + 1), &svc)
@@ -345,7 +367,9 @@ async fn body(
         let zone = p.zone.clone();
         let log = p.proc.log.clone();
         let r = p
-            .wait_identity(Duration::from_secs(90), "usable certificate", |id| id.usable())
+            .wait_identity(Duration::from_secs(90), "usable certificate", |id| {
+                id.usable()
+            })
             .await;
         if let Ok(id) = &r {
             ids.push((name.clone(), id.clone()));
@@ -356,7 +380,9 @@ async fn body(
                 format!(
                     "{}\nfiles {}, log {}",
                     id.describe(),
-                    c.proxy(name).map(|p| p.out_dir.display().to_string()).unwrap_or_default(),
+                    c.proxy(name)
+                        .map(|p| p.out_dir.display().to_string())
+                        .unwrap_or_default(),
                     log.display()
                 )
             }),
@@ -406,7 +432,10 @@ async fn body(
     }
 
     // 8. Cross-zone mTLS.
-    let client = ids.iter().find(|(n, _)| n.ends_with("-z1")).map(|(n, _)| n.clone());
+    let client = ids
+        .iter()
+        .find(|(n, _)| n.ends_with("-z1"))
+        .map(|(n, _)| n.clone());
     let server = ids
         .iter()
         .rev()
@@ -416,7 +445,11 @@ async fn body(
     match (client, server) {
         (Some(client), Some(server)) => {
             let (cp, sp) = (c.proxy(&client)?, c.proxy(&server)?);
-            let kind = if cp.zone != sp.zone { "cross-zone" } else { "in-zone" };
+            let kind = if cp.zone != sp.zone {
+                "cross-zone"
+            } else {
+                "in-zone"
+            };
             let title = format!("{kind} mTLS handshake: {client} → {server}");
             let what = format!(
                 "openssl s_client with {client}'s files ({}) → openssl s_server -Verify 1 -verify_return_error with {server}'s files ({})",
@@ -478,8 +511,13 @@ fn describe_apply(v: &Value, file: &std::path::Path) -> String {
             })
             .collect();
         lines.push(format!(
-            "global's check of backend {} (a Vault test certificate): {}",
+            "global's check of backend {}{}: {}",
             c["backend"].as_str().unwrap_or(""),
+            if c["type"] == "vault" {
+                " (it had Vault issue a test certificate)"
+            } else {
+                ""
+            },
             parts.join(", ")
         ));
     }

@@ -64,10 +64,10 @@ pub fn binary(name: &str) -> Result<PathBuf> {
         }
         .inspect_err(|e| eprintln!("warning: {e}; using the binaries already built"))
     });
-    if let Err(e) = built {
-        if !path.exists() {
-            bail!("{e}");
-        }
+    if let Err(e) = built
+        && !path.exists()
+    {
+        bail!("{e}");
     }
     if !path.exists() {
         bail!("no {name} binary at {}", path.display());
@@ -381,7 +381,12 @@ impl GlobalProc {
     }
 
     /// A dataplane token from `POST /tokens/dataplane`, written to `<dir>/<mesh>-<name>.token`.
-    pub async fn dataplane_token_file(&self, mesh: &str, name: &str, dir: &Path) -> Result<PathBuf> {
+    pub async fn dataplane_token_file(
+        &self,
+        mesh: &str,
+        name: &str,
+        dir: &Path,
+    ) -> Result<PathBuf> {
         let body = serde_json::json!({ "mesh": mesh, "name": name }).to_string();
         self.token_file(
             "/tokens/dataplane",
@@ -576,20 +581,32 @@ impl ZoneProc {
     ) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let mut cmd = Command::new(binary("zone")?);
-        cmd.args(["run", "--name", name, "--global-address", &spec.global_address])
-            .arg("--global-ca-file")
-            .arg(&spec.ca_file)
-            .arg("--token-file")
-            .arg(&spec.token_file)
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
-            .args(["--dp-addr", &format!("127.0.0.1:{dp_port}")])
-            .args(&spec.extra)
-            .env("RUST_LOG", log_filter());
+        cmd.args([
+            "run",
+            "--name",
+            name,
+            "--global-address",
+            &spec.global_address,
+        ])
+        .arg("--global-ca-file")
+        .arg(&spec.ca_file)
+        .arg("--token-file")
+        .arg(&spec.token_file)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
+        .args(["--dp-addr", &format!("127.0.0.1:{dp_port}")])
+        .args(&spec.extra)
+        .env("RUST_LOG", log_filter());
         let mut proc = Proc::spawn(&format!("zone {name}"), cmd, dir.join("zone.log"))?;
         let base = format!("http://127.0.0.1:{api_port}");
-        wait_healthy(&format!("zone {name}"), &base, &mut proc, Duration::from_secs(30)).await?;
+        wait_healthy(
+            &format!("zone {name}"),
+            &base,
+            &mut proc,
+            Duration::from_secs(30),
+        )
+        .await?;
         Ok(Self {
             name: name.to_string(),
             proc,
@@ -714,11 +731,7 @@ impl ProxyProc {
         for (k, v) in &spec.tags {
             cmd.arg("--tag").arg(format!("{k}={v}"));
         }
-        let proc = Proc::spawn(
-            &format!("proxy {}", spec.name),
-            cmd,
-            dir.join("proxy.log"),
-        )?;
+        let proc = Proc::spawn(&format!("proxy {}", spec.name), cmd, dir.join("proxy.log"))?;
         Ok(Self {
             name: spec.name.clone(),
             mesh: spec.mesh.clone(),

@@ -53,14 +53,13 @@ enum Bench {
 
 /// Completes on Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
-    let mut term =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -88,6 +87,7 @@ fn main() -> ExitCode {
             }
         };
     }
+    let demo = matches!(cli.command, Command::Demo(_));
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -96,25 +96,44 @@ fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(async {
-        match cli.command {
-            Command::Demo(o) => scenarios::demo::run(o, shutdown_signal())
-                .await
-                .map(|r| r.exit_code()),
-            Command::FailoverGlobal(o) => scenarios::drills::failover_global::run(o)
-                .await
-                .map(|r| r.exit_code()),
-            Command::FailoverZone(o) => scenarios::drills::failover_zone::run(o)
-                .await
-                .map(|r| r.exit_code()),
-            Command::VaultOutage(o) => scenarios::drills::vault_outage::run(o)
-                .await
-                .map(|r| r.exit_code()),
-            Command::DryRun(o) => scenarios::drills::dry_run::run(o)
-                .await
-                .map(|r| r.exit_code()),
-            Command::Bench(Bench::Sync(p)) => scenarios::bench::sync::run(p).await.map(|()| 0),
-            Command::Bench(Bench::Issue(p)) => scenarios::bench::issue::run(p).await.map(|()| 0),
-            Command::InstallOpenbao => Ok(0),
+        let interrupted = async {
+            shutdown_signal().await;
+            eprintln!("interrupted: stopping every process started");
+            Ok(130)
+        };
+        let drill = async {
+            match cli.command {
+                Command::Demo(o) => scenarios::demo::run(o, shutdown_signal())
+                    .await
+                    .map(|r| r.exit_code()),
+                Command::FailoverGlobal(o) => scenarios::drills::failover_global::run(o)
+                    .await
+                    .map(|r| r.exit_code()),
+                Command::FailoverZone(o) => scenarios::drills::failover_zone::run(o)
+                    .await
+                    .map(|r| r.exit_code()),
+                Command::VaultOutage(o) => scenarios::drills::vault_outage::run(o)
+                    .await
+                    .map(|r| r.exit_code()),
+                Command::DryRun(o) => scenarios::drills::dry_run::run(o)
+                    .await
+                    .map(|r| r.exit_code()),
+                Command::Bench(Bench::Sync(p)) => scenarios::bench::sync::run(p).await.map(|()| 0),
+                Command::Bench(Bench::Issue(p)) => {
+                    scenarios::bench::issue::run(p).await.map(|()| 0)
+                }
+                Command::InstallOpenbao => Ok(0),
+            }
+        };
+        // The demo handles Ctrl-C itself (it waits for it); anything else is dropped on Ctrl-C,
+        // which kills every process it started.
+        if demo {
+            drill.await
+        } else {
+            tokio::select! {
+                r = drill => r,
+                r = interrupted => r,
+            }
         }
     });
     match result {

@@ -119,8 +119,19 @@ pub fn mtls_handshake(
     let mut cmd = Command::new("openssl");
     cmd.args(["s_server", "-accept"])
         .arg(format!("127.0.0.1:{port}"))
-        .args(["-naccept", "1", "-Verify", "1", "-verify_return_error", "-www"]);
-    tls_args(&mut cmd, server_dir, chain_file(server_dir, scratch, "server")?);
+        .args([
+            "-naccept",
+            "1",
+            "-Verify",
+            "1",
+            "-verify_return_error",
+            "-www",
+        ]);
+    tls_args(
+        &mut cmd,
+        server_dir,
+        chain_file(server_dir, scratch, "server")?,
+    );
     let mut server = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -149,7 +160,11 @@ pub fn mtls_handshake(
     cmd.args(["s_client", "-connect"])
         .arg(format!("127.0.0.1:{port}"))
         .args(["-verify_return_error", "-ign_eof"]);
-    tls_args(&mut cmd, client_dir, chain_file(client_dir, scratch, "client")?);
+    tls_args(
+        &mut cmd,
+        client_dir,
+        chain_file(client_dir, scratch, "client")?,
+    );
     let mut client = match cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -179,13 +194,21 @@ pub fn mtls_handshake(
         .find(|l| l.trim_start().starts_with("New, "))
         .map(|l| l.trim().trim_start_matches("New, ").to_string())
         .unwrap_or_default();
-    // s_server prints the client chain it verified: `depth=0 CN = web.mesh`, `verify return:1`.
+    // s_server prints the client chain it verified: `depth=0 CN = web.mesh`, `verify return:1`
+    // (`depth=0` alone for a leaf with an empty subject).
     let server_saw_client = server_out
         .lines()
         .chain(server_err.lines())
-        .filter_map(|l| l.trim().strip_prefix("depth=0 "))
-        .last()
-        .map(str::to_string)
+        .filter_map(|l| l.trim().strip_prefix("depth=0"))
+        .next_back()
+        .map(|s| {
+            let s = s.trim();
+            if s.is_empty() {
+                "(empty subject)".to_string()
+            } else {
+                s.to_string()
+            }
+        })
         .unwrap_or_default();
     let ok = client_code == Some(0)
         && client_verify.contains("0 (ok)")

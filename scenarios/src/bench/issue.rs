@@ -47,44 +47,161 @@ pub async fn run(p: IssueBench) -> Result<()> {
     let dir = tempfile::Builder::new().prefix("bench-issue-").tempdir()?;
     println!(
         "bench issue: {} proxies, concurrency {}, RSA run {} proxies, memory run {} proxies (logs in {})",
-        p.proxies, p.concurrency, p.rsa_proxies, p.memory_proxies, dir.path().display()
+        p.proxies,
+        p.concurrency,
+        p.rsa_proxies,
+        p.memory_proxies,
+        dir.path().display()
     );
     let mut table = Table::new(&["measure", "value", "target / baseline"]);
 
     // EC role: zone vs raw OpenBao, then the restart.
     let mut ec = VaultRun::start(&dir.path().join("ec"), true, p.concurrency).await?;
+    let cpu = ec.cpu();
     let raw = raw_issue(&ec.vault, p.proxies, p.concurrency).await?;
+    let raw_cpu = ec.cpu().since(&cpu);
+    let cpu = ec.cpu();
     let (zone_time, chains) = ec.certify(p.proxies, "ec", &[]).await?;
-    table.row(&[format!("raw OpenBao: {} EC certs, {} in flight", p.proxies, p.concurrency), format!("{:.2} s ({:.0}/s)", raw.as_secs_f64(), p.proxies as f64 / raw.as_secs_f64()), "baseline".into()]);
-    table.row(&[format!("zone: {} proxies certified (EC role)", p.proxies), format!("{:.2} s ({:.0}/s)", zone_time.as_secs_f64(), p.proxies as f64 / zone_time.as_secs_f64()), String::new()]);
-    table.row(&["ratio zone / raw (EC)".into(), format!("{:.2}", zone_time.as_secs_f64() / raw.as_secs_f64()), "< 1.2".into()]);
+    let zone_cpu = ec.cpu().since(&cpu);
+    table.row(&[
+        format!(
+            "raw OpenBao: {} EC certs, {} in flight",
+            p.proxies, p.concurrency
+        ),
+        format!(
+            "{:.2} s ({:.0}/s)",
+            raw.as_secs_f64(),
+            p.proxies as f64 / raw.as_secs_f64()
+        ),
+        "baseline".into(),
+    ]);
+    table.row(&[
+        "  CPU s: OpenBao / bench client".into(),
+        format!("{:.2} / {:.2}", raw_cpu.vault, raw_cpu.bench),
+        String::new(),
+    ]);
+    table.row(&[
+        format!("zone: {} proxies certified (EC role)", p.proxies),
+        format!(
+            "{:.2} s ({:.0}/s)",
+            zone_time.as_secs_f64(),
+            p.proxies as f64 / zone_time.as_secs_f64()
+        ),
+        String::new(),
+    ]);
+    table.row(&[
+        "  CPU s: OpenBao / zone / global / bench client".into(),
+        format!(
+            "{:.2} / {:.2} / {:.2} / {:.2}",
+            zone_cpu.vault, zone_cpu.zone, zone_cpu.global, zone_cpu.bench
+        ),
+        String::new(),
+    ]);
+    table.row(&[
+        "ratio zone / raw (EC)".into(),
+        format!("{:.2}", zone_time.as_secs_f64() / raw.as_secs_f64()),
+        "< 1.2".into(),
+    ]);
 
     let restart = ec.restart_with(chains).await?;
 
-    table.row(&[format!("zone restart with {} proxies: issuances after restart", p.proxies), format!("{}", restart.issued), "0".into()]);
-    table.row(&["  certificates kept (reused)".into(), format!("{}", restart.reused), format!("{}", p.proxies)]);
-    table.row(&["  zone process start → every proxy served again".into(), format!("{:.2} s", restart.ready.as_secs_f64()), String::new()]);
+    table.row(&[
+        format!(
+            "zone restart with {} proxies: issuances after restart",
+            p.proxies
+        ),
+        format!("{}", restart.issued),
+        "0".into(),
+    ]);
+    table.row(&[
+        "  certificates kept (reused)".into(),
+        format!("{}", restart.reused),
+        format!("{}", p.proxies),
+    ]);
+    table.row(&[
+        "  zone process start → every proxy served again".into(),
+        format!("{:.2} s", restart.ready.as_secs_f64()),
+        String::new(),
+    ]);
 
     // The reference page's role (RSA-2048): zone vs raw.
     if p.rsa_proxies > 0 {
         let rsa = VaultRun::start(&dir.path().join("rsa"), false, p.concurrency).await?;
         let raw = raw_issue(&rsa.vault, p.rsa_proxies, p.concurrency).await?;
         let (zone_time, _) = rsa.certify(p.rsa_proxies, "rsa", &[]).await?;
-        table.row(&[format!("raw OpenBao: {} RSA-2048 certs (page's role)", p.rsa_proxies), format!("{:.2} s ({:.0}/s)", raw.as_secs_f64(), p.rsa_proxies as f64 / raw.as_secs_f64()), "baseline".into()]);
-        table.row(&[format!("zone: {} proxies certified (page's RSA role)", p.rsa_proxies), format!("{:.2} s ({:.0}/s)", zone_time.as_secs_f64(), p.rsa_proxies as f64 / zone_time.as_secs_f64()), String::new()]);
-        table.row(&["ratio zone / raw (RSA)".into(), format!("{:.2}", zone_time.as_secs_f64() / raw.as_secs_f64()), String::new()]);
+        table.row(&[
+            format!(
+                "raw OpenBao: {} RSA-2048 certs (page's role)",
+                p.rsa_proxies
+            ),
+            format!(
+                "{:.2} s ({:.0}/s)",
+                raw.as_secs_f64(),
+                p.rsa_proxies as f64 / raw.as_secs_f64()
+            ),
+            "baseline".into(),
+        ]);
+        table.row(&[
+            format!(
+                "zone: {} proxies certified (page's RSA role)",
+                p.rsa_proxies
+            ),
+            format!(
+                "{:.2} s ({:.0}/s)",
+                zone_time.as_secs_f64(),
+                p.rsa_proxies as f64 / zone_time.as_secs_f64()
+            ),
+            String::new(),
+        ]);
+        table.row(&[
+            "ratio zone / raw (RSA)".into(),
+            format!("{:.2}", zone_time.as_secs_f64() / raw.as_secs_f64()),
+            String::new(),
+        ]);
     }
 
     // Memory with many registered proxies (builtin backend).
     if p.memory_proxies > 0 {
         let mem = MemoryRun::start(&dir.path().join("mem"), p.concurrency).await?;
         let before = rss_kb(mem.zone.proc.pid().unwrap_or(0));
+        let cpu = mem.cpu();
         let (elapsed, _streams) = mem.certify_and_hold(p.memory_proxies).await?;
+        let mem_cpu = mem.cpu().since(&cpu);
         let after = rss_kb(mem.zone.proc.pid().unwrap_or(0));
         let peak = hwm_kb(mem.zone.proc.pid().unwrap_or(0));
-        table.row(&["zone RSS idle (builtin mesh)".into(), format!("{:.1} MB", before as f64 / 1024.0), String::new()]);
-        table.row(&[format!("zone RSS with {} proxies connected and certified", p.memory_proxies), format!("{:.1} MB (peak {:.1} MB)", after as f64 / 1024.0, peak as f64 / 1024.0), "< 150 MB".into()]);
-        table.row(&[format!("  time to certify {} proxies (builtin, local signing)", p.memory_proxies), format!("{:.2} s", elapsed.as_secs_f64()), String::new()]);
+        table.row(&[
+            "zone RSS idle (builtin mesh)".into(),
+            format!("{:.1} MB", before as f64 / 1024.0),
+            String::new(),
+        ]);
+        table.row(&[
+            format!(
+                "zone RSS with {} proxies connected and certified",
+                p.memory_proxies
+            ),
+            format!(
+                "{:.1} MB (peak {:.1} MB)",
+                after as f64 / 1024.0,
+                peak as f64 / 1024.0
+            ),
+            "< 150 MB".into(),
+        ]);
+        table.row(&[
+            format!(
+                "  time to certify {} proxies (builtin, local signing)",
+                p.memory_proxies
+            ),
+            format!("{:.2} s", elapsed.as_secs_f64()),
+            String::new(),
+        ]);
+        table.row(&[
+            "  CPU s until measured: zone / global / bench client".into(),
+            format!(
+                "{:.2} / {:.2} / {:.2}",
+                mem_cpu.zone, mem_cpu.global, mem_cpu.bench
+            ),
+            String::new(),
+        ]);
     }
     println!("\n{}", table.render());
     Ok(())
@@ -110,20 +227,49 @@ impl VaultRun {
     async fn start(dir: &std::path::Path, ec_role: bool, concurrency: usize) -> Result<Self> {
         let vault = Vault::start(false, ec_role).await?;
         let global = GlobalProc::start(&dir.join("global")).await?;
-        global.apply(&vault_mesh_yaml(&vault.addr(), &vault.token, "24h")).await?;
+        global
+            .apply(&vault_mesh_yaml(&vault.addr(), &vault.token, "24h"))
+            .await?;
         let zone_token = global.zone_token_file("zone-1", dir).await?;
         let zone = start_zone(&global, &zone_token, &dir.join("zone-1"), concurrency).await?;
-        Ok(Self { vault, global, zone: Some(zone), dir: dir.to_path_buf(), zone_token, concurrency })
+        Ok(Self {
+            vault,
+            global,
+            zone: Some(zone),
+            dir: dir.to_path_buf(),
+            zone_token,
+            concurrency,
+        })
     }
 
     fn zone(&self) -> &ZoneProc {
         self.zone.as_ref().expect("zone running")
     }
 
+    /// CPU time used so far by each process of the run.
+    fn cpu(&self) -> Cpu {
+        Cpu {
+            vault: bao_pid(self.vault.server.port()).map_or(0.0, cpu_secs),
+            zone: self
+                .zone
+                .as_ref()
+                .and_then(|z| z.proc.pid())
+                .map_or(0.0, cpu_secs),
+            global: self.global.proc.pid().map_or(0.0, cpu_secs),
+            bench: cpu_secs(std::process::id()),
+        }
+    }
+
     /// Certifies `n` proxies; returns the time and each proxy's chain.
-    async fn certify(&self, n: usize, prefix: &str, presented: &[String]) -> Result<(Duration, Vec<String>)> {
+    async fn certify(
+        &self,
+        n: usize,
+        prefix: &str,
+        presented: &[String],
+    ) -> Result<(Duration, Vec<String>)> {
         let tokens = dataplane_tokens(&self.global, prefix, n).await?;
-        let (elapsed, chains, _streams) = open_streams(self.zone(), prefix, &tokens, presented).await?;
+        let (elapsed, chains, _streams) =
+            open_streams(self.zone(), prefix, &tokens, presented).await?;
         Ok((elapsed, chains))
     }
 
@@ -133,7 +279,13 @@ impl VaultRun {
             z.proc.stop(Duration::from_secs(10));
         }
         let t0 = Instant::now();
-        let zone = start_zone(&self.global, &self.zone_token, &self.dir.join("zone-1"), self.concurrency).await?;
+        let zone = start_zone(
+            &self.global,
+            &self.zone_token,
+            &self.dir.join("zone-1"),
+            self.concurrency,
+        )
+        .await?;
         self.zone = Some(zone);
         let n = chains.len();
         let tokens = dataplane_tokens(&self.global, "ec", n).await?;
@@ -154,6 +306,15 @@ struct MemoryRun {
 }
 
 impl MemoryRun {
+    fn cpu(&self) -> Cpu {
+        Cpu {
+            vault: 0.0,
+            zone: self.zone.proc.pid().map_or(0.0, cpu_secs),
+            global: self.global.proc.pid().map_or(0.0, cpu_secs),
+            bench: cpu_secs(std::process::id()),
+        }
+    }
+
     async fn start(dir: &std::path::Path, concurrency: usize) -> Result<Self> {
         let global = GlobalProc::start(&dir.join("global")).await?;
         global.apply(&builtin_mesh_yaml(MESH, "24h")).await?;
@@ -162,7 +323,10 @@ impl MemoryRun {
         Ok(Self { global, zone })
     }
 
-    async fn certify_and_hold(&self, n: usize) -> Result<(Duration, Vec<tonic::Streaming<IdentityResponse>>)> {
+    async fn certify_and_hold(
+        &self,
+        n: usize,
+    ) -> Result<(Duration, Vec<tonic::Streaming<IdentityResponse>>)> {
         let tokens = dataplane_tokens(&self.global, "mem", n).await?;
         let (elapsed, _, streams) = open_streams(&self.zone, "mem", &tokens, &[]).await?;
         // Let the zone settle (status reports, records) before reading its memory.
@@ -171,14 +335,32 @@ impl MemoryRun {
     }
 }
 
-async fn start_zone(global: &GlobalProc, token: &std::path::Path, dir: &std::path::Path, concurrency: usize) -> Result<ZoneProc> {
+async fn start_zone(
+    global: &GlobalProc,
+    token: &std::path::Path,
+    dir: &std::path::Path,
+    concurrency: usize,
+) -> Result<ZoneProc> {
     let c = concurrency.to_string();
-    let zone = ZoneProc::start_with("zone-1", &global.kds_address(), &global.ca_file(), token, dir, &["--max-concurrent-issuance", &c]).await?;
+    let zone = ZoneProc::start_with(
+        "zone-1",
+        &global.kds_address(),
+        &global.ca_file(),
+        token,
+        dir,
+        &["--max-concurrent-issuance", &c],
+    )
+    .await?;
     // Wait until the zone holds the mesh (it may be serving from its store already).
-    crate::harness::wait_until("the zone to hold the mesh", Duration::from_secs(30), Duration::from_millis(20), || async {
-        let v = zone.api.get_ok(&format!("/meshes/{MESH}")).await.ok()?;
-        Some(v).filter(|v| v.get("name").is_some())
-    })
+    crate::harness::wait_until(
+        "the zone to hold the mesh",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || async {
+            let v = zone.api.get_ok(&format!("/meshes/{MESH}")).await.ok()?;
+            Some(v).filter(|v| v.get("name").is_some())
+        },
+    )
     .await?;
     Ok(zone)
 }
@@ -190,9 +372,16 @@ async fn dataplane_tokens(global: &GlobalProc, prefix: &str, n: usize) -> Result
             let api = global.api.clone();
             async move {
                 let v = api
-                    .write_ok(reqwest::Method::POST, "/tokens/dataplane", &format!("{{\"mesh\": \"{MESH}\", \"name\": \"{prefix}-{i}\"}}"))
+                    .write_ok(
+                        reqwest::Method::POST,
+                        "/tokens/dataplane",
+                        &format!("{{\"mesh\": \"{MESH}\", \"name\": \"{prefix}-{i}\"}}"),
+                    )
                     .await?;
-                v.get("token").and_then(|t| t.as_str()).map(str::to_string).ok_or_else(|| anyhow!("no token in {v}"))
+                v.get("token")
+                    .and_then(|t| t.as_str())
+                    .map(str::to_string)
+                    .ok_or_else(|| anyhow!("no token in {v}"))
             }
         })
         .buffered(32)
@@ -204,7 +393,11 @@ async fn dataplane_tokens(global: &GlobalProc, prefix: &str, n: usize) -> Result
 async fn zone_channel(zone: &ZoneProc) -> Result<Channel> {
     let ca = std::fs::read(zone.dir.join("dp-ca.pem")).context("reading the zone's dp-ca.pem")?;
     let endpoint = Endpoint::from_shared(format!("https://127.0.0.1:{}", zone.dp_port))?
-        .tls_config(ClientTlsConfig::new().domain_name("localhost").ca_certificate(Certificate::from_pem(ca)))?
+        .tls_config(
+            ClientTlsConfig::new()
+                .domain_name("localhost")
+                .ca_certificate(Certificate::from_pem(ca)),
+        )?
         .tcp_nodelay(true);
     Ok(endpoint.connect().await?)
 }
@@ -217,7 +410,11 @@ async fn open_streams(
     prefix: &str,
     tokens: &[String],
     presented: &[String],
-) -> Result<(Duration, Vec<String>, Vec<tonic::Streaming<IdentityResponse>>)> {
+) -> Result<(
+    Duration,
+    Vec<String>,
+    Vec<tonic::Streaming<IdentityResponse>>,
+)> {
     let n = tokens.len();
     let mut channels = Vec::new();
     for _ in 0..n.div_ceil(STREAMS_PER_CONNECTION) {
@@ -243,8 +440,13 @@ async fn open_streams(
                     cert_chain_pem: chain,
                     agent_version: "bench".into(),
                 });
-                req.metadata_mut().insert("authorization", format!("Bearer {token}").parse()?);
-                let mut stream = client.stream(req).await.map_err(|s| anyhow!("proxy {i}: {s}"))?.into_inner();
+                req.metadata_mut()
+                    .insert("authorization", format!("Bearer {token}").parse()?);
+                let mut stream = client
+                    .stream(req)
+                    .await
+                    .map_err(|s| anyhow!("proxy {i}: {s}"))?
+                    .into_inner();
                 let first = tokio::time::timeout(Duration::from_secs(300), stream.message())
                     .await
                     .map_err(|_| anyhow!("proxy {i}: no certificate within 300 s"))?
@@ -273,7 +475,9 @@ async fn open_streams(
 
 /// Raw OpenBao: `n` certificates from `<pki>/issue/<role>` with `c` in flight.
 async fn raw_issue(vault: &Vault, n: usize, c: usize) -> Result<Duration> {
-    let http = reqwest::Client::builder().pool_max_idle_per_host(c * 2).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(c * 2)
+        .build()?;
     let url = format!("{}/v1/{PKI}/issue/{ROLE}", vault.addr());
     let start = Instant::now();
     let results = futures::stream::iter(0..n)
@@ -288,9 +492,18 @@ async fn raw_issue(vault: &Vault, n: usize, c: usize) -> Result<Duration> {
                     "uri_sans": format!("spiffe://{MESH}/{svc},kuma://kuma.io/service/{svc}"),
                     "ttl": "24h",
                 });
-                let resp = http.post(&url).header("X-Vault-Token", token).json(&body).send().await?;
+                let resp = http
+                    .post(&url)
+                    .header("X-Vault-Token", token)
+                    .json(&body)
+                    .send()
+                    .await?;
                 if !resp.status().is_success() {
-                    bail!("raw issue {i}: {} {}", resp.status(), resp.text().await.unwrap_or_default());
+                    bail!(
+                        "raw issue {i}: {} {}",
+                        resp.status(),
+                        resp.text().await.unwrap_or_default()
+                    );
                 }
                 let _ = resp.bytes().await?;
                 Ok(())
@@ -310,10 +523,67 @@ async fn raw_issue(vault: &Vault, n: usize, c: usize) -> Result<Duration> {
 pub fn metric_sum(text: &str, name: &str) -> u64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ') | Some(b'{')))
+        .filter(|l| {
+            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ') | Some(b'{'))
+        })
         .filter_map(|l| l.rsplit(' ').next())
         .filter_map(|v| v.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+/// CPU seconds (user + system) of the processes of a run.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cpu {
+    vault: f64,
+    zone: f64,
+    global: f64,
+    bench: f64,
+}
+
+impl Cpu {
+    fn since(&self, before: &Cpu) -> Cpu {
+        Cpu {
+            vault: self.vault - before.vault,
+            zone: self.zone - before.zone,
+            global: self.global - before.global,
+            bench: self.bench - before.bench,
+        }
+    }
+}
+
+/// utime + stime of a process, in seconds (all its threads; 0 when it is gone).
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of the line (utime, stime) are the 12th and 13th after the name.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / clock_ticks_per_sec()
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// The OpenBao dev server listening on `port` (found by its command line).
+fn bao_pid(port: u16) -> Option<u32> {
+    let needle = format!("-dev-listen-address=127.0.0.1:{port}");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        cmdline.contains(&needle).then_some(pid)
+    })
 }
 
 fn proc_status_kb(pid: u32, field: &str) -> u64 {

@@ -97,35 +97,46 @@ data: {ca}
     )
 }
 
-/// Where `key` appears in `text`: the field the line blames (`[conf.fromCp.auth]` in a validate
-/// report, `* mtls.backends[0]...:` in an apply refusal) and the words around the key.
+/// The line of `text` where `key` appears, as `FIELD: REASON`: the field the line blames
+/// (`[conf.fromCp.auth]` in a validate report, `* mtls.backends[0]...:` in an apply refusal).
 fn headline(text: &str, key: &str) -> String {
-    let Some(line) = text.lines().map(str::trim).find(|l| l.contains(key)) else {
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let Some(&line) = lines
+        .iter()
+        .find(|l| (l.starts_with("* ") || l.starts_with("FAIL")) && l.contains(key))
+        .or_else(|| lines.iter().find(|l| l.contains(key)))
+    else {
         return String::new();
     };
-    let field = if let (Some(a), Some(b)) = (line.find('['), line.find("]:")) {
-        line.get(a + 1..b).unwrap_or("").to_string()
+    // `FAIL  vault-1 issue [FIELD]: REASON` (validate) or `* FIELD: REASON` (apply).
+    let (field, line) = if let (Some(a), Some(b)) = (line.find('['), line.find("]: ")) {
+        (
+            line.get(a + 1..b).unwrap_or(""),
+            line.get(b + 3..).unwrap_or(line),
+        )
     } else if let Some(rest) = line.strip_prefix("* ") {
-        rest.split(": ").next().unwrap_or("").to_string()
+        rest.split_once(": ").unwrap_or(("", rest))
     } else {
-        String::new()
+        ("", line)
     };
-    let at = line.find(key).unwrap_or(0);
-    let chars: Vec<(usize, char)> = line.char_indices().collect();
-    let idx = chars.iter().position(|(i, _)| *i >= at).unwrap_or(0);
-    let from = idx.saturating_sub(45);
-    let to = (idx + key.chars().count() + 45).min(chars.len());
-    let snippet: String = chars[from..to].iter().map(|(_, c)| c).collect();
-    let snippet = format!(
-        "{}{}{}",
-        if from > 0 { "…" } else { "" },
-        snippet.trim(),
-        if to < chars.len() { "…" } else { "" }
-    );
+    // Apply refusals repeat `Vault backend "vault-1" failed the issue check: ` before the reason.
+    let reason = match line.find(" check: ") {
+        Some(i) if line.starts_with("Vault backend ") => &line[i + " check: ".len()..],
+        _ => line,
+    };
+    let snippet = reason.trim().to_string();
     if field.is_empty() {
         snippet
     } else {
         format!("{field}: {snippet}")
+    }
+}
+
+/// `detail` with `line` inserted after its first line.
+fn with_case(detail: &str, line: &str) -> String {
+    match detail.split_once('\n') {
+        Some((first, rest)) => format!("{first}\n{line}\n{rest}"),
+        None => format!("{detail}\n{line}"),
     }
 }
 
@@ -142,7 +153,11 @@ fn judge(out: &CmdOutput, exit: i32, must: &[String], key: &str) -> Result<Strin
             text.trim()
         );
     }
-    Ok(format!("exit {exit}: {}\n{}", headline(&text, key), text.trim()))
+    Ok(format!(
+        "exit {exit}: {}\n{}",
+        headline(&text, key),
+        text.trim()
+    ))
 }
 
 pub async fn run(opts: DryRunOptions) -> Result<Report> {
@@ -205,11 +220,7 @@ async fn body(opts: &DryRunOptions, work: &WorkDir, steps: &mut Steps) -> Result
         "global",
         async {
             let g = GlobalProc::start(&work.path().join("global")).await?;
-            let detail = format!(
-                "API {}, log {}",
-                g.api_url(),
-                g.proc.log.display()
-            );
+            let detail = format!("API {}, log {}", g.api_url(), g.proc.log.display());
             Ok((g, detail))
         }
         .await,
@@ -324,13 +335,23 @@ async fn body(opts: &DryRunOptions, work: &WorkDir, steps: &mut Steps) -> Result
         }
         let out = tokio::task::spawn_blocking({
             let f = f.clone();
-            move || run_global(&["validate".into(), "-f".into(), f], Duration::from_secs(120))
+            move || {
+                run_global(
+                    &["validate".into(), "-f".into(), f],
+                    Duration::from_secs(120),
+                )
+            }
         })
         .await??;
-        let key = case.reasons.first().cloned().unwrap_or_else(|| "VALID".into());
+        let key = case
+            .reasons
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "VALID".into());
+        let what = format!("case: {}", case.what);
         steps.check(
-            &format!("validate: {} ({})", case.name, case.what),
-            judge(&out, case.validate_exit, &validate_reasons, &key),
+            &format!("validate: {}", case.name),
+            judge(&out, case.validate_exit, &validate_reasons, &key).map(|d| with_case(&d, &what)),
         );
         let out = tokio::task::spawn_blocking({
             let f = f.clone();
@@ -353,8 +374,13 @@ async fn body(opts: &DryRunOptions, work: &WorkDir, steps: &mut Steps) -> Result
                 &out,
                 case.apply_exit,
                 &apply_reasons,
-                if case.reasons.is_empty() { "nothing was stored" } else { &key },
-            ),
+                if case.reasons.is_empty() {
+                    "nothing was stored"
+                } else {
+                    &key
+                },
+            )
+            .map(|d| with_case(&d, &what)),
         );
     }
 

@@ -100,7 +100,8 @@ async fn body(opts: &FailoverGlobalOptions, work: &WorkDir, steps: &mut Steps) -
     let mut first = Vec::new();
     for (i, z) in zone_names.iter().enumerate() {
         for j in 1..=opts.proxies.max(1) {
-            let spec = ProxySpec::new(MESH, &format!("web-z{}-{j}", i + 1), "web").tag("version", "v1");
+            let spec =
+                ProxySpec::new(MESH, &format!("web-z{}-{j}", i + 1), "web").tag("version", "v1");
             c.start_proxy(z, &spec).await?;
             first.push(spec.name);
         }
@@ -131,7 +132,11 @@ async fn body(opts: &FailoverGlobalOptions, work: &WorkDir, steps: &mut Steps) -
     let killed_at = Instant::now();
     let mut at_kill = Vec::new();
     for (name, fallback) in first.iter().zip(&before) {
-        at_kill.push(c.proxy(name)?.identity().unwrap_or_else(|| fallback.clone()));
+        at_kill.push(
+            c.proxy(name)?
+                .identity()
+                .unwrap_or_else(|| fallback.clone()),
+        );
     }
     steps.must(
         "global killed (SIGKILL)",
@@ -152,7 +157,14 @@ async fn body(opts: &FailoverGlobalOptions, work: &WorkDir, steps: &mut Steps) -
                 .await?;
                 lines.push(format!("{z}: GET /status global.connected=false ({err})"));
             }
-            Ok(((), lines.join("\n")))
+            Ok((
+                (),
+                format!(
+                    "{} zones see global gone and serve from their own store\n{}",
+                    zone_names.len(),
+                    lines.join("\n")
+                ),
+            ))
         }
         .await,
     )?;
@@ -165,9 +177,11 @@ async fn body(opts: &FailoverGlobalOptions, work: &WorkDir, steps: &mut Steps) -
             c.start_proxy_with_token(&z1, &spec1, &late_tokens[0])?;
             let id = c
                 .proxy_mut(&n1)?
-                .wait_identity(Duration::from_secs(60), "usable certificate", |id| id.usable())
+                .wait_identity(Duration::from_secs(60), "usable certificate", |id| {
+                    id.usable()
+                })
                 .await?;
-            Ok(format!("{n1} in {z1}:\n{}", id.describe()))
+            Ok(format!("{n1}: {}", id.describe()))
         }
         .await,
     );
@@ -181,9 +195,15 @@ async fn body(opts: &FailoverGlobalOptions, work: &WorkDir, steps: &mut Steps) -
                 let old_after = old.leaf.not_after;
                 let id = c
                     .proxy_mut(name)?
-                    .wait_identity(expiration + Duration::from_secs(30), "renewed certificate", |id| {
-                        id.usable() && id.serial() != old_serial && id.leaf.not_after > old_after
-                    })
+                    .wait_identity(
+                        expiration + Duration::from_secs(30),
+                        "renewed certificate",
+                        |id| {
+                            id.usable()
+                                && id.serial() != old_serial
+                                && id.leaf.not_after > old_after
+                        },
+                    )
                     .await?;
                 lines.push(format!(
                     "{name}: serial {} → {}, now expires in {} (the old one {})",
@@ -371,7 +391,8 @@ async fn body(opts: &FailoverGlobalOptions, work: &WorkDir, steps: &mut Steps) -
                 },
             )
             .await?;
-            Ok(items
+            let born: Vec<&str> = late.iter().map(|(_, n)| n.as_str()).collect();
+            let lines: Vec<String> = items
                 .iter()
                 .map(|d| {
                     format!(
@@ -382,8 +403,13 @@ async fn body(opts: &FailoverGlobalOptions, work: &WorkDir, steps: &mut Steps) -
                         short_serial(d["certificate"]["serial"].as_str().unwrap_or(""))
                     )
                 })
-                .collect::<Vec<_>>()
-                .join("\n"))
+                .collect();
+            Ok(format!(
+                "GET /meshes/{MESH}/dataplanes: {} dataplanes with certificates, {} born during the outage\n{}",
+                items.len(),
+                born.join(" and "),
+                lines.join("\n")
+            ))
         }
         .await,
     );

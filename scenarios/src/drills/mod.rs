@@ -45,6 +45,13 @@ impl WorkDir {
     pub fn new(prefix: &str, dir: Option<&Path>) -> Result<Self> {
         match dir {
             Some(d) => {
+                // A previous run's stores and tokens would not match a new OpenBao.
+                if std::fs::read_dir(d).is_ok_and(|mut e| e.next().is_some()) {
+                    anyhow::bail!(
+                        "{} is not empty: give --dir a new or empty directory",
+                        d.display()
+                    );
+                }
                 std::fs::create_dir_all(d)?;
                 Ok(Self {
                     path: std::fs::canonicalize(d)?,
@@ -70,7 +77,13 @@ impl WorkDir {
     /// Removes a temporary directory when everything passed; otherwise keeps it and says where.
     pub fn finish(self, passed: bool) {
         match self.temp {
-            Some(t) if passed => drop(t),
+            Some(t) if passed => {
+                println!(
+                    "removed {} (pass --dir DIR to keep data and logs)",
+                    t.path().display()
+                );
+                drop(t);
+            }
             Some(t) => {
                 let kept = t.keep();
                 println!("logs and data kept in {}", kept.display());

@@ -106,9 +106,18 @@ async fn body(opts: &VaultOutageOptions, work: &WorkDir, steps: &mut Steps) -> R
             let zones = c.wait_zones_ready(Duration::from_secs(60)).await?;
             let vault: Vec<String> = zones
                 .iter()
-                .map(|z| format!("{}: {}", z["name"].as_str().unwrap_or(""), describe_vault(z)))
+                .map(|z| {
+                    format!(
+                        "{}: {}",
+                        z["name"].as_str().unwrap_or(""),
+                        describe_vault(z)
+                    )
+                })
                 .collect();
-            Ok(((), format!("{}\n{}", describe_ids(&names, &ids), vault.join("\n"))))
+            Ok((
+                (),
+                format!("{}\n{}", describe_ids(&names, &ids), vault.join("\n")),
+            ))
         }
         .await,
     )?;
@@ -240,9 +249,11 @@ async fn body(opts: &VaultOutageOptions, work: &WorkDir, steps: &mut Steps) -> R
                 let root = new_root.clone();
                 let id = c
                     .proxy_mut(name)?
-                    .wait_identity(Duration::from_secs(120), "certificate from the new CA", |id| {
-                        id.key_matches && id.verifies.is_ok() && id.chains_to(&root)
-                    })
+                    .wait_identity(
+                        Duration::from_secs(120),
+                        "certificate from the new CA",
+                        |id| id.key_matches && id.verifies.is_ok() && id.chains_to(&root),
+                    )
                     .await?;
                 let gap = now_unix() - old.leaf.not_after;
                 lines.push(format!(
@@ -282,9 +293,11 @@ async fn body(opts: &VaultOutageOptions, work: &WorkDir, steps: &mut Steps) -> R
                 for name in &names {
                     let (root, old) = (new_root.clone(), old_root.clone());
                     c.proxy_mut(name)?
-                        .wait_identity(Duration::from_secs(60), "ca.pem with only the new root", |id| {
-                            id.trusts(&root) && !id.trusts(&old)
-                        })
+                        .wait_identity(
+                            Duration::from_secs(60),
+                            "ca.pem with only the new root",
+                            |id| id.trusts(&root) && !id.trusts(&old),
+                        )
                         .await?;
                 }
                 Ok(format!(
@@ -300,7 +313,10 @@ async fn body(opts: &VaultOutageOptions, work: &WorkDir, steps: &mut Steps) -> R
             steps.check(
                 &format!("cross-zone mTLS with the new certificates: {client} → {server}"),
                 async {
-                    let (cdir, sdir) = (c.proxy(&client)?.out_dir.clone(), c.proxy(&server)?.out_dir.clone());
+                    let (cdir, sdir) = (
+                        c.proxy(&client)?.out_dir.clone(),
+                        c.proxy(&server)?.out_dir.clone(),
+                    );
                     let scratch = work.path().join("handshake");
                     let h = tokio::task::spawn_blocking(move || {
                         crate::tls::mtls_handshake(&sdir, &cdir, &scratch, Duration::from_secs(10))
