@@ -53,6 +53,9 @@ pub struct ApiError {
     /// Backend check reports, when a Mesh was refused because of one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<Value>,
+    /// True when the refusal is only that Vault could not be reached (clients exit 3 on it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub vault_unreachable: bool,
 }
 
 impl ApiError {
@@ -63,6 +66,7 @@ impl ApiError {
             detail: detail.into(),
             invalid_parameters: vec![],
             checks: vec![],
+            vault_unreachable: false,
         }
     }
 
@@ -74,7 +78,9 @@ impl ApiError {
     }
 
     fn refused(r: Refused) -> Self {
+        let vault_unreachable = r.unreachable && !r.checks.is_empty();
         let mut e = Self::invalid(r.to_string(), r.errors);
+        e.vault_unreachable = vault_unreachable;
         e.checks = r
             .checks
             .iter()

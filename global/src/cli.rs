@@ -394,7 +394,11 @@ impl Client {
         if status.is_success() {
             return Ok(body);
         }
-        Err(Failure::refused(describe_api_error(status.as_u16(), &body)))
+        let message = describe_api_error(status.as_u16(), &body);
+        if body.get("vault_unreachable").and_then(Value::as_bool) == Some(true) {
+            return Err(Failure::unreachable(message));
+        }
+        Err(Failure::refused(message))
     }
 }
 

@@ -173,6 +173,16 @@ async fn apply_dry_run_stores_nothing_and_apply_stores_the_mesh_and_secret() {
     let (_, secrets) = g.get("/meshes/default/secrets").await;
     assert_eq!(secrets["total"], 0, "dry run stored the secret");
 
+    // Vault unreachable: refused, and the exit code says it was reachability (3).
+    let gone = write_file(
+        g.dir.path(),
+        "gone.yaml",
+        &mesh_file("http://127.0.0.1:9", "ec", "24h", &v.token),
+    );
+    let out = g.cli(&["apply", "--dry-run", "-f", gone.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(stderr(&out).contains("cannot reach Vault"), "{}", stderr(&out));
+
     let out = g.cli(&["apply", "-f", f]);
     assert_eq!(
         out.status.code(),

@@ -304,9 +304,9 @@ async fn body(opts: &DryRunOptions, work: &WorkDir, steps: &mut Steps) -> Result
                 address: &closed,
                 ..base
             }),
-            // validate: exit 3 (Vault unreachable); apply: global answers, refusing (exit 1).
+            // Both exit 3: Vault could not be reached (global says so in its refusal).
             validate_exit: 3,
-            apply_exit: 1,
+            apply_exit: 3,
             reasons: vec!["cannot reach Vault".into()],
         },
     ];
