@@ -6,6 +6,7 @@ pub mod ca;
 pub mod datasource;
 pub mod duration;
 pub mod error;
+pub mod faults;
 pub mod model;
 pub mod openbao;
 pub mod parse;

@@ -563,6 +563,34 @@ impl BaoServer {
         self.wait_ready().await
     }
 
+    /// The unseal key a dev server prints in its log at start (`Unseal Key: ...`), so a test can
+    /// `operator seal` and then `operator unseal` it.
+    pub fn unseal_key(&self) -> Option<String> {
+        let log = std::fs::read_to_string(&self.log_path).ok()?;
+        log.lines().find_map(|l| {
+            l.trim()
+                .strip_prefix("Unseal Key:")
+                .map(|k| k.trim().to_string())
+                .filter(|k| !k.is_empty())
+        })
+    }
+
+    /// `operator seal` with the root token.
+    pub fn seal(&self) -> Result<(), BaoError> {
+        self.admin().run(&["operator", "seal"]).map(|_| ())
+    }
+
+    /// `operator unseal` with the key from the dev server's log.
+    pub fn unseal(&self) -> Result<(), BaoError> {
+        let key = self.unseal_key().ok_or_else(|| {
+            BaoError::Binary(format!(
+                "no unseal key in the dev server's log {}",
+                self.log_path.display()
+            ))
+        })?;
+        self.admin().run(&["operator", "unseal", &key]).map(|_| ())
+    }
+
     /// A CLI driver with the root token and no namespace.
     pub fn admin(&self) -> BaoCli {
         BaoCli::new(&self.bin, &self.addr(), ROOT_TOKEN, self.ca_file())

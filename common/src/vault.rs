@@ -61,6 +61,48 @@ impl Default for Timeouts {
     }
 }
 
+/// The process-wide bounds set by a binary's `--vault-timeout` ([`Timeouts::set_configured`]).
+static CONFIGURED: RwLock<Timeouts> = RwLock::new(Timeouts {
+    connect: DEFAULT_CONNECT_TIMEOUT,
+    request: DEFAULT_REQUEST_TIMEOUT,
+});
+
+impl Timeouts {
+    /// One bound on a whole request (`--vault-timeout`); connecting gets at most
+    /// [`DEFAULT_CONNECT_TIMEOUT`] of it.
+    pub fn with_request(request: Duration) -> Self {
+        let request = request.max(Duration::from_millis(1));
+        Self {
+            connect: request.min(DEFAULT_CONNECT_TIMEOUT),
+            request,
+        }
+    }
+
+    /// The bounds this process uses when none are given explicitly (what [`check_backend`] and
+    /// [`VaultIssuer::connect`] use): the defaults, or what [`Timeouts::set_configured`] set.
+    pub fn configured() -> Self {
+        *CONFIGURED.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets [`Timeouts::configured`] for the whole process (a binary's `--vault-timeout`).
+    pub fn set_configured(t: Timeouts) {
+        *CONFIGURED.write().unwrap_or_else(|e| e.into_inner()) = t;
+    }
+}
+
+/// `1s`, `0.5s`, `10s`: a bound as operators write it.
+fn secs(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
+}
+
+/// The reason phrase of a status Vault or a proxy in front of it answers with.
+fn status_text(status: u16) -> &'static str {
+    reqwest::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("")
+}
+
 /// A secret string (a token): `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
 struct Secret(String);
@@ -93,8 +135,20 @@ pub enum VaultError {
         "TLS with Vault at {address} failed: {reason}; check conf.fromCp.tls.caCert (the CA that signed Vault's server certificate) and tls.serverName (skipVerify is for development only)"
     )]
     Tls { address: String, reason: String },
+    /// Vault (or whatever is in front of it) accepted no connection, or gave no answer, within
+    /// the configured bound.
     #[error(
-        "Vault at {address} refused the token: permission denied; check that the token is valid and that its policy allows update on {path}"
+        "Vault at {address} did not answer within {after}{connecting}; check that Vault is healthy and not overloaded (the bound is --vault-timeout); retried with backoff",
+        after = secs(*after),
+        connecting = if *connecting { " (no connection established)" } else { "" }
+    )]
+    Timeout {
+        address: String,
+        after: Duration,
+        connecting: bool,
+    },
+    #[error(
+        "Vault at {address} refused the token: permission denied on {path}; the token was revoked or expired, or no policy allows update on {path}: put a valid token in conf.fromCp.auth.token (its Secret or file is read again on the next attempt)"
     )]
     PermissionDenied { address: String, path: String },
     #[error(
@@ -149,6 +203,34 @@ pub enum VaultError {
         "Vault at {address} is sealed or unavailable ({message}); unseal it or wait until it is active"
     )]
     Unavailable { address: String, message: String },
+    #[error(
+        "Vault is sealed: Vault at {address} answered {path} with \"{message}\"; unseal it (bao operator unseal); issuance resumes once it is unsealed"
+    )]
+    Sealed {
+        address: String,
+        path: String,
+        message: String,
+    },
+    #[error(
+        "Vault answered 429 Too Many Requests (rate limited) on {path} at {address}{after}; lower the issuance rate (--max-concurrent-issuance) or raise Vault's rate limit quota",
+        after = match retry_after { Some(s) => format!(", asking to retry after {s}s"), None => String::new() }
+    )]
+    RateLimited {
+        address: String,
+        path: String,
+        /// `Retry-After` in seconds, when Vault sent one.
+        retry_after: Option<u64>,
+    },
+    #[error(
+        "Vault answered {status} {text} on {path} at {address}: {message}; a failure on Vault's side (or of a proxy in front of it): check its logs; retried with backoff",
+        text = status_text(*status)
+    )]
+    ServerError {
+        address: String,
+        path: String,
+        status: u16,
+        message: String,
+    },
     #[error("Vault at {address} answered {path} with an unusable response: {reason}")]
     BadResponse {
         address: String,
@@ -187,9 +269,38 @@ impl VaultError {
     pub fn is_unreachable(&self) -> bool {
         matches!(
             self,
-            VaultError::Unreachable { .. } | VaultError::Unavailable { .. }
+            VaultError::Unreachable { .. }
+                | VaultError::Unavailable { .. }
+                | VaultError::Timeout { .. }
+                | VaultError::Sealed { .. }
+                | VaultError::RateLimited { .. }
+                | VaultError::ServerError { .. }
         )
     }
+
+    /// How long Vault asked to be left alone (`Retry-After` of a 429).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            VaultError::RateLimited {
+                retry_after: Some(s),
+                ..
+            } => Some(Duration::from_secs(*s)),
+            _ => None,
+        }
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by Vault and is ignored), at most an
+/// hour.
+fn retry_after_header(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|s| s.min(3600))
 }
 
 /// What an error answer was about, for classifying it.
@@ -199,7 +310,13 @@ struct Ctx<'a> {
     req: Option<&'a IssueRequest>,
 }
 
-fn classify_answer(ctx: &Ctx<'_>, status: u16, errors: &[String], body: &str) -> VaultError {
+fn classify_answer(
+    ctx: &Ctx<'_>,
+    status: u16,
+    errors: &[String],
+    body: &str,
+    retry_after: Option<u64>,
+) -> VaultError {
     let address = ctx.issuer.address.clone();
     let message = if errors.is_empty() {
         let b = body.trim();
@@ -214,13 +331,36 @@ fn classify_answer(ctx: &Ctx<'_>, status: u16, errors: &[String], body: &str) ->
     let lower = message.to_lowercase();
     let pki = ctx.issuer.pki.clone();
     let role = ctx.issuer.role.clone();
-    if matches!(status, 429 | 472 | 473 | 501 | 503) {
+    if lower.contains("vault is sealed") || (status == 503 && lower.contains("sealed")) {
+        return VaultError::Sealed {
+            address,
+            path: ctx.path.to_string(),
+            message,
+        };
+    }
+    if status == 429 {
+        return VaultError::RateLimited {
+            address,
+            path: ctx.path.to_string(),
+            retry_after,
+        };
+    }
+    // A login's 500 is OpenBao refusing the certificate (e.g. no common name): see below.
+    if matches!(status, 502..=504) || (status == 500 && !is_login(ctx.path)) {
+        return VaultError::ServerError {
+            address,
+            path: ctx.path.to_string(),
+            status,
+            message,
+        };
+    }
+    if matches!(status, 472 | 473 | 501) {
         return VaultError::Unavailable {
             address,
             message: format!("HTTP {status}: {message}"),
         };
     }
-    if ctx.path.starts_with("auth/") && ctx.path.ends_with("/login") {
+    if is_login(ctx.path) {
         return VaultError::LoginRefused {
             address,
             mount: CERT_AUTH_MOUNT.to_string(),
@@ -269,6 +409,10 @@ fn classify_answer(ctx: &Ctx<'_>, status: u16, errors: &[String], body: &str) ->
     }
 }
 
+fn is_login(path: &str) -> bool {
+    path.starts_with("auth/") && path.ends_with("/login")
+}
+
 fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
@@ -284,6 +428,7 @@ fn truncate(s: &str, max: usize) -> String {
 fn classify_transport(issuer: &VaultIssuer, err: &(dyn std::error::Error + 'static)) -> VaultError {
     let address = issuer.address.clone();
     let mut timeout = false;
+    let mut connecting = false;
     let mut innermost = err.to_string();
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
@@ -304,27 +449,33 @@ fn classify_transport(issuer: &VaultIssuer, err: &(dyn std::error::Error + 'stat
             }
             io = inner.downcast_ref::<std::io::Error>();
         }
-        if let Some(r) = e.downcast_ref::<reqwest::Error>()
-            && r.is_timeout()
+        if let Some(r) = e.downcast_ref::<reqwest::Error>() {
+            timeout |= r.is_timeout();
+            connecting |= r.is_connect();
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
         {
             timeout = true;
         }
         innermost = e.to_string();
         cur = e.source();
     }
-    let reason = if timeout {
-        format!(
-            "no answer within {}s (connect timeout {}s)",
-            issuer.timeouts.request.as_secs_f32(),
-            issuer.timeouts.connect.as_secs_f32()
-        )
-    } else {
-        innermost
-    };
+    if timeout {
+        return VaultError::Timeout {
+            address,
+            after: if connecting {
+                issuer.timeouts.connect
+            } else {
+                issuer.timeouts.request
+            },
+            connecting,
+        };
+    }
     VaultError::Unreachable {
         address,
         address_field: issuer.address_field(),
-        reason,
+        reason: innermost,
     }
 }
 
@@ -353,14 +504,14 @@ fn explain_tls(err: &rustls::Error) -> String {
 fn classify_vaultrs(ctx: &Ctx<'_>, err: vaultrs::error::ClientError) -> VaultError {
     use vaultrs::error::ClientError as E;
     match err {
-        E::APIError { code, errors } => classify_answer(ctx, code, &errors, ""),
+        E::APIError { code, errors } => classify_answer(ctx, code, &errors, "", None),
         E::RestClientError { source } => match source {
             rustify::errors::ClientError::ServerResponseError { code, content } => {
                 let body = content.unwrap_or_default();
                 let errors = serde_json::from_str::<ErrorBody>(&body)
                     .map(|b| b.errors)
                     .unwrap_or_default();
-                classify_answer(ctx, code, &errors, &body)
+                classify_answer(ctx, code, &errors, &body, None)
             }
             other @ rustify::errors::ClientError::RequestError { .. } => {
                 classify_transport(ctx.issuer, &other)
@@ -756,7 +907,7 @@ impl VaultIssuer {
         conf: &FromCp,
         secrets: &dyn SecretLookup,
     ) -> Result<VaultIssuer, VaultError> {
-        Self::connect_with(mesh, conf, secrets, Timeouts::default()).await
+        Self::connect_with(mesh, conf, secrets, Timeouts::configured()).await
     }
 
     /// [`VaultIssuer::connect`] with other timeouts.
@@ -1053,6 +1204,7 @@ impl VaultIssuer {
             .await
             .map_err(|e| classify_transport(self, &e))?;
         let status = resp.status().as_u16();
+        let retry_after = retry_after_header(resp.headers());
         let text = resp
             .text()
             .await
@@ -1061,13 +1213,26 @@ impl VaultIssuer {
             address: self.address.clone(),
             message: format!("{path}: {message}"),
         };
+        // sys/health answers with its JSON for every state; anything else (an `errors` body, no
+        // body) came from something failing in front of Vault or from Vault failing.
+        let health: Option<serde_json::Value> = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .filter(|v| v.get("sealed").is_some());
+        let sealed = health
+            .as_ref()
+            .and_then(|v| v["sealed"].as_bool())
+            .unwrap_or(false);
         match status {
             200 => Ok("active and unsealed".to_string()),
-            429 => Ok("a standby node, unsealed".to_string()),
+            429 if health.is_some() => Ok("a standby node, unsealed".to_string()),
             473 => Ok("a performance standby node, unsealed".to_string()),
             472 => Err(unavailable("disaster recovery secondary")),
             501 => Err(unavailable("not initialized")),
-            503 => Err(unavailable("sealed")),
+            503 if sealed => Err(VaultError::Sealed {
+                address: self.address.clone(),
+                path: path.to_string(),
+                message: "Vault is sealed".to_string(),
+            }),
             _ => {
                 let errors = serde_json::from_str::<ErrorBody>(&text)
                     .map(|b| b.errors)
@@ -1077,7 +1242,7 @@ impl VaultIssuer {
                     path,
                     req: None,
                 };
-                Err(classify_answer(&ctx, status, &errors, &text))
+                Err(classify_answer(&ctx, status, &errors, &text, retry_after))
             }
         }
     }
@@ -1148,6 +1313,7 @@ impl VaultIssuer {
             .await
             .map_err(|e| classify_transport(self, &e))?;
         let status = resp.status().as_u16();
+        let retry_after = retry_after_header(resp.headers());
         let text = resp
             .text()
             .await
@@ -1156,7 +1322,7 @@ impl VaultIssuer {
             let errors = serde_json::from_str::<ErrorBody>(&text)
                 .map(|b| b.errors)
                 .unwrap_or_default();
-            return Err(classify_answer(&ctx, status, &errors, &text));
+            return Err(classify_answer(&ctx, status, &errors, &text, retry_after));
         }
         let bad = |reason: String| VaultError::BadResponse {
             address: self.address.clone(),
@@ -1229,6 +1395,7 @@ impl VaultIssuer {
         }
         let resp = rb.send().await.map_err(|e| classify_transport(self, &e))?;
         let status = resp.status().as_u16();
+        let retry_after = retry_after_header(resp.headers());
         let text = resp
             .text()
             .await
@@ -1242,7 +1409,7 @@ impl VaultIssuer {
                 path,
                 req: None,
             };
-            return Err(classify_answer(&ctx, status, &errors, &text));
+            return Err(classify_answer(&ctx, status, &errors, &text, retry_after));
         }
         serde_json::from_str(&text).map_err(|e| VaultError::BadResponse {
             address: self.address.clone(),
@@ -1260,6 +1427,7 @@ impl VaultIssuer {
             .await
             .map_err(|e| classify_transport(self, &e))?;
         let status = resp.status().as_u16();
+        let retry_after = retry_after_header(resp.headers());
         let text = resp
             .text()
             .await
@@ -1273,7 +1441,7 @@ impl VaultIssuer {
                 path: &path,
                 req: None,
             };
-            return Err(classify_answer(&ctx, status, &errors, &text));
+            return Err(classify_answer(&ctx, status, &errors, &text, retry_after));
         }
         Ok(text)
     }
@@ -1426,10 +1594,10 @@ pub async fn check_backend(
     backend: &Backend,
     secrets: &dyn SecretLookup,
 ) -> VaultCheckReport {
-    check_backend_with(mesh, backend, secrets, Timeouts::default()).await
+    check_backend_with(mesh, backend, secrets, Timeouts::configured()).await
 }
 
-/// [`check_backend`] with other timeouts.
+/// [`check_backend`] with explicit timeouts ([`check_backend`] uses [`Timeouts::configured`]).
 pub async fn check_backend_with(
     mesh: &str,
     backend: &Backend,
@@ -1729,6 +1897,42 @@ fn round_lifetime(secs: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeouts_and_retry_after() {
+        let t = Timeouts::with_request(Duration::from_secs(1));
+        assert_eq!(t.connect, Duration::from_secs(1));
+        let t = Timeouts::with_request(Duration::from_secs(30));
+        assert_eq!(t.connect, DEFAULT_CONNECT_TIMEOUT);
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after_header(&h), None);
+        h.insert(reqwest::header::RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after_header(&h), Some(7));
+        h.insert(reqwest::header::RETRY_AFTER, "99999".parse().unwrap());
+        assert_eq!(retry_after_header(&h), Some(3600));
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after_header(&h), None);
+        let e = VaultError::Timeout {
+            address: "http://v".into(),
+            after: Duration::from_millis(1500),
+            connecting: false,
+        };
+        assert!(e.to_string().contains("did not answer within 1.5s"), "{e}");
+        assert!(e.is_unreachable());
+        let e = VaultError::RateLimited {
+            address: "http://v".into(),
+            path: "p".into(),
+            retry_after: Some(3),
+        };
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
+        assert!(
+            e.to_string()
+                .contains("429 Too Many Requests (rate limited)")
+        );
+    }
 
     #[test]
     fn human_durations() {

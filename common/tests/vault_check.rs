@@ -852,7 +852,7 @@ async fn refusals() {
     assert_refused(&report, "connect", &["sealed"]);
     assert!(report.unreachable);
     let err = ok_issuer.issue(&req).await.unwrap_err();
-    assert!(matches!(err, VaultError::Unavailable { .. }), "{err:?}");
+    assert!(matches!(err, VaultError::Sealed { .. }), "{err:?}");
 
     // Unreachable: the server is gone.
     bao.stop();

@@ -376,6 +376,18 @@ async fn admit_and_store(
     Ok((admitted, outcomes))
 }
 
+/// A client-supplied string as quoted in an error: at most 128 characters, so that an error never
+/// echoes a huge input back.
+pub fn shown(s: &str) -> String {
+    const MAX: usize = 128;
+    if s.chars().count() <= MAX {
+        format!("{s:?}")
+    } else {
+        let head: String = s.chars().take(MAX).collect();
+        format!("{head:?}... ({} bytes)", s.len())
+    }
+}
+
 fn check_url_identity(resource: &Resource, kind: Kind, mesh: &str, name: &str) -> ApiResult<()> {
     let mut errors = ValidationErrors::new();
     if resource.kind() != kind {
@@ -391,8 +403,9 @@ fn check_url_identity(resource: &Resource, kind: Kind, mesh: &str, name: &str) -
         errors.push(
             "name",
             format!(
-                "name {:?} does not match the name in the path {name:?}",
-                resource.name()
+                "name {} does not match the name in the path {}",
+                shown(resource.name()),
+                shown(name)
             ),
         );
     }
@@ -400,8 +413,9 @@ fn check_url_identity(resource: &Resource, kind: Kind, mesh: &str, name: &str) -
         errors.push(
             "mesh",
             format!(
-                "mesh {:?} does not match the mesh in the path {mesh:?}",
-                resource.mesh()
+                "mesh {} does not match the mesh in the path {}",
+                shown(resource.mesh()),
+                shown(mesh)
             ),
         );
     }
@@ -426,7 +440,10 @@ async fn put_resource(
     let body = body_bytes(body)?;
     let resource = common::parse::parse_body(&body).map_err(|errors| {
         state.metrics.count_admission(kind.as_str(), "unparsable");
-        ApiError::invalid(format!("{kind} {name:?} could not be parsed"), errors)
+        ApiError::invalid(
+            format!("{kind} {} could not be parsed", shown(&name)),
+            errors,
+        )
     })?;
     check_url_identity(&resource, kind, &mesh, &name)?;
     let dry_run = query.dry_run();

@@ -52,6 +52,9 @@ pub enum Command {
         /// PEM private key of the sync server.
         #[arg(long, requires = "kds_tls_cert")]
         kds_tls_key: Option<PathBuf>,
+        /// Bound on each request to Vault during admission (the test certificate), e.g. 10s.
+        #[arg(long, default_value = "10s")]
+        vault_timeout: String,
     },
     /// Print a token with which a zone authenticates to global.
     ZoneToken {
@@ -113,7 +116,21 @@ pub enum Command {
         files: Vec<String>,
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
         output: Format,
+        /// Bound on each request to Vault (the test certificate), e.g. 10s.
+        #[arg(long, default_value = "10s")]
+        vault_timeout: String,
     },
+}
+
+/// `--vault-timeout`: sets the bounds of every Vault request of this process.
+fn set_vault_timeout(text: &str) -> Result<(), Failure> {
+    let d = common::duration::parse_duration(text)
+        .map_err(|e| Failure::usage(format!("--vault-timeout: {e}")))?;
+    if d.is_zero() {
+        return Err(Failure::usage("--vault-timeout must be more than 0s"));
+    }
+    common::vault::Timeouts::set_configured(common::vault::Timeouts::with_request(d));
+    Ok(())
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,8 +236,10 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             kds_addr,
             kds_tls_cert,
             kds_tls_key,
+            vault_timeout,
         } => {
             init_tracing();
+            set_vault_timeout(&vault_timeout)?;
             let listener = tokio::net::TcpListener::bind(&api_addr)
                 .await
                 .map_err(|e| {
@@ -276,7 +295,14 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             mesh,
             api,
         } => delete(what, &name, &mesh, &api).await,
-        Command::Validate { files, output } => validate(&files, output).await,
+        Command::Validate {
+            files,
+            output,
+            vault_timeout,
+        } => {
+            set_vault_timeout(&vault_timeout)?;
+            validate(&files, output).await
+        }
     }
 }
 

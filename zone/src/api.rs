@@ -166,9 +166,8 @@ async fn status(State(ctx): State<Arc<ZoneCtx>>) -> Response {
             }),
         );
     }
-    let extra = ctx.extra.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let vault: Vec<Value> = extra
-        .backend_checks
+    let vault: Vec<Value> = ctx
+        .backend_checks()
         .iter()
         .map(|c| {
             json!({

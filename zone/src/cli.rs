@@ -122,6 +122,9 @@ pub struct RunArgs {
     /// Certificates issued at once, at most (shapes the burst when many proxies need one).
     #[arg(long)]
     pub max_concurrent_issuance: Option<usize>,
+    /// Bound on each request to Vault (issuance, CA reads, the zone's checks), e.g. 10s.
+    #[arg(long, default_value = "10s")]
+    pub vault_timeout: String,
 }
 
 pub mod exit {
@@ -197,6 +200,20 @@ async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
         config.issuance.max_concurrent = n;
+    }
+    match common::duration::parse_duration(&args.vault_timeout) {
+        Ok(d) if !d.is_zero() => {
+            config.vault_timeouts = common::vault::Timeouts::with_request(d);
+            common::vault::Timeouts::set_configured(config.vault_timeouts);
+        }
+        Ok(_) => {
+            eprintln!("error: --vault-timeout must be more than 0s");
+            return ExitCode::from(exit::USAGE);
+        }
+        Err(e) => {
+            eprintln!("error: --vault-timeout: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
     }
     let listener = match tokio::net::TcpListener::bind(&args.api_addr).await {
         Ok(l) => l,

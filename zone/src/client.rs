@@ -31,6 +31,8 @@ pub const ZONE_NAME_HEADER: &str = "x-zone-name";
 /// A stream that lived this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 const OUTBOUND_QUEUE: usize = 64;
+/// How often a status report that is owed checks whether the previous one has left the queue.
+const REPORT_RETRY: Duration = Duration::from_millis(25);
 
 /// How global's certificate is checked.
 #[derive(Debug, Clone)]
@@ -410,6 +412,10 @@ async fn session(
         error,
         connected_for: Some(since.elapsed()),
     };
+    // A status report lists every dataplane: it is built only once the previous one has left the
+    // outbound queue, so that reports never pile up (in memory, or as work for global) when they
+    // are asked for faster than the stream carries them; the last one asked for is always sent.
+    let mut report_owed = false;
     loop {
         tokio::select! {
             biased;
@@ -438,10 +444,13 @@ async fn session(
                 Ok(None) => return lost("global ended the stream".into()),
                 Err(status) => return lost(describe(&status)),
             },
-            _ = ctx.report_now.notified() => {
-                if tx.send(report(ctx)).await.is_err() {
-                    return lost("the stream to global closed".into());
-                }
+            _ = ctx.report_now.notified() => report_owed = true,
+            _ = tokio::time::sleep(REPORT_RETRY), if report_owed => {}
+        }
+        if report_owed && tx.capacity() == tx.max_capacity() {
+            report_owed = false;
+            if tx.send(report(ctx)).await.is_err() {
+                return lost("the stream to global closed".into());
             }
         }
     }

@@ -13,6 +13,7 @@ pub mod apply;
 pub mod cli;
 pub mod client;
 pub mod dp;
+pub mod http;
 pub mod identity;
 pub mod metrics;
 pub mod state;
@@ -46,6 +47,8 @@ pub struct ZoneConfig {
     pub reconnect_max: Duration,
     /// Proxy certificate issuance (`--max-concurrent-issuance` and the engine's tunables).
     pub issuance: identity::IssuanceConfig,
+    /// Bounds on every request to Vault (`--vault-timeout`): issuance, CA reads, checks.
+    pub vault_timeouts: common::vault::Timeouts,
 }
 
 impl ZoneConfig {
@@ -60,6 +63,7 @@ impl ZoneConfig {
             reconnect_initial: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(30),
             issuance: identity::IssuanceConfig::default(),
+            vault_timeouts: common::vault::Timeouts::default(),
         }
     }
 }
@@ -150,14 +154,13 @@ pub async fn run(
         "zone control plane started"
     );
     let mut api_stop = stop_rx.clone();
-    let served = axum::serve(
+    let served = http::serve_http(
         listeners.api,
-        api::router(ctx.clone(), identity.clone())
-            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        api::router(ctx.clone(), identity.clone()),
+        async move {
+            let _ = api_stop.wait_for(|v| *v).await;
+        },
     )
-    .with_graceful_shutdown(async move {
-        let _ = api_stop.wait_for(|v| *v).await;
-    })
     .await;
     // Whatever ended first, everything stops.
     let _ = stop_tx.send(true);

@@ -1,9 +1,9 @@
 //! The zone's shared state: its store, the state of its connection to global, per synced type
-//! what it applied, and the extra status (dataplanes, backend checks) other parts of the zone
-//! publish for the report to global.
+//! what it applied, and the source of the extra status (dataplanes, backend checks) that other
+//! parts of the zone add to the report to global.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::model::Kind;
@@ -69,6 +69,14 @@ pub struct StatusExtra {
     pub backend_checks: Vec<kds::BackendCheck>,
 }
 
+/// Supplies [`StatusExtra`] when a report is built. The report lists every dataplane, so it is
+/// made only when it is about to be sent, never kept.
+pub trait StatusSource: Send + Sync {
+    fn status_extra(&self) -> StatusExtra;
+    /// The backend checks alone (cheap).
+    fn backend_checks(&self) -> Vec<kds::BackendCheck>;
+}
+
 pub struct ZoneCtx {
     pub config: ZoneConfig,
     pub store: Store,
@@ -76,8 +84,8 @@ pub struct ZoneCtx {
     pub connection: Mutex<Connection>,
     types: Mutex<BTreeMap<&'static str, TypeSync>>,
     sync_records: Records,
-    pub extra: Mutex<StatusExtra>,
-    /// Notified when the status report should be resent (e.g. `extra` changed).
+    status_source: Mutex<Option<Weak<dyn StatusSource>>>,
+    /// Notified when the status report should be resent (what the status source reports changed).
     pub report_now: Notify,
 }
 
@@ -96,9 +104,39 @@ impl ZoneCtx {
             connection: Mutex::new(Connection::default()),
             types: Mutex::new(types),
             sync_records,
-            extra: Mutex::new(StatusExtra::default()),
+            status_source: Mutex::new(None),
             report_now: Notify::new(),
         })
+    }
+
+    /// Sets where the dataplanes and backend checks of the status report come from.
+    pub fn set_status_source(&self, source: Weak<dyn StatusSource>) {
+        *self
+            .status_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(source);
+    }
+
+    fn status_source(&self) -> Option<std::sync::Arc<dyn StatusSource>> {
+        self.status_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(Weak::upgrade)
+    }
+
+    /// The dataplanes and backend checks as they stand (empty without a source).
+    pub fn status_extra(&self) -> StatusExtra {
+        self.status_source()
+            .map(|s| s.status_extra())
+            .unwrap_or_default()
+    }
+
+    /// The backend checks as they stand.
+    pub fn backend_checks(&self) -> Vec<kds::BackendCheck> {
+        self.status_source()
+            .map(|s| s.backend_checks())
+            .unwrap_or_default()
     }
 
     pub fn connection(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -158,7 +196,7 @@ impl ZoneCtx {
     /// The status report sent to global.
     pub fn status_report(&self) -> kds::ZoneStatus {
         let conn = self.connection().clone();
-        let extra = self.extra.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let extra = self.status_extra();
         let types = SYNCED_TYPES
             .iter()
             .map(|kind| {

@@ -98,10 +98,7 @@ impl Zone {
         loop {
             let found = self
                 .ctx
-                .extra
-                .lock()
-                .unwrap()
-                .backend_checks
+                .backend_checks()
                 .iter()
                 .find(|c| c.mesh == mesh && c.backend == backend)
                 .cloned();
@@ -745,7 +742,7 @@ async fn switching_vault_to_builtin_trusts_both_until_all_are_reissued() {
     for s in subs.iter_mut() {
         let b = next_bundle(s, Duration::from_secs(20)).await;
         assert_eq!(b.backend, "vault-1");
-        vault_root = b.trust_bundle_pem.clone();
+        vault_root = b.trust_bundle_pem.to_string();
     }
     let vault_cert = subs[0].updates.borrow().clone().unwrap();
 

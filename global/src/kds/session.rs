@@ -394,7 +394,7 @@ async fn recv_loop(
                     .ok()
                     .filter(|ms| *ms > 0)
                     .unwrap_or_else(now_ms);
-                ctx.zones.update_persist(&zone, session, |r| {
+                ctx.zones.update_status(&zone, session, |r| {
                     r.status = Some(value);
                     r.dataplanes = dataplanes;
                     r.dataplanes_reported_ms = reported;

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -165,7 +165,15 @@ struct Entry {
     record: ZoneRecord,
     /// The live stream, if any: its id and the switch that ends it.
     session: Option<(u64, watch::Sender<bool>)>,
+    /// When a status report was last persisted, and whether a later write is scheduled.
+    status_persisted: Option<std::time::Instant>,
+    status_write_scheduled: bool,
 }
+
+/// A zone's status reports (every dataplane of the zone) are written to the store at most this
+/// often; the latest is always written (the write is delayed, not dropped), and every connect and
+/// disconnect writes the whole record.
+const STATUS_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
 
 struct Inner {
     zones: HashMap<String, Entry>,
@@ -200,6 +208,8 @@ impl Zones {
                 Entry {
                     record,
                     session: None,
+                    status_persisted: None,
+                    status_write_scheduled: false,
                 },
             );
         }
@@ -274,6 +284,8 @@ impl Zones {
                         ..Default::default()
                     },
                     session: None,
+                    status_persisted: None,
+                    status_write_scheduled: false,
                 });
             if let Some((old, old_tx)) = entry.session.take() {
                 tracing::info!(zone = %name, old_session = old, "a new stream of the zone replaces its previous one");
@@ -334,6 +346,49 @@ impl Zones {
     pub fn update_persist(&self, name: &str, session: u64, f: impl FnOnce(&mut ZoneRecord)) {
         self.update(name, session, f);
         self.persist_buffered(name);
+    }
+
+    /// Like `update`, for a status report: the record is persisted (buffered) at once if none was
+    /// in the last `STATUS_PERSIST_INTERVAL`, else once that interval has passed, with whatever
+    /// the zone reported last. A report lists every dataplane of the zone, so writing each one
+    /// would make the store's work grow with the zone's size times its report rate.
+    pub fn update_status(&self, name: &str, session: u64, f: impl FnOnce(&mut ZoneRecord)) {
+        self.update(name, session, f);
+        let wait = {
+            let mut inner = self.lock();
+            let Some(entry) = inner.zones.get_mut(name) else {
+                return;
+            };
+            if entry.status_write_scheduled {
+                return;
+            }
+            let since = entry.status_persisted.map(|t| t.elapsed());
+            match since {
+                Some(since) if since < STATUS_PERSIST_INTERVAL => {
+                    entry.status_write_scheduled = true;
+                    Some(STATUS_PERSIST_INTERVAL - since)
+                }
+                _ => {
+                    entry.status_persisted = Some(std::time::Instant::now());
+                    None
+                }
+            }
+        };
+        match wait {
+            None => self.persist_buffered(name),
+            Some(wait) => {
+                let zones = self.clone();
+                let name = name.to_string();
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    if let Some(entry) = zones.lock().zones.get_mut(&name) {
+                        entry.status_write_scheduled = false;
+                        entry.status_persisted = Some(std::time::Instant::now());
+                    }
+                    zones.persist_buffered(&name);
+                });
+            }
+        }
     }
 
     pub fn record_too_large(&self, name: &str, session: u64, item: TooLarge) {

@@ -1,12 +1,19 @@
 //! The proxy identity service on `--dp-addr` (`proto/identity.proto`), over TLS only (`tls`):
 //! private keys travel on it. Per stream it authenticates the dataplane token against the keys
 //! global sent (`keys`), checks that the request is for the token's mesh and name, registers the
-//! Dataplane with the identity manager (`IdentityManager::connect`) and forwards every identity
-//! bundle from the manager's watch channel to the proxy. The forwarder runs in its own task and
-//! never blocks on a proxy that does not read (the stream is bounded; the task ends when the
-//! proxy goes away, which drops the subscription: the proxy is disconnected). Refusals are
-//! answered UNAUTHENTICATED with a clear message and logged once per proxy and cause.
+//! Dataplane with the identity manager (`IdentityManager::connect`) and answers with a stream that
+//! yields the subscription's latest bundle whenever it changes. That stream never blocks the
+//! manager on a proxy that does not read: it holds no queue, only the subscription's `watch`
+//! receiver, so a slow proxy gets the newest bundle when it reads again. When the proxy goes away
+//! the server drops the stream, which drops the subscription: the proxy is disconnected. Refusals
+//! are answered UNAUTHENTICATED with a clear message and logged once per proxy and cause.
+//!
+//! The service is mounted through [`IdentityService`] rather than the generated server so that
+//! responses are encoded into buffers of their exact size (`codec`): with tonic's default codec
+//! every open stream keeps an 8 KiB encoding buffer for its whole life, which is most of what a
+//! connected proxy costs the zone.
 
+mod codec;
 pub mod keys;
 pub mod tls;
 
@@ -17,11 +24,11 @@ use std::time::{Duration, Instant};
 
 use common::model::{Dataplane, Inbound, Networking, SERVICE_TAG};
 use common::tokens::{DATAPLANE_SCOPE, DataplaneClaim};
-use proto::dpid::dataplane_identity_server::{DataplaneIdentity, DataplaneIdentityServer};
+use proto::dpid::dataplane_identity_server::DataplaneIdentity;
 use proto::dpid::{IdentityRequest, IdentityResponse};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use futures::stream::{BoxStream, StreamExt};
+use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
@@ -29,8 +36,6 @@ use tonic::{Request, Response, Status};
 use crate::ZoneCtx;
 use crate::identity::{IdentityBundle, IdentityError, IdentityManager, IdentitySubscription};
 
-/// Bundles queued per stream before the forwarder waits for the proxy to read.
-const OUTBOUND_QUEUE: usize = 4;
 /// How long streams may take to drain at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// A refusal of the same proxy for the same cause is logged at warn level once in this period.
@@ -96,7 +101,7 @@ impl DpServer {
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .tcp_nodelay(true)
-            .add_service(DataplaneIdentityServer::new(self))
+            .add_service(codec::IdentityService::new(self))
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
                 async move {
@@ -240,7 +245,7 @@ pub fn response_of(b: &IdentityBundle) -> IdentityResponse {
         generation: b.generation,
         cert_chain_pem: b.cert_chain_pem.clone(),
         key_pem: b.key_pem.clone(),
-        trust_bundle_pem: b.trust_bundle_pem.clone(),
+        trust_bundle_pem: b.trust_bundle_pem.to_string(),
         backend: b.backend.clone(),
         serial: b.serial.clone(),
         not_before_unix: b.not_before_unix,
@@ -250,7 +255,7 @@ pub fn response_of(b: &IdentityBundle) -> IdentityResponse {
 
 #[tonic::async_trait]
 impl DataplaneIdentity for DpServer {
-    type StreamStream = ReceiverStream<Result<IdentityResponse, Status>>;
+    type StreamStream = BoxStream<'static, Result<IdentityResponse, Status>>;
 
     async fn stream(
         &self,
@@ -266,10 +271,12 @@ impl DataplaneIdentity for DpServer {
         }
         let req = request.into_inner();
         let dp = dataplane_of(&req)?;
-        let presented = Some(req.cert_chain_pem.clone()).filter(|c| !c.trim().is_empty());
-        let had_cert = presented.is_some();
+        let had_cert = !req.cert_chain_pem.trim().is_empty();
+        let who = format!("{}/{}", req.mesh, req.name);
+        let service = req.tags.get(SERVICE_TAG).cloned().unwrap_or_default();
+        let presented = Some(req.cert_chain_pem).filter(|_| had_cert);
         let subscription = self.inner.identity.connect(dp, presented).map_err(|e| {
-            tracing::info!(mesh = %req.mesh, name = %req.name, error = %e, "proxy not registered");
+            tracing::info!(dataplane = %who, error = %e, "proxy not registered");
             match e {
                 IdentityError::MeshNotFound(_) => Status::failed_precondition(e.to_string()),
                 IdentityError::InvalidDataplane(_) => Status::invalid_argument(e.to_string()),
@@ -281,63 +288,81 @@ impl DataplaneIdentity for DpServer {
         tracing::info!(
             peer = %peer.map(|p| p.to_string()).unwrap_or_default(),
             mesh = %req.mesh, name = %req.name,
-            service = %req.tags.get(SERVICE_TAG).map(String::as_str).unwrap_or(""),
+            service = %service,
             presented_certificate = had_cert,
             "proxy connected"
         );
-        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-        tokio::spawn(forward(
+        Ok(Response::new(bundles(
             subscription,
-            tx,
             self.inner.stop.clone(),
-            format!("{}/{}", req.mesh, req.name),
-        ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+            who,
+        )))
     }
 }
 
-/// Forwards each new bundle of the subscription to the proxy until the proxy goes away, the
-/// manager drops the dataplane, or the zone stops. Dropping the subscription at the end tells the
-/// manager the proxy disconnected.
-async fn forward(
+/// What a proxy's response stream holds: its subscription, and why the stream ended (logged when
+/// it is dropped, which also drops the subscription: the manager marks the proxy disconnected).
+struct Feed {
     subscription: IdentitySubscription,
-    tx: mpsc::Sender<Result<IdentityResponse, Status>>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+    /// Generation of the last bundle handed to the server.
+    sent: Option<u64>,
     who: String,
-) {
-    let mut updates = subscription.updates.clone();
-    let mut sent: Option<u64> = None;
-    let reason = loop {
-        let current = updates.borrow_and_update().clone();
-        if let Some(bundle) = current
-            && sent != Some(bundle.generation)
-        {
-            sent = Some(bundle.generation);
-            tokio::select! {
-                r = tx.send(Ok(response_of(&bundle))) => if r.is_err() {
-                    break "the proxy went away";
-                },
-                _ = stop.wait_for(|v| *v) => break "the zone is shutting down",
-            }
-            tracing::debug!(dataplane = %who, generation = bundle.generation, serial = %bundle.serial, "identity sent");
-        }
-        tokio::select! {
-            r = updates.changed() => if r.is_err() {
-                let _ = tx.try_send(Err(Status::unavailable(
-                    "another connection of this dataplane replaced this one",
-                )));
-                break "replaced by a newer connection of the same dataplane";
-            },
-            _ = tx.closed() => break "the proxy went away",
-            _ = stop.wait_for(|v| *v) => {
-                let _ = tx.try_send(Err(Status::unavailable("the zone is shutting down")));
-                break "the zone is shutting down";
-            }
-        }
+    /// Set when the stream ends on our side; `None` when the proxy went away.
+    ended: Option<&'static str>,
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        let reason = self.ended.unwrap_or("the proxy went away");
+        tracing::info!(dataplane = %self.who, reason, "proxy disconnected");
+    }
+}
+
+/// The response stream of one proxy: the subscription's latest bundle whenever its generation
+/// changes; an UNAVAILABLE status when a newer connection of the dataplane replaces this one or
+/// the zone stops.
+fn bundles(
+    subscription: IdentitySubscription,
+    stop: watch::Receiver<bool>,
+    who: String,
+) -> BoxStream<'static, Result<IdentityResponse, Status>> {
+    let feed = Feed {
+        subscription,
+        stop,
+        sent: None,
+        who,
+        ended: None,
     };
-    drop(updates);
-    drop(subscription);
-    tracing::info!(dataplane = %who, reason, "proxy disconnected");
+    futures::stream::unfold(feed, next_bundle).boxed()
+}
+
+async fn next_bundle(mut feed: Feed) -> Option<(Result<IdentityResponse, Status>, Feed)> {
+    if feed.ended.is_some() {
+        return None;
+    }
+    loop {
+        let current = feed.subscription.updates.borrow_and_update().clone();
+        if let Some(bundle) = current
+            && feed.sent != Some(bundle.generation)
+        {
+            feed.sent = Some(bundle.generation);
+            tracing::debug!(dataplane = %feed.who, generation = bundle.generation, serial = %bundle.serial, "identity sent");
+            return Some((Ok(response_of(&bundle)), feed));
+        }
+        let end = tokio::select! {
+            r = feed.subscription.updates.changed() => match r {
+                Ok(()) => continue,
+                Err(_) => (
+                    "replaced by a newer connection of the same dataplane",
+                    "another connection of this dataplane replaced this one",
+                ),
+            },
+            _ = feed.stop.wait_for(|v| *v) => ("the zone is shutting down", "the zone is shutting down"),
+        };
+        feed.ended = Some(end.0);
+        return Some((Err(Status::unavailable(end.1)), feed));
+    }
 }
 
 #[cfg(test)]

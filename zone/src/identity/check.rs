@@ -76,7 +76,13 @@ impl CheckState {
 impl IdentityManager {
     pub(super) async fn run_check(self: Arc<Self>, bid: BackendId, backend: Backend, full: bool) {
         let result: Result<(), String> = if full {
-            let report = common::vault::check_backend(&bid.0, &backend, &self.ctx.store).await;
+            let report = common::vault::check_backend_with(
+                &bid.0,
+                &backend,
+                &self.ctx.store,
+                self.ctx.config.vault_timeouts,
+            )
+            .await;
             if report.ok {
                 Ok(())
             } else {
@@ -87,7 +93,13 @@ impl IdentityManager {
                     .join("; "))
             }
         } else {
-            ping(&bid.0, &backend, &self.ctx.store).await
+            ping(
+                &bid.0,
+                &backend,
+                &self.ctx.store,
+                self.ctx.config.vault_timeouts,
+            )
+            .await
         };
         let now = Instant::now();
         {
@@ -137,13 +149,18 @@ impl IdentityManager {
 }
 
 /// `sys/health` through the backend's conf.
-async fn ping(mesh: &str, backend: &Backend, store: &common::store::Store) -> Result<(), String> {
+async fn ping(
+    mesh: &str,
+    backend: &Backend,
+    store: &common::store::Store,
+    timeouts: Timeouts,
+) -> Result<(), String> {
     let from_cp = match backend.typed_conf() {
         Ok(BackendConf::Vault(v)) => v.from_cp.ok_or("conf.fromCp must be set")?,
         Ok(_) => return Err("not a vault backend".into()),
         Err(e) => return Err(format!("conf.{}: {}", e.path, e.reason)),
     };
-    let issuer = VaultIssuer::from_conf(mesh, &from_cp, store, Timeouts::default())
-        .map_err(|e| e.to_string())?;
+    let issuer =
+        VaultIssuer::from_conf(mesh, &from_cp, store, timeouts).map_err(|e| e.to_string())?;
     issuer.health().await.map(|_| ()).map_err(|e| e.to_string())
 }

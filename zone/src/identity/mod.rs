@@ -50,6 +50,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::ZoneCtx;
+use crate::state::{StatusExtra, StatusSource};
 use crate::metrics::{BackendLabels, BackendTypeLabels, CauseLabels, ReasonLabels};
 use check::CheckState;
 use policy::{Admission, Breaker};
@@ -103,8 +104,8 @@ pub struct IdentityBundle {
     /// The leaf's key (PEM); `None`: unchanged, keep the key you have (the certificate you
     /// presented was kept, or only the trust bundle changed since the key was sent).
     pub key_pem: Option<String>,
-    /// The CA certificates to trust (PEM).
-    pub trust_bundle_pem: String,
+    /// The CA certificates to trust (PEM); one string shared by every bundle of the mesh.
+    pub trust_bundle_pem: Arc<str>,
     /// The backend that issued the certificate.
     pub backend: String,
     /// Lower-case hex bytes separated by `:`.
@@ -294,7 +295,7 @@ fn rfc3339(unix: i64) -> Option<String> {
 
 /// The enabled backend of a mesh as the engine uses it.
 struct Slot {
-    backend: Backend,
+    backend: Arc<Backend>,
     type_str: &'static str,
     ttl: Duration,
     material: String,
@@ -306,26 +307,37 @@ struct Slot {
     source: SourceCell,
 }
 
-#[derive(Default)]
 struct MeshState {
     slot: Option<Slot>,
     /// Why there is no slot.
     problem: Option<String>,
-    /// The trust bundle last computed.
-    trust: String,
+    /// The trust bundle last computed, and the anchor sets it was made of (in order).
+    trust: Arc<str>,
+    trust_ids: Vec<String>,
+}
+
+impl Default for MeshState {
+    fn default() -> Self {
+        Self {
+            slot: None,
+            problem: None,
+            trust: Arc::from(""),
+            trust_ids: Vec::new(),
+        }
+    }
 }
 
 /// What a work task needs to know about the slot, taken under the lock.
 #[derive(Clone)]
 struct Snap {
     bid: BackendId,
-    backend: Backend,
+    backend: Arc<Backend>,
     type_str: &'static str,
     ttl: Duration,
     backend_gen: String,
     anchors: Option<(String, Arc<AnchorSet>)>,
     source: SourceCell,
-    tags: BTreeMap<String, Vec<String>>,
+    tags: Arc<BTreeMap<String, Vec<String>>>,
     tags_hash: String,
     record_cert: Option<CertMeta>,
 }
@@ -339,7 +351,7 @@ struct Conn {
 
 struct Proxy {
     dp: Dataplane,
-    tags: BTreeMap<String, Vec<String>>,
+    tags: Arc<BTreeMap<String, Vec<String>>>,
     tags_hash: String,
     conn: Option<Conn>,
     cert: Option<CertMeta>,
@@ -359,7 +371,7 @@ struct Proxy {
 
 impl Proxy {
     fn new(dp: Dataplane) -> Self {
-        let tags = dp.tags();
+        let tags = Arc::new(dp.tags());
         let tags_hash = tags_hash(&tags);
         Self {
             dp,
@@ -421,7 +433,8 @@ impl Proxy {
 
 #[derive(Default)]
 struct State {
-    proxies: HashMap<DpKey, Proxy>,
+    /// Boxed: a proxy is large, and the table is sized for many.
+    proxies: HashMap<DpKey, Box<Proxy>>,
     timers: BTreeSet<(Instant, DpKey)>,
     meshes: HashMap<String, MeshState>,
     breakers: HashMap<BackendId, Breaker>,
@@ -498,36 +511,38 @@ impl State {
         id
     }
 
-    /// The trust bundle of a mesh: the slot's anchors first, then those of every connected
-    /// proxy's certificate, each certificate once.
-    fn compute_trust(&self, mesh: &str) -> String {
-        let mut ids: Vec<&str> = Vec::new();
+    /// The anchor sets of a mesh's trust bundle: the slot's first, then those of every connected
+    /// proxy's certificate (only sets whose certificates are known).
+    fn trust_ids(&self, mesh: &str) -> Vec<String> {
+        let mut ids: Vec<String> = Vec::new();
         if let Some(id) = self
             .meshes
             .get(mesh)
             .and_then(|m| m.slot.as_ref())
-            .and_then(|s| s.anchors_id.as_deref())
+            .and_then(|s| s.anchors_id.as_ref())
         {
-            ids.push(id);
+            ids.push(id.clone());
         }
-        let others: Vec<&str> = self
-            .trust_refs
-            .get(mesh)
-            .map(|refs| {
-                refs.iter()
-                    .filter(|(id, n)| **n > 0 && !ids.contains(&id.as_str()))
-                    .map(|(id, _)| id.as_str())
-                    .collect()
-            })
-            .unwrap_or_default();
-        ids.extend(others);
+        if let Some(refs) = self.trust_refs.get(mesh) {
+            for (id, n) in refs {
+                if *n > 0 && !ids.contains(id) {
+                    ids.push(id.clone());
+                }
+            }
+        }
+        ids.retain(|id| self.anchors.contains_key(id));
+        ids
+    }
+
+    /// The trust bundle made of these anchor sets, each certificate once.
+    fn trust_of(&self, ids: &[String]) -> String {
         let mut seen = HashSet::new();
         let mut out = String::new();
         for id in ids {
             if let Some(set) = self.anchors.get(id) {
                 for p in &set.pems {
                     let p = p.trim();
-                    if !p.is_empty() && seen.insert(p.to_string()) {
+                    if !p.is_empty() && seen.insert(p) {
                         out.push_str(p);
                         out.push('\n');
                     }
@@ -609,8 +624,12 @@ pub struct IdentityManager {
 
 /// How long a parked proxy woken to probe a breaker has before another is woken.
 const PROBE_GRACE: Duration = Duration::from_secs(5);
-/// At most this often the status report is refreshed.
+/// At most this often a status report is asked for.
 const STATUS_DEBOUNCE: Duration = Duration::from_millis(200);
+/// At least this often a status report is asked for while things change.
+const STATUS_INTERVAL_MAX: Duration = Duration::from_secs(5);
+/// The wait between status reports per dataplane the zone knows (see `status_interval`).
+const STATUS_INTERVAL_PER_DATAPLANE: Duration = Duration::from_millis(1);
 /// The expiry gauge is refreshed at least this often.
 const GAUGE_REFRESH: Duration = Duration::from_secs(15);
 
@@ -627,6 +646,7 @@ impl IdentityManager {
     pub fn new(ctx: Arc<ZoneCtx>, config: IssuanceConfig) -> Arc<Self> {
         let factory = Arc::new(RealFactory {
             vault_latency: ctx.metrics.identity.vault_request_seconds.clone(),
+            timeouts: ctx.config.vault_timeouts,
         });
         Self::build(ctx, config, factory, Clock::system())
     }
@@ -660,11 +680,11 @@ impl IdentityManager {
                 p.issued_count = r.issued_count;
                 p.last_error = r.last_error;
                 p.last_connected_ms = r.last_connected_ms;
-                state.proxies.insert(key, p);
+                state.proxies.insert(key, Box::new(p));
             }
         }
         let max = config.max_concurrent.max(1);
-        Arc::new_cyclic(|me| Self {
+        let manager = Arc::new_cyclic(|me| Self {
             ctx,
             config,
             factory,
@@ -677,7 +697,10 @@ impl IdentityManager {
             next_conn: AtomicU64::new(1),
             clock,
             me: me.clone(),
-        })
+        });
+        let source: Weak<dyn StatusSource> = Arc::downgrade(&manager) as Weak<dyn StatusSource>;
+        manager.ctx.set_status_source(source);
+        manager
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -711,8 +734,8 @@ impl IdentityManager {
             let p = st
                 .proxies
                 .entry(key.clone())
-                .or_insert_with(|| Proxy::new(dp.clone()));
-            p.tags = dp.tags();
+                .or_insert_with(|| Box::new(Proxy::new(dp.clone())));
+            p.tags = Arc::new(dp.tags());
             p.tags_hash = tags_hash(&p.tags);
             p.dp = dp;
             p.force = presented.is_none();
@@ -790,7 +813,7 @@ impl IdentityManager {
     /// Every dataplane known to the zone, sorted by mesh and name.
     pub fn dataplanes(&self) -> Vec<DataplaneView> {
         let st = self.lock();
-        let mut out: Vec<DataplaneView> = st.proxies.values().map(Proxy::view).collect();
+        let mut out: Vec<DataplaneView> = st.proxies.values().map(|p| p.view()).collect();
         drop(st);
         out.sort_by(|a, b| (&a.mesh, &a.name).cmp(&(&b.mesh, &b.name)));
         out
@@ -801,7 +824,7 @@ impl IdentityManager {
         self.lock()
             .proxies
             .get(&(mesh.to_string(), name.to_string()))
-            .map(Proxy::view)
+            .map(|p| p.view())
     }
 
     /// Counters of the engine.
@@ -1256,14 +1279,23 @@ impl IdentityManager {
     }
 
     /// Recomputes a mesh's trust bundle; when it changed, sends it to every connected proxy of
-    /// the mesh that already has a bundle (but `except`, which is about to get one).
-    fn refresh_trust(&self, st: &mut State, mesh: &str, except: Option<&DpKey>) -> String {
-        let trust = st.compute_trust(mesh);
+    /// the mesh that already has a bundle (but `except`, which is about to get one). Anchor sets
+    /// are immutable (their id is a hash of their certificates), so the bundle is rebuilt only
+    /// when the list of sets changes, and every bundle of the mesh shares the one string.
+    fn refresh_trust(&self, st: &mut State, mesh: &str, except: Option<&DpKey>) -> Arc<str> {
+        let ids = st.trust_ids(mesh);
+        if let Some(ms) = st.meshes.get(mesh)
+            && ms.trust_ids == ids
+        {
+            return ms.trust.clone();
+        }
+        let trust: Arc<str> = Arc::from(st.trust_of(&ids));
         let Some(ms) = st.meshes.get_mut(mesh) else {
             return trust;
         };
-        if ms.trust == trust {
-            return trust;
+        ms.trust_ids = ids;
+        if *ms.trust == *trust {
+            return ms.trust.clone();
         }
         ms.trust = trust.clone();
         if trust.is_empty() {
@@ -1668,6 +1700,7 @@ impl IdentityManager {
                 slot: None,
                 problem: None,
                 trust: prior.trust,
+                trust_ids: prior.trust_ids,
             };
             match desired {
                 Err(problem) => {
@@ -1691,7 +1724,7 @@ impl IdentityManager {
                                 s.material = material;
                                 s.source = Arc::new(tokio::sync::Mutex::new(None));
                             }
-                            s.backend = backend;
+                            s.backend = Arc::new(backend);
                             ms.slot = Some(s);
                         }
                         _ => {
@@ -1716,7 +1749,7 @@ impl IdentityManager {
                             ms.slot = Some(Slot {
                                 ttl: backend.dp_cert_expiration(),
                                 type_str: t.as_str(),
-                                backend,
+                                backend: Arc::new(backend),
                                 material,
                                 backend_gen,
                                 anchors_id,
@@ -1760,82 +1793,103 @@ impl IdentityManager {
         self.dirty.notify_one();
     }
 
+    /// Asks for a status report when something changed, at most once per status interval (see
+    /// [`IdentityManager::status_interval`]), and keeps the expiry gauge fresh.
     async fn status_loop(self: Arc<Self>) {
         loop {
             let refresh = tokio::time::timeout(GAUGE_REFRESH, self.dirty.notified()).await;
             if refresh.is_ok() {
                 self.publish();
-                tokio::time::sleep(STATUS_DEBOUNCE).await;
+                tokio::time::sleep(self.status_interval()).await;
             } else {
                 self.update_expiry_gauge();
             }
         }
     }
 
+    /// How long to wait after asking for a status report before asking again. A report lists
+    /// every dataplane (and global decodes and stores each one), so its cost grows with the
+    /// zone: the wait grows with it, `STATUS_INTERVAL_PER_DATAPLANE` per dataplane, from
+    /// `STATUS_DEBOUNCE` (up to 200 dataplanes) to `STATUS_INTERVAL_MAX` (from 5,000). Reporting
+    /// thus costs about the same per second whatever the size of the zone.
+    fn status_interval(&self) -> Duration {
+        let n = self.lock().proxies.len() as u32;
+        STATUS_INTERVAL_PER_DATAPLANE
+            .saturating_mul(n)
+            .clamp(STATUS_DEBOUNCE, STATUS_INTERVAL_MAX)
+    }
+
     fn update_expiry_gauge(&self) {
         let st = self.lock();
         let earliest = st
-            .connected
-            .iter()
-            .flat_map(|(mesh, names)| {
-                names.iter().filter_map(|n| {
-                    st.proxies
-                        .get(&(mesh.clone(), n.clone()))
-                        .and_then(|p| p.cert.as_ref().map(|c| c.not_after))
-                })
-            })
+            .proxies
+            .values()
+            .filter(|p| p.conn.is_some())
+            .filter_map(|p| p.cert.as_ref().map(|c| c.not_after))
             .min();
         drop(st);
         let secs = earliest.map_or(0, |na| na - self.clock.now_unix());
         self.metrics().earliest_expiry_seconds.set(secs);
     }
 
-    /// Puts the dataplanes and the backend checks into the zone's status report and asks for it
-    /// to be sent.
+    /// Asks for the zone's status report to be sent (it is built when it is sent, see
+    /// [`StatusSource`]).
     fn publish(&self) {
-        let (dataplanes, checks) = {
-            let st = self.lock();
-            let mut dps: Vec<&Proxy> = st.proxies.values().collect();
-            dps.sort_by(|a, b| (&a.dp.mesh, &a.dp.name).cmp(&(&b.dp.mesh, &b.dp.name)));
-            let dataplanes: Vec<proto::kds::DataplaneStatus> = dps
-                .into_iter()
-                .map(|p| proto::kds::DataplaneStatus {
-                    mesh: p.dp.mesh.clone(),
-                    name: p.dp.name.clone(),
-                    service: p.service(),
-                    tags: p
-                        .tags
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.join(",")))
-                        .collect(),
-                    backend: p
-                        .cert
-                        .as_ref()
-                        .map(|c| c.backend.clone())
-                        .unwrap_or_default(),
-                    cert_serial: p
-                        .cert
-                        .as_ref()
-                        .map(|c| c.serial.clone())
-                        .unwrap_or_default(),
-                    cert_expires_unix_ms: p.cert.as_ref().map_or(0, |c| c.not_after * 1000),
-                    connected: p.conn.is_some(),
-                })
-                .collect();
-            let checks: Vec<proto::kds::BackendCheck> = st
-                .checks
-                .iter()
-                .map(|((mesh, backend), c)| c.report(mesh, backend))
-                .collect();
-            (dataplanes, checks)
-        };
-        {
-            let mut extra = self.ctx.extra.lock().unwrap_or_else(|e| e.into_inner());
-            extra.dataplanes = dataplanes;
-            extra.backend_checks = checks;
-        }
         self.ctx.report_now.notify_one();
         self.update_expiry_gauge();
+    }
+}
+
+impl IdentityManager {
+    fn checks_of(st: &State) -> Vec<proto::kds::BackendCheck> {
+        st.checks
+            .iter()
+            .map(|((mesh, backend), c)| c.report(mesh, backend))
+            .collect()
+    }
+}
+
+impl StatusSource for IdentityManager {
+    fn backend_checks(&self) -> Vec<proto::kds::BackendCheck> {
+        Self::checks_of(&self.lock())
+    }
+
+    /// The dataplanes (sorted by mesh and name) and the backend checks, as they stand.
+    fn status_extra(&self) -> StatusExtra {
+        let st = self.lock();
+        let mut dps: Vec<&Proxy> = st.proxies.values().map(|p| &**p).collect();
+        dps.sort_unstable_by(|a, b| (&a.dp.mesh, &a.dp.name).cmp(&(&b.dp.mesh, &b.dp.name)));
+        let dataplanes: Vec<proto::kds::DataplaneStatus> = dps
+            .into_iter()
+            .map(|p| proto::kds::DataplaneStatus {
+                mesh: p.dp.mesh.clone(),
+                name: p.dp.name.clone(),
+                service: p.service(),
+                tags: p
+                    .tags
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.join(",")))
+                    .collect(),
+                backend: p
+                    .cert
+                    .as_ref()
+                    .map(|c| c.backend.clone())
+                    .unwrap_or_default(),
+                cert_serial: p
+                    .cert
+                    .as_ref()
+                    .map(|c| c.serial.clone())
+                    .unwrap_or_default(),
+                cert_expires_unix_ms: p.cert.as_ref().map_or(0, |c| c.not_after * 1000),
+                connected: p.conn.is_some(),
+            })
+            .collect();
+        let backend_checks = Self::checks_of(&st);
+        drop(st);
+        StatusExtra {
+            dataplanes,
+            backend_checks,
+        }
     }
 }
 

@@ -5,6 +5,8 @@
 //!   `conf.fromCp` with the zone's Secrets and files; renewable tokens are renewed at 2/3 of their
 //!   TTL; when Vault answers "permission denied" the data sources are read again (a token rotated
 //!   in its file or Secret) and, if they changed, the client is rebuilt and the request retried.
+//!   Every request is bounded by the zone's `--vault-timeout`; a 429 with `Retry-After` makes
+//!   the source answer from memory (the same error, no request) until that time has passed.
 //! - [`LocalSource`]: the builtin CA (the mesh Secrets `<mesh>.ca-builtin-cert/key-<backend>`) or
 //!   the provided CA (`conf.cert` / `conf.key`), signing in `spawn_blocking`.
 //!
@@ -22,7 +24,7 @@ use common::ca::{CaError, CaKeyPair, CaSigner, LeafRequest, builtin_secret_names
 use common::datasource::SecretLookup;
 use common::model::{Backend, BackendConf, DataSource, FromCp};
 use common::store::Store;
-use common::vault::{IssueRequest, VaultError, VaultIssuer};
+use common::vault::{IssueRequest, Timeouts, VaultError, VaultIssuer};
 use common::x509;
 use prometheus_client::metrics::histogram::Histogram;
 use sha2::{Digest, Sha256};
@@ -72,9 +74,12 @@ impl SourceError {
 
     pub fn from_vault(e: &VaultError) -> Self {
         let reason = match e {
-            VaultError::Unreachable { .. } | VaultError::Unavailable { .. } => {
-                FailReason::Unreachable
-            }
+            VaultError::Unreachable { .. }
+            | VaultError::Unavailable { .. }
+            | VaultError::Timeout { .. }
+            | VaultError::Sealed { .. }
+            | VaultError::RateLimited { .. }
+            | VaultError::ServerError { .. } => FailReason::Unreachable,
             VaultError::PermissionDenied { .. } | VaultError::LoginRefused { .. } => {
                 FailReason::Denied
             }
@@ -129,8 +134,8 @@ impl std::fmt::Display for SourceError {
 #[derive(Debug, Clone)]
 pub struct LeafSpec {
     pub mesh: String,
-    /// All tags of the proxy (`Dataplane::tags`).
-    pub tags: BTreeMap<String, Vec<String>>,
+    /// All tags of the proxy (`Dataplane::tags`), shared with the engine's state.
+    pub tags: Arc<BTreeMap<String, Vec<String>>>,
     pub ttl: Duration,
 }
 
@@ -156,17 +161,42 @@ impl Issued {
         key_pem: String,
         anchors: Vec<String>,
     ) -> Result<Self, SourceError> {
-        let s = x509::summarize_pem(&chain_pem).map_err(|e| {
+        let (serial, not_before, not_after) = leaf_serial_and_validity(&chain_pem).map_err(|e| {
             SourceError::other(format!("the issued certificate cannot be read: {e}"))
         })?;
         Ok(Self {
             chain_pem,
             key_pem,
             anchors,
-            serial: s.serial,
-            not_before: s.not_before,
-            not_after: s.not_after,
+            serial,
+            not_before,
+            not_after,
         })
+    }
+}
+
+/// The serial (as `x509::summarize_der` writes it) and validity (unix seconds) of the first
+/// certificate of a PEM chain. Only what the engine needs of every issued certificate: the
+/// extensions are not decoded (`x509::summarize_pem` decodes and formats everything).
+fn leaf_serial_and_validity(chain_pem: &str) -> Result<(String, i64, i64), String> {
+    use x509_parser::nom::Parser;
+    let mut rest = chain_pem.as_bytes();
+    loop {
+        let (next, pem) = x509_parser::pem::parse_x509_pem(rest)
+            .map_err(|_| "no PEM certificate".to_string())?;
+        if pem.label == "CERTIFICATE" {
+            let (_, cert) = x509_parser::certificate::X509CertificateParser::new()
+                .with_deep_parse_extensions(false)
+                .parse(&pem.contents)
+                .map_err(|e| format!("not a certificate: {e}"))?;
+            let validity = cert.validity();
+            return Ok((
+                cert.raw_serial_as_string(),
+                validity.not_before.timestamp(),
+                validity.not_after.timestamp(),
+            ));
+        }
+        rest = next;
     }
 }
 
@@ -205,6 +235,8 @@ pub trait SourceFactory: Send + Sync {
 /// The real sources.
 pub struct RealFactory {
     pub vault_latency: Histogram,
+    /// Bounds on every request to Vault (`--vault-timeout`).
+    pub timeouts: Timeouts,
 }
 
 impl SourceFactory for RealFactory {
@@ -226,9 +258,14 @@ impl SourceFactory for RealFactory {
                         message: "conf.fromCp must be set".into(),
                         per_proxy: false,
                     })?;
-                    let src =
-                        VaultSource::new(mesh, from_cp, store.clone(), self.vault_latency.clone())
-                            .await?;
+                    let src = VaultSource::new(
+                        mesh,
+                        from_cp,
+                        store.clone(),
+                        self.vault_latency.clone(),
+                        self.timeouts,
+                    )
+                    .await?;
                     Ok(src as Arc<dyn CertSource>)
                 }
                 Ok(BackendConf::Builtin(_)) | Ok(BackendConf::Provided(_)) => {
@@ -404,6 +441,12 @@ fn split_roots(pems: &[&str]) -> (Vec<String>, Vec<String>) {
 // Vault
 // ---------------------------------------------------------------------------------------------
 
+struct LastChain {
+    issuing_ca: String,
+    ca_chain: Vec<String>,
+    parts: Arc<ChainParts>,
+}
+
 /// The roots and intermediates of one CA chain as Vault returns it, worked out once.
 struct ChainParts {
     anchors: Vec<String>,
@@ -420,7 +463,14 @@ pub struct VaultSource {
     /// Serializes rebuilding the client.
     rebuild: tokio::sync::Mutex<()>,
     chains: Mutex<HashMap<String, Arc<ChainParts>>>,
+    /// The chain of the last issuance as Vault returned it, and its parts: nearly every
+    /// issuance returns the same CA chain, recognised here by comparison, without hashing it.
+    last_chain: Mutex<Option<LastChain>>,
     renewal: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    timeouts: Timeouts,
+    /// Vault asked (429 `Retry-After`) not to be called before this instant: until then the
+    /// error is repeated without a request.
+    hold: Mutex<Option<(tokio::time::Instant, VaultError)>>,
 }
 
 impl Drop for VaultSource {
@@ -442,10 +492,11 @@ impl VaultSource {
         from_cp: FromCp,
         store: Store,
         latency: Histogram,
+        timeouts: Timeouts,
     ) -> Result<Arc<Self>, SourceError> {
         let material = vault_material(mesh, &from_cp, &store);
         let issuer = Arc::new(
-            VaultIssuer::connect(mesh, &from_cp, &store)
+            VaultIssuer::connect_with(mesh, &from_cp, &store, timeouts)
                 .await
                 .map_err(|e| SourceError::from_vault(&e))?,
         );
@@ -458,7 +509,10 @@ impl VaultSource {
             material: Mutex::new(material),
             rebuild: tokio::sync::Mutex::new(()),
             chains: Mutex::new(HashMap::new()),
+            last_chain: Mutex::new(None),
             renewal: Mutex::new(None),
+            timeouts,
+            hold: Mutex::new(None),
         });
         src.start_renewal(issuer);
         Ok(src)
@@ -520,7 +574,8 @@ impl VaultSource {
         if *self.material.lock().unwrap_or_else(|e| e.into_inner()) == material {
             return false;
         }
-        match VaultIssuer::connect(&self.mesh, &self.from_cp, &self.store).await {
+        match VaultIssuer::connect_with(&self.mesh, &self.from_cp, &self.store, self.timeouts).await
+        {
             Ok(issuer) => {
                 let issuer = Arc::new(issuer);
                 *self.issuer.write().unwrap_or_else(|e| e.into_inner()) = issuer.clone();
@@ -537,6 +592,25 @@ impl VaultSource {
     }
 
     fn chain_parts(&self, issuing_ca: &str, ca_chain: &[String]) -> Arc<ChainParts> {
+        if let Some(last) = self
+            .last_chain
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|l| l.issuing_ca == issuing_ca && l.ca_chain == ca_chain)
+        {
+            return last.parts.clone();
+        }
+        let parts = self.chain_parts_hashed(issuing_ca, ca_chain);
+        *self.last_chain.lock().unwrap_or_else(|e| e.into_inner()) = Some(LastChain {
+            issuing_ca: issuing_ca.to_string(),
+            ca_chain: ca_chain.to_vec(),
+            parts: parts.clone(),
+        });
+        parts
+    }
+
+    fn chain_parts_hashed(&self, issuing_ca: &str, ca_chain: &[String]) -> Arc<ChainParts> {
         let mut h = Sha256::new();
         h.update(issuing_ca.as_bytes());
         for c in ca_chain {
@@ -578,7 +652,34 @@ impl VaultSource {
         parts
     }
 
+    /// The error Vault's last `Retry-After` still stands for.
+    fn held(&self) -> Option<SourceError> {
+        let mut hold = self.hold.lock().unwrap_or_else(|e| e.into_inner());
+        match &*hold {
+            Some((until, e)) if tokio::time::Instant::now() < *until => {
+                Some(SourceError::from_vault(e))
+            }
+            Some(_) => {
+                *hold = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Records a 429's `Retry-After`.
+    fn note(&self, e: &VaultError) {
+        if let Some(after) = e.retry_after() {
+            tracing::debug!(mesh = %self.mesh, retry_after_s = after.as_secs(), "Vault rate limits: holding requests");
+            *self.hold.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((tokio::time::Instant::now() + after, e.clone()));
+        }
+    }
+
     async fn issue_inner(&self, spec: &LeafSpec) -> Result<Issued, SourceError> {
+        if let Some(e) = self.held() {
+            return Err(e);
+        }
         let mut retried = false;
         loop {
             let issuer = self.issuer();
@@ -612,7 +713,10 @@ impl VaultSource {
                     }
                     return Err(SourceError::from_vault(&e));
                 }
-                Err(e) => return Err(SourceError::from_vault(&e)),
+                Err(e) => {
+                    self.note(&e);
+                    return Err(SourceError::from_vault(&e));
+                }
             }
         }
     }
@@ -625,11 +729,13 @@ impl CertSource for VaultSource {
 
     fn anchors(&self) -> BoxFut<'_, Result<Vec<String>, SourceError>> {
         Box::pin(async move {
-            let pem = self
-                .issuer()
-                .ca_chain()
-                .await
-                .map_err(|e| SourceError::from_vault(&e))?;
+            if let Some(e) = self.held() {
+                return Err(e);
+            }
+            let pem = self.issuer().ca_chain().await.map_err(|e| {
+                self.note(&e);
+                SourceError::from_vault(&e)
+            })?;
             let parts = self.chain_parts(&pem, &[]);
             if parts.anchors.is_empty() {
                 return Err(SourceError::other(format!(
@@ -668,7 +774,7 @@ impl CertSource for LocalSource {
         let signer = self.signer.clone();
         let req = LeafRequest {
             mesh: spec.mesh.clone(),
-            tags: spec.tags.clone(),
+            tags: (*spec.tags).clone(),
             common_name: None,
             lifetime: spec.ttl,
         };

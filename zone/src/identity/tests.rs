@@ -433,8 +433,7 @@ async fn new_tags_mean_a_new_certificate() {
             .contains("zone_certificate_rotations_total{cause=\"tags_change\"} 1")
     );
     // The status report carries the dataplane.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let extra = h.ctx.extra.lock().unwrap().clone();
+    let extra = h.ctx.status_report();
     assert_eq!(extra.dataplanes.len(), 1);
     assert_eq!(extra.dataplanes[0].cert_serial, b2.serial);
     assert_eq!(extra.dataplanes[0].tags["version"], "v2");
@@ -469,11 +468,33 @@ async fn refusals() {
         generation: 1,
         cert_chain_pem: String::new(),
         key_pem: Some("SECRET-KEY".into()),
-        trust_bundle_pem: String::new(),
+        trust_bundle_pem: "".into(),
         backend: "b".into(),
         serial: "01".into(),
         not_before_unix: 0,
         not_after_unix: 1,
     };
     assert!(!format!("{b:?}").contains("SECRET"));
+}
+
+#[test]
+fn issued_reads_serial_and_validity_as_the_full_summary_does() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(vec!["leaf.example".to_string()]).unwrap();
+    p.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x00, 0x8f, 0x12, 0xab, 0x01]));
+    p.not_before = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+    p.not_after = time::OffsetDateTime::from_unix_timestamp(1_700_086_400).unwrap();
+    let leaf = p.self_signed(&key).unwrap().pem();
+    // A chain: a stray block before it, the leaf, then a CA.
+    let chain = format!(
+        "-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n{leaf}{}",
+        ca_pem("ca")
+    );
+    let full = common::x509::summarize_pem(&chain).unwrap();
+    let issued = Issued::new(chain, "KEY".into(), Vec::new()).unwrap();
+    assert_eq!(issued.serial, full.serial);
+    assert_eq!(issued.not_before, full.not_before);
+    assert_eq!(issued.not_after, full.not_after);
+    assert_eq!((issued.not_before, issued.not_after), (1_700_000_000, 1_700_086_400));
+    assert!(Issued::new("not PEM".into(), String::new(), Vec::new()).is_err());
 }
