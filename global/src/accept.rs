@@ -148,6 +148,24 @@ pub async fn admit(
                         ..Default::default()
                     });
                 }
+                // A changed Secret that a stored vault backend uses (a rotated token, a new CA
+                // certificate) is checked against Vault like a changed backend: refused when
+                // Vault rejects it, accepted with a warning when Vault cannot be reached (so a
+                // token can still be rotated while Vault is down).
+                let changed = existing.secret_data(&s.mesh, &s.name)
+                    != overlay.batch_secrets.secret_data(&s.mesh, &s.name);
+                if changed && !overlay.batch_meshes.contains(&s.mesh) {
+                    if let Some(mesh) = existing.mesh(&s.mesh) {
+                        let mut a = recheck_secret_users(&mesh, &s.name, &overlay)
+                            .await
+                            .map_err(|mut refused| {
+                                refused.resource = label.clone();
+                                refused
+                            })?;
+                        admitted.checks.append(&mut a.checks);
+                        admitted.warnings.append(&mut a.warnings);
+                    }
+                }
                 admitted.ops.push(Op::Put(Resource::Secret(s)));
             }
             Resource::Mesh(m) => {
@@ -175,6 +193,65 @@ pub async fn admit(
         }
     }
     Ok(admitted)
+}
+
+/// Runs the Vault check of every vault backend of `mesh` that uses Secret `secret`, with the
+/// Secrets as they would be after the write. Vault refusing is a refusal (on the Secret's
+/// `data`); Vault unreachable is only a warning.
+async fn recheck_secret_users(
+    mesh: &Mesh,
+    secret: &str,
+    secrets: &dyn SecretLookup,
+) -> Result<Admitted, Refused> {
+    let mut admitted = Admitted::default();
+    let mut errors = ValidationErrors::new();
+    for backend in mesh.backends() {
+        if backend.type_ != "vault" {
+            continue;
+        }
+        let mut refs = Vec::new();
+        if let Some(conf) = &backend.conf {
+            find_secret_refs(conf, "conf", secret, &mut refs);
+        }
+        if refs.is_empty() {
+            continue;
+        }
+        let check = BackendCheck::from_vault(
+            common::vault::check_backend(&mesh.name, backend, secrets).await,
+        );
+        if !check.ok {
+            if check.unreachable {
+                admitted.warnings.push(format!(
+                    "backend {:?} of mesh {:?} uses this Secret and could not be checked: {}",
+                    backend.name,
+                    mesh.name,
+                    check.failure_reason()
+                ));
+            } else {
+                errors.push(
+                    "data",
+                    format!(
+                        "backend {:?} of mesh {:?} uses this Secret ({}) and Vault refused it: {}",
+                        backend.name,
+                        mesh.name,
+                        refs.join(", "),
+                        check.failure_reason()
+                    ),
+                );
+            }
+        }
+        admitted.checks.push(check);
+    }
+    if errors.is_empty() {
+        Ok(admitted)
+    } else {
+        Err(Refused {
+            resource: String::new(),
+            errors,
+            checks: admitted.checks,
+            unreachable: false,
+        })
+    }
 }
 
 /// Admits one Mesh given the mesh it replaces (if any).

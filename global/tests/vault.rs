@@ -180,8 +180,18 @@ async fn apply_dry_run_stores_nothing_and_apply_stores_the_mesh_and_secret() {
         &mesh_file("http://127.0.0.1:9", "ec", "24h", &v.token),
     );
     let out = g.cli(&["apply", "--dry-run", "-f", gone.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(3), "{}\n{}", stdout(&out), stderr(&out));
-    assert!(stderr(&out).contains("cannot reach Vault"), "{}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("cannot reach Vault"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = g.cli(&["apply", "-f", f]);
     assert_eq!(
@@ -230,6 +240,30 @@ async fn apply_dry_run_stores_nothing_and_apply_stores_the_mesh_and_secret() {
     let out = g.cli(&["get", "secrets", "--mesh", "default", "-o", "json"]);
     assert!(stdout(&out).contains("token-1"));
     assert!(!stdout(&out).contains(&base64::engine::general_purpose::STANDARD.encode(&v.token)));
+
+    // Rotating the token Secret re-runs the check: a token Vault refuses is refused (field
+    // `data`, stored Secret unchanged), a good new token is accepted.
+    let secret = |token: &str| {
+        format!(
+            "type: Secret\nname: token-1\nmesh: default\ndata: {}\n",
+            base64::engine::general_purpose::STANDARD.encode(token)
+        )
+    };
+    let (status, body) = g
+        .put(
+            "/meshes/default/secrets/token-1",
+            &secret("revoked-or-wrong"),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["invalid_parameters"][0]["field"], "data", "{body}");
+    assert!(body.to_string().contains("permission denied"), "{body}");
+    let new_token = seed::create_token(&v.bao.admin(), &["kmesh-default-ec"]).unwrap();
+    let (status, body) = g
+        .put("/meshes/default/secrets/token-1", &secret(&new_token))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["checks"][0]["ok"], true, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
