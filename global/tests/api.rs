@@ -522,7 +522,11 @@ async fn raw_put(g: &TestGlobal, path: &str, body: Vec<u8>) -> (u16, serde_json:
         let _ = wr.write_all(&body).await;
     });
     let mut answer = Vec::new();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), rd.read_to_end(&mut answer)).await;
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        rd.read_to_end(&mut answer),
+    )
+    .await;
     writer.abort();
     let text = String::from_utf8_lossy(&answer);
     let status = text
