@@ -154,17 +154,18 @@ pub async fn admit(
                 // token can still be rotated while Vault is down).
                 let changed = existing.secret_data(&s.mesh, &s.name)
                     != overlay.batch_secrets.secret_data(&s.mesh, &s.name);
-                if changed && !overlay.batch_meshes.contains(&s.mesh) {
-                    if let Some(mesh) = existing.mesh(&s.mesh) {
-                        let mut a = recheck_secret_users(&mesh, &s.name, &overlay)
-                            .await
-                            .map_err(|mut refused| {
-                                refused.resource = label.clone();
-                                refused
-                            })?;
-                        admitted.checks.append(&mut a.checks);
-                        admitted.warnings.append(&mut a.warnings);
-                    }
+                if changed
+                    && !overlay.batch_meshes.contains(&s.mesh)
+                    && let Some(mesh) = existing.mesh(&s.mesh)
+                {
+                    let mut a = recheck_secret_users(&mesh, &s.name, &overlay)
+                        .await
+                        .map_err(|mut refused| {
+                            refused.resource = label.clone();
+                            refused
+                        })?;
+                    admitted.checks.append(&mut a.checks);
+                    admitted.warnings.append(&mut a.warnings);
                 }
                 admitted.ops.push(Op::Put(Resource::Secret(s)));
             }

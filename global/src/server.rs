@@ -5,7 +5,6 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 
@@ -168,70 +167,4 @@ fn kds_result(
     }
 }
 
-/// How long a client may take to send the headers of a request, counted from when the connection
-/// is ready for one (accepted, or the previous response sent on a kept-alive connection). A client
-/// that connects and sends nothing, or sends its headers a byte at a time (slowloris), is
-/// disconnected after it.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long a whole request may take once its headers are in: reading the body and answering
-/// (admission included: Vault checks have their own, shorter bounds). A body trickled in slower
-/// than that gets a 408 and the connection is closed.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Serves an HTTP/1.1 API (axum router) with bounded header reads and request times, which
-/// `axum::serve` does not offer (it runs hyper without a timer, so idle and slow connections are
-/// kept forever). Each request sees its peer address as `ConnectInfo<SocketAddr>`. Stops accepting
-/// when `shutdown` completes and waits for the requests in flight.
-pub async fn serve_http(
-    listener: TcpListener,
-    app: axum::Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    use axum::extract::ConnectInfo;
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::server::graceful::GracefulShutdown;
-    use tower::ServiceExt;
-
-    let app = app.layer(tower_http::timeout::TimeoutLayer::with_status_code(
-        axum::http::StatusCode::REQUEST_TIMEOUT,
-        REQUEST_TIMEOUT,
-    ));
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait and accept again.
-                    tracing::warn!(error = %e, "API accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let service =
-            app.clone()
-                .map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ConnectInfo(peer));
-                    req.map(axum::body::Body::new)
-                });
-        let service = hyper_util::service::TowerToHyperService::new(service);
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "API connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
-}
+pub use common::http::{HEADER_READ_TIMEOUT, REQUEST_TIMEOUT, serve_http};

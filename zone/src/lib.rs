@@ -13,7 +13,6 @@ pub mod apply;
 pub mod cli;
 pub mod client;
 pub mod dp;
-pub mod http;
 pub mod identity;
 pub mod metrics;
 pub mod state;
@@ -154,7 +153,7 @@ pub async fn run(
         "zone control plane started"
     );
     let mut api_stop = stop_rx.clone();
-    let served = http::serve_http(
+    let served = common::http::serve_http(
         listeners.api,
         api::router(ctx.clone(), identity.clone()),
         async move {

@@ -111,10 +111,7 @@ impl ZoneCtx {
 
     /// Sets where the dataplanes and backend checks of the status report come from.
     pub fn set_status_source(&self, source: Weak<dyn StatusSource>) {
-        *self
-            .status_source
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(source);
+        *self.status_source.lock().unwrap_or_else(|e| e.into_inner()) = Some(source);
     }
 
     fn status_source(&self) -> Option<std::sync::Arc<dyn StatusSource>> {

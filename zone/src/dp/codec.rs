@@ -1,21 +1,29 @@
-//! The identity service mounted with a codec that encodes each response into a buffer of its exact
-//! size. tonic's default codec gives every response stream an 8 KiB encoding buffer that lives as
-//! long as the stream (the part not yet used stays allocated after each message is split off), so
-//! with tens of thousands of connected proxies it is the largest cost per proxy. Here the buffer
-//! starts empty and each message reserves what it needs: a stream keeps at most its last message.
+//! The identity service, mounted so that a connected proxy costs the zone as little memory as
+//! possible. tonic encodes a response stream through a buffer that lives as long as the stream:
+//! 8 KiB with the default codec, and whatever the last message needed with any codec (the buffer
+//! keeps the allocation the last message was split from). With tens of thousands of proxies
+//! connected, mostly idle between rotations, that was the largest cost per proxy.
 //!
-//! [`IdentityService`] routes the one method of `DataplaneIdentity` exactly as the generated
-//! server does (same path, same defaults: no compression, 4 MiB decoding limit), with this codec.
+//! [`IdentityService`] routes the one method of `DataplaneIdentity` as the generated server does
+//! (same path; same defaults: no compression, 4 MiB decoding limit) and lets tonic decode the
+//! request, run the handler and write the response headers, or the whole answer when the handler
+//! refuses. When the handler answers with a stream, the body tonic made is replaced with
+//! [`FramedBody`], which frames each message into its own exactly sized buffer that is freed once
+//! the transport has written it, and ends with the same trailers tonic would send.
 
 use std::convert::Infallible;
-use std::task::{Context, Poll};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
 
+use futures::stream::{BoxStream, StreamExt};
+use http_body::Frame;
 use prost::Message;
 use proto::dpid::dataplane_identity_server::{DataplaneIdentity, SERVICE_NAME};
 use proto::dpid::{IdentityRequest, IdentityResponse};
 use tonic::body::Body as TonicBody;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
+use tonic::codegen::{Body, BoxFuture, Bytes, Service, StdError, http};
 use tonic::{Request, Response, Status};
 
 use super::DpServer;
@@ -27,8 +35,13 @@ pub const STREAM_PATH: &str = "/kmesh.identity.v1.DataplaneIdentity/Stream";
 const YIELD_THRESHOLD: usize = 32 * 1024;
 /// The request decoding buffer (one small message per stream; freed once it is read).
 const REQUEST_BUFFER: usize = 4 * 1024;
+/// The gRPC message prefix: compression flag and length.
+const PREFIX: usize = 5;
 
-/// Encodes responses into exactly sized buffers.
+type Responses = BoxStream<'static, Result<IdentityResponse, Status>>;
+
+/// Encodes responses into exactly sized buffers (used only where tonic encodes: never for a
+/// stream that [`FramedBody`] carries, but it must not allocate tonic's 8 KiB up front either).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ExactEncoder;
 
@@ -84,6 +97,73 @@ impl Codec for IdentityCodec {
     }
 }
 
+/// One gRPC message: the 5-byte prefix (uncompressed) and the encoded message, in one buffer
+/// of exactly that size.
+pub fn frame(msg: &IdentityResponse) -> Result<Bytes, Status> {
+    let len = msg.encoded_len();
+    let prefix_len = u32::try_from(len)
+        .map_err(|_| Status::internal("the identity response is too large to frame"))?;
+    let mut buf = Vec::with_capacity(PREFIX + len);
+    buf.push(0);
+    buf.extend_from_slice(&prefix_len.to_be_bytes());
+    msg.encode(&mut buf)
+        .map_err(|e| Status::internal(format!("cannot encode the identity response: {e}")))?;
+    Ok(Bytes::from(buf))
+}
+
+/// The response body of a proxy's stream: each message framed on its own, then the trailers
+/// (`grpc-status: 0` when the stream ends, the status when it yields an error), as tonic's
+/// server body does. It keeps nothing of a message once the transport has taken it.
+pub struct FramedBody {
+    responses: Responses,
+    ended: bool,
+}
+
+impl FramedBody {
+    pub fn new(responses: Responses) -> Self {
+        Self {
+            responses,
+            ended: false,
+        }
+    }
+
+    fn trailers(status: &Status) -> Result<Frame<Bytes>, Status> {
+        let mut trailers = http::HeaderMap::with_capacity(3);
+        status.add_header(&mut trailers)?;
+        Ok(Frame::trailers(trailers))
+    }
+}
+
+impl Body for FramedBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let next = ready!(self.responses.poll_next_unpin(cx));
+        Poll::Ready(Some(match next {
+            Some(Ok(msg)) => frame(&msg).map(Frame::data),
+            Some(Err(status)) => {
+                self.ended = true;
+                Self::trailers(&status)
+            }
+            None => {
+                self.ended = true;
+                Self::trailers(&Status::ok(""))
+            }
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+}
+
 /// `DataplaneIdentity` as a tower service, with [`IdentityCodec`].
 #[derive(Clone)]
 pub struct IdentityService {
@@ -100,16 +180,28 @@ impl tonic::server::NamedService for IdentityService {
     const NAME: &'static str = SERVICE_NAME;
 }
 
-struct StreamMethod(DpServer);
+/// Runs the handler for tonic and hands the response stream to [`IdentityService::call`]
+/// (through `taken`), giving tonic an empty one in its place.
+struct StreamMethod {
+    server: DpServer,
+    taken: Arc<Mutex<Option<Responses>>>,
+}
 
 impl tonic::server::ServerStreamingService<IdentityRequest> for StreamMethod {
     type Response = IdentityResponse;
-    type ResponseStream = <DpServer as DataplaneIdentity>::StreamStream;
+    type ResponseStream = Responses;
     type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
 
     fn call(&mut self, request: Request<IdentityRequest>) -> Self::Future {
-        let server = self.0.clone();
-        Box::pin(async move { server.stream(request).await })
+        let server = self.server.clone();
+        let taken = self.taken.clone();
+        Box::pin(async move {
+            let response = server.stream(request).await?;
+            Ok(response.map(|responses| {
+                *taken.lock().unwrap_or_else(|e| e.into_inner()) = Some(responses);
+                futures::stream::empty().boxed()
+            }))
+        })
     }
 }
 
@@ -127,15 +219,28 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if req.uri().path() == STREAM_PATH {
-            let method = StreamMethod(self.server.clone());
-            Box::pin(async move {
-                let mut grpc = tonic::server::Grpc::new(IdentityCodec);
-                Ok(grpc.server_streaming(method, req).await)
-            })
-        } else {
-            Box::pin(async move { Ok(Status::unimplemented("").into_http()) })
+        if req.uri().path() != STREAM_PATH {
+            return Box::pin(async move { Ok(Status::unimplemented("").into_http()) });
         }
+        let taken = Arc::new(Mutex::new(None));
+        let method = StreamMethod {
+            server: self.server.clone(),
+            taken: taken.clone(),
+        };
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(IdentityCodec);
+            let response = grpc.server_streaming(method, req).await;
+            let responses = taken.lock().unwrap_or_else(|e| e.into_inner()).take();
+            Ok(match responses {
+                // The handler answered with a stream: tonic's headers, our body.
+                Some(responses) => {
+                    let (parts, _empty) = response.into_parts();
+                    http::Response::from_parts(parts, TonicBody::new(FramedBody::new(responses)))
+                }
+                // A refusal (or a request that could not be read): tonic's whole answer.
+                None => response,
+            })
+        })
     }
 }
 
@@ -146,5 +251,79 @@ mod tests {
     #[test]
     fn the_path_is_the_generated_one() {
         assert_eq!(STREAM_PATH, format!("/{SERVICE_NAME}/Stream"));
+    }
+
+    fn response(generation: u64) -> IdentityResponse {
+        IdentityResponse {
+            generation,
+            cert_chain_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+            key_pem: Some("KEY".into()),
+            trust_bundle_pem: "CA".into(),
+            backend: "ca-1".into(),
+            serial: "01:02".into(),
+            not_before_unix: 1,
+            not_after_unix: 2,
+        }
+    }
+
+    async fn next_frame(body: &mut FramedBody) -> Option<Frame<Bytes>> {
+        std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx))
+            .await
+            .map(|f| f.unwrap())
+    }
+
+    #[test]
+    fn a_frame_is_the_prefix_and_the_message_in_a_buffer_of_that_size() {
+        let msg = response(7);
+        let framed = frame(&msg).unwrap();
+        let encoded = msg.encode_to_vec();
+        assert_eq!(framed.len(), PREFIX + encoded.len());
+        assert_eq!(framed[0], 0, "not compressed");
+        assert_eq!(&framed[1..5], &(encoded.len() as u32).to_be_bytes());
+        assert_eq!(&framed[5..], &encoded[..]);
+        assert_eq!(IdentityResponse::decode(&framed[5..]).unwrap(), msg);
+    }
+
+    #[tokio::test]
+    async fn the_body_carries_each_message_then_the_status_as_trailers() {
+        let stream = futures::stream::iter(vec![Ok(response(1)), Ok(response(2))]).boxed();
+        let mut body = FramedBody::new(stream);
+        for generation in [1, 2] {
+            let data = next_frame(&mut body).await.unwrap().into_data().unwrap();
+            assert_eq!(
+                IdentityResponse::decode(&data[5..]).unwrap().generation,
+                generation
+            );
+        }
+        let trailers = next_frame(&mut body)
+            .await
+            .unwrap()
+            .into_trailers()
+            .unwrap();
+        assert_eq!(trailers["grpc-status"], "0");
+        assert!(body.is_end_stream());
+        assert!(next_frame(&mut body).await.is_none());
+
+        let stream = futures::stream::iter(vec![
+            Ok(response(1)),
+            Err(Status::unavailable("the zone is shutting down")),
+        ])
+        .boxed();
+        let mut body = FramedBody::new(stream);
+        assert!(next_frame(&mut body).await.unwrap().is_data());
+        let trailers = next_frame(&mut body)
+            .await
+            .unwrap()
+            .into_trailers()
+            .unwrap();
+        assert_eq!(
+            trailers["grpc-status"],
+            (tonic::Code::Unavailable as i32).to_string().as_str()
+        );
+        assert_eq!(
+            trailers["grpc-message"],
+            "the%20zone%20is%20shutting%20down"
+        );
+        assert!(next_frame(&mut body).await.is_none());
     }
 }

@@ -8,10 +8,10 @@
 //! the server drops the stream, which drops the subscription: the proxy is disconnected. Refusals
 //! are answered UNAUTHENTICATED with a clear message and logged once per proxy and cause.
 //!
-//! The service is mounted through [`IdentityService`] rather than the generated server so that
-//! responses are encoded into buffers of their exact size (`codec`): with tonic's default codec
-//! every open stream keeps an 8 KiB encoding buffer for its whole life, which is most of what a
-//! connected proxy costs the zone.
+//! The service is mounted through `codec::IdentityService` rather than the generated server so
+//! that each response is framed in its own exactly sized buffer, freed once written: tonic's
+//! server body keeps an encoding buffer per stream for the stream's whole life (8 KiB with the
+//! default codec), which was most of what an idle connected proxy cost the zone.
 
 mod codec;
 pub mod keys;
@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 
 use common::model::{Dataplane, Inbound, Networking, SERVICE_TAG};
 use common::tokens::{DATAPLANE_SCOPE, DataplaneClaim};
+use futures::stream::{BoxStream, StreamExt};
 use proto::dpid::dataplane_identity_server::DataplaneIdentity;
 use proto::dpid::{IdentityRequest, IdentityResponse};
 use tokio::net::TcpListener;
-use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};

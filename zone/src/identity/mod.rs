@@ -5,7 +5,8 @@
 //!   identity service as mesh/name) and returns an [`IdentitySubscription`] whose `watch` channel
 //!   carries [`IdentityBundle`]s; dropping it marks the proxy disconnected. Dataplanes and the
 //!   metadata of their certificates (never keys) are persisted in record trees of the zone's store
-//!   (`records.rs`), so a restarted zone lists them (disconnected) and knows what it issued.
+//!   (`records.rs`), so a restarted zone lists them (disconnected) and knows what it issued. They
+//!   are written behind, in batches, at most a second after a change and when the engine stops.
 //! - **Issuance** goes to the mesh's enabled backend through a [`source::CertSource`]: Vault
 //!   (`<pki>/issue/<role>`; one cached client per backend, rebuilt when its conf or the Secrets and
 //!   files it reads change; renewable tokens renewed), or the builtin/provided CA signing locally.
@@ -28,7 +29,8 @@
 //! - **Vault check** (`check.rs`): per mesh and vault backend, the zone issues its own test
 //!   certificate (`common::vault::check_backend`) when the backend appears or changes and again
 //!   every `vault_recheck` while failing (while healthy, a `sys/health` ping); results and the
-//!   dataplanes go into the zone's status report to global.
+//!   dataplanes go into the zone's status report to global, built when it is sent (the engine is
+//!   the zone's `StatusSource`) and asked for at most every 200 ms, less often as the zone grows.
 //!
 //! All timing uses tokio time, so unit tests run the scheduling with paused time and fake sources.
 
@@ -50,8 +52,8 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::ZoneCtx;
-use crate::state::{StatusExtra, StatusSource};
 use crate::metrics::{BackendLabels, BackendTypeLabels, CauseLabels, ReasonLabels};
+use crate::state::{StatusExtra, StatusSource};
 use check::CheckState;
 use policy::{Admission, Breaker};
 use records::{BackendRecord, CertMeta, DpRecord, Persist};
@@ -617,6 +619,10 @@ pub struct IdentityManager {
     dirty: Notify,
     semaphore: Arc<Semaphore>,
     counters: Counters,
+    /// Dataplanes whose record changed since it was last written (see `record_changed`).
+    dirty_records: Mutex<HashSet<DpKey>>,
+    /// Wakes the record writer.
+    records_due: Notify,
     next_conn: AtomicU64,
     clock: Clock,
     me: Weak<IdentityManager>,
@@ -630,6 +636,10 @@ const STATUS_DEBOUNCE: Duration = Duration::from_millis(200);
 const STATUS_INTERVAL_MAX: Duration = Duration::from_secs(5);
 /// The wait between status reports per dataplane the zone knows (see `status_interval`).
 const STATUS_INTERVAL_PER_DATAPLANE: Duration = Duration::from_millis(1);
+/// A changed dataplane record is written at most this long after its first change.
+const RECORDS_FLUSH: Duration = Duration::from_secs(1);
+/// Records copied out of the engine's state at a time when writing them.
+const RECORDS_BATCH: usize = 64;
 /// The expiry gauge is refreshed at least this often.
 const GAUGE_REFRESH: Duration = Duration::from_secs(15);
 
@@ -694,6 +704,8 @@ impl IdentityManager {
             dirty: Notify::new(),
             semaphore: Arc::new(Semaphore::new(max)),
             counters: Counters::default(),
+            dirty_records: Mutex::new(HashSet::new()),
+            records_due: Notify::new(),
             next_conn: AtomicU64::new(1),
             clock,
             me: me.clone(),
@@ -748,7 +760,6 @@ impl IdentityManager {
                 p.again = true;
             }
             let in_backoff = p.failures > 0 && p.timer.is_some_and(|t| t > now);
-            let record = p.record();
             if newly {
                 st.trust_ref(&key.0, cert.as_ref(), true);
             }
@@ -761,9 +772,7 @@ impl IdentityManager {
             }
             let n: usize = st.connected.values().map(BTreeSet::len).sum();
             self.metrics().proxies_connected.set(n as i64);
-            if let Some(per) = &self.persist {
-                per.put_dp(&record);
-            }
+            self.record_changed(&key);
         }
         self.wake.notify_one();
         self.dirty.notify_one();
@@ -787,7 +796,6 @@ impl IdentityManager {
         }
         p.conn = None;
         let parked = p.parked_on.take();
-        let record = p.record();
         let cert = p.cert.clone();
         st.trust_ref(&key.0, cert.as_ref(), false);
         st.set_timer(key, None);
@@ -801,9 +809,7 @@ impl IdentityManager {
         }
         let n: usize = st.connected.values().map(BTreeSet::len).sum();
         self.metrics().proxies_connected.set(n as i64);
-        if let Some(per) = &self.persist {
-            per.put_dp(&record);
-        }
+        self.record_changed(key);
         // The trust bundle may shrink now that this proxy's certificate no longer counts.
         self.refresh_trust(&mut st, &key.0, None);
         drop(st);
@@ -867,6 +873,7 @@ impl IdentityManager {
     /// deadlines, retries, breaker probes, Vault checks, and refreshes the status report.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let status = tokio::spawn(self.clone().status_loop());
+        let records = tokio::spawn(self.clone().records_loop());
         let mut revisions = self.ctx.store.subscribe();
         let mut seen = self.store_marks();
         self.reconcile();
@@ -892,7 +899,64 @@ impl IdentityManager {
             self.tick();
         }
         status.abort();
+        records.abort();
+        self.flush_records();
         self.publish();
+    }
+
+    /// Notes that a dataplane's record must be written. Records are written behind, in batches
+    /// (`records_loop`): one write for a burst of changes of a proxy (its connection, then the
+    /// certificate issued for it), none of them on the paths that serve proxies. They are
+    /// bookkeeping that may lag (what a restarted zone lists, and the metadata that lets it keep
+    /// presented certificates, which it can also verify without it); everything pending is
+    /// written when the engine stops.
+    fn record_changed(&self, key: &DpKey) {
+        if self.persist.is_none() {
+            return;
+        }
+        let first = {
+            let mut dirty = self.dirty_records.lock().unwrap_or_else(|e| e.into_inner());
+            let first = dirty.is_empty();
+            dirty.insert(key.clone());
+            first
+        };
+        if first {
+            self.records_due.notify_one();
+        }
+    }
+
+    async fn records_loop(self: Arc<Self>) {
+        loop {
+            self.records_due.notified().await;
+            tokio::time::sleep(RECORDS_FLUSH).await;
+            self.flush_records();
+        }
+    }
+
+    /// Writes the records of the dataplanes that changed.
+    fn flush_records(&self) {
+        let Some(per) = &self.persist else {
+            return;
+        };
+        let keys =
+            std::mem::take(&mut *self.dirty_records.lock().unwrap_or_else(|e| e.into_inner()));
+        if keys.is_empty() {
+            return;
+        }
+        // In small batches: the lock is not held for long, and the copies stay few.
+        let keys: Vec<DpKey> = keys.into_iter().collect();
+        for batch in keys.chunks(RECORDS_BATCH) {
+            let records: Vec<DpRecord> = {
+                let st = self.lock();
+                batch
+                    .iter()
+                    .filter_map(|k| st.proxies.get(k).map(|p| p.record()))
+                    .collect()
+            };
+            for r in &records {
+                per.put_dp(r);
+            }
+        }
     }
 
     /// When Meshes and Secrets last changed.
@@ -1366,7 +1430,6 @@ impl IdentityManager {
         p.backend_failure = false;
         p.last_error = None;
         st.set_cert(key, meta);
-        let record = st.proxies[key].record();
         st.set_timer(key, Some(self.clock.instant_at(rotate_at)));
         let trust = self.refresh_trust(&mut st, &key.0, Some(key));
         let bundle = IdentityBundle {
@@ -1385,9 +1448,7 @@ impl IdentityManager {
             conn.tx.send_replace(Some(Arc::new(bundle)));
         }
         drop(st);
-        if let Some(per) = &self.persist {
-            per.put_dp(&record);
-        }
+        self.record_changed(key);
         self.dirty.notify_one();
         false
     }
@@ -1577,7 +1638,6 @@ impl IdentityManager {
         p.last_error = None;
         p.issued_count += 1;
         st.set_cert(key, meta);
-        let record = st.proxies[key].record();
         st.set_timer(key, Some(self.clock.instant_at(rotate_at)));
         let trust = self.refresh_trust(&mut st, &key.0, Some(key));
         let bundle = IdentityBundle {
@@ -1604,9 +1664,7 @@ impl IdentityManager {
             conn.tx.send_replace(Some(Arc::new(bundle)));
         }
         drop(st);
-        if let Some(per) = &self.persist {
-            per.put_dp(&record);
-        }
+        self.record_changed(key);
         self.dirty.notify_one();
         false
     }
@@ -1658,16 +1716,13 @@ impl IdentityManager {
             self.config.backoff_max,
         );
         let failures = p.failures;
-        let record = p.record();
         let connected = p.conn.is_some();
         if connected {
             st.set_timer(key, Some(now + delay));
         }
         drop(st);
         tracing::debug!(mesh = %key.0, dataplane = %key.1, failures, retry_in_ms = delay.as_millis() as u64, error = %e, "issuance failed");
-        if let Some(per) = &self.persist {
-            per.put_dp(&record);
-        }
+        self.record_changed(key);
         self.wake.notify_one();
         self.dirty.notify_one();
     }

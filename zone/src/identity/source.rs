@@ -161,9 +161,10 @@ impl Issued {
         key_pem: String,
         anchors: Vec<String>,
     ) -> Result<Self, SourceError> {
-        let (serial, not_before, not_after) = leaf_serial_and_validity(&chain_pem).map_err(|e| {
-            SourceError::other(format!("the issued certificate cannot be read: {e}"))
-        })?;
+        let (serial, not_before, not_after) =
+            leaf_serial_and_validity(&chain_pem).map_err(|e| {
+                SourceError::other(format!("the issued certificate cannot be read: {e}"))
+            })?;
         Ok(Self {
             chain_pem,
             key_pem,
@@ -180,24 +181,25 @@ impl Issued {
 /// extensions are not decoded (`x509::summarize_pem` decodes and formats everything).
 fn leaf_serial_and_validity(chain_pem: &str) -> Result<(String, i64, i64), String> {
     use x509_parser::nom::Parser;
-    let mut rest = chain_pem.as_bytes();
-    loop {
-        let (next, pem) = x509_parser::pem::parse_x509_pem(rest)
-            .map_err(|_| "no PEM certificate".to_string())?;
-        if pem.label == "CERTIFICATE" {
-            let (_, cert) = x509_parser::certificate::X509CertificateParser::new()
-                .with_deep_parse_extensions(false)
-                .parse(&pem.contents)
-                .map_err(|e| format!("not a certificate: {e}"))?;
-            let validity = cert.validity();
-            return Ok((
-                cert.raw_serial_as_string(),
-                validity.not_before.timestamp(),
-                validity.not_after.timestamp(),
-            ));
-        }
-        rest = next;
-    }
+    // The leaf comes first; only if it does not, every block is read to find it.
+    let leaf = match pem::parse(chain_pem) {
+        Ok(p) if p.tag() == "CERTIFICATE" => p,
+        _ => pem::parse_many(chain_pem)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|p| p.tag() == "CERTIFICATE")
+            .ok_or_else(|| "no PEM certificate".to_string())?,
+    };
+    let (_, cert) = x509_parser::certificate::X509CertificateParser::new()
+        .with_deep_parse_extensions(false)
+        .parse(leaf.contents())
+        .map_err(|e| format!("not a certificate: {e}"))?;
+    let validity = cert.validity();
+    Ok((
+        cert.raw_serial_as_string(),
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
 }
 
 impl std::fmt::Debug for Issued {

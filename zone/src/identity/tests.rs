@@ -481,7 +481,9 @@ async fn refusals() {
 fn issued_reads_serial_and_validity_as_the_full_summary_does() {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut p = rcgen::CertificateParams::new(vec!["leaf.example".to_string()]).unwrap();
-    p.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x00, 0x8f, 0x12, 0xab, 0x01]));
+    p.serial_number = Some(rcgen::SerialNumber::from_slice(&[
+        0x00, 0x8f, 0x12, 0xab, 0x01,
+    ]));
     p.not_before = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
     p.not_after = time::OffsetDateTime::from_unix_timestamp(1_700_086_400).unwrap();
     let leaf = p.self_signed(&key).unwrap().pem();
@@ -495,6 +497,9 @@ fn issued_reads_serial_and_validity_as_the_full_summary_does() {
     assert_eq!(issued.serial, full.serial);
     assert_eq!(issued.not_before, full.not_before);
     assert_eq!(issued.not_after, full.not_after);
-    assert_eq!((issued.not_before, issued.not_after), (1_700_000_000, 1_700_086_400));
+    assert_eq!(
+        (issued.not_before, issued.not_after),
+        (1_700_000_000, 1_700_086_400)
+    );
     assert!(Issued::new("not PEM".into(), String::new(), Vec::new()).is_err());
 }

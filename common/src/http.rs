@@ -1,6 +1,6 @@
-//! The zone's HTTP API server loop: axum on hyper with bounded header reads and request times
-//! (the same bounds as global's API; `axum::serve` runs hyper without a timer, so it keeps idle and
-//! slow connections forever).
+//! The HTTP API server loop of both control planes: axum on hyper with bounded header reads and
+//! request times (`axum::serve` runs hyper without a timer, so it keeps idle and slow connections
+//! forever). Global and zone serve their read/write APIs through it.
 
 use std::future::Future;
 use std::time::Duration;
