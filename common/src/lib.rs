@@ -13,6 +13,7 @@ pub mod openbao;
 pub mod parse;
 pub mod store;
 pub mod template;
+pub mod tls;
 pub mod tokens;
 pub mod validate;
 pub mod vault;
