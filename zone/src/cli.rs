@@ -187,7 +187,7 @@ async fn run(args: RunArgs) -> ExitCode {
     );
     config.global_ca_file = args.global_ca_file.clone();
     config.insecure_skip_verify = args.insecure_skip_verify;
-    if let Err(e) = crate::client::Target::new(&config) {
+    if let Err(e) = crate::client::target(&config) {
         eprintln!("error: {e}");
         return ExitCode::from(exit::USAGE);
     }

@@ -5,19 +5,14 @@
 //! connect and on change. When the stream fails it keeps serving from its store and reconnects
 //! with exponential backoff and jitter, logging each change of state once.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proto::kds::zone_sync_client::ZoneSyncClient;
 use proto::kds::{self, GlobalMessage, ZoneMessage, global_message, zone_message};
-use rustls::DigitallySignedStruct;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::CompressionEncoding;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::ZoneConfig;
 use crate::apply::{self, ApplyError};
@@ -34,61 +29,26 @@ const OUTBOUND_QUEUE: usize = 64;
 /// How often a status report that is owed checks whether the previous one has left the queue.
 const REPORT_RETRY: Duration = Duration::from_millis(25);
 
-/// How global's certificate is checked.
-#[derive(Debug, Clone)]
-pub enum Trust {
-    CaFile(PathBuf),
-    InsecureSkipVerify,
-}
+/// Where global is, from `--global-address`, `--global-ca-file` and `--insecure-skip-verify`.
+pub type Target = crate::dial::Target;
 
-/// Where and how to reach global, checked once at start.
-#[derive(Debug, Clone)]
-pub struct Target {
-    /// `https://HOST:PORT` (gRPC over TLS).
-    pub uri: String,
-    /// The name the certificate must carry (host name or IP).
-    pub server_name: String,
-    pub trust: Trust,
-}
+const GLOBAL: crate::dial::Flags = crate::dial::Flags {
+    address: "--global-address",
+    ca_file: "--global-ca-file",
+    peer: "global",
+    why_tls: "the sync stream runs over TLS only",
+    port_hint: "global's --kds-addr, 5685 by default",
+    ca_hint: "global writes <data-dir>/kds-ca.pem",
+};
 
-impl Target {
-    pub fn new(config: &ZoneConfig) -> Result<Self, String> {
-        let addr = config.global_address.trim();
-        let rest = addr
-            .strip_prefix("grpcs://")
-            .or_else(|| addr.strip_prefix("https://"))
-            .ok_or_else(|| {
-                format!("--global-address {addr:?} must be grpcs://HOST:PORT: the sync stream runs over TLS only")
-            })?;
-        let uri = format!("https://{}", rest.trim_end_matches('/'));
-        let parsed: tonic::transport::Uri = uri
-            .parse()
-            .map_err(|e| format!("--global-address {addr:?} is not a valid address: {e}"))?;
-        let host = parsed
-            .host()
-            .ok_or_else(|| format!("--global-address {addr:?} has no host"))?;
-        if parsed.port_u16().is_none() {
-            return Err(format!(
-                "--global-address {addr:?} needs a port (global's --kds-addr, 5685 by default)"
-            ));
-        }
-        let server_name = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let trust = match (&config.global_ca_file, config.insecure_skip_verify) {
-            (_, true) => Trust::InsecureSkipVerify,
-            (Some(ca), false) => Trust::CaFile(ca.clone()),
-            (None, false) => {
-                return Err("--global-ca-file is required to verify global's certificate (global writes <data-dir>/kds-ca.pem); --insecure-skip-verify turns verification off".into());
-            }
-        };
-        Ok(Self {
-            uri,
-            server_name,
-            trust,
-        })
-    }
+/// Checks the zone's flags for reaching global.
+pub fn target(config: &ZoneConfig) -> Result<Target, String> {
+    Target::parse(
+        &GLOBAL,
+        &config.global_address,
+        config.global_ca_file.as_ref(),
+        config.insecure_skip_verify,
+    )
 }
 
 /// Exponential backoff with jitter: delay n is uniform in [b/2, b] with b = initial * 2^n, capped.
@@ -118,64 +78,6 @@ impl Backoff {
 
     pub fn reset(&mut self) {
         self.attempt = 0;
-    }
-}
-
-/// Accepts any server certificate (`--insecure-skip-verify`), still checking handshake
-/// signatures so the TLS session itself is sound. Also used by the proxy agent.
-#[derive(Debug)]
-pub(crate) struct SkipVerify(Arc<rustls::crypto::CryptoProvider>);
-
-impl SkipVerify {
-    pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Self(
-            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
-        ))
-    }
-}
-
-impl ServerCertVerifier for SkipVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -216,33 +118,6 @@ fn describe(status: &tonic::Status) -> String {
 }
 
 use std::error::Error as _;
-
-async fn connect(target: &Target) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(target.uri.clone())
-        .map_err(|e| error_chain(&e))?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(3))
-        .keep_alive_timeout(Duration::from_secs(3))
-        .keep_alive_while_idle(true)
-        .tcp_nodelay(true);
-    let tls = ClientTlsConfig::new().domain_name(target.server_name.clone());
-    let endpoint = match &target.trust {
-        Trust::CaFile(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("cannot read --global-ca-file {}: {e}", path.display()))?;
-            endpoint.tls_config(tls.ca_certificate(Certificate::from_pem(pem)))
-        }
-        Trust::InsecureSkipVerify => endpoint.tls_config_with_verifier(tls, SkipVerify::new()),
-    }
-    .map_err(|e| format!("TLS configuration: {}", error_chain(&e)))?;
-    endpoint.connect().await.map_err(|e| {
-        format!(
-            "cannot connect to global at {}: {}",
-            target.uri,
-            error_chain(&e)
-        )
-    })
-}
 
 enum End {
     Shutdown,
@@ -358,7 +233,7 @@ async fn session(
         }
     };
     let channel = tokio::select! {
-        c = connect(target) => match c {
+        c = target.connect(Duration::from_secs(3)) => match c {
             Ok(c) => c,
             Err(e) => return failed(e),
         },
@@ -568,18 +443,18 @@ mod tests {
     #[test]
     fn target_requires_tls_and_a_trust_choice() {
         let mut c = ZoneConfig::new("z", "grpcs://127.0.0.1:5685", "t".into(), "d".into());
-        assert!(Target::new(&c).unwrap_err().contains("--global-ca-file"));
+        assert!(target(&c).unwrap_err().contains("--global-ca-file"));
         c.insecure_skip_verify = true;
-        let t = Target::new(&c).unwrap();
+        let t = target(&c).unwrap();
         assert_eq!(
             (t.uri.as_str(), t.server_name.as_str()),
             ("https://127.0.0.1:5685", "127.0.0.1")
         );
         c.global_address = "grpcs://[::1]:5685".into();
-        assert_eq!(Target::new(&c).unwrap().server_name, "::1");
+        assert_eq!(target(&c).unwrap().server_name, "::1");
         c.global_address = "http://127.0.0.1:5685".into();
-        assert!(Target::new(&c).unwrap_err().contains("grpcs://"));
+        assert!(target(&c).unwrap_err().contains("grpcs://"));
         c.global_address = "grpcs://localhost".into();
-        assert!(Target::new(&c).unwrap_err().contains("port"));
+        assert!(target(&c).unwrap_err().contains("port"));
     }
 }

@@ -12,6 +12,7 @@ pub mod api;
 pub mod apply;
 pub mod cli;
 pub mod client;
+pub mod dial;
 pub mod dp;
 pub mod identity;
 pub mod metrics;
@@ -99,7 +100,7 @@ pub async fn run(
 ) -> Result<(), ZoneError> {
     let listeners = listeners.into();
     // Checked before anything is opened, so that a bad flag fails fast.
-    let target = client::Target::new(&config).map_err(ZoneError::Config)?;
+    let target = client::target(&config).map_err(ZoneError::Config)?;
     let store = common::store::Store::open(&config.data_dir)?;
     let ctx = Arc::new(ZoneCtx::new(config.clone(), store)?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -19,9 +19,8 @@ use std::time::{Duration, Instant};
 use proto::dpid::dataplane_identity_client::DataplaneIdentityClient;
 use proto::dpid::{IdentityRequest, IdentityResponse};
 use tokio::sync::watch;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use crate::client::{Backoff, SkipVerify, error_chain};
+use crate::client::{Backoff, error_chain};
 use files::{Bundle, OutDir};
 
 /// A stream that lived this long resets the backoff.
@@ -89,64 +88,30 @@ pub enum AgentError {
     Io(String),
 }
 
-/// How the zone's certificate is checked.
-#[derive(Debug, Clone)]
-enum Trust {
-    CaFile(PathBuf),
-    InsecureSkipVerify,
-}
+const ZONE: crate::dial::Flags = crate::dial::Flags {
+    address: "--zone-address",
+    ca_file: "--zone-ca-file",
+    peer: "the zone",
+    why_tls: "private keys travel on this stream, so it runs over TLS only",
+    port_hint: "the zone's --dp-addr",
+    ca_hint: "the zone writes <data-dir>/dp-ca.pem",
+};
 
 /// Where the zone is, checked once at start.
-#[derive(Debug, Clone)]
-struct Target {
-    uri: String,
-    server_name: String,
-    trust: Trust,
-}
+type Target = crate::dial::Target;
 
-impl Target {
-    fn new(config: &AgentConfig) -> Result<Self, String> {
-        let addr = config.zone_address.trim();
-        let rest = addr
-            .strip_prefix("grpcs://")
-            .or_else(|| addr.strip_prefix("https://"))
-            .ok_or_else(|| {
-                format!("--zone-address {addr:?} must be grpcs://HOST:PORT: private keys travel on this stream, so it runs over TLS only")
-            })?;
-        let uri = format!("https://{}", rest.trim_end_matches('/'));
-        let parsed: tonic::transport::Uri = uri
-            .parse()
-            .map_err(|e| format!("--zone-address {addr:?} is not a valid address: {e}"))?;
-        let host = parsed
-            .host()
-            .ok_or_else(|| format!("--zone-address {addr:?} has no host"))?;
-        if parsed.port_u16().is_none() {
-            return Err(format!(
-                "--zone-address {addr:?} needs a port (the zone's --dp-addr)"
-            ));
-        }
-        let server_name = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let trust = match (&config.zone_ca_file, config.insecure_skip_verify) {
-            (_, true) => Trust::InsecureSkipVerify,
-            (Some(ca), false) => Trust::CaFile(ca.clone()),
-            (None, false) => {
-                return Err("--zone-ca-file is required to verify the zone's certificate (the zone writes <data-dir>/dp-ca.pem); --insecure-skip-verify turns verification off".into());
-            }
-        };
-        Ok(Self {
-            uri,
-            server_name,
-            trust,
-        })
-    }
+fn target(config: &AgentConfig) -> Result<Target, String> {
+    Target::parse(
+        &ZONE,
+        &config.zone_address,
+        config.zone_ca_file.as_ref(),
+        config.insecure_skip_verify,
+    )
 }
 
 /// Checks the configuration without starting anything.
 pub fn check(config: &AgentConfig) -> Result<(), AgentError> {
-    Target::new(config).map_err(AgentError::Config)?;
+    target(config).map_err(AgentError::Config)?;
     let mut errs = common::ValidationErrors::new();
     common::validate::validate_mesh_name("--mesh", &config.mesh, &mut errs);
     common::validate::validate_object_name("--name", &config.name, &mut errs);
@@ -174,7 +139,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
     check(&config)?;
-    let target = Target::new(&config).map_err(AgentError::Config)?;
+    let target = target(&config).map_err(AgentError::Config)?;
     let out = OutDir::open(&config.out_dir).map_err(|e| {
         AgentError::Io(format!(
             "cannot create --out-dir {}: {e}",
@@ -276,33 +241,6 @@ async fn connection_loop(
     }
 }
 
-async fn connect(target: &Target) -> Result<Channel, String> {
-    let endpoint = Endpoint::from_shared(target.uri.clone())
-        .map_err(|e| error_chain(&e))?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true)
-        .tcp_nodelay(true);
-    let tls = ClientTlsConfig::new().domain_name(target.server_name.clone());
-    let endpoint = match &target.trust {
-        Trust::CaFile(path) => {
-            let pem = std::fs::read(path)
-                .map_err(|e| format!("cannot read --zone-ca-file {}: {e}", path.display()))?;
-            endpoint.tls_config(tls.ca_certificate(Certificate::from_pem(pem)))
-        }
-        Trust::InsecureSkipVerify => endpoint.tls_config_with_verifier(tls, SkipVerify::new()),
-    }
-    .map_err(|e| format!("TLS configuration: {}", error_chain(&e)))?;
-    endpoint.connect().await.map_err(|e| {
-        format!(
-            "cannot connect to the zone at {}: {}",
-            target.uri,
-            error_chain(&e)
-        )
-    })
-}
-
 fn describe(status: &tonic::Status) -> String {
     use std::error::Error as _;
     match status.code() {
@@ -369,7 +307,7 @@ async fn session(
         }
     };
     let channel = tokio::select! {
-        c = connect(target) => match c {
+        c = target.connect(Duration::from_secs(5)) => match c {
             Ok(c) => c,
             Err(e) => return failed(e),
         },
@@ -605,7 +543,7 @@ mod tests {
         );
         c.zone_ca_file = Some("ca.pem".into());
         check(&c).unwrap();
-        let t = Target::new(&c).unwrap();
+        let t = target(&c).unwrap();
         assert_eq!(
             (t.uri.as_str(), t.server_name.as_str()),
             ("https://127.0.0.1:5683", "127.0.0.1")
@@ -615,7 +553,7 @@ mod tests {
         c.zone_address = "grpcs://localhost".into();
         assert!(check(&c).unwrap_err().to_string().contains("port"));
         c.zone_address = "grpcs://[::1]:5683".into();
-        assert_eq!(Target::new(&c).unwrap().server_name, "::1");
+        assert_eq!(target(&c).unwrap().server_name, "::1");
         c.name = "Bad Name".into();
         assert!(check(&c).unwrap_err().to_string().contains("--name"));
     }
