@@ -24,7 +24,6 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
@@ -589,56 +588,6 @@ impl ServerCertVerifier for FixedServerName {
     }
 }
 
-/// `skipVerify: true`: any server certificate is accepted (the handshake signatures are still
-/// checked, so the connection is encrypted to whoever holds the presented key).
-#[derive(Debug)]
-struct SkipVerify(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for SkipVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 fn conf_err(field: &str, reason: impl Into<String>) -> VaultError {
     VaultError::Conf {
         field: field.to_string(),
@@ -679,7 +628,7 @@ fn rustls_config(tls: TlsSettings) -> Result<rustls::ClientConfig, VaultError> {
         .with_safe_default_protocol_versions()
         .map_err(|e| conf_err("fromCp.tls", e.to_string()))?;
     let verifier: Arc<dyn ServerCertVerifier> = if tls.skip_verify {
-        Arc::new(SkipVerify(provider.clone()))
+        crate::tls::SkipVerify::new()
     } else if let Some(ca) = tls.ca {
         let mut roots = rustls::RootCertStore::empty();
         for cert in ca {

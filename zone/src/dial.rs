@@ -4,12 +4,8 @@
 //! HTTP/2 keepalive so a dead peer is noticed within seconds.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::DigitallySignedStruct;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::client::error_chain;
@@ -118,7 +114,9 @@ impl Target {
                     .map_err(|e| format!("cannot read {} {}: {e}", self.ca_flag, path.display()))?;
                 endpoint.tls_config(tls.ca_certificate(Certificate::from_pem(pem)))
             }
-            Trust::InsecureSkipVerify => endpoint.tls_config_with_verifier(tls, SkipVerify::new()),
+            Trust::InsecureSkipVerify => {
+                endpoint.tls_config_with_verifier(tls, common::tls::SkipVerify::new())
+            }
         }
         .map_err(|e| format!("TLS configuration: {}", error_chain(&e)))?;
         endpoint.connect().await.map_err(|e| {
@@ -129,63 +127,5 @@ impl Target {
                 error_chain(&e)
             )
         })
-    }
-}
-
-/// Accepts any server certificate (`--insecure-skip-verify`), still checking handshake
-/// signatures so the TLS session itself is sound.
-#[derive(Debug)]
-pub struct SkipVerify(Arc<rustls::crypto::CryptoProvider>);
-
-impl SkipVerify {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self(
-            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
-        ))
-    }
-}
-
-impl ServerCertVerifier for SkipVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
