@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use base64::Engine;
 
 use crate::model::{DataSource, Secret};
+use crate::validate::MAX_DATA_BYTES;
 
 /// Finds the decoded data of a Secret of a mesh.
 pub trait SecretLookup: Send + Sync {
@@ -68,9 +69,9 @@ impl DataSource {
             });
         }
         if let Some(path) = &self.file {
-            return std::fs::read(path).map_err(|e| DataSourceError::File {
+            return read_file(path).map_err(|reason| DataSourceError::File {
                 path: path.clone(),
-                reason: e.to_string(),
+                reason,
             });
         }
         if let Some(b64) = &self.inline {
@@ -80,6 +81,39 @@ impl DataSource {
         }
         Ok(self.inline_string.clone().unwrap_or_default().into_bytes())
     }
+}
+
+/// Reads a `file:` data source: a regular file of at most [`MAX_DATA_BYTES`]. A device, FIFO or
+/// directory is refused before it is read (`/dev/zero` would never end, a FIFO would block the
+/// reader until someone writes to it), and so is a file that grows past the limit while read.
+fn read_file(path: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let regular = |m: &std::fs::Metadata| {
+        if m.is_file() {
+            Ok(())
+        } else {
+            Err("not a regular file".to_string())
+        }
+    };
+    regular(&std::fs::metadata(path).map_err(|e| e.to_string())?)?;
+    // O_NONBLOCK: should the path be swapped for a FIFO after the check, opening it does not wait
+    // for a writer (the read below then fails or returns nothing instead of hanging).
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    regular(&file.metadata().map_err(|e| e.to_string())?)?;
+    let mut data = Vec::new();
+    file.take(MAX_DATA_BYTES as u64 + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| e.to_string())?;
+    if data.len() > MAX_DATA_BYTES {
+        return Err(format!("larger than {} bytes", MAX_DATA_BYTES));
+    }
+    Ok(data)
 }
 
 #[cfg(test)]
@@ -138,6 +172,41 @@ mod tests {
         assert_eq!(
             DataSource::default().resolve("m", &secrets),
             Err(DataSourceError::NotExactlyOne(0))
+        );
+    }
+
+    #[test]
+    fn file_sources_are_regular_files_within_the_limit() {
+        let secrets = SecretMap::default();
+        let refused = |path: &str, needle: &str| match DataSource::file(path).resolve("m", &secrets)
+        {
+            Err(DataSourceError::File { reason, .. }) => {
+                assert!(reason.contains(needle), "{path}: {reason}")
+            }
+            other => panic!("{path}: {other:?}"),
+        };
+        // Devices and directories are refused before reading (/dev/zero never ends).
+        refused("/dev/zero", "not a regular file");
+        refused("/dev/urandom", "not a regular file");
+        refused("/", "not a regular file");
+        // A FIFO with no writer would block the reader forever.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        refused(fifo.to_str().unwrap(), "not a regular file");
+        // At most MAX_DATA_BYTES.
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'a'; MAX_DATA_BYTES + 1]).unwrap();
+        refused(big.to_str().unwrap(), "larger than");
+        let max = dir.path().join("max");
+        std::fs::write(&max, vec![b'a'; MAX_DATA_BYTES]).unwrap();
+        assert_eq!(
+            DataSource::file(max.to_str().unwrap())
+                .resolve("m", &secrets)
+                .unwrap()
+                .len(),
+            MAX_DATA_BYTES
         );
     }
 
