@@ -1158,13 +1158,24 @@ impl VaultIssuer {
             .text()
             .await
             .map_err(|e| classify_transport(self, &e))?;
+        self.read_health_answer(status, retry_after, &text)
+    }
+
+    /// Reads Vault's answer to `sys/health` (status, `Retry-After` seconds, body). Pure.
+    pub fn read_health_answer(
+        &self,
+        status: u16,
+        retry_after: Option<u64>,
+        text: &str,
+    ) -> Result<String, VaultError> {
+        let path = "sys/health";
         let unavailable = |message: &str| VaultError::Unavailable {
             address: self.address.clone(),
             message: format!("{path}: {message}"),
         };
         // sys/health answers with its JSON for every state; anything else (an `errors` body, no
         // body) came from something failing in front of Vault or from Vault failing.
-        let health: Option<serde_json::Value> = serde_json::from_str::<serde_json::Value>(&text)
+        let health: Option<serde_json::Value> = serde_json::from_str::<serde_json::Value>(text)
             .ok()
             .filter(|v| v.get("sealed").is_some());
         let sealed = health
@@ -1183,7 +1194,7 @@ impl VaultIssuer {
                 message: "Vault is sealed".to_string(),
             }),
             _ => {
-                let errors = serde_json::from_str::<ErrorBody>(&text)
+                let errors = serde_json::from_str::<ErrorBody>(text)
                     .map(|b| b.errors)
                     .unwrap_or_default();
                 let ctx = Ctx {
@@ -1191,7 +1202,7 @@ impl VaultIssuer {
                     path,
                     req: None,
                 };
-                Err(classify_answer(&ctx, status, &errors, &text, retry_after))
+                Err(classify_answer(&ctx, status, &errors, text, retry_after))
             }
         }
     }
@@ -1243,11 +1254,6 @@ impl VaultIssuer {
     // Raw request: vaultrs' GenerateCertificateResponse drops `warnings`.
     async fn issue_once(&self, req: &IssueRequest) -> Result<IssuedCert, VaultError> {
         let path = self.issue_path();
-        let ctx = Ctx {
-            issuer: self,
-            path: &path,
-            req: Some(req),
-        };
         let mut body = serde_json::json!({
             "uri_sans": req.uri_sans,
             "ttl": format!("{}s", req.ttl.as_secs().max(1)),
@@ -1267,11 +1273,30 @@ impl VaultIssuer {
             .text()
             .await
             .map_err(|e| classify_transport(self, &e))?;
+        self.read_issue_answer(req, status, retry_after, &text)
+    }
+
+    /// Reads Vault's answer to `<pki>/issue/<role>` (status, `Retry-After` seconds, body): the
+    /// issued certificate, or the error it stands for. Pure (no I/O), so that hostile answers
+    /// can be fuzzed.
+    pub fn read_issue_answer(
+        &self,
+        req: &IssueRequest,
+        status: u16,
+        retry_after: Option<u64>,
+        text: &str,
+    ) -> Result<IssuedCert, VaultError> {
+        let path = self.issue_path();
+        let ctx = Ctx {
+            issuer: self,
+            path: &path,
+            req: Some(req),
+        };
         if !(200..300).contains(&status) {
-            let errors = serde_json::from_str::<ErrorBody>(&text)
+            let errors = serde_json::from_str::<ErrorBody>(text)
                 .map(|b| b.errors)
                 .unwrap_or_default();
-            return Err(classify_answer(&ctx, status, &errors, &text, retry_after));
+            return Err(classify_answer(&ctx, status, &errors, text, retry_after));
         }
         let bad = |reason: String| VaultError::BadResponse {
             address: self.address.clone(),
@@ -1279,7 +1304,7 @@ impl VaultIssuer {
             reason,
         };
         let answer: IssueAnswer =
-            serde_json::from_str(&text).map_err(|e| bad(format!("not the expected JSON: {e}")))?;
+            serde_json::from_str(text).map_err(|e| bad(format!("not the expected JSON: {e}")))?;
         let data = answer
             .data
             .ok_or_else(|| bad("no data in the answer".to_string()))?;
@@ -1427,7 +1452,7 @@ pub struct VaultCheckReport {
 }
 
 impl VaultCheckReport {
-    fn new(mesh: &str, backend: &str) -> Self {
+    pub fn new(mesh: &str, backend: &str) -> Self {
         Self {
             mesh: mesh.to_string(),
             backend: backend.to_string(),
@@ -1667,6 +1692,23 @@ pub async fn check_backend_with(
             return report;
         }
     };
+    inspect_test_certificate(&mut report, &issuer, &req, &cert, started);
+    report
+}
+
+/// The checks of a test certificate Vault issued for `req` (asked at unix `started`): parses,
+/// key matches, lifetime as asked, extended key usages, URI SANs, common name, chain to a
+/// self-signed root Vault returned, Key Usage present. Pure (no I/O), so that hostile answers
+/// can be fuzzed.
+pub fn inspect_test_certificate(
+    report: &mut VaultCheckReport,
+    issuer: &VaultIssuer,
+    req: &IssueRequest,
+    cert: &IssuedCert,
+    started: i64,
+) {
+    let ttl = req.ttl;
+    let common_name = &req.common_name;
     report.serial = Some(cert.serial.clone());
     report
         .warnings
@@ -1679,7 +1721,7 @@ pub async fn check_backend_with(
                 format!("Vault returned a certificate that cannot be parsed: {e}"),
                 None,
             );
-            return report;
+            return;
         }
     };
     if !x509::private_key_matches_cert(&cert.certificate_pem, &cert.private_key_pem) {
@@ -1688,7 +1730,7 @@ pub async fn check_backend_with(
             "Vault returned a private key that does not belong to the certificate",
             None,
         );
-        return report;
+        return;
     }
     report.pass(
         "issue",
@@ -1833,8 +1875,6 @@ pub async fn check_backend_with(
             report.warnings.push(w);
         }
     }
-
-    report
 }
 
 /// Rounds an issued lifetime (measured from when the request started) to the nearest minute so

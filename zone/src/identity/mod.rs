@@ -37,7 +37,7 @@
 mod check;
 mod policy;
 mod records;
-mod source;
+pub mod source;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
