@@ -18,13 +18,42 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// than that gets a 408 and the connection is closed.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The time bounds of `serve_http_with`. `Default` is what both APIs use: `HEADER_READ_TIMEOUT` and
+/// `REQUEST_TIMEOUT`; tests shorten them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// See `HEADER_READ_TIMEOUT`: the headers of each request, idle keep-alive time included.
+    pub header_read: Duration,
+    /// See `REQUEST_TIMEOUT`: a whole request once its headers are in (408 and close after it).
+    pub request: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            header_read: HEADER_READ_TIMEOUT,
+            request: REQUEST_TIMEOUT,
+        }
+    }
+}
+
 /// Serves an HTTP/1.1 API (axum router) with bounded header reads and request times, which
 /// `axum::serve` does not offer (it runs hyper without a timer, so idle and slow connections are
 /// kept forever). Each request sees its peer address as `ConnectInfo<SocketAddr>`. Stops accepting
-/// when `shutdown` completes and waits for the requests in flight.
+/// when `shutdown` completes and waits for the requests in flight. Uses `HttpLimits::default()`.
 pub async fn serve_http(
     listener: TcpListener,
     app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_http_with(listener, app, HttpLimits::default(), shutdown).await
+}
+
+/// `serve_http` with explicit time bounds.
+pub async fn serve_http_with(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::extract::ConnectInfo;
@@ -34,7 +63,7 @@ pub async fn serve_http(
 
     let app = app.layer(tower_http::timeout::TimeoutLayer::with_status_code(
         axum::http::StatusCode::REQUEST_TIMEOUT,
-        REQUEST_TIMEOUT,
+        limits.request,
     ));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -61,7 +90,7 @@ pub async fn serve_http(
         let service = hyper_util::service::TowerToHyperService::new(service);
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(limits.header_read)
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
