@@ -49,6 +49,10 @@ enum Bench {
     Sync(scenarios::bench::sync::SyncBench),
     /// Time to certify proxies through a zone vs raw OpenBao, zone restart, zone memory.
     Issue(scenarios::bench::issue::IssueBench),
+    /// API applies per second and latencies with concurrent clients; nothing acknowledged lost.
+    Api(scenarios::bench::api::ApiBench),
+    /// A zone holding many proxy streams: CPU, memory, time to push a CA rotation to all.
+    Rotation(scenarios::bench::rotation::RotationBench),
 }
 
 /// Completes on Ctrl-C or SIGTERM.
@@ -121,6 +125,10 @@ fn main() -> ExitCode {
                 Command::Bench(Bench::Sync(p)) => scenarios::bench::sync::run(p).await.map(|()| 0),
                 Command::Bench(Bench::Issue(p)) => {
                     scenarios::bench::issue::run(p).await.map(|()| 0)
+                }
+                Command::Bench(Bench::Api(p)) => scenarios::bench::api::run(p).await.map(|()| 0),
+                Command::Bench(Bench::Rotation(p)) => {
+                    scenarios::bench::rotation::run(p).await.map(|()| 0)
                 }
                 Command::InstallOpenbao => Ok(0),
             }

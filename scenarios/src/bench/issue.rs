@@ -300,13 +300,13 @@ impl VaultRun {
     }
 }
 
-struct MemoryRun {
-    global: GlobalProc,
-    zone: ZoneProc,
+pub(crate) struct MemoryRun {
+    pub(crate) global: GlobalProc,
+    pub(crate) zone: ZoneProc,
 }
 
 impl MemoryRun {
-    fn cpu(&self) -> Cpu {
+    pub(crate) fn cpu(&self) -> Cpu {
         Cpu {
             vault: 0.0,
             zone: self.zone.proc.pid().map_or(0.0, cpu_secs),
@@ -315,7 +315,7 @@ impl MemoryRun {
         }
     }
 
-    async fn start(dir: &std::path::Path, concurrency: usize) -> Result<Self> {
+    pub(crate) async fn start(dir: &std::path::Path, concurrency: usize) -> Result<Self> {
         let global = GlobalProc::start(&dir.join("global")).await?;
         global.apply(&builtin_mesh_yaml(MESH, "24h")).await?;
         let token = global.zone_token_file("zone-1", dir).await?;
@@ -335,7 +335,7 @@ impl MemoryRun {
     }
 }
 
-async fn start_zone(
+pub(crate) async fn start_zone(
     global: &GlobalProc,
     token: &std::path::Path,
     dir: &std::path::Path,
@@ -366,7 +366,11 @@ async fn start_zone(
 }
 
 /// `n` dataplane tokens `<prefix>-<i>`.
-async fn dataplane_tokens(global: &GlobalProc, prefix: &str, n: usize) -> Result<Vec<String>> {
+pub(crate) async fn dataplane_tokens(
+    global: &GlobalProc,
+    prefix: &str,
+    n: usize,
+) -> Result<Vec<String>> {
     let tokens = futures::stream::iter(0..n)
         .map(|i| {
             let api = global.api.clone();
@@ -390,7 +394,7 @@ async fn dataplane_tokens(global: &GlobalProc, prefix: &str, n: usize) -> Result
     tokens.into_iter().collect()
 }
 
-async fn zone_channel(zone: &ZoneProc) -> Result<Channel> {
+pub(crate) async fn zone_channel(zone: &ZoneProc) -> Result<Channel> {
     let ca = std::fs::read(zone.dir.join("dp-ca.pem")).context("reading the zone's dp-ca.pem")?;
     let endpoint = Endpoint::from_shared(format!("https://127.0.0.1:{}", zone.dp_port))?
         .tls_config(
@@ -405,7 +409,7 @@ async fn zone_channel(zone: &ZoneProc) -> Result<Channel> {
 /// Opens one identity stream per token (proxy `<prefix>-<i>`, service `svc-<i % 50>`), all at
 /// once, and waits for each first bundle. Returns the time from the first open to the last bundle,
 /// the chains, and the open streams (dropping them disconnects the proxies).
-async fn open_streams(
+pub(crate) async fn open_streams(
     zone: &ZoneProc,
     prefix: &str,
     tokens: &[String],
@@ -474,7 +478,7 @@ async fn open_streams(
 }
 
 /// Raw OpenBao: `n` certificates from `<pki>/issue/<role>` with `c` in flight.
-async fn raw_issue(vault: &Vault, n: usize, c: usize) -> Result<Duration> {
+pub(crate) async fn raw_issue(vault: &Vault, n: usize, c: usize) -> Result<Duration> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(c * 2)
         .build()?;
@@ -533,15 +537,15 @@ pub fn metric_sum(text: &str, name: &str) -> u64 {
 
 /// CPU seconds (user + system) of the processes of a run.
 #[derive(Debug, Clone, Copy, Default)]
-struct Cpu {
-    vault: f64,
-    zone: f64,
-    global: f64,
-    bench: f64,
+pub(crate) struct Cpu {
+    pub(crate) vault: f64,
+    pub(crate) zone: f64,
+    pub(crate) global: f64,
+    pub(crate) bench: f64,
 }
 
 impl Cpu {
-    fn since(&self, before: &Cpu) -> Cpu {
+    pub(crate) fn since(&self, before: &Cpu) -> Cpu {
         Cpu {
             vault: self.vault - before.vault,
             zone: self.zone - before.zone,
@@ -552,7 +556,7 @@ impl Cpu {
 }
 
 /// utime + stime of a process, in seconds (all its threads; 0 when it is gone).
-fn cpu_secs(pid: u32) -> f64 {
+pub(crate) fn cpu_secs(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
@@ -576,7 +580,7 @@ fn clock_ticks_per_sec() -> f64 {
 }
 
 /// The OpenBao dev server listening on `port` (found by its command line).
-fn bao_pid(port: u16) -> Option<u32> {
+pub(crate) fn bao_pid(port: u16) -> Option<u32> {
     let needle = format!("-dev-listen-address=127.0.0.1:{port}");
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
@@ -598,11 +602,11 @@ fn proc_status_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn rss_kb(pid: u32) -> u64 {
+pub(crate) fn rss_kb(pid: u32) -> u64 {
     proc_status_kb(pid, "VmRSS:")
 }
 
-fn hwm_kb(pid: u32) -> u64 {
+pub(crate) fn hwm_kb(pid: u32) -> u64 {
     proc_status_kb(pid, "VmHWM:")
 }
 

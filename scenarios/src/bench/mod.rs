@@ -1,5 +1,7 @@
 //! Benchmarks (`scenarios bench ...`): figures printed as tables, recorded in BENCHMARKS.md with
 //! the command that produced them.
 
+pub mod api;
 pub mod issue;
+pub mod rotation;
 pub mod sync;
