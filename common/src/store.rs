@@ -273,6 +273,22 @@ impl Store {
         (index.revision, map)
     }
 
+    /// The version (content hash) of one resource as stored now; `None` when absent.
+    pub fn version_of(&self, key: &ResourceKey) -> Option<String> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        index
+            .kinds
+            .get(&key.kind)
+            .and_then(|m| m.get(&(key.mesh.clone(), key.name.clone())))
+            .cloned()
+    }
+
+    /// How many resources of a kind are stored (from the version index: no record is read).
+    pub fn count(&self, kind: Kind) -> usize {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        index.kinds.get(&kind).map_or(0, |m| m.len())
+    }
+
     /// Like `versions`, with the revision at which the kind last changed, so that a reader can
     /// skip kinds that did not change since it last looked.
     pub fn snapshot(&self, kind: Kind) -> VersionSnapshot {

@@ -14,6 +14,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use common::datasource::SecretLookup;
 use common::model::{Kind, Mesh, Resource};
 use common::store::{Op, Outcome, ResourceKey, Store, StoredResource};
 use common::{FieldError, ValidationErrors};
@@ -335,19 +336,72 @@ fn write_response(
 }
 
 /// Admits and (unless dry run) stores one batch. Returns the admission and the per-op outcomes.
+///
+/// Admission is optimistic: it runs without the admission lock (the Vault test certificate and
+/// builtin CA generation take from milliseconds to a second, and must not hold up every other
+/// write) against a view of the store that notes the version of every resource it read. Under the
+/// lock, the batch is stored only if none of them changed since; otherwise admission runs again,
+/// under the lock, against what is stored then. So a write is never admitted against state that
+/// another write replaced in the meantime.
 async fn admit_and_store(
     state: &ApiState,
     batch: Vec<Resource>,
     dry_run: bool,
 ) -> ApiResult<(Admitted, Vec<Outcome>)> {
-    let _guard = state.admit_lock.lock().await;
     let kinds: Vec<&'static str> = batch.iter().map(|r| r.kind().as_str()).collect();
+    let count = |ok: bool| {
+        for k in &kinds {
+            state
+                .metrics
+                .count_admission(k, if ok { "admitted" } else { "refused" });
+        }
+    };
+    let refused = |r: Refused| {
+        tracing::info!(resource = %r.resource, errors = %r.errors, "refused");
+        count(false);
+        ApiError::refused(r)
+    };
+    let view = ReadSet::new(&state.store);
+    let admitted = admit_observed(state, batch.clone(), &view, dry_run)
+        .await
+        .map_err(refused)?;
+    if dry_run {
+        count(true);
+        let n = admitted.ops.len();
+        return Ok((admitted, vec![Outcome::Unchanged; n]));
+    }
+    let _guard = state.admit_lock.lock().await;
+    let admitted = if view.unchanged() {
+        admitted
+    } else {
+        state.metrics.admission_retries.inc();
+        tracing::debug!("what the admission read changed meanwhile: admitting again");
+        admit_observed(state, batch, &state.store, false)
+            .await
+            .map_err(refused)?
+    };
+    count(true);
+    let outcomes = state.store.write(admitted.ops.clone()).await?;
+    state
+        .metrics
+        .meshes
+        .set(state.store.count(Kind::Mesh) as i64);
+    Ok((admitted, outcomes))
+}
+
+/// One admission, with its metrics.
+async fn admit_observed(
+    state: &ApiState,
+    batch: Vec<Resource>,
+    existing: &dyn Existing,
+    dry_run: bool,
+) -> Result<Admitted, accept::Refused> {
     let started = Instant::now();
-    let result = accept::admit(batch, &state.store, dry_run).await;
+    let result = accept::admit(batch, existing, dry_run).await;
     let elapsed = started.elapsed().as_secs_f64();
-    let (checks, ok) = match &result {
-        Ok(a) => (&a.checks, true),
-        Err(r) => (&r.checks, false),
+    let checks = match &result {
+        Ok(a) => &a.checks,
+        Err(r) => &r.checks,
     };
     if !checks.is_empty() {
         state.metrics.vault_check_seconds.observe(elapsed);
@@ -355,25 +409,55 @@ async fn admit_and_store(
     for c in checks {
         state.metrics.count_check(&c.type_, c.ok);
     }
-    for k in &kinds {
-        state
-            .metrics
-            .count_admission(k, if ok { "admitted" } else { "refused" });
+    result
+}
+
+/// The store as one admission sees it, noting the version of every resource read (absent ones
+/// too), so that [`ReadSet::unchanged`] can tell whether the admission still holds. The version is
+/// noted before the resource is read: a write in between shows as a change.
+struct ReadSet<'a> {
+    store: &'a Store,
+    seen: std::sync::Mutex<Vec<(ResourceKey, Option<String>)>>,
+}
+
+impl<'a> ReadSet<'a> {
+    fn new(store: &'a Store) -> Self {
+        Self {
+            store,
+            seen: std::sync::Mutex::new(Vec::new()),
+        }
     }
-    let admitted = result.map_err(|r| {
-        tracing::info!(resource = %r.resource, errors = %r.errors, "refused");
-        ApiError::refused(r)
-    })?;
-    if dry_run {
-        let n = admitted.ops.len();
-        return Ok((admitted, vec![Outcome::Unchanged; n]));
+
+    fn note(&self, key: ResourceKey) {
+        let version = self.store.version_of(&key);
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((key, version));
     }
-    let outcomes = state.store.write(admitted.ops.clone()).await?;
-    state
-        .metrics
-        .meshes
-        .set(state.store.list(Kind::Mesh, None)?.len() as i64);
-    Ok((admitted, outcomes))
+
+    /// Whether every resource read still has the version it had when read.
+    fn unchanged(&self) -> bool {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .all(|(key, version)| self.store.version_of(key) == *version)
+    }
+}
+
+impl SecretLookup for ReadSet<'_> {
+    fn secret_data(&self, mesh: &str, name: &str) -> Option<Vec<u8>> {
+        self.note(ResourceKey::new(Kind::Secret, mesh, name));
+        self.store.secret_data(mesh, name)
+    }
+}
+
+impl Existing for ReadSet<'_> {
+    fn mesh(&self, name: &str) -> Option<Mesh> {
+        self.note(ResourceKey::mesh(name));
+        self.store.get_mesh(name).ok().flatten()
+    }
 }
 
 /// A client-supplied string as quoted in an error: at most 128 characters, so that an error never
@@ -598,4 +682,68 @@ async fn apply_batch(
         })),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_read_set_notices_every_change_to_what_it_read() {
+        let store = Store::temporary().unwrap();
+        let mesh = |name: &str| {
+            Resource::Mesh(Mesh {
+                type_: "Mesh".into(),
+                name: name.into(),
+                labels: Default::default(),
+                mtls: None,
+            })
+        };
+        let secret = |data: &[u8]| Resource::Secret(common::model::Secret::new("m", "s", data));
+        store
+            .write(vec![Op::Put(mesh("m")), Op::Put(secret(b"one"))])
+            .await
+            .unwrap();
+
+        // Nothing written since the reads: the admission holds.
+        let view = ReadSet::new(&store);
+        assert!(view.mesh("m").is_some());
+        assert_eq!(view.secret_data("m", "s").as_deref(), Some(&b"one"[..]));
+        assert!(view.secret_data("m", "absent").is_none());
+        store.write(vec![Op::Put(mesh("other"))]).await.unwrap();
+        assert!(view.unchanged(), "a write of something not read");
+
+        // The Mesh a Secret's admission found is deleted meanwhile (the Secret would be orphaned).
+        let view = ReadSet::new(&store);
+        assert!(view.mesh("m").is_some());
+        store
+            .write(vec![Op::Delete(ResourceKey::mesh("m"))])
+            .await
+            .unwrap();
+        assert!(!view.unchanged());
+        store.write(vec![Op::Put(mesh("m"))]).await.unwrap();
+
+        // A Secret read by a vault backend's check changes meanwhile.
+        let view = ReadSet::new(&store);
+        assert!(view.secret_data("m", "s").is_some());
+        store.write(vec![Op::Put(secret(b"two"))]).await.unwrap();
+        assert!(!view.unchanged());
+
+        // Something found absent appears meanwhile (a builtin CA another request generated).
+        let view = ReadSet::new(&store);
+        assert!(view.secret_data("m", "new").is_none());
+        store
+            .write(vec![Op::Put(Resource::Secret(common::model::Secret::new(
+                "m", "new", b"x",
+            )))])
+            .await
+            .unwrap();
+        assert!(!view.unchanged());
+
+        // Written again with the same content: same version, the admission still holds.
+        let view = ReadSet::new(&store);
+        assert!(view.secret_data("m", "s").is_some());
+        store.write(vec![Op::Put(secret(b"two"))]).await.unwrap();
+        assert!(view.unchanged());
+    }
 }

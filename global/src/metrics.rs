@@ -34,6 +34,8 @@ pub struct Metrics {
     pub backend_checks: Family<CheckLabels, Counter>,
     pub vault_check_seconds: Histogram,
     pub meshes: Gauge,
+    /// Admissions run again because what they read changed while they ran.
+    pub admission_retries: Counter,
     /// The sync server's metrics (`global_kds_*`).
     pub kds: crate::kds::KdsMetrics,
 }
@@ -75,6 +77,12 @@ impl Metrics {
         );
         let meshes = Gauge::default();
         registry.register("meshes", "Meshes stored", meshes.clone());
+        let admission_retries = Counter::default();
+        registry.register(
+            "admission_retries",
+            "Admissions run again, under the lock, because a resource they read changed meanwhile",
+            admission_retries.clone(),
+        );
         let kds = crate::kds::KdsMetrics::register(&mut registry);
         Self {
             registry,
@@ -83,6 +91,7 @@ impl Metrics {
             backend_checks,
             vault_check_seconds,
             meshes,
+            admission_retries,
             kds,
         }
     }
