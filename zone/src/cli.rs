@@ -125,6 +125,10 @@ pub struct RunArgs {
     /// Bound on each request to Vault (issuance, CA reads, the zone's checks), e.g. 10s.
     #[arg(long, default_value = "10s")]
     pub vault_timeout: String,
+    /// How long a mesh's old CA stays trusted after the last proxy holding a certificate of it
+    /// got a new one (a CA switch): time for every proxy to load its new bundle. 0s: at once.
+    #[arg(long, default_value = "60s")]
+    pub trust_grace: String,
 }
 
 pub mod exit {
@@ -200,6 +204,13 @@ async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
         config.issuance.max_concurrent = n;
+    }
+    match common::duration::parse_duration(&args.trust_grace) {
+        Ok(d) => config.issuance.trust_grace = d,
+        Err(e) => {
+            eprintln!("error: --trust-grace: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
     }
     match common::duration::parse_duration(&args.vault_timeout) {
         Ok(d) if !d.is_zero() => {

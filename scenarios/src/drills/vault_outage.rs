@@ -18,6 +18,9 @@ use crate::cluster::{Cluster, ClusterOptions, MESH, describe_vault, vault_ok};
 use crate::harness::{ProxySpec, wait_until};
 use crate::report::{Report, Steps};
 
+/// The zones' `--trust-grace` in this drill.
+const TRUST_GRACE: Duration = Duration::from_secs(5);
+
 /// Options of the vault-outage drill.
 #[derive(Debug, Clone, clap::Args)]
 pub struct VaultOutageOptions {
@@ -73,6 +76,12 @@ async fn body(opts: &VaultOutageOptions, work: &WorkDir, steps: &mut Steps) -> R
         ec_role: opts.common.ec,
         expiration: opts.expiration.clone(),
         token_id: Some(token_id()),
+        // The old root stays trusted this long after the last proxy got a certificate of the
+        // new one (the zone's default is 60 s); the drill checks that it then leaves.
+        zone_args: vec![
+            "--trust-grace".into(),
+            format!("{}s", TRUST_GRACE.as_secs()),
+        ],
         ..Default::default()
     };
     let mut c = steps.must(
@@ -294,8 +303,8 @@ async fn body(opts: &VaultOutageOptions, work: &WorkDir, steps: &mut Steps) -> R
                     let (root, old) = (new_root.clone(), old_root.clone());
                     c.proxy_mut(name)?
                         .wait_identity(
-                            Duration::from_secs(60),
-                            "ca.pem with only the new root",
+                            Duration::from_secs(60) + TRUST_GRACE,
+                            "ca.pem with only the new root (after the zone's trust grace)",
                             |id| id.trusts(&root) && !id.trusts(&old),
                         )
                         .await?;

@@ -80,6 +80,11 @@ pub struct IssuanceConfig {
     pub rotation_fraction: f64,
     /// How often a failing Vault check is repeated (and a healthy Vault pinged).
     pub vault_recheck: Duration,
+    /// How long a CA stays in its mesh's trust bundle after the last connected proxy holding a
+    /// certificate of it got a new one (or left): the time for every proxy to receive its new
+    /// bundle and load it, so that no proxy still presenting the old certificate meets a peer
+    /// that no longer trusts it.
+    pub trust_grace: Duration,
 }
 
 impl Default for IssuanceConfig {
@@ -92,6 +97,7 @@ impl Default for IssuanceConfig {
             breaker_cooldown: Duration::from_secs(30),
             rotation_fraction: 0.8,
             vault_recheck: Duration::from_secs(60),
+            trust_grace: Duration::from_secs(60),
         }
     }
 }
@@ -447,6 +453,10 @@ struct State {
     connected: HashMap<String, BTreeSet<String>>,
     /// mesh -> anchor set id -> how many connected proxies hold a certificate chaining to it.
     trust_refs: HashMap<String, BTreeMap<String, usize>>,
+    /// mesh -> anchor set id -> until when it stays trusted though no connected proxy's
+    /// certificate chains to it any more (see `IssuanceConfig::trust_grace`).
+    retiring: HashMap<String, BTreeMap<String, Instant>>,
+    trust_grace: Duration,
     /// Anchor PEMs as a source returned them -> their set id (saves parsing them per issuance).
     anchor_ids: HashMap<Vec<String>, String>,
 }
@@ -473,10 +483,19 @@ impl State {
         let refs = self.trust_refs.entry(mesh.to_string()).or_default();
         if add {
             *refs.entry(c.anchors_id.clone()).or_default() += 1;
+            if let Some(r) = self.retiring.get_mut(mesh) {
+                r.remove(&c.anchors_id);
+            }
         } else if let Some(n) = refs.get_mut(&c.anchors_id) {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 refs.remove(&c.anchors_id);
+                if !self.trust_grace.is_zero() {
+                    self.retiring
+                        .entry(mesh.to_string())
+                        .or_default()
+                        .insert(c.anchors_id.clone(), Instant::now() + self.trust_grace);
+                }
             }
         }
     }
@@ -528,6 +547,14 @@ impl State {
         if let Some(refs) = self.trust_refs.get(mesh) {
             for (id, n) in refs {
                 if *n > 0 && !ids.contains(id) {
+                    ids.push(id.clone());
+                }
+            }
+        }
+        if let Some(r) = self.retiring.get(mesh) {
+            let now = Instant::now();
+            for (id, until) in r {
+                if *until > now && !ids.contains(id) {
                     ids.push(id.clone());
                 }
             }
@@ -674,7 +701,10 @@ impl IdentityManager {
                 None
             }
         };
-        let mut state = State::default();
+        let mut state = State {
+            trust_grace: config.trust_grace,
+            ..State::default()
+        };
         if let Some(p) = &persist {
             let loaded = p.load();
             for (id, pems) in loaded.anchors {
@@ -984,6 +1014,9 @@ impl IdentityManager {
                 consider(c.next);
             }
         }
+        for r in st.retiring.values() {
+            consider(r.values().min().copied());
+        }
         next
     }
 
@@ -1000,6 +1033,20 @@ impl IdentityManager {
                 p.timer = None;
             }
             self.dispatch(&mut st, &key);
+        }
+        // CAs whose grace ended leave their mesh's trust bundle.
+        let ended: Vec<String> = st
+            .retiring
+            .iter_mut()
+            .filter_map(|(mesh, r)| {
+                let before = r.len();
+                r.retain(|_, until| *until > now);
+                (r.len() < before).then(|| mesh.clone())
+            })
+            .collect();
+        st.retiring.retain(|_, r| !r.is_empty());
+        for mesh in ended {
+            self.refresh_trust(&mut st, &mesh, None);
         }
         // Breakers whose cooldown ended: wake one parked proxy to probe.
         let due: Vec<BackendId> = st

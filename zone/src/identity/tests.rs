@@ -339,8 +339,10 @@ async fn concurrency_limit_shapes_a_burst() {
 
 #[tokio::test(start_paused = true)]
 async fn backend_switch_trusts_both_until_every_proxy_is_reissued() {
+    let grace = Duration::from_secs(20);
     let config = IssuanceConfig {
         max_concurrent: 1,
+        trust_grace: grace,
         ..Default::default()
     };
     // A long lifetime: while the store writes (real I/O), paused time runs through timers.
@@ -368,11 +370,19 @@ async fn backend_switch_trusts_both_until_every_proxy_is_reissued() {
         .unwrap();
     // Follow every bundle of every proxy until all hold ca-b certificates with a ca-b-only trust.
     let mut seen: Vec<Vec<Arc<IdentityBundle>>> = vec![Vec::new(); 3];
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last_b_cert: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(30) + grace;
     loop {
         for (i, s) in subs.iter_mut().enumerate() {
             if s.updates.has_changed().unwrap() {
-                seen[i].push(s.updates.borrow_and_update().clone().unwrap());
+                let b = s.updates.borrow_and_update().clone().unwrap();
+                let new_cert = seen[i]
+                    .last()
+                    .is_none_or(|prev| prev.cert_chain_pem != b.cert_chain_pem);
+                if b.backend == "ca-b" && new_cert {
+                    last_b_cert = Some(Instant::now());
+                }
+                seen[i].push(b);
             }
         }
         let ca_b = h.fake.cas.lock().unwrap().get("ca-b").cloned();
@@ -389,11 +399,24 @@ async fn backend_switch_trusts_both_until_every_proxy_is_reissued() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let ca_b = h.fake.cas.lock().unwrap()["ca-b"].clone();
+    // The old CA left the bundles only after the grace that followed the last new certificate.
+    let narrowed = Instant::now();
+    let last = last_b_cert.expect("ca-b certificates were handed out");
+    assert!(
+        narrowed >= last + grace,
+        "trust narrowed {:?} after the last new certificate (grace {grace:?})",
+        narrowed - last
+    );
     for bundles in &seen {
-        // Every certificate of ca-b was handed out with a trust bundle holding both CAs, except
-        // once every proxy had one.
+        // Every certificate of ca-b was handed out with a trust bundle holding both CAs, the
+        // last one included: proxies still presenting ca-a certificates are trusted meanwhile.
         let first_b = bundles.iter().find(|b| b.backend == "ca-b").unwrap();
         assert!(first_b.key_pem.is_some());
+        assert!(
+            first_b.trust_bundle_pem.contains(ca_a.trim())
+                && first_b.trust_bundle_pem.contains(ca_b.trim()),
+            "a ca-b certificate came with a bundle that no longer trusts ca-a"
+        );
         // Before any ca-b certificate, the proxy was told to trust ca-b too.
         let trusted_b_before = bundles.iter().take_while(|b| b.backend == "ca-a").any(|b| {
             b.trust_bundle_pem.contains(ca_b.trim()) && b.trust_bundle_pem.contains(ca_a.trim())
