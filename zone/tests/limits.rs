@@ -22,25 +22,9 @@ use cluster::*;
 use proto::dpid::IdentityRequest;
 use proto::dpid::dataplane_identity_client::DataplaneIdentityClient;
 use tonic::codec::CompressionEncoding;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 
 const MIB: usize = 1024 * 1024;
-
-async fn channel(zone: &Zone) -> Channel {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let ca = std::fs::read(zone.dp_ca_file()).unwrap();
-    Endpoint::from_shared(zone.dp_address().replace("grpcs://", "https://"))
-        .unwrap()
-        .tls_config(
-            ClientTlsConfig::new()
-                .domain_name("127.0.0.1")
-                .ca_certificate(Certificate::from_pem(ca)),
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
 
 fn request(name: &str) -> IdentityRequest {
     IdentityRequest {
@@ -104,7 +88,7 @@ async fn oversized_identity_requests_are_refused_and_the_zone_keeps_serving() {
             .trim()
             .to_string()
     };
-    let ch = channel(&zone).await;
+    let ch = zone.dp_channel().await;
 
     // A proxy is served before anything else, on the channel the big requests will use.
     let first = send(ch.clone(), &token("web-1"), request("web-1"), false).await;
@@ -149,7 +133,7 @@ async fn oversized_identity_requests_are_refused_and_the_zone_keeps_serving() {
     let health = get_json(&zone.url("/healthz"), None).await;
     assert_eq!(health.map(|(s, _)| s), Some(200), "{}", logs(&zone.dir));
     let r = send(
-        channel(&zone).await,
+        zone.dp_channel().await,
         &token("web-2"),
         request("web-2"),
         false,
@@ -214,7 +198,7 @@ async fn one_connection_holds_a_bounded_number_of_identity_streams() {
             .unwrap();
         tokens.push(v["token"].as_str().unwrap().to_string());
     }
-    let ch = channel(&zone).await;
+    let ch = zone.dp_channel().await;
     let open = |i: usize, ch: Channel| {
         let mut request = tonic::Request::new(request(&format!("p-{i}")));
         request.metadata_mut().insert(
@@ -243,7 +227,7 @@ async fn one_connection_holds_a_bounded_number_of_identity_streams() {
         MAX + 1
     );
     // A proxy on its own connection is not held up by that.
-    let other = send(channel(&zone).await, &tokens[0], request("p-0"), false).await;
+    let other = send(zone.dp_channel().await, &tokens[0], request("p-0"), false).await;
     other.unwrap_or_else(|s| panic!("a new connection: {s:?}"));
     // One stream closes: the waiting one is served.
     held.pop();

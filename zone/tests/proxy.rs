@@ -28,7 +28,6 @@ use cluster::*;
 use common::tokens::{Claims, DATAPLANE_SCOPE, DataplaneClaim, TokenSigner};
 use proto::dpid::IdentityRequest;
 use proto::dpid::dataplane_identity_client::DataplaneIdentityClient;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 fn now() -> i64 {
     SystemTime::now()
@@ -296,19 +295,7 @@ async fn open_stream(
     mesh: &str,
     name: &str,
 ) -> Result<proto::dpid::IdentityResponse, tonic::Status> {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let ca = std::fs::read(zone.dp_ca_file()).unwrap();
-    let channel = Endpoint::from_shared(zone.dp_address().replace("grpcs://", "https://"))
-        .unwrap()
-        .tls_config(
-            ClientTlsConfig::new()
-                .domain_name("127.0.0.1")
-                .ca_certificate(Certificate::from_pem(ca)),
-        )
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = zone.dp_channel().await;
     let mut request = tonic::Request::new(IdentityRequest {
         mesh: mesh.into(),
         name: name.into(),

@@ -400,6 +400,24 @@ impl Zone {
         self.dir.join("dp-ca.pem")
     }
 
+    /// A TLS gRPC channel to the zone's identity service, trusting its `dp-ca.pem`.
+    pub async fn dp_channel(&self) -> tonic::transport::Channel {
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let ca = std::fs::read(self.dp_ca_file()).unwrap();
+        Endpoint::from_shared(self.dp_address().replace("grpcs://", "https://"))
+            .unwrap()
+            .tls_config(
+                ClientTlsConfig::new()
+                    .domain_name("127.0.0.1")
+                    .ca_certificate(Certificate::from_pem(ca)),
+            )
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> Value {
         let (status, body) = get_json(&self.url(path), None).await.unwrap();
         assert_eq!(status, 200, "zone GET {path}: {body}");
