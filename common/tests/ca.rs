@@ -901,6 +901,32 @@ fn provided_intermediate_with_chain_issues_leaves_that_chain_to_the_root() {
             .any(|r| r.contains("is not the issuer of certificate 1")),
         "{err:?}"
     );
+
+    // The intermediate without its root: proxies would have no root to verify peers with
+    // (openssl refuses the intermediate alone as a trust anchor), so it is refused.
+    write(d, "inter-only.pem", &inter);
+    assert!(
+        !openssl_raw(
+            d,
+            &[
+                "verify",
+                "-CAfile",
+                "inter-only.pem",
+                "-untrusted",
+                "cert.pem",
+                "cert.pem"
+            ]
+        )
+        .status
+        .success(),
+        "openssl accepted an intermediate alone as trust anchor"
+    );
+    let err = validate_provided(inter.as_bytes(), inter_key.as_bytes()).unwrap_err();
+    assert!(
+        err.iter()
+            .any(|r| r.contains("does not end with a self-signed root")),
+        "{err:?}"
+    );
 }
 
 #[test]

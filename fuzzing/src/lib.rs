@@ -234,8 +234,14 @@ pub fn provided_ca(data: &[u8]) {
             lifetime: Duration::from_secs(3600),
         })
         .expect("a validated provided CA signs");
-    common::x509::verify_chain_pem(&leaf.cert_pem, &[], &[leaf.ca_pem.as_str()])
-        .expect("a leaf of a validated provided CA verifies to it");
+    // The trust bundle's self-signed root(s) are the anchors; the rest of it are intermediates.
+    let ders = common::x509::pem_to_ders(&leaf.ca_pem).expect("the trust bundle parses");
+    let (roots, inters): (Vec<Vec<u8>>, Vec<Vec<u8>>) = ders
+        .into_iter()
+        .partition(|d| common::x509::der_is_self_signed(d));
+    let leaf_der = common::x509::pem_to_ders(&leaf.cert_pem).expect("the leaf parses");
+    common::x509::verify_chain(&leaf_der[0], &inters, &roots)
+        .expect("a leaf of a validated provided CA verifies to its root");
 }
 
 /// Certificates as PEM text (a bundle) or, with first byte 1, one DER certificate: summaries,

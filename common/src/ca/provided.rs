@@ -232,10 +232,6 @@ fn ca_rules(ca: &x509_parser::certificate::X509Certificate<'_>, now: i64) -> Vec
         out.push(format!(
             "the CA's RSA key has {bits} bits: at least {MIN_RSA_BITS} are required"
         ));
-    } else if ca.subject().as_raw() == ca.issuer().as_raw()
-        && let Err(e) = signature_ok(ca, None)
-    {
-        out.push(format!("the CA certificate is self-issued but its {e}"));
     }
     out
 }
@@ -264,13 +260,38 @@ fn validity_rule(
 }
 
 /// The rest of the bundle must be the CA's chain, in order: each certificate issued (and signed) by
-/// the next, each a CA, each currently valid.
+/// the next, each a CA, each currently valid, the last one a self-signed root. Proxies are given
+/// the bundle as their trust anchors, and TLS stacks (OpenSSL, BoringSSL, rustls/webpki) verify up
+/// to a root: an intermediate alone would leave every proxy unable to verify its peers.
 fn chain_rules(ders: &[Vec<u8>], now: i64) -> Vec<String> {
     let mut out = Vec::new();
     let certs: Vec<_> = match ders.iter().map(|d| parse_cert(d)).collect() {
         Ok(c) => c,
         Err(e) => return vec![e],
     };
+    if let Some(last) = certs.last() {
+        let n = certs.len();
+        let what = if n == 1 {
+            "the CA certificate".to_string()
+        } else {
+            format!("certificate {n} of the bundle")
+        };
+        if last.subject().as_raw() != last.issuer().as_raw() {
+            out.push(format!(
+                "the bundle does not end with a self-signed root: {what} ({}) is issued by {}; proxies trust the mesh's root, so give the CA certificate followed by its chain up to and including the root",
+                last.subject(),
+                last.issuer()
+            ));
+        } else if let Some(Err(e)) = rsa_bits(last.public_key())
+            .is_none_or(|bits| bits >= MIN_RSA_BITS)
+            // A weak RSA key is refused on its own (and cannot be verified with).
+            .then(|| signature_ok(last, None))
+        {
+            out.push(format!(
+                "{what} is self-issued but its {e}: it is not a valid root"
+            ));
+        }
+    }
     for (i, pair) in certs.windows(2).enumerate() {
         let (child, parent) = (&pair[0], &pair[1]);
         let (n, m) = (i + 1, i + 2);
