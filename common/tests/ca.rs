@@ -1228,3 +1228,34 @@ fn rsa_keygen_timing_report() {
         );
     }
 }
+
+/// Found by the provided_ca fuzzer: a self-issued CA certificate whose outer signature algorithm
+/// was changed to an unknown one (openssl still takes it as a trust anchor, without checking its
+/// self-signature) was accepted, and the zone then did not recognise it as a root. Its
+/// self-signature must verify.
+#[test]
+fn a_root_whose_self_signature_cannot_be_verified_is_refused() {
+    let pair = ca::generate_builtin_ca("default", &BuiltinConf::default()).unwrap();
+    let der = pem::parse(&pair.cert_pem).unwrap().into_contents();
+    // The outer signatureAlgorithm is the last OID of the certificate: sha256WithRSAEncryption.
+    let oid = [
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b,
+    ];
+    let at = der
+        .windows(oid.len())
+        .rposition(|w| w == oid)
+        .expect("the signature algorithm OID");
+    for (last_byte, what) in [(0x0c, "another known algorithm"), (0x7f, "an unknown one")] {
+        let mut bad = der.clone();
+        bad[at + oid.len() - 1] = last_byte;
+        let pem_text = pem::encode(&pem::Pem::new("CERTIFICATE", bad));
+        let err = validate_provided(pem_text.as_bytes(), pair.key_pem().as_bytes()).unwrap_err();
+        assert!(
+            err.iter()
+                .any(|r| r.contains("self-issued but its signature")),
+            "{what}: {err:?}"
+        );
+    }
+    // Untouched, it is accepted.
+    validate_provided(pair.cert_pem.as_bytes(), pair.key_pem().as_bytes()).unwrap();
+}

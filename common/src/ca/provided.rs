@@ -282,14 +282,22 @@ fn chain_rules(ders: &[Vec<u8>], now: i64) -> Vec<String> {
                 last.subject(),
                 last.issuer()
             ));
-        } else if let Some(Err(e)) = rsa_bits(last.public_key())
-            .is_none_or(|bits| bits >= MIN_RSA_BITS)
-            // A weak RSA key is refused on its own (and cannot be verified with).
-            .then(|| signature_ok(last, None))
-        {
-            out.push(format!(
-                "{what} is self-issued but its {e}: it is not a valid root"
-            ));
+        } else if rsa_bits(last.public_key()).is_none_or(|bits| bits >= MIN_RSA_BITS) {
+            // (A weak RSA key is refused on its own, and cannot be verified with.) The root's
+            // self-signature must really verify: the zone recognises roots that way, so a root
+            // whose signature cannot be checked would be no trust anchor to it.
+            match last.verify_signature(None) {
+                Ok(()) => {}
+                Err(x509_parser::error::X509Error::SignatureUnsupportedAlgorithm) => {
+                    out.push(format!(
+                        "{what} is self-issued but its signature cannot be verified: its signature algorithm ({}) is unknown or differs from the one its body names; use RSA (SHA-256/384/512), ECDSA (P-256/P-384) or Ed25519",
+                        last.signature_algorithm.algorithm
+                    ))
+                }
+                Err(e) => out.push(format!(
+                    "{what} is self-issued but its signature does not verify ({e}): it is not a valid root"
+                )),
+            }
         }
     }
     for (i, pair) in certs.windows(2).enumerate() {
