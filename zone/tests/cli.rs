@@ -44,6 +44,16 @@ fn flag_errors_are_usage_errors() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("grpcs://"));
+    // A duration that does not parse names its flag.
+    let out = base(&[
+        "--global-address",
+        "grpcs://127.0.0.1:5685",
+        "--insecure-skip-verify",
+        "--trust-grace",
+        "soon",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--trust-grace"));
     // Missing required flag (clap).
     let out = zone().args(["run", "--name", "z1"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
