@@ -12,6 +12,7 @@ pub mod model;
 pub mod openbao;
 pub mod parse;
 pub mod store;
+pub mod table;
 pub mod template;
 pub mod tls;
 pub mod tokens;

@@ -720,31 +720,7 @@ fn print_table(what: GetKind, items: &[Value]) {
             }
         }
     }
-    print!("{}", render_table(&rows));
-}
-
-/// Left-aligned columns separated by two spaces.
-pub fn render_table(rows: &[Vec<String>]) -> String {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .map(|r| r.get(c).map(|x| x.chars().count()).unwrap_or(0))
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, cell)| format!("{cell:<w$}", w = widths[i]))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    print!("{}", common::table::render(&rows));
 }
 
 async fn delete(what: DeleteKind, name: &str, mesh: &str, api: &ApiArgs) -> Result<(), Failure> {
