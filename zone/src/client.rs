@@ -16,6 +16,7 @@ use tonic::codec::CompressionEncoding;
 
 use crate::ZoneConfig;
 use crate::apply::{self, ApplyError};
+use crate::dial::{Redial, stopped};
 use crate::metrics::ZoneMetrics;
 use crate::state::{Nack, SYNCED_TYPES, ZoneCtx, now_ms};
 
@@ -23,8 +24,6 @@ use crate::state::{Nack, SYNCED_TYPES, ZoneCtx, now_ms};
 pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
 /// Metadata in which the zone names itself (global checks it against the token).
 pub const ZONE_NAME_HEADER: &str = "x-zone-name";
-/// A stream that lived this long resets the backoff.
-const STABLE_AFTER: Duration = Duration::from_secs(10);
 const OUTBOUND_QUEUE: usize = 64;
 /// How often a status report that is owed checks whether the previous one has left the queue.
 const REPORT_RETRY: Duration = Duration::from_millis(25);
@@ -52,35 +51,6 @@ pub fn target(config: &ZoneConfig) -> Result<Target, String> {
 }
 
 /// Exponential backoff with jitter: delay n is uniform in [b/2, b] with b = initial * 2^n, capped.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max,
-            attempt: 0,
-        }
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let factor = 1u32 << self.attempt.min(16);
-        let base = self.initial.saturating_mul(factor).min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        let half = base / 2;
-        half + half.mul_f64(rand::random::<f64>())
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -136,8 +106,7 @@ fn failed(error: impl Into<String>) -> End {
 
 /// Keeps the zone in sync with global until `stop` turns true.
 pub async fn run(ctx: Arc<ZoneCtx>, target: Target, mut stop: watch::Receiver<bool>) {
-    let mut backoff = Backoff::new(ctx.config.reconnect_initial, ctx.config.reconnect_max);
-    let mut last_logged: Option<String> = None;
+    let mut redial = Redial::new(ctx.config.reconnect_initial, ctx.config.reconnect_max);
     let mut attempts = 0u64;
     loop {
         if *stop.borrow() {
@@ -147,7 +116,7 @@ pub async fn run(ctx: Arc<ZoneCtx>, target: Target, mut stop: watch::Receiver<bo
             ctx.metrics.reconnects.inc();
         }
         attempts += 1;
-        match session(&ctx, &target, &mut stop, &mut last_logged).await {
+        match session(&ctx, &target, &mut stop, &mut redial).await {
             End::Shutdown => break,
             End::Failed {
                 error,
@@ -161,38 +130,17 @@ pub async fn run(ctx: Arc<ZoneCtx>, target: Target, mut stop: watch::Receiver<bo
                 }
                 ctx.metrics.connected.set(0);
                 match connected_for {
-                    Some(lasted) => {
-                        tracing::warn!(error = %error, "lost the connection to global; serving from the local store and reconnecting");
-                        if lasted >= STABLE_AFTER {
-                            backoff.reset();
-                        }
-                        last_logged = Some(error);
-                    }
-                    None if last_logged.as_deref() != Some(error.as_str()) => {
-                        tracing::warn!(error = %error, "cannot sync with global; serving from the local store and retrying with backoff");
-                        last_logged = Some(error);
-                    }
-                    None => tracing::debug!(error = %error, "retry failed the same way"),
+                    Some(lasted) => redial.lost(error, lasted, false, "lost the connection to global; serving from the local store and reconnecting"),
+                    None => redial.failed(error, "cannot sync with global; serving from the local store and retrying with backoff"),
                 }
             }
         }
-        let delay = backoff.next_delay();
-        tracing::debug!(
-            delay_ms = delay.as_millis() as u64,
-            "next connection attempt"
-        );
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stopped(&mut stop) => break,
+        if !redial.pause(&mut stop).await {
+            break;
         }
     }
     ctx.connection().connected = false;
     ctx.metrics.connected.set(0);
-}
-
-/// Completes when `stop` turns true (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|v| *v).await;
 }
 
 fn subscribe(ctx: &ZoneCtx, kind: common::model::Kind) -> ZoneMessage {
@@ -215,7 +163,7 @@ async fn session(
     ctx: &Arc<ZoneCtx>,
     target: &Target,
     stop: &mut watch::Receiver<bool>,
-    last_logged: &mut Option<String>,
+    redial: &mut Redial,
 ) -> End {
     let token = match std::fs::read_to_string(&ctx.config.token_file) {
         Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
@@ -276,7 +224,7 @@ async fn session(
     }
     ctx.metrics.connected.set(1);
     tracing::info!(global = %target.uri, "connected to global");
-    *last_logged = None;
+    redial.connected();
     if tx.send(report(ctx)).await.is_err() {
         return End::Failed {
             error: "the stream to global closed".into(),
@@ -427,18 +375,6 @@ async fn handle_response(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_starts_within_a_second_and_is_capped() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-        let first = b.next_delay();
-        assert!(first >= Duration::from_millis(500) && first <= Duration::from_secs(1));
-        let delays: Vec<Duration> = (0..20).map(|_| b.next_delay()).collect();
-        assert!(delays.iter().all(|d| *d <= Duration::from_secs(30)));
-        assert!(delays.last().unwrap() >= &Duration::from_secs(15));
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_secs(1));
-    }
 
     #[test]
     fn target_requires_tls_and_a_trust_choice() {

@@ -1,11 +1,14 @@
 //! Dialing a gRPC peer over TLS from a zone: global's sync server (`zone run --global-address`)
 //! and a zone's identity service (`zone proxy --zone-address`). Both take a `grpcs://HOST:PORT`
 //! address checked once at start, trust a CA file or (explicitly) nothing, and connect with
-//! HTTP/2 keepalive so a dead peer is noticed within seconds.
+//! HTTP/2 keepalive so a dead peer is noticed within seconds. [`Redial`] is the retry side of both
+//! connections: exponential backoff with jitter, reset after a connection that lasted, and logs
+//! that say each new failure once.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::client::error_chain;
@@ -127,5 +130,118 @@ impl Target {
                 error_chain(&e)
             )
         })
+    }
+}
+
+/// A connection up at least this long resets the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// Exponential backoff with full jitter in the upper half: delay `n` is in
+/// `[d/2, d]` with `d = min(initial * 2^n, max)`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max,
+            attempt: 0,
+        }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let factor = 1u32 << self.attempt.min(16);
+        let base = self.initial.saturating_mul(factor).min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let half = base / 2;
+        half + half.mul_f64(rand::random::<f64>())
+    }
+
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// The retry side of a long-lived connection to a peer (global for `zone run`, the zone for
+/// `zone proxy`): backoff between attempts, reset once a connection lasted [`STABLE_AFTER`] (or did
+/// useful work), and a warning for each new failure, not for each retry failing the same way.
+#[derive(Debug)]
+pub struct Redial {
+    backoff: Backoff,
+    last_logged: Option<String>,
+}
+
+impl Redial {
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            backoff: Backoff::new(initial, max),
+            last_logged: None,
+        }
+    }
+
+    /// The connection is up: its next failure is news again.
+    pub fn connected(&mut self) {
+        self.last_logged = None;
+    }
+
+    /// A connection that was up for `lasted` ended with `error`; `useful`: it delivered something,
+    /// so the next attempt starts from the first delay whatever its length. `what` is the warning.
+    pub fn lost(&mut self, error: String, lasted: Duration, useful: bool, what: &str) {
+        tracing::warn!(error = %error, "{what}");
+        if lasted >= STABLE_AFTER || useful {
+            self.backoff.reset();
+        }
+        self.last_logged = Some(error);
+    }
+
+    /// An attempt failed before the connection was up; `what` is the warning, given only when the
+    /// error differs from the last one logged.
+    pub fn failed(&mut self, error: String, what: &str) {
+        if self.last_logged.as_deref() == Some(error.as_str()) {
+            tracing::debug!(error = %error, "retry failed the same way");
+        } else {
+            tracing::warn!(error = %error, "{what}");
+            self.last_logged = Some(error);
+        }
+    }
+
+    /// Waits the next delay; `false` when `stop` turned true meanwhile.
+    pub async fn pause(&mut self, stop: &mut watch::Receiver<bool>) -> bool {
+        let delay = self.backoff.next_delay();
+        tracing::debug!(
+            delay_ms = delay.as_millis() as u64,
+            "next connection attempt"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => true,
+            _ = stopped(stop) => false,
+        }
+    }
+}
+
+/// Completes when `stop` turns true (or its sender is gone).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|v| *v).await;
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn backoff_starts_within_a_second_and_is_capped() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        let first = b.next_delay();
+        assert!(first >= Duration::from_millis(500) && first <= Duration::from_secs(1));
+        let delays: Vec<Duration> = (0..20).map(|_| b.next_delay()).collect();
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(30)));
+        assert!(delays.last().unwrap() >= &Duration::from_secs(15));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_secs(1));
     }
 }

@@ -20,11 +20,10 @@ use proto::dpid::dataplane_identity_client::DataplaneIdentityClient;
 use proto::dpid::{IdentityRequest, IdentityResponse};
 use tokio::sync::watch;
 
-use crate::client::{Backoff, error_chain};
+use crate::client::error_chain;
+use crate::dial::{Redial, stopped};
 use files::{Bundle, OutDir};
 
-/// A stream that lived this long resets the backoff.
-const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// Largest `--exec` output kept in the log, per stream.
 const EXEC_OUTPUT_LOGGED: usize = 4096;
 
@@ -191,10 +190,6 @@ fn failed(error: impl Into<String>) -> End {
     }
 }
 
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|v| *v).await;
-}
-
 async fn connection_loop(
     config: &AgentConfig,
     target: &Target,
@@ -202,41 +197,24 @@ async fn connection_loop(
     bundles: &watch::Sender<Option<Bundle>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Backoff::new(config.reconnect_initial, config.reconnect_max);
-    let mut last_logged: Option<String> = None;
+    let mut redial = Redial::new(config.reconnect_initial, config.reconnect_max);
     loop {
         if *stop.borrow() {
             return;
         }
-        match session(config, target, out, bundles, &mut stop, &mut last_logged).await {
+        match session(config, target, out, bundles, &mut stop, &mut redial).await {
             End::Shutdown => return,
             End::Failed {
                 error,
                 lasted,
                 delivered,
             } => match lasted {
-                Some(lasted) => {
-                    tracing::warn!(error = %error, "lost the stream to the zone; keeping the files and reconnecting");
-                    if lasted >= STABLE_AFTER || delivered {
-                        backoff.reset();
-                    }
-                    last_logged = Some(error);
-                }
-                None if last_logged.as_deref() != Some(error.as_str()) => {
-                    tracing::warn!(error = %error, "cannot get an identity from the zone; keeping the files and retrying with backoff");
-                    last_logged = Some(error);
-                }
-                None => tracing::debug!(error = %error, "retry failed the same way"),
+                Some(lasted) => redial.lost(error, lasted, delivered, "lost the stream to the zone; keeping the files and reconnecting"),
+                None => redial.failed(error, "cannot get an identity from the zone; keeping the files and retrying with backoff"),
             },
         }
-        let delay = backoff.next_delay();
-        tracing::debug!(
-            delay_ms = delay.as_millis() as u64,
-            "next connection attempt"
-        );
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stopped(&mut stop) => return,
+        if !redial.pause(&mut stop).await {
+            return;
         }
     }
 }
@@ -289,7 +267,7 @@ async fn session(
     out: &OutDir,
     bundles: &watch::Sender<Option<Bundle>>,
     stop: &mut watch::Receiver<bool>,
-    last_logged: &mut Option<String>,
+    redial: &mut Redial,
 ) -> End {
     let token = match std::fs::read_to_string(&config.token_file) {
         Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
@@ -343,7 +321,7 @@ async fn session(
         presented = presented.as_ref().map(|h| h.serial.as_str()).unwrap_or(""),
         "connected to the zone: dataplane registered"
     );
-    *last_logged = None;
+    redial.connected();
     let mut last_key: Option<String> = None;
     let mut delivered = false;
     loop {
