@@ -408,6 +408,14 @@ fn classify_answer(
     }
 }
 
+/// [`classify_answer`] for an answer's raw body (Vault's `{"errors": [...]}` when it has one).
+fn classify_body(ctx: &Ctx<'_>, status: u16, body: &str, retry_after: Option<u64>) -> VaultError {
+    let errors = serde_json::from_str::<ErrorBody>(body)
+        .map(|b| b.errors)
+        .unwrap_or_default();
+    classify_answer(ctx, status, &errors, body, retry_after)
+}
+
 fn is_login(path: &str) -> bool {
     path.starts_with("auth/") && path.ends_with("/login")
 }
@@ -506,11 +514,7 @@ fn classify_vaultrs(ctx: &Ctx<'_>, err: vaultrs::error::ClientError) -> VaultErr
         E::APIError { code, errors } => classify_answer(ctx, code, &errors, "", None),
         E::RestClientError { source } => match source {
             rustify::errors::ClientError::ServerResponseError { code, content } => {
-                let body = content.unwrap_or_default();
-                let errors = serde_json::from_str::<ErrorBody>(&body)
-                    .map(|b| b.errors)
-                    .unwrap_or_default();
-                classify_answer(ctx, code, &errors, &body, None)
+                classify_body(ctx, code, &content.unwrap_or_default(), None)
             }
             other @ rustify::errors::ClientError::RequestError { .. } => {
                 classify_transport(ctx.issuer, &other)
@@ -1145,19 +1149,13 @@ impl VaultIssuer {
     // `performance_standby` field that vaultrs' response type requires.
     pub async fn health(&self) -> Result<String, VaultError> {
         let path = "sys/health";
-        let resp = self
-            .http
-            .get(format!("{}/v1/{path}", self.address))
-            .header("X-Vault-Request", "true")
-            .send()
-            .await
-            .map_err(|e| classify_transport(self, &e))?;
-        let status = resp.status().as_u16();
-        let retry_after = retry_after_header(resp.headers());
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| classify_transport(self, &e))?;
+        let (status, retry_after, text) = self
+            .exchange(
+                self.http
+                    .get(format!("{}/v1/{path}", self.address))
+                    .header("X-Vault-Request", "true"),
+            )
+            .await?;
         self.read_health_answer(status, retry_after, &text)
     }
 
@@ -1194,15 +1192,12 @@ impl VaultIssuer {
                 message: "Vault is sealed".to_string(),
             }),
             _ => {
-                let errors = serde_json::from_str::<ErrorBody>(text)
-                    .map(|b| b.errors)
-                    .unwrap_or_default();
                 let ctx = Ctx {
                     issuer: self,
                     path,
                     req: None,
                 };
-                Err(classify_answer(&ctx, status, &errors, text, retry_after))
+                Err(classify_body(&ctx, status, text, retry_after))
             }
         }
     }
@@ -1261,19 +1256,26 @@ impl VaultIssuer {
         if let Some(cn) = &req.common_name {
             body["common_name"] = serde_json::Value::String(cn.clone());
         }
-        let resp = self
-            .request(reqwest::Method::POST, &path)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| classify_transport(self, &e))?;
+        let (status, retry_after, text) = self
+            .exchange(self.request(reqwest::Method::POST, &path).json(&body))
+            .await?;
+        self.read_issue_answer(req, status, retry_after, &text)
+    }
+
+    /// Sends a request and reads the whole answer: status, `Retry-After` seconds and body. A
+    /// failure below HTTP (connect, TLS, timeout) is classified here; the answer is the caller's.
+    async fn exchange(
+        &self,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<(u16, Option<u64>, String), VaultError> {
+        let resp = rb.send().await.map_err(|e| classify_transport(self, &e))?;
         let status = resp.status().as_u16();
         let retry_after = retry_after_header(resp.headers());
         let text = resp
             .text()
             .await
             .map_err(|e| classify_transport(self, &e))?;
-        self.read_issue_answer(req, status, retry_after, &text)
+        Ok((status, retry_after, text))
     }
 
     /// Reads Vault's answer to `<pki>/issue/<role>` (status, `Retry-After` seconds, body): the
@@ -1293,10 +1295,7 @@ impl VaultIssuer {
             req: Some(req),
         };
         if !(200..300).contains(&status) {
-            let errors = serde_json::from_str::<ErrorBody>(text)
-                .map(|b| b.errors)
-                .unwrap_or_default();
-            return Err(classify_answer(&ctx, status, &errors, text, retry_after));
+            return Err(classify_body(&ctx, status, text, retry_after));
         }
         let bad = |reason: String| VaultError::BadResponse {
             address: self.address.clone(),
@@ -1367,23 +1366,14 @@ impl VaultIssuer {
         if let Some(b) = &body {
             rb = rb.json(b);
         }
-        let resp = rb.send().await.map_err(|e| classify_transport(self, &e))?;
-        let status = resp.status().as_u16();
-        let retry_after = retry_after_header(resp.headers());
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| classify_transport(self, &e))?;
+        let (status, retry_after, text) = self.exchange(rb).await?;
         if !(200..300).contains(&status) {
-            let errors = serde_json::from_str::<ErrorBody>(&text)
-                .map(|b| b.errors)
-                .unwrap_or_default();
             let ctx = Ctx {
                 issuer: self,
                 path,
                 req: None,
             };
-            return Err(classify_answer(&ctx, status, &errors, &text, retry_after));
+            return Err(classify_body(&ctx, status, &text, retry_after));
         }
         serde_json::from_str(&text).map_err(|e| VaultError::BadResponse {
             address: self.address.clone(),
@@ -1395,27 +1385,16 @@ impl VaultIssuer {
     /// `<pki>/ca_chain` (unauthenticated, PEM): the chain of the PKI's default issuer.
     pub async fn ca_chain(&self) -> Result<String, VaultError> {
         let path = format!("{}/ca_chain", self.pki);
-        let resp = self
-            .request(reqwest::Method::GET, &path)
-            .send()
-            .await
-            .map_err(|e| classify_transport(self, &e))?;
-        let status = resp.status().as_u16();
-        let retry_after = retry_after_header(resp.headers());
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| classify_transport(self, &e))?;
+        let (status, retry_after, text) = self
+            .exchange(self.request(reqwest::Method::GET, &path))
+            .await?;
         if !(200..300).contains(&status) {
-            let errors = serde_json::from_str::<ErrorBody>(&text)
-                .map(|b| b.errors)
-                .unwrap_or_default();
             let ctx = Ctx {
                 issuer: self,
                 path: &path,
                 req: None,
             };
-            return Err(classify_answer(&ctx, status, &errors, &text, retry_after));
+            return Err(classify_body(&ctx, status, &text, retry_after));
         }
         Ok(text)
     }
