@@ -7,6 +7,7 @@ pub mod datasource;
 pub mod duration;
 pub mod error;
 pub mod faults;
+pub mod file;
 pub mod http;
 pub mod model;
 pub mod openbao;

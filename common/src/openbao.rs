@@ -792,15 +792,7 @@ impl BaoAgent {
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<(), BaoError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_err(format!("cannot create {}", path.display())))?;
-    f.write_all(data)
+    crate::file::write_atomic(path, data, 0o600)
         .map_err(io_err(format!("cannot write {}", path.display())))
 }
 

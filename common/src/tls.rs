@@ -3,8 +3,9 @@
 //! localhost, 127.0.0.1 and ::1 are generated and kept in a folder of the data directory (keys
 //! mode 0600), and the CA is written beside it for clients to trust. Later starts load them.
 
-use std::io::Write;
 use std::path::Path;
+
+use crate::file::write_atomic;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -33,24 +34,6 @@ pub struct GeneratedIdentity<'a> {
     pub server_common_name: &'a str,
 }
 
-/// Writes `text` to `path` atomically (temporary file, fsync, rename) with `mode`.
-pub fn write_file(path: &Path, text: &str, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
-}
-
 fn other(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
@@ -75,7 +58,7 @@ pub fn load_or_generate(
     ) {
         // Keep the clients' CA file in place even if someone removed it.
         if std::fs::read_to_string(&ca_file).ok().as_deref() != Some(ca.as_str()) {
-            write_file(&ca_file, &ca, 0o644)?;
+            write_atomic(&ca_file, ca.as_bytes(), 0o644)?;
         }
         let material = TlsMaterial {
             cert_chain_pem: format!("{cert}{ca}"),
@@ -115,11 +98,11 @@ pub fn load_or_generate(
     let cert = params.signed_by(&key, &issuer).map_err(other)?;
 
     let (ca_pem, cert_pem, key_pem) = (ca_cert.pem(), cert.pem(), key.serialize_pem());
-    write_file(&key_path, &key_pem, 0o600)?;
-    write_file(&cert_path, &cert_pem, 0o644)?;
+    write_atomic(&key_path, key_pem.as_bytes(), 0o600)?;
+    write_atomic(&cert_path, cert_pem.as_bytes(), 0o644)?;
     // The CA last: its presence marks a complete identity.
-    write_file(&ca_path, &ca_pem, 0o644)?;
-    write_file(&ca_file, &ca_pem, 0o644)?;
+    write_atomic(&ca_path, ca_pem.as_bytes(), 0o644)?;
+    write_atomic(&ca_file, ca_pem.as_bytes(), 0o644)?;
     let material = TlsMaterial {
         cert_chain_pem: format!("{cert_pem}{ca_pem}"),
         key_pem,

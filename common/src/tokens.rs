@@ -9,7 +9,6 @@
 //! Signing lives here too (not only in global) so that the signer and the verifier are tested
 //! together and tests can mint tokens (expired, forged) without a running global.
 
-use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -171,19 +170,7 @@ impl TokenSigner {
         let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
             .map_err(|e| invalid(e.to_string()))?;
         let text = pem::encode(&pem::Pem::new("PRIVATE KEY", doc.as_ref().to_vec()));
-        let tmp = dir.join(format!(".{KEY_FILE}.tmp"));
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &path)?;
+        crate::file::write_atomic(&path, text.as_bytes(), 0o600)?;
         Self::from_pkcs8(doc.as_ref()).map_err(invalid)
     }
 

@@ -2,7 +2,6 @@
 //! `Authorization: Bearer TOKEN` on writes, on everything under secrets, and on token generation.
 //! Reads of meshes, zones and dataplanes are open to loopback clients only.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -33,20 +32,7 @@ impl AdminToken {
             Err(e) => return Err(e),
         }
         let token = random_token();
-        let tmp = dir.join(".admin-token.tmp");
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(token.as_bytes())?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &path)?;
+        common::file::write_atomic(&path, format!("{token}\n").as_bytes(), 0o600)?;
         Ok(Self(token))
     }
 
