@@ -338,7 +338,7 @@ async fn get(what: GetKind, api: &str, output: Format) -> ExitCode {
         Err(e) => {
             eprintln!(
                 "error: cannot reach the zone at {api}: {}",
-                crate::client::error_chain(&e)
+                crate::dial::error_chain(&e)
             );
             return ExitCode::from(exit::UNREACHABLE);
         }

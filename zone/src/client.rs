@@ -16,7 +16,7 @@ use tonic::codec::CompressionEncoding;
 
 use crate::ZoneConfig;
 use crate::apply::{self, ApplyError};
-use crate::dial::{Redial, stopped};
+use crate::dial::{Redial, describe, stopped};
 use crate::metrics::ZoneMetrics;
 use crate::state::{Nack, SYNCED_TYPES, ZoneCtx, now_ms};
 
@@ -49,45 +49,6 @@ pub fn target(config: &ZoneConfig) -> Result<Target, String> {
         config.insecure_skip_verify,
     )
 }
-
-/// Exponential backoff with jitter: delay n is uniform in [b/2, b] with b = initial * 2^n, capped.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let next = c.to_string();
-        if !s.contains(&next) {
-            s.push_str(": ");
-            s.push_str(&next);
-        }
-        cur = c.source();
-    }
-    s
-}
-
-fn describe(status: &tonic::Status) -> String {
-    match status.code() {
-        tonic::Code::Unauthenticated => {
-            format!(
-                "global refused this zone (unauthenticated): {}",
-                status.message()
-            )
-        }
-        tonic::Code::Unavailable if status.message().is_empty() => {
-            format!("global is unavailable: {}", error_chain(status))
-        }
-        code => {
-            let chain = status
-                .source()
-                .map(error_chain)
-                .map(|s| format!(" ({s})"))
-                .unwrap_or_default();
-            format!("{code:?}: {}{chain}", status.message())
-        }
-    }
-}
-
-use std::error::Error as _;
 
 enum End {
     Shutdown,
@@ -212,7 +173,7 @@ async fn session(
     };
     let mut inbound = match response {
         Ok(r) => r.into_inner(),
-        Err(status) => return failed(describe(&status)),
+        Err(status) => return failed(describe(&status, "global", "zone")),
     };
     let since = Instant::now();
     {
@@ -265,7 +226,7 @@ async fn session(
                 }
                 Ok(Some(GlobalMessage { message: None })) => {}
                 Ok(None) => return lost("global ended the stream".into()),
-                Err(status) => return lost(describe(&status)),
+                Err(status) => return lost(describe(&status, "global", "zone")),
             },
             _ = ctx.report_now.notified() => report_owed = true,
             _ = tokio::time::sleep(REPORT_RETRY), if report_owed => {}

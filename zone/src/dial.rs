@@ -11,8 +11,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use crate::client::error_chain;
-
 /// How the peer's certificate is verified.
 #[derive(Debug, Clone)]
 pub enum Trust {
@@ -227,6 +225,43 @@ impl Redial {
 /// Completes when `stop` turns true (or its sender is gone).
 pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|v| *v).await;
+}
+
+/// An error and its sources, each once: `a: b: c`.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let next = c.to_string();
+        if !s.contains(&next) {
+            s.push_str(": ");
+            s.push_str(&next);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// What a gRPC status from `peer` means to `me` (`"global"`, `"zone"`), for logs and status.
+pub(crate) fn describe(status: &tonic::Status, peer: &str, me: &str) -> String {
+    use std::error::Error as _;
+    match status.code() {
+        tonic::Code::Unauthenticated => format!(
+            "{peer} refused this {me} (unauthenticated): {}",
+            status.message()
+        ),
+        tonic::Code::Unavailable if status.message().is_empty() => {
+            format!("{peer} is unavailable: {}", error_chain(status))
+        }
+        code => {
+            let chain = status
+                .source()
+                .map(error_chain)
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default();
+            format!("{code:?}: {}{chain}", status.message())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -139,7 +139,7 @@ pub async fn run(
                     tracing::error!(error = %e, "the proxy identity service failed");
                     let _ = stop_tx.send(true);
                 }
-                r.map_err(|e| ZoneError::Dp(client::error_chain(&e)))
+                r.map_err(|e| ZoneError::Dp(dial::error_chain(&e)))
             }))
         }
         _ => None,

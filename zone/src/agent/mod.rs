@@ -20,7 +20,7 @@ use proto::dpid::dataplane_identity_client::DataplaneIdentityClient;
 use proto::dpid::{IdentityRequest, IdentityResponse};
 use tokio::sync::watch;
 
-use crate::client::error_chain;
+use crate::dial::describe;
 use crate::dial::{Redial, stopped};
 use files::{Bundle, OutDir};
 
@@ -219,27 +219,6 @@ async fn connection_loop(
     }
 }
 
-fn describe(status: &tonic::Status) -> String {
-    use std::error::Error as _;
-    match status.code() {
-        tonic::Code::Unauthenticated => format!(
-            "the zone refused this proxy (unauthenticated): {}",
-            status.message()
-        ),
-        tonic::Code::Unavailable if status.message().is_empty() => {
-            format!("the zone is unavailable: {}", error_chain(status))
-        }
-        code => {
-            let chain = status
-                .source()
-                .map(error_chain)
-                .map(|s| format!(" ({s})"))
-                .unwrap_or_default();
-            format!("{code:?}: {}{chain}", status.message())
-        }
-    }
-}
-
 fn bundle_of(resp: IdentityResponse, last_key: &mut Option<String>) -> Bundle {
     // "Keep your key" means the key the zone last sent on this stream, when it sent one: the
     // writer may not have written it yet (latest bundle wins).
@@ -313,7 +292,7 @@ async fn session(
     };
     let mut inbound = match response {
         Ok(r) => r.into_inner(),
-        Err(status) => return failed(describe(&status)),
+        Err(status) => return failed(describe(&status, "the zone", "proxy")),
     };
     let since = Instant::now();
     tracing::info!(
@@ -337,7 +316,7 @@ async fn session(
                         continue;
                     }
                     Ok(None) => "the zone ended the stream".to_string(),
-                    Err(status) => describe(&status),
+                    Err(status) => describe(&status, "the zone", "proxy"),
                 };
                 return End::Failed { error, lasted: Some(since.elapsed()), delivered };
             }
