@@ -15,6 +15,7 @@ pub mod parse;
 pub mod store;
 pub mod table;
 pub mod template;
+pub mod timefmt;
 pub mod tls;
 pub mod tokens;
 pub mod validate;

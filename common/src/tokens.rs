@@ -102,13 +102,7 @@ pub fn now_unix() -> u64 {
 
 /// RFC 3339 of unix seconds (the number itself when out of range).
 pub fn rfc3339(unix: u64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix as i64)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
+    crate::timefmt::rfc3339(unix as i64).unwrap_or_else(|| unix.to_string())
 }
 
 /// Key id: the first 8 bytes of the SHA-256 of the public key, hex.

@@ -212,13 +212,7 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
 
 /// RFC 3339 from unix seconds.
 fn rfc3339(unix: u64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix as i64)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
+    common::timefmt::rfc3339(unix as i64).unwrap_or_default()
 }
 
 /// A stored resource as the API shows it: its Universal form plus times, secret data removed.

@@ -17,17 +17,7 @@ use crate::identity::IdentityManager;
 use crate::state::{SYNCED_TYPES, ZoneCtx};
 
 fn rfc3339_ms(ms: u64) -> Value {
-    if ms == 0 {
-        return Value::Null;
-    }
-    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .map(Value::String)
-        .unwrap_or(Value::Null)
+    common::timefmt::rfc3339_ms(ms as i64).map_or(Value::Null, Value::String)
 }
 
 fn error(status: StatusCode, detail: impl Into<String>) -> Response {

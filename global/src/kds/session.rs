@@ -491,17 +491,7 @@ async fn handle_request(
 }
 
 fn rfc3339_ms(ms: i64) -> Value {
-    if ms <= 0 {
-        return Value::Null;
-    }
-    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .map(Value::String)
-        .unwrap_or(Value::Null)
+    common::timefmt::rfc3339_ms(ms).map_or(Value::Null, Value::String)
 }
 
 /// The JSON form of a zone's status report, as `GET /zones/{name}` shows it.

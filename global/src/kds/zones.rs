@@ -26,17 +26,7 @@ pub fn now_ms() -> u64 {
 }
 
 fn rfc3339_ms(ms: u64) -> Value {
-    if ms == 0 {
-        return Value::Null;
-    }
-    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .map(Value::String)
-        .unwrap_or(Value::Null)
+    common::timefmt::rfc3339_ms(ms as i64).map_or(Value::Null, Value::String)
 }
 
 /// One rejected resource.

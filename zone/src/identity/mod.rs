@@ -294,13 +294,6 @@ fn tags_hash(tags: &BTreeMap<String, Vec<String>>) -> String {
     short_hash(&serde_json::to_vec(tags).unwrap_or_default())
 }
 
-fn rfc3339(unix: i64) -> Option<String> {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()?
-        .format(&time::format_description::well_known::Rfc3339)
-        .ok()
-}
-
 /// The enabled backend of a mesh as the engine uses it.
 struct Slot {
     backend: Arc<Backend>,
@@ -431,7 +424,10 @@ impl Proxy {
             backend: self.cert.as_ref().map(|c| c.backend.clone()),
             backend_type: self.cert.as_ref().map(|c| c.backend_type.clone()),
             serial: self.cert.as_ref().map(|c| c.serial.clone()),
-            expiration: self.cert.as_ref().and_then(|c| rfc3339(c.not_after)),
+            expiration: self
+                .cert
+                .as_ref()
+                .and_then(|c| common::timefmt::rfc3339(c.not_after)),
             expiration_unix: self.cert.as_ref().map(|c| c.not_after),
             last_error: self.last_error.clone(),
             issued_count: self.issued_count,
