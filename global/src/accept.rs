@@ -49,7 +49,31 @@ pub struct CheckStep {
     pub field: Option<String>,
 }
 
+impl CheckStep {
+    fn passed(name: &str, detail: String) -> Self {
+        Self {
+            name: name.to_string(),
+            passed: true,
+            detail,
+            field: None,
+        }
+    }
+}
+
 impl BackendCheck {
+    /// A check of one step made by global itself (builtin and provided CAs).
+    fn local(mesh: &Mesh, backend: &Backend, step: CheckStep, warnings: Vec<String>) -> Self {
+        Self {
+            mesh: mesh.name.clone(),
+            backend: backend.name.clone(),
+            type_: backend.type_.clone(),
+            ok: step.passed,
+            checks: vec![step],
+            warnings,
+            unreachable: false,
+        }
+    }
+
     fn from_vault(r: VaultCheckReport) -> Self {
         let unreachable = r.unreachable;
         Self {
@@ -337,12 +361,7 @@ pub async fn admit_mesh(
                         continue;
                     }
                 };
-                let mut step = CheckStep {
-                    name: "provided CA".into(),
-                    passed: true,
-                    detail: String::new(),
-                    field: None,
-                };
+                let mut step = CheckStep::passed("provided CA", String::new());
                 let mut warnings = Vec::new();
                 match ca::validate_provided_detailed(&cert, &key) {
                     Ok(info) => {
@@ -367,15 +386,9 @@ pub async fn admit_mesh(
                         .iter()
                         .map(|w| format!("backend {:?}: {w}", backend.name)),
                 );
-                admitted.checks.push(BackendCheck {
-                    mesh: mesh.name.clone(),
-                    backend: backend.name.clone(),
-                    type_: "provided".into(),
-                    ok: step.passed,
-                    checks: vec![step],
-                    warnings,
-                    unreachable: false,
-                });
+                admitted
+                    .checks
+                    .push(BackendCheck::local(&mesh, backend, step, warnings));
             }
             BackendConf::Builtin(b) => {
                 let (cert_name, key_name) = ca::builtin_secret_names(&mesh.name, &backend.name);
@@ -385,22 +398,17 @@ pub async fn admit_mesh(
                     continue;
                 }
                 if dry_run {
-                    admitted.checks.push(BackendCheck {
-                        mesh: mesh.name.clone(),
-                        backend: backend.name.clone(),
-                        type_: "builtin".into(),
-                        ok: true,
-                        checks: vec![CheckStep {
-                            name: "builtin CA".into(),
-                            passed: true,
-                            detail: format!(
+                    admitted.checks.push(BackendCheck::local(
+                        &mesh,
+                        backend,
+                        CheckStep::passed(
+                            "builtin CA",
+                            format!(
                                 "a CA would be generated and stored as Secrets {cert_name} and {key_name}"
                             ),
-                            field: None,
-                        }],
-                        warnings: vec![],
-                        unreachable: false,
-                    });
+                        ),
+                        vec![],
+                    ));
                     continue;
                 }
                 let mesh_name = mesh.name.clone();
@@ -419,22 +427,15 @@ pub async fn admit_mesh(
                             &key_name,
                             pair.key_pem().as_bytes(),
                         ));
-                        admitted.checks.push(BackendCheck {
-                            mesh: mesh.name.clone(),
-                            backend: backend.name.clone(),
-                            type_: "builtin".into(),
-                            ok: true,
-                            checks: vec![CheckStep {
-                                name: "builtin CA".into(),
-                                passed: true,
-                                detail: format!(
-                                    "generated, stored as Secrets {cert_name} and {key_name}"
-                                ),
-                                field: None,
-                            }],
-                            warnings: vec![],
-                            unreachable: false,
-                        });
+                        admitted.checks.push(BackendCheck::local(
+                            &mesh,
+                            backend,
+                            CheckStep::passed(
+                                "builtin CA",
+                                format!("generated, stored as Secrets {cert_name} and {key_name}"),
+                            ),
+                            vec![],
+                        ));
                     }
                     Ok(Err(e)) => {
                         all_unreachable = false;
