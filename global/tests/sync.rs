@@ -9,12 +9,15 @@
 //! with its reason while the rest flows on; oversized resources are skipped and recorded, big
 //! deltas are split, and a zone that stops reading is dropped without blocking the others.
 
+#[path = "../../zone/tests/support/cluster.rs"]
+mod cluster;
+
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use cluster::{Global, Zone, free_port, get_json, wait_for_at_most};
 use proto::kds::zone_sync_client::ZoneSyncClient;
 use proto::kds::{self, GlobalMessage, ZoneMessage, global_message, zone_message};
 use serde_json::Value;
@@ -24,378 +27,13 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The `zone` binary, built next to `global` (another package's binaries are not built for this
-/// test target, so ask cargo once; it is a no-op when up to date).
-fn zone_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let global = PathBuf::from(env!("CARGO_BIN_EXE_global"));
-        let zone = global.with_file_name("zone");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "zone", "--bin", "zone"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if global.parent().and_then(|p| p.file_name()) == Some("release".as_ref()) {
-            cmd.arg("--release");
-        }
-        let status = cmd
-            .status()
-            .expect("cannot run cargo to build the zone binary");
-        assert!(status.success(), "building the zone binary failed");
-        assert!(zone.exists(), "no zone binary at {}", zone.display());
-        zone
-    })
-    .clone()
-}
-
-fn logs(dir: &Path) -> String {
-    let mut out = String::new();
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
-    entries.sort();
-    for p in entries {
-        if p.extension().is_some_and(|e| e == "log") {
-            out.push_str(&format!("==== {}\n", p.display()));
-            out.push_str(&std::fs::read_to_string(&p).unwrap_or_default());
-        } else if p.is_dir() {
-            out.push_str(&logs(&p));
-        }
-    }
-    out
-}
-
 /// Polls `f` until it yields a value; panics with the processes' logs after `WAIT`.
-async fn wait_for<T, F, Fut>(what: &str, logs_dir: &Path, mut f: F) -> T
+async fn wait_for<T, F, Fut>(what: &str, logs_dir: &Path, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        if start.elapsed() > WAIT {
-            panic!(
-                "timed out after {WAIT:?} waiting for {what}\n{}",
-                logs(logs_dir)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-async fn get_json(url: &str, token: Option<&str>) -> Option<(u16, Value)> {
-    let mut req = reqwest::Client::new()
-        .get(url)
-        .timeout(Duration::from_secs(5));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().await.ok()?;
-    let status = resp.status().as_u16();
-    Some((status, resp.json().await.unwrap_or(Value::Null)))
-}
-
-fn log_file(path: PathBuf) -> Stdio {
-    Stdio::from(
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap(),
-    )
-}
-
-/// Stops a process with SIGTERM and checks it exits cleanly and promptly.
-fn terminate(child: &mut Child, what: &str, logs_dir: &Path) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(
-                status.success(),
-                "{what} exited with {status}\n{}",
-                logs(logs_dir)
-            );
-            return;
-        }
-        if start.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            panic!(
-                "{what} did not stop within 10s of SIGTERM\n{}",
-                logs(logs_dir)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A `global run` process.
-struct Global {
-    child: Option<Child>,
-    dir: PathBuf,
-    api_port: u16,
-    kds_port: u16,
-    token: String,
-    http: reqwest::Client,
-}
-
-impl Global {
-    async fn start(dir: &Path) -> Self {
-        Self::start_on(dir, free_port(), free_port()).await
-    }
-
-    async fn start_on(dir: &Path, api_port: u16, kds_port: u16) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_global"))
-            .arg("run")
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
-            .args(["--kds-addr", &format!("127.0.0.1:{kds_port}")])
-            .env("RUST_LOG", "info,global::kds=debug")
-            .env_remove("VAULT_ADDR")
-            .env_remove("VAULT_TOKEN")
-            .stdout(Stdio::null())
-            .stderr(log_file(dir.join("global.log")))
-            .spawn()
-            .unwrap();
-        let url = format!("http://127.0.0.1:{api_port}/healthz");
-        wait_for("global to answer", dir, || async {
-            get_json(&url, None).await.filter(|(s, _)| *s == 200)
-        })
-        .await;
-        let token = std::fs::read_to_string(dir.join("admin-token"))
-            .unwrap()
-            .trim()
-            .to_string();
-        Self {
-            child: Some(child),
-            dir: dir.to_path_buf(),
-            api_port,
-            kds_port,
-            token,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.api_port)
-    }
-
-    fn kds_address(&self) -> String {
-        format!("grpcs://127.0.0.1:{}", self.kds_port)
-    }
-
-    fn ca_file(&self) -> PathBuf {
-        self.dir.join("kds-ca.pem")
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        get_json(&self.url(path), Some(&self.token)).await.unwrap()
-    }
-
-    async fn put(&self, path: &str, yaml: &str) {
-        let resp = self
-            .http
-            .put(self.url(path))
-            .bearer_auth(&self.token)
-            .header("content-type", "application/yaml")
-            .body(yaml.to_string())
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
-        assert!(
-            status == 200 || status == 201,
-            "PUT {path}: {status} {body}"
-        );
-    }
-
-    async fn delete(&self, path: &str) {
-        let resp = self
-            .http
-            .delete(self.url(path))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 200, "DELETE {path}");
-    }
-
-    /// `global <args>` against this server.
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_global"))
-            .args(args)
-            .env("GLOBAL_API", self.url(""))
-            .env("GLOBAL_ADMIN_TOKEN_FILE", self.dir.join("admin-token"))
-            .output()
-            .unwrap()
-    }
-
-    /// A zone token made with `global zone-token`, written to `<dir>/<zone>.token`.
-    fn zone_token_file(&self, zone: &str, dir: &Path) -> PathBuf {
-        let out = self.cli(&["zone-token", "--zone", zone]);
-        assert!(
-            out.status.success(),
-            "zone-token: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let token = String::from_utf8(out.stdout).unwrap();
-        assert_eq!(token.trim().split('.').count(), 3, "a JWT: {token}");
-        let path = dir.join(format!("{zone}.token"));
-        std::fs::write(&path, token).unwrap();
-        path
-    }
-
-    async fn zone(&self, name: &str) -> Value {
-        let (status, body) = self.get(&format!("/zones/{name}")).await;
-        assert_eq!(status, 200, "GET /zones/{name}: {body}");
-        body
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            terminate(&mut c, "global", &self.dir);
-        }
-    }
-}
-
-impl Drop for Global {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// A `zone run` process.
-struct Zone {
-    child: Option<Child>,
-    name: String,
-    dir: PathBuf,
-    api_port: u16,
-}
-
-impl Zone {
-    async fn start(name: &str, global: &Global, token_file: &Path, dir: &Path) -> Self {
-        Self::start_with(
-            name,
-            &global.kds_address(),
-            &global.ca_file(),
-            token_file,
-            dir,
-        )
-        .await
-    }
-
-    async fn start_with(
-        name: &str,
-        global_address: &str,
-        ca_file: &Path,
-        token_file: &Path,
-        dir: &Path,
-    ) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        let api_port = free_port();
-        let child = Command::new(zone_bin())
-            .args(["run", "--name", name, "--global-address", global_address])
-            .arg("--global-ca-file")
-            .arg(ca_file)
-            .arg("--token-file")
-            .arg(token_file)
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
-            .env("RUST_LOG", "info,zone=debug")
-            .stdout(Stdio::null())
-            .stderr(log_file(dir.join("zone.log")))
-            .spawn()
-            .unwrap();
-        let zone = Self {
-            child: Some(child),
-            name: name.to_string(),
-            dir: dir.to_path_buf(),
-            api_port,
-        };
-        let url = zone.url("/healthz");
-        wait_for("the zone to answer", dir, || async {
-            get_json(&url, None).await.filter(|(s, _)| *s == 200)
-        })
-        .await;
-        zone
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.api_port)
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        let (status, body) = get_json(&self.url(path), None).await.unwrap();
-        assert_eq!(status, 200, "zone GET {path}: {body}");
-        body
-    }
-
-    /// Mesh names the zone holds.
-    async fn meshes(&self) -> Vec<String> {
-        let body = self.get("/meshes").await;
-        body["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["name"].as_str().unwrap().to_string())
-            .collect()
-    }
-
-    /// Secret names of a mesh the zone holds (None if it lacks the mesh).
-    async fn secrets(&self, mesh: &str) -> Option<Vec<String>> {
-        let (status, body) = get_json(&self.url(&format!("/meshes/{mesh}")), None)
-            .await
-            .unwrap();
-        if status != 200 {
-            return None;
-        }
-        Some(
-            body["secrets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| s.as_str().unwrap().to_string())
-                .collect(),
-        )
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            terminate(&mut c, &format!("zone {}", self.name), &self.dir);
-        }
-    }
-}
-
-impl Drop for Zone {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-CONT", &c.id().to_string()])
-                .status();
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+    wait_for_at_most(what, logs_dir, WAIT, f).await
 }
 
 fn mesh(name: &str) -> String {
@@ -417,12 +55,12 @@ fn counter(zone: &Value, type_: &str, field: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_zones_receive_meshes_and_secrets_then_deletes() {
     let tmp = tempfile::tempdir().unwrap();
-    let global = Global::start(&tmp.path().join("global")).await;
+    let global = Global::start_on(&tmp.path().join("global"), free_port(), free_port()).await;
     let mut zones = Vec::new();
     for i in 1..=3 {
         let name = format!("zone-{i}");
         let token = global.zone_token_file(&name, tmp.path());
-        zones.push(Zone::start(&name, &global, &token, &tmp.path().join(&name)).await);
+        zones.push(Zone::start_with_token(&name, &global, &token, &tmp.path().join(&name)).await);
     }
     // All three online.
     wait_for("3 zones online", tmp.path(), || async {
@@ -541,7 +179,7 @@ async fn three_zones_receive_meshes_and_secrets_then_deletes() {
     // A zone that dies without a word (stopped, its socket still open) is marked offline by
     // the keepalive within seconds.
     let stopped_at = Instant::now();
-    let pid = zones[2].child.as_ref().unwrap().id();
+    let pid = zones[2].pid();
     Command::new("kill")
         .args(["-STOP", &pid.to_string()])
         .status()
@@ -577,7 +215,7 @@ async fn restarts_resync_without_resending_and_zones_serve_while_global_is_down(
     let mut global = Global::start_on(&gdir, api_port, kds_port).await;
     let token = global.zone_token_file("east", tmp.path());
     let zdir = tmp.path().join("east");
-    let mut zone = Zone::start("east", &global, &token, &zdir).await;
+    let mut zone = Zone::start_with_token("east", &global, &token, &zdir).await;
 
     global.put("/meshes/m1", &mesh("m1")).await;
     global.put("/meshes/m2", &mesh("m2")).await;
@@ -661,7 +299,7 @@ async fn restarts_resync_without_resending_and_zones_serve_while_global_is_down(
 
     // The zone starts while global is down: it serves what its store holds.
     std::fs::rename(zdir.join("zone.log"), zdir.join("zone-first-run.log")).unwrap();
-    let zone = Zone::start("east", &global, &token, &zdir).await;
+    let zone = Zone::start_with_token("east", &global, &token, &zdir).await;
     assert_eq!(zone.meshes().await, ["m1", "m2"]);
     assert_eq!(
         zone.secrets("m1").await,
@@ -725,7 +363,7 @@ async fn forged_expired_and_other_zone_tokens_are_refused() {
     use global::tokens::{Claims, TokenSigner, ZONE_SCOPE, ZoneClaim};
     let tmp = tempfile::tempdir().unwrap();
     let gdir = tmp.path().join("global");
-    let global = Global::start(&gdir).await;
+    let global = Global::start_on(&gdir, free_port(), free_port()).await;
 
     // Forged: a well-formed token signed by another key.
     let forged = TokenSigner::generate().issue_zone_token("forged", Duration::from_secs(3600));
@@ -756,7 +394,7 @@ async fn forged_expired_and_other_zone_tokens_are_refused() {
     ];
     let mut zones = Vec::new();
     for (name, file, _) in &cases {
-        zones.push(Zone::start(name, &global, file, &tmp.path().join(name)).await);
+        zones.push(Zone::start_with_token(name, &global, file, &tmp.path().join(name)).await);
     }
     for (z, (name, _, reason)) in zones.iter().zip(&cases) {
         let status = wait_for(&format!("{name} to be refused"), tmp.path(), || async {
@@ -925,7 +563,7 @@ fn names(resp: &kds::DiscoveryResponse) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_resource_is_reported_and_the_rest_still_flows() {
     let tmp = tempfile::tempdir().unwrap();
-    let global = Global::start(&tmp.path().join("global")).await;
+    let global = Global::start_on(&tmp.path().join("global"), free_port(), free_port()).await;
     global.put("/meshes/m1", &mesh("m1")).await;
     for s in ["a", "b", "c"] {
         global

@@ -1,5 +1,5 @@
-//! Multi-process test harness shared by `zone/tests/proxy.rs` and `global/tests/dataplanes.rs`
-//! (included there by path): the real `global`, `zone` and `zone proxy` binaries on loopback,
+//! Multi-process test harness shared by `zone/tests/proxy.rs`, `zone/tests/limits.rs`,
+//! `global/tests/dataplanes.rs` and `global/tests/sync.rs` (included there by path): the real `global`, `zone` and `zone proxy` binaries on loopback,
 //! each logging to a file in its directory (printed when a wait times out), a real OpenBao set
 //! up with the reference page's steps, and openssl helpers.
 
@@ -190,8 +190,23 @@ impl Global {
     /// Starts global with its data in `dir`, running in `cwd` (where `file:` data sources with
     /// `/proc/self/cwd/...` paths resolve), or in `dir` when none.
     pub async fn start(dir: &Path, cwd: Option<&Path>) -> Self {
+        Self::launch(dir, cwd, free_port(), free_port(), "info").await
+    }
+
+    /// Starts global with its data in `dir` on the given ports (so it can be started again where
+    /// its zones expect it), with the sync stream logged at debug.
+    pub async fn start_on(dir: &Path, api_port: u16, kds_port: u16) -> Self {
+        Self::launch(dir, None, api_port, kds_port, "info,global::kds=debug").await
+    }
+
+    async fn launch(
+        dir: &Path,
+        cwd: Option<&Path>,
+        api_port: u16,
+        kds_port: u16,
+        rust_log: &str,
+    ) -> Self {
         std::fs::create_dir_all(dir).unwrap();
-        let (api_port, kds_port) = (free_port(), free_port());
         let child = Command::new(bin("global"))
             .arg("run")
             .arg("--data-dir")
@@ -199,7 +214,7 @@ impl Global {
             .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
             .args(["--kds-addr", &format!("127.0.0.1:{kds_port}")])
             .current_dir(cwd.unwrap_or(dir))
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .env_remove("VAULT_ADDR")
             .env_remove("VAULT_TOKEN")
             .stdout(Stdio::null())
@@ -256,6 +271,37 @@ impl Global {
         let status = resp.status().as_u16();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         assert_eq!(status, 200, "apply: {status} {body}\n{yaml}");
+    }
+
+    /// `PUT {path}` of a YAML resource; panics unless it is created or updated.
+    pub async fn put(&self, path: &str, yaml: &str) {
+        let resp = self
+            .http
+            .put(self.url(path))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/yaml")
+            .body(yaml.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert!(
+            status == 200 || status == 201,
+            "PUT {path}: {status} {body}"
+        );
+    }
+
+    /// `DELETE {path}`; panics unless it succeeds.
+    pub async fn delete(&self, path: &str) {
+        let resp = self
+            .http
+            .delete(self.url(path))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "DELETE {path}");
     }
 
     /// `global <args>` against this server, with the admin token.
@@ -332,6 +378,7 @@ pub struct Zone {
     token_file: PathBuf,
     pub api_port: u16,
     pub dp_port: u16,
+    rust_log: &'static str,
 }
 
 impl Zone {
@@ -339,16 +386,41 @@ impl Zone {
     pub async fn start(name: &str, global: &Global, dir: &Path, cwd: Option<&Path>) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let token_file = global.zone_token_file(name, dir);
+        let cwd = cwd.unwrap_or(dir);
+        Self::start_with(name, global, &token_file, dir, cwd, "info,zone::dp=debug").await
+    }
+
+    /// Starts a zone with its data in `dir` presenting the token in `token_file` (which may be
+    /// bad), all of the zone logged at debug. Global may be down.
+    pub async fn start_with_token(
+        name: &str,
+        global: &Global,
+        token_file: &Path,
+        dir: &Path,
+    ) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        Self::start_with(name, global, token_file, dir, dir, "info,zone=debug").await
+    }
+
+    async fn start_with(
+        name: &str,
+        global: &Global,
+        token_file: &Path,
+        dir: &Path,
+        cwd: &Path,
+        rust_log: &'static str,
+    ) -> Self {
         let mut zone = Self {
             child: None,
             name: name.to_string(),
             dir: dir.to_path_buf(),
-            cwd: cwd.unwrap_or(dir).to_path_buf(),
+            cwd: cwd.to_path_buf(),
             global_address: global.kds_address(),
             global_ca: global.ca_file(),
-            token_file,
+            token_file: token_file.to_path_buf(),
             api_port: free_port(),
             dp_port: free_port(),
+            rust_log,
         };
         zone.launch().await;
         zone
@@ -367,7 +439,7 @@ impl Zone {
             .args(["--api-addr", &format!("127.0.0.1:{}", self.api_port)])
             .args(["--dp-addr", &format!("127.0.0.1:{}", self.dp_port)])
             .current_dir(&self.cwd)
-            .env("RUST_LOG", "info,zone::dp=debug")
+            .env("RUST_LOG", self.rust_log)
             .env_remove("VAULT_ADDR")
             .env_remove("VAULT_TOKEN")
             .stdout(Stdio::null())
@@ -390,6 +462,11 @@ impl Zone {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.api_port)
+    }
+
+    /// The process id of the running zone.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the zone is running").id()
     }
 
     pub fn dp_address(&self) -> String {
@@ -432,6 +509,35 @@ impl Zone {
             .unwrap_or_default()
     }
 
+    /// Mesh names the zone holds.
+    pub async fn meshes(&self) -> Vec<String> {
+        let body = self.get("/meshes").await;
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Secret names of a mesh the zone holds (None if it lacks the mesh).
+    pub async fn secrets(&self, mesh: &str) -> Option<Vec<String>> {
+        let (status, body) = get_json(&self.url(&format!("/meshes/{mesh}")), None)
+            .await
+            .unwrap();
+        if status != 200 {
+            return None;
+        }
+        Some(
+            body["secrets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap().to_string())
+                .collect(),
+        )
+    }
+
     /// The sum of the samples of a metric family in `GET /metrics` (0 when absent).
     pub async fn metric(&self, name: &str) -> f64 {
         let text = get_text(&self.url("/metrics")).await.unwrap_or_default();
@@ -466,6 +572,10 @@ impl Zone {
 impl Drop for Zone {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // A test may have left it stopped (SIGSTOP).
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
             let _ = c.kill();
             let _ = c.wait();
         }
