@@ -7,32 +7,21 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-/// How long a client may take to send the headers of a request, counted from when the connection
-/// is ready for one (accepted, or the previous response sent on a kept-alive connection). A client
-/// that connects and sends nothing, or sends its headers a byte at a time (slowloris), is
-/// disconnected after it.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long a whole request may take once its headers are in: reading the body and answering
-/// (admission included: Vault checks have their own, shorter bounds). A body trickled in slower
-/// than that gets a 408 and the connection is closed.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// The time bounds of `serve_http_with`. `Default` is what both APIs use: `HEADER_READ_TIMEOUT` and
-/// `REQUEST_TIMEOUT`; tests shorten them.
+/// The time bounds of `serve_http_with`. `Default` is what both APIs use: `limits::HTTP_HEADER_READ_TIMEOUT` and
+/// `limits::HTTP_REQUEST_TIMEOUT`; tests shorten them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpLimits {
-    /// See `HEADER_READ_TIMEOUT`: the headers of each request, idle keep-alive time included.
+    /// See `limits::HTTP_HEADER_READ_TIMEOUT`: the headers of each request, idle keep-alive time included.
     pub header_read: Duration,
-    /// See `REQUEST_TIMEOUT`: a whole request once its headers are in (408 and close after it).
+    /// See `limits::HTTP_REQUEST_TIMEOUT`: a whole request once its headers are in (408 and close after it).
     pub request: Duration,
 }
 
 impl Default for HttpLimits {
     fn default() -> Self {
         HttpLimits {
-            header_read: HEADER_READ_TIMEOUT,
-            request: REQUEST_TIMEOUT,
+            header_read: crate::limits::HTTP_HEADER_READ_TIMEOUT,
+            request: crate::limits::HTTP_REQUEST_TIMEOUT,
         }
     }
 }

@@ -2,20 +2,24 @@
 //! backends (builtin, provided, vault), the sled-backed resource store, and a launcher for a real
 //! OpenBao server used by tests and scenarios.
 
+pub mod backoff;
 pub mod ca;
+pub mod clock;
 pub mod datasource;
 pub mod duration;
 pub mod error;
 pub mod faults;
 pub mod file;
 pub mod http;
+pub mod limits;
 pub mod model;
 pub mod openbao;
 pub mod parse;
+pub mod shutdown;
 pub mod store;
+pub mod sync;
 pub mod table;
 pub mod template;
-pub mod timefmt;
 pub mod tls;
 pub mod tokens;
 pub mod validate;

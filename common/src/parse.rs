@@ -4,7 +4,7 @@
 //! Dataplane, and `apiVersion: v1`, `kind: Secret`, `type: system.kuma.io/secret` Secrets). Shapes
 //! and types are checked here, with every error naming the field as the user wrote it
 //! (`mtls.backends[0].dpCert.rotation.expiration`, or `spec.mtls...` in the Kubernetes form);
-//! meaning is checked by `validate`. Input is bounded: at most [`MAX_INPUT_BYTES`], valid UTF-8,
+//! meaning is checked by `validate`. Input is bounded: at most [`crate::limits::INPUT_BYTES`], valid UTF-8,
 //! nested at most [`MAX_DEPTH`] levels.
 
 use std::collections::BTreeMap;
@@ -15,8 +15,6 @@ use serde_json::{Map, Value};
 use crate::ValidationErrors;
 use crate::model::{Dataplane, Mesh, Resource, Secret};
 
-/// Largest input accepted by one call (a file or a request body), in bytes.
-pub const MAX_INPUT_BYTES: usize = 4 * 1024 * 1024;
 /// Deepest nesting of mappings and sequences accepted in a document.
 pub const MAX_DEPTH: usize = 64;
 
@@ -106,7 +104,7 @@ pub fn parse_body(body: &[u8]) -> Result<Resource, ValidationErrors> {
 }
 
 fn utf8(bytes: &[u8]) -> Result<&str, ValidationErrors> {
-    if bytes.len() > MAX_INPUT_BYTES {
+    if bytes.len() > crate::limits::INPUT_BYTES {
         return Err(too_large(bytes.len()));
     }
     std::str::from_utf8(bytes).map_err(|e| {
@@ -123,13 +121,16 @@ fn utf8(bytes: &[u8]) -> Result<&str, ValidationErrors> {
 fn too_large(len: usize) -> ValidationErrors {
     ValidationErrors::single(
         "",
-        format!("input is {len} bytes: at most {MAX_INPUT_BYTES} (4 MiB) are accepted"),
+        format!(
+            "input is {len} bytes: at most {} (4 MiB) are accepted",
+            crate::limits::INPUT_BYTES
+        ),
     )
 }
 
 /// The non-empty documents of the input as JSON values, with their 1-based index.
 fn load(text: &str) -> Result<Vec<(usize, Value)>, ParseError> {
-    if text.len() > MAX_INPUT_BYTES {
+    if text.len() > crate::limits::INPUT_BYTES {
         return Err(ParseError::at(0, too_large(text.len())));
     }
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -1197,7 +1198,10 @@ mtls:
 
     #[test]
     fn huge_and_non_utf8_input_is_refused() {
-        let big = format!("type: Mesh\nname: m\n# {}\n", "x".repeat(MAX_INPUT_BYTES));
+        let big = format!(
+            "type: Mesh\nname: m\n# {}\n",
+            "x".repeat(crate::limits::INPUT_BYTES)
+        );
         let e = err(&big);
         assert_eq!(e.document, 0);
         assert!(e.to_string().contains("4 MiB"), "{e}");

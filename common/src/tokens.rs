@@ -102,7 +102,7 @@ pub fn now_unix() -> u64 {
 
 /// RFC 3339 of unix seconds (the number itself when out of range).
 pub fn rfc3339(unix: u64) -> String {
-    crate::timefmt::rfc3339(unix as i64).unwrap_or_else(|| unix.to_string())
+    crate::clock::rfc3339(unix as i64).unwrap_or_else(|| unix.to_string())
 }
 
 /// Key id: the first 8 bytes of the SHA-256 of the public key, hex.

@@ -26,9 +26,6 @@ use crate::accept::{self, Admitted, BackendCheck, Existing, Refused};
 use crate::auth::{self, AdminToken};
 use crate::metrics::{Metrics, RequestLabels};
 
-/// Largest request body accepted (a resource is small; the batch apply may hold many).
-pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
-
 /// Shared state of the API.
 #[derive(Clone)]
 pub struct ApiState {
@@ -156,7 +153,7 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             authorize,
         ))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(common::limits::API_BODY_BYTES))
         .with_state(state)
 }
 
@@ -212,7 +209,7 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
 
 /// RFC 3339 from unix seconds.
 fn rfc3339(unix: u64) -> String {
-    common::timefmt::rfc3339(unix as i64).unwrap_or_default()
+    common::clock::rfc3339(unix as i64).unwrap_or_default()
 }
 
 /// A stored resource as the API shows it: its Universal form plus times, secret data removed.
@@ -286,7 +283,10 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
         let status = rejection.status();
         let mut e = ApiError::new(status, rejection.body_text());
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            e.detail = format!("request body is larger than {MAX_BODY_BYTES} bytes");
+            e.detail = format!(
+                "request body is larger than {} bytes",
+                common::limits::API_BODY_BYTES
+            );
         }
         e
     })

@@ -261,7 +261,7 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             crate::run(
                 crate::GlobalConfig { data_dir },
                 listeners,
-                shutdown_signal(),
+                common::shutdown::signal(),
             )
             .await
             .map_err(|e| Failure::refused(e.to_string()))
@@ -304,28 +304,6 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             validate(&files, output).await
         }
     }
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 /// Reads the files (`-` is stdin) and returns their text with a label for messages.

@@ -167,4 +167,4 @@ fn kds_result(
     }
 }
 
-pub use common::http::{HEADER_READ_TIMEOUT, REQUEST_TIMEOUT, serve_http};
+pub use common::http::serve_http;

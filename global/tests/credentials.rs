@@ -471,7 +471,7 @@ async fn a_full_scenario_leaks_nothing_keeps_keys_private_and_cuts_slow_clients(
 
     // ---- idle and slow clients ----
     // (Awaited before anything is stopped, so that a close is the server's doing.)
-    let bound = global::server::HEADER_READ_TIMEOUT + Duration::from_secs(3);
+    let bound = common::limits::HTTP_HEADER_READ_TIMEOUT + Duration::from_secs(3);
     for (what, t) in timers {
         let closed = t.await.unwrap();
         let closed = closed.unwrap_or_else(|| panic!("{what}: still open after {limit:?}"));
@@ -565,7 +565,7 @@ async fn a_full_scenario_leaks_nothing_keeps_keys_private_and_cuts_slow_clients(
     }
 }
 
-/// The sync server's message bound (`kds::MAX_MESSAGE_BYTES`): an authenticated zone sending a
+/// The sync server's message bound (`limits::SYNC_MESSAGE_BYTES`): an authenticated zone sending a
 /// bigger message gets its stream ended with an error, and global goes on. (The bound on what
 /// global sends is in sync.rs; request bodies in hostile.rs.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -609,7 +609,7 @@ async fn the_sync_server_refuses_messages_over_its_bound() {
     };
     tx.send(subscribe(None)).await.unwrap();
     let mut stream = client.sync(request).await.unwrap().into_inner();
-    let limit = global::kds::MAX_MESSAGE_BYTES;
+    let limit = common::limits::SYNC_MESSAGE_BYTES;
     tx.send(subscribe(Some("x".repeat(limit + 1024))))
         .await
         .unwrap();

@@ -55,21 +55,6 @@ enum Bench {
     Rotation(scenarios::bench::rotation::RotationBench),
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
 fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -101,13 +86,13 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         let interrupted = async {
-            shutdown_signal().await;
+            common::shutdown::signal().await;
             eprintln!("interrupted: stopping every process started");
             Ok(130)
         };
         let drill = async {
             match cli.command {
-                Command::Demo(o) => scenarios::demo::run(o, shutdown_signal())
+                Command::Demo(o) => scenarios::demo::run(o, common::shutdown::signal())
                     .await
                     .map(|r| r.exit_code()),
                 Command::FailoverGlobal(o) => scenarios::drills::failover_global::run(o)

@@ -14,10 +14,10 @@ use common::store::{ResourceKey, StoredResource};
 use serde_json::{Value, json};
 
 use crate::identity::IdentityManager;
-use crate::state::{SYNCED_TYPES, ZoneCtx};
+use crate::state::ZoneCtx;
 
 fn rfc3339_ms(ms: u64) -> Value {
-    common::timefmt::rfc3339_ms(ms as i64).map_or(Value::Null, Value::String)
+    common::clock::rfc3339_ms(ms as i64).map_or(Value::Null, Value::String)
 }
 
 fn error(status: StatusCode, detail: impl Into<String>) -> Response {
@@ -134,7 +134,7 @@ async fn get_mesh(State(ctx): State<Arc<ZoneCtx>>, Path(name): Path<String>) -> 
 async fn status(State(ctx): State<Arc<ZoneCtx>>) -> Response {
     let conn = ctx.connection().clone();
     let mut types = serde_json::Map::new();
-    for kind in SYNCED_TYPES {
+    for kind in common::sync::SYNCED_KINDS {
         let (count, digest) = ctx.held_digest(kind);
         let t = ctx.type_sync(kind);
         types.insert(

@@ -26,14 +26,6 @@ pub enum ApplyError {
     Store(#[from] StoreError),
 }
 
-pub fn parse_kind(s: &str) -> Option<Kind> {
-    match s {
-        "Mesh" => Some(Kind::Mesh),
-        "Secret" => Some(Kind::Secret),
-        _ => None,
-    }
-}
-
 /// Parses and checks one received resource.
 pub fn validate(kind: Kind, r: &kds::Resource) -> Result<Resource, String> {
     match kind {
@@ -86,7 +78,7 @@ pub async fn apply(
     store: &Store,
     response: &kds::DiscoveryResponse,
 ) -> Result<Applied, ApplyError> {
-    let kind = parse_kind(&response.r#type)
+    let kind = common::sync::parse_kind(&response.r#type)
         .ok_or_else(|| ApplyError::UnknownType(response.r#type.clone()))?;
     let mut ops = Vec::with_capacity(response.resources.len() + response.removed_resources.len());
     let mut rejected = Vec::new();

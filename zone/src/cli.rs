@@ -147,22 +147,6 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = ctrl_c.await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term.recv() => {}
-    }
-}
-
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -249,7 +233,7 @@ async fn run(args: RunArgs) -> ExitCode {
         }
     };
     let listeners = crate::Listeners { api: listener, dp };
-    match crate::run(config, listeners, shutdown_signal()).await {
+    match crate::run(config, listeners, common::shutdown::signal()).await {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
             eprintln!("error: {e}");
@@ -298,7 +282,7 @@ async fn proxy(args: ProxyArgs) -> ExitCode {
             "--insecure-skip-verify: the zone's certificate is NOT verified, and private keys travel on this stream"
         );
     }
-    match crate::agent::run(config, shutdown_signal()).await {
+    match crate::agent::run(config, common::shutdown::signal()).await {
         Ok(()) => ExitCode::from(exit::OK),
         Err(crate::agent::AgentError::Config(e)) => {
             eprintln!("error: {e}");

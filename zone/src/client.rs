@@ -18,12 +18,10 @@ use crate::ZoneConfig;
 use crate::apply::{self, ApplyError};
 use crate::dial::{Redial, describe, stopped};
 use crate::metrics::ZoneMetrics;
-use crate::state::{Nack, SYNCED_TYPES, ZoneCtx, now_ms};
+use common::sync::SYNCED_KINDS;
 
-/// Largest message on the stream (global's limit).
-pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
-/// Metadata in which the zone names itself (global checks it against the token).
-pub const ZONE_NAME_HEADER: &str = "x-zone-name";
+use crate::state::{Nack, ZoneCtx, now_ms};
+
 const OUTBOUND_QUEUE: usize = 64;
 /// How often a status report that is owed checks whether the previous one has left the queue.
 const REPORT_RETRY: Duration = Duration::from_millis(25);
@@ -149,12 +147,12 @@ async fn session(
         _ = stopped(stop) => return End::Shutdown,
     };
     let mut client = ZoneSyncClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(common::limits::SYNC_MESSAGE_BYTES)
+        .max_encoding_message_size(common::limits::SYNC_MESSAGE_BYTES)
         .send_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Gzip);
     let (tx, rx) = mpsc::channel::<ZoneMessage>(OUTBOUND_QUEUE);
-    for kind in SYNCED_TYPES {
+    for kind in SYNCED_KINDS {
         tx.send(subscribe(ctx, kind))
             .await
             .expect("the receiver is held below");
@@ -165,7 +163,9 @@ async fn session(
     };
     request.metadata_mut().insert("authorization", auth);
     if let Ok(name) = ctx.config.name.parse() {
-        request.metadata_mut().insert(ZONE_NAME_HEADER, name);
+        request
+            .metadata_mut()
+            .insert(common::sync::ZONE_NAME_HEADER, name);
     }
     let response = tokio::select! {
         r = client.sync(request) => r,
@@ -257,7 +257,7 @@ async fn handle_response(
     }
     match apply::apply(&ctx.store, resp).await {
         Ok(applied) => {
-            let kind = apply::parse_kind(&resp.r#type).expect("apply checked the type");
+            let kind = common::sync::parse_kind(&resp.r#type).expect("apply checked the type");
             ctx.metrics.syncs_applied.get_or_create(&labels).inc();
             ctx.metrics
                 .resources_applied

@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use common::backoff::{Backoff, Jitter};
 use tokio::sync::watch;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
@@ -134,37 +135,6 @@ impl Target {
 /// A connection up at least this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 
-/// Exponential backoff with full jitter in the upper half: delay `n` is in
-/// `[d/2, d]` with `d = min(initial * 2^n, max)`.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    initial: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max,
-            attempt: 0,
-        }
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let factor = 1u32 << self.attempt.min(16);
-        let base = self.initial.saturating_mul(factor).min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        let half = base / 2;
-        half + half.mul_f64(rand::random::<f64>())
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
 /// The retry side of a long-lived connection to a peer (global for `zone run`, the zone for
 /// `zone proxy`): backoff between attempts, reset once a connection lasted [`STABLE_AFTER`] (or did
 /// useful work), and a warning for each new failure, not for each retry failing the same way.
@@ -177,7 +147,7 @@ pub struct Redial {
 impl Redial {
     pub fn new(initial: Duration, max: Duration) -> Self {
         Self {
-            backoff: Backoff::new(initial, max),
+            backoff: Backoff::new(initial, max, Jitter::UpperHalf),
             last_logged: None,
         }
     }
@@ -261,22 +231,5 @@ pub(crate) fn describe(status: &tonic::Status, peer: &str, me: &str) -> String {
                 .unwrap_or_default();
             format!("{code:?}: {}{chain}", status.message())
         }
-    }
-}
-
-#[cfg(test)]
-mod backoff_tests {
-    use super::*;
-
-    #[test]
-    fn backoff_starts_within_a_second_and_is_capped() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-        let first = b.next_delay();
-        assert!(first >= Duration::from_millis(500) && first <= Duration::from_secs(1));
-        let delays: Vec<Duration> = (0..20).map(|_| b.next_delay()).collect();
-        assert!(delays.iter().all(|d| *d <= Duration::from_secs(30)));
-        assert!(delays.last().unwrap() >= &Duration::from_secs(15));
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_secs(1));
     }
 }

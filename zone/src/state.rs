@@ -16,10 +16,6 @@ use tokio::sync::Notify;
 use crate::ZoneConfig;
 use crate::metrics::ZoneMetrics;
 
-/// The types the zone receives from global, in the order it subscribes (Secrets before the
-/// Meshes that use them).
-pub const SYNCED_TYPES: [Kind; 2] = [Kind::Secret, Kind::Mesh];
-
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -93,7 +89,7 @@ impl ZoneCtx {
     pub fn new(config: ZoneConfig, store: Store) -> Result<Self, StoreError> {
         let sync_records = store.records("sync")?;
         let mut types = BTreeMap::new();
-        for kind in SYNCED_TYPES {
+        for kind in common::sync::SYNCED_KINDS {
             let t: TypeSync = sync_records.get(kind.as_str())?.unwrap_or_default();
             types.insert(kind.as_str(), t);
         }
@@ -194,7 +190,7 @@ impl ZoneCtx {
     pub fn status_report(&self) -> kds::ZoneStatus {
         let conn = self.connection().clone();
         let extra = self.status_extra();
-        let types = SYNCED_TYPES
+        let types = common::sync::SYNCED_KINDS
             .iter()
             .map(|kind| {
                 let (count, digest) = self.held_digest(*kind);

@@ -169,12 +169,12 @@ async fn oversized_identity_requests_are_refused_and_the_zone_keeps_serving() {
     eprintln!("whole test: {:?}", started.elapsed());
 }
 
-/// One connection holds at most `MAX_STREAMS_PER_CONNECTION` identity streams (tonic leaves the
+/// One connection holds at most `limits::DP_STREAMS_PER_CONNECTION` identity streams (tonic leaves the
 /// count unbounded): the next stream on it waits until one closes, while a new connection is
 /// served at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_connection_holds_a_bounded_number_of_identity_streams() {
-    const MAX: usize = zone::dp::MAX_STREAMS_PER_CONNECTION as usize;
+    const MAX: usize = common::limits::DP_STREAMS_PER_CONNECTION as usize;
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let global = Global::start(&root.join("global"), None).await;

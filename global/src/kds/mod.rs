@@ -19,7 +19,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::model::Kind;
 use common::store::Store;
 use proto::kds::zone_sync_server::{ZoneSync, ZoneSyncServer};
 use proto::kds::{GlobalMessage, ZoneMessage};
@@ -37,12 +36,6 @@ pub use zones::Zones;
 
 use crate::tokens::{TokenVerifier, ZONE_SCOPE, ZoneClaim};
 
-/// Largest message on the stream, either way (Kuma's).
-pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
-/// The types synced from global to zones.
-pub const SYNCED_TYPES: [Kind; 2] = [Kind::Mesh, Kind::Secret];
-/// Optional metadata in which a zone names itself; must match its token.
-pub const ZONE_NAME_HEADER: &str = "x-zone-name";
 /// Responses queued per stream before the sender waits for the zone to read.
 const OUTBOUND_QUEUE: usize = 16;
 /// How long connections may take to drain at shutdown.
@@ -62,7 +55,7 @@ pub struct KdsConfig {
 impl Default for KdsConfig {
     fn default() -> Self {
         Self {
-            max_message_bytes: MAX_MESSAGE_BYTES,
+            max_message_bytes: common::limits::SYNC_MESSAGE_BYTES,
             keepalive_interval: Duration::from_secs(3),
             keepalive_timeout: Duration::from_secs(3),
             send_timeout: Duration::from_secs(30),
@@ -165,7 +158,7 @@ impl KdsServer {
     ) -> Result<(String, u64), (&'static str, String)> {
         let md = request.metadata();
         let claimed = md
-            .get(ZONE_NAME_HEADER)
+            .get(common::sync::ZONE_NAME_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let Some(value) = md.get("authorization") else {
@@ -264,7 +257,7 @@ impl ZoneSync for KdsServer {
             Err((code, message)) => {
                 let claimed = request
                     .metadata()
-                    .get(ZONE_NAME_HEADER)
+                    .get(common::sync::ZONE_NAME_HEADER)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("")
                     .to_string();

@@ -26,14 +26,6 @@ const MAX_SKIPPED_LISTED: usize = 20;
 /// Unanswered responses remembered per stream.
 const MAX_INFLIGHT: usize = 1024;
 
-pub fn parse_kind(s: &str) -> Option<Kind> {
-    match s {
-        "Mesh" => Some(Kind::Mesh),
-        "Secret" => Some(Kind::Secret),
-        _ => None,
-    }
-}
-
 /// State shared by the two halves; every lock is held briefly and never across an await.
 #[derive(Default)]
 struct Shared {
@@ -417,7 +409,7 @@ async fn handle_request(
     shared: &Shared,
     req: DiscoveryRequest,
 ) {
-    let Some(kind) = parse_kind(&req.r#type) else {
+    let Some(kind) = common::sync::parse_kind(&req.r#type) else {
         tracing::warn!(zone = %zone, type_ = %req.r#type, "the zone asked for a type that is not synced");
         let msg = format!("asked for type {:?}, which is not synced", req.r#type);
         ctx.zones.update(zone, session, |r| r.last_error = msg);
@@ -491,7 +483,7 @@ async fn handle_request(
 }
 
 fn rfc3339_ms(ms: i64) -> Value {
-    common::timefmt::rfc3339_ms(ms).map_or(Value::Null, Value::String)
+    common::clock::rfc3339_ms(ms).map_or(Value::Null, Value::String)
 }
 
 /// The JSON form of a zone's status report, as `GET /zones/{name}` shows it.

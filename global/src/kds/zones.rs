@@ -26,7 +26,7 @@ pub fn now_ms() -> u64 {
 }
 
 fn rfc3339_ms(ms: u64) -> Value {
-    common::timefmt::rfc3339_ms(ms as i64).map_or(Value::Null, Value::String)
+    common::clock::rfc3339_ms(ms as i64).map_or(Value::Null, Value::String)
 }
 
 /// One rejected resource.

@@ -35,9 +35,6 @@ pub const STREAM_PATH: &str = "/kmesh.identity.v1.DataplaneIdentity/Stream";
 const YIELD_THRESHOLD: usize = 32 * 1024;
 /// The request decoding buffer (one small message per stream; freed once it is read).
 const REQUEST_BUFFER: usize = 4 * 1024;
-/// Largest identity request accepted (tonic's default, said here so that it is one on purpose):
-/// a request is a name, tags and at most a certificate chain. Larger ones get OUT_OF_RANGE.
-pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// The gRPC message prefix: compression flag and length.
 const PREFIX: usize = 5;
 
@@ -232,7 +229,7 @@ where
         };
         Box::pin(async move {
             let mut grpc = tonic::server::Grpc::new(IdentityCodec)
-                .max_decoding_message_size(MAX_REQUEST_BYTES);
+                .max_decoding_message_size(common::limits::DP_REQUEST_BYTES);
             let response = grpc.server_streaming(method, req).await;
             let responses = taken.lock().unwrap_or_else(|e| e.into_inner()).take();
             Ok(match responses {

@@ -36,10 +36,6 @@ use tonic::{Request, Response, Status};
 use crate::ZoneCtx;
 use crate::identity::{IdentityBundle, IdentityError, IdentityManager, IdentitySubscription};
 
-/// Identity streams one connection may have open at once (an agent opens one; the benches
-/// multiplex 100 per connection). Beyond it the client's HTTP/2 layer waits for a free slot.
-pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
-
 /// How long streams may take to drain at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// A refusal of the same proxy for the same cause is logged at warn level once in this period.
@@ -105,7 +101,7 @@ impl DpServer {
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             // A proxy needs one stream; tonic leaves the count per connection unbounded.
-            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+            .max_concurrent_streams(Some(common::limits::DP_STREAMS_PER_CONNECTION))
             .tcp_nodelay(true)
             .add_service(codec::IdentityService::new(self))
             .serve_with_incoming_shutdown(

@@ -427,7 +427,7 @@ impl Proxy {
             expiration: self
                 .cert
                 .as_ref()
-                .and_then(|c| common::timefmt::rfc3339(c.not_after)),
+                .and_then(|c| common::clock::rfc3339(c.not_after)),
             expiration_unix: self.cert.as_ref().map(|c| c.not_after),
             last_error: self.last_error.clone(),
             issued_count: self.issued_count,

@@ -10,24 +10,10 @@ use tokio::time::Instant;
 
 use super::DpKey;
 
-/// The shortest retry delay ever used, so that a zero draw of the jitter never spins.
-const MIN_RETRY: Duration = Duration::from_millis(50);
-
-/// Delay before retry number `failures` (1 for the first retry): uniform in
-/// `[0, min(max, initial * 2^(failures-1))]` ("full jitter"), at least [`MIN_RETRY`].
+/// Delay before retry number `failures` (1 for the first retry): the project's one backoff
+/// (`common::backoff`) with full jitter.
 pub fn backoff(failures: u32, initial: Duration, max: Duration) -> Duration {
-    backoff_with(failures, initial, max, rand::rng().random::<f64>())
-}
-
-/// [`backoff`] with the random draw (in `[0, 1)`) given.
-pub fn backoff_with(failures: u32, initial: Duration, max: Duration, draw: f64) -> Duration {
-    let exp = failures.saturating_sub(1).min(30);
-    let cap = initial
-        .checked_mul(1u32 << exp)
-        .unwrap_or(max)
-        .min(max)
-        .max(MIN_RETRY);
-    cap.mul_f64(draw.clamp(0.0, 1.0)).max(MIN_RETRY)
+    common::backoff::delay(failures, initial, max, common::backoff::Jitter::Full)
 }
 
 /// When a certificate valid from `not_before` to `not_after` (unix seconds) should be replaced:
@@ -193,24 +179,6 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let i = Duration::from_secs(1);
-        let m = Duration::from_secs(300);
-        assert_eq!(backoff_with(1, i, m, 1.0), Duration::from_secs(1));
-        assert_eq!(backoff_with(2, i, m, 1.0), Duration::from_secs(2));
-        assert_eq!(backoff_with(4, i, m, 1.0), Duration::from_secs(8));
-        assert_eq!(backoff_with(9, i, m, 1.0), Duration::from_secs(256));
-        assert_eq!(backoff_with(10, i, m, 1.0), m);
-        assert_eq!(backoff_with(1000, i, m, 1.0), m);
-        assert_eq!(backoff_with(3, i, m, 0.5), Duration::from_secs(2));
-        assert_eq!(backoff_with(3, i, m, 0.0), MIN_RETRY);
-        for n in 1..20 {
-            let d = backoff(n, i, m);
-            assert!(d >= MIN_RETRY && d <= m, "{d:?}");
-        }
-    }
 
     #[test]
     fn rotation_point() {
