@@ -10,7 +10,7 @@
 //! together and tests can mint tokens (expired, forged) without a running global.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
@@ -93,11 +93,9 @@ struct Header {
     kid: String,
 }
 
+/// [`crate::clock::now_unix`] as token claims carry it (`iat`, `exp`: unsigned seconds).
 pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    u64::try_from(crate::clock::now_unix()).unwrap_or(0)
 }
 
 /// RFC 3339 of unix seconds (the number itself when out of range).
