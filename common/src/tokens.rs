@@ -268,9 +268,7 @@ impl TokenVerifier {
         scope: &str,
         now: u64,
     ) -> Result<Claims<T>, TokenError> {
-        let parts = split(token)?;
-        check_signature(&self.public, &parts)?;
-        parts.claims(scope, now)
+        verify_token(std::slice::from_ref(self), false, token, scope, now)
     }
 }
 
@@ -308,20 +306,28 @@ impl KeySet {
         scope: &str,
         now: u64,
     ) -> Result<Claims<T>, TokenError> {
-        let parts = split(token)?;
-        let candidates: Vec<&TokenVerifier> = self
-            .keys
-            .iter()
-            .filter(|k| parts.kid.is_empty() || k.kid == parts.kid)
-            .collect();
-        if !candidates
-            .iter()
-            .any(|k| check_signature(&k.public, &parts).is_ok())
-        {
-            return Err(TokenError::BadSignature);
-        }
-        parts.claims(scope, now)
+        verify_token(&self.keys, true, token, scope, now)
     }
+}
+
+/// Splits `token`, checks its signature with one of `keys` (with `by_kid`, only those its `kid`
+/// names, or every key when it names none), then its scope and validity period at `now`.
+fn verify_token<T: DeserializeOwned>(
+    keys: &[TokenVerifier],
+    by_kid: bool,
+    token: &str,
+    scope: &str,
+    now: u64,
+) -> Result<Claims<T>, TokenError> {
+    let parts = split(token)?;
+    let signed = keys
+        .iter()
+        .filter(|k| !by_kid || parts.kid.is_empty() || k.kid == parts.kid)
+        .any(|k| check_signature(&k.public, &parts).is_ok());
+    if !signed {
+        return Err(TokenError::BadSignature);
+    }
+    parts.claims(scope, now)
 }
 
 /// A token cut into its parts, the header checked.

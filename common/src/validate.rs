@@ -205,14 +205,10 @@ fn validate_provided(
         ("cert", &c.cert, "the CA certificate (PEM)"),
         ("key", &c.key, "the CA private key (PEM)"),
     ] {
+        let missing =
+            format!("missing: {what} as a data source (secret, file, inline or inlineString)");
         let field = format!("{base}.{key}");
-        match ds {
-            None => errs.push(
-                field,
-                format!("missing: {what} as a data source (secret, file, inline or inlineString)"),
-            ),
-            Some(ds) => validate_data_source(&field, ds, mesh, secrets, errs),
-        }
+        required_data_source(&field, ds.as_ref(), missing, mesh, secrets, errs);
     }
 }
 
@@ -315,17 +311,27 @@ fn validate_from_cp(
                     ("clientKey", &tls.client_key, "the client private key (PEM)"),
                     ("clientCert", &tls.client_cert, "the client certificate (PEM)"),
                 ] {
+                    let missing = format!("missing: TLS authentication needs {what} as a data source");
                     let field = format!("{auth_field}.tls.{key}");
-                    match ds {
-                        None => errs.push(
-                            field,
-                            format!("missing: TLS authentication needs {what} as a data source"),
-                        ),
-                        Some(ds) => validate_data_source(&field, ds, mesh, secrets, errs),
-                    }
+                    required_data_source(&field, ds.as_ref(), missing, mesh, secrets, errs);
                 }
             }
         }
+    }
+}
+
+/// A data source that must be set: `missing` when it is not, else [`validate_data_source`].
+fn required_data_source(
+    field: &str,
+    ds: Option<&DataSource>,
+    missing: String,
+    mesh: Option<&str>,
+    secrets: &dyn SecretLookup,
+    errs: &mut ValidationErrors,
+) {
+    match ds {
+        None => errs.push(field, missing),
+        Some(ds) => validate_data_source(field, ds, mesh, secrets, errs),
     }
 }
 

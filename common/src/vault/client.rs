@@ -34,6 +34,14 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// The [`TokenInfo`] of Vault's `data` (lookup) or `auth` (renewal) object, its TTL in `ttl_key`.
+fn token_info_of(v: &serde_json::Value, ttl_key: &str) -> TokenInfo {
+    TokenInfo {
+        ttl: Duration::from_secs(v[ttl_key].as_u64().unwrap_or(0)),
+        renewable: v["renewable"].as_bool().unwrap_or(false),
+    }
+}
+
 /// Reads the data source at `field` of the conf.
 fn resolve(
     ds: &DataSource,
@@ -313,6 +321,11 @@ impl VaultIssuer {
         }
     }
 
+    /// A token of our own is in use (not through an agent, and not before a cert login).
+    fn has_own_token(&self) -> bool {
+        self.auth != AuthMode::Agent && self.current_token().is_some()
+    }
+
     fn current_token(&self) -> Option<Secret> {
         self.token.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -560,17 +573,13 @@ impl VaultIssuer {
     /// renewed. `None` when there is no token to look up (through an agent, or before a cert
     /// login). A TTL of zero means the token never expires (a root token).
     pub async fn token_info(&self) -> Result<Option<TokenInfo>, VaultError> {
-        if self.auth == AuthMode::Agent || self.current_token().is_none() {
+        if !self.has_own_token() {
             return Ok(None);
         }
         let v = self
             .token_call(reqwest::Method::GET, "auth/token/lookup-self", None)
             .await?;
-        let data = &v["data"];
-        Ok(Some(TokenInfo {
-            ttl: Duration::from_secs(data["ttl"].as_u64().unwrap_or(0)),
-            renewable: data["renewable"].as_bool().unwrap_or(false),
-        }))
+        Ok(Some(token_info_of(&v["data"], "ttl")))
     }
 
     /// `auth/token/renew-self`: renews the token in use (by `increment`, or by its own period or
@@ -579,18 +588,14 @@ impl VaultIssuer {
         &self,
         increment: Option<Duration>,
     ) -> Result<Option<TokenInfo>, VaultError> {
-        if self.auth == AuthMode::Agent || self.current_token().is_none() {
+        if !self.has_own_token() {
             return Ok(None);
         }
         let body = increment.map(|d| serde_json::json!({"increment": format!("{}s", d.as_secs())}));
         let v = self
             .token_call(reqwest::Method::POST, "auth/token/renew-self", body)
             .await?;
-        let auth = &v["auth"];
-        Ok(Some(TokenInfo {
-            ttl: Duration::from_secs(auth["lease_duration"].as_u64().unwrap_or(0)),
-            renewable: auth["renewable"].as_bool().unwrap_or(false),
-        }))
+        Ok(Some(token_info_of(&v["auth"], "lease_duration")))
     }
 
     async fn token_call(
