@@ -790,7 +790,7 @@ pub struct ResourceReport {
 /// Validates every resource of the files on its own, with the Secrets of the files resolvable.
 pub async fn validate_resources(
     resources: Vec<Resource>,
-    vault_timeouts: common::vault::Timeouts,
+    bounds: common::vault::Timeouts,
 ) -> Vec<ResourceReport> {
     let mut secrets = SecretMap::default();
     for r in &resources {
@@ -811,29 +811,27 @@ pub async fn validate_resources(
             unreachable: false,
         };
         match r {
-            Resource::Mesh(m) => {
-                match accept::admit_mesh(m, None, &secrets, true, vault_timeouts).await {
-                    Ok(a) => {
-                        report.checks = a.checks;
-                        report.warnings = a.warnings;
-                    }
-                    Err(refused) => {
-                        report.valid = false;
-                        report.errors = refused.errors.errors;
-                        report.warnings = refused
-                            .checks
-                            .iter()
-                            .flat_map(|c| {
-                                c.warnings
-                                    .iter()
-                                    .map(move |w| format!("backend {:?}: {w}", c.backend))
-                            })
-                            .collect();
-                        report.checks = refused.checks;
-                        report.unreachable = refused.unreachable;
-                    }
+            Resource::Mesh(m) => match accept::admit_mesh(m, None, &secrets, true, bounds).await {
+                Ok(a) => {
+                    report.checks = a.checks;
+                    report.warnings = a.warnings;
                 }
-            }
+                Err(refused) => {
+                    report.valid = false;
+                    report.errors = refused.errors.errors;
+                    report.warnings = refused
+                        .checks
+                        .iter()
+                        .flat_map(|c| {
+                            c.warnings
+                                .iter()
+                                .map(move |w| format!("backend {:?}: {w}", c.backend))
+                        })
+                        .collect();
+                    report.checks = refused.checks;
+                    report.unreachable = refused.unreachable;
+                }
+            },
             Resource::Secret(s) => {
                 if let Err(e) = common::validate::validate_secret(&s) {
                     report.valid = false;
