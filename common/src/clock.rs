@@ -23,9 +23,10 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Now, as a UTC `OffsetDateTime` (certificate validity is built from it).
+/// Now, as a UTC `OffsetDateTime` truncated to whole seconds (certificate validity is built from
+/// it, and certificates carry seconds only).
 pub fn now_utc() -> OffsetDateTime {
-    OffsetDateTime::now_utc()
+    OffsetDateTime::from_unix_timestamp(now_unix()).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 /// RFC 3339 of unix seconds; `None` when out of range.

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use base64::Engine;
 
+use crate::limits::DATA_BYTES;
 use crate::model::{DataSource, Secret};
-use crate::validate::MAX_DATA_BYTES;
 
 /// Finds the decoded data of a Secret of a mesh.
 pub trait SecretLookup: Send + Sync {
@@ -83,7 +83,7 @@ impl DataSource {
     }
 }
 
-/// Reads a `file:` data source: a regular file of at most [`MAX_DATA_BYTES`]. A device, FIFO or
+/// Reads a `file:` data source: a regular file of at most [`DATA_BYTES`]. A device, FIFO or
 /// directory is refused before it is read (`/dev/zero` would never end, a FIFO would block the
 /// reader until someone writes to it), and so is a file that grows past the limit while read.
 fn read_file(path: &str) -> Result<Vec<u8>, String> {
@@ -107,11 +107,11 @@ fn read_file(path: &str) -> Result<Vec<u8>, String> {
         .map_err(|e| e.to_string())?;
     regular(&file.metadata().map_err(|e| e.to_string())?)?;
     let mut data = Vec::new();
-    file.take(MAX_DATA_BYTES as u64 + 1)
+    file.take(DATA_BYTES as u64 + 1)
         .read_to_end(&mut data)
         .map_err(|e| e.to_string())?;
-    if data.len() > MAX_DATA_BYTES {
-        return Err(format!("larger than {} bytes", MAX_DATA_BYTES));
+    if data.len() > DATA_BYTES {
+        return Err(format!("larger than {} bytes", DATA_BYTES));
     }
     Ok(data)
 }
@@ -192,21 +192,25 @@ mod tests {
         // A FIFO with no writer would block the reader forever.
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("fifo");
-        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let made = std::process::Command::new("mkfifo")
+            .args(["-m", "600"])
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
         refused(fifo.to_str().unwrap(), "not a regular file");
-        // At most MAX_DATA_BYTES.
+        // At most DATA_BYTES.
         let big = dir.path().join("big");
-        std::fs::write(&big, vec![b'a'; MAX_DATA_BYTES + 1]).unwrap();
+        std::fs::write(&big, vec![b'a'; DATA_BYTES + 1]).unwrap();
         refused(big.to_str().unwrap(), "larger than");
         let max = dir.path().join("max");
-        std::fs::write(&max, vec![b'a'; MAX_DATA_BYTES]).unwrap();
+        std::fs::write(&max, vec![b'a'; DATA_BYTES]).unwrap();
         assert_eq!(
             DataSource::file(max.to_str().unwrap())
                 .resolve("m", &secrets)
                 .unwrap()
                 .len(),
-            MAX_DATA_BYTES
+            DATA_BYTES
         );
     }
 

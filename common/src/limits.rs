@@ -12,6 +12,8 @@ pub const DP_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 pub const DP_STREAMS_PER_CONNECTION: u32 = 256;
 /// Largest HTTP request body of global's API (413 beyond).
 pub const API_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Largest Secret (decoded) or data source (`inline`, `inlineString`, `file`).
+pub const DATA_BYTES: usize = 1024 * 1024;
 /// Largest document `parse` reads (YAML or JSON, one or many resources).
 pub const INPUT_BYTES: usize = 4 * 1024 * 1024;
 /// An HTTP client must send a request's headers within this; also the idle keep-alive limit.

@@ -11,7 +11,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -190,13 +189,6 @@ pub struct Store {
     revision_tx: std::sync::Arc<watch::Sender<u64>>,
     write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
     index: Arc<RwLock<VersionIndex>>,
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl Store {
@@ -381,7 +373,7 @@ impl Store {
         let _guard = self.write_lock.lock().await;
         let current = self.revision();
         let next = current + 1;
-        let now = now_unix();
+        let now = u64::try_from(crate::clock::now_unix()).unwrap_or(0);
         let prepared: Vec<PreparedOp> = ops
             .iter()
             .map(|op| match op {

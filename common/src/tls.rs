@@ -67,7 +67,7 @@ pub fn load_or_generate(
         return Ok((material, false));
     }
     std::fs::create_dir_all(&dir)?;
-    let now = time::OffsetDateTime::now_utc();
+    let now = crate::clock::now_utc();
 
     let ca_key = KeyPair::generate().map_err(other)?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(other)?;

@@ -10,7 +10,7 @@
 //! together and tests can mint tokens (expired, forged) without a running global.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
@@ -93,11 +93,9 @@ struct Header {
     kid: String,
 }
 
+/// [`crate::clock::now_unix`] as token claims carry it (`iat`, `exp`: unsigned seconds).
 pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    u64::try_from(crate::clock::now_unix()).unwrap_or(0)
 }
 
 /// RFC 3339 of unix seconds (the number itself when out of range).
@@ -270,9 +268,7 @@ impl TokenVerifier {
         scope: &str,
         now: u64,
     ) -> Result<Claims<T>, TokenError> {
-        let parts = split(token)?;
-        check_signature(&self.public, &parts)?;
-        parts.claims(scope, now)
+        verify_token(std::slice::from_ref(self), false, token, scope, now)
     }
 }
 
@@ -310,20 +306,28 @@ impl KeySet {
         scope: &str,
         now: u64,
     ) -> Result<Claims<T>, TokenError> {
-        let parts = split(token)?;
-        let candidates: Vec<&TokenVerifier> = self
-            .keys
-            .iter()
-            .filter(|k| parts.kid.is_empty() || k.kid == parts.kid)
-            .collect();
-        if !candidates
-            .iter()
-            .any(|k| check_signature(&k.public, &parts).is_ok())
-        {
-            return Err(TokenError::BadSignature);
-        }
-        parts.claims(scope, now)
+        verify_token(&self.keys, true, token, scope, now)
     }
+}
+
+/// Splits `token`, checks its signature with one of `keys` (with `by_kid`, only those its `kid`
+/// names, or every key when it names none), then its scope and validity period at `now`.
+fn verify_token<T: DeserializeOwned>(
+    keys: &[TokenVerifier],
+    by_kid: bool,
+    token: &str,
+    scope: &str,
+    now: u64,
+) -> Result<Claims<T>, TokenError> {
+    let parts = split(token)?;
+    let signed = keys
+        .iter()
+        .filter(|k| !by_kid || parts.kid.is_empty() || k.kid == parts.kid)
+        .any(|k| check_signature(&k.public, &parts).is_ok());
+    if !signed {
+        return Err(TokenError::BadSignature);
+    }
+    parts.claims(scope, now)
 }
 
 /// A token cut into its parts, the header checked.

@@ -11,6 +11,7 @@ use base64::Engine;
 
 use crate::ValidationErrors;
 use crate::datasource::SecretLookup;
+use crate::limits::DATA_BYTES;
 use crate::model::{
     BackendConf, BuiltinConf, DataSource, Dataplane, FromCp, Mesh, ProvidedConf, Resource,
     SERVICE_TAG, Secret,
@@ -22,8 +23,6 @@ use crate::template;
 pub const MAX_BACKENDS: usize = 32;
 /// Longest string accepted in any field that is not data (names, addresses, paths, tags...).
 pub const MAX_STRING_LEN: usize = 4096;
-/// Largest Secret (decoded) or inline data source.
-pub const MAX_DATA_BYTES: usize = 1024 * 1024;
 /// Longest tag key or value.
 pub const MAX_TAG_LEN: usize = 253;
 /// Shortest proxy certificate lifetime.
@@ -206,14 +205,10 @@ fn validate_provided(
         ("cert", &c.cert, "the CA certificate (PEM)"),
         ("key", &c.key, "the CA private key (PEM)"),
     ] {
+        let missing =
+            format!("missing: {what} as a data source (secret, file, inline or inlineString)");
         let field = format!("{base}.{key}");
-        match ds {
-            None => errs.push(
-                field,
-                format!("missing: {what} as a data source (secret, file, inline or inlineString)"),
-            ),
-            Some(ds) => validate_data_source(&field, ds, mesh, secrets, errs),
-        }
+        required_data_source(&field, ds.as_ref(), missing, mesh, secrets, errs);
     }
 }
 
@@ -316,17 +311,27 @@ fn validate_from_cp(
                     ("clientKey", &tls.client_key, "the client private key (PEM)"),
                     ("clientCert", &tls.client_cert, "the client certificate (PEM)"),
                 ] {
+                    let missing = format!("missing: TLS authentication needs {what} as a data source");
                     let field = format!("{auth_field}.tls.{key}");
-                    match ds {
-                        None => errs.push(
-                            field,
-                            format!("missing: TLS authentication needs {what} as a data source"),
-                        ),
-                        Some(ds) => validate_data_source(&field, ds, mesh, secrets, errs),
-                    }
+                    required_data_source(&field, ds.as_ref(), missing, mesh, secrets, errs);
                 }
             }
         }
+    }
+}
+
+/// A data source that must be set: `missing` when it is not, else [`validate_data_source`].
+fn required_data_source(
+    field: &str,
+    ds: Option<&DataSource>,
+    missing: String,
+    mesh: Option<&str>,
+    secrets: &dyn SecretLookup,
+    errs: &mut ValidationErrors,
+) {
+    match ds {
+        None => errs.push(field, missing),
+        Some(ds) => validate_data_source(field, ds, mesh, secrets, errs),
     }
 }
 
@@ -408,7 +413,7 @@ fn validate_data_source(
         let f = format!("{field}.inlineString");
         if text.is_empty() {
             errs.push(f, "must not be empty");
-        } else if text.len() > MAX_DATA_BYTES {
+        } else if text.len() > DATA_BYTES {
             errs.push(
                 f,
                 format!("is {} bytes: at most 1 MiB is allowed", text.len()),
@@ -418,14 +423,14 @@ fn validate_data_source(
 }
 
 /// Base64 as `Secret::decode` and data sources read it (standard alphabet, padding, surrounding
-/// whitespace ignored), non-empty and at most [`MAX_DATA_BYTES`] decoded.
+/// whitespace ignored), non-empty and at most [`DATA_BYTES`] decoded.
 fn check_base64(field: &str, data: &str, errs: &mut ValidationErrors) {
     let trimmed = data.trim();
     if trimmed.is_empty() {
         errs.push(field, "must not be empty: expected base64 data");
         return;
     }
-    if trimmed.len() > (MAX_DATA_BYTES / 3 + 1) * 4 {
+    if trimmed.len() > (DATA_BYTES / 3 + 1) * 4 {
         errs.push(
             field,
             format!(
@@ -443,7 +448,7 @@ fn check_base64(field: &str, data: &str, errs: &mut ValidationErrors) {
         return;
     }
     match base64::engine::general_purpose::STANDARD.decode(trimmed) {
-        Ok(bytes) if bytes.len() > MAX_DATA_BYTES => errs.push(
+        Ok(bytes) if bytes.len() > DATA_BYTES => errs.push(
             field,
             format!("decodes to {} bytes: at most 1 MiB is allowed", bytes.len()),
         ),
@@ -1493,9 +1498,9 @@ mod tests {
             },
             &["name", "mesh", "data"],
         );
-        let big = Secret::new("m", "s", &vec![0u8; MAX_DATA_BYTES + 1]);
+        let big = Secret::new("m", "s", &vec![0u8; DATA_BYTES + 1]);
         assert_eq!(fields(&validate_secret(&big).unwrap_err()), ["data"]);
-        let max = Secret::new("m", "s", &vec![7u8; MAX_DATA_BYTES]);
+        let max = Secret::new("m", "s", &vec![7u8; DATA_BYTES]);
         validate_secret(&max).unwrap();
         // Whitespace around the data is ignored, as when it is decoded.
         let mut s = Secret::new("m", "s", b"hi");

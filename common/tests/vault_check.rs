@@ -12,11 +12,25 @@ use common::model::{Backend, DataSource, FromCp, Mesh, VaultAuth, VaultAuthTls, 
 use common::openbao::seed::{self, RoleOptions};
 use common::openbao::{BaoCli, BaoServer};
 use common::vault::{
-    IssueRequest, SUGGESTED_KEY_USAGE, VaultCheckReport, VaultError, VaultIssuer, check_backend,
+    IssueRequest, SUGGESTED_KEY_USAGE, Timeouts, VaultCheckReport, VaultError, VaultIssuer,
 };
 use common::x509;
 
 const MESH: &str = "default";
+
+/// The backend check with the default bounds.
+async fn check_backend(mesh: &str, backend: &Backend, secrets: &SecretMap) -> VaultCheckReport {
+    common::vault::check_backend(mesh, backend, secrets, Timeouts::default()).await
+}
+
+/// A client with the default bounds.
+async fn connect(
+    mesh: &str,
+    conf: &FromCp,
+    secrets: &SecretMap,
+) -> Result<VaultIssuer, VaultError> {
+    VaultIssuer::connect(mesh, conf, secrets, Timeouts::default()).await
+}
 
 /// The Universal Mesh of the reference page, pointed at `address` (token auth from Secret
 /// `token-1`; the page's `tls.caCert` and `auth.tls` are left out for plain HTTP).
@@ -198,7 +212,7 @@ async fn seed_root_ca_with_token_auth() {
 
     // The issuer on its own: the proxy's SANs, the chain to the page's root.
     let conf = token_conf(&bao.addr(), pki, "dataplane-proxies", &token);
-    let issuer = VaultIssuer::connect(MESH, &conf, &secrets).await.unwrap();
+    let issuer = connect(MESH, &conf, &secrets).await.unwrap();
     assert!(!format!("{issuer:?}").contains(&token));
     let mut tags = BTreeMap::new();
     tags.insert("kuma.io/service".to_string(), "backend".to_string());
@@ -290,7 +304,7 @@ async fn seed_intermediate_ca() {
         "{report:#?}"
     );
 
-    let issuer = VaultIssuer::connect(
+    let issuer = connect(
         MESH,
         &token_conf(&bao.addr(), pki, "dataplane-proxies", &token),
         &secrets,
@@ -412,7 +426,7 @@ async fn tls_ca_cert_server_name_and_skip_verify() {
             "caCert",
         ],
     );
-    let issuer = VaultIssuer::connect(MESH, &conf, &secrets).await.unwrap();
+    let issuer = connect(MESH, &conf, &secrets).await.unwrap();
     let err = issuer
         .issue(&IssueRequest {
             uri_sans: vec![],
@@ -509,7 +523,7 @@ async fn tls_client_certificate_auth() {
             .detail
             .contains("logged in at auth/cert/login")
     );
-    let issuer = VaultIssuer::connect(MESH, &good, &secrets).await.unwrap();
+    let issuer = connect(MESH, &good, &secrets).await.unwrap();
     let cert = issuer
         .issue(&IssueRequest {
             uri_sans: vec!["spiffe://default/web".into()],
@@ -540,9 +554,7 @@ async fn tls_client_certificate_auth() {
         check(&report, "auth").field.as_deref(),
         Some("conf.fromCp.auth.tls")
     );
-    let err = VaultIssuer::connect(MESH, &bad, &secrets)
-        .await
-        .unwrap_err();
+    let err = connect(MESH, &bad, &secrets).await.unwrap_err();
     assert!(matches!(err, VaultError::LoginRefused { .. }), "{err:?}");
 
     // A trusted client certificate with URI SANs only and no CN: OpenBao answers 500.
@@ -829,7 +841,7 @@ async fn refusals() {
     );
 
     // The issuer's own errors are classified.
-    let issuer = VaultIssuer::connect(MESH, &token_conf(&addr, pki, "nope", "root"), &secrets)
+    let issuer = connect(MESH, &token_conf(&addr, pki, "nope", "root"), &secrets)
         .await
         .unwrap();
     let req = IssueRequest {
@@ -844,7 +856,7 @@ async fn refusals() {
     );
 
     // Sealed.
-    let ok_issuer = VaultIssuer::connect(MESH, &token_conf(&addr, pki, "ok", &token), &secrets)
+    let ok_issuer = connect(MESH, &token_conf(&addr, pki, "ok", &token), &secrets)
         .await
         .unwrap();
     admin.run(&["operator", "seal"]).unwrap();

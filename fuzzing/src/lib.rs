@@ -144,7 +144,7 @@ pub fn data_source(data: &[u8]) {
         "Debug shows something of an inline value"
     );
     if let Ok(bytes) = ds.resolve("default", &secrets()) {
-        assert!(bytes.len() <= 4 * common::validate::MAX_DATA_BYTES);
+        assert!(bytes.len() <= 4 * common::limits::DATA_BYTES);
     }
 }
 

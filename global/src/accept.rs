@@ -11,7 +11,7 @@ use common::ca;
 use common::datasource::{SecretLookup, SecretMap};
 use common::model::{Backend, BackendConf, Kind, Mesh, Resource, Secret};
 use common::store::{Op, ResourceKey};
-use common::vault::VaultCheckReport;
+use common::vault::{Timeouts, VaultCheckReport};
 use common::{FieldError, ValidationErrors};
 use serde::Serialize;
 
@@ -147,6 +147,7 @@ pub async fn admit(
     batch: Vec<Resource>,
     existing: &dyn Existing,
     dry_run: bool,
+    timeouts: Timeouts,
 ) -> Result<Admitted, Refused> {
     // Secrets of the batch shadow stored ones.
     let overlay = Overlay::new(existing, &batch);
@@ -182,7 +183,7 @@ pub async fn admit(
                     && !overlay.batch_meshes.contains(&s.mesh)
                     && let Some(mesh) = existing.mesh(&s.mesh)
                 {
-                    let mut a = recheck_secret_users(&mesh, &s.name, &overlay)
+                    let mut a = recheck_secret_users(&mesh, &s.name, &overlay, timeouts)
                         .await
                         .map_err(|mut refused| {
                             refused.resource = label.clone();
@@ -195,7 +196,7 @@ pub async fn admit(
             }
             Resource::Mesh(m) => {
                 let old = existing.mesh(&m.name);
-                let mut a = admit_mesh(m, old.as_ref(), &overlay, dry_run)
+                let mut a = admit_mesh(m, old.as_ref(), &overlay, dry_run, timeouts)
                     .await
                     .map_err(|mut refused| {
                         refused.resource = label.clone();
@@ -227,6 +228,7 @@ async fn recheck_secret_users(
     mesh: &Mesh,
     secret: &str,
     secrets: &dyn SecretLookup,
+    timeouts: Timeouts,
 ) -> Result<Admitted, Refused> {
     let mut admitted = Admitted::default();
     let mut errors = ValidationErrors::new();
@@ -242,7 +244,7 @@ async fn recheck_secret_users(
             continue;
         }
         let check = BackendCheck::from_vault(
-            common::vault::check_backend(&mesh.name, backend, secrets).await,
+            common::vault::check_backend(&mesh.name, backend, secrets, timeouts).await,
         );
         if !check.ok {
             if check.unreachable {
@@ -285,6 +287,7 @@ pub async fn admit_mesh(
     old: Option<&Mesh>,
     secrets: &dyn SecretLookup,
     dry_run: bool,
+    timeouts: Timeouts,
 ) -> Result<Admitted, Refused> {
     let mut refused = Refused {
         resource: format!("Mesh {:?}", mesh.name),
@@ -314,7 +317,8 @@ pub async fn admit_mesh(
                 if !backend_changed(old, backend) {
                     continue;
                 }
-                let report = common::vault::check_backend(&mesh.name, backend, secrets).await;
+                let report =
+                    common::vault::check_backend(&mesh.name, backend, secrets, timeouts).await;
                 let check = BackendCheck::from_vault(report);
                 if !check.ok {
                     all_unreachable &= check.unreachable;

@@ -38,6 +38,8 @@ pub struct ApiState {
     pub zones: crate::kds::Zones,
     /// Signs zone (and dataplane) tokens.
     pub tokens: Arc<crate::tokens::TokenSigner>,
+    /// Bounds of every Vault request of the admissions.
+    pub vault_timeouts: common::vault::Timeouts,
 }
 
 /// The error body of SPEC.md.
@@ -391,7 +393,7 @@ async fn admit_observed(
     dry_run: bool,
 ) -> Result<Admitted, accept::Refused> {
     let started = Instant::now();
-    let result = accept::admit(batch, existing, dry_run).await;
+    let result = accept::admit(batch, existing, dry_run, state.vault_timeouts).await;
     let elapsed = started.elapsed().as_secs_f64();
     let checks = match &result {
         Ok(a) => &a.checks,

@@ -122,15 +122,14 @@ pub enum Command {
     },
 }
 
-/// `--vault-timeout`: sets the bounds of every Vault request of this process.
-fn set_vault_timeout(text: &str) -> Result<(), Failure> {
+/// `--vault-timeout`: the bounds of every Vault request of this process.
+fn vault_timeouts(text: &str) -> Result<common::vault::Timeouts, Failure> {
     let d = common::duration::parse_duration(text)
         .map_err(|e| Failure::usage(format!("--vault-timeout: {e}")))?;
     if d.is_zero() {
         return Err(Failure::usage("--vault-timeout must be more than 0s"));
     }
-    common::vault::Timeouts::set_configured(common::vault::Timeouts::with_request(d));
-    Ok(())
+    Ok(common::vault::Timeouts::with_request(d))
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,7 +238,7 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             vault_timeout,
         } => {
             init_tracing();
-            set_vault_timeout(&vault_timeout)?;
+            let vault_timeouts = vault_timeouts(&vault_timeout)?;
             let listener = tokio::net::TcpListener::bind(&api_addr)
                 .await
                 .map_err(|e| {
@@ -259,7 +258,10 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
                 kds: Some(kds),
             };
             crate::run(
-                crate::GlobalConfig { data_dir },
+                crate::GlobalConfig {
+                    data_dir,
+                    vault_timeouts,
+                },
                 listeners,
                 common::shutdown::signal(),
             )
@@ -299,10 +301,7 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             files,
             output,
             vault_timeout,
-        } => {
-            set_vault_timeout(&vault_timeout)?;
-            validate(&files, output).await
-        }
+        } => validate(&files, output, vault_timeouts(&vault_timeout)?).await,
     }
 }
 
@@ -789,7 +788,10 @@ pub struct ResourceReport {
 }
 
 /// Validates every resource of the files on its own, with the Secrets of the files resolvable.
-pub async fn validate_resources(resources: Vec<Resource>) -> Vec<ResourceReport> {
+pub async fn validate_resources(
+    resources: Vec<Resource>,
+    bounds: common::vault::Timeouts,
+) -> Vec<ResourceReport> {
     let mut secrets = SecretMap::default();
     for r in &resources {
         if let Resource::Secret(s) = r {
@@ -809,7 +811,7 @@ pub async fn validate_resources(resources: Vec<Resource>) -> Vec<ResourceReport>
             unreachable: false,
         };
         match r {
-            Resource::Mesh(m) => match accept::admit_mesh(m, None, &secrets, true).await {
+            Resource::Mesh(m) => match accept::admit_mesh(m, None, &secrets, true, bounds).await {
                 Ok(a) => {
                     report.checks = a.checks;
                     report.warnings = a.warnings;
@@ -848,13 +850,17 @@ pub async fn validate_resources(resources: Vec<Resource>) -> Vec<ResourceReport>
     reports
 }
 
-async fn validate(files: &[String], output: Format) -> Result<(), Failure> {
+async fn validate(
+    files: &[String],
+    output: Format,
+    vault_timeouts: common::vault::Timeouts,
+) -> Result<(), Failure> {
     let inputs = read_inputs(files)?;
     let resources = parse_inputs(&inputs)?;
     if resources.is_empty() {
         return Err(Failure::usage("no resources in the given files"));
     }
-    let reports = validate_resources(resources).await;
+    let reports = validate_resources(resources, vault_timeouts).await;
     match output {
         Format::Json => println!(
             "{}",

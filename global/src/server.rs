@@ -48,6 +48,8 @@ impl From<TcpListener> for Listeners {
 #[derive(Debug, Clone)]
 pub struct GlobalConfig {
     pub data_dir: PathBuf,
+    /// Bounds of every Vault request (the backend checks of admissions).
+    pub vault_timeouts: common::vault::Timeouts,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +125,7 @@ pub async fn run(
         admit_lock: Arc::new(tokio::sync::Mutex::new(())),
         zones,
         tokens,
+        vault_timeouts: config.vault_timeouts,
     };
     let app = api::router(state);
     tracing::info!(

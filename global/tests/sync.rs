@@ -698,6 +698,7 @@ impl InProcessGlobal {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let config = global::GlobalConfig {
             data_dir: dir.path().to_path_buf(),
+            vault_timeouts: Default::default(),
         };
         let handle = tokio::spawn(async move {
             global::run(config, listeners, async {

@@ -199,7 +199,6 @@ async fn run(args: RunArgs) -> ExitCode {
     match common::duration::parse_duration(&args.vault_timeout) {
         Ok(d) if !d.is_zero() => {
             config.vault_timeouts = common::vault::Timeouts::with_request(d);
-            common::vault::Timeouts::set_configured(config.vault_timeouts);
         }
         Ok(_) => {
             eprintln!("error: --vault-timeout must be more than 0s");

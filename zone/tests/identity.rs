@@ -1008,9 +1008,14 @@ async fn thousand_proxies_at_once_within_the_concurrency_limit() {
         serde_json::from_value(backend["conf"]["fromCp"].clone()).unwrap();
     let secrets = common::datasource::SecretMap::default();
     let issuer = Arc::new(
-        common::vault::VaultIssuer::connect("default", &from_cp, &secrets)
-            .await
-            .unwrap(),
+        common::vault::VaultIssuer::connect(
+            "default",
+            &from_cp,
+            &secrets,
+            common::vault::Timeouts::default(),
+        )
+        .await
+        .unwrap(),
     );
     counts.max.store(0, Ordering::SeqCst);
     let next = Arc::new(AtomicU64::new(0));

@@ -269,7 +269,7 @@ async fn slow_vault_is_bounded_by_the_configured_timeout() {
     ))
     .unwrap();
     let t = Instant::now();
-    let report = common::vault::check_backend_with(
+    let report = common::vault::check_backend(
         MESH,
         &backend,
         &common::datasource::SecretMap::default(),
@@ -414,9 +414,13 @@ async fn server_errors_and_rate_limits_back_off() {
             json!({"inlineString": s.token}),
         ))
         .unwrap();
-        let report =
-            common::vault::check_backend(MESH, &backend, &common::datasource::SecretMap::default())
-                .await;
+        let report = common::vault::check_backend(
+            MESH,
+            &backend,
+            &common::datasource::SecretMap::default(),
+            Timeouts::default(),
+        )
+        .await;
         assert!(!report.ok && report.unreachable, "{}", report.summary());
         assert!(report.summary().contains(expect), "{}", report.summary());
     }

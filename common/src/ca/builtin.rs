@@ -10,7 +10,7 @@ use rcgen::{
     RsaKeySize, SanType, SerialNumber,
 };
 
-use super::{CaError, CaKeyPair, add_lifetime, now_utc, random_serial};
+use super::shared::{CaError, CaKeyPair, add_lifetime, random_serial};
 use crate::model::BuiltinConf;
 
 /// Lifetime of a builtin CA when `conf.caCert.expiration` is not set: 10 years (Kuma's).
@@ -57,7 +57,7 @@ pub fn generate_builtin_ca(mesh: &str, conf: &BuiltinConf) -> Result<CaKeyPair, 
         .expiration
         .map(|e| e.as_duration())
         .unwrap_or(DEFAULT_CA_EXPIRATION);
-    let now = now_utc();
+    let now = crate::clock::now_utc();
     let not_after = add_lifetime(now, lifetime)?;
 
     let spiffe = format!("spiffe://{mesh}");

@@ -15,7 +15,7 @@ use rcgen::{
 };
 
 use super::material::{cert_ders, certs_pem, key_matches, parse_cert, private_key, signature_ok};
-use super::{CaError, CaKeyPair, add_lifetime, fmt_unix, now_utc, random_serial, serial_hex};
+use super::shared::{CaError, CaKeyPair, add_lifetime, fmt_unix, random_serial, serial_hex};
 use crate::model::SERVICE_TAG;
 
 /// How far a leaf's NotBefore is set in the past (Kuma's), for clock skew.
@@ -187,7 +187,7 @@ impl CaSigner {
     /// Issues a proxy certificate for `req`. NotAfter is `now + lifetime`, cut to the CA's own
     /// NotAfter, so a leaf never outlives its CA.
     pub fn issue(&self, req: &LeafRequest) -> Result<IssuedLeaf, CaError> {
-        let now = now_utc();
+        let now = crate::clock::now_utc();
         let not_before = now - BACKDATE;
         let mut not_after = add_lifetime(now, req.lifetime)?;
         if now.unix_timestamp() < self.ca_not_before {
@@ -284,7 +284,7 @@ mod tests {
             .push(DnType::OrganizationName, "Org");
         params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-        let now = now_utc();
+        let now = crate::clock::now_utc();
         params.not_before = now - time::Duration::hours(1);
         params.not_after = now + time::Duration::days(30);
         let cert = params.self_signed(&key).unwrap();

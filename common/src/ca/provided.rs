@@ -10,7 +10,7 @@ use super::leaf::CaSigner;
 use super::material::{
     cert_ders, describe_key, key_matches, parse_cert, private_key, rsa_bits, signature_ok,
 };
-use super::{CaError, CaKeyPair, fmt_unix, serial_hex};
+use super::shared::{CaError, CaKeyPair, fmt_unix, serial_hex};
 
 /// A provided CA that expires sooner than this gets a warning.
 pub const EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
@@ -94,7 +94,7 @@ pub fn validate_provided_detailed(
     cert_pem: &[u8],
     key_pem: &[u8],
 ) -> Result<ProvidedInfo, Vec<ProvidedProblem>> {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let now = crate::clock::now_unix();
     validate_at(cert_pem, key_pem, now)
 }
 

@@ -31,6 +31,7 @@ impl TestGlobal {
         let (tx, rx) = oneshot::channel::<()>();
         let config = global::GlobalConfig {
             data_dir: dir.path().to_path_buf(),
+            vault_timeouts: Default::default(),
         };
         let handle = tokio::spawn(async move {
             global::run(config, listener, async {

@@ -76,7 +76,7 @@ impl CheckState {
 impl IdentityManager {
     pub(super) async fn run_check(self: Arc<Self>, bid: BackendId, backend: Backend, full: bool) {
         let result: Result<(), String> = if full {
-            let report = common::vault::check_backend_with(
+            let report = common::vault::check_backend(
                 &bid.0,
                 &backend,
                 &self.ctx.store,

@@ -498,7 +498,7 @@ impl VaultSource {
     ) -> Result<Arc<Self>, SourceError> {
         let material = vault_material(mesh, &from_cp, &store);
         let issuer = Arc::new(
-            VaultIssuer::connect_with(mesh, &from_cp, &store, timeouts)
+            VaultIssuer::connect(mesh, &from_cp, &store, timeouts)
                 .await
                 .map_err(|e| SourceError::from_vault(&e))?,
         );
@@ -576,8 +576,7 @@ impl VaultSource {
         if *self.material.lock().unwrap_or_else(|e| e.into_inner()) == material {
             return false;
         }
-        match VaultIssuer::connect_with(&self.mesh, &self.from_cp, &self.store, self.timeouts).await
-        {
+        match VaultIssuer::connect(&self.mesh, &self.from_cp, &self.store, self.timeouts).await {
             Ok(issuer) => {
                 let issuer = Arc::new(issuer);
                 *self.issuer.write().unwrap_or_else(|e| e.into_inner()) = issuer.clone();
