@@ -19,11 +19,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::shutdown::Shutdown;
 use common::store::Store;
 use proto::kds::zone_sync_server::{ZoneSync, ZoneSyncServer};
 use proto::kds::{GlobalMessage, ZoneMessage};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::server::TcpIncoming;
@@ -69,7 +70,7 @@ pub(crate) struct Ctx {
     pub verifier: TokenVerifier,
     pub metrics: KdsMetrics,
     pub config: KdsConfig,
-    pub shutdown: watch::Receiver<bool>,
+    pub shutdown: Shutdown,
     /// When each kind of refusal was last logged at warn level (peer, name, reason).
     refusal_log: Mutex<HashMap<String, Instant>>,
 }
@@ -81,14 +82,14 @@ pub struct KdsServer {
 }
 
 impl KdsServer {
-    /// `shutdown` turning true ends every stream and the server.
+    /// `shutdown` stopping ends every stream and the server.
     pub fn new(
         store: Store,
         zones: Zones,
         verifier: TokenVerifier,
         metrics: KdsMetrics,
         config: KdsConfig,
-        shutdown: watch::Receiver<bool>,
+        shutdown: Shutdown,
     ) -> Self {
         Self {
             ctx: Arc::new(Ctx {
@@ -120,8 +121,8 @@ impl KdsServer {
         listener: TcpListener,
         tls: TlsMaterial,
     ) -> Result<(), tonic::transport::Error> {
-        let mut shutdown = self.ctx.shutdown.clone();
-        let mut deadline = self.ctx.shutdown.clone();
+        let shutdown = self.ctx.shutdown.clone();
+        let deadline = self.ctx.shutdown.clone();
         let config = self.ctx.config.clone();
         let zones = self.ctx.zones.clone();
         let identity = Identity::from_pem(tls.cert_chain_pem, tls.key_pem);
@@ -133,14 +134,12 @@ impl KdsServer {
             .add_service(self.service())
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async move {
-                    let _ = shutdown.wait_for(|v| *v).await;
-                },
+                async move { shutdown.wait().await },
             );
         let result = tokio::select! {
             r = server => r,
             _ = async {
-                let _ = deadline.wait_for(|v| *v).await;
+                deadline.wait().await;
                 tokio::time::sleep(SHUTDOWN_GRACE).await;
             } => {
                 tracing::warn!("sync connections did not drain within {}s of shutdown: closing them", SHUTDOWN_GRACE.as_secs());
@@ -234,7 +233,7 @@ impl KdsServer {
         self.ctx
             .zones
             .refused(zones::Refusal {
-                at_ms: zones::now_ms(),
+                at_ms: common::clock::now_ms() as u64,
                 zone: claimed,
                 peer: peer_s,
                 reason: message.to_string(),
@@ -265,7 +264,7 @@ impl ZoneSync for KdsServer {
                 return Err(Status::unauthenticated(message));
             }
         };
-        if *self.ctx.shutdown.borrow() {
+        if self.ctx.shutdown.is_shutdown() {
             return Err(Status::unavailable("global is shutting down"));
         }
         let peer_s = peer.map(|p| p.to_string()).unwrap_or_default();

@@ -1,4 +1,4 @@
-//! Admission of resources on global: the one pipeline that every way in goes through (HTTP PUT,
+//! The admission pipeline of global: the one that every way in goes through (HTTP PUT,
 //! batch apply, dry runs and `global validate`). It parses nothing and stores nothing: given the
 //! resources a request wants to write and a view of what is already there, it validates them,
 //! runs the backend checks (the Vault test certificate for new or changed vault backends, the
@@ -7,13 +7,13 @@
 
 use std::collections::BTreeMap;
 
+use common::ValidationErrors;
 use common::ca;
 use common::datasource::{SecretLookup, SecretMap};
 use common::model::{Backend, BackendConf, Kind, Mesh, Resource, Secret};
 use common::store::{Op, ResourceKey};
 use common::vault::VaultCheckReport;
-use common::{FieldError, ValidationErrors};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What global already holds, as far as admission needs to know.
 pub trait Existing: SecretLookup {
@@ -24,7 +24,7 @@ pub trait Existing: SecretLookup {
 }
 
 /// The result of a backend check, for the response body and the `validate` report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackendCheck {
     pub mesh: String,
     pub backend: String,
@@ -39,13 +39,13 @@ pub struct BackendCheck {
     pub unreachable: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckStep {
     pub name: String,
     pub passed: bool,
     pub detail: String,
     /// The backend field a failed step blames (below `mtls.backends[i]`), e.g. `conf.fromCp.role`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }
 
@@ -551,11 +551,6 @@ fn find_secret_refs(v: &serde_json::Value, path: &str, secret: &str, out: &mut V
         }
         _ => {}
     }
-}
-
-/// Field errors for a refused request, in the API's `invalid_parameters` shape.
-pub fn invalid_parameters(errors: &ValidationErrors) -> Vec<FieldError> {
-    errors.errors.clone()
 }
 
 /// Keys of the resources a batch deletes when a Mesh is deleted: the Mesh and everything in it.
