@@ -6,12 +6,12 @@
 
 pub mod error;
 pub mod resources;
+pub mod state;
 pub mod tokens;
 pub mod types;
 pub mod zones;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
@@ -21,28 +21,13 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use common::model::Kind;
-use common::store::Store;
 
-use crate::admission::Admission;
-use crate::auth::{self, AdminToken};
-use crate::metrics::{Metrics, RequestLabels};
+use crate::auth;
+use crate::metrics::RequestLabels;
 
 pub use error::{ApiError, ApiResult};
 pub use resources::{WriteQuery, present, shown};
-
-/// Shared state of the API.
-#[derive(Clone)]
-pub struct ApiState {
-    pub store: Store,
-    pub admin: AdminToken,
-    pub metrics: Arc<Metrics>,
-    /// Every write goes through it (the admission lock is inside).
-    pub admission: Admission,
-    /// What global knows of each zone (sync server).
-    pub zones: crate::kds::Zones,
-    /// Signs zone (and dataplane) tokens.
-    pub tokens: Arc<crate::tokens::TokenSigner>,
-}
+pub use state::ApiState;
 
 /// The router with every route and middleware.
 pub fn router(state: ApiState) -> Router {

@@ -15,10 +15,11 @@ use common::store::{Op, Outcome, ResourceKey, StoredResource};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::error::{ApiError, ApiResult};
+use super::state::ApiState;
 use super::types::{
     ApplyItem, ApplyResult, List, MeshDeleted, ResourceView, SecretDeleted, WriteResult,
 };
-use super::{ApiError, ApiResult, ApiState};
 use crate::admission::Admitted;
 
 #[derive(Debug, Deserialize, Default)]

@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
+use super::error::ApiError;
+use super::state::ApiState;
 use super::types::{DataplaneToken, DataplaneTokenRequest, ZoneToken, ZoneTokenRequest};
-use super::{ApiError, ApiState};
 use crate::tokens::{DEFAULT_VALIDITY, check_dataplane_names, check_zone_name};
 use axum::Json;
 use axum::body::Bytes;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::admission::BackendCheck;
+pub use crate::kds::zones::Rejected;
 
 /// The error body of every refused request.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -166,20 +167,12 @@ pub struct RefusalView {
     pub reason: String,
 }
 
-/// A resource a zone rejected.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RejectedView {
-    pub mesh: String,
-    pub name: String,
-    pub reason: String,
-}
-
 /// The last rejection of a type by a zone.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NackView {
     pub at: Option<String>,
     pub error: String,
-    pub resources: Vec<RejectedView>,
+    pub resources: Vec<Rejected>,
 }
 
 /// Per synced type, what was sent to a zone and what it answered.

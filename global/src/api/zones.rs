@@ -6,11 +6,12 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde_json::Value;
 
+use super::error::ApiError;
+use super::state::ApiState;
 use super::types::{
-    CertificateView, DataplaneView, Inbound, List, NackView, Networking, RefusalView, RejectedView,
-    TooLargeView, TypeStatsView, ZoneList, ZoneView,
+    CertificateView, DataplaneView, Inbound, List, NackView, Networking, RefusalView, TooLargeView,
+    TypeStatsView, ZoneList, ZoneView,
 };
-use super::{ApiError, ApiState};
 use crate::kds::zones::{DataplaneReport, Refusal, ZoneRecord};
 
 fn rfc3339_ms(ms: u64) -> Option<String> {
@@ -45,15 +46,7 @@ pub fn present(r: &ZoneRecord) -> ZoneView {
                 last_nack: s.last_nack.as_ref().map(|n| NackView {
                     at: rfc3339_ms(n.at_ms),
                     error: n.error.clone(),
-                    resources: n
-                        .resources
-                        .iter()
-                        .map(|x| RejectedView {
-                            mesh: x.mesh.clone(),
-                            name: x.name.clone(),
-                            reason: x.reason.clone(),
-                        })
-                        .collect(),
+                    resources: n.resources.clone(),
                 }),
             };
             (t.clone(), view)

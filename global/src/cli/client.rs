@@ -5,7 +5,10 @@
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::{ApiArgs, DeleteKind, Failure, Format, GetKind, parse_inputs, print, read_inputs};
+use super::args::{ApiArgs, DeleteKind, Format, GetKind};
+use super::failure::Failure;
+use super::input::{parse_inputs, read_inputs};
+use super::print;
 use crate::api::types::{
     ApiError, ApplyResult, DataplaneToken, DataplaneTokenRequest, DataplaneView, ResourceView,
     ZoneToken, ZoneTokenRequest, ZoneView,

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Format;
+use super::args::Format;
 use super::validate::ResourceReport;
 use crate::admission::BackendCheck;
 use crate::api::types::{ApplyResult, DataplaneView, ResourceView, ZoneVaultCheck, ZoneView};
@@ -195,8 +195,16 @@ pub(super) fn dataplanes(items: &[DataplaneView]) {
     print!("{}", common::table::render(&rows));
 }
 
+/// The `validate` report in the format asked for.
+pub(super) fn validate_report(format: Format, reports: &[ResourceReport]) {
+    match format {
+        Format::Json | Format::Yaml => document(format, &reports),
+        Format::Table => report(reports),
+    }
+}
+
 /// The `validate` report for a terminal.
-pub(super) fn report(reports: &[ResourceReport]) {
+fn report(reports: &[ResourceReport]) {
     for r in reports {
         let scope = if r.kind == "Mesh" {
             String::new()

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::Failure;
+use super::failure::Failure;
 
 /// The flags of `global run` (the Vault timeout is applied by the caller).
 pub(super) struct RunArgs {

@@ -5,7 +5,8 @@
 use common::datasource::SecretMap;
 use common::model::Resource;
 
-use super::{Failure, Format, parse_inputs, print, read_inputs};
+use super::failure::Failure;
+use super::input::{parse_inputs, read_inputs};
 use crate::admission::{self, BackendCheck};
 
 /// The `validate` report of one resource.
@@ -82,17 +83,19 @@ pub async fn validate_resources(resources: Vec<Resource>) -> Vec<ResourceReport>
     reports
 }
 
-pub(super) async fn validate(files: &[String], output: Format) -> Result<(), Failure> {
+/// Reads, parses and validates the files.
+pub(super) async fn validate(files: &[String]) -> Result<Vec<ResourceReport>, Failure> {
     let inputs = read_inputs(files)?;
     let resources = parse_inputs(&inputs)?;
     if resources.is_empty() {
         return Err(Failure::usage("no resources in the given files"));
     }
-    let reports = validate_resources(resources).await;
-    match output {
-        Format::Json | Format::Yaml => print::document(output, &reports),
-        Format::Table => print::report(&reports),
-    }
+    Ok(validate_resources(resources).await)
+}
+
+/// How `validate` ends: success when every resource is valid, exit 3 when the only failures
+/// are Vault being unreachable, else 1.
+pub(super) fn verdict(reports: &[ResourceReport]) -> Result<(), Failure> {
     let invalid: Vec<&ResourceReport> = reports.iter().filter(|r| !r.valid).collect();
     if invalid.is_empty() {
         Ok(())

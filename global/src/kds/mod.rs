@@ -8,6 +8,7 @@
 //! and recorded rather than killing the stream. What happened is recorded per zone (`zones`) and
 //! in metrics (`metrics`).
 
+mod ctx;
 pub mod diff;
 pub mod metrics;
 mod session;
@@ -31,6 +32,8 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
+use ctx::Ctx;
+pub use ctx::KdsConfig;
 pub use metrics::KdsMetrics;
 pub use tls::{KdsTls, TlsMaterial};
 pub use zones::Zones;
@@ -41,39 +44,6 @@ use crate::tokens::{TokenVerifier, ZONE_SCOPE, ZoneClaim};
 const OUTBOUND_QUEUE: usize = 16;
 /// How long connections may take to drain at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-
-/// Tunables of the sync server.
-#[derive(Debug, Clone)]
-pub struct KdsConfig {
-    pub max_message_bytes: usize,
-    /// HTTP/2 pings: a zone that does not answer within the timeout is dropped (and offline).
-    pub keepalive_interval: Duration,
-    pub keepalive_timeout: Duration,
-    /// A zone that does not read a response for this long is disconnected.
-    pub send_timeout: Duration,
-}
-
-impl Default for KdsConfig {
-    fn default() -> Self {
-        Self {
-            max_message_bytes: common::limits::SYNC_MESSAGE_BYTES,
-            keepalive_interval: Duration::from_secs(3),
-            keepalive_timeout: Duration::from_secs(3),
-            send_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-pub(crate) struct Ctx {
-    pub store: Store,
-    pub zones: Zones,
-    pub verifier: TokenVerifier,
-    pub metrics: KdsMetrics,
-    pub config: KdsConfig,
-    pub shutdown: Shutdown,
-    /// When each kind of refusal was last logged at warn level (peer, name, reason).
-    refusal_log: Mutex<HashMap<String, Instant>>,
-}
 
 /// The tonic service. Cheap to clone.
 #[derive(Clone)]

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc, watch};
 use tonic::{Status, Streaming};
 
-use super::Ctx;
+use super::ctx::Ctx;
 use super::diff::{self, Sent};
 use super::metrics::KdsMetrics;
 use super::zones::{DataplaneReport, LastNack, Rejected, TooLarge};
