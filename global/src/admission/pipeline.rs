@@ -126,6 +126,14 @@ pub struct Refused {
     pub unreachable: bool,
 }
 
+impl Refused {
+    /// The refusal, as the refusal of `resource` (a batch names the resource it refused).
+    fn of(mut self, resource: &str) -> Self {
+        self.resource = resource.to_string();
+        self
+    }
+}
+
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} refused: {}", self.resource, self.errors)
@@ -184,10 +192,7 @@ pub async fn admit(
                 {
                     let mut a = recheck_secret_users(&mesh, &s.name, &overlay)
                         .await
-                        .map_err(|mut refused| {
-                            refused.resource = label.clone();
-                            refused
-                        })?;
+                        .map_err(|refused| refused.of(&label))?;
                     admitted.checks.append(&mut a.checks);
                     admitted.warnings.append(&mut a.warnings);
                 }
@@ -197,10 +202,7 @@ pub async fn admit(
                 let old = existing.mesh(&m.name);
                 let mut a = admit_mesh(m, old.as_ref(), &overlay, dry_run)
                     .await
-                    .map_err(|mut refused| {
-                        refused.resource = label.clone();
-                        refused
-                    })?;
+                    .map_err(|refused| refused.of(&label))?;
                 admitted.ops.append(&mut a.ops);
                 admitted.checks.append(&mut a.checks);
                 admitted.warnings.append(&mut a.warnings);

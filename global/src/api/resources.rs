@@ -17,9 +17,7 @@ use serde_json::Value;
 
 use super::error::{ApiError, ApiResult};
 use super::state::ApiState;
-use super::types::{
-    ApplyItem, ApplyResult, List, MeshDeleted, ResourceView, SecretDeleted, WriteResult,
-};
+use super::types::{ApplyResult, List, MeshDeleted, ResourceResult, ResourceView, WriteResult};
 use crate::admission::Admitted;
 
 #[derive(Debug, Deserialize, Default)]
@@ -141,10 +139,12 @@ fn write_response(
         StatusCode::OK
     };
     let body = WriteResult {
-        type_: resource.kind().as_str().to_string(),
-        name: resource.name().to_string(),
-        mesh: resource.mesh().to_string(),
-        result: result_name(outcome, dry_run).to_string(),
+        resource: ResourceResult {
+            type_: resource.kind().as_str().to_string(),
+            mesh: resource.mesh().to_string(),
+            name: resource.name().to_string(),
+            result: result_name(outcome, dry_run).to_string(),
+        },
         dry_run,
         warnings: admitted.warnings.clone(),
         checks: admitted.checks.clone(),
@@ -276,10 +276,10 @@ pub(super) async fn delete_mesh(
 pub(super) async fn delete_secret(
     State(state): State<ApiState>,
     Path((mesh, name)): Path<(String, String)>,
-) -> ApiResult<Json<SecretDeleted>> {
+) -> ApiResult<Json<ResourceResult>> {
     state.admission.delete_secret(&mesh, &name).await?;
     tracing::info!(mesh = %mesh, name = %name, "secret deleted");
-    Ok(Json(SecretDeleted {
+    Ok(Json(ResourceResult {
         type_: "Secret".into(),
         mesh,
         name,
@@ -322,7 +322,7 @@ pub(super) async fn apply_batch(
         .iter()
         .zip(outcomes.iter())
         .filter_map(|(op, outcome)| match op {
-            Op::Put(r) => Some(ApplyItem {
+            Op::Put(r) => Some(ResourceResult {
                 type_: r.kind().as_str().to_string(),
                 mesh: r.mesh().to_string(),
                 name: r.name().to_string(),

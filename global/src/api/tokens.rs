@@ -12,6 +12,13 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+/// The JSON body of a token request, or a refusal saying which `shape` it must have.
+fn parse_request<T: DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid_request("", format!("the body must be {shape}: {e}")))
+}
 
 fn validity(valid_for: &Option<String>) -> Result<Duration, ApiError> {
     let valid_for = match valid_for {
@@ -45,12 +52,7 @@ pub async fn issue_zone_token(
     State(state): State<ApiState>,
     body: Bytes,
 ) -> Result<Json<ZoneToken>, ApiError> {
-    let req: ZoneTokenRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::invalid_request(
-            "",
-            format!("the body must be {{\"zone\": NAME, \"validFor\": DURATION}}: {e}"),
-        )
-    })?;
+    let req: ZoneTokenRequest = parse_request(&body, r#"{"zone": NAME, "validFor": DURATION}"#)?;
     check_zone_name(&req.zone).map_err(|e| ApiError::invalid_request("zone", e))?;
     let valid_for = validity(&req.valid_for)?;
     let token = state.tokens.issue_zone_token(&req.zone, valid_for);
@@ -70,14 +72,10 @@ pub async fn issue_dataplane_token(
     State(state): State<ApiState>,
     body: Bytes,
 ) -> Result<Json<DataplaneToken>, ApiError> {
-    let req: DataplaneTokenRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::invalid_request(
-            "",
-            format!(
-                "the body must be {{\"mesh\": MESH, \"name\": NAME, \"validFor\": DURATION}}: {e}"
-            ),
-        )
-    })?;
+    let req: DataplaneTokenRequest = parse_request(
+        &body,
+        r#"{"mesh": MESH, "name": NAME, "validFor": DURATION}"#,
+    )?;
     if let Err(errs) = check_dataplane_names(&req.mesh, &req.name) {
         let mut e = ApiError::new(StatusCode::BAD_REQUEST, errs.to_string());
         e.title = "Invalid request".into();

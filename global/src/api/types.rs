@@ -64,29 +64,27 @@ impl ResourceView {
     }
 }
 
+/// What a write did to one resource: an item of a batch apply, the answer to
+/// `DELETE /meshes/{mesh}/secrets/{name}`, and the head of [`WriteResult`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResourceResult {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub mesh: String,
+    pub name: String,
+    /// `created`, `updated`, `unchanged`, `valid` for a dry run, or `deleted`.
+    pub result: String,
+}
+
 /// The answer to `PUT /meshes/{name}` and `PUT /meshes/{mesh}/secrets/{name}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WriteResult {
-    #[serde(rename = "type")]
-    pub type_: String,
-    pub name: String,
-    pub mesh: String,
-    /// `created`, `updated`, `unchanged`, or `valid` for a dry run.
-    pub result: String,
+    #[serde(flatten)]
+    pub resource: ResourceResult,
     pub dry_run: bool,
     pub warnings: Vec<String>,
     pub checks: Vec<BackendCheck>,
-}
-
-/// One resource of a batch apply.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ApplyItem {
-    #[serde(rename = "type")]
-    pub type_: String,
-    pub mesh: String,
-    pub name: String,
-    pub result: String,
 }
 
 /// The answer to `POST /apply`.
@@ -94,7 +92,7 @@ pub struct ApplyItem {
 #[serde(rename_all = "camelCase")]
 pub struct ApplyResult {
     pub dry_run: bool,
-    pub results: Vec<ApplyItem>,
+    pub results: Vec<ResourceResult>,
     pub warnings: Vec<String>,
     pub checks: Vec<BackendCheck>,
 }
@@ -108,16 +106,6 @@ pub struct MeshDeleted {
     pub name: String,
     pub result: String,
     pub owned_deleted: usize,
-}
-
-/// The answer to `DELETE /meshes/{mesh}/secrets/{name}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SecretDeleted {
-    #[serde(rename = "type")]
-    pub type_: String,
-    pub mesh: String,
-    pub name: String,
-    pub result: String,
 }
 
 /// Body of `POST /tokens/zone`.

@@ -8,6 +8,11 @@ use super::validate::ResourceReport;
 use crate::admission::BackendCheck;
 use crate::api::types::{ApplyResult, DataplaneView, ResourceView, ZoneVaultCheck, ZoneView};
 
+/// The header row of a table.
+fn header(columns: &[&str]) -> Vec<String> {
+    columns.iter().map(|c| c.to_string()).collect()
+}
+
 /// A document as `-o json` or `-o yaml` shows it.
 pub(super) fn document(format: Format, value: &impl Serialize) {
     match format {
@@ -71,12 +76,7 @@ struct BackendSummary {
 }
 
 pub(super) fn meshes(items: &[ResourceView]) {
-    let mut rows = vec![vec![
-        "NAME".into(),
-        "MTLS".into(),
-        "BACKENDS".into(),
-        "MODIFIED".into(),
-    ]];
+    let mut rows = vec![header(&["NAME", "MTLS", "BACKENDS", "MODIFIED"])];
     for m in items {
         let mtls: MtlsSummary = m
             .spec
@@ -104,7 +104,7 @@ pub(super) fn meshes(items: &[ResourceView]) {
 }
 
 pub(super) fn secrets(items: &[ResourceView]) {
-    let mut rows = vec![vec!["MESH".into(), "NAME".into(), "MODIFIED".into()]];
+    let mut rows = vec![header(&["MESH", "NAME", "MODIFIED"])];
     for x in items {
         rows.push(vec![
             x.field("mesh").into(),
@@ -116,12 +116,7 @@ pub(super) fn secrets(items: &[ResourceView]) {
 }
 
 pub(super) fn zones(items: &[ZoneView]) {
-    let mut rows = vec![vec![
-        "NAME".into(),
-        "STATUS".into(),
-        "LAST SEEN".into(),
-        "VAULT".into(),
-    ]];
+    let mut rows = vec![header(&["NAME", "STATUS", "LAST SEEN", "VAULT"])];
     for z in items {
         let vault = z
             .vault
@@ -156,16 +151,16 @@ pub(super) fn zones(items: &[ZoneView]) {
 }
 
 pub(super) fn dataplanes(items: &[DataplaneView]) {
-    let mut rows = vec![vec![
-        "MESH".into(),
-        "NAME".into(),
-        "ZONE".into(),
-        "SERVICE".into(),
-        "BACKEND".into(),
-        "SERIAL".into(),
-        "EXPIRES".into(),
-        "CONNECTED".into(),
-    ]];
+    let mut rows = vec![header(&[
+        "MESH",
+        "NAME",
+        "ZONE",
+        "SERVICE",
+        "BACKEND",
+        "SERIAL",
+        "EXPIRES",
+        "CONNECTED",
+    ])];
     for d in items {
         let service = d
             .networking
