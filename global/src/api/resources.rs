@@ -10,6 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use common::ValidationErrors;
+use common::clock::rfc3339;
 use common::model::{Kind, Resource};
 use common::store::{Op, Outcome, ResourceKey, StoredResource};
 use serde::Deserialize;
@@ -32,11 +33,6 @@ impl WriteQuery {
     }
 }
 
-/// RFC 3339 from unix seconds.
-fn rfc3339(unix: u64) -> String {
-    common::clock::rfc3339(unix as i64).unwrap_or_default()
-}
-
 /// A stored resource as the API shows it: its Universal form plus times, secret data removed.
 pub fn present(r: &StoredResource) -> ResourceView {
     let mut spec = match &r.spec {
@@ -50,8 +46,8 @@ pub fn present(r: &StoredResource) -> ResourceView {
     spec.remove("modificationTime");
     ResourceView {
         spec,
-        creation_time: rfc3339(r.created_unix),
-        modification_time: rfc3339(r.modified_unix),
+        creation_time: rfc3339(r.created_unix as i64).unwrap_or_default(),
+        modification_time: rfc3339(r.modified_unix as i64).unwrap_or_default(),
     }
 }
 

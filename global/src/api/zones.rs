@@ -4,6 +4,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
+use common::clock::rfc3339_ms;
 use serde_json::Value;
 
 use super::error::ApiError;
@@ -14,13 +15,9 @@ use super::types::{
 };
 use crate::kds::zones::{DataplaneReport, Refusal, ZoneRecord};
 
-fn rfc3339_ms(ms: u64) -> Option<String> {
-    common::clock::rfc3339_ms(ms as i64)
-}
-
 fn present_refusal(r: &Refusal) -> RefusalView {
     RefusalView {
-        at: rfc3339_ms(r.at_ms),
+        at: rfc3339_ms(r.at_ms as i64),
         zone: r.zone.clone(),
         peer: r.peer.clone(),
         reason: r.reason.clone(),
@@ -41,10 +38,10 @@ pub fn present(r: &ZoneRecord) -> ZoneView {
                 removed_sent: s.removed_sent,
                 bytes_sent: s.bytes_sent,
                 acked_version: s.acked_version,
-                last_sent: rfc3339_ms(s.last_sent_ms),
-                last_acked: rfc3339_ms(s.last_acked_ms),
+                last_sent: rfc3339_ms(s.last_sent_ms as i64),
+                last_acked: rfc3339_ms(s.last_acked_ms as i64),
                 last_nack: s.last_nack.as_ref().map(|n| NackView {
-                    at: rfc3339_ms(n.at_ms),
+                    at: rfc3339_ms(n.at_ms as i64),
                     error: n.error.clone(),
                     resources: n.resources.clone(),
                 }),
@@ -62,7 +59,7 @@ pub fn present(r: &ZoneRecord) -> ZoneView {
             version: t.version.clone(),
             size: t.size,
             limit: t.limit,
-            at: rfc3339_ms(t.at_ms),
+            at: rfc3339_ms(t.at_ms as i64),
         })
         .collect();
     let last_seen = if r.online {
@@ -98,20 +95,20 @@ pub fn present(r: &ZoneRecord) -> ZoneView {
         name: r.name.clone(),
         online: r.online,
         connected_since: if r.online {
-            rfc3339_ms(r.connected_since_ms)
+            rfc3339_ms(r.connected_since_ms as i64)
         } else {
             None
         },
-        last_connected: rfc3339_ms(r.connected_since_ms),
-        last_seen: rfc3339_ms(last_seen),
-        last_disconnect: rfc3339_ms(r.last_disconnect_ms),
+        last_connected: rfc3339_ms(r.connected_since_ms as i64),
+        last_seen: rfc3339_ms(last_seen as i64),
+        last_disconnect: rfc3339_ms(r.last_disconnect_ms as i64),
         last_disconnect_reason: (!r.last_disconnect_reason.is_empty())
             .then(|| r.last_disconnect_reason.clone()),
         last_error,
         peer: r.peer.clone(),
         connects: r.connects,
         disconnects: r.disconnects,
-        token_expires: rfc3339_ms(r.token_expires_ms),
+        token_expires: rfc3339_ms(r.token_expires_ms as i64),
         types,
         too_large,
         last_refusal: r.last_refusal.as_ref().map(present_refusal),
@@ -154,7 +151,7 @@ pub fn present_dataplane(zone: &ZoneRecord, d: &DataplaneReport) -> DataplaneVie
     let certificate = (!d.serial.is_empty()).then(|| CertificateView {
         backend: d.backend.clone(),
         serial: d.serial.clone(),
-        expiration: rfc3339_ms(d.expires_ms.max(0) as u64),
+        expiration: rfc3339_ms(d.expires_ms.max(0)),
     });
     DataplaneView {
         type_: "Dataplane".into(),
@@ -167,7 +164,7 @@ pub fn present_dataplane(zone: &ZoneRecord, d: &DataplaneReport) -> DataplaneVie
         certificate,
         connected: d.connected,
         zone_online: zone.online,
-        reported_at: rfc3339_ms(zone.dataplanes_reported_ms),
+        reported_at: rfc3339_ms(zone.dataplanes_reported_ms as i64),
     }
 }
 
