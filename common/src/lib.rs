@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod ca;
+pub mod cli;
 pub mod clock;
 pub mod datasource;
 pub mod duration;

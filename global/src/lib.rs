@@ -1,9 +1,10 @@
 //! The global control plane: the source of truth for Meshes and Secrets. It admits resources
-//! (validation plus real backend checks, see `accept`), stores them in sled, serves the HTTP API
-//! (`api`) and, through the sync server, streams them to zones. `run` is the whole server; the
-//! `global` binary only parses flags and calls it, and tests call it with port-0 listeners.
+//! (validation plus real backend checks, then an optimistic commit: `admission`), stores them in
+//! sled, serves the HTTP API (`api`) and, through the sync server (`kds`), streams them to zones.
+//! `run` is the whole server; the `global` binary only parses flags and calls it (`cli`), and
+//! tests call it with port-0 listeners.
 
-pub mod accept;
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod cli;

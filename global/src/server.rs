@@ -6,8 +6,10 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use common::shutdown::Shutdown;
 use tokio::net::TcpListener;
 
+use crate::admission::Admission;
 use crate::api::{self, ApiState};
 use crate::auth::AdminToken;
 use crate::kds::{KdsConfig, KdsServer, KdsTls, Zones};
@@ -89,15 +91,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new());
     metrics.meshes.set(store.list_meshes()?.len() as i64);
     let zones = Zones::load(&store)?.with_gauge(metrics.kds.zones_online.clone());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stop_tx = Arc::new(stop_tx);
-    {
-        let stop_tx = stop_tx.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        });
-    }
+    let (stop, stopped) = Shutdown::from_future(shutdown);
     let kds_task = match kds {
         Some(kds) => {
             let tls = crate::kds::tls::load(&config.data_dir, &kds.tls)
@@ -112,20 +106,19 @@ pub async fn run(
                 tokens.verifier().clone(),
                 metrics.kds.clone(),
                 kds.config,
-                stop_rx.clone(),
+                stopped.clone(),
             );
             Some(tokio::spawn(server.serve(kds.listener, tls)))
         }
         None => None,
     };
     let state = ApiState {
+        admission: Admission::new(store.clone(), metrics.clone(), config.vault_timeouts),
         store,
         admin,
         metrics,
-        admit_lock: Arc::new(tokio::sync::Mutex::new(())),
         zones,
         tokens,
-        vault_timeouts: config.vault_timeouts,
     };
     let app = api::router(state);
     tracing::info!(
@@ -133,23 +126,20 @@ pub async fn run(
         data_dir = %config.data_dir.display(),
         "global control plane started"
     );
-    let mut api_stop = stop_rx.clone();
-    let api = serve_http(api_listener, app, async move {
-        let _ = api_stop.wait_for(|v| *v).await;
-    });
+    let api = serve_http(api_listener, app, async move { stopped.wait().await });
     let result = match kds_task {
         None => api.await.map_err(GlobalError::Serve),
         Some(mut kds_task) => {
             tokio::pin!(api);
             tokio::select! {
                 r = &mut api => {
-                    let _ = stop_tx.send(true);
+                    stop.fire();
                     let kds = kds_task.await;
                     r.map_err(GlobalError::Serve).and(kds_result(kds))
                 }
                 r = &mut kds_task => {
                     // The sync server only ends first when it failed: stop the API too.
-                    let _ = stop_tx.send(true);
+                    stop.fire();
                     let api = api.await;
                     kds_result(r).and(api.map_err(GlobalError::Serve))
                 }

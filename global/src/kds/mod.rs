@@ -8,6 +8,7 @@
 //! and recorded rather than killing the stream. What happened is recorded per zone (`zones`) and
 //! in metrics (`metrics`).
 
+mod ctx;
 pub mod diff;
 pub mod metrics;
 mod session;
@@ -19,17 +20,20 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::shutdown::Shutdown;
 use common::store::Store;
 use proto::kds::zone_sync_server::{ZoneSync, ZoneSyncServer};
 use proto::kds::{GlobalMessage, ZoneMessage};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
+use ctx::Ctx;
+pub use ctx::KdsConfig;
 pub use metrics::KdsMetrics;
 pub use tls::{KdsTls, TlsMaterial};
 pub use zones::Zones;
@@ -41,39 +45,6 @@ const OUTBOUND_QUEUE: usize = 16;
 /// How long connections may take to drain at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
-/// Tunables of the sync server.
-#[derive(Debug, Clone)]
-pub struct KdsConfig {
-    pub max_message_bytes: usize,
-    /// HTTP/2 pings: a zone that does not answer within the timeout is dropped (and offline).
-    pub keepalive_interval: Duration,
-    pub keepalive_timeout: Duration,
-    /// A zone that does not read a response for this long is disconnected.
-    pub send_timeout: Duration,
-}
-
-impl Default for KdsConfig {
-    fn default() -> Self {
-        Self {
-            max_message_bytes: common::limits::SYNC_MESSAGE_BYTES,
-            keepalive_interval: Duration::from_secs(3),
-            keepalive_timeout: Duration::from_secs(3),
-            send_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-pub(crate) struct Ctx {
-    pub store: Store,
-    pub zones: Zones,
-    pub verifier: TokenVerifier,
-    pub metrics: KdsMetrics,
-    pub config: KdsConfig,
-    pub shutdown: watch::Receiver<bool>,
-    /// When each kind of refusal was last logged at warn level (peer, name, reason).
-    refusal_log: Mutex<HashMap<String, Instant>>,
-}
-
 /// The tonic service. Cheap to clone.
 #[derive(Clone)]
 pub struct KdsServer {
@@ -81,14 +52,14 @@ pub struct KdsServer {
 }
 
 impl KdsServer {
-    /// `shutdown` turning true ends every stream and the server.
+    /// `shutdown` stopping ends every stream and the server.
     pub fn new(
         store: Store,
         zones: Zones,
         verifier: TokenVerifier,
         metrics: KdsMetrics,
         config: KdsConfig,
-        shutdown: watch::Receiver<bool>,
+        shutdown: Shutdown,
     ) -> Self {
         Self {
             ctx: Arc::new(Ctx {
@@ -120,8 +91,8 @@ impl KdsServer {
         listener: TcpListener,
         tls: TlsMaterial,
     ) -> Result<(), tonic::transport::Error> {
-        let mut shutdown = self.ctx.shutdown.clone();
-        let mut deadline = self.ctx.shutdown.clone();
+        let shutdown = self.ctx.shutdown.clone();
+        let deadline = self.ctx.shutdown.clone();
         let config = self.ctx.config.clone();
         let zones = self.ctx.zones.clone();
         let identity = Identity::from_pem(tls.cert_chain_pem, tls.key_pem);
@@ -133,14 +104,12 @@ impl KdsServer {
             .add_service(self.service())
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async move {
-                    let _ = shutdown.wait_for(|v| *v).await;
-                },
+                async move { shutdown.wait().await },
             );
         let result = tokio::select! {
             r = server => r,
             _ = async {
-                let _ = deadline.wait_for(|v| *v).await;
+                deadline.wait().await;
                 tokio::time::sleep(SHUTDOWN_GRACE).await;
             } => {
                 tracing::warn!("sync connections did not drain within {}s of shutdown: closing them", SHUTDOWN_GRACE.as_secs());
@@ -234,7 +203,7 @@ impl KdsServer {
         self.ctx
             .zones
             .refused(zones::Refusal {
-                at_ms: zones::now_ms(),
+                at_ms: common::clock::now_ms() as u64,
                 zone: claimed,
                 peer: peer_s,
                 reason: message.to_string(),
@@ -265,7 +234,7 @@ impl ZoneSync for KdsServer {
                 return Err(Status::unauthenticated(message));
             }
         };
-        if *self.ctx.shutdown.borrow() {
+        if self.ctx.shutdown.is_shutdown() {
             return Err(Status::unavailable("global is shutting down"));
         }
         let peer_s = peer.map(|p| p.to_string()).unwrap_or_default();

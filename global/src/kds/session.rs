@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use common::model::Kind;
+use common::shutdown::Shutdown;
 use common::store::ResourceKey;
 use proto::kds::{
     self, DiscoveryRequest, DiscoveryResponse, GlobalMessage, ZoneMessage, global_message,
@@ -16,10 +17,10 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc, watch};
 use tonic::{Status, Streaming};
 
-use super::Ctx;
+use super::ctx::Ctx;
 use super::diff::{self, Sent};
 use super::metrics::KdsMetrics;
-use super::zones::{DataplaneReport, LastNack, Rejected, TooLarge, now_ms};
+use super::zones::{DataplaneReport, LastNack, Rejected, TooLarge};
 
 /// Oversized entries listed in one response at most.
 const MAX_SKIPPED_LISTED: usize = 20;
@@ -58,7 +59,7 @@ pub(crate) async fn run(
     session: u64,
     inbound: Streaming<ZoneMessage>,
     out: mpsc::Sender<Result<GlobalMessage, Status>>,
-    cancel: watch::Receiver<bool>,
+    cancel: Shutdown,
 ) {
     let shared = Arc::new(Shared::default());
     let (recv_end_tx, recv_end) = watch::channel::<Option<End>>(None);
@@ -108,8 +109,10 @@ struct Sender {
     out: mpsc::Sender<Result<GlobalMessage, Status>>,
     shared: Arc<Shared>,
     types: Vec<TypeState>,
-    cancel: watch::Receiver<bool>,
-    shutdown: watch::Receiver<bool>,
+    /// Stops when a newer stream of the same zone replaces this one.
+    cancel: Shutdown,
+    /// Stops when global shuts down.
+    shutdown: Shutdown,
     recv_end: watch::Receiver<Option<End>>,
     nonce: u64,
 }
@@ -153,20 +156,16 @@ impl Sender {
                     return end;
                 }
             }
-            let (mut cancel, mut shutdown, mut recv_end) = (
-                self.cancel.clone(),
-                self.shutdown.clone(),
-                self.recv_end.clone(),
-            );
+            let mut recv_end = self.recv_end.clone();
             tokio::select! {
                 biased;
-                _ = cancel.wait_for(|v| *v) => {
+                _ = self.cancel.wait() => {
                     return End::Status(
                         Status::aborted("a newer stream of this zone replaced this one"),
                         "replaced by a newer stream of the same zone".into(),
                     );
                 }
-                _ = shutdown.wait_for(|v| *v) => {
+                _ = self.shutdown.wait() => {
                     return End::Status(Status::unavailable("global is shutting down"), "global is shutting down".into());
                 }
                 _ = recv_end.wait_for(|v| v.is_some()) => return self.take_recv_end(),
@@ -185,7 +184,7 @@ impl Sender {
             message: Some(global_message::Message::Response(response)),
         };
         let timeout = self.ctx.config.send_timeout;
-        let (out, mut cancel, mut shutdown, mut recv_end) = (
+        let (out, cancel, shutdown, mut recv_end) = (
             self.out.clone(),
             self.cancel.clone(),
             self.shutdown.clone(),
@@ -196,8 +195,8 @@ impl Sender {
             _ = tokio::time::sleep(timeout) => Err(End::Reason(format!(
                 "the zone did not read for {}s", timeout.as_secs()
             ))),
-            _ = cancel.wait_for(|v| *v) => Err(End::Reason("replaced by a newer stream of the same zone".into())),
-            _ = shutdown.wait_for(|v| *v) => Err(End::Reason("global is shutting down".into())),
+            _ = cancel.wait() => Err(End::Reason("replaced by a newer stream of the same zone".into())),
+            _ = shutdown.wait() => Err(End::Reason("global is shutting down".into())),
             _ = recv_end.wait_for(|v| v.is_some()) => Err(self.take_recv_end()),
         }
     }
@@ -262,7 +261,7 @@ impl Sender {
                     version: o.version.clone(),
                     size: o.size as u64,
                     limit: limit as u64,
-                    at_ms: now_ms(),
+                    at_ms: common::clock::now_ms() as u64,
                 },
             );
             self.types[i]
@@ -344,7 +343,7 @@ impl Sender {
                 s.resources_sent += n_res;
                 s.removed_sent += n_rem;
                 s.bytes_sent += bytes;
-                s.last_sent_ms = now_ms();
+                s.last_sent_ms = common::clock::now_ms() as u64;
             });
             tracing::debug!(zone = %self.zone, type_ = %kind, nonce, resources = n_res, removed = n_rem, bytes, initial, "sent");
         }
@@ -385,7 +384,7 @@ async fn recv_loop(
                 let reported = u64::try_from(status.reported_at_unix_ms)
                     .ok()
                     .filter(|ms| *ms > 0)
-                    .unwrap_or_else(now_ms);
+                    .unwrap_or_else(|| common::clock::now_ms() as u64);
                 ctx.zones.update_status(&zone, session, |r| {
                     r.status = Some(value);
                     r.dataplanes = dataplanes;
@@ -446,7 +445,7 @@ async fn handle_request(
                 let s = r.types.entry(kind.as_str().to_string()).or_default();
                 s.acked += 1;
                 s.acked_version = s.acked_version.max(system_version);
-                s.last_acked_ms = now_ms();
+                s.last_acked_ms = common::clock::now_ms() as u64;
             });
         }
         detail => {
@@ -472,7 +471,7 @@ async fn handle_request(
                 let s = r.types.entry(kind.as_str().to_string()).or_default();
                 s.nacked += 1;
                 s.last_nack = Some(LastNack {
-                    at_ms: now_ms(),
+                    at_ms: common::clock::now_ms() as u64,
                     nonce: nonce.to_string(),
                     error,
                     resources,
@@ -482,17 +481,13 @@ async fn handle_request(
     }
 }
 
-fn rfc3339_ms(ms: i64) -> Value {
-    common::clock::rfc3339_ms(ms).map_or(Value::Null, Value::String)
-}
-
 /// The JSON form of a zone's status report, as `GET /zones/{name}` shows it.
 pub fn status_json(s: &kds::ZoneStatus) -> Value {
     json!({
         "zone": s.zone,
         "version": s.version,
-        "connectedSince": rfc3339_ms(s.connected_since_unix_ms),
-        "reportedAt": rfc3339_ms(s.reported_at_unix_ms),
+        "connectedSince": common::clock::rfc3339_ms(s.connected_since_unix_ms),
+        "reportedAt": common::clock::rfc3339_ms(s.reported_at_unix_ms),
         "types": s.types.iter().map(|t| json!({
             "type": t.r#type,
             "count": t.count,
@@ -513,9 +508,9 @@ pub fn status_json(s: &kds::ZoneStatus) -> Value {
             "type": c.backend_type,
             "ok": c.ok,
             "error": c.error,
-            "checkedAt": rfc3339_ms(c.checked_at_unix_ms),
+            "checkedAt": common::clock::rfc3339_ms(c.checked_at_unix_ms),
             "issued": c.issued,
-            "lastIssuedAt": rfc3339_ms(c.last_issued_unix_ms),
+            "lastIssuedAt": common::clock::rfc3339_ms(c.last_issued_unix_ms),
         })).collect::<Vec<_>>(),
     })
 }

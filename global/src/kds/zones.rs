@@ -2,32 +2,17 @@
 //! its last stream ended, per synced type what was sent, acknowledged and rejected, resources too
 //! large to send, and the status the zone reported. Records live in memory and in the `zones`
 //! record tree of global's store (never synced to zones), so `GET /zones` still lists them, offline,
-//! after a restart. Also served here: `GET /zones` and `GET /zones/{name}`.
+//! after a restart. They are served by `api::zones` (`GET /zones`, `GET /zones/{name}`,
+//! `GET /meshes/{mesh}/dataplanes`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use common::shutdown::{Shutdown, Trigger};
 use common::store::{Records, Store, StoreError};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
-use tokio::sync::watch;
-
-use crate::api::{ApiError, ApiState};
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn rfc3339_ms(ms: u64) -> Value {
-    common::clock::rfc3339_ms(ms as i64).map_or(Value::Null, Value::String)
-}
+use serde_json::Value;
 
 /// One rejected resource.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,8 +138,8 @@ pub struct ZoneRecord {
 
 struct Entry {
     record: ZoneRecord,
-    /// The live stream, if any: its id and the switch that ends it.
-    session: Option<(u64, watch::Sender<bool>)>,
+    /// The live stream, if any: its id and the trigger that ends it.
+    session: Option<(u64, Trigger)>,
     /// When a status report was last persisted, and whether a later write is scheduled.
     status_persisted: Option<std::time::Instant>,
     status_write_scheduled: bool,
@@ -252,17 +237,12 @@ impl Zones {
     }
 
     /// A new stream of `name`: it replaces any older one (which is ended). Returns the session id
-    /// and the receiver that turns true when the session must end.
-    pub async fn connect(
-        &self,
-        name: &str,
-        peer: &str,
-        token_expires_ms: u64,
-    ) -> (u64, watch::Receiver<bool>) {
+    /// and the handle that stops when the session must end.
+    pub async fn connect(&self, name: &str, peer: &str, token_expires_ms: u64) -> (u64, Shutdown) {
         let id = self
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (tx, rx) = watch::channel(false);
+        let (tx, rx) = Trigger::new();
         {
             let mut inner = self.lock();
             let entry = inner
@@ -279,9 +259,9 @@ impl Zones {
                 });
             if let Some((old, old_tx)) = entry.session.take() {
                 tracing::info!(zone = %name, old_session = old, "a new stream of the zone replaces its previous one");
-                let _ = old_tx.send(true);
+                old_tx.fire();
             }
-            let now = now_ms();
+            let now = common::clock::now_ms() as u64;
             let r = &mut entry.record;
             r.online = true;
             r.connected_since_ms = now;
@@ -307,7 +287,7 @@ impl Zones {
             let Some(entry) = inner.zones.get_mut(name) else {
                 return;
             };
-            let now = now_ms();
+            let now = common::clock::now_ms() as u64;
             entry.record.disconnects += 1;
             if entry.session.as_ref().map(|s| s.0) == Some(session) {
                 entry.session = None;
@@ -327,7 +307,7 @@ impl Zones {
         if let Some(entry) = inner.zones.get_mut(name)
             && entry.session.as_ref().map(|s| s.0) == Some(session)
         {
-            entry.record.last_seen_ms = now_ms();
+            entry.record.last_seen_ms = common::clock::now_ms() as u64;
             f(&mut entry.record);
         }
     }
@@ -447,167 +427,10 @@ impl Zones {
                 .get(&name)
                 .and_then(|e| e.session.as_ref().map(|s| s.1.clone()))
             {
-                let _ = tx.send(true);
+                tx.fire();
             }
             self.disconnect(&name, session, reason).await;
         }
-    }
-}
-
-fn present_refusal(r: &Refusal) -> Value {
-    json!({"at": rfc3339_ms(r.at_ms), "zone": r.zone, "peer": r.peer, "reason": r.reason})
-}
-
-/// The API view of a zone record.
-pub fn present(r: &ZoneRecord) -> Value {
-    let types: serde_json::Map<String, Value> = r
-        .types
-        .iter()
-        .map(|(t, s)| {
-            (
-                t.clone(),
-                json!({
-                    "sent": s.responses_sent,
-                    "acked": s.acked,
-                    "nacked": s.nacked,
-                    "resourcesSent": s.resources_sent,
-                    "removedSent": s.removed_sent,
-                    "bytesSent": s.bytes_sent,
-                    "ackedVersion": s.acked_version,
-                    "lastSent": rfc3339_ms(s.last_sent_ms),
-                    "lastAcked": rfc3339_ms(s.last_acked_ms),
-                    "lastNack": s.last_nack.as_ref().map(|n| json!({
-                        "at": rfc3339_ms(n.at_ms),
-                        "error": n.error,
-                        "resources": n.resources,
-                    })),
-                }),
-            )
-        })
-        .collect();
-    let too_large: Vec<Value> = r
-        .too_large
-        .iter()
-        .map(|t| {
-            json!({"type": t.type_, "mesh": t.mesh, "name": t.name, "version": t.version,
-                   "size": t.size, "limit": t.limit, "at": rfc3339_ms(t.at_ms)})
-        })
-        .collect();
-    let last_seen = if r.online { now_ms() } else { r.last_seen_ms };
-    // Per mesh and vault backend, the zone's own check of Vault as it last reported it:
-    // {mesh, backend, type, ok, error, checkedAt, issued, lastIssuedAt}.
-    let vault: Vec<Value> = r
-        .status
-        .as_ref()
-        .and_then(|s| s.get("backendChecks"))
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|mut c| {
-            if let Value::Object(m) = &mut c {
-                m.entry("lastIssuedAt").or_insert(Value::Null);
-            }
-            c
-        })
-        .collect();
-    let last_error = if !r.last_error.is_empty() {
-        Value::String(r.last_error.clone())
-    } else if !r.online && !r.last_disconnect_reason.is_empty() {
-        Value::String(r.last_disconnect_reason.clone())
-    } else {
-        Value::Null
-    };
-    json!({
-        "name": r.name,
-        "online": r.online,
-        "connectedSince": if r.online { rfc3339_ms(r.connected_since_ms) } else { Value::Null },
-        "lastConnected": rfc3339_ms(r.connected_since_ms),
-        "lastSeen": rfc3339_ms(last_seen),
-        "lastDisconnect": rfc3339_ms(r.last_disconnect_ms),
-        "lastDisconnectReason": if r.last_disconnect_reason.is_empty() { Value::Null } else { Value::String(r.last_disconnect_reason.clone()) },
-        "lastError": last_error,
-        "peer": r.peer,
-        "connects": r.connects,
-        "disconnects": r.disconnects,
-        "tokenExpires": rfc3339_ms(r.token_expires_ms),
-        "types": types,
-        "tooLarge": too_large,
-        "lastRefusal": r.last_refusal.as_ref().map(present_refusal),
-        "vault": vault,
-        "status": r.status,
-    })
-}
-
-/// `GET /zones`.
-pub async fn list_zones(State(state): State<ApiState>) -> Json<Value> {
-    let items: Vec<Value> = state.zones.list().iter().map(present).collect();
-    let refusals: Vec<Value> = state.zones.refusals().iter().map(present_refusal).collect();
-    Json(json!({"total": items.len(), "items": items, "refusals": refusals}))
-}
-
-/// The API view of a dataplane reported by `zone`.
-pub fn present_dataplane(zone: &ZoneRecord, d: &DataplaneReport) -> Value {
-    let mut tags = d.tags.clone();
-    if !d.service.is_empty() {
-        tags.entry(common::model::SERVICE_TAG.to_string())
-            .or_insert_with(|| d.service.clone());
-    }
-    let certificate = if d.serial.is_empty() {
-        Value::Null
-    } else {
-        json!({
-            "backend": d.backend,
-            "serial": d.serial,
-            "expiration": rfc3339_ms(d.expires_ms.max(0) as u64),
-        })
-    };
-    json!({
-        "type": "Dataplane",
-        "mesh": d.mesh,
-        "name": d.name,
-        "zone": zone.name,
-        "networking": {"inbound": [{"tags": tags}]},
-        "certificate": certificate,
-        "connected": d.connected,
-        "zoneOnline": zone.online,
-        "reportedAt": rfc3339_ms(zone.dataplanes_reported_ms),
-    })
-}
-
-/// `GET /meshes/{mesh}/dataplanes`: the dataplanes of the mesh as every zone last reported them,
-/// sorted by zone and name.
-pub async fn list_dataplanes(
-    State(state): State<ApiState>,
-    Path(mesh): Path<String>,
-) -> Json<Value> {
-    let items: Vec<Value> = state
-        .zones
-        .list()
-        .iter()
-        .flat_map(|z| {
-            let mut dps: Vec<&DataplaneReport> =
-                z.dataplanes.iter().filter(|d| d.mesh == mesh).collect();
-            dps.sort_by(|a, b| a.name.cmp(&b.name));
-            dps.into_iter()
-                .map(|d| present_dataplane(z, d))
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    Json(json!({"total": items.len(), "items": items}))
-}
-
-/// `GET /zones/{name}`.
-pub async fn get_zone(
-    State(state): State<ApiState>,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    match state.zones.get(&name) {
-        Some(r) => Ok(Json(present(&r))),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("zone {name:?} is not known: it never connected"),
-        )),
     }
 }
 
@@ -626,8 +449,8 @@ mod tests {
                 r.types.entry("Mesh".into()).or_default().resources_sent = 3;
             });
             // A second stream of the same zone replaces the first, which is told to end.
-            let (second, mut cancel2) = zones.connect("east", "127.0.0.1:2", 0).await;
-            assert!(!*cancel2.borrow_and_update());
+            let (second, cancel2) = zones.connect("east", "127.0.0.1:2", 0).await;
+            assert!(!cancel2.is_shutdown());
             zones.disconnect("east", session, "old stream ended").await;
             assert!(
                 zones.get("east").unwrap().online,
@@ -642,10 +465,7 @@ mod tests {
         assert!(!r.online);
         assert_eq!(r.connects, 2);
         assert_eq!(r.last_disconnect_reason, "global restarted");
-        let v = present(&r);
-        assert_eq!(v["online"], false);
-        assert_eq!(v["connectedSince"], Value::Null);
-        assert_eq!(v["lastError"], "global restarted");
+        // What the API shows of it: `api::zones::tests::an_offline_zone_shows_why`.
         // Updates for a session that is not live are ignored.
         zones.update("east", 99, |r| r.peer = "nope".into());
         assert_ne!(zones.get("east").unwrap().peer, "nope");

@@ -1,4 +1,4 @@
-//! Admission of resources on global: the one pipeline that every way in goes through (HTTP PUT,
+//! The admission pipeline of global: the one that every way in goes through (HTTP PUT,
 //! batch apply, dry runs and `global validate`). It parses nothing and stores nothing: given the
 //! resources a request wants to write and a view of what is already there, it validates them,
 //! runs the backend checks (the Vault test certificate for new or changed vault backends, the
@@ -7,13 +7,13 @@
 
 use std::collections::BTreeMap;
 
+use common::ValidationErrors;
 use common::ca;
 use common::datasource::{SecretLookup, SecretMap};
 use common::model::{Backend, BackendConf, Kind, Mesh, Resource, Secret};
 use common::store::{Op, ResourceKey};
 use common::vault::{Timeouts, VaultCheckReport};
-use common::{FieldError, ValidationErrors};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What global already holds, as far as admission needs to know.
 pub trait Existing: SecretLookup {
@@ -24,7 +24,7 @@ pub trait Existing: SecretLookup {
 }
 
 /// The result of a backend check, for the response body and the `validate` report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackendCheck {
     pub mesh: String,
     pub backend: String,
@@ -39,13 +39,13 @@ pub struct BackendCheck {
     pub unreachable: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckStep {
     pub name: String,
     pub passed: bool,
     pub detail: String,
     /// The backend field a failed step blames (below `mtls.backends[i]`), e.g. `conf.fromCp.role`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }
 
@@ -126,6 +126,14 @@ pub struct Refused {
     pub unreachable: bool,
 }
 
+impl Refused {
+    /// The refusal, as the refusal of `resource` (a batch names the resource it refused).
+    fn of(mut self, resource: &str) -> Self {
+        self.resource = resource.to_string();
+        self
+    }
+}
+
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} refused: {}", self.resource, self.errors)
@@ -185,10 +193,7 @@ pub async fn admit(
                 {
                     let mut a = recheck_secret_users(&mesh, &s.name, &overlay, timeouts)
                         .await
-                        .map_err(|mut refused| {
-                            refused.resource = label.clone();
-                            refused
-                        })?;
+                        .map_err(|refused| refused.of(&label))?;
                     admitted.checks.append(&mut a.checks);
                     admitted.warnings.append(&mut a.warnings);
                 }
@@ -198,10 +203,7 @@ pub async fn admit(
                 let old = existing.mesh(&m.name);
                 let mut a = admit_mesh(m, old.as_ref(), &overlay, dry_run, timeouts)
                     .await
-                    .map_err(|mut refused| {
-                        refused.resource = label.clone();
-                        refused
-                    })?;
+                    .map_err(|refused| refused.of(&label))?;
                 admitted.ops.append(&mut a.ops);
                 admitted.checks.append(&mut a.checks);
                 admitted.warnings.append(&mut a.warnings);
@@ -555,11 +557,6 @@ fn find_secret_refs(v: &serde_json::Value, path: &str, secret: &str, out: &mut V
         }
         _ => {}
     }
-}
-
-/// Field errors for a refused request, in the API's `invalid_parameters` shape.
-pub fn invalid_parameters(errors: &ValidationErrors) -> Vec<FieldError> {
-    errors.errors.clone()
 }
 
 /// Keys of the resources a batch deletes when a Mesh is deleted: the Mesh and everything in it.

@@ -1,0 +1,112 @@
+//! The HTTP API of global (axum): meshes, secrets, batch apply, zones, dataplanes, tokens, health
+//! and metrics, in the shapes of SPEC.md (`types`). It owns routing, request parsing,
+//! authorization, every presenter and the mapping of refusals to statuses (`error`); writes are
+//! handed to `admission`, reads go to `common::store` and the zone records of `kds::zones`.
+//! Secret data never leaves through it.
+
+pub mod error;
+pub mod resources;
+pub mod state;
+pub mod tokens;
+pub mod types;
+pub mod zones;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use common::model::Kind;
+
+use crate::auth;
+use crate::metrics::RequestLabels;
+
+pub use error::{ApiError, ApiResult};
+pub use resources::{WriteQuery, present, shown};
+pub use state::ApiState;
+
+/// The router with every route and middleware.
+pub fn router(state: ApiState) -> Router {
+    use resources::*;
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/meshes", get(list_meshes))
+        .route(
+            "/meshes/{name}",
+            put(put_mesh).get(get_mesh).delete(delete_mesh),
+        )
+        .route("/meshes/{mesh}/secrets", get(list_secrets))
+        .route(
+            "/meshes/{mesh}/secrets/{name}",
+            put(put_secret).get(get_secret).delete(delete_secret),
+        )
+        .route("/meshes/{mesh}/dataplanes", get(zones::list_dataplanes))
+        .route("/apply", post(apply_batch))
+        .route("/zones", get(zones::list_zones))
+        .route("/zones/{name}", get(zones::get_zone))
+        .route("/tokens/zone", post(tokens::issue_zone_token))
+        .route("/tokens/dataplane", post(tokens::issue_dataplane_token))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API path") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
+        .layer(DefaultBodyLimit::max(common::limits::API_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn authorize(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let path = req.uri().path().to_string();
+    let response = if auth::needs_admin(&method, &path, peer) && !state.admin.matches(req.headers())
+    {
+        tracing::info!(%method, %path, peer = ?peer, "request without a valid admin token refused");
+        let mut e = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "this request needs the admin token: send Authorization: Bearer <token> (global run writes it to <data-dir>/admin-token)",
+        );
+        e.title = "Unauthorized".into();
+        let mut resp = e.into_response();
+        resp.headers_mut()
+            .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        resp
+    } else {
+        next.run(req).await
+    };
+    state
+        .metrics
+        .http_requests
+        .get_or_create(&RequestLabels {
+            method: method.to_string(),
+            status: response.status().as_u16(),
+        })
+        .inc();
+    tracing::debug!(%method, %path, status = response.status().as_u16(), elapsed_ms = start.elapsed().as_millis() as u64, "request");
+    response
+}
+
+async fn readyz(State(state): State<ApiState>) -> ApiResult<&'static str> {
+    state.store.list(Kind::Mesh, None)?;
+    Ok("ready")
+}
+
+async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}

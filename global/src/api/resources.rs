@@ -1,0 +1,336 @@
+//! The handlers of Meshes and Secrets: `GET`/`PUT`/`DELETE /meshes[/{name}]`,
+//! `/meshes/{mesh}/secrets[/{name}]` and `POST /apply`, with their presenters. A write is parsed
+//! and checked against its path here, then handed to `admission`; its answer is built from what
+//! admission returned.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use common::ValidationErrors;
+use common::clock::rfc3339;
+use common::model::{Kind, Resource};
+use common::store::{Op, Outcome, ResourceKey, StoredResource};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::error::{ApiError, ApiResult};
+use super::state::ApiState;
+use super::types::{ApplyResult, List, MeshDeleted, ResourceResult, ResourceView, WriteResult};
+use crate::admission::Admitted;
+
+#[derive(Debug, Deserialize, Default)]
+pub struct WriteQuery {
+    #[serde(default, rename = "dryRun")]
+    pub dry_run: Option<String>,
+}
+
+impl WriteQuery {
+    fn dry_run(&self) -> bool {
+        matches!(self.dry_run.as_deref(), Some("true" | "1" | ""))
+    }
+}
+
+/// A stored resource as the API shows it: its Universal form plus times, secret data removed.
+pub fn present(r: &StoredResource) -> ResourceView {
+    let mut spec = match &r.spec {
+        Value::Object(map) => map.clone(),
+        _ => Default::default(),
+    };
+    if r.key.kind == Kind::Secret {
+        spec.remove("data");
+    }
+    spec.remove("creationTime");
+    spec.remove("modificationTime");
+    ResourceView {
+        spec,
+        creation_time: rfc3339(r.created_unix as i64).unwrap_or_default(),
+        modification_time: rfc3339(r.modified_unix as i64).unwrap_or_default(),
+    }
+}
+
+fn list_body(items: Vec<StoredResource>) -> List<ResourceView> {
+    List::new(items.iter().map(present).collect())
+}
+
+pub(super) async fn list_meshes(
+    State(state): State<ApiState>,
+) -> ApiResult<Json<List<ResourceView>>> {
+    Ok(Json(list_body(state.store.list(Kind::Mesh, None)?)))
+}
+
+pub(super) async fn get_mesh(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<ResourceView>> {
+    match state.store.get(&ResourceKey::mesh(&name))? {
+        Some(r) => Ok(Json(present(&r))),
+        None => Err(ApiError::not_found(format!("mesh {name:?} not found"))),
+    }
+}
+
+pub(super) async fn list_secrets(
+    State(state): State<ApiState>,
+    Path(mesh): Path<String>,
+) -> ApiResult<Json<List<ResourceView>>> {
+    Ok(Json(list_body(
+        state.store.list(Kind::Secret, Some(&mesh))?,
+    )))
+}
+
+pub(super) async fn get_secret(
+    State(state): State<ApiState>,
+    Path((mesh, name)): Path<(String, String)>,
+) -> ApiResult<Json<ResourceView>> {
+    match state
+        .store
+        .get(&ResourceKey::new(Kind::Secret, &mesh, &name))?
+    {
+        Some(r) => Ok(Json(present(&r))),
+        None => Err(ApiError::not_found(format!(
+            "secret {name:?} not found in mesh {mesh:?}"
+        ))),
+    }
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    body.map_err(|rejection| {
+        let status = rejection.status();
+        let mut e = ApiError::new(status, rejection.body_text());
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            e.detail = format!(
+                "request body is larger than {} bytes",
+                common::limits::API_BODY_BYTES
+            );
+        }
+        e
+    })
+}
+
+/// What a write did, as the API names it.
+fn result_name(outcome: Outcome, dry_run: bool) -> &'static str {
+    if dry_run {
+        "valid"
+    } else {
+        match outcome {
+            Outcome::Created => "created",
+            Outcome::Updated => "updated",
+            _ => "unchanged",
+        }
+    }
+}
+
+/// The response to a successful write.
+fn write_response(
+    outcome: Outcome,
+    resource: &Resource,
+    admitted: &Admitted,
+    dry_run: bool,
+) -> Response {
+    let status = if outcome == Outcome::Created && !dry_run {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let body = WriteResult {
+        resource: ResourceResult {
+            type_: resource.kind().as_str().to_string(),
+            mesh: resource.mesh().to_string(),
+            name: resource.name().to_string(),
+            result: result_name(outcome, dry_run).to_string(),
+        },
+        dry_run,
+        warnings: admitted.warnings.clone(),
+        checks: admitted.checks.clone(),
+    };
+    (status, Json(body)).into_response()
+}
+
+/// A client-supplied string as quoted in an error: at most 128 characters, so that an error never
+/// echoes a huge input back.
+pub fn shown(s: &str) -> String {
+    const MAX: usize = 128;
+    if s.chars().count() <= MAX {
+        format!("{s:?}")
+    } else {
+        let head: String = s.chars().take(MAX).collect();
+        format!("{head:?}... ({} bytes)", s.len())
+    }
+}
+
+fn check_url_identity(resource: &Resource, kind: Kind, mesh: &str, name: &str) -> ApiResult<()> {
+    let mut errors = ValidationErrors::new();
+    if resource.kind() != kind {
+        errors.push(
+            "type",
+            format!(
+                "this path takes a {kind}, the body is a {}",
+                resource.kind()
+            ),
+        );
+    }
+    if resource.name() != name {
+        errors.push(
+            "name",
+            format!(
+                "name {} does not match the name in the path {}",
+                shown(resource.name()),
+                shown(name)
+            ),
+        );
+    }
+    if kind != Kind::Mesh && resource.mesh() != mesh {
+        errors.push(
+            "mesh",
+            format!(
+                "mesh {} does not match the mesh in the path {}",
+                shown(resource.mesh()),
+                shown(mesh)
+            ),
+        );
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "the body does not match the path",
+            errors,
+        ))
+    }
+}
+
+async fn put_resource(
+    state: ApiState,
+    kind: Kind,
+    mesh: String,
+    name: String,
+    query: WriteQuery,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let body = body_bytes(body)?;
+    let resource = common::parse::parse_body(&body).map_err(|errors| {
+        state.metrics.count_admission(kind.as_str(), "unparsable");
+        ApiError::invalid(
+            format!("{kind} {} could not be parsed", shown(&name)),
+            errors,
+        )
+    })?;
+    check_url_identity(&resource, kind, &mesh, &name)?;
+    let dry_run = query.dry_run();
+    let (admitted, outcomes) = state
+        .admission
+        .admit_and_store(vec![resource.clone()], dry_run)
+        .await?;
+    let key = ResourceKey::of(&resource);
+    let outcome = admitted
+        .ops
+        .iter()
+        .zip(outcomes.iter())
+        .find(|(op, _)| matches!(op, Op::Put(r) if ResourceKey::of(r) == key))
+        .map(|(_, o)| *o)
+        .unwrap_or(Outcome::Unchanged);
+    if !dry_run {
+        tracing::info!(kind = %kind, mesh = %mesh, name = %name, ?outcome, "stored");
+    }
+    Ok(write_response(outcome, &resource, &admitted, dry_run))
+}
+
+pub(super) async fn put_mesh(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Query(query): Query<WriteQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    put_resource(state, Kind::Mesh, name.clone(), name, query, body).await
+}
+
+pub(super) async fn put_secret(
+    State(state): State<ApiState>,
+    Path((mesh, name)): Path<(String, String)>,
+    Query(query): Query<WriteQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    put_resource(state, Kind::Secret, mesh, name, query, body).await
+}
+
+pub(super) async fn delete_mesh(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<MeshDeleted>> {
+    let n = state.admission.delete_mesh(&name).await?;
+    tracing::info!(mesh = %name, owned = n, "mesh deleted");
+    Ok(Json(MeshDeleted {
+        type_: "Mesh".into(),
+        name,
+        result: "deleted".into(),
+        owned_deleted: n,
+    }))
+}
+
+pub(super) async fn delete_secret(
+    State(state): State<ApiState>,
+    Path((mesh, name)): Path<(String, String)>,
+) -> ApiResult<Json<ResourceResult>> {
+    state.admission.delete_secret(&mesh, &name).await?;
+    tracing::info!(mesh = %mesh, name = %name, "secret deleted");
+    Ok(Json(ResourceResult {
+        type_: "Secret".into(),
+        mesh,
+        name,
+        result: "deleted".into(),
+    }))
+}
+
+/// `POST /apply[?dryRun=true]`: several documents (YAML stream or JSON), admitted and stored as one
+/// all-or-nothing batch. Secrets in the batch count for the Meshes in it, so a dry run of a file
+/// with a Mesh and its Secrets validates exactly what a real apply would.
+pub(super) async fn apply_batch(
+    State(state): State<ApiState>,
+    Query(query): Query<WriteQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<ApplyResult>> {
+    let body = body_bytes(body)?;
+    let text = std::str::from_utf8(&body).map_err(|_| {
+        ApiError::invalid(
+            "the body is not UTF-8",
+            ValidationErrors::single("", "the body is not valid UTF-8"),
+        )
+    })?;
+    let mut resources = common::parse::parse_documents(text).map_err(|e| {
+        ApiError::invalid(
+            format!("document {} could not be parsed", e.document),
+            e.errors.clone(),
+        )
+    })?;
+    // Meshes before their Secrets would fail the mesh-exists check for new meshes, and Secrets
+    // before Meshes are needed for references: admission sees the whole batch, so order by kind.
+    resources.sort_by_key(|r| match r.kind() {
+        Kind::Mesh => 1,
+        Kind::Secret => 0,
+        Kind::Dataplane => 2,
+    });
+    let dry_run = query.dry_run();
+    let (admitted, outcomes) = state.admission.admit_and_store(resources, dry_run).await?;
+    let results = admitted
+        .ops
+        .iter()
+        .zip(outcomes.iter())
+        .filter_map(|(op, outcome)| match op {
+            Op::Put(r) => Some(ResourceResult {
+                type_: r.kind().as_str().to_string(),
+                mesh: r.mesh().to_string(),
+                name: r.name().to_string(),
+                result: result_name(*outcome, dry_run).to_string(),
+            }),
+            Op::Delete(_) => None,
+        })
+        .collect();
+    Ok(Json(ApplyResult {
+        dry_run,
+        results,
+        warnings: admitted.warnings,
+        checks: admitted.checks,
+    }))
+}

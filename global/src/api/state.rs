@@ -1,0 +1,24 @@
+//! The state every handler of the API shares: the store it reads, the admission every write goes
+//! through, the admin token, the zone records, the token signer and the metrics.
+
+use std::sync::Arc;
+
+use common::store::Store;
+
+use crate::admission::Admission;
+use crate::auth::AdminToken;
+use crate::metrics::Metrics;
+
+/// Shared state of the API.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Store,
+    pub admin: AdminToken,
+    pub metrics: Arc<Metrics>,
+    /// Every write goes through it (the admission lock is inside).
+    pub admission: Admission,
+    /// What global knows of each zone (sync server).
+    pub zones: crate::kds::Zones,
+    /// Signs zone (and dataplane) tokens.
+    pub tokens: Arc<crate::tokens::TokenSigner>,
+}

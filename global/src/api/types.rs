@@ -1,0 +1,276 @@
+//! The JSON bodies of global's HTTP API (SPEC.md) as types: the handlers answer with them and the
+//! command line reads them back with them, so a field is named once. Times are RFC 3339 strings,
+//! `null` when never; every field listed here is always present on the wire (a `None` is a
+//! `null`), except where a `skip_serializing_if` says otherwise.
+
+use std::collections::BTreeMap;
+
+use common::FieldError;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::admission::BackendCheck;
+pub use crate::kds::zones::Rejected;
+
+/// The error body of every refused request.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ApiError {
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub status: u16,
+    #[serde(default)]
+    pub detail: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invalid_parameters: Vec<FieldError>,
+    /// Backend check reports, when a Mesh was refused because of one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<BackendCheck>,
+    /// True when the refusal is only that Vault could not be reached (clients exit 3 on it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub vault_unreachable: bool,
+}
+
+/// `{"total": N, "items": [...]}`: every list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct List<T> {
+    pub total: usize,
+    pub items: Vec<T>,
+}
+
+impl<T> List<T> {
+    pub fn new(items: Vec<T>) -> Self {
+        Self {
+            total: items.len(),
+            items,
+        }
+    }
+}
+
+/// A stored Mesh or Secret: its Universal form (a Secret without its data) plus its times.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceView {
+    #[serde(flatten)]
+    pub spec: Map<String, Value>,
+    pub creation_time: String,
+    pub modification_time: String,
+}
+
+impl ResourceView {
+    /// A string field of the resource's spec (`name`, `mesh`), empty when absent.
+    pub fn field(&self, name: &str) -> &str {
+        self.spec.get(name).and_then(Value::as_str).unwrap_or("")
+    }
+}
+
+/// What a write did to one resource: an item of a batch apply, the answer to
+/// `DELETE /meshes/{mesh}/secrets/{name}`, and the head of [`WriteResult`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResourceResult {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub mesh: String,
+    pub name: String,
+    /// `created`, `updated`, `unchanged`, `valid` for a dry run, or `deleted`.
+    pub result: String,
+}
+
+/// The answer to `PUT /meshes/{name}` and `PUT /meshes/{mesh}/secrets/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WriteResult {
+    #[serde(flatten)]
+    pub resource: ResourceResult,
+    pub dry_run: bool,
+    pub warnings: Vec<String>,
+    pub checks: Vec<BackendCheck>,
+}
+
+/// The answer to `POST /apply`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyResult {
+    pub dry_run: bool,
+    pub results: Vec<ResourceResult>,
+    pub warnings: Vec<String>,
+    pub checks: Vec<BackendCheck>,
+}
+
+/// The answer to `DELETE /meshes/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshDeleted {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub name: String,
+    pub result: String,
+    pub owned_deleted: usize,
+}
+
+/// Body of `POST /tokens/zone`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ZoneTokenRequest {
+    pub zone: String,
+    /// Validity, e.g. `720h` (the default), `30d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_for: Option<String>,
+}
+
+/// Body of `POST /tokens/dataplane`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DataplaneTokenRequest {
+    pub mesh: String,
+    pub name: String,
+    /// Validity, e.g. `720h` (the default), `30d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_for: Option<String>,
+}
+
+/// The answer to `POST /tokens/zone`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ZoneToken {
+    pub zone: String,
+    pub expires: String,
+    pub token: String,
+}
+
+/// The answer to `POST /tokens/dataplane`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DataplaneToken {
+    pub mesh: String,
+    pub name: String,
+    pub expires: String,
+    pub token: String,
+}
+
+/// A refused sync stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefusalView {
+    pub at: Option<String>,
+    pub zone: String,
+    pub peer: String,
+    pub reason: String,
+}
+
+/// The last rejection of a type by a zone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NackView {
+    pub at: Option<String>,
+    pub error: String,
+    pub resources: Vec<Rejected>,
+}
+
+/// Per synced type, what was sent to a zone and what it answered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TypeStatsView {
+    pub sent: u64,
+    pub acked: u64,
+    pub nacked: u64,
+    pub resources_sent: u64,
+    pub removed_sent: u64,
+    pub bytes_sent: u64,
+    pub acked_version: u64,
+    pub last_sent: Option<String>,
+    pub last_acked: Option<String>,
+    pub last_nack: Option<NackView>,
+}
+
+/// A resource not sent to a zone because it alone exceeds the message size limit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TooLargeView {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub mesh: String,
+    pub name: String,
+    pub version: String,
+    pub size: u64,
+    pub limit: u64,
+    pub at: Option<String>,
+}
+
+/// `GET /zones/{name}`: what global knows of one zone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ZoneView {
+    pub name: String,
+    pub online: bool,
+    pub connected_since: Option<String>,
+    pub last_connected: Option<String>,
+    pub last_seen: Option<String>,
+    pub last_disconnect: Option<String>,
+    pub last_disconnect_reason: Option<String>,
+    pub last_error: Option<String>,
+    pub peer: String,
+    pub connects: u64,
+    pub disconnects: u64,
+    pub token_expires: Option<String>,
+    pub types: BTreeMap<String, TypeStatsView>,
+    pub too_large: Vec<TooLargeView>,
+    pub last_refusal: Option<RefusalView>,
+    /// The zone's own checks of Vault as it last reported them (see [`ZoneVaultCheck`]), passed
+    /// through from its status report.
+    pub vault: Vec<Value>,
+    /// The zone's last status report.
+    pub status: Option<Value>,
+}
+
+/// One entry of [`ZoneView::vault`], as the command line reads it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ZoneVaultCheck {
+    pub mesh: String,
+    pub backend: String,
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub ok: bool,
+    pub error: String,
+    pub checked_at: Option<String>,
+    pub issued: u64,
+    pub last_issued_at: Option<String>,
+}
+
+/// `GET /zones`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ZoneList {
+    pub total: usize,
+    pub items: Vec<ZoneView>,
+    pub refusals: Vec<RefusalView>,
+}
+
+/// The current certificate of a dataplane.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CertificateView {
+    pub backend: String,
+    pub serial: String,
+    pub expiration: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Inbound {
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Networking {
+    pub inbound: Vec<Inbound>,
+}
+
+/// A dataplane as its zone last reported it (`GET /meshes/{mesh}/dataplanes`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataplaneView {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub mesh: String,
+    pub name: String,
+    pub zone: String,
+    pub networking: Networking,
+    pub certificate: Option<CertificateView>,
+    pub connected: bool,
+    pub zone_online: bool,
+    pub reported_at: Option<String>,
+}

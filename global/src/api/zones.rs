@@ -1,0 +1,212 @@
+//! The handlers of what global knows of its zones: `GET /zones`, `GET /zones/{name}` and
+//! `GET /meshes/{mesh}/dataplanes` (the dataplanes as every zone last reported them), with their
+//! presenters. The records themselves are kept by the sync server (`kds::zones`).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use common::clock::rfc3339_ms;
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::state::ApiState;
+use super::types::{
+    CertificateView, DataplaneView, Inbound, List, NackView, Networking, RefusalView, TooLargeView,
+    TypeStatsView, ZoneList, ZoneView,
+};
+use crate::kds::zones::{DataplaneReport, Refusal, ZoneRecord};
+
+fn present_refusal(r: &Refusal) -> RefusalView {
+    RefusalView {
+        at: rfc3339_ms(r.at_ms as i64),
+        zone: r.zone.clone(),
+        peer: r.peer.clone(),
+        reason: r.reason.clone(),
+    }
+}
+
+/// The API view of a zone record.
+pub fn present(r: &ZoneRecord) -> ZoneView {
+    let types = r
+        .types
+        .iter()
+        .map(|(t, s)| {
+            let view = TypeStatsView {
+                sent: s.responses_sent,
+                acked: s.acked,
+                nacked: s.nacked,
+                resources_sent: s.resources_sent,
+                removed_sent: s.removed_sent,
+                bytes_sent: s.bytes_sent,
+                acked_version: s.acked_version,
+                last_sent: rfc3339_ms(s.last_sent_ms as i64),
+                last_acked: rfc3339_ms(s.last_acked_ms as i64),
+                last_nack: s.last_nack.as_ref().map(|n| NackView {
+                    at: rfc3339_ms(n.at_ms as i64),
+                    error: n.error.clone(),
+                    resources: n.resources.clone(),
+                }),
+            };
+            (t.clone(), view)
+        })
+        .collect();
+    let too_large = r
+        .too_large
+        .iter()
+        .map(|t| TooLargeView {
+            type_: t.type_.clone(),
+            mesh: t.mesh.clone(),
+            name: t.name.clone(),
+            version: t.version.clone(),
+            size: t.size,
+            limit: t.limit,
+            at: rfc3339_ms(t.at_ms as i64),
+        })
+        .collect();
+    let last_seen = if r.online {
+        common::clock::now_ms().max(0) as u64
+    } else {
+        r.last_seen_ms
+    };
+    // Per mesh and vault backend, the zone's own check of Vault as it last reported it:
+    // {mesh, backend, type, ok, error, checkedAt, issued, lastIssuedAt}.
+    let vault: Vec<Value> = r
+        .status
+        .as_ref()
+        .and_then(|s| s.get("backendChecks"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut c| {
+            if let Value::Object(m) = &mut c {
+                m.entry("lastIssuedAt").or_insert(Value::Null);
+            }
+            c
+        })
+        .collect();
+    let last_error = if !r.last_error.is_empty() {
+        Some(r.last_error.clone())
+    } else if !r.online && !r.last_disconnect_reason.is_empty() {
+        Some(r.last_disconnect_reason.clone())
+    } else {
+        None
+    };
+    ZoneView {
+        name: r.name.clone(),
+        online: r.online,
+        connected_since: if r.online {
+            rfc3339_ms(r.connected_since_ms as i64)
+        } else {
+            None
+        },
+        last_connected: rfc3339_ms(r.connected_since_ms as i64),
+        last_seen: rfc3339_ms(last_seen as i64),
+        last_disconnect: rfc3339_ms(r.last_disconnect_ms as i64),
+        last_disconnect_reason: (!r.last_disconnect_reason.is_empty())
+            .then(|| r.last_disconnect_reason.clone()),
+        last_error,
+        peer: r.peer.clone(),
+        connects: r.connects,
+        disconnects: r.disconnects,
+        token_expires: rfc3339_ms(r.token_expires_ms as i64),
+        types,
+        too_large,
+        last_refusal: r.last_refusal.as_ref().map(present_refusal),
+        vault,
+        status: r.status.clone(),
+    }
+}
+
+/// `GET /zones`.
+pub async fn list_zones(State(state): State<ApiState>) -> Json<ZoneList> {
+    let items: Vec<ZoneView> = state.zones.list().iter().map(present).collect();
+    let refusals = state.zones.refusals().iter().map(present_refusal).collect();
+    Json(ZoneList {
+        total: items.len(),
+        items,
+        refusals,
+    })
+}
+
+/// `GET /zones/{name}`.
+pub async fn get_zone(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<ZoneView>, ApiError> {
+    match state.zones.get(&name) {
+        Some(r) => Ok(Json(present(&r))),
+        None => Err(ApiError::not_found(format!(
+            "zone {name:?} is not known: it never connected"
+        ))),
+    }
+}
+
+/// The API view of a dataplane reported by `zone`.
+pub fn present_dataplane(zone: &ZoneRecord, d: &DataplaneReport) -> DataplaneView {
+    let mut tags = d.tags.clone();
+    if !d.service.is_empty() {
+        tags.entry(common::model::SERVICE_TAG.to_string())
+            .or_insert_with(|| d.service.clone());
+    }
+    let certificate = (!d.serial.is_empty()).then(|| CertificateView {
+        backend: d.backend.clone(),
+        serial: d.serial.clone(),
+        expiration: rfc3339_ms(d.expires_ms.max(0)),
+    });
+    DataplaneView {
+        type_: "Dataplane".into(),
+        mesh: d.mesh.clone(),
+        name: d.name.clone(),
+        zone: zone.name.clone(),
+        networking: Networking {
+            inbound: vec![Inbound { tags }],
+        },
+        certificate,
+        connected: d.connected,
+        zone_online: zone.online,
+        reported_at: rfc3339_ms(zone.dataplanes_reported_ms as i64),
+    }
+}
+
+/// `GET /meshes/{mesh}/dataplanes`: the dataplanes of the mesh as every zone last reported them,
+/// sorted by zone and name.
+pub async fn list_dataplanes(
+    State(state): State<ApiState>,
+    Path(mesh): Path<String>,
+) -> Json<List<DataplaneView>> {
+    let items: Vec<DataplaneView> = state
+        .zones
+        .list()
+        .iter()
+        .flat_map(|z| {
+            let mut dps: Vec<&DataplaneReport> =
+                z.dataplanes.iter().filter(|d| d.mesh == mesh).collect();
+            dps.sort_by(|a, b| a.name.cmp(&b.name));
+            dps.into_iter()
+                .map(|d| present_dataplane(z, d))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    Json(List::new(items))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_offline_zone_shows_why() {
+        // A zone record as `Zones::load` leaves it after a restart.
+        let r = ZoneRecord {
+            name: "east".into(),
+            connects: 2,
+            connected_since_ms: 1,
+            last_disconnect_reason: "global restarted".into(),
+            ..Default::default()
+        };
+        let v = serde_json::to_value(present(&r)).unwrap();
+        assert_eq!(v["online"], false);
+        assert_eq!(v["connectedSince"], Value::Null);
+        assert_eq!(v["lastError"], "global restarted");
+    }
+}

@@ -1,0 +1,138 @@
+//! The flags of the `global` command line (clap).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "global",
+    version,
+    about = "Global control plane: holds Meshes and Secrets, validates CA backends, syncs zones"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// URL of the global API.
+    #[arg(long, default_value = "http://127.0.0.1:5681", env = "GLOBAL_API")]
+    pub api: String,
+    /// File holding the admin token (written by `global run` to <data-dir>/admin-token).
+    #[arg(long, env = "GLOBAL_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the global control plane.
+    Run {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:5681")]
+        api_addr: String,
+        /// Address of the sync server zones dial (gRPC over TLS).
+        #[arg(long, default_value = "127.0.0.1:5685")]
+        kds_addr: String,
+        /// PEM certificate (chain) of the sync server; without it one is generated and its CA
+        /// written to <data-dir>/kds-ca.pem.
+        #[arg(long, requires = "kds_tls_key")]
+        kds_tls_cert: Option<PathBuf>,
+        /// PEM private key of the sync server.
+        #[arg(long, requires = "kds_tls_cert")]
+        kds_tls_key: Option<PathBuf>,
+        /// Bound on each request to Vault during admission (the test certificate), e.g. 10s.
+        #[arg(long, default_value = "10s")]
+        vault_timeout: String,
+    },
+    /// Print a token with which a zone authenticates to global.
+    ZoneToken {
+        #[arg(long)]
+        zone: String,
+        /// How long the token is valid, e.g. 720h, 30d.
+        #[arg(long, default_value = "720h")]
+        valid_for: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Print a token with which one proxy authenticates to its zone (`zone proxy --token-file`);
+    /// it is bound to that mesh and dataplane name.
+    DataplaneToken {
+        #[arg(long)]
+        mesh: String,
+        #[arg(long)]
+        name: String,
+        /// How long the token is valid, e.g. 720h, 30d.
+        #[arg(long, default_value = "720h")]
+        valid_for: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Create or update resources from files (`-f -` reads stdin), all or nothing.
+    Apply {
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<String>,
+        /// Validate fully (the Vault test certificate included) and store nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Read resources.
+    Get {
+        what: GetKind,
+        name: Option<String>,
+        #[arg(long, default_value = "default")]
+        mesh: String,
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Delete a mesh (with everything in it) or a secret.
+    Delete {
+        what: DeleteKind,
+        name: String,
+        #[arg(long, default_value = "default")]
+        mesh: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Validate resource files without a running global: parse, validate, resolve data sources
+    /// (Secrets from the same files), issue the Vault test certificate, print a report.
+    Validate {
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<String>,
+        #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+        output: Format,
+        /// Bound on each request to Vault (the test certificate), e.g. 10s.
+        #[arg(long, default_value = "10s")]
+        vault_timeout: String,
+    },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GetKind {
+    Meshes,
+    Mesh,
+    Secrets,
+    Secret,
+    Zones,
+    Zone,
+    Dataplanes,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteKind {
+    Mesh,
+    Secret,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Yaml,
+    Json,
+}

@@ -1,0 +1,277 @@
+//! The commands that talk to a running global over its HTTP API (`apply`, `get`, `delete`,
+//! `zone-token`, `dataplane-token`): the client, the reading of answers into the API's types
+//! (`api::types`) and the mapping of failures to exit codes (unreachable server or Vault: 3).
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::args::{ApiArgs, DeleteKind, Format, GetKind};
+use super::failure::Failure;
+use super::input::{parse_inputs, read_inputs};
+use super::print;
+use crate::api::types::{
+    ApiError, ApplyResult, DataplaneToken, DataplaneTokenRequest, DataplaneView, ResourceView,
+    ZoneToken, ZoneTokenRequest, ZoneView,
+};
+
+/// An HTTP client for the global API.
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    fn new(args: &ApiArgs) -> Result<Self, Failure> {
+        let token = match &args.admin_token_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .map_err(|e| {
+                        Failure::usage(format!(
+                            "cannot read --admin-token-file {}: {e}",
+                            p.display()
+                        ))
+                    })?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(120))
+            .build()
+            .map_err(|e| Failure::refused(e.to_string()))?;
+        Ok(Self {
+            http,
+            base: args.api.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut r = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        r
+    }
+
+    /// Sends a request; returns the JSON body of a 2xx, or a Failure with the API's error.
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, Failure> {
+        let resp = req.send().await.map_err(|e| {
+            Failure::unreachable(format!(
+                "cannot reach global at {}: {}",
+                self.base,
+                error_chain(&e)
+            ))
+        })?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(body);
+        }
+        let error = api_error(&body);
+        let message = describe(status.as_u16(), &error);
+        if error.vault_unreachable {
+            return Err(Failure::unreachable(message));
+        }
+        Err(Failure::refused(message))
+    }
+}
+
+/// A 2xx body read as the type the API answers with.
+fn decode<T: DeserializeOwned>(body: Value) -> Result<T, Failure> {
+    serde_json::from_value(body)
+        .map_err(|e| Failure::refused(format!("global answered with an unexpected body: {e}")))
+}
+
+/// The items of a list body (`{"total", "items"}`), or the one resource of a single body.
+fn items<T: DeserializeOwned>(body: Value) -> Result<Vec<T>, Failure> {
+    match body {
+        Value::Object(mut map) if map.contains_key("items") => {
+            decode(map.remove("items").unwrap_or(Value::Null))
+        }
+        one => Ok(vec![decode(one)?]),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// The error body as the API's type (an empty one when the body is not one).
+fn api_error(body: &Value) -> ApiError {
+    serde_json::from_value(body.clone()).unwrap_or_default()
+}
+
+/// Renders the API error body for a terminal.
+pub fn describe_api_error(status: u16, body: &Value) -> String {
+    describe(status, &api_error(body))
+}
+
+fn describe(status: u16, error: &ApiError) -> String {
+    let title = if error.title.is_empty() {
+        "request failed"
+    } else {
+        &error.title
+    };
+    let mut out = format!("{title} ({status}): {}", error.detail);
+    for p in &error.invalid_parameters {
+        out.push_str(&format!("\n  * {}: {}", p.field, p.reason));
+    }
+    if status == 401 {
+        out.push_str("\n  (pass --admin-token-file <data-dir>/admin-token)");
+    }
+    out
+}
+
+pub(super) async fn apply(files: &[String], dry_run: bool, api: &ApiArgs) -> Result<(), Failure> {
+    let inputs = read_inputs(files)?;
+    // Parse locally first so that a typo is reported with its file, before anything is sent.
+    parse_inputs(&inputs)?;
+    let body = inputs
+        .iter()
+        .map(|(_, t)| t.trim_start_matches("---").to_string())
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    let client = Client::new(api)?;
+    let path = if dry_run {
+        "/apply?dryRun=true"
+    } else {
+        "/apply"
+    };
+    let resp = client
+        .send(
+            client
+                .request(reqwest::Method::POST, path)
+                .header("content-type", "application/yaml")
+                .body(body),
+        )
+        .await?;
+    let result: ApplyResult = decode(resp)?;
+    print::apply_result(&result, dry_run);
+    Ok(())
+}
+
+pub(super) async fn get(
+    what: GetKind,
+    name: Option<String>,
+    mesh: &str,
+    output: Format,
+    api: &ApiArgs,
+) -> Result<(), Failure> {
+    let client = Client::new(api)?;
+    let path = match (what, &name) {
+        (GetKind::Meshes | GetKind::Mesh, None) => "/meshes".to_string(),
+        (GetKind::Meshes | GetKind::Mesh, Some(n)) => format!("/meshes/{n}"),
+        (GetKind::Secrets | GetKind::Secret, None) => format!("/meshes/{mesh}/secrets"),
+        (GetKind::Secrets | GetKind::Secret, Some(n)) => format!("/meshes/{mesh}/secrets/{n}"),
+        (GetKind::Zones | GetKind::Zone, None) => "/zones".to_string(),
+        (GetKind::Zones | GetKind::Zone, Some(n)) => format!("/zones/{n}"),
+        (GetKind::Dataplanes, _) => format!("/meshes/{mesh}/dataplanes"),
+    };
+    let body = client
+        .send(client.request(reqwest::Method::GET, &path))
+        .await?;
+    match output {
+        // What global answered, as it answered it.
+        Format::Json | Format::Yaml => print::document(output, &body),
+        Format::Table => match what {
+            GetKind::Meshes | GetKind::Mesh => print::meshes(&items::<ResourceView>(body)?),
+            GetKind::Secrets | GetKind::Secret => print::secrets(&items::<ResourceView>(body)?),
+            GetKind::Zones | GetKind::Zone => print::zones(&items::<ZoneView>(body)?),
+            GetKind::Dataplanes => {
+                let mut dataplanes = items::<DataplaneView>(body)?;
+                // Dataplanes are listed per mesh; a NAME narrows the list.
+                if let Some(n) = &name {
+                    dataplanes.retain(|d| &d.name == n);
+                }
+                print::dataplanes(&dataplanes)
+            }
+        },
+    }
+    Ok(())
+}
+
+pub(super) async fn delete(
+    what: DeleteKind,
+    name: &str,
+    mesh: &str,
+    api: &ApiArgs,
+) -> Result<(), Failure> {
+    let client = Client::new(api)?;
+    let path = match what {
+        DeleteKind::Mesh => format!("/meshes/{name}"),
+        DeleteKind::Secret => format!("/meshes/{mesh}/secrets/{name}"),
+    };
+    client
+        .send(client.request(reqwest::Method::DELETE, &path))
+        .await?;
+    match what {
+        DeleteKind::Mesh => println!("mesh {name:?} deleted"),
+        DeleteKind::Secret => println!("secret {name:?} (mesh {mesh:?}) deleted"),
+    }
+    Ok(())
+}
+
+/// Posts a token request and reads the token of the answer.
+async fn request_token<T: DeserializeOwned>(
+    api: &ApiArgs,
+    path: &str,
+    body: &impl serde::Serialize,
+) -> Result<T, Failure> {
+    let client = Client::new(api)?;
+    let resp = client
+        .send(client.request(reqwest::Method::POST, path).json(body))
+        .await?;
+    serde_json::from_value(resp).map_err(|_| Failure::refused("global answered without a token"))
+}
+
+/// `zone-token`: asks the running global (admin token needed) and prints the token alone.
+pub(super) async fn zone_token(zone: &str, valid_for: &str, api: &ApiArgs) -> Result<(), Failure> {
+    crate::tokens::check_zone_name(zone).map_err(Failure::usage)?;
+    common::duration::parse_duration(valid_for)
+        .map_err(|e| Failure::usage(format!("--valid-for: {e}")))?;
+    let request = ZoneTokenRequest {
+        zone: zone.to_string(),
+        valid_for: Some(valid_for.to_string()),
+    };
+    let answer: ZoneToken = request_token(api, "/tokens/zone", &request).await?;
+    println!("{}", answer.token);
+    Ok(())
+}
+
+/// `dataplane-token`: asks the running global (admin token needed) and prints the token alone.
+pub(super) async fn dataplane_token(
+    mesh: &str,
+    name: &str,
+    valid_for: &str,
+    api: &ApiArgs,
+) -> Result<(), Failure> {
+    crate::tokens::check_dataplane_names(mesh, name).map_err(|errs| {
+        Failure::usage(
+            errs.errors
+                .iter()
+                .map(|e| format!("--{}: {}", e.field, e.reason))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })?;
+    common::duration::parse_duration(valid_for)
+        .map_err(|e| Failure::usage(format!("--valid-for: {e}")))?;
+    let request = DataplaneTokenRequest {
+        mesh: mesh.to_string(),
+        name: name.to_string(),
+        valid_for: Some(valid_for.to_string()),
+    };
+    let answer: DataplaneToken = request_token(api, "/tokens/dataplane", &request).await?;
+    println!("{}", answer.token);
+    Ok(())
+}

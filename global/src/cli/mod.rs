@@ -1,0 +1,122 @@
+//! The command line of the `global` binary (SPEC.md): the flags (`args`), the dispatch and the
+//! exit codes (`failure`: 0 success, 1 refused or invalid, 2 usage, 3 server or Vault
+//! unreachable). `run` starts the server (`run`); `apply`, `get`, `delete` and the token commands
+//! talk to a running global over its HTTP API (`client`) and print what it answered (`print`);
+//! `validate` needs no server (`validate`). Resource files are read by `input`.
+
+mod args;
+mod client;
+mod failure;
+mod input;
+mod print;
+mod run;
+mod validate;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+pub use args::{ApiArgs, Cli, Command, DeleteKind, Format, GetKind};
+pub use client::describe_api_error;
+pub use common::cli::init_tracing;
+pub use failure::{Failure, exit};
+pub use validate::{ResourceReport, validate_resources};
+
+/// `--vault-timeout`: the bounds of every Vault request of this process.
+fn vault_timeouts(text: &str) -> Result<common::vault::Timeouts, Failure> {
+    let d = common::duration::parse_duration(text)
+        .map_err(|e| Failure::usage(format!("--vault-timeout: {e}")))?;
+    if d.is_zero() {
+        return Err(Failure::usage("--vault-timeout must be more than 0s"));
+    }
+    Ok(common::vault::Timeouts::with_request(d))
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match common::cli::start() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Run {
+            data_dir,
+            api_addr,
+            kds_addr,
+            kds_tls_cert,
+            kds_tls_key,
+            vault_timeout,
+        } => {
+            init_tracing();
+            let vault_timeouts = vault_timeouts(&vault_timeout)?;
+            run::run(run::RunArgs {
+                data_dir,
+                api_addr,
+                kds_addr,
+                kds_tls_cert,
+                kds_tls_key,
+                vault_timeouts,
+            })
+            .await
+        }
+        Command::ZoneToken {
+            zone,
+            valid_for,
+            api,
+        } => client::zone_token(&zone, &valid_for, &api).await,
+        Command::DataplaneToken {
+            mesh,
+            name,
+            valid_for,
+            api,
+        } => client::dataplane_token(&mesh, &name, &valid_for, &api).await,
+        Command::Apply {
+            files,
+            dry_run,
+            api,
+        } => client::apply(&files, dry_run, &api).await,
+        Command::Get {
+            what,
+            name,
+            mesh,
+            output,
+            api,
+        } => client::get(what, name, &mesh, output, &api).await,
+        Command::Delete {
+            what,
+            name,
+            mesh,
+            api,
+        } => client::delete(what, &name, &mesh, &api).await,
+        Command::Validate {
+            files,
+            output,
+            vault_timeout,
+        } => {
+            let reports = validate::validate(&files, vault_timeouts(&vault_timeout)?).await?;
+            print::validate_report(output, &reports);
+            validate::verdict(&reports)
+        }
+    }
+}
+
+/// Reads a token file for tests and tools.
+pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .trim()
+        .to_string())
+}
