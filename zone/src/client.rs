@@ -8,15 +8,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::shutdown::Shutdown;
 use proto::kds::zone_sync_client::ZoneSyncClient;
 use proto::kds::{self, GlobalMessage, ZoneMessage, global_message, zone_message};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::CompressionEncoding;
 
 use crate::ZoneConfig;
 use crate::apply::{self, ApplyError};
-use crate::dial::{Redial, describe, stopped};
+use crate::dial::{Redial, describe};
 use crate::metrics::ZoneMetrics;
 use common::sync::SYNCED_KINDS;
 
@@ -63,19 +64,19 @@ fn failed(error: impl Into<String>) -> End {
     }
 }
 
-/// Keeps the zone in sync with global until `stop` turns true.
-pub async fn run(ctx: Arc<ZoneCtx>, target: Target, mut stop: watch::Receiver<bool>) {
+/// Keeps the zone in sync with global until `shutdown` fires.
+pub async fn run(ctx: Arc<ZoneCtx>, target: Target, shutdown: Shutdown) {
     let mut redial = Redial::new(ctx.config.reconnect_initial, ctx.config.reconnect_max);
     let mut attempts = 0u64;
     loop {
-        if *stop.borrow() {
+        if shutdown.is_shutdown() {
             break;
         }
         if attempts > 0 {
             ctx.metrics.reconnects.inc();
         }
         attempts += 1;
-        match session(&ctx, &target, &mut stop, &mut redial).await {
+        match session(&ctx, &target, &shutdown, &mut redial).await {
             End::Shutdown => break,
             End::Failed {
                 error,
@@ -94,7 +95,7 @@ pub async fn run(ctx: Arc<ZoneCtx>, target: Target, mut stop: watch::Receiver<bo
                 }
             }
         }
-        if !redial.pause(&mut stop).await {
+        if !redial.pause(&shutdown).await {
             break;
         }
     }
@@ -121,7 +122,7 @@ fn report(ctx: &ZoneCtx) -> ZoneMessage {
 async fn session(
     ctx: &Arc<ZoneCtx>,
     target: &Target,
-    stop: &mut watch::Receiver<bool>,
+    shutdown: &Shutdown,
     redial: &mut Redial,
 ) -> End {
     let token = match std::fs::read_to_string(&ctx.config.token_file) {
@@ -144,7 +145,7 @@ async fn session(
             Ok(c) => c,
             Err(e) => return failed(e),
         },
-        _ = stopped(stop) => return End::Shutdown,
+        _ = shutdown.wait() => return End::Shutdown,
     };
     let mut client = ZoneSyncClient::new(channel)
         .max_decoding_message_size(common::limits::SYNC_MESSAGE_BYTES)
@@ -169,7 +170,7 @@ async fn session(
     }
     let response = tokio::select! {
         r = client.sync(request) => r,
-        _ = stopped(stop) => return End::Shutdown,
+        _ = shutdown.wait() => return End::Shutdown,
     };
     let mut inbound = match response {
         Ok(r) => r.into_inner(),
@@ -203,7 +204,7 @@ async fn session(
     loop {
         tokio::select! {
             biased;
-            _ = stopped(stop) => return End::Shutdown,
+            _ = shutdown.wait() => return End::Shutdown,
             msg = inbound.message() => match msg {
                 Ok(Some(GlobalMessage { message: Some(global_message::Message::Response(resp)) })) => {
                     let reply = match handle_response(ctx, &resp).await {

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::backoff::{Backoff, Jitter};
-use tokio::sync::watch;
+use common::shutdown::Shutdown;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// How the peer's certificate is verified.
@@ -178,8 +178,8 @@ impl Redial {
         }
     }
 
-    /// Waits the next delay; `false` when `stop` turned true meanwhile.
-    pub async fn pause(&mut self, stop: &mut watch::Receiver<bool>) -> bool {
+    /// Waits the next delay; `false` when `shutdown` fired meanwhile.
+    pub async fn pause(&mut self, shutdown: &Shutdown) -> bool {
         let delay = self.backoff.next_delay();
         tracing::debug!(
             delay_ms = delay.as_millis() as u64,
@@ -187,14 +187,9 @@ impl Redial {
         );
         tokio::select! {
             _ = tokio::time::sleep(delay) => true,
-            _ = stopped(stop) => false,
+            _ = shutdown.wait() => false,
         }
     }
-}
-
-/// Completes when `stop` turns true (or its sender is gone).
-pub async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|v| *v).await;
 }
 
 /// An error and its sources, each once: `a: b: c`.

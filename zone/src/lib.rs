@@ -103,15 +103,7 @@ pub async fn run(
     let target = client::target(&config).map_err(ZoneError::Config)?;
     let store = common::store::Store::open(&config.data_dir)?;
     let ctx = Arc::new(ZoneCtx::new(config.clone(), store)?);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stop_tx = Arc::new(stop_tx);
-    {
-        let stop_tx = stop_tx.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        });
-    }
+    let (stop, shutdown) = common::shutdown::Shutdown::from_future(shutdown);
     let dp_tls = match &listeners.dp {
         Some(_) => Some(
             dp::tls::load_or_generate(&config.data_dir)
@@ -119,9 +111,9 @@ pub async fn run(
         ),
         None => None,
     };
-    let sync = tokio::spawn(client::run(ctx.clone(), target, stop_rx.clone()));
+    let sync = tokio::spawn(client::run(ctx.clone(), target, shutdown.clone()));
     let identity = identity::IdentityManager::new(ctx.clone(), config.issuance.clone());
-    let issuance = tokio::spawn(identity.clone().run(stop_rx.clone()));
+    let issuance = tokio::spawn(identity.clone().run(shutdown.clone()));
     let dp_addr = listeners
         .dp
         .as_ref()
@@ -130,14 +122,14 @@ pub async fn run(
         .unwrap_or_default();
     let dp_task = match (listeners.dp, dp_tls) {
         (Some(listener), Some(tls)) => {
-            let server = dp::DpServer::new(ctx.clone(), identity.clone(), stop_rx.clone());
-            let stop_tx = stop_tx.clone();
+            let server = dp::DpServer::new(ctx.clone(), identity.clone(), shutdown.clone());
+            let stop = stop.clone();
             Some(tokio::spawn(async move {
                 let r = server.serve(listener, tls).await;
                 if let Err(e) = &r {
                     // The zone is of little use to its proxies without it: stop everything.
                     tracing::error!(error = %e, "the proxy identity service failed");
-                    let _ = stop_tx.send(true);
+                    stop.fire();
                 }
                 r.map_err(|e| ZoneError::Dp(dial::error_chain(&e)))
             }))
@@ -153,17 +145,15 @@ pub async fn run(
         meshes = ctx.store.versions(common::model::Kind::Mesh).1.len(),
         "zone control plane started"
     );
-    let mut api_stop = stop_rx.clone();
+    let api_stop = shutdown.clone();
     let served = common::http::serve_http(
         listeners.api,
         api::router(ctx.clone(), identity.clone()),
-        async move {
-            let _ = api_stop.wait_for(|v| *v).await;
-        },
+        async move { api_stop.wait().await },
     )
     .await;
     // Whatever ended first, everything stops.
-    let _ = stop_tx.send(true);
+    stop.fire();
     let dp_result = match dp_task {
         Some(t) => t
             .await

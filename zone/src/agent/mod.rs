@@ -16,12 +16,12 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::shutdown::Shutdown;
 use proto::dpid::dataplane_identity_client::DataplaneIdentityClient;
 use proto::dpid::{IdentityRequest, IdentityResponse};
 use tokio::sync::watch;
 
-use crate::dial::describe;
-use crate::dial::{Redial, stopped};
+use crate::dial::{Redial, describe};
 use files::{Bundle, OutDir};
 
 /// Largest `--exec` output kept in the log, per stream.
@@ -145,11 +145,7 @@ pub async fn run(
             config.out_dir.display()
         ))
     })?;
-    let (stop_tx, stop) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
+    let (_trigger, shutdown) = Shutdown::from_future(shutdown);
     match out.held() {
         Some(h) => tracing::info!(
             dir = %config.out_dir.display(), serial = %h.serial, expires = %rfc3339(h.not_after_unix),
@@ -161,7 +157,7 @@ pub async fn run(
     }
     let (bundle_tx, bundle_rx) = watch::channel::<Option<Bundle>>(None);
     let writer = tokio::spawn(writer(config.clone(), out.clone(), bundle_rx));
-    connection_loop(&config, &target, &out, &bundle_tx, stop).await;
+    connection_loop(&config, &target, &out, &bundle_tx, shutdown).await;
     drop(bundle_tx);
     let _ = writer.await;
     tracing::info!(mesh = %config.mesh, name = %config.name, "proxy agent stopped");
@@ -195,14 +191,14 @@ async fn connection_loop(
     target: &Target,
     out: &OutDir,
     bundles: &watch::Sender<Option<Bundle>>,
-    mut stop: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
     let mut redial = Redial::new(config.reconnect_initial, config.reconnect_max);
     loop {
-        if *stop.borrow() {
+        if shutdown.is_shutdown() {
             return;
         }
-        match session(config, target, out, bundles, &mut stop, &mut redial).await {
+        match session(config, target, out, bundles, &shutdown, &mut redial).await {
             End::Shutdown => return,
             End::Failed {
                 error,
@@ -213,7 +209,7 @@ async fn connection_loop(
                 None => redial.failed(error, "cannot get an identity from the zone; keeping the files and retrying with backoff"),
             },
         }
-        if !redial.pause(&mut stop).await {
+        if !redial.pause(&shutdown).await {
             return;
         }
     }
@@ -245,7 +241,7 @@ async fn session(
     target: &Target,
     out: &OutDir,
     bundles: &watch::Sender<Option<Bundle>>,
-    stop: &mut watch::Receiver<bool>,
+    shutdown: &Shutdown,
     redial: &mut Redial,
 ) -> End {
     let token = match std::fs::read_to_string(&config.token_file) {
@@ -268,7 +264,7 @@ async fn session(
             Ok(c) => c,
             Err(e) => return failed(e),
         },
-        _ = stopped(stop) => return End::Shutdown,
+        _ = shutdown.wait() => return End::Shutdown,
     };
     let presented = out.held();
     let mut request = tonic::Request::new(IdentityRequest {
@@ -288,7 +284,7 @@ async fn session(
     let mut client = DataplaneIdentityClient::new(channel);
     let response = tokio::select! {
         r = client.stream(request) => r,
-        _ = stopped(stop) => return End::Shutdown,
+        _ = shutdown.wait() => return End::Shutdown,
     };
     let mut inbound = match response {
         Ok(r) => r.into_inner(),
@@ -306,7 +302,7 @@ async fn session(
     loop {
         tokio::select! {
             biased;
-            _ = stopped(stop) => return End::Shutdown,
+            _ = shutdown.wait() => return End::Shutdown,
             msg = inbound.message() => {
                 let error = match msg {
                     Ok(Some(resp)) => {

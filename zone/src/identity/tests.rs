@@ -130,7 +130,7 @@ struct Harness {
     manager: Arc<IdentityManager>,
     fake: Arc<FakeShared>,
     ctx: Arc<ZoneCtx>,
-    _stop: watch::Sender<bool>,
+    _stop: common::shutdown::Trigger,
 }
 
 fn mesh(enabled: &str, expiration: &str) -> Mesh {
@@ -200,7 +200,7 @@ async fn harness(config: IssuanceConfig, m: Mesh) -> Harness {
         Arc::new(FakeFactory(fake.clone())),
         clock,
     );
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = common::shutdown::Trigger::new();
     tokio::spawn(manager.clone().run(stop_rx));
     Harness {
         manager,
