@@ -21,7 +21,8 @@ use crate::dial::{Redial, describe};
 use crate::metrics::ZoneMetrics;
 use common::sync::SYNCED_KINDS;
 
-use crate::state::{Nack, ZoneCtx, now_ms};
+use crate::state::{Nack, ZoneCtx};
+use common::clock::now_ms;
 
 const OUTBOUND_QUEUE: usize = 64;
 /// How often a status report that is owed checks whether the previous one has left the queue.

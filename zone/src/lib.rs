@@ -17,6 +17,7 @@ pub mod dp;
 pub mod identity;
 pub mod metrics;
 pub mod state;
+pub mod views;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -164,8 +164,9 @@ pub async fn run(
     Ok(())
 }
 
+/// For logs: RFC 3339, or the number itself when out of range.
 fn rfc3339(unix: i64) -> String {
-    common::tokens::rfc3339(unix.max(0) as u64)
+    common::clock::rfc3339(unix).unwrap_or_else(|| unix.to_string())
 }
 
 enum End {

@@ -48,13 +48,12 @@ mod status;
 mod table;
 mod trust;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::ZoneCtx;
@@ -156,29 +155,8 @@ impl fmt::Debug for IdentitySubscription {
             .finish_non_exhaustive()
     }
 }
-/// A dataplane with the state of its certificate (`GET /dataplanes`, the status report).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DataplaneView {
-    pub mesh: String,
-    pub name: String,
-    /// The `kuma.io/service` value(s), comma-separated.
-    pub service: String,
-    /// Every tag; several values of one tag are comma-separated.
-    pub tags: BTreeMap<String, String>,
-    pub connected: bool,
-    /// The backend that issued the current certificate.
-    pub backend: Option<String>,
-    pub backend_type: Option<String>,
-    pub serial: Option<String>,
-    /// Expiry of the current certificate, RFC 3339.
-    pub expiration: Option<String>,
-    pub expiration_unix: Option<i64>,
-    /// The last issuance failure, cleared by the next success.
-    pub last_error: Option<String>,
-    /// Certificates issued to this dataplane by this zone.
-    pub issued_count: u64,
-}
+/// The dataplane rows of `GET /dataplanes` and the status report (defined with the API bodies).
+pub use crate::views::DataplaneView;
 
 /// Why a proxy cannot be registered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
