@@ -5,7 +5,7 @@
 //! connections: exponential backoff with jitter, reset after a connection that lasted, and logs
 //! that say each new failure once.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::backoff::{Backoff, Jitter};
@@ -190,6 +190,63 @@ impl Redial {
             _ = shutdown.wait() => false,
         }
     }
+}
+
+/// How one session with the peer ended.
+pub enum End {
+    Shutdown,
+    Failed {
+        error: String,
+        /// How long the stream was up, when it was established before it ended.
+        lasted: Option<Duration>,
+        /// Whether it delivered something (the next attempt then starts from the first delay).
+        delivered: bool,
+    },
+}
+
+/// A session that failed before its stream was up.
+pub fn failed(error: impl Into<String>) -> End {
+    End::Failed {
+        error: error.into(),
+        lasted: None,
+        delivered: false,
+    }
+}
+
+/// The first steps of a session: the token in `token_file`, then a connection to `target` with
+/// HTTP/2 keepalive every `keepalive`, unless `shutdown` fires meanwhile.
+pub async fn open(
+    target: &Target,
+    token_file: &Path,
+    keepalive: Duration,
+    shutdown: &Shutdown,
+) -> Result<(String, Channel), End> {
+    let token = read_token(token_file).map_err(failed)?;
+    tokio::select! {
+        c = target.connect(keepalive) => c.map(|c| (token, c)).map_err(failed),
+        _ = shutdown.wait() => Err(End::Shutdown),
+    }
+}
+
+/// The token in `file`, read on every attempt (so a rotated token is picked up).
+fn read_token(file: &Path) -> Result<String, String> {
+    match std::fs::read_to_string(file) {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+        Ok(_) => Err(format!("the token file {} is empty", file.display())),
+        Err(e) => Err(format!(
+            "cannot read the token file {}: {e}",
+            file.display()
+        )),
+    }
+}
+
+/// Sets the request's `authorization` header to `Bearer <token>`.
+pub fn authorize<T>(request: &mut tonic::Request<T>, token: &str) -> Result<(), String> {
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| "the token file does not hold a valid token".to_string())?;
+    request.metadata_mut().insert("authorization", value);
+    Ok(())
 }
 
 /// An error and its sources, each once: `a: b: c`.

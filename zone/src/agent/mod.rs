@@ -21,7 +21,7 @@ use proto::dpid::dataplane_identity_client::DataplaneIdentityClient;
 use proto::dpid::{IdentityRequest, IdentityResponse};
 use tokio::sync::watch;
 
-use crate::dial::{Redial, describe};
+use crate::dial::{self, End, Redial, authorize, describe, failed};
 use files::{Bundle, OutDir};
 
 /// Largest `--exec` output kept in the log, per stream.
@@ -169,24 +169,6 @@ fn rfc3339(unix: i64) -> String {
     common::clock::rfc3339(unix).unwrap_or_else(|| unix.to_string())
 }
 
-enum End {
-    Shutdown,
-    Failed {
-        error: String,
-        /// Whether the stream was established (and delivered what it did) before it ended.
-        lasted: Option<Duration>,
-        delivered: bool,
-    },
-}
-
-fn failed(error: impl Into<String>) -> End {
-    End::Failed {
-        error: error.into(),
-        lasted: None,
-        delivered: false,
-    }
-}
-
 async fn connection_loop(
     config: &AgentConfig,
     target: &Target,
@@ -245,28 +227,11 @@ async fn session(
     shutdown: &Shutdown,
     redial: &mut Redial,
 ) -> End {
-    let token = match std::fs::read_to_string(&config.token_file) {
-        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
-        Ok(_) => {
-            return failed(format!(
-                "the token file {} is empty",
-                config.token_file.display()
-            ));
-        }
-        Err(e) => {
-            return failed(format!(
-                "cannot read the token file {}: {e}",
-                config.token_file.display()
-            ));
-        }
-    };
-    let channel = tokio::select! {
-        c = target.connect(Duration::from_secs(5)) => match c {
-            Ok(c) => c,
-            Err(e) => return failed(e),
-        },
-        _ = shutdown.wait() => return End::Shutdown,
-    };
+    let (token, channel) =
+        match dial::open(target, &config.token_file, Duration::from_secs(5), shutdown).await {
+            Ok(opened) => opened,
+            Err(end) => return end,
+        };
     let presented = out.held();
     let mut request = tonic::Request::new(IdentityRequest {
         mesh: config.mesh.clone(),
@@ -278,10 +243,9 @@ async fn session(
             .unwrap_or_default(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
     });
-    let Ok(auth) = format!("Bearer {token}").parse() else {
-        return failed("the token file does not hold a valid token");
-    };
-    request.metadata_mut().insert("authorization", auth);
+    if let Err(e) = authorize(&mut request, &token) {
+        return failed(e);
+    }
     let mut client = DataplaneIdentityClient::new(channel);
     let response = tokio::select! {
         r = client.stream(request) => r,

@@ -152,23 +152,31 @@ impl DpServer {
             .verify::<DataplaneClaim>(token, DATAPLANE_SCOPE)
             .map_err(|e| unauthenticated(e.code(), format!("dataplane token refused: {e}")))?;
         let req = request.get_ref();
-        if claims.body.mesh != req.mesh {
-            return Err(unauthenticated(
+        let checks = [
+            (
                 "other_mesh",
-                format!(
-                    "dataplane token refused: it was issued for mesh {:?}, but this proxy registers in mesh {:?}",
-                    claims.body.mesh, req.mesh
-                ),
-            ));
-        }
-        if claims.body.name != req.name {
-            return Err(unauthenticated(
+                "mesh",
+                &claims.body.mesh,
+                "in mesh",
+                &req.mesh,
+            ),
+            (
                 "other_name",
-                format!(
-                    "dataplane token refused: it was issued for dataplane {:?}, but this proxy registers as {:?}",
-                    claims.body.name, req.name
-                ),
-            ));
+                "dataplane",
+                &claims.body.name,
+                "as",
+                &req.name,
+            ),
+        ];
+        for (cause, what, issued_for, registers, asked) in checks {
+            if issued_for != asked {
+                return Err(unauthenticated(
+                    cause,
+                    format!(
+                        "dataplane token refused: it was issued for {what} {issued_for:?}, but this proxy registers {registers} {asked:?}"
+                    ),
+                ));
+            }
         }
         Ok(claims.body)
     }

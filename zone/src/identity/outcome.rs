@@ -3,8 +3,8 @@
 //! failure recorded (per-proxy backoff, the breaker fed, the Vault check told) and, when a
 //! backend answers again, the proxies waiting for it woken.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
 
 use tokio::time::Instant;
 
@@ -23,12 +23,8 @@ impl IdentityManager {
         };
         let admission = {
             let mut st = self.lock();
-            let (threshold, cooldown) =
-                (self.config.breaker_threshold, self.config.breaker_cooldown);
-            let b = st
-                .breakers
-                .entry(snap.bid.clone())
-                .or_insert_with(|| Breaker::new(threshold, cooldown));
+            let cooldown = self.config.breaker_cooldown;
+            let b = self.breaker(&mut st, &snap.bid);
             let a = b.admit(Instant::now());
             let code = b.state.code();
             if a == Admission::Deny {
@@ -159,20 +155,11 @@ impl IdentityManager {
                 backend_type: snap.type_str.to_string(),
             })
             .inc();
-        let current = st
-            .meshes
-            .get(&key.0)
-            .and_then(|m| m.slot.as_ref())
-            .is_some_and(|s| s.backend_gen == snap.backend_gen);
-        let Some(p) = st.proxies.get_mut(key) else {
-            return false;
-        };
-        if p.conn.is_none() {
-            return false;
-        }
-        if !current || p.tags_hash != snap.tags_hash {
+        match st.still_applies(key, snap) {
+            None => return false,
             // Issued for a backend or tags that changed meanwhile: issue again.
-            return true;
+            Some(false) => return true,
+            Some(true) => {}
         }
         let rotate_at = policy::rotate_at_unix(
             issued.not_before,
@@ -193,29 +180,16 @@ impl IdentityManager {
             tags_hash: snap.tags_hash.clone(),
             rotate_at,
         };
+        let Some(p) = st.proxies.get_mut(key) else {
+            return false;
+        };
         let had_cert = p.cert.is_some();
         // The proxy gets this certificate and its key: whatever chain it presented is obsolete
         // (reusing it later would pair that chain with the new key).
         if let Some(c) = p.conn.as_mut() {
             c.presented = None;
         }
-        p.holding = Holding::Known;
-        p.health = Health::Healthy;
-        p.last_error = None;
         p.issued_count += 1;
-        st.set_cert(key, meta);
-        st.set_timer(key, Some(self.clock.instant_at(rotate_at)));
-        let trust = self.refresh_trust(&mut st, &key.0, Some(key));
-        let bundle = IdentityBundle {
-            generation: self.next_generation(),
-            cert_chain_pem: issued.chain_pem,
-            key_pem: Some(issued.key_pem),
-            trust_bundle_pem: trust,
-            backend: snap.backend.name.clone(),
-            serial: issued.serial,
-            not_before_unix: issued.not_before,
-            not_after_unix: issued.not_after,
-        };
         // Counted before the proxy can see it.
         if let (Some(cause), true) = (cause, had_cert) {
             self.counters.rotations.fetch_add(1, Ordering::Relaxed);
@@ -226,13 +200,57 @@ impl IdentityManager {
                 })
                 .inc();
         }
+        self.install(st, key, meta, issued.chain_pem, Some(issued.key_pem));
+        false
+    }
+
+    /// Gives a proxy the certificate of `meta` (issued, or presented and kept): recorded with
+    /// the trust counts kept right, its failures forgotten, its timer set to the rotation point,
+    /// and its bundle sent with the mesh's trust. `key_pem: None`: the proxy keeps its key.
+    pub(super) fn install(
+        &self,
+        mut st: MutexGuard<'_, State>,
+        key: &DpKey,
+        meta: CertMeta,
+        cert_chain_pem: String,
+        key_pem: Option<String>,
+    ) {
+        let Some(p) = st.proxies.get_mut(key) else {
+            return;
+        };
+        p.holding = Holding::Known;
+        p.health = Health::Healthy;
+        p.last_error = None;
+        let rotate_at = meta.rotate_at;
+        let (backend, serial) = (meta.backend.clone(), meta.serial.clone());
+        let (not_before_unix, not_after_unix) = (meta.not_before, meta.not_after);
+        st.set_cert(key, meta);
+        st.set_timer(key, Some(self.clock.instant_at(rotate_at)));
+        let trust = self.refresh_trust(&mut st, &key.0, Some(key));
+        let bundle = IdentityBundle {
+            generation: self.next_generation(),
+            cert_chain_pem,
+            key_pem,
+            trust_bundle_pem: trust,
+            backend,
+            serial,
+            not_before_unix,
+            not_after_unix,
+        };
         if let Some(conn) = st.proxies.get(key).and_then(|p| p.conn.as_ref()) {
             conn.tx.send_replace(Some(Arc::new(bundle)));
         }
         drop(st);
         self.record_changed(key);
         self.dirty.notify_one();
-        false
+    }
+
+    /// The breaker of a backend (a closed one when it has none yet).
+    fn breaker<'a>(&self, st: &'a mut State, bid: &BackendId) -> &'a mut Breaker {
+        let (threshold, cooldown) = (self.config.breaker_threshold, self.config.breaker_cooldown);
+        st.breakers
+            .entry(bid.clone())
+            .or_insert_with(|| Breaker::new(threshold, cooldown))
     }
 
     pub(super) fn on_failure(&self, key: &DpKey, snap: &Snap, e: SourceError) {
@@ -249,12 +267,8 @@ impl IdentityManager {
             // The backend answered; only this proxy's request was refused.
             self.backend_ok(&mut st, &snap.bid);
         } else {
-            let (threshold, cooldown) =
-                (self.config.breaker_threshold, self.config.breaker_cooldown);
-            let b = st
-                .breakers
-                .entry(snap.bid.clone())
-                .or_insert_with(|| Breaker::new(threshold, cooldown));
+            let cooldown = self.config.breaker_cooldown;
+            let b = self.breaker(&mut st, &snap.bid);
             b.last_error = Some(e.message.clone());
             if b.failure(now) {
                 self.counters.breaker_opened.fetch_add(1, Ordering::Relaxed);

@@ -3,12 +3,11 @@
 //! under the current backend conf and is before its rotation point.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::records::CertMeta;
-use super::table::{AnchorSet, Health, Holding, Snap};
-use super::{DpKey, IdentityBundle, IdentityManager, policy, source};
+use super::table::{AnchorSet, Snap};
+use super::{DpKey, IdentityManager, policy, source};
 
 impl IdentityManager {
     /// Checks a presented chain; returns the metadata to keep it under, or why not.
@@ -87,51 +86,21 @@ impl IdentityManager {
         presented: String,
     ) -> bool {
         let mut st = self.lock();
-        let current = st
-            .meshes
-            .get(&key.0)
-            .and_then(|m| m.slot.as_ref())
-            .is_some_and(|s| s.backend_gen == snap.backend_gen);
-        let Some(p) = st.proxies.get_mut(key) else {
-            return false;
-        };
-        if p.conn.is_none() {
-            return false;
-        }
-        if !current || p.tags_hash != snap.tags_hash {
-            // Things moved while we looked: decide again (the proxy still holds that chain).
-            if let Some(c) = p.conn.as_mut() {
-                c.presented = Some(presented);
+        match st.still_applies(key, snap) {
+            None => return false,
+            Some(false) => {
+                // Things moved while we looked: decide again (the proxy still holds that chain).
+                if let Some(c) = st.proxies.get_mut(key).and_then(|p| p.conn.as_mut()) {
+                    c.presented = Some(presented);
+                }
+                return true;
             }
-            return true;
+            Some(true) => {}
         }
         meta.anchors_id = anchors_id.to_string();
-        let rotate_at = meta.rotate_at;
-        let bundle_meta = meta.clone();
-        p.holding = Holding::Known;
-        p.health = Health::Healthy;
-        p.last_error = None;
-        st.set_cert(key, meta);
-        st.set_timer(key, Some(self.clock.instant_at(rotate_at)));
-        let trust = self.refresh_trust(&mut st, &key.0, Some(key));
-        let bundle = IdentityBundle {
-            generation: self.next_generation(),
-            cert_chain_pem: presented,
-            key_pem: None,
-            trust_bundle_pem: trust,
-            backend: bundle_meta.backend.clone(),
-            serial: bundle_meta.serial.clone(),
-            not_before_unix: bundle_meta.not_before,
-            not_after_unix: bundle_meta.not_after,
-        };
         self.counters.reused.fetch_add(1, Ordering::Relaxed);
         self.metrics().reused.inc();
-        if let Some(conn) = st.proxies.get(key).and_then(|p| p.conn.as_ref()) {
-            conn.tx.send_replace(Some(Arc::new(bundle)));
-        }
-        drop(st);
-        self.record_changed(key);
-        self.dirty.notify_one();
+        self.install(st, key, meta, presented, None);
         false
     }
 }

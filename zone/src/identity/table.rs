@@ -278,6 +278,19 @@ pub(super) struct State {
 }
 
 impl State {
+    /// Whether the outcome of a step taken for `key` on `snap` still applies: `None` when the
+    /// proxy is gone or disconnected; `Some(false)` when its mesh's enabled backend or its tags
+    /// changed meanwhile (decide again).
+    pub(super) fn still_applies(&self, key: &DpKey, snap: &Snap) -> Option<bool> {
+        let current = self
+            .meshes
+            .get(&key.0)
+            .and_then(|m| m.slot.as_ref())
+            .is_some_and(|s| s.backend_gen == snap.backend_gen);
+        let p = self.proxies.get(key).filter(|p| p.conn.is_some())?;
+        Some(current && p.tags_hash == snap.tags_hash)
+    }
+
     pub(super) fn set_timer(&mut self, key: &DpKey, at: Option<Instant>) {
         let Some(p) = self.proxies.get_mut(key) else {
             return;
