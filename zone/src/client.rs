@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::CompressionEncoding;
 
-use crate::ZoneConfig;
 use crate::apply::{self, ApplyError};
+use crate::config::ZoneConfig;
 use crate::dial::{self, End, Redial, authorize, describe, failed};
 use crate::metrics::ZoneMetrics;
 use common::sync::SYNCED_KINDS;

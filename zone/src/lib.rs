@@ -12,6 +12,7 @@ pub mod api;
 pub mod apply;
 pub mod cli;
 pub mod client;
+pub mod config;
 pub mod dial;
 pub mod dp;
 pub mod identity;
@@ -20,54 +21,12 @@ pub mod state;
 pub mod views;
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+pub use config::ZoneConfig;
 pub use state::ZoneCtx;
-
-/// Configuration of a zone control plane.
-#[derive(Debug, Clone)]
-pub struct ZoneConfig {
-    /// The zone's name; must be the one its token was issued for.
-    pub name: String,
-    /// `grpcs://HOST:PORT` of global's sync server.
-    pub global_address: String,
-    /// PEM CA bundle that signs global's sync certificate (`<global data-dir>/kds-ca.pem`).
-    pub global_ca_file: Option<PathBuf>,
-    /// Skip verification of global's certificate (explicit opt-in only).
-    pub insecure_skip_verify: bool,
-    /// File holding the zone token (re-read on every connection attempt).
-    pub token_file: PathBuf,
-    pub data_dir: PathBuf,
-    /// Reconnection backoff: the first retry comes within `reconnect_initial`, the delay doubles
-    /// up to `reconnect_max`, each with jitter.
-    pub reconnect_initial: Duration,
-    pub reconnect_max: Duration,
-    /// Proxy certificate issuance (`--max-concurrent-issuance` and the engine's tunables).
-    pub issuance: identity::IssuanceConfig,
-    /// Bounds on every request to Vault (`--vault-timeout`): issuance, CA reads, checks.
-    pub vault_timeouts: common::vault::Timeouts,
-}
-
-impl ZoneConfig {
-    pub fn new(name: &str, global_address: &str, token_file: PathBuf, data_dir: PathBuf) -> Self {
-        Self {
-            name: name.to_string(),
-            global_address: global_address.to_string(),
-            global_ca_file: None,
-            insecure_skip_verify: false,
-            token_file,
-            data_dir,
-            reconnect_initial: Duration::from_secs(1),
-            reconnect_max: Duration::from_secs(30),
-            issuance: identity::IssuanceConfig::default(),
-            vault_timeouts: common::vault::Timeouts::default(),
-        }
-    }
-}
 
 /// The sockets a zone serves on: its HTTP API and, when given, the proxy identity service.
 pub struct Listeners {

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use crate::ZoneConfig;
+use crate::config::ZoneConfig;
 use crate::metrics::ZoneMetrics;
 
 /// Last rejection of a type.

@@ -33,8 +33,8 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
-use crate::ZoneCtx;
 use crate::identity::{IdentityBundle, IdentityError, IdentityManager, IdentitySubscription};
+use crate::state::ZoneCtx;
 
 /// How long streams may take to drain at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);

@@ -33,6 +33,14 @@
 //!   the zone's `StatusSource`) and asked for at most every 200 ms, less often as the zone grows.
 //!
 //! All timing uses tokio time, so unit tests run the scheduling with paused time and fake sources.
+//!
+//! Where each part lives: `registry` (connect, disconnect, listing, record write-behind),
+//! `schedule` (the run loop, timers, work tasks and their plan), `reuse` (presented chains),
+//! `outcome` (issuance through semaphore and breaker, success and failure), `trust` (anchors and
+//! trust bundles), `reconcile` (meshes and backends from the store), `status` (counters, status
+//! report, gauges); the state they share is `table` (a proxy's phase is its `Work`, `Health` and
+//! `Holding`), with `policy` (backoff, rotation point, breaker), `source`, `records`, `check` and
+//! `clock` below them.
 
 mod check;
 mod clock;
@@ -52,15 +60,12 @@ use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore};
 
-use crate::ZoneCtx;
-use crate::state::StatusSource;
+use crate::state::{StatusSource, ZoneCtx};
 use clock::Clock;
 use records::Persist;
-use registry::ConnGuard;
 use source::{RealFactory, SourceFactory};
 use table::{AnchorSet, Proxy, State};
 
@@ -68,43 +73,9 @@ use table::{AnchorSet, Proxy, State};
 pub(crate) type DpKey = (String, String);
 /// (mesh, backend name).
 type BackendId = (String, String);
-/// How issuance is paced.
-#[derive(Debug, Clone, PartialEq)]
-pub struct IssuanceConfig {
-    /// Issuances in flight at most (all backends together).
-    pub max_concurrent: usize,
-    /// First retry delay of a proxy whose issuance failed; doubles per failure (full jitter).
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
-    /// Consecutive backend failures that open a backend's circuit breaker.
-    pub breaker_threshold: u32,
-    /// How long an open breaker waits before letting one probe through.
-    pub breaker_cooldown: Duration,
-    /// Fraction of a certificate's lifetime after which it is replaced (±5% jitter).
-    pub rotation_fraction: f64,
-    /// How often a failing Vault check is repeated (and a healthy Vault pinged).
-    pub vault_recheck: Duration,
-    /// How long a CA stays in its mesh's trust bundle after the last connected proxy holding a
-    /// certificate of it got a new one (or left): the time for every proxy to receive its new
-    /// bundle and load it, so that no proxy still presenting the old certificate meets a peer
-    /// that no longer trusts it.
-    pub trust_grace: Duration,
-}
 
-impl Default for IssuanceConfig {
-    fn default() -> Self {
-        Self {
-            max_concurrent: 32,
-            backoff_initial: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(300),
-            breaker_threshold: 5,
-            breaker_cooldown: Duration::from_secs(30),
-            rotation_fraction: 0.8,
-            vault_recheck: Duration::from_secs(60),
-            trust_grace: Duration::from_secs(60),
-        }
-    }
-}
+/// How issuance is paced (`zone run`'s tunables; defined with the zone's configuration).
+pub use crate::config::IssuanceConfig;
 
 /// What a proxy gets: its certificate chain, the key when it is new, and the trust bundle.
 #[derive(Clone, PartialEq, Eq)]
@@ -139,22 +110,8 @@ impl fmt::Debug for IdentityBundle {
     }
 }
 
-/// A proxy's subscription to its identity. Dropping it marks the proxy disconnected. A newer
-/// connection of the same dataplane replaces this one: `updates` then reports the channel closed.
-pub struct IdentitySubscription {
-    /// `None` until the first bundle is ready; then the latest bundle.
-    pub updates: watch::Receiver<Option<Arc<IdentityBundle>>>,
-    _guard: ConnGuard,
-}
+pub use registry::IdentitySubscription;
 
-impl fmt::Debug for IdentitySubscription {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IdentitySubscription")
-            .field("mesh", &self._guard.key.0)
-            .field("name", &self._guard.key.1)
-            .finish_non_exhaustive()
-    }
-}
 /// The dataplane rows of `GET /dataplanes` and the status report (defined with the API bodies).
 pub use crate::views::DataplaneView;
 

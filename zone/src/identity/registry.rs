@@ -3,6 +3,7 @@
 //! write-behind of their records (without keys) to the zone's store, in batches within a second.
 
 use std::collections::BTreeSet;
+use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -13,13 +14,29 @@ use tokio::time::Instant;
 
 use super::records::DpRecord;
 use super::table::{Conn, Holding, Proxy, Work, tags_hash};
-use super::{DataplaneView, DpKey, IdentityError, IdentityManager, IdentitySubscription};
+use super::{DataplaneView, DpKey, IdentityBundle, IdentityError, IdentityManager};
 
 /// A changed dataplane record is written at most this long after its first change.
 const RECORDS_FLUSH: Duration = Duration::from_secs(1);
 /// Records copied out of the engine's state at a time when writing them.
 const RECORDS_BATCH: usize = 64;
 
+/// A proxy's subscription to its identity. Dropping it marks the proxy disconnected. A newer
+/// connection of the same dataplane replaces this one: `updates` then reports the channel closed.
+pub struct IdentitySubscription {
+    /// `None` until the first bundle is ready; then the latest bundle.
+    pub updates: watch::Receiver<Option<Arc<IdentityBundle>>>,
+    _guard: ConnGuard,
+}
+
+impl fmt::Debug for IdentitySubscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdentitySubscription")
+            .field("mesh", &self._guard.key.0)
+            .field("name", &self._guard.key.1)
+            .finish_non_exhaustive()
+    }
+}
 pub(super) struct ConnGuard {
     pub(super) manager: Weak<IdentityManager>,
     pub(super) key: DpKey,

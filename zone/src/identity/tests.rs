@@ -15,7 +15,8 @@ use tokio::time::Instant;
 
 use super::source::{BoxFut, CertSource, FailReason, Issued, LeafSpec, SourceError, SourceFactory};
 use super::*;
-use crate::{ZoneConfig, ZoneCtx};
+use crate::config::ZoneConfig;
+use crate::state::ZoneCtx;
 
 /// A self-signed CA certificate (PEM), so that anchor sets differ per backend.
 fn ca_pem(cn: &str) -> String {
