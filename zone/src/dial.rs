@@ -3,7 +3,10 @@
 //! address checked once at start, trust a CA file or (explicitly) nothing, and connect with
 //! HTTP/2 keepalive so a dead peer is noticed within seconds. [`Redial`] is the retry side of both
 //! connections: exponential backoff with jitter, reset after a connection that lasted, and logs
-//! that say each new failure once.
+//! that say each new failure once. The start and end of a session are shared too: [`open`] reads
+//! the token file and connects (giving up when the shutdown fires), [`authorize`] sets the bearer
+//! header, and [`End`] says how a session ended. A leaf: it knows neither the control plane nor
+//! the agent, which both use it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

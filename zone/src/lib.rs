@@ -4,8 +4,10 @@
 //! issues and rotates its proxies' certificates (`identity`) and hands them out over the proxy
 //! identity service on `--dp-addr` (`dp`), to the agents of its proxies (`agent`, `zone proxy`).
 //! Its read-only HTTP API (`api`) shows what it holds, its dataplanes and the state of the
-//! connection. The `zone` binary only parses flags (`cli`) and calls `run` (or `agent::run`);
-//! tests call them with port-0 listeners.
+//! connection, with bodies typed in `views`. `config` is what `run` takes; `dial` (TLS dialing,
+//! reconnect policy) is shared by the sync client and the agent, which uses nothing else of the
+//! control plane. The `zone` binary only parses flags (`cli`) and calls `run` (or `agent::run`);
+//! tests call them with port-0 listeners. Every task stops on one `common::shutdown::Shutdown`.
 
 pub mod agent;
 pub mod api;
