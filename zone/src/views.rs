@@ -100,24 +100,24 @@ impl Serialize for ResourceView {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct DataplaneView {
+    /// The backend that issued the current certificate.
+    pub backend: Option<String>,
+    pub backend_type: Option<String>,
+    pub connected: bool,
+    /// Expiry of the current certificate, RFC 3339.
+    pub expiration: Option<String>,
+    pub expiration_unix: Option<i64>,
+    /// Certificates issued to this dataplane by this zone.
+    pub issued_count: u64,
+    /// The last issuance failure, cleared by the next success.
+    pub last_error: Option<String>,
     pub mesh: String,
     pub name: String,
+    pub serial: Option<String>,
     /// The `kuma.io/service` value(s), comma-separated.
     pub service: String,
     /// Every tag; several values of one tag are comma-separated.
     pub tags: BTreeMap<String, String>,
-    pub connected: bool,
-    /// The backend that issued the current certificate.
-    pub backend: Option<String>,
-    pub backend_type: Option<String>,
-    pub serial: Option<String>,
-    /// Expiry of the current certificate, RFC 3339.
-    pub expiration: Option<String>,
-    pub expiration_unix: Option<i64>,
-    /// The last issuance failure, cleared by the next success.
-    pub last_error: Option<String>,
-    /// Certificates issued to this dataplane by this zone.
-    pub issued_count: u64,
 }
 
 /// `GET /status`: the zone, its connection to global, each synced type and its Vault checks.
@@ -259,6 +259,9 @@ mod tests {
         assert_eq!(v["total"], 1);
         assert_eq!(v["items"][0]["issuedCount"], 0);
         assert!(v["items"][0]["lastError"].is_null());
+        let text = serde_json::to_string(&list).unwrap();
+        let sorted = serde_json::to_string(&v).unwrap();
+        assert_eq!(text, sorted, "written in the order of its JSON names");
         let check = VaultCheckView {
             backend: "b".into(),
             checked_at: None,
