@@ -1,6 +1,6 @@
 //! The zone's read-only HTTP API: what it holds from global (`/meshes`, never Secret data), its
 //! dataplanes and their certificates (`/dataplanes`), the state of its sync with global
-//! (`/status`), health and metrics.
+//! (`/status`), health and metrics. The bodies are the types of `views`.
 
 use std::sync::Arc;
 
@@ -10,47 +10,26 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use common::model::Kind;
-use common::store::{ResourceKey, StoredResource};
-use serde_json::{Value, json};
+use common::store::ResourceKey;
 
 use crate::identity::IdentityManager;
 use crate::state::ZoneCtx;
-
-fn rfc3339_ms(ms: u64) -> Value {
-    common::clock::rfc3339_ms(ms as i64).map_or(Value::Null, Value::String)
-}
+use crate::views::{
+    ErrorBody, GlobalView, ListView, ResourceView, StatusView, TypeView, VaultCheckView,
+};
 
 fn error(status: StatusCode, detail: impl Into<String>) -> Response {
-    (
-        status,
-        Json(json!({
-            "title": status.canonical_reason().unwrap_or("Error"),
-            "status": status.as_u16(),
-            "detail": detail.into(),
-        })),
-    )
-        .into_response()
+    let body = ErrorBody {
+        detail: detail.into(),
+        status: status.as_u16(),
+        title: status.canonical_reason().unwrap_or("Error").to_string(),
+    };
+    (status, Json(body)).into_response()
 }
 
 fn internal(e: impl std::fmt::Display) -> Response {
     tracing::error!(error = %e, "internal error");
     error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-}
-
-/// A stored resource as shown: its Universal form plus times; Secret data removed.
-fn present(r: &StoredResource) -> Value {
-    let mut v = r.spec.clone();
-    if let Value::Object(map) = &mut v {
-        if r.key.kind == Kind::Secret {
-            map.remove("data");
-        }
-        map.insert("creationTime".into(), rfc3339_ms(r.created_unix * 1000));
-        map.insert(
-            "modificationTime".into(),
-            rfc3339_ms(r.modified_unix * 1000),
-        );
-    }
-    v
 }
 
 pub fn router(ctx: Arc<ZoneCtx>, identity: Arc<IdentityManager>) -> Router {
@@ -69,8 +48,7 @@ pub fn router(ctx: Arc<ZoneCtx>, identity: Arc<IdentityManager>) -> Router {
 
 /// `GET /dataplanes`: every dataplane registered in the zone, with its certificate.
 async fn list_dataplanes(Extension(identity): Extension<Arc<IdentityManager>>) -> Response {
-    let items = identity.dataplanes();
-    Json(json!({"total": items.len(), "items": items})).into_response()
+    Json(ListView::new(identity.dataplanes())).into_response()
 }
 
 /// Ready when the store answers: a zone serves from its store whether or not global is reachable.
@@ -95,8 +73,7 @@ async fn metrics(State(ctx): State<Arc<ZoneCtx>>) -> Response {
 async fn list_meshes(State(ctx): State<Arc<ZoneCtx>>) -> Response {
     match ctx.store.list(Kind::Mesh, None) {
         Ok(items) => {
-            let items: Vec<Value> = items.iter().map(present).collect();
-            Json(json!({"total": items.len(), "items": items})).into_response()
+            Json(ListView::new(items.iter().map(ResourceView::of).collect())).into_response()
         }
         Err(e) => internal(e),
     }
@@ -118,67 +95,30 @@ async fn get_mesh(State(ctx): State<Arc<ZoneCtx>>, Path(name): Path<String>) -> 
         Ok(s) => s,
         Err(e) => return internal(e),
     };
-    let mut v = present(&mesh);
-    if let Value::Object(map) = &mut v {
-        map.insert(
-            "secrets".into(),
-            secrets
-                .iter()
-                .map(|s| Value::String(s.key.name.clone()))
-                .collect(),
-        );
-    }
-    Json(v).into_response()
+    let mut view = ResourceView::of(&mesh);
+    view.secrets = Some(secrets.iter().map(|s| s.key.name.clone()).collect());
+    Json(view).into_response()
 }
 
 async fn status(State(ctx): State<Arc<ZoneCtx>>) -> Response {
     let conn = ctx.connection().clone();
-    let mut types = serde_json::Map::new();
-    for kind in common::sync::SYNCED_KINDS {
-        let (count, digest) = ctx.held_digest(kind);
-        let t = ctx.type_sync(kind);
-        types.insert(
-            kind.as_str().to_string(),
-            json!({
-                "count": count,
-                "digest": digest,
-                "systemVersion": t.system_version,
-                "lastApplied": rfc3339_ms(t.last_applied_ms),
-                "responsesApplied": t.responses_applied,
-                "responsesRejected": t.responses_rejected,
-                "lastNack": t.last_nack.as_ref().map(|n| json!({
-                    "at": rfc3339_ms(n.at_ms),
-                    "error": n.error,
-                    "resources": n.resources.iter().map(|(mesh, name, reason)| json!({
-                        "mesh": mesh, "name": name, "reason": reason,
-                    })).collect::<Vec<_>>(),
-                })),
-            }),
-        );
-    }
-    let vault: Vec<Value> = ctx
-        .backend_checks()
+    let types = common::sync::SYNCED_KINDS
         .iter()
-        .map(|c| {
-            json!({
-                "mesh": c.mesh, "backend": c.backend, "type": c.backend_type, "ok": c.ok,
-                "error": c.error, "checkedAt": rfc3339_ms(c.checked_at_unix_ms.max(0) as u64),
-                "issued": c.issued,
-            })
+        .map(|kind| {
+            let (count, digest) = ctx.held_digest(*kind);
+            let t = ctx.type_sync(*kind);
+            (kind.as_str().to_string(), TypeView::of(count, digest, &t))
         })
         .collect();
-    Json(json!({
-        "zone": ctx.config.name,
-        "global": {
-            "address": ctx.config.global_address,
-            "connected": conn.connected,
-            "since": rfc3339_ms(conn.since_ms),
-            "connects": conn.connects,
-            "lastError": if conn.last_error.is_empty() { Value::Null } else { Value::String(conn.last_error.clone()) },
-            "lastErrorAt": rfc3339_ms(conn.last_error_ms),
-        },
-        "types": types,
-        "vault": vault,
-    }))
+    Json(StatusView {
+        global: GlobalView::of(&ctx.config.global_address, &conn),
+        types,
+        vault: ctx
+            .backend_checks()
+            .iter()
+            .map(VaultCheckView::of)
+            .collect(),
+        zone: ctx.config.name.clone(),
+    })
     .into_response()
 }

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 
 use crate::ZoneConfig;
+use crate::views::{DataplaneView, ErrorBody, ListView};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -294,14 +295,6 @@ async fn proxy(args: ProxyArgs) -> ExitCode {
     }
 }
 
-fn text(v: &Value, key: &str) -> String {
-    match v.get(key) {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => String::new(),
-        Some(other) => other.to_string(),
-    }
-}
-
 /// `zone get dataplanes`: the zone's dataplanes with their certificates.
 async fn get(what: GetKind, api: &str, output: Format) -> ExitCode {
     let GetKind::Dataplanes = what;
@@ -331,7 +324,9 @@ async fn get(what: GetKind, api: &str, output: Format) -> ExitCode {
     if !status.is_success() {
         eprintln!(
             "error: the zone answered {status}: {}",
-            body.get("detail").and_then(Value::as_str).unwrap_or("")
+            serde_json::from_value::<ErrorBody>(body)
+                .map(|e| e.detail)
+                .unwrap_or_default()
         );
         return ExitCode::from(exit::REFUSED);
     }
@@ -356,22 +351,18 @@ async fn get(what: GetKind, api: &str, output: Format) -> ExitCode {
         .map(String::from)
         .to_vec(),
     ];
-    for d in body
-        .get("items")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let connected = d.get("connected").and_then(Value::as_bool).unwrap_or(false);
+    let list: ListView<DataplaneView> =
+        serde_json::from_value(body).unwrap_or_else(|_| ListView::new(Vec::new()));
+    for d in list.items {
         rows.push(vec![
-            text(d, "name"),
-            text(d, "mesh"),
-            text(d, "service"),
-            text(d, "backend"),
-            text(d, "serial"),
-            text(d, "expiration"),
-            if connected { "yes" } else { "no" }.to_string(),
-            text(d, "lastError"),
+            d.name,
+            d.mesh,
+            d.service,
+            d.backend.unwrap_or_default(),
+            d.serial.unwrap_or_default(),
+            d.expiration.unwrap_or_default(),
+            if d.connected { "yes" } else { "no" }.to_string(),
+            d.last_error.unwrap_or_default(),
         ]);
     }
     print!("{}", common::table::render(&rows));

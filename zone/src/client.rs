@@ -8,19 +8,21 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::shutdown::Shutdown;
 use proto::kds::zone_sync_client::ZoneSyncClient;
 use proto::kds::{self, GlobalMessage, ZoneMessage, global_message, zone_message};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::CompressionEncoding;
 
-use crate::ZoneConfig;
 use crate::apply::{self, ApplyError};
-use crate::dial::{Redial, describe, stopped};
+use crate::config::ZoneConfig;
+use crate::dial::{self, End, Redial, authorize, describe, failed};
 use crate::metrics::ZoneMetrics;
 use common::sync::SYNCED_KINDS;
 
-use crate::state::{Nack, ZoneCtx, now_ms};
+use crate::state::{Nack, ZoneCtx};
+use common::clock::now_ms;
 
 const OUTBOUND_QUEUE: usize = 64;
 /// How often a status report that is owed checks whether the previous one has left the queue.
@@ -48,39 +50,21 @@ pub fn target(config: &ZoneConfig) -> Result<Target, String> {
     )
 }
 
-enum End {
-    Shutdown,
-    Failed {
-        error: String,
-        connected_for: Option<Duration>,
-    },
-}
-
-fn failed(error: impl Into<String>) -> End {
-    End::Failed {
-        error: error.into(),
-        connected_for: None,
-    }
-}
-
-/// Keeps the zone in sync with global until `stop` turns true.
-pub async fn run(ctx: Arc<ZoneCtx>, target: Target, mut stop: watch::Receiver<bool>) {
+/// Keeps the zone in sync with global until `shutdown` fires.
+pub async fn run(ctx: Arc<ZoneCtx>, target: Target, shutdown: Shutdown) {
     let mut redial = Redial::new(ctx.config.reconnect_initial, ctx.config.reconnect_max);
     let mut attempts = 0u64;
     loop {
-        if *stop.borrow() {
+        if shutdown.is_shutdown() {
             break;
         }
         if attempts > 0 {
             ctx.metrics.reconnects.inc();
         }
         attempts += 1;
-        match session(&ctx, &target, &mut stop, &mut redial).await {
+        match session(&ctx, &target, &shutdown, &mut redial).await {
             End::Shutdown => break,
-            End::Failed {
-                error,
-                connected_for,
-            } => {
+            End::Failed { error, lasted, .. } => {
                 {
                     let mut conn = ctx.connection();
                     conn.connected = false;
@@ -88,13 +72,13 @@ pub async fn run(ctx: Arc<ZoneCtx>, target: Target, mut stop: watch::Receiver<bo
                     conn.last_error_ms = now_ms();
                 }
                 ctx.metrics.connected.set(0);
-                match connected_for {
+                match lasted {
                     Some(lasted) => redial.lost(error, lasted, false, "lost the connection to global; serving from the local store and reconnecting"),
                     None => redial.failed(error, "cannot sync with global; serving from the local store and retrying with backoff"),
                 }
             }
         }
-        if !redial.pause(&mut stop).await {
+        if !redial.pause(&shutdown).await {
             break;
         }
     }
@@ -121,30 +105,19 @@ fn report(ctx: &ZoneCtx) -> ZoneMessage {
 async fn session(
     ctx: &Arc<ZoneCtx>,
     target: &Target,
-    stop: &mut watch::Receiver<bool>,
+    shutdown: &Shutdown,
     redial: &mut Redial,
 ) -> End {
-    let token = match std::fs::read_to_string(&ctx.config.token_file) {
-        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
-        Ok(_) => {
-            return failed(format!(
-                "the token file {} is empty",
-                ctx.config.token_file.display()
-            ));
-        }
-        Err(e) => {
-            return failed(format!(
-                "cannot read the token file {}: {e}",
-                ctx.config.token_file.display()
-            ));
-        }
-    };
-    let channel = tokio::select! {
-        c = target.connect(Duration::from_secs(3)) => match c {
-            Ok(c) => c,
-            Err(e) => return failed(e),
-        },
-        _ = stopped(stop) => return End::Shutdown,
+    let (token, channel) = match dial::open(
+        target,
+        &ctx.config.token_file,
+        Duration::from_secs(3),
+        shutdown,
+    )
+    .await
+    {
+        Ok(opened) => opened,
+        Err(end) => return end,
     };
     let mut client = ZoneSyncClient::new(channel)
         .max_decoding_message_size(common::limits::SYNC_MESSAGE_BYTES)
@@ -158,10 +131,9 @@ async fn session(
             .expect("the receiver is held below");
     }
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    let Ok(auth) = format!("Bearer {token}").parse() else {
-        return failed("the token file does not hold a valid token");
-    };
-    request.metadata_mut().insert("authorization", auth);
+    if let Err(e) = authorize(&mut request, &token) {
+        return failed(e);
+    }
     if let Ok(name) = ctx.config.name.parse() {
         request
             .metadata_mut()
@@ -169,7 +141,7 @@ async fn session(
     }
     let response = tokio::select! {
         r = client.sync(request) => r,
-        _ = stopped(stop) => return End::Shutdown,
+        _ = shutdown.wait() => return End::Shutdown,
     };
     let mut inbound = match response {
         Ok(r) => r.into_inner(),
@@ -189,12 +161,14 @@ async fn session(
     if tx.send(report(ctx)).await.is_err() {
         return End::Failed {
             error: "the stream to global closed".into(),
-            connected_for: Some(since.elapsed()),
+            lasted: Some(since.elapsed()),
+            delivered: false,
         };
     }
     let lost = |error: String| End::Failed {
         error,
-        connected_for: Some(since.elapsed()),
+        lasted: Some(since.elapsed()),
+        delivered: false,
     };
     // A status report lists every dataplane: it is built only once the previous one has left the
     // outbound queue, so that reports never pile up (in memory, or as work for global) when they
@@ -203,7 +177,7 @@ async fn session(
     loop {
         tokio::select! {
             biased;
-            _ = stopped(stop) => return End::Shutdown,
+            _ = shutdown.wait() => return End::Shutdown,
             msg = inbound.message() => match msg {
                 Ok(Some(GlobalMessage { message: Some(global_message::Message::Response(resp)) })) => {
                     let reply = match handle_response(ctx, &resp).await {

@@ -3,13 +3,16 @@
 //! address checked once at start, trust a CA file or (explicitly) nothing, and connect with
 //! HTTP/2 keepalive so a dead peer is noticed within seconds. [`Redial`] is the retry side of both
 //! connections: exponential backoff with jitter, reset after a connection that lasted, and logs
-//! that say each new failure once.
+//! that say each new failure once. The start and end of a session are shared too: [`open`] reads
+//! the token file and connects (giving up when the shutdown fires), [`authorize`] sets the bearer
+//! header, and [`End`] says how a session ended. A leaf: it knows neither the control plane nor
+//! the agent, which both use it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::backoff::{Backoff, Jitter};
-use tokio::sync::watch;
+use common::shutdown::Shutdown;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// How the peer's certificate is verified.
@@ -178,8 +181,8 @@ impl Redial {
         }
     }
 
-    /// Waits the next delay; `false` when `stop` turned true meanwhile.
-    pub async fn pause(&mut self, stop: &mut watch::Receiver<bool>) -> bool {
+    /// Waits the next delay; `false` when `shutdown` fired meanwhile.
+    pub async fn pause(&mut self, shutdown: &Shutdown) -> bool {
         let delay = self.backoff.next_delay();
         tracing::debug!(
             delay_ms = delay.as_millis() as u64,
@@ -187,14 +190,66 @@ impl Redial {
         );
         tokio::select! {
             _ = tokio::time::sleep(delay) => true,
-            _ = stopped(stop) => false,
+            _ = shutdown.wait() => false,
         }
     }
 }
 
-/// Completes when `stop` turns true (or its sender is gone).
-pub async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|v| *v).await;
+/// How one session with the peer ended.
+pub enum End {
+    Shutdown,
+    Failed {
+        error: String,
+        /// How long the stream was up, when it was established before it ended.
+        lasted: Option<Duration>,
+        /// Whether it delivered something (the next attempt then starts from the first delay).
+        delivered: bool,
+    },
+}
+
+/// A session that failed before its stream was up.
+pub fn failed(error: impl Into<String>) -> End {
+    End::Failed {
+        error: error.into(),
+        lasted: None,
+        delivered: false,
+    }
+}
+
+/// The first steps of a session: the token in `token_file`, then a connection to `target` with
+/// HTTP/2 keepalive every `keepalive`, unless `shutdown` fires meanwhile.
+pub async fn open(
+    target: &Target,
+    token_file: &Path,
+    keepalive: Duration,
+    shutdown: &Shutdown,
+) -> Result<(String, Channel), End> {
+    let token = read_token(token_file).map_err(failed)?;
+    tokio::select! {
+        c = target.connect(keepalive) => c.map(|c| (token, c)).map_err(failed),
+        _ = shutdown.wait() => Err(End::Shutdown),
+    }
+}
+
+/// The token in `file`, read on every attempt (so a rotated token is picked up).
+fn read_token(file: &Path) -> Result<String, String> {
+    match std::fs::read_to_string(file) {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+        Ok(_) => Err(format!("the token file {} is empty", file.display())),
+        Err(e) => Err(format!(
+            "cannot read the token file {}: {e}",
+            file.display()
+        )),
+    }
+}
+
+/// Sets the request's `authorization` header to `Bearer <token>`.
+pub fn authorize<T>(request: &mut tonic::Request<T>, token: &str) -> Result<(), String> {
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| "the token file does not hold a valid token".to_string())?;
+    request.metadata_mut().insert("authorization", value);
+    Ok(())
 }
 
 /// An error and its sources, each once: `a: b: c`.

@@ -4,69 +4,31 @@
 //! issues and rotates its proxies' certificates (`identity`) and hands them out over the proxy
 //! identity service on `--dp-addr` (`dp`), to the agents of its proxies (`agent`, `zone proxy`).
 //! Its read-only HTTP API (`api`) shows what it holds, its dataplanes and the state of the
-//! connection. The `zone` binary only parses flags (`cli`) and calls `run` (or `agent::run`);
-//! tests call them with port-0 listeners.
+//! connection, with bodies typed in `views`. `config` is what `run` takes; `dial` (TLS dialing,
+//! reconnect policy) is shared by the sync client and the agent, which uses nothing else of the
+//! control plane. The `zone` binary only parses flags (`cli`) and calls `run` (or `agent::run`);
+//! tests call them with port-0 listeners. Every task stops on one `common::shutdown::Shutdown`.
 
 pub mod agent;
 pub mod api;
 pub mod apply;
 pub mod cli;
 pub mod client;
+pub mod config;
 pub mod dial;
 pub mod dp;
 pub mod identity;
 pub mod metrics;
 pub mod state;
+pub mod views;
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+pub use config::ZoneConfig;
 pub use state::ZoneCtx;
-
-/// Configuration of a zone control plane.
-#[derive(Debug, Clone)]
-pub struct ZoneConfig {
-    /// The zone's name; must be the one its token was issued for.
-    pub name: String,
-    /// `grpcs://HOST:PORT` of global's sync server.
-    pub global_address: String,
-    /// PEM CA bundle that signs global's sync certificate (`<global data-dir>/kds-ca.pem`).
-    pub global_ca_file: Option<PathBuf>,
-    /// Skip verification of global's certificate (explicit opt-in only).
-    pub insecure_skip_verify: bool,
-    /// File holding the zone token (re-read on every connection attempt).
-    pub token_file: PathBuf,
-    pub data_dir: PathBuf,
-    /// Reconnection backoff: the first retry comes within `reconnect_initial`, the delay doubles
-    /// up to `reconnect_max`, each with jitter.
-    pub reconnect_initial: Duration,
-    pub reconnect_max: Duration,
-    /// Proxy certificate issuance (`--max-concurrent-issuance` and the engine's tunables).
-    pub issuance: identity::IssuanceConfig,
-    /// Bounds on every request to Vault (`--vault-timeout`): issuance, CA reads, checks.
-    pub vault_timeouts: common::vault::Timeouts,
-}
-
-impl ZoneConfig {
-    pub fn new(name: &str, global_address: &str, token_file: PathBuf, data_dir: PathBuf) -> Self {
-        Self {
-            name: name.to_string(),
-            global_address: global_address.to_string(),
-            global_ca_file: None,
-            insecure_skip_verify: false,
-            token_file,
-            data_dir,
-            reconnect_initial: Duration::from_secs(1),
-            reconnect_max: Duration::from_secs(30),
-            issuance: identity::IssuanceConfig::default(),
-            vault_timeouts: common::vault::Timeouts::default(),
-        }
-    }
-}
 
 /// The sockets a zone serves on: its HTTP API and, when given, the proxy identity service.
 pub struct Listeners {
@@ -103,15 +65,7 @@ pub async fn run(
     let target = client::target(&config).map_err(ZoneError::Config)?;
     let store = common::store::Store::open(&config.data_dir)?;
     let ctx = Arc::new(ZoneCtx::new(config.clone(), store)?);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stop_tx = Arc::new(stop_tx);
-    {
-        let stop_tx = stop_tx.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        });
-    }
+    let (stop, shutdown) = common::shutdown::Shutdown::from_future(shutdown);
     let dp_tls = match &listeners.dp {
         Some(_) => Some(
             dp::tls::load_or_generate(&config.data_dir)
@@ -119,9 +73,9 @@ pub async fn run(
         ),
         None => None,
     };
-    let sync = tokio::spawn(client::run(ctx.clone(), target, stop_rx.clone()));
+    let sync = tokio::spawn(client::run(ctx.clone(), target, shutdown.clone()));
     let identity = identity::IdentityManager::new(ctx.clone(), config.issuance.clone());
-    let issuance = tokio::spawn(identity.clone().run(stop_rx.clone()));
+    let issuance = tokio::spawn(identity.clone().run(shutdown.clone()));
     let dp_addr = listeners
         .dp
         .as_ref()
@@ -130,14 +84,14 @@ pub async fn run(
         .unwrap_or_default();
     let dp_task = match (listeners.dp, dp_tls) {
         (Some(listener), Some(tls)) => {
-            let server = dp::DpServer::new(ctx.clone(), identity.clone(), stop_rx.clone());
-            let stop_tx = stop_tx.clone();
+            let server = dp::DpServer::new(ctx.clone(), identity.clone(), shutdown.clone());
+            let stop = stop.clone();
             Some(tokio::spawn(async move {
                 let r = server.serve(listener, tls).await;
                 if let Err(e) = &r {
                     // The zone is of little use to its proxies without it: stop everything.
                     tracing::error!(error = %e, "the proxy identity service failed");
-                    let _ = stop_tx.send(true);
+                    stop.fire();
                 }
                 r.map_err(|e| ZoneError::Dp(dial::error_chain(&e)))
             }))
@@ -153,17 +107,15 @@ pub async fn run(
         meshes = ctx.store.versions(common::model::Kind::Mesh).1.len(),
         "zone control plane started"
     );
-    let mut api_stop = stop_rx.clone();
+    let api_stop = shutdown.clone();
     let served = common::http::serve_http(
         listeners.api,
         api::router(ctx.clone(), identity.clone()),
-        async move {
-            let _ = api_stop.wait_for(|v| *v).await;
-        },
+        async move { api_stop.wait().await },
     )
     .await;
     // Whatever ended first, everything stops.
-    let _ = stop_tx.send(true);
+    stop.fire();
     let dp_result = match dp_task {
         Some(t) => t
             .await

@@ -7,7 +7,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabels {
@@ -33,46 +33,46 @@ impl Default for ZoneMetrics {
 
 impl ZoneMetrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("zone");
-        let syncs_applied = Family::<TypeLabels, Counter>::default();
-        registry.register(
+        let mut r = Registry::with_prefix("zone");
+        let syncs_applied = register(
+            &mut r,
             "syncs_applied",
             "Responses from global applied to the store, per type",
-            syncs_applied.clone(),
+            Family::default(),
         );
-        let resources_applied = Family::<TypeLabels, Counter>::default();
-        registry.register(
+        let resources_applied = register(
+            &mut r,
             "resources_applied",
             "Resources added or changed from global, per type",
-            resources_applied.clone(),
+            Family::default(),
         );
-        let resources_removed = Family::<TypeLabels, Counter>::default();
-        registry.register(
+        let resources_removed = register(
+            &mut r,
             "resources_removed",
             "Resources removed on global's word, per type",
-            resources_removed.clone(),
+            Family::default(),
         );
-        let nacks = Family::<TypeLabels, Counter>::default();
-        registry.register(
+        let nacks = register(
+            &mut r,
             "nacks",
             "Responses from global rejected (wholly or in part), per type",
-            nacks.clone(),
+            Family::default(),
         );
-        let reconnects = Counter::default();
-        registry.register(
+        let reconnects = register(
+            &mut r,
             "reconnects",
             "Connection attempts to global after the first",
-            reconnects.clone(),
+            Counter::default(),
         );
-        let connected = Gauge::default();
-        registry.register(
+        let connected = register(
+            &mut r,
             "connected",
             "1 while the sync stream to global is up",
-            connected.clone(),
+            Gauge::default(),
         );
-        let identity = IdentityMetrics::register(&mut registry);
+        let identity = IdentityMetrics::register(&mut r);
         Self {
-            registry,
+            registry: r,
             identity,
             syncs_applied,
             resources_applied,
@@ -140,69 +140,75 @@ pub struct IdentityMetrics {
 }
 
 impl IdentityMetrics {
-    fn register(registry: &mut Registry) -> Self {
-        let m = Self {
-            issued: Family::default(),
-            failed: Family::default(),
-            rotations: Family::default(),
-            reused: Counter::default(),
-            attempts: Counter::default(),
-            vault_request_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
-            earliest_expiry_seconds: Gauge::default(),
-            breaker_state: Family::default(),
-            proxies_connected: Gauge::default(),
-            issuing: Gauge::default(),
-        };
-        registry.register(
-            "certificates_issued",
-            "Proxy certificates issued, per backend type",
-            m.issued.clone(),
-        );
-        registry.register(
-            "certificates_failed",
-            "Failed proxy certificate issuances, per reason (unreachable, denied, refused, other)",
-            m.failed.clone(),
-        );
-        registry.register(
-            "certificate_rotations",
-            "Proxy certificates replaced, per cause (expiry, backend_change, tags_change)",
-            m.rotations.clone(),
-        );
-        registry.register(
-            "certificates_reused",
-            "Certificates presented by reconnecting proxies and kept without a new issuance",
-            m.reused.clone(),
-        );
-        registry.register(
-            "issuance_attempts",
-            "Issuance requests sent to a CA backend, retries included",
-            m.attempts.clone(),
-        );
-        registry.register(
-            "vault_request_seconds",
-            "Latency of certificate requests to Vault",
-            m.vault_request_seconds.clone(),
-        );
-        registry.register(
-            "certificate_earliest_expiry_seconds",
-            "Seconds until the earliest certificate of a connected proxy expires",
-            m.earliest_expiry_seconds.clone(),
-        );
-        registry.register(
-            "ca_breaker_state",
-            "Circuit breaker of a mesh's CA backend: 0 closed, 1 open, 2 half-open",
-            m.breaker_state.clone(),
-        );
-        registry.register(
-            "proxies_connected",
-            "Proxies connected to the identity service",
-            m.proxies_connected.clone(),
-        );
-        registry.register(
-            "issuances_in_flight",
-            "Certificate issuances in progress",
-            m.issuing.clone(),
-        );
-        m
+    fn register(r: &mut Registry) -> Self {
+        Self {
+            issued: register(
+                r,
+                "certificates_issued",
+                "Proxy certificates issued, per backend type",
+                Family::default(),
+            ),
+            failed: register(
+                r,
+                "certificates_failed",
+                "Failed proxy certificate issuances, per reason (unreachable, denied, refused, other)",
+                Family::default(),
+            ),
+            rotations: register(
+                r,
+                "certificate_rotations",
+                "Proxy certificates replaced, per cause (expiry, backend_change, tags_change)",
+                Family::default(),
+            ),
+            reused: register(
+                r,
+                "certificates_reused",
+                "Certificates presented by reconnecting proxies and kept without a new issuance",
+                Counter::default(),
+            ),
+            attempts: register(
+                r,
+                "issuance_attempts",
+                "Issuance requests sent to a CA backend, retries included",
+                Counter::default(),
+            ),
+            vault_request_seconds: register(
+                r,
+                "vault_request_seconds",
+                "Latency of certificate requests to Vault",
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            ),
+            earliest_expiry_seconds: register(
+                r,
+                "certificate_earliest_expiry_seconds",
+                "Seconds until the earliest certificate of a connected proxy expires",
+                Gauge::default(),
+            ),
+            breaker_state: register(
+                r,
+                "ca_breaker_state",
+                "Circuit breaker of a mesh's CA backend: 0 closed, 1 open, 2 half-open",
+                Family::default(),
+            ),
+            proxies_connected: register(
+                r,
+                "proxies_connected",
+                "Proxies connected to the identity service",
+                Gauge::default(),
+            ),
+            issuing: register(
+                r,
+                "issuances_in_flight",
+                "Certificate issuances in progress",
+                Gauge::default(),
+            ),
+        }
     }
+}
+
+/// Registers `metric` under `name` and returns it: the registry holds a clone, which shares the
+/// value. (global's metrics do the same by hand; a shared helper in `common` would serve both.)
+fn register<M: Metric + Clone>(r: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    r.register(name, help, metric.clone());
+    metric
 }

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::model::Kind;
 use common::store::{Records, Store, StoreError};
@@ -13,21 +12,15 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use crate::ZoneConfig;
+use crate::config::ZoneConfig;
 use crate::metrics::ZoneMetrics;
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Last rejection of a type.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Nack {
-    pub at_ms: u64,
+    /// Unix milliseconds (`common::clock::now_ms`).
+    pub at_ms: i64,
     pub error: String,
     pub resources: Vec<(String, String, String)>,
 }
@@ -38,7 +31,7 @@ pub struct Nack {
 pub struct TypeSync {
     /// Global's system version of the last response applied.
     pub system_version: u64,
-    pub last_applied_ms: u64,
+    pub last_applied_ms: i64,
     /// Counted over the life of the zone's data directory.
     pub responses_applied: u64,
     pub responses_rejected: u64,
@@ -50,9 +43,9 @@ pub struct TypeSync {
 pub struct Connection {
     pub connected: bool,
     /// When the current stream was established (or the last one, when disconnected).
-    pub since_ms: u64,
+    pub since_ms: i64,
     pub last_error: String,
-    pub last_error_ms: u64,
+    pub last_error_ms: i64,
     pub connects: u64,
     /// Responses applied / rejected on the current stream, per type.
     pub applied: BTreeMap<&'static str, (u64, u64)>,
@@ -210,8 +203,8 @@ impl ZoneCtx {
         kds::ZoneStatus {
             zone: self.config.name.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            connected_since_unix_ms: conn.since_ms as i64,
-            reported_at_unix_ms: now_ms() as i64,
+            connected_since_unix_ms: conn.since_ms,
+            reported_at_unix_ms: common::clock::now_ms(),
             types,
             dataplanes: extra.dataplanes,
             backend_checks: extra.backend_checks,

@@ -20,7 +20,6 @@ use common::openbao::{BaoCli, BaoServer};
 use common::store::{Op, Store};
 use common::x509;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 use zone::identity::{IdentityBundle, IdentityManager, IdentitySubscription, IssuanceConfig};
 use zone::{ZoneConfig, ZoneCtx};
 
@@ -34,7 +33,7 @@ const ROLE: &str = "dataplane-proxies";
 struct Zone {
     ctx: Arc<ZoneCtx>,
     manager: Arc<IdentityManager>,
-    stop: watch::Sender<bool>,
+    stop: common::shutdown::Trigger,
     run: tokio::task::JoinHandle<()>,
 }
 
@@ -59,7 +58,7 @@ async fn start_zone(dir: &Path, config: IssuanceConfig) -> Zone {
     );
     let ctx = Arc::new(ZoneCtx::new(zc, store).unwrap());
     let manager = IdentityManager::new(ctx.clone(), config);
-    let (stop, rx) = watch::channel(false);
+    let (stop, rx) = common::shutdown::Trigger::new();
     let run = tokio::spawn(manager.clone().run(rx));
     Zone {
         ctx,
@@ -79,7 +78,7 @@ impl Zone {
     }
 
     async fn shutdown(self) {
-        let _ = self.stop.send(true);
+        self.stop.fire();
         let _ = self.run.await;
         drop(self.manager);
         drop(self.ctx);

@@ -19,7 +19,6 @@ use common::openbao::seed::{self, RoleOptions};
 use common::store::{Op, Store};
 use common::vault::Timeouts;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 use zone::identity::{IdentityBundle, IdentityManager, IdentitySubscription, IssuanceConfig};
 use zone::{ZoneConfig, ZoneCtx};
 
@@ -31,7 +30,7 @@ const BACKEND: &str = "vault-1";
 struct Zone {
     ctx: Arc<ZoneCtx>,
     manager: Arc<IdentityManager>,
-    stop: watch::Sender<bool>,
+    stop: common::shutdown::Trigger,
     run: tokio::task::JoinHandle<()>,
 }
 
@@ -56,7 +55,7 @@ impl Zone {
             ..Default::default()
         };
         let manager = IdentityManager::new(ctx.clone(), config);
-        let (stop, rx) = watch::channel(false);
+        let (stop, rx) = common::shutdown::Trigger::new();
         let run = tokio::spawn(manager.clone().run(rx));
         Zone {
             ctx,
@@ -112,7 +111,7 @@ impl Zone {
     }
 
     async fn shutdown(self) {
-        let _ = self.stop.send(true);
+        self.stop.fire();
         let _ = self.run.await;
     }
 }

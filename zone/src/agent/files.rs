@@ -9,6 +9,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use common::clock::now_unix;
 use common::x509;
 
 pub const CERT_FILE: &str = "cert.pem";
@@ -78,13 +79,6 @@ pub enum ApplyError {
 #[derive(Debug, Clone)]
 pub struct OutDir {
     dir: PathBuf,
-}
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 fn with_newline(s: &str) -> String {

@@ -16,12 +16,12 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::shutdown::Shutdown;
 use proto::dpid::dataplane_identity_client::DataplaneIdentityClient;
 use proto::dpid::{IdentityRequest, IdentityResponse};
 use tokio::sync::watch;
 
-use crate::dial::describe;
-use crate::dial::{Redial, stopped};
+use crate::dial::{self, End, Redial, authorize, describe, failed};
 use files::{Bundle, OutDir};
 
 /// Largest `--exec` output kept in the log, per stream.
@@ -145,11 +145,7 @@ pub async fn run(
             config.out_dir.display()
         ))
     })?;
-    let (stop_tx, stop) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
+    let (_trigger, shutdown) = Shutdown::from_future(shutdown);
     match out.held() {
         Some(h) => tracing::info!(
             dir = %config.out_dir.display(), serial = %h.serial, expires = %rfc3339(h.not_after_unix),
@@ -161,33 +157,16 @@ pub async fn run(
     }
     let (bundle_tx, bundle_rx) = watch::channel::<Option<Bundle>>(None);
     let writer = tokio::spawn(writer(config.clone(), out.clone(), bundle_rx));
-    connection_loop(&config, &target, &out, &bundle_tx, stop).await;
+    connection_loop(&config, &target, &out, &bundle_tx, shutdown).await;
     drop(bundle_tx);
     let _ = writer.await;
     tracing::info!(mesh = %config.mesh, name = %config.name, "proxy agent stopped");
     Ok(())
 }
 
+/// For logs: RFC 3339, or the number itself when out of range.
 fn rfc3339(unix: i64) -> String {
-    common::tokens::rfc3339(unix.max(0) as u64)
-}
-
-enum End {
-    Shutdown,
-    Failed {
-        error: String,
-        /// Whether the stream was established (and delivered what it did) before it ended.
-        lasted: Option<Duration>,
-        delivered: bool,
-    },
-}
-
-fn failed(error: impl Into<String>) -> End {
-    End::Failed {
-        error: error.into(),
-        lasted: None,
-        delivered: false,
-    }
+    common::clock::rfc3339(unix).unwrap_or_else(|| unix.to_string())
 }
 
 async fn connection_loop(
@@ -195,14 +174,14 @@ async fn connection_loop(
     target: &Target,
     out: &OutDir,
     bundles: &watch::Sender<Option<Bundle>>,
-    mut stop: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
     let mut redial = Redial::new(config.reconnect_initial, config.reconnect_max);
     loop {
-        if *stop.borrow() {
+        if shutdown.is_shutdown() {
             return;
         }
-        match session(config, target, out, bundles, &mut stop, &mut redial).await {
+        match session(config, target, out, bundles, &shutdown, &mut redial).await {
             End::Shutdown => return,
             End::Failed {
                 error,
@@ -213,7 +192,7 @@ async fn connection_loop(
                 None => redial.failed(error, "cannot get an identity from the zone; keeping the files and retrying with backoff"),
             },
         }
-        if !redial.pause(&mut stop).await {
+        if !redial.pause(&shutdown).await {
             return;
         }
     }
@@ -245,31 +224,14 @@ async fn session(
     target: &Target,
     out: &OutDir,
     bundles: &watch::Sender<Option<Bundle>>,
-    stop: &mut watch::Receiver<bool>,
+    shutdown: &Shutdown,
     redial: &mut Redial,
 ) -> End {
-    let token = match std::fs::read_to_string(&config.token_file) {
-        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
-        Ok(_) => {
-            return failed(format!(
-                "the token file {} is empty",
-                config.token_file.display()
-            ));
-        }
-        Err(e) => {
-            return failed(format!(
-                "cannot read the token file {}: {e}",
-                config.token_file.display()
-            ));
-        }
-    };
-    let channel = tokio::select! {
-        c = target.connect(Duration::from_secs(5)) => match c {
-            Ok(c) => c,
-            Err(e) => return failed(e),
-        },
-        _ = stopped(stop) => return End::Shutdown,
-    };
+    let (token, channel) =
+        match dial::open(target, &config.token_file, Duration::from_secs(5), shutdown).await {
+            Ok(opened) => opened,
+            Err(end) => return end,
+        };
     let presented = out.held();
     let mut request = tonic::Request::new(IdentityRequest {
         mesh: config.mesh.clone(),
@@ -281,14 +243,13 @@ async fn session(
             .unwrap_or_default(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
     });
-    let Ok(auth) = format!("Bearer {token}").parse() else {
-        return failed("the token file does not hold a valid token");
-    };
-    request.metadata_mut().insert("authorization", auth);
+    if let Err(e) = authorize(&mut request, &token) {
+        return failed(e);
+    }
     let mut client = DataplaneIdentityClient::new(channel);
     let response = tokio::select! {
         r = client.stream(request) => r,
-        _ = stopped(stop) => return End::Shutdown,
+        _ = shutdown.wait() => return End::Shutdown,
     };
     let mut inbound = match response {
         Ok(r) => r.into_inner(),
@@ -306,7 +267,7 @@ async fn session(
     loop {
         tokio::select! {
             biased;
-            _ = stopped(stop) => return End::Shutdown,
+            _ = shutdown.wait() => return End::Shutdown,
             msg = inbound.message() => {
                 let error = match msg {
                     Ok(Some(resp)) => {

@@ -23,18 +23,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::model::{Dataplane, Inbound, Networking, SERVICE_TAG};
+use common::shutdown::Shutdown;
 use common::tokens::{DATAPLANE_SCOPE, DataplaneClaim};
 use futures::stream::{BoxStream, StreamExt};
 use proto::dpid::dataplane_identity_server::DataplaneIdentity;
 use proto::dpid::{IdentityRequest, IdentityResponse};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
-use crate::ZoneCtx;
 use crate::identity::{IdentityBundle, IdentityError, IdentityManager, IdentitySubscription};
+use crate::state::ZoneCtx;
 
 /// How long streams may take to drain at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -46,7 +46,7 @@ const REFUSAL_LOG_MAX: usize = 10_000;
 struct Inner {
     ctx: Arc<ZoneCtx>,
     identity: Arc<IdentityManager>,
-    stop: watch::Receiver<bool>,
+    shutdown: Shutdown,
     refusal_log: Mutex<HashMap<String, Instant>>,
 }
 
@@ -70,30 +70,26 @@ fn unauthenticated(cause: &'static str, message: String) -> Refusal {
 }
 
 impl DpServer {
-    pub fn new(
-        ctx: Arc<ZoneCtx>,
-        identity: Arc<IdentityManager>,
-        stop: watch::Receiver<bool>,
-    ) -> Self {
+    pub fn new(ctx: Arc<ZoneCtx>, identity: Arc<IdentityManager>, shutdown: Shutdown) -> Self {
         Self {
             inner: Arc::new(Inner {
                 ctx,
                 identity,
-                stop,
+                shutdown,
                 refusal_log: Mutex::new(HashMap::new()),
             }),
         }
     }
 
-    /// Serves on `listener` over TLS until `stop` turns true; streams still open then get
+    /// Serves on `listener` over TLS until `shutdown` fires; streams still open then get
     /// `SHUTDOWN_GRACE` to end.
     pub async fn serve(
         self,
         listener: TcpListener,
         tls: tls::TlsMaterial,
     ) -> Result<(), tonic::transport::Error> {
-        let mut shutdown = self.inner.stop.clone();
-        let mut deadline = self.inner.stop.clone();
+        let shutdown = self.inner.shutdown.clone();
+        let deadline = self.inner.shutdown.clone();
         let identity = Identity::from_pem(tls.cert_chain_pem, tls.key_pem);
         let server = Server::builder()
             .tls_config(ServerTlsConfig::new().identity(identity))?
@@ -106,14 +102,12 @@ impl DpServer {
             .add_service(codec::IdentityService::new(self))
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async move {
-                    let _ = shutdown.wait_for(|v| *v).await;
-                },
+                async move { shutdown.wait().await },
             );
         tokio::select! {
             r = server => r,
             _ = async {
-                let _ = deadline.wait_for(|v| *v).await;
+                deadline.wait().await;
                 tokio::time::sleep(SHUTDOWN_GRACE).await;
             } => {
                 tracing::warn!("proxy streams did not end within {}s of shutdown: closing them", SHUTDOWN_GRACE.as_secs());
@@ -158,23 +152,31 @@ impl DpServer {
             .verify::<DataplaneClaim>(token, DATAPLANE_SCOPE)
             .map_err(|e| unauthenticated(e.code(), format!("dataplane token refused: {e}")))?;
         let req = request.get_ref();
-        if claims.body.mesh != req.mesh {
-            return Err(unauthenticated(
+        let checks = [
+            (
                 "other_mesh",
-                format!(
-                    "dataplane token refused: it was issued for mesh {:?}, but this proxy registers in mesh {:?}",
-                    claims.body.mesh, req.mesh
-                ),
-            ));
-        }
-        if claims.body.name != req.name {
-            return Err(unauthenticated(
+                "mesh",
+                &claims.body.mesh,
+                "in mesh",
+                &req.mesh,
+            ),
+            (
                 "other_name",
-                format!(
-                    "dataplane token refused: it was issued for dataplane {:?}, but this proxy registers as {:?}",
-                    claims.body.name, req.name
-                ),
-            ));
+                "dataplane",
+                &claims.body.name,
+                "as",
+                &req.name,
+            ),
+        ];
+        for (cause, what, issued_for, registers, asked) in checks {
+            if issued_for != asked {
+                return Err(unauthenticated(
+                    cause,
+                    format!(
+                        "dataplane token refused: it was issued for {what} {issued_for:?}, but this proxy registers {registers} {asked:?}"
+                    ),
+                ));
+            }
         }
         Ok(claims.body)
     }
@@ -264,7 +266,7 @@ impl DataplaneIdentity for DpServer {
         request: Request<IdentityRequest>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         let peer = request.remote_addr();
-        if *self.inner.stop.borrow() {
+        if self.inner.shutdown.is_shutdown() {
             return Err(Status::unavailable("the zone is shutting down"));
         }
         if let Err(refusal) = self.authenticate(&request) {
@@ -296,7 +298,7 @@ impl DataplaneIdentity for DpServer {
         );
         Ok(Response::new(bundles(
             subscription,
-            self.inner.stop.clone(),
+            self.inner.shutdown.clone(),
             who,
         )))
     }
@@ -306,7 +308,7 @@ impl DataplaneIdentity for DpServer {
 /// it is dropped, which also drops the subscription: the manager marks the proxy disconnected).
 struct Feed {
     subscription: IdentitySubscription,
-    stop: watch::Receiver<bool>,
+    shutdown: Shutdown,
     /// Generation of the last bundle handed to the server.
     sent: Option<u64>,
     who: String,
@@ -326,12 +328,12 @@ impl Drop for Feed {
 /// the zone stops.
 fn bundles(
     subscription: IdentitySubscription,
-    stop: watch::Receiver<bool>,
+    shutdown: Shutdown,
     who: String,
 ) -> BoxStream<'static, Result<IdentityResponse, Status>> {
     let feed = Feed {
         subscription,
-        stop,
+        shutdown,
         sent: None,
         who,
         ended: None,
@@ -360,7 +362,7 @@ async fn next_bundle(mut feed: Feed) -> Option<(Result<IdentityResponse, Status>
                     "another connection of this dataplane replaced this one",
                 ),
             },
-            _ = feed.stop.wait_for(|v| *v) => ("the zone is shutting down", "the zone is shutting down"),
+            _ = feed.shutdown.wait() => ("the zone is shutting down", "the zone is shutting down"),
         };
         feed.ended = Some(end.0);
         return Some((Err(Status::unavailable(end.1)), feed));

@@ -15,7 +15,8 @@ use tokio::time::Instant;
 
 use super::source::{BoxFut, CertSource, FailReason, Issued, LeafSpec, SourceError, SourceFactory};
 use super::*;
-use crate::{ZoneConfig, ZoneCtx};
+use crate::config::ZoneConfig;
+use crate::state::ZoneCtx;
 
 /// A self-signed CA certificate (PEM), so that anchor sets differ per backend.
 fn ca_pem(cn: &str) -> String {
@@ -130,7 +131,7 @@ struct Harness {
     manager: Arc<IdentityManager>,
     fake: Arc<FakeShared>,
     ctx: Arc<ZoneCtx>,
-    _stop: watch::Sender<bool>,
+    _stop: common::shutdown::Trigger,
 }
 
 fn mesh(enabled: &str, expiration: &str) -> Mesh {
@@ -200,7 +201,7 @@ async fn harness(config: IssuanceConfig, m: Mesh) -> Harness {
         Arc::new(FakeFactory(fake.clone())),
         clock,
     );
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = common::shutdown::Trigger::new();
     tokio::spawn(manager.clone().run(stop_rx));
     Harness {
         manager,
