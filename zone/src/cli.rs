@@ -132,32 +132,14 @@ pub struct RunArgs {
     pub trust_grace: String,
 }
 
-pub mod exit {
-    pub const OK: u8 = 0;
-    pub const REFUSED: u8 = 1;
-    pub const USAGE: u8 = 2;
-    pub const UNREACHABLE: u8 = 3;
-}
-
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
+pub use common::cli::{exit, init_tracing};
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match common::cli::start() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(exit::REFUSED);
-        }
+        Err(code) => return code,
     };
     match cli.command {
         Command::Run(args) => runtime.block_on(run(args)),
