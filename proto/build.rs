@@ -2,9 +2,8 @@
 //! stream (`proto/identity.proto`) with the vendored protoc (nothing to install by hand).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protoc = protoc_bin_vendored::protoc_bin_path()?;
-    // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
-    unsafe { std::env::set_var("PROTOC", protoc) };
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
@@ -14,7 +13,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "kmesh.sync.v1.Resource",
             "kmesh.identity.v1.IdentityResponse",
         ])
-        .compile_protos(&["proto/kds.proto", "proto/identity.proto"], &["proto"])?;
+        .compile_with_config(
+            config,
+            &["proto/kds.proto", "proto/identity.proto"],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto/kds.proto");
     println!("cargo:rerun-if-changed=proto/identity.proto");
     Ok(())
