@@ -1,4 +1,4 @@
-//! The vault backend against a real OpenBao dev server (started by `common::openbao`, never a fake):
+//! The vault backend against a real OpenBao dev server (started by `testkit::openbao`, never a fake):
 //! the reference page's Vault steps (Root CA, Intermediate CA, role, policy, token) are accepted by
 //! the backend check with the page's Mesh; token, TLS client-certificate and Vault Agent auth work;
 //! namespaces, caCert, serverName and skipVerify are honoured; and every way the check refuses a
@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use common::datasource::SecretMap;
 use common::model::{Backend, DataSource, FromCp, Mesh, VaultAuth, VaultAuthTls, VaultTls};
-use common::openbao::seed::{self, RoleOptions};
-use common::openbao::{BaoCli, BaoServer};
 use common::vault::{
     IssueRequest, SUGGESTED_KEY_USAGE, VaultCheckReport, VaultError, VaultIssuer, check_backend,
 };
 use common::x509;
+use testkit::openbao::seed::{self, RoleOptions};
+use testkit::openbao::{BaoCli, BaoServer};
 
 const MESH: &str = "default";
 

@@ -5,9 +5,9 @@
 mod support;
 
 use base64::Engine;
-use common::openbao::BaoServer;
-use common::openbao::seed::{self, RoleOptions};
 use support::{TestGlobal, global_bin, stderr, stdout, write_file};
+use testkit::openbao::BaoServer;
+use testkit::openbao::seed::{self, RoleOptions};
 
 /// The page's Universal Mesh plus the token Secret, pointed at `address`.
 fn mesh_file(address: &str, role: &str, expiration: &str, token: &str) -> String {

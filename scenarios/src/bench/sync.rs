@@ -8,8 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow};
 use serde_json::Value;
 
-use crate::harness::{GlobalProc, ZoneProc, wait_until};
 use crate::report::{Stats, Table};
+use testkit::cluster::{GlobalProc, ZoneProc};
+use testkit::wait::wait_until;
 
 /// Parameters of the sync benchmark.
 #[derive(Debug, Clone, clap::Args)]

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
-use common::openbao::BaoServer;
-use common::openbao::seed::{self, RoleOptions};
+use testkit::openbao::BaoServer;
+use testkit::openbao::seed::{self, RoleOptions};
 
 use super::{CommonArgs, WorkDir};
-use crate::cluster::{MESH, PKI, ROLE};
-use crate::harness::{CmdOutput, GlobalProc, free_port, run_global};
 use crate::report::{Report, Steps};
+use testkit::cluster::{GlobalProc, run_global};
+use testkit::cluster::{MESH, PKI, ROLE};
+use testkit::proc::{CmdOutput, free_port};
 
 /// Options of the dry-run drill.
 #[derive(Debug, Clone, Default, clap::Args)]
