@@ -11,7 +11,6 @@
 
 use std::future::Future;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use proto::kds::zone_sync_client::ZoneSyncClient;
@@ -207,11 +206,7 @@ async fn three_zones_receive_meshes_and_secrets_then_deletes() {
     // A zone that dies without a word (stopped, its socket still open) is marked offline by
     // the keepalive within seconds.
     let stopped_at = Instant::now();
-    let pid = zones[2].proc.pid().unwrap();
-    Command::new("kill")
-        .args(["-STOP", &pid.to_string()])
-        .status()
-        .unwrap();
+    zones[2].proc.signal(libc::SIGSTOP);
     wait_for(
         "the frozen zone to be marked offline",
         tmp.path(),
@@ -223,10 +218,7 @@ async fn three_zones_receive_meshes_and_secrets_then_deletes() {
     assert!(took < Duration::from_secs(10), "{took:?}");
     let record = global.zone("zone-3").await.unwrap();
     assert!(record["lastDisconnectReason"].is_string(), "{record}");
-    Command::new("kill")
-        .args(["-CONT", &pid.to_string()])
-        .status()
-        .unwrap();
+    zones[2].proc.signal(libc::SIGCONT);
 
     for z in &mut zones {
         z.terminate();

@@ -61,6 +61,11 @@ pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     common::file::write_atomic(path, data, 0o600)
 }
 
+/// Sends `sig` (e.g. `libc::SIGINT`) to process `pid`: for a child a test started itself.
+pub fn signal_pid(pid: u32, sig: libc::c_int) {
+    kill(pid, false, sig);
+}
+
 /// Sends `sig` to `pid`, or to the process group `pid` leads when `group`.
 fn kill(pid: u32, group: bool, sig: libc::c_int) {
     let Ok(pid) = libc::pid_t::try_from(pid) else {

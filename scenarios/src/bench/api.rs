@@ -32,7 +32,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use base64::Engine;
 use reqwest::Method;
 use serde_json::Value;
 
@@ -93,7 +92,7 @@ struct Phase {
 }
 
 fn secret_data(i: usize, version: u32) -> String {
-    base64::engine::general_purpose::STANDARD.encode(format!("v{version}-secret-{i}-payload"))
+    testkit::cluster::b64(&format!("v{version}-secret-{i}-payload"))
 }
 
 fn secret_yaml(i: usize, version: u32) -> String {

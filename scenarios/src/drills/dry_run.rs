@@ -7,13 +7,12 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use base64::Engine;
 use testkit::openbao::BaoServer;
 use testkit::openbao::seed::{self, RoleOptions};
 
 use super::{CommonArgs, WorkDir};
 use crate::report::{Report, Steps};
-use testkit::cluster::{GlobalProc, run_global};
+use testkit::cluster::{GlobalProc, b64, run_global};
 use testkit::cluster::{MESH, PKI, ROLE};
 use testkit::proc::{CmdOutput, free_port};
 
@@ -51,7 +50,6 @@ struct MeshParams<'a> {
 /// The page's Universal Mesh with `tls.caCert` from Secret `sec-1` and the token from Secret
 /// `token-1`, and both Secrets.
 fn mesh_yaml(p: &MeshParams) -> String {
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     format!(
         r#"type: Mesh
 name: {MESH}
@@ -450,7 +448,7 @@ async fn body(opts: &DryRunOptions, work: &WorkDir, steps: &mut Steps) -> Result
                 bail!("expected 1 Mesh and 2 Secrets, found {meshes} {secrets}");
             }
             let shown = secrets.to_string();
-            if shown.contains(&base64::engine::general_purpose::STANDARD.encode(&token)) {
+            if shown.contains(&b64(&token)) {
                 bail!("secret data appears in GET /secrets");
             }
             Ok(format!(
