@@ -21,33 +21,10 @@ const MESH: &str = "default";
 /// The Universal Mesh of the reference page, pointed at `address` (token auth from Secret
 /// `token-1`; the page's `tls.caCert` and `auth.tls` are left out for plain HTTP).
 fn seed_mesh_yaml(address: &str, pki: &str, role: &str, expiration: &str) -> String {
-    format!(
-        r#"type: Mesh
-name: default
-mtls:
-  enabledBackend: vault-1
-  backends:
-  - name: vault-1
-    type: vault
-    dpCert:
-      rotation:
-        expiration: {expiration} # must be lower than max_ttl in Vault role
-    conf:
-      fromCp:
-        address: {address}
-        agentAddress: "" # optional
-        namespace: "" # optional
-        pki: {pki} # name of the configured PKI
-        role: {role} # name of the role that will be used to generate data plane proxy certificates
-        commonName: '{{{{ tag "kuma.io/service" }}}}.mesh' # optional
-        tls:
-          skipVerify: false # if set to true, caCert is optional. Set to true only for development
-          serverName: "" # verify sever name
-        auth: # only one auth options is allowed so it's either "token" or "tls"
-          token:
-            secret: token-1  # can be file, secret or inlineString
-"#
-    )
+    testkit::cluster::VaultMesh::new(address, expiration)
+        .pki(pki)
+        .role(role)
+        .yaml()
 }
 
 fn seed_backend(address: &str, pki: &str, role: &str, expiration: &str) -> Backend {

@@ -26,14 +26,9 @@ use testkit::wait::{WAIT, wait_for};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dataplane_token_needs_the_admin_token_and_binds_mesh_and_name() {
     let tmp = tempfile::tempdir().unwrap();
-    let global = GlobalProc::start_with(
-        &tmp.path().join("global"),
-        GlobalOptions::default()
-            .cwd(&tmp.path().join("global"))
-            .rust_log("info"),
-    )
-    .await
-    .unwrap();
+    let global = GlobalProc::start_in(&tmp.path().join("global"), "info")
+        .await
+        .unwrap();
 
     let out = global
         .cli_env(&[
@@ -146,7 +141,7 @@ async fn a_zone_that_cannot_use_the_vault_conf_is_shown_failing_and_a_vault_outa
     );
     let global = GlobalProc::start_with(
         &root.join("global"),
-        GlobalOptions::default().cwd(&global_cwd).rust_log("info"),
+        GlobalOptions::in_dir(&global_cwd, "info"),
     )
     .await
     .unwrap();
@@ -162,9 +157,7 @@ async fn a_zone_that_cannot_use_the_vault_conf_is_shown_failing_and_a_vault_outa
         "zone-1",
         &global,
         &root.join("zone-1"),
-        ZoneOptions::default()
-            .cwd(&z1_cwd)
-            .rust_log("info,zone::dp=debug"),
+        ZoneOptions::in_dir(&z1_cwd, "info,zone::dp=debug"),
     )
     .await
     .unwrap();
@@ -172,9 +165,7 @@ async fn a_zone_that_cannot_use_the_vault_conf_is_shown_failing_and_a_vault_outa
         "zone-2",
         &global,
         &root.join("zone-2"),
-        ZoneOptions::default()
-            .cwd(&z2_cwd)
-            .rust_log("info,zone::dp=debug"),
+        ZoneOptions::in_dir(&z2_cwd, "info,zone::dp=debug"),
     )
     .await
     .unwrap();

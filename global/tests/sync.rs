@@ -35,6 +35,17 @@ where
     wait_for_at_most(what, logs_dir, WAIT, f).await
 }
 
+/// Global with its data in `dir` on the given ports (so it can be started again where its zones
+/// expect it), the sync stream logged at debug.
+async fn start_global_on(dir: &Path, api_port: u16, kds_port: u16) -> GlobalProc {
+    GlobalProc::start_with(
+        dir,
+        GlobalOptions::in_dir(dir, "info,global::kds=debug").ports(api_port, kds_port),
+    )
+    .await
+    .unwrap()
+}
+
 fn mesh(name: &str) -> String {
     format!("type: Mesh\nname: {name}\n")
 }
@@ -54,27 +65,20 @@ fn counter(zone: &Value, type_: &str, field: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_zones_receive_meshes_and_secrets_then_deletes() {
     let tmp = tempfile::tempdir().unwrap();
-    let global = GlobalProc::start_with(
-        &tmp.path().join("global"),
-        GlobalOptions::default()
-            .cwd(&tmp.path().join("global"))
-            .rust_log("info,global::kds=debug"),
-    )
-    .await
-    .unwrap();
+    let global = GlobalProc::start_in(&tmp.path().join("global"), "info,global::kds=debug")
+        .await
+        .unwrap();
     let mut zones = Vec::new();
     for i in 1..=3 {
         let name = format!("zone-{i}");
         let token = global.cli_zone_token_file(&name, tmp.path()).unwrap();
         zones.push(
-            ZoneProc::start_in(
+            ZoneProc::start_with_token(
                 &name,
                 &global,
                 &token,
                 &tmp.path().join(&name),
-                ZoneOptions::default()
-                    .cwd(&tmp.path().join(&name))
-                    .rust_log("info,zone=debug"),
+                ZoneOptions::in_dir(&tmp.path().join(&name), "info,zone=debug"),
             )
             .await
             .unwrap(),
@@ -232,25 +236,15 @@ async fn restarts_resync_without_resending_and_zones_serve_while_global_is_down(
     let tmp = tempfile::tempdir().unwrap();
     let gdir = tmp.path().join("global");
     let (api_port, kds_port) = (free_port(), free_port());
-    let mut global = GlobalProc::start_with(
-        &gdir,
-        GlobalOptions::default()
-            .ports(api_port, kds_port)
-            .cwd(&gdir)
-            .rust_log("info,global::kds=debug"),
-    )
-    .await
-    .unwrap();
+    let mut global = start_global_on(&gdir, api_port, kds_port).await;
     let token = global.cli_zone_token_file("east", tmp.path()).unwrap();
     let zdir = tmp.path().join("east");
-    let mut zone = ZoneProc::start_in(
+    let mut zone = ZoneProc::start_with_token(
         "east",
         &global,
         &token,
         &zdir,
-        ZoneOptions::default()
-            .cwd(&zdir)
-            .rust_log("info,zone=debug"),
+        ZoneOptions::in_dir(&zdir, "info,zone=debug"),
     )
     .await
     .unwrap();
@@ -293,15 +287,7 @@ async fn restarts_resync_without_resending_and_zones_serve_while_global_is_down(
     // and nothing is resent.
     global.terminate();
     let restarted = Instant::now();
-    let global = GlobalProc::start_with(
-        &gdir,
-        GlobalOptions::default()
-            .ports(api_port, kds_port)
-            .cwd(&gdir)
-            .rust_log("info,global::kds=debug"),
-    )
-    .await
-    .unwrap();
+    let global = start_global_on(&gdir, api_port, kds_port).await;
     let record = wait_for(
         "the zone to reconnect and acknowledge",
         tmp.path(),
@@ -350,14 +336,12 @@ async fn restarts_resync_without_resending_and_zones_serve_while_global_is_down(
 
     // The zone starts while global is down: it serves what its store holds.
     std::fs::rename(zdir.join("zone.log"), zdir.join("zone-first-run.log")).unwrap();
-    let zone = ZoneProc::start_in(
+    let zone = ZoneProc::start_with_token(
         "east",
         &global,
         &token,
         &zdir,
-        ZoneOptions::default()
-            .cwd(&zdir)
-            .rust_log("info,zone=debug"),
+        ZoneOptions::in_dir(&zdir, "info,zone=debug"),
     )
     .await
     .unwrap();
@@ -381,15 +365,7 @@ async fn restarts_resync_without_resending_and_zones_serve_while_global_is_down(
 
     // Global returns: the zone catches up; its first response removes what global no longer has
     // and sends only what is new.
-    let global = GlobalProc::start_with(
-        &gdir,
-        GlobalOptions::default()
-            .ports(api_port, kds_port)
-            .cwd(&gdir)
-            .rust_log("info,global::kds=debug"),
-    )
-    .await
-    .unwrap();
+    let global = start_global_on(&gdir, api_port, kds_port).await;
     wait_for("the zone to catch up", tmp.path(), || async {
         (zone.meshes().await.unwrap() == ["m1", "m3"]).then_some(())
     })
@@ -432,14 +408,9 @@ async fn forged_expired_and_other_zone_tokens_are_refused() {
     use global::tokens::{Claims, TokenSigner, ZONE_SCOPE, ZoneClaim};
     let tmp = tempfile::tempdir().unwrap();
     let gdir = tmp.path().join("global");
-    let global = GlobalProc::start_with(
-        &gdir,
-        GlobalOptions::default()
-            .cwd(&gdir)
-            .rust_log("info,global::kds=debug"),
-    )
-    .await
-    .unwrap();
+    let global = GlobalProc::start_in(&gdir, "info,global::kds=debug")
+        .await
+        .unwrap();
 
     // Forged: a well-formed token signed by another key.
     let forged = TokenSigner::generate().issue_zone_token("forged", Duration::from_secs(3600));
@@ -471,14 +442,12 @@ async fn forged_expired_and_other_zone_tokens_are_refused() {
     let mut zones = Vec::new();
     for (name, file, _) in &cases {
         zones.push(
-            ZoneProc::start_in(
+            ZoneProc::start_with_token(
                 name,
                 &global,
                 file,
                 &tmp.path().join(name),
-                ZoneOptions::default()
-                    .cwd(&tmp.path().join(name))
-                    .rust_log("info,zone=debug"),
+                ZoneOptions::in_dir(&tmp.path().join(name), "info,zone=debug"),
             )
             .await
             .unwrap(),
@@ -651,14 +620,9 @@ fn names(resp: &kds::DiscoveryResponse) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_resource_is_reported_and_the_rest_still_flows() {
     let tmp = tempfile::tempdir().unwrap();
-    let global = GlobalProc::start_with(
-        &tmp.path().join("global"),
-        GlobalOptions::default()
-            .cwd(&tmp.path().join("global"))
-            .rust_log("info,global::kds=debug"),
-    )
-    .await
-    .unwrap();
+    let global = GlobalProc::start_in(&tmp.path().join("global"), "info,global::kds=debug")
+        .await
+        .unwrap();
     global.put("/meshes/m1", &mesh("m1")).await.unwrap();
     for s in ["a", "b", "c"] {
         global

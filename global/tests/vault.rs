@@ -11,38 +11,12 @@ use testkit::openbao::seed::{self, RoleOptions};
 
 /// The page's Universal Mesh plus the token Secret, pointed at `address`.
 fn mesh_file(address: &str, role: &str, expiration: &str, token: &str) -> String {
-    let data = base64::engine::general_purpose::STANDARD.encode(token);
     format!(
-        r#"type: Mesh
-name: default
-mtls:
-  enabledBackend: vault-1
-  backends:
-  - name: vault-1
-    type: vault
-    dpCert:
-      rotation:
-        expiration: {expiration} # must be lower than max_ttl in Vault role
-    conf:
-      fromCp:
-        address: {address}
-        agentAddress: "" # optional
-        namespace: "" # optional
-        pki: kmesh-pki-default # name of the configured PKI
-        role: {role} # name of the role that will be used to generate data plane proxy certificates
-        commonName: '{{{{ tag "kuma.io/service" }}}}.mesh' # optional.
-        tls:
-          skipVerify: false # if set to true, caCert is optional. Set to true only for development
-          serverName: "" # verify sever name
-        auth: # only one auth options is allowed so it's either "token" or "tls"
-          token:
-            secret: token-1  # can be file, secret or inlineString
----
-type: Secret
-name: token-1
-mesh: default
-data: {data}
-"#
+        "{}---\n{}",
+        testkit::cluster::VaultMesh::new(address, expiration)
+            .role(role)
+            .yaml(),
+        testkit::cluster::token_secret(token)
     )
 }
 

@@ -78,14 +78,9 @@ async fn oversized_identity_requests_are_refused_and_the_zone_keeps_serving() {
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let global = GlobalProc::start_with(
-        &root.join("global"),
-        GlobalOptions::default()
-            .cwd(&root.join("global"))
-            .rust_log("info"),
-    )
-    .await
-    .unwrap();
+    let global = GlobalProc::start_in(&root.join("global"), "info")
+        .await
+        .unwrap();
     global
         .apply(&builtin_mesh_yaml("default", "1h"))
         .await
@@ -94,9 +89,7 @@ async fn oversized_identity_requests_are_refused_and_the_zone_keeps_serving() {
         "zone-1",
         &global,
         &root.join("zone-1"),
-        ZoneOptions::default()
-            .cwd(&root.join("zone-1"))
-            .rust_log("info,zone::dp=debug"),
+        ZoneOptions::in_dir(&root.join("zone-1"), "info,zone::dp=debug"),
     )
     .await
     .unwrap();
@@ -201,14 +194,9 @@ async fn one_connection_holds_a_bounded_number_of_identity_streams() {
     const MAX: usize = common::limits::DP_STREAMS_PER_CONNECTION as usize;
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let global = GlobalProc::start_with(
-        &root.join("global"),
-        GlobalOptions::default()
-            .cwd(&root.join("global"))
-            .rust_log("info"),
-    )
-    .await
-    .unwrap();
+    let global = GlobalProc::start_in(&root.join("global"), "info")
+        .await
+        .unwrap();
     global
         .apply(&builtin_mesh_yaml("default", "1h"))
         .await
@@ -217,9 +205,7 @@ async fn one_connection_holds_a_bounded_number_of_identity_streams() {
         "zone-1",
         &global,
         &root.join("zone-1"),
-        ZoneOptions::default()
-            .cwd(&root.join("zone-1"))
-            .rust_log("info,zone::dp=debug"),
+        ZoneOptions::in_dir(&root.join("zone-1"), "info,zone::dp=debug"),
     )
     .await
     .unwrap();

@@ -63,14 +63,9 @@ async fn proxies_in_two_zones_get_vault_identities_talk_mtls_rotate_and_survive_
     let vault_root = root.join("vault-root.pem");
     std::fs::write(&vault_root, &vault.root_pem).unwrap();
 
-    let global = GlobalProc::start_with(
-        &root.join("global"),
-        GlobalOptions::default()
-            .cwd(&root.join("global"))
-            .rust_log("info"),
-    )
-    .await
-    .unwrap();
+    let global = GlobalProc::start_in(&root.join("global"), "info")
+        .await
+        .unwrap();
     let mesh = vault_mesh(&vault.server.addr(), "1h", "secret: token-1");
     global
         .apply(&format!(
@@ -84,9 +79,7 @@ async fn proxies_in_two_zones_get_vault_identities_talk_mtls_rotate_and_survive_
         "zone-1",
         &global,
         &root.join("zone-1"),
-        ZoneOptions::default()
-            .cwd(&root.join("zone-1"))
-            .rust_log("info,zone::dp=debug"),
+        ZoneOptions::in_dir(&root.join("zone-1"), "info,zone::dp=debug"),
     )
     .await
     .unwrap();
@@ -94,9 +87,7 @@ async fn proxies_in_two_zones_get_vault_identities_talk_mtls_rotate_and_survive_
         "zone-2",
         &global,
         &root.join("zone-2"),
-        ZoneOptions::default()
-            .cwd(&root.join("zone-2"))
-            .rust_log("info,zone::dp=debug"),
+        ZoneOptions::in_dir(&root.join("zone-2"), "info,zone::dp=debug"),
     )
     .await
     .unwrap();
@@ -379,14 +370,9 @@ fn refused(r: Result<proto::dpid::IdentityResponse, tonic::Status>, what: &str, 
 async fn dataplane_tokens_are_checked_and_survive_a_zone_restart_without_global() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let mut global = GlobalProc::start_with(
-        &root.join("global"),
-        GlobalOptions::default()
-            .cwd(&root.join("global"))
-            .rust_log("info"),
-    )
-    .await
-    .unwrap();
+    let mut global = GlobalProc::start_in(&root.join("global"), "info")
+        .await
+        .unwrap();
     global
         .apply(&format!(
             "{}---\n{}",
@@ -399,9 +385,7 @@ async fn dataplane_tokens_are_checked_and_survive_a_zone_restart_without_global(
         "zone-1",
         &global,
         &root.join("zone-1"),
-        ZoneOptions::default()
-            .cwd(&root.join("zone-1"))
-            .rust_log("info,zone::dp=debug"),
+        ZoneOptions::in_dir(&root.join("zone-1"), "info,zone::dp=debug"),
     )
     .await
     .unwrap();

@@ -74,6 +74,12 @@ impl Default for GlobalOptions {
 }
 
 impl GlobalOptions {
+    /// Free ports, working directory `dir` (where a test puts the files its `file:` data
+    /// sources name) and `RUST_LOG` `rust_log`.
+    pub fn in_dir(dir: &Path, rust_log: &str) -> Self {
+        Self::default().cwd(dir).rust_log(rust_log)
+    }
+
     pub fn ports(mut self, api_port: u16, kds_port: u16) -> Self {
         self.api_port = api_port;
         self.kds_port = kds_port;
@@ -111,6 +117,11 @@ impl GlobalProc {
 
     pub async fn start_on(dir: &Path, api_port: u16, kds_port: u16) -> Result<Self> {
         Self::start_with(dir, GlobalOptions::default().ports(api_port, kds_port)).await
+    }
+
+    /// Starts global with its data in and running in `dir`, logging with `rust_log`.
+    pub async fn start_in(dir: &Path, rust_log: &str) -> Result<Self> {
+        Self::start_with(dir, GlobalOptions::in_dir(dir, rust_log)).await
     }
 
     pub async fn start_with(dir: &Path, options: GlobalOptions) -> Result<Self> {

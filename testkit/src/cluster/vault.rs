@@ -113,11 +113,69 @@ impl Vault {
     }
 }
 
-/// The page's Universal Mesh (vault backend) for `address`; `auth_token` is the YAML of the
-/// token data source (e.g. `secret: token-1`).
-pub fn vault_mesh(address: &str, expiration: &str, auth_token: &str) -> String {
-    format!(
-        r#"type: Mesh
+/// The page's Universal Mesh `default` with a vault backend, as YAML (the page's comments kept):
+/// [`VaultMesh::new`] gives the page's values (mount [`PKI`], role [`ROLE`], token from Secret
+/// `token-1`, no `tls.caCert`), the setters change one of them.
+#[derive(Debug, Clone)]
+pub struct VaultMesh<'a> {
+    pub address: &'a str,
+    pub expiration: &'a str,
+    pub pki: &'a str,
+    pub role: &'a str,
+    /// The YAML of the token data source (e.g. `secret: token-1`).
+    pub auth_token: &'a str,
+    /// The Secret holding `tls.caCert`, if any.
+    pub ca_cert_secret: Option<&'a str>,
+}
+
+impl<'a> VaultMesh<'a> {
+    pub fn new(address: &'a str, expiration: &'a str) -> Self {
+        Self {
+            address,
+            expiration,
+            pki: PKI,
+            role: ROLE,
+            auth_token: "secret: token-1  # can be file, secret or inlineString",
+            ca_cert_secret: None,
+        }
+    }
+
+    pub fn pki(mut self, pki: &'a str) -> Self {
+        self.pki = pki;
+        self
+    }
+
+    pub fn role(mut self, role: &'a str) -> Self {
+        self.role = role;
+        self
+    }
+
+    pub fn auth_token(mut self, auth_token: &'a str) -> Self {
+        self.auth_token = auth_token;
+        self
+    }
+
+    pub fn ca_cert_secret(mut self, secret: &'a str) -> Self {
+        self.ca_cert_secret = Some(secret);
+        self
+    }
+
+    /// The Mesh document (no `---`, no Secrets).
+    pub fn yaml(&self) -> String {
+        let Self {
+            address,
+            expiration,
+            pki,
+            role,
+            auth_token,
+            ..
+        } = self;
+        let ca_cert = self
+            .ca_cert_secret
+            .map(|s| format!("          caCert:\n            secret: {s}\n"))
+            .unwrap_or_default();
+        format!(
+            r#"type: Mesh
 name: {MESH}
 mtls:
   enabledBackend: vault-1
@@ -132,17 +190,26 @@ mtls:
         address: {address}
         agentAddress: "" # optional
         namespace: "" # optional
-        pki: {PKI} # name of the configured PKI
-        role: {ROLE} # name of the role that will be used to generate data plane proxy certificates
+        pki: {pki} # name of the configured PKI
+        role: {role} # name of the role that will be used to generate data plane proxy certificates
         commonName: '{{{{ tag "kuma.io/service" }}}}.mesh' # optional
         tls:
-          skipVerify: false # if set to true, caCert is optional. Set to true only for development
+{ca_cert}          skipVerify: false # if set to true, caCert is optional. Set to true only for development
           serverName: "" # verify sever name
         auth: # only one auth options is allowed so it's either "token" or "tls"
           token:
             {auth_token}
 "#
-    )
+        )
+    }
+}
+
+/// The page's Universal Mesh (vault backend) for `address`; `auth_token` is the YAML of the
+/// token data source (e.g. `secret: token-1`).
+pub fn vault_mesh(address: &str, expiration: &str, auth_token: &str) -> String {
+    VaultMesh::new(address, expiration)
+        .auth_token(auth_token)
+        .yaml()
 }
 
 /// The token Secret `token-1` of mesh `default`.
@@ -162,11 +229,7 @@ pub fn b64(s: &str) -> String {
 pub fn vault_mesh_yaml(address: &str, token: &str, expiration: &str) -> String {
     format!(
         "{}---\n{}",
-        vault_mesh(
-            address,
-            expiration,
-            "secret: token-1  # can be file, secret or inlineString"
-        ),
+        VaultMesh::new(address, expiration).yaml(),
         token_secret(token)
     )
 }
@@ -186,4 +249,31 @@ pub fn provided_mesh_yaml(mesh: &str, expiration: &str) -> Result<String> {
         b64(&ca.cert_pem),
         b64(ca.key_pem())
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pages_vault_mesh_with_its_secrets() {
+        let yaml = vault_mesh_yaml("http://127.0.0.1:8200", "tok", "24h");
+        assert!(yaml.starts_with("type: Mesh\nname: default\n"), "{yaml}");
+        assert!(
+            yaml.contains("        tls:\n          skipVerify: false"),
+            "{yaml}"
+        );
+        assert!(yaml.ends_with(
+            "            secret: token-1  # can be file, secret or inlineString\n---\ntype: Secret\nname: token-1\nmesh: default\ndata: dG9r\n"
+        ));
+        let ca = VaultMesh::new("http://a", "1h")
+            .ca_cert_secret("sec-1")
+            .role("r")
+            .yaml();
+        assert!(
+            ca.contains("        tls:\n          caCert:\n            secret: sec-1\n          skipVerify: false"),
+            "{ca}"
+        );
+        assert!(ca.contains("        role: r # name of the role"), "{ca}");
+    }
 }

@@ -34,6 +34,11 @@ impl Default for ZoneOptions {
 }
 
 impl ZoneOptions {
+    /// No more arguments, working directory `dir`, `RUST_LOG` `rust_log`.
+    pub fn in_dir(dir: &Path, rust_log: &str) -> Self {
+        Self::default().cwd(dir).rust_log(rust_log)
+    }
+
     pub fn args(mut self, extra: &[&str]) -> Self {
         self.extra.extend(extra.iter().map(|s| s.to_string()));
         self
@@ -98,11 +103,11 @@ impl ZoneProc {
     ) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let token_file = global.cli_zone_token_file(name, dir)?;
-        Self::start_in(name, global, &token_file, dir, options).await
+        Self::start_with_token(name, global, &token_file, dir, options).await
     }
 
     /// Starts zone `name` against `global` with the token in `token_file` and `options`.
-    pub async fn start_in(
+    pub async fn start_with_token(
         name: &str,
         global: &super::GlobalProc,
         token_file: &Path,
