@@ -56,6 +56,16 @@ pub fn output_text(o: &Output) -> String {
     )
 }
 
+/// stdout of a finished command.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// stderr of a finished command.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 /// Writes a secret file with mode 0600.
 pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     common::file::write_atomic(path, data, 0o600)

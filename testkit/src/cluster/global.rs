@@ -315,6 +315,20 @@ impl GlobalProc {
     }
 }
 
+/// Runs the real `global` binary with `args` and the variables `env` (without the caller's
+/// `VAULT_ADDR`/`VAULT_TOKEN`) to completion; panics when it cannot be found or run.
+pub fn global_output(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let bin = binary("global").expect("the global binary");
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .env_remove("VAULT_ADDR")
+        .env_remove("VAULT_TOKEN");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("cannot run the global binary")
+}
+
 /// Runs `global ARGS` (the real binary) with a time limit.
 pub fn run_global(args: &[String], limit: Duration) -> Result<CmdOutput> {
     let mut cmd = Command::new(binary("global")?);

@@ -11,7 +11,7 @@ mod proxy;
 mod vault;
 mod zone;
 
-pub use global::{GlobalOptions, GlobalProc, run_global};
+pub use global::{GlobalOptions, GlobalProc, global_output, run_global};
 pub use proxy::{ProxyProc, ProxySpec};
 pub use vault::{
     MESH, PKI, ROLE, Vault, VaultMesh, b64, builtin_mesh_yaml, provided_mesh_yaml, token_secret,
