@@ -1,6 +1,7 @@
 //! Shared core of the control planes: the resource model and its validation, data sources, the CA
-//! backends (builtin, provided, vault), the sled-backed resource store, and a launcher for a real
-//! OpenBao server used by tests and scenarios.
+//! backends (builtin, provided, vault) and the sled-backed resource store. What serves only tests
+//! and scenarios (the OpenBao runner, the fault-injecting proxy, the multi-process harness) lives
+//! in the `testkit` crate.
 
 pub mod backoff;
 pub mod ca;
@@ -9,12 +10,10 @@ pub mod clock;
 pub mod datasource;
 pub mod duration;
 pub mod error;
-pub mod faults;
 pub mod file;
 pub mod http;
 pub mod limits;
 pub mod model;
-pub mod openbao;
 pub mod parse;
 pub mod shutdown;
 pub mod store;

@@ -1,4 +1,4 @@
-//! The vault backend against a real OpenBao dev server (started by `common::openbao`, never a fake):
+//! The vault backend against a real OpenBao dev server (started by `testkit::openbao`, never a fake):
 //! the reference page's Vault steps (Root CA, Intermediate CA, role, policy, token) are accepted by
 //! the backend check with the page's Mesh; token, TLS client-certificate and Vault Agent auth work;
 //! namespaces, caCert, serverName and skipVerify are honoured; and every way the check refuses a
@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use common::datasource::SecretMap;
 use common::model::{Backend, DataSource, FromCp, Mesh, VaultAuth, VaultAuthTls, VaultTls};
-use common::openbao::seed::{self, RoleOptions};
-use common::openbao::{BaoCli, BaoServer};
 use common::vault::{
     IssueRequest, SUGGESTED_KEY_USAGE, Timeouts, VaultCheckReport, VaultError, VaultIssuer,
 };
 use common::x509;
+use testkit::openbao::seed::{self, RoleOptions};
+use testkit::openbao::{BaoCli, BaoServer};
 
 const MESH: &str = "default";
 
@@ -35,33 +35,10 @@ async fn connect(
 /// The Universal Mesh of the reference page, pointed at `address` (token auth from Secret
 /// `token-1`; the page's `tls.caCert` and `auth.tls` are left out for plain HTTP).
 fn seed_mesh_yaml(address: &str, pki: &str, role: &str, expiration: &str) -> String {
-    format!(
-        r#"type: Mesh
-name: default
-mtls:
-  enabledBackend: vault-1
-  backends:
-  - name: vault-1
-    type: vault
-    dpCert:
-      rotation:
-        expiration: {expiration} # must be lower than max_ttl in Vault role
-    conf:
-      fromCp:
-        address: {address}
-        agentAddress: "" # optional
-        namespace: "" # optional
-        pki: {pki} # name of the configured PKI
-        role: {role} # name of the role that will be used to generate data plane proxy certificates
-        commonName: '{{{{ tag "kuma.io/service" }}}}.mesh' # optional
-        tls:
-          skipVerify: false # if set to true, caCert is optional. Set to true only for development
-          serverName: "" # verify sever name
-        auth: # only one auth options is allowed so it's either "token" or "tls"
-          token:
-            secret: token-1  # can be file, secret or inlineString
-"#
-    )
+    testkit::cluster::VaultMesh::new(address, expiration)
+        .pki(pki)
+        .role(role)
+        .yaml()
 }
 
 fn seed_backend(address: &str, pki: &str, role: &str, expiration: &str) -> Backend {

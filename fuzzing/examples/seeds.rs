@@ -6,12 +6,12 @@
 
 use std::path::{Path, PathBuf};
 
-use common::openbao::{BaoServer, seed};
 use prost::Message;
 use proto::kds;
+use testkit::openbao::{BaoServer, seed};
 
 fn corpus(target: &str) -> PathBuf {
-    let dir = common::openbao::workspace_root()
+    let dir = testkit::bins::workspace_root()
         .join("fuzz/corpus")
         .join(target);
     std::fs::create_dir_all(&dir).unwrap();
@@ -499,7 +499,7 @@ fn text_seeds() {
 
 #[tokio::main]
 async fn main() {
-    let root: &Path = &common::openbao::workspace_root();
+    let root: &Path = &testkit::bins::workspace_root();
     println!("writing seeds under {}", root.join("fuzz/corpus").display());
     text_seeds();
     cas();

@@ -437,8 +437,8 @@ async fn dry_runs_store_nothing() {
     // The CLI's dry run too.
     let f = support::write_file(g.dir.path(), "m.yaml", &batch);
     let out = g.cli(&["apply", "--dry-run", "-f", f.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", support::stderr(&out));
-    assert!(support::stdout(&out).contains("nothing was stored"));
+    assert!(out.status.success(), "{}", testkit::proc::stderr(&out));
+    assert!(testkit::proc::stdout(&out).contains("nothing was stored"));
     assert_eq!(g.mesh_count().await, 0);
 }
 

@@ -11,8 +11,8 @@ use base64::Engine;
 use common::model::Kind;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use scenarios::harness::{GlobalProc, ZoneProc};
 use serde_json::Value;
+use testkit::cluster::{GlobalProc, ZoneProc};
 
 const SEED: u64 = 0x6b696c6c39;
 const MESHES: usize = 6;
@@ -405,7 +405,7 @@ async fn zone_killed_while_updates_stream_in_resyncs_to_exactly_globals_state() 
 
     // The zone's view of meshes equals global's.
     let global_meshes = names(&g.api.get_ok("/meshes").await.unwrap());
-    scenarios::harness::wait_until(
+    testkit::wait::wait_until(
         "the zone to hold global's meshes",
         Duration::from_secs(30),
         Duration::from_millis(100),
@@ -420,7 +420,7 @@ async fn zone_killed_while_updates_stream_in_resyncs_to_exactly_globals_state() 
     // its store with the zone's.
     g.proc.stop(Duration::from_secs(10));
     let want = global_digests(&gdir);
-    let got = scenarios::harness::wait_until(
+    let got = testkit::wait::wait_until(
         "the zone's digests",
         Duration::from_secs(10),
         Duration::from_millis(100),

@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use scenarios::cluster::{Cluster, ClusterOptions};
-use scenarios::harness::{GlobalProc, ProxySpec, ZoneProc, run_bounded, wait_until};
 use serde_json::Value;
+use testkit::cluster::{Cluster, ClusterOptions};
+use testkit::cluster::{GlobalProc, ProxySpec, ZoneProc};
+use testkit::proc::run_bounded;
+use testkit::wait::wait_until;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Everything a client can see of global's state (admin view).
@@ -430,7 +432,7 @@ async fn a_full_scenario_leaks_nothing_keeps_keys_private_and_cuts_slow_clients(
     ] {
         answers.push((format!("zone {path}"), z.api.get_text(path).await.unwrap()));
     }
-    let mesh_yaml = scenarios::cluster::vault_mesh_yaml(&vault.addr(), &vault.token, "24h");
+    let mesh_yaml = testkit::cluster::vault_mesh_yaml(&vault.addr(), &vault.token, "24h");
     // A dry run of the real Mesh (the check runs against Vault), a refused one with the token
     // inline and a bad field, and one whose Vault refuses the token.
     let (_, v) = g
@@ -451,7 +453,7 @@ async fn a_full_scenario_leaks_nothing_keeps_keys_private_and_cuts_slow_clients(
     answers.push(("refused inline token".into(), v.to_string()));
     // (With the Mesh changed too: a changed token Secret alone does not re-run the check.)
     let wrong =
-        scenarios::cluster::vault_mesh_yaml(&vault.addr(), &format!("{}x", vault.token), "23h");
+        testkit::cluster::vault_mesh_yaml(&vault.addr(), &format!("{}x", vault.token), "23h");
     let (status, v) = g
         .api
         .send(reqwest::Method::POST, "/apply", &wrong)

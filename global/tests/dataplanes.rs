@@ -13,30 +13,35 @@
 //! - Vault stopped: the proxies keep their certificates on disk, and global shows the zone's
 //!   Vault unreachable with the reason.
 
-#[path = "../../zone/tests/support/cluster.rs"]
-mod cluster;
-
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use cluster::*;
 use serde_json::Value;
+use testkit::bins::binary;
+use testkit::cluster::*;
+use testkit::openssl::openssl_verify;
+use testkit::proc::output_text;
+use testkit::wait::{WAIT, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dataplane_token_needs_the_admin_token_and_binds_mesh_and_name() {
     let tmp = tempfile::tempdir().unwrap();
-    let global = Global::start(&tmp.path().join("global"), None).await;
+    let global = GlobalProc::start_in(&tmp.path().join("global"), "info")
+        .await
+        .unwrap();
 
-    let out = global.cli(&[
-        "dataplane-token",
-        "--mesh",
-        "default",
-        "--name",
-        "web-1",
-        "--valid-for",
-        "1h",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = global
+        .cli_env(&[
+            "dataplane-token",
+            "--mesh",
+            "default",
+            "--name",
+            "web-1",
+            "--valid-for",
+            "1h",
+        ])
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
     let token = String::from_utf8(out.stdout).unwrap();
     let claims = token.trim().split('.').nth(1).unwrap();
     let claims: Value = serde_json::from_slice(
@@ -54,14 +59,18 @@ async fn dataplane_token_needs_the_admin_token_and_binds_mesh_and_name() {
     );
 
     // Without the admin token: refused by global (exit 1).
-    let out = std::process::Command::new(bin("global"))
+    let out = std::process::Command::new(binary("global").unwrap())
         .args(["dataplane-token", "--mesh", "default", "--name", "web-1"])
         .args(["--api", &global.url("")])
         .env_remove("GLOBAL_ADMIN_TOKEN_FILE")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("admin token"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("admin token"),
+        "{}",
+        output_text(&out)
+    );
     // Bad flags: usage errors (exit 2), nothing asked.
     for args in [
         &["--mesh", "Bad_Mesh", "--name", "web-1"][..],
@@ -78,8 +87,13 @@ async fn dataplane_token_needs_the_admin_token_and_binds_mesh_and_name() {
     ] {
         let mut all = vec!["dataplane-token"];
         all.extend_from_slice(args);
-        let out = global.cli(&all);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        let out = global.cli_env(&all).unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            output_text(&out)
+        );
     }
     // The API names the bad field.
     let resp = reqwest::Client::new()
@@ -95,8 +109,8 @@ async fn dataplane_token_needs_the_admin_token_and_binds_mesh_and_name() {
 }
 
 /// The Vault check entry of `zone` for mesh default, backend vault-1, as global shows it.
-async fn vault_entry(global: &Global, zone: &str) -> Option<Value> {
-    let z = global.zone(zone).await;
+async fn vault_entry(global: &GlobalProc, zone: &str) -> Option<Value> {
+    let z = global.zone(zone).await.unwrap();
     z["vault"]
         .as_array()?
         .iter()
@@ -110,7 +124,7 @@ async fn a_zone_that_cannot_use_the_vault_conf_is_shown_failing_and_a_vault_outa
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let mut vault = Vault::start().await;
+    let mut vault = Vault::start(false, true).await.unwrap();
     // Where each control plane runs: the token file exists for global and zone 1 only.
     let cwd = |name: &str, with_token: bool| {
         let dir = root.join(format!("{name}-host"));
@@ -125,16 +139,36 @@ async fn a_zone_that_cannot_use_the_vault_conf_is_shown_failing_and_a_vault_outa
         cwd("zone-1", true),
         cwd("zone-2", false),
     );
-    let global = Global::start(&root.join("global"), Some(&global_cwd)).await;
+    let global = GlobalProc::start_with(
+        &root.join("global"),
+        GlobalOptions::in_dir(&global_cwd, "info"),
+    )
+    .await
+    .unwrap();
     global
         .apply(&vault_mesh(
-            &vault.bao.addr(),
+            &vault.server.addr(),
             "1h",
             "file: /proc/self/cwd/vault-token",
         ))
-        .await;
-    let z1 = Zone::start("zone-1", &global, &root.join("zone-1"), Some(&z1_cwd)).await;
-    let z2 = Zone::start("zone-2", &global, &root.join("zone-2"), Some(&z2_cwd)).await;
+        .await
+        .unwrap();
+    let z1 = ZoneProc::start_minted(
+        "zone-1",
+        &global,
+        &root.join("zone-1"),
+        ZoneOptions::in_dir(&z1_cwd, "info,zone::dp=debug"),
+    )
+    .await
+    .unwrap();
+    let z2 = ZoneProc::start_minted(
+        "zone-2",
+        &global,
+        &root.join("zone-2"),
+        ZoneOptions::in_dir(&z2_cwd, "info,zone::dp=debug"),
+    )
+    .await
+    .unwrap();
 
     let ok = wait_for("zone-1's Vault check to pass", root, || async {
         vault_entry(&global, "zone-1")
@@ -155,8 +189,8 @@ async fn a_zone_that_cannot_use_the_vault_conf_is_shown_failing_and_a_vault_outa
         reason.contains("/proc/self/cwd/vault-token"),
         "the reason names the file: {reason}"
     );
-    let out = global.cli(&["get", "zones"]);
-    let table = text(&out);
+    let out = global.cli_env(&["get", "zones"]).unwrap();
+    let table = output_text(&out);
     assert!(out.status.success(), "{table}");
     let line = |zone: &str| {
         table
@@ -169,25 +203,24 @@ async fn a_zone_that_cannot_use_the_vault_conf_is_shown_failing_and_a_vault_outa
     assert!(line("zone-2").contains("default/vault-1=FAILED"), "{table}");
 
     // Proxies: zone 1's gets a certificate, zone 2's cannot.
-    let proxy = |zone: &Zone, name: &str, service: &str| {
-        Proxy::start(
+    let proxy = |zone: &ZoneProc, name: &str, service: &str| {
+        ProxyProc::start(
             zone,
-            ProxySpec {
-                mesh: "default",
-                name,
-                service,
-                tags: &[("team", "a")],
-                exec: None,
-                token_file: global.dataplane_token_file("default", name, root),
-            },
+            &ProxySpec::new("default", name, service)
+                .tag("team", "a")
+                .rust_log("info,zone::agent=debug"),
+            &global
+                .cli_dataplane_token_file("default", name, root)
+                .unwrap(),
             &root.join(name),
         )
+        .unwrap()
     };
     let web = proxy(&z1, "web-1", "web");
     let backend = proxy(&z2, "backend-1", "backend");
-    let web_leaf = web.wait_leaf(root, None).await;
+    let web_leaf = web.wait_leaf(root, None, WAIT).await.unwrap();
     let items = wait_for("global to list both dataplanes", root, || async {
-        let (_, body) = global.get("/meshes/default/dataplanes").await;
+        let (_, body) = global.api.get("/meshes/default/dataplanes").await.unwrap();
         let items = body["items"].as_array().cloned().unwrap_or_default();
         let web_ok = items
             .iter()
@@ -209,14 +242,16 @@ async fn a_zone_that_cannot_use_the_vault_conf_is_shown_failing_and_a_vault_outa
     assert_eq!(backend_dp["zone"], "zone-2");
     assert_eq!(backend_dp["certificate"], Value::Null, "{backend_dp}");
     assert!(!backend.file("cert.pem").exists());
-    let out = global.cli(&["get", "dataplanes", "--mesh", "default"]);
-    let table = text(&out);
+    let out = global
+        .cli_env(&["get", "dataplanes", "--mesh", "default"])
+        .unwrap();
+    let table = output_text(&out);
     assert!(out.status.success(), "{table}");
     assert!(
         table.contains("ZONE") && table.contains("web-1") && table.contains("zone-2"),
         "{table}"
     );
-    let zone_2_view = z2.dataplanes().await;
+    let zone_2_view = z2.dataplanes().await.unwrap();
     assert!(
         zone_2_view[0]["lastError"].is_string(),
         "zone-2 says why backend-1 has no certificate: {zone_2_view:?}"
@@ -224,7 +259,7 @@ async fn a_zone_that_cannot_use_the_vault_conf_is_shown_failing_and_a_vault_outa
 
     // Vault goes away: certificates stay on disk; zone 1 notices on its next issuance and
     // global shows it unreachable, with the reason.
-    vault.bao.stop();
+    vault.server.stop();
     let cert_before = std::fs::read(web.file("cert.pem")).unwrap();
     let _web2 = proxy(&z1, "web-2", "web");
     let down = wait_for("global to show zone-1's Vault failing", root, || async {
@@ -239,18 +274,18 @@ async fn a_zone_that_cannot_use_the_vault_conf_is_shown_failing_and_a_vault_outa
         reason.contains("connect") || reason.contains("unreachable") || reason.contains("refused"),
         "the reason says Vault cannot be reached: {reason}"
     );
-    let out = global.cli(&["get", "zones"]);
+    let out = global.cli_env(&["get", "zones"]).unwrap();
     assert!(
-        text(&out)
+        output_text(&out)
             .lines()
             .any(|l| l.starts_with("zone-1") && l.contains("FAILED")),
         "{}",
-        text(&out)
+        output_text(&out)
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(std::fs::read(web.file("cert.pem")).unwrap(), cert_before);
     assert_eq!(web.leaf().unwrap().serial, web_leaf.serial);
-    let out = openssl_verify(&web.file("ca.pem"), &web.file("cert.pem"));
-    assert!(out.status.success(), "{}", text(&out));
+    let out = openssl_verify(&web.file("ca.pem"), &web.file("cert.pem")).unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
     eprintln!("whole test: {:?}", started.elapsed());
 }

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use scenarios::harness::GlobalProc;
 use serde_json::Value;
+use testkit::cluster::GlobalProc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One raw HTTP/1.1 request; returns (status, JSON body or Null).
@@ -552,7 +552,7 @@ async fn hostile_resources_get_a_4xx_naming_the_field_and_change_nothing() {
     let token = token.trim();
     g.apply(&format!(
         "{}---\ntype: Secret\nmesh: default\nname: s1\ndata: YQ==\n",
-        scenarios::cluster::builtin_mesh_yaml("default", "24h")
+        testkit::cluster::builtin_mesh_yaml("default", "24h")
     ))
     .await
     .unwrap();

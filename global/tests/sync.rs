@@ -9,18 +9,17 @@
 //! with its reason while the rest flows on; oversized resources are skipped and recorded, big
 //! deltas are split, and a zone that stops reading is dropped without blocking the others.
 
-#[path = "../../zone/tests/support/cluster.rs"]
-mod cluster;
-
 use std::future::Future;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cluster::{Global, Zone, free_port, get_json, wait_for_at_most};
 use proto::kds::zone_sync_client::ZoneSyncClient;
 use proto::kds::{self, GlobalMessage, ZoneMessage, global_message, zone_message};
 use serde_json::Value;
+use testkit::api::get_json;
+use testkit::cluster::{GlobalOptions, GlobalProc, ZoneOptions, ZoneProc};
+use testkit::proc::free_port;
+use testkit::wait::wait_for_at_most;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -34,6 +33,17 @@ where
     Fut: Future<Output = Option<T>>,
 {
     wait_for_at_most(what, logs_dir, WAIT, f).await
+}
+
+/// Global with its data in `dir` on the given ports (so it can be started again where its zones
+/// expect it), the sync stream logged at debug.
+async fn start_global_on(dir: &Path, api_port: u16, kds_port: u16) -> GlobalProc {
+    GlobalProc::start_with(
+        dir,
+        GlobalOptions::in_dir(dir, "info,global::kds=debug").ports(api_port, kds_port),
+    )
+    .await
+    .unwrap()
 }
 
 fn mesh(name: &str) -> String {
@@ -55,16 +65,28 @@ fn counter(zone: &Value, type_: &str, field: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_zones_receive_meshes_and_secrets_then_deletes() {
     let tmp = tempfile::tempdir().unwrap();
-    let global = Global::start_on(&tmp.path().join("global"), free_port(), free_port()).await;
+    let global = GlobalProc::start_in(&tmp.path().join("global"), "info,global::kds=debug")
+        .await
+        .unwrap();
     let mut zones = Vec::new();
     for i in 1..=3 {
         let name = format!("zone-{i}");
-        let token = global.zone_token_file(&name, tmp.path());
-        zones.push(Zone::start_with_token(&name, &global, &token, &tmp.path().join(&name)).await);
+        let token = global.cli_zone_token_file(&name, tmp.path()).unwrap();
+        zones.push(
+            ZoneProc::start_with_token(
+                &name,
+                &global,
+                &token,
+                &tmp.path().join(&name),
+                ZoneOptions::in_dir(&tmp.path().join(&name), "info,zone=debug"),
+            )
+            .await
+            .unwrap(),
+        );
     }
     // All three online.
     wait_for("3 zones online", tmp.path(), || async {
-        let (_, body) = global.get("/zones").await;
+        let (_, body) = global.api.get("/zones").await.unwrap();
         let online = body["items"]
             .as_array()
             .unwrap()
@@ -76,26 +98,32 @@ async fn three_zones_receive_meshes_and_secrets_then_deletes() {
     .await;
 
     let started = Instant::now();
-    global.put("/meshes/payments", &mesh("payments")).await;
+    global
+        .put("/meshes/payments", &mesh("payments"))
+        .await
+        .unwrap();
     global
         .put(
             "/meshes/payments/secrets/ca-cert",
             &secret("payments", "ca-cert", "Y2VydA=="),
         )
-        .await;
+        .await
+        .unwrap();
     global
         .put(
             "/meshes/payments/secrets/token",
             &secret("payments", "token", "dG9rZW4="),
         )
-        .await;
+        .await
+        .unwrap();
     for z in &zones {
         wait_for(
             &format!("{} to hold the mesh and its secrets", z.name),
             tmp.path(),
             || async {
-                (z.secrets("payments").await == Some(vec!["ca-cert".into(), "token".into()]))
-                    .then_some(())
+                (z.secrets("payments").await.unwrap()
+                    == Some(vec!["ca-cert".into(), "token".into()]))
+                .then_some(())
             },
         )
         .await;
@@ -105,13 +133,13 @@ async fn three_zones_receive_meshes_and_secrets_then_deletes() {
         started.elapsed()
     );
     // Secret data never shows on the zone API.
-    let body = zones[0].get("/meshes/payments").await;
+    let body = zones[0].api.get_ok("/meshes/payments").await.unwrap();
     assert!(!body.to_string().contains("dG9rZW4="), "{body}");
 
     // Global's view: each zone was sent each resource once and acknowledged.
     for z in &zones {
         let record = wait_for("the acknowledgements", tmp.path(), || async {
-            let r = global.zone(&z.name).await;
+            let r = global.zone(&z.name).await.unwrap();
             (counter(&r, "Secret", "acked") >= 1
                 && counter(&r, "Mesh", "acked") >= 1
                 && counter(&r, "Secret", "acked") == counter(&r, "Secret", "sent"))
@@ -132,7 +160,7 @@ async fn three_zones_receive_meshes_and_secrets_then_deletes() {
     }
 
     // `global get zones`.
-    let out = global.cli(&["get", "zones"]);
+    let out = global.cli_env(&["get", "zones"]).unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -143,21 +171,24 @@ async fn three_zones_receive_meshes_and_secrets_then_deletes() {
     assert!(table.contains("zone-2"), "{table}");
 
     // Deletes reach every zone: a Secret, then the Mesh.
-    global.delete("/meshes/payments/secrets/token").await;
+    global
+        .delete("/meshes/payments/secrets/token")
+        .await
+        .unwrap();
     for z in &zones {
         wait_for("the secret delete", tmp.path(), || async {
-            (z.secrets("payments").await == Some(vec!["ca-cert".into()])).then_some(())
+            (z.secrets("payments").await.unwrap() == Some(vec!["ca-cert".into()])).then_some(())
         })
         .await;
     }
-    global.delete("/meshes/payments").await;
+    global.delete("/meshes/payments").await.unwrap();
     for z in &zones {
         wait_for("the mesh delete", tmp.path(), || async {
-            (z.meshes().await.is_empty()).then_some(())
+            (z.meshes().await.unwrap().is_empty()).then_some(())
         })
         .await;
     }
-    let record = global.zone("zone-1").await;
+    let record = global.zone("zone-1").await.unwrap();
     assert_eq!(counter(&record, "Mesh", "removedSent"), 1, "{record}");
     assert_eq!(counter(&record, "Secret", "removedSent"), 2, "{record}");
 
@@ -179,32 +210,25 @@ async fn three_zones_receive_meshes_and_secrets_then_deletes() {
     // A zone that dies without a word (stopped, its socket still open) is marked offline by
     // the keepalive within seconds.
     let stopped_at = Instant::now();
-    let pid = zones[2].pid();
-    Command::new("kill")
-        .args(["-STOP", &pid.to_string()])
-        .status()
-        .unwrap();
+    zones[2].proc.signal(libc::SIGSTOP);
     wait_for(
         "the frozen zone to be marked offline",
         tmp.path(),
-        || async { (global.zone("zone-3").await["online"] == false).then_some(()) },
+        || async { (global.zone("zone-3").await.unwrap()["online"] == false).then_some(()) },
     )
     .await;
     let took = stopped_at.elapsed();
     eprintln!("a frozen zone was marked offline after {took:?}");
     assert!(took < Duration::from_secs(10), "{took:?}");
-    let record = global.zone("zone-3").await;
+    let record = global.zone("zone-3").await.unwrap();
     assert!(record["lastDisconnectReason"].is_string(), "{record}");
-    Command::new("kill")
-        .args(["-CONT", &pid.to_string()])
-        .status()
-        .unwrap();
+    zones[2].proc.signal(libc::SIGCONT);
 
     for z in &mut zones {
-        z.stop();
+        z.terminate();
     }
     let mut global = global;
-    global.stop();
+    global.terminate();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,50 +236,63 @@ async fn restarts_resync_without_resending_and_zones_serve_while_global_is_down(
     let tmp = tempfile::tempdir().unwrap();
     let gdir = tmp.path().join("global");
     let (api_port, kds_port) = (free_port(), free_port());
-    let mut global = Global::start_on(&gdir, api_port, kds_port).await;
-    let token = global.zone_token_file("east", tmp.path());
+    let mut global = start_global_on(&gdir, api_port, kds_port).await;
+    let token = global.cli_zone_token_file("east", tmp.path()).unwrap();
     let zdir = tmp.path().join("east");
-    let mut zone = Zone::start_with_token("east", &global, &token, &zdir).await;
+    let mut zone = ZoneProc::start_with_token(
+        "east",
+        &global,
+        &token,
+        &zdir,
+        ZoneOptions::in_dir(&zdir, "info,zone=debug"),
+    )
+    .await
+    .unwrap();
 
-    global.put("/meshes/m1", &mesh("m1")).await;
-    global.put("/meshes/m2", &mesh("m2")).await;
+    global.put("/meshes/m1", &mesh("m1")).await.unwrap();
+    global.put("/meshes/m2", &mesh("m2")).await.unwrap();
     global
         .put("/meshes/m1/secrets/s1", &secret("m1", "s1", "czE="))
-        .await;
+        .await
+        .unwrap();
     global
         .put("/meshes/m1/secrets/s2", &secret("m1", "s2", "czI="))
-        .await;
+        .await
+        .unwrap();
     wait_for("the zone to hold everything", tmp.path(), || async {
-        (zone.meshes().await == ["m1", "m2"]
-            && zone.secrets("m1").await == Some(vec!["s1".into(), "s2".into()]))
+        (zone.meshes().await.unwrap() == ["m1", "m2"]
+            && zone.secrets("m1").await.unwrap() == Some(vec!["s1".into(), "s2".into()]))
         .then_some(())
     })
     .await;
-    let record = global.zone("east").await;
+    let record = global.zone("east").await.unwrap();
     assert_eq!(counter(&record, "Mesh", "resourcesSent"), 2, "{record}");
     assert_eq!(counter(&record, "Secret", "resourcesSent"), 2, "{record}");
 
     // A change to one Mesh resends that Mesh only.
-    global.put("/meshes/m1", &mesh_labelled("m1", "blue")).await;
+    global
+        .put("/meshes/m1", &mesh_labelled("m1", "blue"))
+        .await
+        .unwrap();
     wait_for("the label to arrive", tmp.path(), || async {
-        let m = zone.get("/meshes/m1").await;
+        let m = zone.api.get_ok("/meshes/m1").await.unwrap();
         (m["labels"]["team"] == "blue").then_some(())
     })
     .await;
-    let record = global.zone("east").await;
+    let record = global.zone("east").await.unwrap();
     assert_eq!(counter(&record, "Mesh", "resourcesSent"), 3, "{record}");
     assert_eq!(counter(&record, "Secret", "resourcesSent"), 2, "{record}");
 
     // Global restarts with the zone connected: the zone resubscribes with the versions it holds,
     // and nothing is resent.
-    global.stop();
+    global.terminate();
     let restarted = Instant::now();
-    let global = Global::start_on(&gdir, api_port, kds_port).await;
+    let global = start_global_on(&gdir, api_port, kds_port).await;
     let record = wait_for(
         "the zone to reconnect and acknowledge",
         tmp.path(),
         || async {
-            let r = global.zone("east").await;
+            let r = global.zone("east").await.unwrap();
             (r["online"] == true
                 && r["connects"] == 2
                 && counter(&r, "Mesh", "acked") >= 1
@@ -281,35 +318,43 @@ async fn restarts_resync_without_resending_and_zones_serve_while_global_is_down(
             "one (empty) initial response: {record}"
         );
     }
-    let status = zone.get("/status").await;
+    let status = zone.api.get_ok("/status").await.unwrap();
     assert_eq!(status["global"]["connected"], true, "{status}");
     assert_eq!(status["global"]["connects"], 2, "{status}");
 
     // The zone stops; global sees it go at once.
-    zone.stop();
+    zone.terminate();
     wait_for("the zone to be offline", tmp.path(), || async {
-        (global.zone("east").await["online"] == false).then_some(())
+        (global.zone("east").await.unwrap()["online"] == false).then_some(())
     })
     .await;
     // Changes while the zone is away: one Mesh removed, one added.
-    global.delete("/meshes/m2").await;
-    global.put("/meshes/m3", &mesh("m3")).await;
+    global.delete("/meshes/m2").await.unwrap();
+    global.put("/meshes/m3", &mesh("m3")).await.unwrap();
     let mut global = global;
-    global.stop();
+    global.terminate();
 
     // The zone starts while global is down: it serves what its store holds.
     std::fs::rename(zdir.join("zone.log"), zdir.join("zone-first-run.log")).unwrap();
-    let zone = Zone::start_with_token("east", &global, &token, &zdir).await;
-    assert_eq!(zone.meshes().await, ["m1", "m2"]);
+    let zone = ZoneProc::start_with_token(
+        "east",
+        &global,
+        &token,
+        &zdir,
+        ZoneOptions::in_dir(&zdir, "info,zone=debug"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(zone.meshes().await.unwrap(), ["m1", "m2"]);
     assert_eq!(
-        zone.secrets("m1").await,
+        zone.secrets("m1").await.unwrap(),
         Some(vec!["s1".into(), "s2".into()])
     );
     let status = wait_for(
         "the zone to report global unreachable",
         tmp.path(),
         || async {
-            let s = zone.get("/status").await;
+            let s = zone.api.get_ok("/status").await.unwrap();
             s["global"]["lastError"].is_string().then_some(s)
         },
     )
@@ -320,13 +365,13 @@ async fn restarts_resync_without_resending_and_zones_serve_while_global_is_down(
 
     // Global returns: the zone catches up; its first response removes what global no longer has
     // and sends only what is new.
-    let global = Global::start_on(&gdir, api_port, kds_port).await;
+    let global = start_global_on(&gdir, api_port, kds_port).await;
     wait_for("the zone to catch up", tmp.path(), || async {
-        (zone.meshes().await == ["m1", "m3"]).then_some(())
+        (zone.meshes().await.unwrap() == ["m1", "m3"]).then_some(())
     })
     .await;
     let record = wait_for("the acknowledgements", tmp.path(), || async {
-        let r = global.zone("east").await;
+        let r = global.zone("east").await.unwrap();
         (counter(&r, "Mesh", "acked") >= 1 && counter(&r, "Secret", "acked") >= 1).then_some(r)
     })
     .await;
@@ -342,7 +387,7 @@ async fn restarts_resync_without_resending_and_zones_serve_while_global_is_down(
     );
     assert_eq!(counter(&record, "Secret", "resourcesSent"), 0, "{record}");
     assert_eq!(
-        zone.secrets("m1").await,
+        zone.secrets("m1").await.unwrap(),
         Some(vec!["s1".into(), "s2".into()])
     );
     // The zone logged losing global once, not once per failed retry.
@@ -353,9 +398,9 @@ async fn restarts_resync_without_resending_and_zones_serve_while_global_is_down(
         "repeated log lines:\n{log}"
     );
     let mut zone = zone;
-    zone.stop();
+    zone.terminate();
     let mut global = global;
-    global.stop();
+    global.terminate();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,7 +408,9 @@ async fn forged_expired_and_other_zone_tokens_are_refused() {
     use global::tokens::{Claims, TokenSigner, ZONE_SCOPE, ZoneClaim};
     let tmp = tempfile::tempdir().unwrap();
     let gdir = tmp.path().join("global");
-    let global = Global::start_on(&gdir, free_port(), free_port()).await;
+    let global = GlobalProc::start_in(&gdir, "info,global::kds=debug")
+        .await
+        .unwrap();
 
     // Forged: a well-formed token signed by another key.
     let forged = TokenSigner::generate().issue_zone_token("forged", Duration::from_secs(3600));
@@ -385,7 +432,7 @@ async fn forged_expired_and_other_zone_tokens_are_refused() {
     let forged_file = write("forged", &forged);
     let expired_file = write("expired", &expired);
     // Another zone's token: issued for "west", used by "intruder".
-    let west_file = global.zone_token_file("west", tmp.path());
+    let west_file = global.cli_zone_token_file("west", tmp.path()).unwrap();
 
     let cases = [
         ("forged", forged_file.clone(), "signature is invalid"),
@@ -394,11 +441,21 @@ async fn forged_expired_and_other_zone_tokens_are_refused() {
     ];
     let mut zones = Vec::new();
     for (name, file, _) in &cases {
-        zones.push(Zone::start_with_token(name, &global, file, &tmp.path().join(name)).await);
+        zones.push(
+            ZoneProc::start_with_token(
+                name,
+                &global,
+                file,
+                &tmp.path().join(name),
+                ZoneOptions::in_dir(&tmp.path().join(name), "info,zone=debug"),
+            )
+            .await
+            .unwrap(),
+        );
     }
     for (z, (name, _, reason)) in zones.iter().zip(&cases) {
         let status = wait_for(&format!("{name} to be refused"), tmp.path(), || async {
-            let s = z.get("/status").await;
+            let s = z.api.get_ok("/status").await.unwrap();
             s["global"]["lastError"]
                 .as_str()
                 .is_some_and(|e| e.contains("unauthenticated"))
@@ -410,7 +467,7 @@ async fn forged_expired_and_other_zone_tokens_are_refused() {
         assert_eq!(status["global"]["connected"], false);
     }
     // Global shows the refusals and no such zone.
-    let (_, body) = global.get("/zones").await;
+    let (_, body) = global.api.get("/zones").await.unwrap();
     assert_eq!(body["total"], 0, "{body}");
     let refusals = body["refusals"].to_string();
     for (name, _, reason) in &cases {
@@ -447,13 +504,13 @@ async fn forged_expired_and_other_zone_tokens_are_refused() {
     );
 
     // The token file is read again on each attempt: a valid token lets the zone in.
-    let good = global.zone_token_file("forged", tmp.path());
+    let good = global.cli_zone_token_file("forged", tmp.path()).unwrap();
     std::fs::rename(&good, &forged_file).unwrap();
     wait_for(
         "the zone with a new token to connect",
         tmp.path(),
         || async {
-            let (status, body) = global.get("/zones/forged").await;
+            let (status, body) = global.api.get("/zones/forged").await.unwrap();
             (status == 200 && body["online"] == true).then_some(())
         },
     )
@@ -468,10 +525,10 @@ async fn forged_expired_and_other_zone_tokens_are_refused() {
     assert!(err.message().contains("no zone token"), "{}", err.message());
 
     for z in &mut zones {
-        z.stop();
+        z.terminate();
     }
     let mut global = global;
-    global.stop();
+    global.terminate();
 }
 
 // ---- protocol tests with a hand-driven client -------------------------------------------------
@@ -563,14 +620,17 @@ fn names(resp: &kds::DiscoveryResponse) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_resource_is_reported_and_the_rest_still_flows() {
     let tmp = tempfile::tempdir().unwrap();
-    let global = Global::start_on(&tmp.path().join("global"), free_port(), free_port()).await;
-    global.put("/meshes/m1", &mesh("m1")).await;
+    let global = GlobalProc::start_in(&tmp.path().join("global"), "info,global::kds=debug")
+        .await
+        .unwrap();
+    global.put("/meshes/m1", &mesh("m1")).await.unwrap();
     for s in ["a", "b", "c"] {
         global
             .put(&format!("/meshes/m1/secrets/{s}"), &secret("m1", s, "eA=="))
-            .await;
+            .await
+            .unwrap();
     }
-    let token_file = global.zone_token_file("hand", tmp.path());
+    let token_file = global.cli_zone_token_file("hand", tmp.path()).unwrap();
     let token = std::fs::read_to_string(token_file).unwrap();
     let ca = std::fs::read(global.ca_file()).unwrap();
     let mut client = hand_client(global.kds_port, &ca).await;
@@ -595,7 +655,7 @@ async fn a_rejected_resource_is_reported_and_the_rest_still_flows() {
     .await
     .unwrap();
     let record = wait_for("the NACK to be recorded", tmp.path(), || async {
-        let r = global.zone("hand").await;
+        let r = global.zone("hand").await.unwrap();
         (counter(&r, "Secret", "nacked") == 1).then_some(r)
     })
     .await;
@@ -611,19 +671,21 @@ async fn a_rejected_resource_is_reported_and_the_rest_still_flows() {
     // Later changes still flow, each sent alone; the rejected one is not resent until it changes.
     global
         .put("/meshes/m1/secrets/d", &secret("m1", "d", "eQ=="))
-        .await;
+        .await
+        .unwrap();
     let next = next_response(&mut inbound).await;
     assert!(!next.initial);
     assert_eq!(names(&next), ["d"]);
     tx.send(answer(&next, vec![])).await.unwrap();
     global
         .put("/meshes/m1/secrets/b", &secret("m1", "b", "eg=="))
-        .await;
+        .await
+        .unwrap();
     let next = next_response(&mut inbound).await;
     assert_eq!(names(&next), ["b"]);
     tx.send(answer(&next, vec![])).await.unwrap();
     let record = wait_for("the ACKs", tmp.path(), || async {
-        let r = global.zone("hand").await;
+        let r = global.zone("hand").await.unwrap();
         (counter(&r, "Secret", "acked") == 2).then_some(r)
     })
     .await;
@@ -667,7 +729,7 @@ async fn a_rejected_resource_is_reported_and_the_rest_still_flows() {
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
     drop(tx);
     let mut global = global;
-    global.stop();
+    global.terminate();
 }
 
 /// A real global, in process, with a small message limit and send timeout.

@@ -5,44 +5,20 @@
 mod support;
 
 use base64::Engine;
-use common::openbao::BaoServer;
-use common::openbao::seed::{self, RoleOptions};
-use support::{TestGlobal, global_bin, stderr, stdout, write_file};
+use support::{TestGlobal, write_file};
+use testkit::cluster::global_output;
+use testkit::openbao::BaoServer;
+use testkit::openbao::seed::{self, RoleOptions};
+use testkit::proc::{stderr, stdout};
 
 /// The page's Universal Mesh plus the token Secret, pointed at `address`.
 fn mesh_file(address: &str, role: &str, expiration: &str, token: &str) -> String {
-    let data = base64::engine::general_purpose::STANDARD.encode(token);
     format!(
-        r#"type: Mesh
-name: default
-mtls:
-  enabledBackend: vault-1
-  backends:
-  - name: vault-1
-    type: vault
-    dpCert:
-      rotation:
-        expiration: {expiration} # must be lower than max_ttl in Vault role
-    conf:
-      fromCp:
-        address: {address}
-        agentAddress: "" # optional
-        namespace: "" # optional
-        pki: kmesh-pki-default # name of the configured PKI
-        role: {role} # name of the role that will be used to generate data plane proxy certificates
-        commonName: '{{{{ tag "kuma.io/service" }}}}.mesh' # optional.
-        tls:
-          skipVerify: false # if set to true, caCert is optional. Set to true only for development
-          serverName: "" # verify sever name
-        auth: # only one auth options is allowed so it's either "token" or "tls"
-          token:
-            secret: token-1  # can be file, secret or inlineString
----
-type: Secret
-name: token-1
-mesh: default
-data: {data}
-"#
+        "{}---\n{}",
+        testkit::cluster::VaultMesh::new(address, expiration)
+            .role(role)
+            .yaml(),
+        testkit::cluster::token_secret(token)
     )
 }
 
@@ -86,7 +62,7 @@ async fn validate_without_a_server_reports_each_check_and_exit_codes() {
         "good.yaml",
         &mesh_file(&v.bao.addr(), "dataplane-proxies", "24h", &v.token),
     );
-    let out = global_bin(&["validate", "-f", good.to_str().unwrap()], &[]);
+    let out = global_output(&["validate", "-f", good.to_str().unwrap()], &[]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
     assert!(text.contains("Mesh \"default\": VALID"), "{text}");
@@ -100,7 +76,7 @@ async fn validate_without_a_server_reports_each_check_and_exit_codes() {
         "long.yaml",
         &mesh_file(&v.bao.addr(), "dataplane-proxies", "1000h", &v.token),
     );
-    let out = global_bin(&["validate", "-f", long.to_str().unwrap()], &[]);
+    let out = global_output(&["validate", "-f", long.to_str().unwrap()], &[]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("720h") && text.contains("1000h"), "{text}");
@@ -111,7 +87,7 @@ async fn validate_without_a_server_reports_each_check_and_exit_codes() {
         "bad.yaml",
         &mesh_file(&v.bao.addr(), "ec", "24h", "not-a-token"),
     );
-    let out = global_bin(&["validate", "-f", bad.to_str().unwrap()], &[]);
+    let out = global_output(&["validate", "-f", bad.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert!(
         stdout(&out).contains("permission denied"),
@@ -125,7 +101,7 @@ async fn validate_without_a_server_reports_each_check_and_exit_codes() {
         "gone.yaml",
         &mesh_file("http://127.0.0.1:9", "ec", "24h", &v.token),
     );
-    let out = global_bin(&["validate", "-f", gone.to_str().unwrap()], &[]);
+    let out = global_output(&["validate", "-f", gone.to_str().unwrap()], &[]);
     assert_eq!(
         out.status.code(),
         Some(3),
@@ -140,7 +116,7 @@ async fn validate_without_a_server_reports_each_check_and_exit_codes() {
         "            secret: token-1\n          tls:\n            clientKey:\n              secret: token-1\n            clientCert:\n              file: /tmp/cert.pem\n",
     );
     let both = write_file(dir.path(), "both.yaml", &both);
-    let out = global_bin(&["validate", "-f", both.to_str().unwrap()], &[]);
+    let out = global_output(&["validate", "-f", both.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert!(
         stdout(&out).contains("mtls.backends[0].conf.fromCp.auth"),

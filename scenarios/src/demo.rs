@@ -12,13 +12,14 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 
-use crate::certs::ProxyIdentity;
-use crate::cluster::{
+use crate::drills::WorkDir;
+use crate::report::{Report, Steps};
+use testkit::certs::ProxyIdentity;
+use testkit::cluster::{
     BackendKind, Cluster, ClusterOptions, MESH, PKI, ROLE, Vault, mesh_yaml, start_zone,
 };
-use crate::drills::WorkDir;
-use crate::harness::{GlobalProc, ProxySpec, wait_until};
-use crate::report::{Report, Steps};
+use testkit::cluster::{GlobalProc, ProxySpec};
+use testkit::wait::wait_until;
 
 /// Options of the demo.
 #[derive(Debug, Clone, clap::Args)]
@@ -175,7 +176,7 @@ fn where_things_are(c: &Cluster) -> String {
             p.proc.log.display()
         ));
     }
-    let bin_dir = crate::harness::binary("global")
+    let bin_dir = testkit::bins::binary("global")
         .ok()
         .and_then(|p| p.parent().map(|d| d.display().to_string()))
         .unwrap_or_default();
@@ -220,7 +221,7 @@ async fn body(
         let v = steps.must(
             "OpenBao with the page's Vault steps",
             async {
-                let bin = tokio::task::spawn_blocking(common::openbao::bao_binary).await??;
+                let bin = tokio::task::spawn_blocking(testkit::openbao::bao_binary).await??;
                 let v = Vault::start_with(opts.intermediate, opts.ec, None).await?;
                 let root = common::x509::summarize_pem(&v.root_pem)?;
                 let steps_done = if opts.intermediate {
@@ -458,7 +459,7 @@ async fn body(
             let (cdir, sdir) = (cp.out_dir.clone(), sp.out_dir.clone());
             let scratch = dir.join("handshake");
             let h = tokio::task::spawn_blocking(move || {
-                crate::tls::mtls_handshake(&sdir, &cdir, &scratch, Duration::from_secs(10))
+                testkit::openssl::mtls_handshake(&sdir, &cdir, &scratch, Duration::from_secs(10))
             })
             .await
             .context("handshake task")?;

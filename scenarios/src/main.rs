@@ -65,7 +65,7 @@ fn main() -> ExitCode {
         .try_init();
     let cli = Cli::parse();
     if let Command::InstallOpenbao = cli.command {
-        return match common::openbao::bao_binary() {
+        return match testkit::openbao::bao_binary() {
             Ok(path) => {
                 println!("{}", path.display());
                 ExitCode::SUCCESS

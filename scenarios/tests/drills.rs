@@ -291,11 +291,7 @@ fn demo_stays_up_until_ctrl_c_and_leaves_no_process_behind() {
     assert_eq!(pgrep(&bao).len(), 1, "OpenBao is not running");
 
     // Ctrl-C.
-    let pid = child.id() as i32;
-    // SAFETY: kill(2) on the demo process this test started.
-    unsafe {
-        libc::kill(pid, libc::SIGINT);
-    }
+    testkit::proc::signal_pid(child.id(), libc::SIGINT);
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {

@@ -1,4 +1,4 @@
-//! The zone's identity engine in process, against a real OpenBao dev server (`common::openbao`)
+//! The zone's identity engine in process, against a real OpenBao dev server (`testkit::openbao`)
 //! set up with the reference page's Vault steps, and with builtin and provided CAs: certificates
 //! verify (`openssl verify` and `common::x509::verify_chain`) with the right URI SANs, common name
 //! and lifetime; conf, tag and backend changes re-issue; a backend switch keeps both CAs trusted
@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use common::ca::{CaKeyPair, builtin_secret_names, generate_builtin_ca};
 use common::model::{BuiltinConf, Dataplane, Inbound, Mesh, Networking, Resource, Secret};
-use common::openbao::seed::{self, RoleOptions};
-use common::openbao::{BaoCli, BaoServer};
 use common::store::{Op, Store};
 use common::x509;
 use serde_json::{Value, json};
+use testkit::openbao::seed::{self, RoleOptions};
+use testkit::openbao::{BaoCli, BaoServer};
 use zone::identity::{IdentityBundle, IdentityManager, IdentitySubscription, IssuanceConfig};
 use zone::{ZoneConfig, ZoneCtx};
 

@@ -12,15 +12,15 @@
 //! - afterwards the zone still answers its API, a normal proxy request is served on it, and it
 //!   stops cleanly on SIGTERM (it did not crash).
 
-#[path = "support/cluster.rs"]
-mod cluster;
-
 use std::collections::HashMap;
 use std::time::Instant;
 
-use cluster::*;
 use proto::dpid::IdentityRequest;
 use proto::dpid::dataplane_identity_client::DataplaneIdentityClient;
+use testkit::api::get_json;
+use testkit::cluster::*;
+use testkit::proc::logs;
+use testkit::wait::WAIT;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::Channel;
 
@@ -78,17 +78,33 @@ async fn oversized_identity_requests_are_refused_and_the_zone_keeps_serving() {
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let global = Global::start(&root.join("global"), None).await;
-    global.apply(&builtin_mesh("default", "1h")).await;
-    let mut zone = Zone::start("zone-1", &global, &root.join("zone-1"), None).await;
-    zone.wait_synced(&["default"]).await;
+    let global = GlobalProc::start_in(&root.join("global"), "info")
+        .await
+        .unwrap();
+    global
+        .apply(&builtin_mesh_yaml("default", "1h"))
+        .await
+        .unwrap();
+    let mut zone = ZoneProc::start_minted(
+        "zone-1",
+        &global,
+        &root.join("zone-1"),
+        ZoneOptions::in_dir(&root.join("zone-1"), "info,zone::dp=debug"),
+    )
+    .await
+    .unwrap();
+    zone.wait_synced(&["default"], WAIT).await.unwrap();
     let token = |name: &str| {
-        std::fs::read_to_string(global.dataplane_token_file("default", name, root))
-            .unwrap()
-            .trim()
-            .to_string()
+        std::fs::read_to_string(
+            global
+                .cli_dataplane_token_file("default", name, root)
+                .unwrap(),
+        )
+        .unwrap()
+        .trim()
+        .to_string()
     };
-    let ch = zone.dp_channel().await;
+    let ch = zone.dp_channel().await.unwrap();
 
     // A proxy is served before anything else, on the channel the big requests will use.
     let first = send(ch.clone(), &token("web-1"), request("web-1"), false).await;
@@ -133,7 +149,7 @@ async fn oversized_identity_requests_are_refused_and_the_zone_keeps_serving() {
     let health = get_json(&zone.url("/healthz"), None).await;
     assert_eq!(health.map(|(s, _)| s), Some(200), "{}", logs(&zone.dir));
     let r = send(
-        zone.dp_channel().await,
+        zone.dp_channel().await.unwrap(),
         &token("web-2"),
         request("web-2"),
         false,
@@ -146,6 +162,7 @@ async fn oversized_identity_requests_are_refused_and_the_zone_keeps_serving() {
     let names: Vec<String> = zone
         .dataplanes()
         .await
+        .unwrap()
         .iter()
         .filter_map(|d| d["name"].as_str().map(str::to_string))
         .collect();
@@ -163,7 +180,7 @@ async fn oversized_identity_requests_are_refused_and_the_zone_keeps_serving() {
     }
 
     // It did not crash: SIGTERM stops it cleanly (`terminate` checks the exit status).
-    zone.stop();
+    zone.terminate();
     let log = std::fs::read_to_string(zone.dir.join("zone.log")).unwrap();
     assert!(!log.contains("panicked"), "{log}");
     eprintln!("whole test: {:?}", started.elapsed());
@@ -177,10 +194,22 @@ async fn one_connection_holds_a_bounded_number_of_identity_streams() {
     const MAX: usize = common::limits::DP_STREAMS_PER_CONNECTION as usize;
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let global = Global::start(&root.join("global"), None).await;
-    global.apply(&builtin_mesh("default", "1h")).await;
-    let zone = Zone::start("zone-1", &global, &root.join("zone-1"), None).await;
-    zone.wait_synced(&["default"]).await;
+    let global = GlobalProc::start_in(&root.join("global"), "info")
+        .await
+        .unwrap();
+    global
+        .apply(&builtin_mesh_yaml("default", "1h"))
+        .await
+        .unwrap();
+    let zone = ZoneProc::start_minted(
+        "zone-1",
+        &global,
+        &root.join("zone-1"),
+        ZoneOptions::in_dir(&root.join("zone-1"), "info,zone::dp=debug"),
+    )
+    .await
+    .unwrap();
+    zone.wait_synced(&["default"], WAIT).await.unwrap();
     // Tokens from the API (one CLI process per token would take long).
     let admin = global.token.clone();
     let http = reqwest::Client::new();
@@ -198,7 +227,7 @@ async fn one_connection_holds_a_bounded_number_of_identity_streams() {
             .unwrap();
         tokens.push(v["token"].as_str().unwrap().to_string());
     }
-    let ch = zone.dp_channel().await;
+    let ch = zone.dp_channel().await.unwrap();
     let open = |i: usize, ch: Channel| {
         let mut request = tonic::Request::new(request(&format!("p-{i}")));
         request.metadata_mut().insert(
@@ -227,7 +256,13 @@ async fn one_connection_holds_a_bounded_number_of_identity_streams() {
         MAX + 1
     );
     // A proxy on its own connection is not held up by that.
-    let other = send(zone.dp_channel().await, &tokens[0], request("p-0"), false).await;
+    let other = send(
+        zone.dp_channel().await.unwrap(),
+        &tokens[0],
+        request("p-0"),
+        false,
+    )
+    .await;
     other.unwrap_or_else(|s| panic!("a new connection: {s:?}"));
     // One stream closes: the waiting one is served.
     held.pop();

@@ -18,16 +18,17 @@
 //!   token are refused UNAUTHENTICATED with a clear message (logged once per cause); a zone
 //!   restarted while global is down still verifies tokens with the keys it persisted.
 
-#[path = "support/cluster.rs"]
-mod cluster;
-
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cluster::*;
 use common::tokens::{Claims, DATAPLANE_SCOPE, DataplaneClaim, TokenSigner};
 use proto::dpid::IdentityRequest;
 use proto::dpid::dataplane_identity_client::DataplaneIdentityClient;
+use testkit::bins::binary;
+use testkit::cluster::*;
+use testkit::openssl::{mtls_handshake, openssl_verify};
+use testkit::proc::{logs, output_text};
+use testkit::wait::{WAIT, wait_for, wait_for_at_most};
 
 fn now() -> i64 {
     SystemTime::now()
@@ -45,72 +46,91 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
+/// `openssl s_server` with the files of `server` against `openssl s_client` with those of
+/// `client`: whether a request went through, and both outputs.
+fn handshake(server: &Path, client: &Path) -> (bool, String) {
+    let scratch = server.parent().unwrap();
+    let h = mtls_handshake(server, client, scratch, Duration::from_secs(10)).unwrap();
+    (h.ok, h.transcript)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxies_in_two_zones_get_vault_identities_talk_mtls_rotate_and_survive_a_zone_restart() {
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let vault = Vault::start().await;
+    let vault = Vault::start(false, true).await.unwrap();
     let vault_root = root.join("vault-root.pem");
     std::fs::write(&vault_root, &vault.root_pem).unwrap();
 
-    let global = Global::start(&root.join("global"), None).await;
-    let mesh = vault_mesh(&vault.bao.addr(), "1h", "secret: token-1");
+    let global = GlobalProc::start_in(&root.join("global"), "info")
+        .await
+        .unwrap();
+    let mesh = vault_mesh(&vault.server.addr(), "1h", "secret: token-1");
     global
         .apply(&format!(
             "{}---\n{mesh}---\n{}",
             token_secret(&vault.token),
-            builtin_mesh("other", "1h")
+            builtin_mesh_yaml("other", "1h")
         ))
-        .await;
-    let mut z1 = Zone::start("zone-1", &global, &root.join("zone-1"), None).await;
-    let z2 = Zone::start("zone-2", &global, &root.join("zone-2"), None).await;
-    z1.wait_synced(&["default", "other"]).await;
-    z2.wait_synced(&["default", "other"]).await;
+        .await
+        .unwrap();
+    let mut z1 = ZoneProc::start_minted(
+        "zone-1",
+        &global,
+        &root.join("zone-1"),
+        ZoneOptions::in_dir(&root.join("zone-1"), "info,zone::dp=debug"),
+    )
+    .await
+    .unwrap();
+    let z2 = ZoneProc::start_minted(
+        "zone-2",
+        &global,
+        &root.join("zone-2"),
+        ZoneOptions::in_dir(&root.join("zone-2"), "info,zone::dp=debug"),
+    )
+    .await
+    .unwrap();
+    z1.wait_synced(&["default", "other"], WAIT).await.unwrap();
+    z2.wait_synced(&["default", "other"], WAIT).await.unwrap();
 
     let marker = root.join("exec-web-1.log");
-    let web = Proxy::start(
+    let web = ProxyProc::start(
         &z1,
-        ProxySpec {
-            mesh: "default",
-            name: "web-1",
-            service: "web",
-            tags: &[("version", "v1")],
-            exec: Some(format!(
+        &ProxySpec::new("default", "web-1", "web")
+            .tag("version", "v1")
+            .exec(&format!(
                 "echo \"reload $KMESH_DATAPLANE\" >> {}",
                 marker.display()
-            )),
-            token_file: global.dataplane_token_file("default", "web-1", root),
-        },
+            ))
+            .rust_log("info,zone::agent=debug"),
+        &global
+            .cli_dataplane_token_file("default", "web-1", root)
+            .unwrap(),
         &root.join("web-1"),
-    );
-    let backend = Proxy::start(
+    )
+    .unwrap();
+    let backend = ProxyProc::start(
         &z2,
-        ProxySpec {
-            mesh: "default",
-            name: "backend-1",
-            service: "backend",
-            tags: &[],
-            exec: None,
-            token_file: global.dataplane_token_file("default", "backend-1", root),
-        },
+        &ProxySpec::new("default", "backend-1", "backend").rust_log("info,zone::agent=debug"),
+        &global
+            .cli_dataplane_token_file("default", "backend-1", root)
+            .unwrap(),
         &root.join("backend-1"),
-    );
-    let stranger = Proxy::start(
+    )
+    .unwrap();
+    let stranger = ProxyProc::start(
         &z2,
-        ProxySpec {
-            mesh: "other",
-            name: "stranger-1",
-            service: "backend",
-            tags: &[],
-            exec: None,
-            token_file: global.dataplane_token_file("other", "stranger-1", root),
-        },
+        &ProxySpec::new("other", "stranger-1", "backend").rust_log("info,zone::agent=debug"),
+        &global
+            .cli_dataplane_token_file("other", "stranger-1", root)
+            .unwrap(),
         &root.join("stranger-1"),
-    );
-    let web_leaf = web.wait_leaf(root, None).await;
-    let backend_leaf = backend.wait_leaf(root, None).await;
-    stranger.wait_leaf(root, None).await;
+    )
+    .unwrap();
+    let web_leaf = web.wait_leaf(root, None, WAIT).await.unwrap();
+    let backend_leaf = backend.wait_leaf(root, None, WAIT).await.unwrap();
+    stranger.wait_leaf(root, None, WAIT).await.unwrap();
     eprintln!(
         "3 proxies in 2 zones certified {:?} after the start",
         started.elapsed()
@@ -121,12 +141,12 @@ async fn proxies_in_two_zones_get_vault_identities_talk_mtls_rotate_and_survive_
         let ca = p.file("ca.pem");
         let cert = p.file("cert.pem");
         for anchor in [&ca, &vault_root] {
-            let out = openssl_verify(anchor, &cert);
+            let out = openssl_verify(anchor, &cert).unwrap();
             assert!(
-                out.status.success() && text(&out).contains(": OK"),
+                out.status.success() && output_text(&out).contains(": OK"),
                 "openssl verify -CAfile {}: {}",
                 anchor.display(),
-                text(&out)
+                output_text(&out)
             );
         }
         assert_eq!(mode(&p.file("key.pem")), 0o600);
@@ -160,11 +180,11 @@ async fn proxies_in_two_zones_get_vault_identities_talk_mtls_rotate_and_survive_
     assert!(web_leaf.client_auth && web_leaf.server_auth, "{web_leaf:?}");
 
     // mTLS between zone 1's and zone 2's proxies; another mesh's CA is refused.
-    let (ok, out) = mtls_handshake(&web.out, &backend.out);
+    let (ok, out) = handshake(&web.out_dir, &backend.out_dir);
     assert!(ok, "web-1 (zone-1) <- backend-1 (zone-2) must work:\n{out}");
-    let (ok, out) = mtls_handshake(&backend.out, &web.out);
+    let (ok, out) = handshake(&backend.out_dir, &web.out_dir);
     assert!(ok, "backend-1 (zone-2) <- web-1 (zone-1) must work:\n{out}");
-    let (ok, out) = mtls_handshake(&web.out, &stranger.out);
+    let (ok, out) = handshake(&web.out_dir, &stranger.out_dir);
     assert!(!ok, "a certificate of mesh other must be refused:\n{out}");
     assert!(
         out.contains("certificate") || out.contains("alert"),
@@ -172,7 +192,7 @@ async fn proxies_in_two_zones_get_vault_identities_talk_mtls_rotate_and_survive_
     );
 
     // The zone's view, over the API and the CLI.
-    let dps = z1.dataplanes().await;
+    let dps = z1.dataplanes().await.unwrap();
     let d = dps.iter().find(|d| d["name"] == "web-1").expect("web-1");
     assert_eq!(d["connected"], true, "{d}");
     assert_eq!(d["service"], "web");
@@ -181,11 +201,11 @@ async fn proxies_in_two_zones_get_vault_identities_talk_mtls_rotate_and_survive_
         hex_serial(d["serial"].as_str().unwrap()),
         hex_serial(&web_leaf.serial)
     );
-    let out = std::process::Command::new(bin("zone"))
+    let out = std::process::Command::new(binary("zone").unwrap())
         .args(["get", "dataplanes", "--api", &z1.url("")])
         .output()
         .unwrap();
-    let table = text(&out);
+    let table = output_text(&out);
     assert!(out.status.success(), "{table}");
     assert!(
         table.contains("NAME") && table.contains("web-1") && table.contains("vault-1"),
@@ -194,7 +214,7 @@ async fn proxies_in_two_zones_get_vault_identities_talk_mtls_rotate_and_survive_
 
     // Global's view: every zone's dataplanes of the mesh.
     let items = wait_for("global to list both dataplanes", root, || async {
-        let (_, body) = global.get("/meshes/default/dataplanes").await;
+        let (_, body) = global.api.get("/meshes/default/dataplanes").await.unwrap();
         let items = body["items"].as_array().cloned().unwrap_or_default();
         (items.len() == 2 && items.iter().all(|d| d["certificate"]["serial"].is_string()))
             .then_some(items)
@@ -208,23 +228,26 @@ async fn proxies_in_two_zones_get_vault_identities_talk_mtls_rotate_and_survive_
         "v1"
     );
     assert_eq!(by_name("backend-1")["certificate"]["backend"], "vault-1");
-    let out = global.cli(&["get", "dataplanes", "--mesh", "default"]);
-    let table = text(&out);
+    let out = global
+        .cli_env(&["get", "dataplanes", "--mesh", "default"])
+        .unwrap();
+    let table = output_text(&out);
     assert!(out.status.success(), "{table}");
     assert!(
         table.contains("web-1") && table.contains("zone-1") && table.contains("zone-2"),
         "{table}"
     );
-    let (_, other) = global.get("/meshes/other/dataplanes").await;
+    let (_, other) = global.api.get("/meshes/other/dataplanes").await.unwrap();
     assert_eq!(other["total"], 1, "{other}");
 
     // Zone 1 restarts under its connected proxy: the proxy reconnects, presents its certificate,
     // keeps it, and the new zone process issues nothing.
-    let issued_before = z1.metric("zone_certificates_issued").await;
+    let issued_before = z1.metric("zone_certificates_issued").await.unwrap();
     assert!(issued_before >= 1.0, "zone-1 issued {issued_before}");
-    z1.restart().await;
+    z1.terminate();
+    z1.restart().await.unwrap();
     wait_for("web-1 to reconnect to the restarted zone", root, || async {
-        let dps = z1.dataplanes().await;
+        let dps = z1.dataplanes().await.unwrap();
         dps.iter()
             .any(|d| d["name"] == "web-1" && d["connected"] == true)
             .then_some(())
@@ -233,12 +256,12 @@ async fn proxies_in_two_zones_get_vault_identities_talk_mtls_rotate_and_survive_
     // Long enough for an issuance to have happened if one were going to.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        z1.metric("zone_certificates_issued").await,
+        z1.metric("zone_certificates_issued").await.unwrap(),
         0.0,
         "the restarted zone issued certificates\n{}",
         logs(root)
     );
-    assert!(z1.metric("zone_certificates_reused").await >= 1.0);
+    assert!(z1.metric("zone_certificates_reused").await.unwrap() >= 1.0);
     assert_eq!(
         web.leaf().unwrap().serial,
         web_leaf.serial,
@@ -250,9 +273,13 @@ async fn proxies_in_two_zones_get_vault_identities_talk_mtls_rotate_and_survive_
     // A 20 s lifetime: the conf change rotates at once, then the files are replaced before the
     // certificate expires, and --exec runs after each change.
     global
-        .apply(&vault_mesh(&vault.bao.addr(), "20s", "secret: token-1"))
-        .await;
-    let short = web.wait_leaf(root, Some(&web_leaf.serial)).await;
+        .apply(&vault_mesh(&vault.server.addr(), "20s", "secret: token-1"))
+        .await
+        .unwrap();
+    let short = web
+        .wait_leaf(root, Some(&web_leaf.serial), WAIT)
+        .await
+        .unwrap();
     let lifetime = short.not_after - now();
     assert!(
         (10..=21).contains(&lifetime),
@@ -282,20 +309,23 @@ async fn proxies_in_two_zones_get_vault_identities_talk_mtls_rotate_and_survive_
     })
     .await;
     // The rotated certificates still talk to each other across zones.
-    backend.wait_leaf(root, Some(&backend_leaf.serial)).await;
-    let (ok, out) = mtls_handshake(&web.out, &backend.out);
+    backend
+        .wait_leaf(root, Some(&backend_leaf.serial), WAIT)
+        .await
+        .unwrap();
+    let (ok, out) = handshake(&web.out_dir, &backend.out_dir);
     assert!(ok, "after rotation:\n{out}");
     eprintln!("whole test: {:?}", started.elapsed());
 }
 
 /// Opens the identity stream with `token` and returns the first message or the refusal.
 async fn open_stream(
-    zone: &Zone,
+    zone: &ZoneProc,
     token: Option<&str>,
     mesh: &str,
     name: &str,
 ) -> Result<proto::dpid::IdentityResponse, tonic::Status> {
-    let channel = zone.dp_channel().await;
+    let channel = zone.dp_channel().await.unwrap();
     let mut request = tonic::Request::new(IdentityRequest {
         mesh: mesh.into(),
         name: name.into(),
@@ -340,18 +370,28 @@ fn refused(r: Result<proto::dpid::IdentityResponse, tonic::Status>, what: &str, 
 async fn dataplane_tokens_are_checked_and_survive_a_zone_restart_without_global() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let mut global = Global::start(&root.join("global"), None).await;
+    let mut global = GlobalProc::start_in(&root.join("global"), "info")
+        .await
+        .unwrap();
     global
         .apply(&format!(
             "{}---\n{}",
-            builtin_mesh("default", "1h"),
-            builtin_mesh("other", "1h")
+            builtin_mesh_yaml("default", "1h"),
+            builtin_mesh_yaml("other", "1h")
         ))
-        .await;
-    let mut zone = Zone::start("zone-1", &global, &root.join("zone-1"), None).await;
-    zone.wait_synced(&["default", "other"]).await;
+        .await
+        .unwrap();
+    let mut zone = ZoneProc::start_minted(
+        "zone-1",
+        &global,
+        &root.join("zone-1"),
+        ZoneOptions::in_dir(&root.join("zone-1"), "info,zone::dp=debug"),
+    )
+    .await
+    .unwrap();
+    zone.wait_synced(&["default", "other"], WAIT).await.unwrap();
     let token = |mesh: &str, name: &str| {
-        let path = global.dataplane_token_file(mesh, name, root);
+        let path = global.cli_dataplane_token_file(mesh, name, root).unwrap();
         std::fs::read_to_string(path).unwrap().trim().to_string()
     };
     let good = token("default", "web-1");
@@ -404,7 +444,8 @@ async fn dataplane_tokens_are_checked_and_survive_a_zone_restart_without_global(
         "another mesh",
         "issued for mesh \"other\"",
     );
-    let zone_token = std::fs::read_to_string(global.zone_token_file("zone-9", root)).unwrap();
+    let zone_token =
+        std::fs::read_to_string(global.cli_zone_token_file("zone-9", root).unwrap()).unwrap();
     refused(
         open_stream(&zone, Some(zone_token.trim()), "default", "web-1").await,
         "a zone token",
@@ -413,18 +454,15 @@ async fn dataplane_tokens_are_checked_and_survive_a_zone_restart_without_global(
 
     // The agent with a token for another name: refused, retried with backoff, no files, and the
     // zone logs the cause once.
-    let mut agent = Proxy::start(
+    let mut agent = ProxyProc::start(
         &zone,
-        ProxySpec {
-            mesh: "default",
-            name: "web-1",
-            service: "web",
-            tags: &[],
-            exec: None,
-            token_file: global.dataplane_token_file("default", "web-3", root),
-        },
+        &ProxySpec::new("default", "web-1", "web").rust_log("info,zone::agent=debug"),
+        &global
+            .cli_dataplane_token_file("default", "web-3", root)
+            .unwrap(),
         &root.join("agent"),
-    );
+    )
+    .unwrap();
     wait_for(
         "the zone to log the repeated refusal at debug level",
         root,
@@ -452,11 +490,12 @@ async fn dataplane_tokens_are_checked_and_survive_a_zone_restart_without_global(
         "the agent logs the state once: {agent_log}"
     );
     assert!(!agent.file("cert.pem").exists());
-    agent.stop();
+    agent.terminate();
 
     // Global goes away; the zone restarts: it verifies tokens with the keys it persisted.
-    global.stop();
-    zone.restart().await;
+    global.terminate();
+    zone.terminate();
+    zone.restart().await.unwrap();
     let bundle = open_stream(&zone, Some(&good), "default", "web-1")
         .await
         .expect("the good token is accepted by the restarted zone without global");

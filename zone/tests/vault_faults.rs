@@ -1,5 +1,5 @@
 //! Vault misbehaving, with a real OpenBao dev server behind a fault-injecting HTTP proxy
-//! (`common::faults::FaultProxy`) and the zone's identity engine in process: slow answers (a 30 s
+//! (`testkit::faults::FaultProxy`) and the zone's identity engine in process: slow answers (a 30 s
 //! delay against a 1 s `--vault-timeout`), 500/502/503, 429 with `Retry-After`, a sealed Vault
 //! (`bao operator seal`, then unsealed with the dev server's key) and a token revoked mid-flight
 //! (`bao token revoke`, then replaced in the token file). Each gives a clear status in the zone's
@@ -12,13 +12,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::faults::{Fault, FaultProxy};
 use common::model::{Dataplane, Inbound, Mesh, Networking, Resource};
-use common::openbao::BaoServer;
-use common::openbao::seed::{self, RoleOptions};
 use common::store::{Op, Store};
 use common::vault::Timeouts;
 use serde_json::{Value, json};
+use testkit::faults::{Fault, FaultProxy};
+use testkit::openbao::BaoServer;
+use testkit::openbao::seed::{self, RoleOptions};
 use zone::identity::{IdentityBundle, IdentityManager, IdentitySubscription, IssuanceConfig};
 use zone::{ZoneConfig, ZoneCtx};
 
@@ -247,7 +247,7 @@ async fn all_certified(subs: &mut [IdentitySubscription], within: Duration) {
 
 /// The `global` binary of this workspace, when it was built.
 fn global_bin() -> Option<std::path::PathBuf> {
-    let p = common::openbao::target_dir().join("debug").join("global");
+    let p = testkit::bins::target_dir().join("debug").join("global");
     p.exists().then_some(p)
 }
 

@@ -1,5 +1,6 @@
 //! Test support: a global control plane running in-process on port-0 listeners, with an HTTP
-//! client that knows its admin token, and helpers to run the real `global` binary.
+//! client that knows its admin token (`TestGlobal::cli` runs the real `global` binary against
+//! it). What runs real binaries in general is in `testkit`.
 
 #![allow(dead_code)]
 
@@ -7,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use serde_json::Value;
+use testkit::cluster::global_output;
 use tokio::sync::oneshot;
 
 pub struct TestGlobal {
@@ -138,7 +140,7 @@ impl TestGlobal {
 
     /// Runs the real `global` binary with `--api` and the token file set.
     pub fn cli(&self, args: &[&str]) -> Output {
-        global_bin(
+        global_output(
             args,
             &[
                 ("GLOBAL_API", &self.url),
@@ -149,25 +151,6 @@ impl TestGlobal {
             ],
         )
     }
-}
-
-/// Runs the real `global` binary.
-pub fn global_bin(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_global"));
-    cmd.args(args);
-    cmd.env_remove("VAULT_ADDR").env_remove("VAULT_TOKEN");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
-}
-
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {

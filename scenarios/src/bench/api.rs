@@ -32,16 +32,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use base64::Engine;
 use reqwest::Method;
 use serde_json::Value;
 
-use common::openbao::seed::{self, RoleOptions};
+use testkit::openbao::seed::{self, RoleOptions};
 
 use crate::bench::issue::{bao_pid, cpu_secs, hwm_kb, raw_issue, rss_kb};
-use crate::cluster::{MESH, PKI, ROLE, Vault, builtin_mesh_yaml, vault_mesh_yaml};
-use crate::harness::{Api, GlobalProc};
 use crate::report::{Stats, Table};
+use testkit::api::Api;
+use testkit::cluster::GlobalProc;
+use testkit::cluster::{MESH, PKI, ROLE, Vault, builtin_mesh_yaml, vault_mesh_yaml};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApiBench {
@@ -92,7 +92,7 @@ struct Phase {
 }
 
 fn secret_data(i: usize, version: u32) -> String {
-    base64::engine::general_purpose::STANDARD.encode(format!("v{version}-secret-{i}-payload"))
+    testkit::cluster::b64(&format!("v{version}-secret-{i}-payload"))
 }
 
 fn secret_yaml(i: usize, version: u32) -> String {

@@ -20,9 +20,10 @@ use proto::dpid::dataplane_identity_client::DataplaneIdentityClient;
 use proto::dpid::{IdentityRequest, IdentityResponse};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use crate::cluster::{MESH, PKI, ROLE, Vault, builtin_mesh_yaml, vault_mesh_yaml};
-use crate::harness::{GlobalProc, ZoneProc};
 use crate::report::Table;
+use testkit::api::metric_sum;
+use testkit::cluster::{GlobalProc, ZoneProc};
+use testkit::cluster::{MESH, PKI, ROLE, Vault, builtin_mesh_yaml, vault_mesh_yaml};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct IssueBench {
@@ -293,8 +294,8 @@ impl VaultRun {
         let ready = t0.elapsed();
         let metrics = self.zone().api.get_text("/metrics").await?;
         Ok(Restart {
-            issued: metric_sum(&metrics, "zone_certificates_issued_total"),
-            reused: metric_sum(&metrics, "zone_certificates_reused_total"),
+            issued: metric_sum(&metrics, "zone_certificates_issued_total") as u64,
+            reused: metric_sum(&metrics, "zone_certificates_reused_total") as u64,
             ready,
         })
     }
@@ -352,7 +353,7 @@ pub(crate) async fn start_zone(
     )
     .await?;
     // Wait until the zone holds the mesh (it may be serving from its store already).
-    crate::harness::wait_until(
+    testkit::wait::wait_until(
         "the zone to hold the mesh",
         Duration::from_secs(30),
         Duration::from_millis(20),
@@ -523,18 +524,6 @@ pub(crate) async fn raw_issue(vault: &Vault, n: usize, c: usize) -> Result<Durat
     Ok(elapsed)
 }
 
-/// Sum of every sample of a Prometheus counter (all label sets).
-pub fn metric_sum(text: &str, name: &str) -> u64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.starts_with(name) && matches!(l.as_bytes().get(name.len()), Some(b' ') | Some(b'{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next())
-        .filter_map(|v| v.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 /// CPU seconds (user + system) of the processes of a run.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Cpu {
@@ -608,13 +597,4 @@ pub(crate) fn rss_kb(pid: u32) -> u64 {
 
 pub(crate) fn hwm_kb(pid: u32) -> u64 {
     proc_status_kb(pid, "VmHWM:")
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn metric_sum_adds_label_sets() {
-        let text = "# HELP x\nzone_certificates_issued_total{backend_type=\"vault\"} 3\nzone_certificates_issued_total{backend_type=\"builtin\"} 2\nzone_certificates_issued_total_other 9\n";
-        assert_eq!(super::metric_sum(text, "zone_certificates_issued_total"), 5);
-    }
 }

@@ -29,8 +29,8 @@ use tokio::sync::{Notify, watch};
 use crate::bench::issue::{
     MemoryRun, bao_pid, cpu_secs, dataplane_tokens, hwm_kb, open_streams, rss_kb,
 };
-use crate::cluster::{MESH, Vault, vault_mesh_yaml};
 use crate::report::{Stats, Table};
+use testkit::cluster::{MESH, Vault, vault_mesh_yaml};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RotationBench {

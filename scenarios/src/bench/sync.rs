@@ -8,8 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow};
 use serde_json::Value;
 
-use crate::harness::{GlobalProc, ZoneProc, wait_until};
 use crate::report::{Stats, Table};
+use testkit::cluster::{GlobalProc, ZoneProc};
+use testkit::wait::wait_until;
 
 /// Parameters of the sync benchmark.
 #[derive(Debug, Clone, clap::Args)]
@@ -166,7 +167,7 @@ pub async fn run(params: SyncBench) -> Result<()> {
                 // 96 bytes of data, like a token.
                 yaml.push_str(&format!(
                     "---\ntype: Secret\nname: s-{s:03}\nmesh: m-{m:05}\ndata: {}\n",
-                    base64_of(&format!("{m:05}-{s:03}-{}", "x".repeat(84)))
+                    testkit::cluster::b64(&format!("{m:05}-{s:03}-{}", "x".repeat(84)))
                 ));
             }
         }
@@ -297,11 +298,6 @@ pub async fn run(params: SyncBench) -> Result<()> {
     drop(zones);
     drop(global);
     Ok(())
-}
-
-fn base64_of(s: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(s)
 }
 
 /// Waits until every named zone's `acked` count of `ty` exceeds `before` (or, without `before`,

@@ -7,14 +7,14 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use base64::Engine;
-use common::openbao::BaoServer;
-use common::openbao::seed::{self, RoleOptions};
+use testkit::openbao::BaoServer;
+use testkit::openbao::seed::{self, RoleOptions};
 
 use super::{CommonArgs, WorkDir};
-use crate::cluster::{MESH, PKI, ROLE};
-use crate::harness::{CmdOutput, GlobalProc, free_port, run_global};
 use crate::report::{Report, Steps};
+use testkit::cluster::{GlobalProc, b64, run_global};
+use testkit::cluster::{MESH, PKI, ROLE, VaultMesh, token_secret};
+use testkit::proc::{CmdOutput, free_port};
 
 /// Options of the dry-run drill.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -50,50 +50,14 @@ struct MeshParams<'a> {
 /// The page's Universal Mesh with `tls.caCert` from Secret `sec-1` and the token from Secret
 /// `token-1`, and both Secrets.
 fn mesh_yaml(p: &MeshParams) -> String {
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     format!(
-        r#"type: Mesh
-name: {MESH}
-mtls:
-  enabledBackend: vault-1
-  backends:
-  - name: vault-1
-    type: vault
-    dpCert:
-      rotation:
-        expiration: {expiration} # must be lower than max_ttl in Vault role
-    conf:
-      fromCp:
-        address: {address}
-        agentAddress: "" # optional
-        namespace: "" # optional
-        pki: {PKI} # name of the configured PKI
-        role: {role} # name of the role that will be used to generate data plane proxy certificates
-        commonName: '{{{{ tag "kuma.io/service" }}}}.mesh' # optional
-        tls:
-          caCert:
-            secret: sec-1
-          skipVerify: false # if set to true, caCert is optional. Set to true only for development
-          serverName: "" # verify sever name
-        auth: # only one auth options is allowed so it's either "token" or "tls"
-          token:
-            secret: token-1  # can be file, secret or inlineString
----
-type: Secret
-name: token-1
-mesh: {MESH}
-data: {token}
----
-type: Secret
-name: sec-1
-mesh: {MESH}
-data: {ca}
-"#,
-        expiration = p.expiration,
-        address = p.address,
-        role = p.role,
-        token = b64(p.token),
-        ca = b64(p.ca_pem),
+        "{}---\n{}---\ntype: Secret\nname: sec-1\nmesh: {MESH}\ndata: {}\n",
+        VaultMesh::new(p.address, p.expiration)
+            .role(p.role)
+            .ca_cert_secret("sec-1")
+            .yaml(),
+        token_secret(p.token),
+        b64(p.ca_pem),
     )
 }
 
@@ -449,7 +413,7 @@ async fn body(opts: &DryRunOptions, work: &WorkDir, steps: &mut Steps) -> Result
                 bail!("expected 1 Mesh and 2 Secrets, found {meshes} {secrets}");
             }
             let shown = secrets.to_string();
-            if shown.contains(&base64::engine::general_purpose::STANDARD.encode(&token)) {
+            if shown.contains(&b64(&token)) {
                 bail!("secret data appears in GET /secrets");
             }
             Ok(format!(

@@ -14,10 +14,12 @@ use anyhow::{Result, bail};
 use serde_json::Value;
 
 use super::{CommonArgs, WorkDir, describe_cluster, describe_ids, wait_usable};
-use crate::certs::{human_secs, now_unix, short_serial};
-use crate::cluster::{Cluster, ClusterOptions, MESH, builtin_mesh_yaml};
-use crate::harness::{ProxySpec, wait_until};
 use crate::report::{Report, Steps};
+use common::clock::now_unix;
+use testkit::certs::{human_secs, short_serial};
+use testkit::cluster::ProxySpec;
+use testkit::cluster::{Cluster, ClusterOptions, MESH, builtin_mesh_yaml};
+use testkit::wait::wait_until;
 
 /// Options of the failover-global drill.
 #[derive(Debug, Clone, clap::Args)]

@@ -15,10 +15,11 @@ use anyhow::{Result, bail};
 use serde_json::Value;
 
 use super::{CommonArgs, WorkDir, describe_cluster};
-use crate::certs::short_serial;
-use crate::cluster::{Cluster, ClusterOptions, MESH};
-use crate::harness::{ProxySpec, wait_until};
 use crate::report::{Report, Steps};
+use testkit::certs::short_serial;
+use testkit::cluster::ProxySpec;
+use testkit::cluster::{Cluster, ClusterOptions, MESH};
+use testkit::wait::wait_until;
 
 /// Options of the failover-zone drill.
 #[derive(Debug, Clone, clap::Args)]

@@ -20,8 +20,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::certs::{ProxyIdentity, human_secs, now_unix, short_serial};
-use crate::cluster::Cluster;
+use common::clock::now_unix;
+use testkit::certs::{ProxyIdentity, human_secs, short_serial};
+use testkit::cluster::Cluster;
 
 /// Options every drill takes.
 #[derive(Debug, Clone, Default, clap::Args)]

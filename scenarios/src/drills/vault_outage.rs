@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 
 use super::{CommonArgs, WorkDir, describe_cluster, describe_ids, wait_usable};
-use crate::certs::{ProxyIdentity, human_secs, now_unix, short_serial};
-use crate::cluster::{Cluster, ClusterOptions, MESH, describe_vault, vault_ok};
-use crate::harness::{ProxySpec, wait_until};
 use crate::report::{Report, Steps};
+use common::clock::now_unix;
+use testkit::certs::{ProxyIdentity, human_secs, short_serial};
+use testkit::cluster::ProxySpec;
+use testkit::cluster::{Cluster, ClusterOptions, MESH, describe_vault, vault_ok};
+use testkit::wait::wait_until;
 
 /// The zones' `--trust-grace` in this drill.
 const TRUST_GRACE: Duration = Duration::from_secs(5);
@@ -328,7 +330,12 @@ async fn body(opts: &VaultOutageOptions, work: &WorkDir, steps: &mut Steps) -> R
                     );
                     let scratch = work.path().join("handshake");
                     let h = tokio::task::spawn_blocking(move || {
-                        crate::tls::mtls_handshake(&sdir, &cdir, &scratch, Duration::from_secs(10))
+                        testkit::openssl::mtls_handshake(
+                            &sdir,
+                            &cdir,
+                            &scratch,
+                            Duration::from_secs(10),
+                        )
                     })
                     .await??;
                     if !h.ok {

@@ -1,23 +1,31 @@
-//! A whole deployment on loopback, as the reference page sets it up: a real OpenBao configured
-//! with the page's Vault steps (PKI mount, root or intermediate CA, role, policy, token), global,
-//! N zones with their tokens, and the page's Mesh (vault backend, or builtin/provided) applied.
-//! Demo, drills and benchmarks build on it.
+//! THE multi-process harness of every test and scenario: the real binaries on loopback, each in
+//! its own process group with its log in a file, and a whole deployment as the reference page sets
+//! it up. `global` ([`GlobalProc`]), `zone` ([`ZoneProc`]) and `proxy` ([`ProxyProc`]) run one
+//! process each; `vault` is a real OpenBao configured with the page's Vault steps and the page's
+//! Meshes as YAML; [`Cluster`] puts them together (OpenBao for a vault backend, global, N zones
+//! with their tokens, the Mesh applied, proxies). Demo, drills, benchmarks and the multi-process
+//! tests of `global` and `zone` build on it.
+
+mod global;
+mod proxy;
+mod vault;
+mod zone;
+
+pub use global::{GlobalOptions, GlobalProc, global_output, run_global};
+pub use proxy::{ProxyProc, ProxySpec};
+pub use vault::{
+    MESH, PKI, ROLE, Vault, VaultMesh, b64, builtin_mesh_yaml, provided_mesh_yaml, token_secret,
+    vault_mesh, vault_mesh_yaml,
+};
+pub use zone::{ZoneOptions, ZoneProc};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use base64::Engine;
-use common::openbao::seed::{self, RoleOptions};
-use common::openbao::{BaoCli, BaoServer};
-
 use serde_json::Value;
 
-use crate::harness::{GlobalProc, ProxyProc, ProxySpec, ZoneProc, wait_until};
-
-pub const MESH: &str = "default";
-pub const PKI: &str = "kmesh-pki-default";
-pub const ROLE: &str = "dataplane-proxies";
+use crate::wait::wait_until;
 
 /// Which CA backend the Mesh gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -58,162 +66,6 @@ impl Default for ClusterOptions {
             zone_args: Vec::new(),
         }
     }
-}
-
-/// OpenBao set up with the reference page's steps.
-pub struct Vault {
-    pub server: BaoServer,
-    /// The token of step 4 (policy `kmesh-default-dataplane-proxies`).
-    pub token: String,
-    /// The root CA certificate (what proxies' chains verify to).
-    pub root_pem: String,
-    intermediate: bool,
-    ec_role: bool,
-    token_id: Option<String>,
-}
-
-impl Vault {
-    pub async fn start(intermediate: bool, ec_role: bool) -> Result<Self> {
-        Self::start_with(intermediate, ec_role, None).await
-    }
-
-    pub async fn start_with(
-        intermediate: bool,
-        ec_role: bool,
-        token_id: Option<String>,
-    ) -> Result<Self> {
-        let server = BaoServer::start().await.context("starting OpenBao")?;
-        let admin = server.admin();
-        let tid = token_id.clone();
-        let (token, root_pem) = tokio::task::spawn_blocking(move || {
-            Self::configure(&admin, intermediate, ec_role, tid.as_deref())
-        })
-        .await??;
-        Ok(Self {
-            server,
-            token,
-            root_pem,
-            intermediate,
-            ec_role,
-            token_id,
-        })
-    }
-
-    /// The page's steps 1–4 against a (fresh) server. Returns (token, root PEM).
-    pub fn configure(
-        cli: &BaoCli,
-        intermediate: bool,
-        ec_role: bool,
-        token_id: Option<&str>,
-    ) -> Result<(String, String)> {
-        let root_pem = if intermediate {
-            seed::setup_intermediate_ca(cli, MESH, PKI, "pki")?
-        } else {
-            seed::setup_root_ca(cli, MESH, PKI)?
-        };
-        let opts = if ec_role {
-            RoleOptions::seed_ec(MESH)
-        } else {
-            RoleOptions::seed(MESH)
-        };
-        seed::create_role(cli, PKI, ROLE, &opts)?;
-        let token = match token_id {
-            None => seed::create_policy_and_token(cli, MESH, PKI, ROLE)?,
-            Some(id) => {
-                let policy = seed::write_policy(cli, MESH, PKI, ROLE)?;
-                let out = cli.run_json(&[
-                    "token",
-                    "create",
-                    "-format=json",
-                    &format!("-id={id}"),
-                    &format!("-policy={policy}"),
-                ])?;
-                out["auth"]["client_token"]
-                    .as_str()
-                    .context("no auth.client_token from `token create`")?
-                    .to_string()
-            }
-        };
-        Ok((token, root_pem))
-    }
-
-    /// After `server.stop()`: the server again on the same address, and — since a dev server
-    /// keeps nothing — the page's steps again (a new root CA; the same token when `token_id` was
-    /// set). Returns the new root CA.
-    pub async fn start_again(&mut self) -> Result<String> {
-        self.server
-            .start_again()
-            .await
-            .context("restarting OpenBao")?;
-        let admin = self.server.admin();
-        let (intermediate, ec_role, tid) = (self.intermediate, self.ec_role, self.token_id.clone());
-        let (token, root_pem) = tokio::task::spawn_blocking(move || {
-            Self::configure(&admin, intermediate, ec_role, tid.as_deref())
-        })
-        .await??;
-        self.token = token;
-        self.root_pem = root_pem.clone();
-        Ok(root_pem)
-    }
-
-    pub fn addr(&self) -> String {
-        self.server.addr()
-    }
-}
-
-/// The page's Universal Mesh (vault backend, token from Secret `token-1`) and that Secret.
-pub fn vault_mesh_yaml(address: &str, token: &str, expiration: &str) -> String {
-    let data = base64::engine::general_purpose::STANDARD.encode(token);
-    format!(
-        r#"type: Mesh
-name: {MESH}
-mtls:
-  enabledBackend: vault-1
-  backends:
-  - name: vault-1
-    type: vault
-    dpCert:
-      rotation:
-        expiration: {expiration} # must be lower than max_ttl in Vault role
-    conf:
-      fromCp:
-        address: {address}
-        agentAddress: "" # optional
-        namespace: "" # optional
-        pki: {PKI} # name of the configured PKI
-        role: {ROLE} # name of the role that will be used to generate data plane proxy certificates
-        commonName: '{{{{ tag "kuma.io/service" }}}}.mesh' # optional
-        tls:
-          skipVerify: false # if set to true, caCert is optional. Set to true only for development
-          serverName: "" # verify sever name
-        auth: # only one auth options is allowed so it's either "token" or "tls"
-          token:
-            secret: token-1  # can be file, secret or inlineString
----
-type: Secret
-name: token-1
-mesh: {MESH}
-data: {data}
-"#
-    )
-}
-
-/// A Mesh with a builtin backend.
-pub fn builtin_mesh_yaml(mesh: &str, expiration: &str) -> String {
-    format!(
-        "type: Mesh\nname: {mesh}\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n    dpCert:\n      rotation:\n        expiration: {expiration}\n"
-    )
-}
-
-/// A Mesh with a provided backend whose CA (generated here) is given as two Secrets.
-pub fn provided_mesh_yaml(mesh: &str, expiration: &str) -> Result<String> {
-    let ca = common::ca::generate_builtin_ca(mesh, &Default::default())?;
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    Ok(format!(
-        "type: Mesh\nname: {mesh}\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: provided\n    dpCert:\n      rotation:\n        expiration: {expiration}\n    conf:\n      cert:\n        secret: provided-ca-cert\n      key:\n        secret: provided-ca-key\n---\ntype: Secret\nname: provided-ca-cert\nmesh: {mesh}\ndata: {}\n---\ntype: Secret\nname: provided-ca-key\nmesh: {mesh}\ndata: {}\n",
-        b64(&ca.cert_pem),
-        b64(ca.key_pem())
-    ))
 }
 
 /// The Mesh (and Secrets) of `options` for the given Vault, if any.

@@ -3,29 +3,10 @@
 //! `common::x509` and printed the way the demo and drills show them.
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
+use common::clock::now_unix;
 use common::x509::CertSummary;
-
-/// Unix seconds now.
-pub fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// RFC 3339 of unix seconds.
-pub fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
-}
 
 /// `1h30m`, `20s`, `2d3h`: a short human duration (its two most significant units).
 pub fn human_secs(secs: i64) -> String {
@@ -136,7 +117,7 @@ impl ProxyIdentity {
         format!(
             "{subject}; URI SANs {}; expires {} (in {})\nserial {}; issuer {}; key {}; chain verifies to ca.pem: {}",
             l.uri_sans.join(", "),
-            rfc3339(l.not_after),
+            common::clock::rfc3339(l.not_after).unwrap_or_else(|| l.not_after.to_string()),
             human_secs(l.not_after - now_unix()),
             short_serial(&l.serial),
             l.issuer,

@@ -1,16 +1,34 @@
 //! A real mTLS exchange between two proxies' files with the `openssl` command: `openssl s_server
 //! -Verify 1 -verify_return_error -www` with one proxy's `cert.pem`/`key.pem`/`ca.pem` on a free
 //! loopback port, and `openssl s_client -verify_return_error` with the other's, sending one HTTP
-//! request. Both are subprocesses, bounded in time and killed if they overrun.
+//! request. Both are subprocesses, bounded in time and killed if they overrun. Also
+//! `openssl verify` of a proxy's chain against a trust anchor.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::harness::free_port;
+use crate::proc::free_port;
+
+/// `openssl ARGS`.
+pub fn openssl(args: &[&str]) -> std::io::Result<Output> {
+    Command::new("openssl").args(args).output()
+}
+
+/// `openssl verify -CAfile ca cert` (the chain in `cert` as untrusted intermediates).
+pub fn openssl_verify(ca: &Path, cert: &Path) -> std::io::Result<Output> {
+    let mut cmd = Command::new("openssl");
+    cmd.arg("verify")
+        .arg("-CAfile")
+        .arg(ca)
+        .arg("-untrusted")
+        .arg(cert)
+        .arg(cert);
+    cmd.output()
+}
 
 /// What the exchange showed.
 #[derive(Debug, Clone)]

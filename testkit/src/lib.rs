@@ -1,0 +1,17 @@
+//! The test kit: what serves only tests and scenarios, never a production binary. A real OpenBao
+//! and the reference page's Vault steps (`openbao`), a fault-injecting proxy to put in front of it
+//! (`faults`), child processes in their own process groups (`proc`), the workspace's binaries
+//! (`bins`), polling (`wait`), a JSON client and metrics text (`api`), and THE multi-process
+//! harness every test and scenario uses (`cluster`: OpenBao + global + zones + proxies on
+//! loopback), with what reads the proxies' files (`certs`) and a real mTLS exchange with the
+//! `openssl` command (`openssl`).
+
+pub mod api;
+pub mod bins;
+pub mod certs;
+pub mod cluster;
+pub mod faults;
+pub mod openbao;
+pub mod openssl;
+pub mod proc;
+pub mod wait;

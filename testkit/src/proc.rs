@@ -1,0 +1,339 @@
+//! Child processes of tests and scenarios, and the only `unsafe` of the test kit: a child started
+//! in its own process group ([`ProcessGroup`]) is signalled as a group with `kill(2)` and killed
+//! (the whole group) when dropped, so a failed test, a panic or Ctrl-C leaves nothing behind.
+//! [`Proc`] is such a child with its stderr in a log file; [`run_bounded`] runs a command to
+//! completion under a time limit. Also the small process-side helpers everybody needs: free
+//! loopback ports, the tails of log files, the text of an `Output`, a private (0600) file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+/// A free TCP port on loopback (bound and released: good enough on a quiet machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// The last `lines` lines of a log file.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The end (150 lines) of every `*.log` file under `dir`, recursively, each under a `==== path`
+/// header: what a timed-out wait prints.
+pub fn logs(dir: &Path) -> String {
+    let mut out = String::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    entries.sort();
+    for p in entries {
+        if p.extension().is_some_and(|e| e == "log") {
+            out.push_str(&format!("==== {}\n", p.display()));
+            // The end of long logs is what matters.
+            out.push_str(&log_tail(&p, 150));
+            out.push('\n');
+        } else if p.is_dir() {
+            out.push_str(&logs(&p));
+        }
+    }
+    out
+}
+
+/// stdout then stderr of a finished command.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// stdout of a finished command.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// stderr of a finished command.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Writes a secret file with mode 0600.
+pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    common::file::write_atomic(path, data, 0o600)
+}
+
+/// Sends `sig` (e.g. `libc::SIGINT`) to process `pid`: for a child a test started itself.
+pub fn signal_pid(pid: u32, sig: libc::c_int) {
+    kill(pid, false, sig);
+}
+
+/// Sends `sig` to `pid`, or to the process group `pid` leads when `group`.
+fn kill(pid: u32, group: bool, sig: libc::c_int) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    let target = if group { -pid } else { pid };
+    // SAFETY: kill(2) has no memory-safety preconditions; a negative pid addresses the process
+    // group that `process_group(0)` made the child the leader of.
+    unsafe {
+        libc::kill(target, sig);
+    }
+}
+
+/// A child started in its own process group; the whole group is killed when dropped.
+#[derive(Debug)]
+pub struct ProcessGroup(Option<Child>);
+
+impl ProcessGroup {
+    /// Spawns `cmd` as the leader of a new process group.
+    pub fn spawn(cmd: &mut Command) -> std::io::Result<Self> {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        Ok(Self(Some(cmd.spawn()?)))
+    }
+
+    /// The leader's pid, while it has not been reaped.
+    pub fn pid(&self) -> Option<u32> {
+        self.0.as_ref().map(Child::id)
+    }
+
+    /// Sends `sig` to the whole group.
+    pub fn signal(&self, sig: libc::c_int) {
+        if let Some(pid) = self.pid() {
+            kill(pid, true, sig);
+        }
+    }
+
+    /// Has the child exited? (`Some(status text)` if so.)
+    pub fn exited(&mut self) -> Option<String> {
+        match self.0.as_mut()?.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            Ok(None) => None,
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
+    /// Is the child there and still running?
+    pub fn is_running(&mut self) -> bool {
+        self.0.is_some() && self.exited().is_none()
+    }
+
+    /// SIGTERM to the group, then SIGKILL after `grace`; then SIGKILL to anything left in the
+    /// group. Returns the exit status if the child was still there.
+    pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
+        let mut child = self.0.take()?;
+        let pid = child.id();
+        kill(pid, true, libc::SIGTERM);
+        let deadline = Instant::now() + grace;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Err(_) => break None,
+                Ok(None) if Instant::now() >= deadline => {
+                    kill(pid, true, libc::SIGKILL);
+                    let _ = child.kill();
+                    break child.wait().ok();
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        // Anything else left in the group (there should be nothing).
+        kill(pid, true, libc::SIGKILL);
+        status
+    }
+
+    /// SIGKILL to the group at once (a crash).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            kill(child.id(), true, libc::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM to the leader alone; its exit status if it exits within `limit` (the child is
+    /// then reaped), `Err` with the reason otherwise (the child is left for `Drop` to kill).
+    pub fn terminate(&mut self, limit: Duration) -> std::result::Result<ExitStatus, String> {
+        let Some(child) = self.0.as_mut() else {
+            return Err("not running".into());
+        };
+        kill(child.id(), false, libc::SIGTERM);
+        let start = Instant::now();
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => {
+                    self.0 = None;
+                    return Ok(status);
+                }
+                Err(e) => return Err(e.to_string()),
+                Ok(None) if start.elapsed() > limit => {
+                    return Err(format!("did not stop within {limit:?} of SIGTERM"));
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            // A test may have left it stopped (SIGSTOP): SIGKILL ends a stopped process too.
+            kill(child.id(), true, libc::SIGKILL);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A named child process in its own process group, stdout discarded, stderr appended to a log
+/// file, without the caller's `VAULT_ADDR`/`VAULT_TOKEN`. Dropped = killed.
+#[derive(Debug)]
+pub struct Proc {
+    pub name: String,
+    group: ProcessGroup,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Result<Self> {
+        if let Some(parent) = log.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("cannot open log {}", log.display()))?;
+        cmd.stdout(Stdio::null())
+            .stderr(file)
+            .stdin(Stdio::null())
+            .env_remove("VAULT_ADDR")
+            .env_remove("VAULT_TOKEN");
+        let group =
+            ProcessGroup::spawn(&mut cmd).with_context(|| format!("cannot start {name}"))?;
+        Ok(Self {
+            name: name.to_string(),
+            group,
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.group.pid()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.group.is_running()
+    }
+
+    /// SIGTERM, then wait up to `grace`, then SIGKILL. Returns the exit status if it exited.
+    pub fn stop(&mut self, grace: Duration) -> Option<ExitStatus> {
+        self.group.stop(grace)
+    }
+
+    /// SIGKILL at once (a crash).
+    pub fn kill9(&mut self) {
+        self.group.kill9();
+    }
+
+    /// Sends `sig` (e.g. `libc::SIGSTOP`, `libc::SIGCONT`) to the process group.
+    pub fn signal(&self, sig: libc::c_int) {
+        self.group.signal(sig);
+    }
+
+    /// Stops the process with SIGTERM and panics, with the logs under `logs_dir`, unless it
+    /// exits successfully within 10 s (a test's "it stops cleanly").
+    pub fn terminate(&mut self, logs_dir: &Path) {
+        if self.pid().is_none() {
+            return;
+        }
+        match self.group.terminate(Duration::from_secs(10)) {
+            Ok(status) => assert!(
+                status.success(),
+                "{} exited with {status}\n{}",
+                self.name,
+                logs(logs_dir)
+            ),
+            Err(e) => {
+                self.group.kill9();
+                panic!("{} {e}\n{}", self.name, logs(logs_dir));
+            }
+        }
+    }
+
+    /// The last `n` lines of the log.
+    pub fn log_tail(&self, n: usize) -> String {
+        log_tail(&self.log, n)
+    }
+}
+
+/// What a finished command printed.
+#[derive(Debug, Clone)]
+pub struct CmdOutput {
+    /// `None` when it was killed (signal or timeout).
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CmdOutput {
+    /// stdout then stderr.
+    pub fn text(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs a command to completion with a time limit (killed after it), capturing its output.
+pub fn run_bounded(mut cmd: Command, limit: Duration) -> Result<CmdOutput> {
+    use std::io::Read;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("VAULT_ADDR")
+        .env_remove("VAULT_TOKEN")
+        .spawn()
+        .with_context(|| format!("cannot run {:?}", cmd.get_program()))?;
+    let mut out = child.stdout.take();
+    let mut err = child.stderr.take();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(o) = out.as_mut() {
+            let _ = o.read_to_string(&mut s);
+        }
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(e) = err.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Ok(CmdOutput {
+        code: status.and_then(|s| s.code()),
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    })
+}
