@@ -84,6 +84,7 @@ fn kill(pid: u32, group: bool, sig: libc::c_int) {
     let target = if group { -pid } else { pid };
     // SAFETY: kill(2) has no memory-safety preconditions; a negative pid addresses the process
     // group that `process_group(0)` made the child the leader of.
+    #[allow(unsafe_code)]
     unsafe {
         libc::kill(target, sig);
     }

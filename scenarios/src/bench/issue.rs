@@ -564,6 +564,7 @@ pub(crate) fn cpu_secs(pid: u32) -> f64 {
 
 fn clock_ticks_per_sec() -> f64 {
     // SAFETY: sysconf has no preconditions.
+    #[allow(unsafe_code)]
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 { t as f64 } else { 100.0 }
 }
