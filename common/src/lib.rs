@@ -13,6 +13,7 @@ pub mod error;
 pub mod file;
 pub mod http;
 pub mod limits;
+pub mod metrics;
 pub mod model;
 pub mod parse;
 pub mod shutdown;

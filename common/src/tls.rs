@@ -32,6 +32,9 @@ pub struct GeneratedIdentity<'a> {
     pub ca_file: &'a str,
     pub ca_common_name: &'a str,
     pub server_common_name: &'a str,
+    /// The client flag that takes the CA file (`--global-ca-file`), named in the log line said
+    /// when the identity is generated.
+    pub clients_flag: &'a str,
 }
 
 fn other(e: impl std::fmt::Display) -> std::io::Error {
@@ -107,6 +110,12 @@ pub fn load_or_generate(
         cert_chain_pem: format!("{cert_pem}{ca_pem}"),
         key_pem,
     };
+    tracing::info!(
+        ca = %ca_file.display(),
+        "generated a certificate for {} (localhost, 127.0.0.1, ::1); give clients the CA file as {}",
+        names.server_common_name,
+        names.clients_flag
+    );
     Ok((material, true))
 }
 
@@ -181,6 +190,7 @@ mod tests {
             ca_file: "x-ca.pem",
             ca_common_name: "test CA",
             server_common_name: "test",
+            clients_flag: "--ca-file",
         };
         let dir = tempfile::tempdir().unwrap();
         let (a, fresh) = load_or_generate(dir.path(), &names).unwrap();

@@ -1,6 +1,7 @@
 //! Prometheus metrics of global, served at `GET /metrics` in the text format: API requests,
 //! admissions by kind and result, and the backend checks (count by result, duration).
 
+use common::metrics::register;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -49,39 +50,38 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("global");
-        let http_requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
+        let http_requests = register(
+            &mut registry,
             "http_requests",
             "HTTP API requests by method and status",
-            http_requests.clone(),
+            Family::<RequestLabels, Counter>::default(),
         );
-        let admissions = Family::<AdmitLabels, Counter>::default();
-        registry.register(
+        let admissions = register(
+            &mut registry,
             "admissions",
             "Resources admitted or refused, by kind and result",
-            admissions.clone(),
+            Family::<AdmitLabels, Counter>::default(),
         );
-        let backend_checks = Family::<CheckLabels, Counter>::default();
-        registry.register(
+        let backend_checks = register(
+            &mut registry,
             "backend_checks",
             "CA backend checks (Vault test certificates, provided CA checks) by result",
-            backend_checks.clone(),
+            Family::<CheckLabels, Counter>::default(),
         );
-        let vault_check_seconds = Histogram::new([
-            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ]);
-        registry.register(
+        let vault_check_seconds = register(
+            &mut registry,
             "vault_check_seconds",
             "Duration of admission backend checks",
-            vault_check_seconds.clone(),
+            Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
         );
-        let meshes = Gauge::default();
-        registry.register("meshes", "Meshes stored", meshes.clone());
-        let admission_retries = Counter::default();
-        registry.register(
+        let meshes = register(&mut registry, "meshes", "Meshes stored", Gauge::default());
+        let admission_retries = register(
+            &mut registry,
             "admission_retries",
             "Admissions run again, under the lock, because a resource they read changed meanwhile",
-            admission_retries.clone(),
+            Counter::default(),
         );
         let kds = crate::kds::KdsMetrics::register(&mut registry);
         Self {
@@ -116,9 +116,6 @@ impl Metrics {
 
     /// The text exposition.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
-        out
+        common::metrics::encode(&self.registry)
     }
 }

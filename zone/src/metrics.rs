@@ -2,12 +2,13 @@
 //! resources applied, reconnections, and whether the zone is connected to global; and, under
 //! `identity`, the proxy certificates (issued, failed, rotated, reused, Vault latency, breakers).
 
+use common::metrics::register;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::{Metric, Registry};
+use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TypeLabels {
@@ -90,10 +91,7 @@ impl ZoneMetrics {
     }
 
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
-        out
+        common::metrics::encode(&self.registry)
     }
 }
 
@@ -204,11 +202,4 @@ impl IdentityMetrics {
             ),
         }
     }
-}
-
-/// Registers `metric` under `name` and returns it: the registry holds a clone, which shares the
-/// value. (global's metrics do the same by hand; a shared helper in `common` would serve both.)
-fn register<M: Metric + Clone>(r: &mut Registry, name: &str, help: &str, metric: M) -> M {
-    r.register(name, help, metric.clone());
-    metric
 }

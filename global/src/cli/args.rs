@@ -25,28 +25,32 @@ pub struct ApiArgs {
     pub admin_token_file: Option<PathBuf>,
 }
 
+/// The flags of `global run`.
+#[derive(clap::Args, Debug)]
+pub struct RunFlags {
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:5681")]
+    pub api_addr: String,
+    /// Address of the sync server zones dial (gRPC over TLS).
+    #[arg(long, default_value = "127.0.0.1:5685")]
+    pub kds_addr: String,
+    /// PEM certificate (chain) of the sync server; without it one is generated and its CA
+    /// written to <data-dir>/kds-ca.pem.
+    #[arg(long, requires = "kds_tls_key")]
+    pub kds_tls_cert: Option<PathBuf>,
+    /// PEM private key of the sync server.
+    #[arg(long, requires = "kds_tls_cert")]
+    pub kds_tls_key: Option<PathBuf>,
+    /// Bound on each request to Vault during admission (the test certificate), e.g. 10s.
+    #[arg(long, default_value = "10s")]
+    pub vault_timeout: String,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the global control plane.
-    Run {
-        #[arg(long)]
-        data_dir: PathBuf,
-        #[arg(long, default_value = "127.0.0.1:5681")]
-        api_addr: String,
-        /// Address of the sync server zones dial (gRPC over TLS).
-        #[arg(long, default_value = "127.0.0.1:5685")]
-        kds_addr: String,
-        /// PEM certificate (chain) of the sync server; without it one is generated and its CA
-        /// written to <data-dir>/kds-ca.pem.
-        #[arg(long, requires = "kds_tls_key")]
-        kds_tls_cert: Option<PathBuf>,
-        /// PEM private key of the sync server.
-        #[arg(long, requires = "kds_tls_cert")]
-        kds_tls_key: Option<PathBuf>,
-        /// Bound on each request to Vault during admission (the test certificate), e.g. 10s.
-        #[arg(long, default_value = "10s")]
-        vault_timeout: String,
-    },
+    Run(RunFlags),
     /// Print a token with which a zone authenticates to global.
     ZoneToken {
         #[arg(long)]

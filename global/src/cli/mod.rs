@@ -52,25 +52,9 @@ pub fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Run {
-            data_dir,
-            api_addr,
-            kds_addr,
-            kds_tls_cert,
-            kds_tls_key,
-            vault_timeout,
-        } => {
+        Command::Run(flags) => {
             init_tracing();
-            let vault_timeouts = vault_timeouts(&vault_timeout)?;
-            run::run(run::RunArgs {
-                data_dir,
-                api_addr,
-                kds_addr,
-                kds_tls_cert,
-                kds_tls_key,
-                vault_timeouts,
-            })
-            .await
+            run::run(flags).await
         }
         Command::ZoneToken {
             zone,

@@ -1,28 +1,18 @@
 //! `global run`: binds the listeners the flags name and runs the server until Ctrl-C or SIGTERM.
 
-use std::path::PathBuf;
-
+use super::args::RunFlags;
 use super::failure::Failure;
 
-/// The flags of `global run` (the Vault timeout is applied by the caller).
-pub(super) struct RunArgs {
-    pub data_dir: PathBuf,
-    pub api_addr: String,
-    pub kds_addr: String,
-    pub kds_tls_cert: Option<PathBuf>,
-    pub kds_tls_key: Option<PathBuf>,
-    pub vault_timeouts: common::vault::Timeouts,
-}
-
-pub(super) async fn run(args: RunArgs) -> Result<(), Failure> {
-    let RunArgs {
+pub(super) async fn run(flags: RunFlags) -> Result<(), Failure> {
+    let RunFlags {
         data_dir,
         api_addr,
         kds_addr,
         kds_tls_cert,
         kds_tls_key,
-        vault_timeouts,
-    } = args;
+        vault_timeout,
+    } = flags;
+    let vault_timeouts = super::vault_timeouts(&vault_timeout)?;
     let listener = tokio::net::TcpListener::bind(&api_addr)
         .await
         .map_err(|e| Failure::usage(format!("cannot listen on --api-addr {api_addr}: {e}")))?;

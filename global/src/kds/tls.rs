@@ -39,21 +39,16 @@ pub fn load(data_dir: &Path, tls: &KdsTls) -> std::io::Result<TlsMaterial> {
 }
 
 fn load_or_generate(data_dir: &Path) -> std::io::Result<TlsMaterial> {
-    let (material, generated) = common::tls::load_or_generate(
+    let (material, _) = common::tls::load_or_generate(
         data_dir,
         &common::tls::GeneratedIdentity {
             dir: "kds-tls",
             ca_file: CA_FILE,
             ca_common_name: "kmesh global KDS CA",
             server_common_name: "kmesh global KDS",
+            clients_flag: "--global-ca-file",
         },
     )?;
-    if generated {
-        tracing::info!(
-            ca = %data_dir.join(CA_FILE).display(),
-            "generated a KDS server certificate for localhost, 127.0.0.1 and ::1; give zones the CA file as --global-ca-file"
-        );
-    }
     Ok(material)
 }
 

@@ -12,20 +12,15 @@ pub const CA_FILE: &str = "dp-ca.pem";
 
 /// Loads the generated identity, creating it on first start.
 pub fn load_or_generate(data_dir: &Path) -> std::io::Result<TlsMaterial> {
-    let (material, generated) = common::tls::load_or_generate(
+    let (material, _) = common::tls::load_or_generate(
         data_dir,
         &common::tls::GeneratedIdentity {
             dir: "dp-tls",
             ca_file: CA_FILE,
             ca_common_name: "kmesh zone dataplane service CA",
             server_common_name: "kmesh zone dataplane service",
+            clients_flag: "--zone-ca-file",
         },
     )?;
-    if generated {
-        tracing::info!(
-            ca = %data_dir.join(CA_FILE).display(),
-            "generated a certificate for the dataplane service (localhost, 127.0.0.1, ::1); give proxies the CA file as --zone-ca-file"
-        );
-    }
     Ok(material)
 }
