@@ -13,5 +13,6 @@ pub mod cluster;
 pub mod faults;
 pub mod openbao;
 pub mod openssl;
+pub mod postgres;
 pub mod proc;
 pub mod wait;
