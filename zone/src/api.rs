@@ -111,7 +111,7 @@ async fn status(State(ctx): State<Arc<ZoneCtx>>) -> Response {
         })
         .collect();
     Json(StatusView {
-        global: GlobalView::of(&ctx.config.global_address, &conn),
+        global: GlobalView::of(&ctx.config.global_addresses, &conn),
         types,
         vault: ctx
             .backend_checks()

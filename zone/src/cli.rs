@@ -98,9 +98,11 @@ pub struct RunArgs {
     /// The zone's name: the one its token was issued for (`global zone-token --zone NAME`).
     #[arg(long)]
     pub name: String,
-    /// Global's sync server, grpcs://HOST:PORT (global's --kds-addr).
-    #[arg(long, default_value = "grpcs://127.0.0.1:5685")]
-    pub global_address: String,
+    /// Global's sync server, grpcs://HOST:PORT (global's --kds-addr). Several replicas: repeat the
+    /// flag or separate with commas; they are dialed in order, moving to the next when one is
+    /// unreachable, refuses the stream or goes silent.
+    #[arg(long, value_delimiter = ',', default_value = "grpcs://127.0.0.1:5685")]
+    pub global_address: Vec<String>,
     /// PEM CA that signs global's sync certificate (global writes <data-dir>/kds-ca.pem).
     #[arg(long)]
     pub global_ca_file: Option<PathBuf>,
@@ -152,13 +154,14 @@ async fn run(args: RunArgs) -> ExitCode {
     init_tracing();
     let mut config = ZoneConfig::new(
         &args.name,
-        &args.global_address,
+        "",
         args.token_file.clone(),
         args.data_dir.clone(),
-    );
+    )
+    .with_global_addresses(args.global_address.clone());
     config.global_ca_file = args.global_ca_file.clone();
     config.insecure_skip_verify = args.insecure_skip_verify;
-    if let Err(e) = crate::client::target(&config) {
+    if let Err(e) = crate::client::targets(&config) {
         eprintln!("error: {e}");
         return ExitCode::from(exit::USAGE);
     }

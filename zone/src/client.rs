@@ -3,7 +3,10 @@
 //! zone token, subscribes to Secrets and Meshes with the versions its store already holds,
 //! applies each response (`apply`) and answers it with an ACK or a NACK, and reports its status on
 //! connect and on change. When the stream fails it keeps serving from its store and reconnects
-//! with exponential backoff and jitter, logging each change of state once.
+//! with exponential backoff and jitter, logging each change of state once. Given several addresses
+//! of global (replicas), it dials them in order and moves to the next one at once when one fails
+//! (`failover` decides which), waiting the backoff only after a full round; a move is an ordinary
+//! reconnection, subscribing with the versions held, so nothing is resent and nothing removed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +21,7 @@ use tonic::codec::CompressionEncoding;
 use crate::apply::{self, ApplyError};
 use crate::config::ZoneConfig;
 use crate::dial::{self, End, Redial, authorize, describe, failed};
+use crate::failover::{Rotation, Step};
 use crate::metrics::ZoneMetrics;
 use common::sync::SYNCED_KINDS;
 
@@ -40,19 +44,40 @@ const GLOBAL: crate::dial::Flags = crate::dial::Flags {
     ca_hint: "global writes <data-dir>/kds-ca.pem",
 };
 
-/// Checks the zone's flags for reaching global.
-pub fn target(config: &ZoneConfig) -> Result<Target, String> {
-    Target::parse(
-        &GLOBAL,
-        &config.global_address,
-        config.global_ca_file.as_ref(),
-        config.insecure_skip_verify,
-    )
+/// Checks the zone's flags for reaching global: every address (each a usage error naming it),
+/// none twice.
+pub fn targets(config: &ZoneConfig) -> Result<Vec<Target>, String> {
+    if config.global_addresses.is_empty() {
+        return Err(format!("{} is required", GLOBAL.address));
+    }
+    let mut targets: Vec<Target> = Vec::with_capacity(config.global_addresses.len());
+    for address in &config.global_addresses {
+        let target = Target::parse(
+            &GLOBAL,
+            address,
+            config.global_ca_file.as_ref(),
+            config.insecure_skip_verify,
+        )?;
+        if targets.iter().any(|t| t.uri == target.uri) {
+            return Err(format!(
+                "{} {:?} is given twice",
+                GLOBAL.address, target.address
+            ));
+        }
+        targets.push(target);
+    }
+    Ok(targets)
 }
 
-/// Keeps the zone in sync with global until `shutdown` fires.
-pub async fn run(ctx: Arc<ZoneCtx>, target: Target, shutdown: Shutdown) {
-    let mut redial = Redial::new(ctx.config.reconnect_initial, ctx.config.reconnect_max);
+/// Keeps the zone in sync with global, at one of `targets` (tried in their order), until
+/// `shutdown` fires.
+pub async fn run(ctx: Arc<ZoneCtx>, targets: Vec<Target>, shutdown: Shutdown) {
+    let several = targets.len() > 1;
+    let mut redial =
+        Redial::new(ctx.config.reconnect_initial, ctx.config.reconnect_max).peers(targets.len());
+    let mut rotation = Rotation::new(targets.len());
+    // The address of the last stream that was up, to say when the zone moved to another one.
+    let mut last_connected: Option<usize> = None;
     let mut attempts = 0u64;
     loop {
         if shutdown.is_shutdown() {
@@ -62,7 +87,13 @@ pub async fn run(ctx: Arc<ZoneCtx>, target: Target, shutdown: Shutdown) {
             ctx.metrics.reconnects.inc();
         }
         attempts += 1;
-        match session(&ctx, &target, &shutdown, &mut redial).await {
+        let at = rotation.current();
+        let target = &targets[at];
+        ctx.connection().address = target.address.clone();
+        let moved_from = last_connected
+            .filter(|&p| p != at)
+            .map(|p| targets[p].address.as_str());
+        let step = match session(&ctx, target, moved_from, &shutdown, &mut redial).await {
             End::Shutdown => break,
             End::Failed { error, lasted, .. } => {
                 {
@@ -73,17 +104,61 @@ pub async fn run(ctx: Arc<ZoneCtx>, target: Target, shutdown: Shutdown) {
                 }
                 ctx.metrics.connected.set(0);
                 match lasted {
-                    Some(lasted) => redial.lost(error, lasted, false, "lost the connection to global; serving from the local store and reconnecting"),
-                    None => redial.failed(error, "cannot sync with global; serving from the local store and retrying with backoff"),
+                    Some(lasted) => {
+                        last_connected = Some(at);
+                        let step = if dial::lasted(lasted) {
+                            rotation.lost()
+                        } else {
+                            rotation.failed()
+                        };
+                        let what = if several {
+                            format!(
+                                "lost the connection to global at {}; serving from the local store and {}",
+                                target.address,
+                                next_words(&targets, step)
+                            )
+                        } else {
+                            "lost the connection to global; serving from the local store and reconnecting".to_string()
+                        };
+                        redial.lost_at(at, error, lasted, false, &what);
+                        step
+                    }
+                    None => {
+                        let step = rotation.failed();
+                        let what = if several {
+                            format!(
+                                "cannot sync with global at {}; serving from the local store and {}",
+                                target.address,
+                                next_words(&targets, step)
+                            )
+                        } else {
+                            "cannot sync with global; serving from the local store and retrying with backoff".to_string()
+                        };
+                        redial.failed_at(at, error, &what);
+                        step
+                    }
                 }
             }
-        }
-        if !redial.pause(&shutdown).await {
+        };
+        if let Step::AfterBackoff(_) = step
+            && !redial.pause(&shutdown).await
+        {
             break;
         }
     }
     ctx.connection().connected = false;
     ctx.metrics.connected.set(0);
+}
+
+/// What the zone does next, for the warning of a failure when global has several addresses.
+fn next_words(targets: &[Target], step: Step) -> String {
+    match step {
+        Step::Now(i) => format!("trying {} now", targets[i].address),
+        Step::AfterBackoff(i) => format!(
+            "retrying from {} with backoff (every address failed)",
+            targets[i].address
+        ),
+    }
 }
 
 fn subscribe(ctx: &ZoneCtx, kind: common::model::Kind) -> ZoneMessage {
@@ -102,9 +177,12 @@ fn report(ctx: &ZoneCtx) -> ZoneMessage {
     }
 }
 
+/// One stream with global at `target`; `moved_from`: the address of the previous stream, when it
+/// was another one (the connection is then logged as a move).
 async fn session(
     ctx: &Arc<ZoneCtx>,
     target: &Target,
+    moved_from: Option<&str>,
     shutdown: &Shutdown,
     redial: &mut Redial,
 ) -> End {
@@ -151,12 +229,19 @@ async fn session(
     {
         let mut conn = ctx.connection();
         conn.connected = true;
+        conn.address = target.address.clone();
         conn.since_ms = now_ms();
         conn.connects += 1;
         conn.applied.clear();
     }
     ctx.metrics.connected.set(1);
-    tracing::info!(global = %target.uri, "connected to global");
+    match moved_from {
+        Some(previous) => tracing::info!(
+            global = %target.uri, address = %target.address, previous = %previous,
+            "connected to global at another address; resuming with the versions held"
+        ),
+        None => tracing::info!(global = %target.uri, "connected to global"),
+    }
     redial.connected();
     if tx.send(report(ctx)).await.is_err() {
         return End::Failed {
@@ -311,6 +396,15 @@ async fn handle_response(
 mod tests {
     use super::*;
 
+    fn target(c: &ZoneConfig) -> Result<Target, String> {
+        targets(c).map(|mut t| t.remove(0))
+    }
+
+    fn with(c: &ZoneConfig, addresses: &[&str]) -> ZoneConfig {
+        c.clone()
+            .with_global_addresses(addresses.iter().map(|a| a.to_string()).collect())
+    }
+
     #[test]
     fn target_requires_tls_and_a_trust_choice() {
         let mut c = ZoneConfig::new("z", "grpcs://127.0.0.1:5685", "t".into(), "d".into());
@@ -321,11 +415,42 @@ mod tests {
             (t.uri.as_str(), t.server_name.as_str()),
             ("https://127.0.0.1:5685", "127.0.0.1")
         );
-        c.global_address = "grpcs://[::1]:5685".into();
-        assert_eq!(target(&c).unwrap().server_name, "::1");
-        c.global_address = "http://127.0.0.1:5685".into();
-        assert!(target(&c).unwrap_err().contains("grpcs://"));
-        c.global_address = "grpcs://localhost".into();
-        assert!(target(&c).unwrap_err().contains("port"));
+        assert_eq!(t.address, "grpcs://127.0.0.1:5685");
+        assert_eq!(
+            target(&with(&c, &["grpcs://[::1]:5685"]))
+                .unwrap()
+                .server_name,
+            "::1"
+        );
+        assert!(
+            target(&with(&c, &["http://127.0.0.1:5685"]))
+                .unwrap_err()
+                .contains("grpcs://")
+        );
+        assert!(
+            target(&with(&c, &["grpcs://localhost"]))
+                .unwrap_err()
+                .contains("port")
+        );
+    }
+
+    #[test]
+    fn every_global_address_is_checked_and_named() {
+        let mut c = ZoneConfig::new("z", "grpcs://127.0.0.1:5685", "t".into(), "d".into());
+        c.insecure_skip_verify = true;
+        let both = targets(&with(&c, &["grpcs://127.0.0.1:1", " grpcs://127.0.0.2:2 "])).unwrap();
+        let addresses: Vec<_> = both.iter().map(|t| t.address.as_str()).collect();
+        assert_eq!(addresses, ["grpcs://127.0.0.1:1", "grpcs://127.0.0.2:2"]);
+        let bad = targets(&with(&c, &["grpcs://127.0.0.1:1", "http://b:2"])).unwrap_err();
+        assert!(bad.contains("\"http://b:2\""), "{bad}");
+        let portless = targets(&with(&c, &["grpcs://127.0.0.1:1", "grpcs://b"])).unwrap_err();
+        assert!(
+            portless.contains("\"grpcs://b\"") && portless.contains("port"),
+            "{portless}"
+        );
+        let twice =
+            targets(&with(&c, &["grpcs://127.0.0.1:1", "https://127.0.0.1:1"])).unwrap_err();
+        assert!(twice.contains("given twice"), "{twice}");
+        assert!(targets(&with(&c, &[])).unwrap_err().contains("required"));
     }
 }

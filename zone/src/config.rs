@@ -1,5 +1,5 @@
 //! The configuration of a zone control plane (`zone run`'s flags, as the library takes them):
-//! where global is and how to trust it, the zone token, the data directory, the reconnection
+//! where global is (one address or several replicas, dialed in order) and how to trust it, the zone token, the data directory, the reconnection
 //! backoff, and the tunables of certificate issuance and of requests to Vault.
 
 use std::path::PathBuf;
@@ -10,8 +10,9 @@ use std::time::Duration;
 pub struct ZoneConfig {
     /// The zone's name; must be the one its token was issued for.
     pub name: String,
-    /// `grpcs://HOST:PORT` of global's sync server.
-    pub global_address: String,
+    /// `grpcs://HOST:PORT` of global's sync server, one per replica (at least one): dialed in this
+    /// order, moving to the next when one fails (`failover`). They share the CA file and the token.
+    pub global_addresses: Vec<String>,
     /// PEM CA bundle that signs global's sync certificate (`<global data-dir>/kds-ca.pem`).
     pub global_ca_file: Option<PathBuf>,
     /// Skip verification of global's certificate (explicit opt-in only).
@@ -30,10 +31,11 @@ pub struct ZoneConfig {
 }
 
 impl ZoneConfig {
+    /// A zone dialing global at one address; [`ZoneConfig::with_global_addresses`] gives several.
     pub fn new(name: &str, global_address: &str, token_file: PathBuf, data_dir: PathBuf) -> Self {
         Self {
             name: name.to_string(),
-            global_address: global_address.to_string(),
+            global_addresses: vec![global_address.to_string()],
             global_ca_file: None,
             insecure_skip_verify: false,
             token_file,
@@ -43,6 +45,17 @@ impl ZoneConfig {
             issuance: IssuanceConfig::default(),
             vault_timeouts: common::vault::Timeouts::default(),
         }
+    }
+
+    /// The same zone dialing these addresses of global, in this order.
+    pub fn with_global_addresses(mut self, addresses: Vec<String>) -> Self {
+        self.global_addresses = addresses;
+        self
+    }
+
+    /// The first (preferred) address of global; the only one for most zones.
+    pub fn global_address(&self) -> &str {
+        self.global_addresses.first().map_or("", String::as_str)
     }
 }
 

@@ -41,6 +41,8 @@ pub struct Flags {
 /// Where and how to reach a peer, checked once at start.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// The address as given (trimmed), e.g. `grpcs://HOST:PORT`: what status and logs show.
+    pub address: String,
     /// `https://HOST:PORT` (gRPC over TLS).
     pub uri: String,
     /// The name the certificate must carry (host name or IP).
@@ -95,6 +97,7 @@ impl Target {
             }
         };
         Ok(Self {
+            address: addr.to_string(),
             uri,
             server_name,
             trust,
@@ -103,16 +106,20 @@ impl Target {
         })
     }
 
-    /// Connects with HTTP/2 keepalive every `keepalive` (and the same timeout).
+    /// Connects with HTTP/2 keepalive every `keepalive` (and the same timeout). The TCP connection
+    /// and the TLS handshake are each bounded by [`CONNECT_TIMEOUT`], so a peer that accepts but
+    /// never answers (a hung process still has its listening socket) is a failure, not a wait.
     pub async fn connect(&self, keepalive: Duration) -> Result<Channel, String> {
         let endpoint = Endpoint::from_shared(self.uri.clone())
             .map_err(|e| error_chain(&e))?
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(keepalive)
             .keep_alive_timeout(keepalive)
             .keep_alive_while_idle(true)
             .tcp_nodelay(true);
-        let tls = ClientTlsConfig::new().domain_name(self.server_name.clone());
+        let tls = ClientTlsConfig::new()
+            .domain_name(self.server_name.clone())
+            .timeout(CONNECT_TIMEOUT);
         let endpoint = match &self.trust {
             Trust::CaFile(path) => {
                 let pem = std::fs::read(path)
@@ -135,50 +142,93 @@ impl Target {
     }
 }
 
+/// Bound on the TCP connection to a peer, and on the TLS handshake after it.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A connection up at least this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// Whether a connection that was up for `lasted` counts as one that lasted (it resets the
+/// backoff; for a zone with several global addresses, its loss starts a new round).
+pub fn lasted(lasted: Duration) -> bool {
+    lasted >= STABLE_AFTER
+}
 
 /// The retry side of a long-lived connection to a peer (global for `zone run`, the zone for
 /// `zone proxy`): backoff between attempts, reset once a connection lasted [`STABLE_AFTER`] (or did
 /// useful work), and a warning for each new failure, not for each retry failing the same way.
+/// A peer reachable at several addresses (`zone run --global-address A,B`) has one backoff, between
+/// rounds over them, and remembers the last failure logged per address ([`Redial::peers`]).
 #[derive(Debug)]
 pub struct Redial {
     backoff: Backoff,
-    last_logged: Option<String>,
+    /// Per address of the peer, the last failure logged.
+    last_logged: Vec<Option<String>>,
 }
 
 impl Redial {
     pub fn new(initial: Duration, max: Duration) -> Self {
         Self {
             backoff: Backoff::new(initial, max, Jitter::UpperHalf),
-            last_logged: None,
+            last_logged: vec![None],
         }
     }
 
-    /// The connection is up: its next failure is news again.
+    /// The peer has `n` addresses (at least one), whose failures are logged apart.
+    pub fn peers(mut self, n: usize) -> Self {
+        self.last_logged = vec![None; n.max(1)];
+        self
+    }
+
+    /// The connection is up: the next failure, at any address, is news again.
     pub fn connected(&mut self) {
-        self.last_logged = None;
+        self.last_logged.fill(None);
     }
 
     /// A connection that was up for `lasted` ended with `error`; `useful`: it delivered something,
     /// so the next attempt starts from the first delay whatever its length. `what` is the warning.
     pub fn lost(&mut self, error: String, lasted: Duration, useful: bool, what: &str) {
+        self.lost_at(0, error, lasted, useful, what);
+    }
+
+    /// [`Redial::lost`] for the peer's address `at`.
+    pub fn lost_at(
+        &mut self,
+        at: usize,
+        error: String,
+        lasted: Duration,
+        useful: bool,
+        what: &str,
+    ) {
         tracing::warn!(error = %error, "{what}");
-        if lasted >= STABLE_AFTER || useful {
+        if self::lasted(lasted) || useful {
             self.backoff.reset();
         }
-        self.last_logged = Some(error);
+        *self.slot(at) = Some(error);
     }
 
     /// An attempt failed before the connection was up; `what` is the warning, given only when the
     /// error differs from the last one logged.
     pub fn failed(&mut self, error: String, what: &str) {
-        if self.last_logged.as_deref() == Some(error.as_str()) {
+        self.failed_at(0, error, what);
+    }
+
+    /// [`Redial::failed`] for the peer's address `at`.
+    pub fn failed_at(&mut self, at: usize, error: String, what: &str) {
+        let slot = self.slot(at);
+        if slot.as_deref() == Some(error.as_str()) {
             tracing::debug!(error = %error, "retry failed the same way");
         } else {
             tracing::warn!(error = %error, "{what}");
-            self.last_logged = Some(error);
+            *slot = Some(error);
         }
+    }
+
+    fn slot(&mut self, at: usize) -> &mut Option<String> {
+        if at >= self.last_logged.len() {
+            self.last_logged.resize(at + 1, None);
+        }
+        &mut self.last_logged[at]
     }
 
     /// Waits the next delay; `false` when `shutdown` fired meanwhile.

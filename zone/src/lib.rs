@@ -6,7 +6,8 @@
 //! Its read-only HTTP API (`api`) shows what it holds, its dataplanes and the state of the
 //! connection, with bodies typed in `views`. `config` is what `run` takes; `dial` (TLS dialing,
 //! reconnect policy) is shared by the sync client and the agent, which uses nothing else of the
-//! control plane. The `zone` binary only parses flags (`cli`) and calls `run` (or `agent::run`);
+//! control plane; `failover` orders the dialing of global's addresses when there are several.
+//! The `zone` binary only parses flags (`cli`) and calls `run` (or `agent::run`);
 //! tests call them with port-0 listeners. Every task stops on one `common::shutdown::Shutdown`.
 
 pub mod agent;
@@ -17,6 +18,7 @@ pub mod client;
 pub mod config;
 pub mod dial;
 pub mod dp;
+pub mod failover;
 pub mod identity;
 pub mod metrics;
 pub mod state;
@@ -62,7 +64,7 @@ pub async fn run(
 ) -> Result<(), ZoneError> {
     let listeners = listeners.into();
     // Checked before anything is opened, so that a bad flag fails fast.
-    let target = client::target(&config).map_err(ZoneError::Config)?;
+    let targets = client::targets(&config).map_err(ZoneError::Config)?;
     let store = common::store::Store::open(&config.data_dir)?;
     let ctx = Arc::new(ZoneCtx::new(config.clone(), store)?);
     let (stop, shutdown) = common::shutdown::Shutdown::from_future(shutdown);
@@ -73,7 +75,7 @@ pub async fn run(
         ),
         None => None,
     };
-    let sync = tokio::spawn(client::run(ctx.clone(), target, shutdown.clone()));
+    let sync = tokio::spawn(client::run(ctx.clone(), targets, shutdown.clone()));
     let identity = identity::IdentityManager::new(ctx.clone(), config.issuance.clone());
     let issuance = tokio::spawn(identity.clone().run(shutdown.clone()));
     let dp_addr = listeners
@@ -102,7 +104,7 @@ pub async fn run(
         zone = %config.name,
         api = %listeners.api.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         dp = %dp_addr,
-        global = %config.global_address,
+        global = %config.global_addresses.join(","),
         data_dir = %config.data_dir.display(),
         meshes = ctx.store.versions(common::model::Kind::Mesh).1.len(),
         "zone control plane started"

@@ -41,6 +41,8 @@ pub struct TypeSync {
 /// The connection to global, in memory.
 #[derive(Debug, Clone, Default)]
 pub struct Connection {
+    /// The address of global this zone is connected to, or dialing (the last one tried).
+    pub address: String,
     pub connected: bool,
     /// When the current stream was established (or the last one, when disconnected).
     pub since_ms: i64,
@@ -87,10 +89,13 @@ impl ZoneCtx {
             types.insert(kind.as_str(), t);
         }
         Ok(Self {
+            connection: Mutex::new(Connection {
+                address: config.global_address().to_string(),
+                ..Connection::default()
+            }),
             config,
             store,
             metrics: ZoneMetrics::new(),
-            connection: Mutex::new(Connection::default()),
             types: Mutex::new(types),
             sync_records,
             status_source: Mutex::new(None),
@@ -208,6 +213,7 @@ impl ZoneCtx {
             types,
             dataplanes: extra.dataplanes,
             backend_checks: extra.backend_checks,
+            global_address: conn.address,
         }
     }
 }

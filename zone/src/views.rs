@@ -134,7 +134,12 @@ pub struct StatusView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GlobalView {
+    /// The address of global the zone is connected to; while disconnected, the one it is dialing
+    /// (or last tried).
     pub address: String,
+    /// Every `--global-address`, in the order they are tried.
+    #[serde(default)]
+    pub addresses: Vec<String>,
     pub connected: bool,
     pub connects: u64,
     /// `None` (`null`) when there was none.
@@ -144,9 +149,10 @@ pub struct GlobalView {
 }
 
 impl GlobalView {
-    pub fn of(address: &str, c: &crate::state::Connection) -> Self {
+    pub fn of(addresses: &[String], c: &crate::state::Connection) -> Self {
         Self {
-            address: address.to_string(),
+            address: c.address.clone(),
+            addresses: addresses.to_vec(),
             connected: c.connected,
             connects: c.connects,
             last_error: Some(c.last_error.clone()).filter(|e| !e.is_empty()),

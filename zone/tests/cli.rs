@@ -54,6 +54,34 @@ fn flag_errors_are_usage_errors() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--trust-grace"));
+    // Every one of several global addresses is checked, and a bad one is named.
+    for extra in [
+        &[
+            "--global-address",
+            "grpcs://127.0.0.1:5685",
+            "--global-address",
+            "grpcs://replica-2",
+        ][..],
+        &[
+            "--global-address",
+            "grpcs://127.0.0.1:5685,grpcs://replica-2",
+        ][..],
+    ] {
+        let out = base(&[extra, &["--insecure-skip-verify"]].concat());
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("\"grpcs://replica-2\"") && err.contains("port"),
+            "{err}"
+        );
+    }
+    let out = base(&[
+        "--global-address",
+        "grpcs://127.0.0.1:5685,grpcs://127.0.0.1:5685",
+        "--insecure-skip-verify",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("given twice"));
     // Missing required flag (clap).
     let out = zone().args(["run", "--name", "z1"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
