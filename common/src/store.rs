@@ -386,6 +386,18 @@ impl Store {
         }
     }
 
+    /// Catches up with what other replicas committed (PostgreSQL; a no-op on sled), so that a
+    /// read after it sees every write acknowledged anywhere before it. Gives up quietly after
+    /// `limit` or when PostgreSQL is unreachable: reads then answer from what the replica holds.
+    pub async fn refresh(&self, limit: std::time::Duration) {
+        if let Backend::Pg(pg) = &self.backend
+            && let Ok(Err(e)) =
+                tokio::time::timeout(limit, crate::store_pg::refresh(self, pg)).await
+        {
+            tracing::debug!(error = %e, "reading from what this replica holds");
+        }
+    }
+
     pub(crate) fn pg(&self) -> Option<Arc<crate::store_pg::Pg>> {
         match &self.backend {
             Backend::Pg(pg) => Some(pg.clone()),

@@ -433,6 +433,18 @@ async fn catch_up(store: &Store, pg: &Pg, client: &impl GenericClient) -> Result
     Ok(())
 }
 
+/// Catches up now, on the write connection.
+pub(crate) async fn refresh(store: &Store, pg: &Pg) -> Result<(), StoreError> {
+    let _write = store.write_lock.lock().await;
+    let mut guard = pg.client.lock().await;
+    let client = pg.client(&mut guard).await?;
+    let result = catch_up(store, pg, &*client).await;
+    if guard.as_ref().is_some_and(|c| c.is_closed()) {
+        *guard = None;
+    }
+    result
+}
+
 /// A write of the PostgreSQL backend (called under the store's write lock).
 pub(crate) async fn write(
     store: &Store,
