@@ -1065,6 +1065,31 @@ mod tests {
         checked_writes_refuse_what_changed
     );
 
+    /// A quick figure, not a timed test: `cargo test -p common --lib write_rate -- --ignored
+    /// --nocapture`.
+    #[tokio::test]
+    #[ignore]
+    async fn write_rate() {
+        for db in [TestDb::sled(), TestDb::pg()] {
+            let store = db.open().await;
+            let n = 500;
+            let started = std::time::Instant::now();
+            for i in 0..n {
+                store
+                    .write(vec![Op::Put(mesh(&format!("m{i}")))])
+                    .await
+                    .unwrap();
+            }
+            let rate = f64::from(n) / started.elapsed().as_secs_f64();
+            let name = if store.is_shared() {
+                "postgres"
+            } else {
+                "sled"
+            };
+            eprintln!("{name}: {rate:.0} sequential one-resource writes/s");
+        }
+    }
+
     #[tokio::test]
     async fn temporary_store_works() {
         let store = Store::temporary().unwrap();

@@ -196,3 +196,39 @@ async fn a_schema_newer_than_the_binary_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("schema is at version 99"), "{stderr}");
 }
+
+/// PostgreSQL unreachable at start: global stays up, says so once, and starts when it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_waits_for_an_unreachable_postgres_at_start() {
+    // Built first (the first call runs cargo build), so the wait below is global's own.
+    testkit::bins::binary("global").unwrap();
+    let mut pg = PgServer::start().unwrap();
+    pg.stop().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a");
+    let url = pg.url();
+    let starting = {
+        let dir = dir.clone();
+        tokio::spawn(async move {
+            GlobalProc::start_with(&dir, GlobalOptions::default().store(&url)).await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !starting.is_finished(),
+        "global gave up or started without PostgreSQL"
+    );
+    pg.start_again().unwrap();
+    let a = starting.await.unwrap().unwrap();
+    a.api
+        .write_ok(Method::PUT, "/meshes/m", &mesh("m"))
+        .await
+        .unwrap();
+    let log = std::fs::read_to_string(dir.join("global.log")).unwrap();
+    assert_eq!(
+        log.matches("PostgreSQL store unreachable").count(),
+        1,
+        "one line per change of state:\n{log}"
+    );
+    assert!(log.contains("PostgreSQL store reachable"), "{log}");
+}
