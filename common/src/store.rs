@@ -398,6 +398,15 @@ impl Store {
         }
     }
 
+    /// Whether the store can take writes now: always on sled; on PostgreSQL, whether the last
+    /// contact with the database worked (what `/readyz` reports).
+    pub fn reachable(&self) -> bool {
+        match &self.backend {
+            Backend::Sled { .. } => true,
+            Backend::Pg(pg) => pg.reachable(),
+        }
+    }
+
     pub(crate) fn pg(&self) -> Option<Arc<crate::store_pg::Pg>> {
         match &self.backend {
             Backend::Pg(pg) => Some(pg.clone()),

@@ -143,6 +143,8 @@ pub struct Pg {
     /// it was lost, until the next write reconnects.
     client: tokio::sync::Mutex<Option<Client>>,
     mem: RwLock<Mem>,
+    /// Whether the last contact with PostgreSQL (a write, a catch-up, the listener) worked.
+    reachable: std::sync::atomic::AtomicBool,
 }
 
 fn kind_of(s: &str) -> Option<Kind> {
@@ -240,8 +242,20 @@ impl Pg {
             config,
             client: tokio::sync::Mutex::new(Some(client)),
             mem: RwLock::new(mem),
+            reachable: std::sync::atomic::AtomicBool::new(true),
         });
         Ok((pg, resources, u64::try_from(revision).unwrap_or(0)))
+    }
+
+    pub(crate) fn reachable(&self) -> bool {
+        self.reachable.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Notes how the last contact with PostgreSQL went.
+    fn note<T>(&self, result: &Result<T, StoreError>) {
+        let down = matches!(result, Err(StoreError::Unavailable { .. }));
+        self.reachable
+            .store(!down, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn mem(&self) -> std::sync::RwLockReadGuard<'_, Mem> {
@@ -437,11 +451,14 @@ async fn catch_up(store: &Store, pg: &Pg, client: &impl GenericClient) -> Result
 pub(crate) async fn refresh(store: &Store, pg: &Pg) -> Result<(), StoreError> {
     let _write = store.write_lock.lock().await;
     let mut guard = pg.client.lock().await;
-    let client = pg.client(&mut guard).await?;
+    let client = pg.client(&mut guard).await;
+    pg.note(&client);
+    let client = client?;
     let result = catch_up(store, pg, &*client).await;
     if guard.as_ref().is_some_and(|c| c.is_closed()) {
         *guard = None;
     }
+    pg.note(&result);
     result
 }
 
@@ -556,6 +573,7 @@ pub(crate) async fn write(
         *guard = None;
     }
     drop(guard);
+    pg.note(&result);
     let (outcomes, records, next) = result?;
     if !records.is_empty() {
         {
@@ -596,6 +614,12 @@ pub(crate) fn spawn_listener(store: &Store, pg: Arc<Pg>) {
             let (client, mut connection) = match config.connect(NoTls).await {
                 Ok(c) => c,
                 Err(e) => {
+                    if let Some(store) = weak.upgrade()
+                        && let Some(pg) = store.pg()
+                    {
+                        pg.reachable
+                            .store(false, std::sync::atomic::Ordering::Relaxed);
+                    }
                     if connected {
                         tracing::warn!(error = %e, "PostgreSQL unreachable: following other replicas' writes paused, retrying");
                         connected = false;

@@ -163,12 +163,14 @@ async fn with_postgres_stopped_writes_answer_503_and_reads_go_on() {
     assert!(v.to_string().contains("PostgreSQL"), "{v}");
     let (status, v) = a.api.get("/meshes/kept").await.unwrap();
     assert_eq!(status, 200, "{v}");
+    assert_eq!(a.api.get("/readyz").await.unwrap().0, 503);
     pg.start_again().unwrap();
     a.api
         .write_ok(Method::PUT, "/meshes/new", &mesh("new"))
         .await
         .unwrap();
     assert_eq!(a.api.get("/meshes/new").await.unwrap().0, 200);
+    assert_eq!(a.api.get("/readyz").await.unwrap().0, 200);
 }
 
 /// A database migrated by a newer binary: global refuses to start, saying so (exit 1); `global

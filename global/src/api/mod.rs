@@ -104,6 +104,14 @@ async fn authorize(State(state): State<ApiState>, req: Request, next: Next) -> R
 }
 
 async fn readyz(State(state): State<ApiState>) -> ApiResult<&'static str> {
+    if !state.store.reachable() {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the store (PostgreSQL) is unreachable: writes fail until it is back",
+        );
+        e.title = "Store unavailable".into();
+        return Err(e);
+    }
     state.store.list(Kind::Mesh, None)?;
     Ok("ready")
 }
