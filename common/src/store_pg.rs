@@ -145,6 +145,9 @@ pub struct Pg {
     mem: RwLock<Mem>,
     /// Whether the last contact with PostgreSQL (a write, a catch-up, the listener) worked.
     reachable: std::sync::atomic::AtomicBool,
+    /// When the last catch-up on the write connection started: requests that arrived before it
+    /// need no catch-up of their own once it is done (concurrent reads share one).
+    caught_up_from: std::sync::Mutex<std::time::Instant>,
 }
 
 fn kind_of(s: &str) -> Option<Kind> {
@@ -243,6 +246,7 @@ impl Pg {
             client: tokio::sync::Mutex::new(Some(client)),
             mem: RwLock::new(mem),
             reachable: std::sync::atomic::AtomicBool::new(true),
+            caught_up_from: std::sync::Mutex::new(std::time::Instant::now()),
         });
         Ok((pg, resources, u64::try_from(revision).unwrap_or(0)))
     }
@@ -449,7 +453,16 @@ async fn catch_up(store: &Store, pg: &Pg, client: &impl GenericClient) -> Result
 
 /// Catches up now, on the write connection.
 pub(crate) async fn refresh(store: &Store, pg: &Pg) -> Result<(), StoreError> {
+    let arrived = std::time::Instant::now();
     let _write = store.write_lock.lock().await;
+    {
+        let mut from = pg.caught_up_from.lock().unwrap_or_else(|e| e.into_inner());
+        if *from >= arrived && pg.reachable() {
+            // A catch-up (or a write) that started after this request arrived is done.
+            return Ok(());
+        }
+        *from = std::time::Instant::now();
+    }
     let mut guard = pg.client.lock().await;
     let client = pg.client(&mut guard).await;
     pg.note(&client);
@@ -483,6 +496,7 @@ pub(crate) async fn write(
             .await
             .map_err(pg_err)?
             .get(0);
+        *pg.caught_up_from.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
         catch_up(store, pg, &tx).await?;
         store.check_expected(expected)?;
         let next = current + 1;
