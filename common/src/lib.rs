@@ -18,6 +18,7 @@ pub mod model;
 pub mod parse;
 pub mod shutdown;
 pub mod store;
+mod store_pg;
 pub mod sync;
 pub mod table;
 pub mod template;

@@ -1,6 +1,8 @@
-//! The resource store on sled, used by global (the source of truth) and by zones (their copy of
-//! what global sent). It owns durability and atomicity: every write is a batch of puts and deletes
-//! applied in one sled transaction and flushed before the call returns, so a refused or failed
+//! The resource store, used by global (the source of truth) and by zones (their copy of what
+//! global sent). It has two backends behind one API: sled (embedded, the default, the only one of
+//! zones) and PostgreSQL (global replicas sharing one database, `store_pg`). It owns durability and
+//! atomicity: every write is a batch of puts and deletes applied in one transaction (sled's, or
+//! PostgreSQL's) and flushed or committed before the call returns, so a refused or failed
 //! write leaves nothing behind and an acknowledged one survives a crash. Each write bumps a store
 //! revision published on a `watch` channel, which is how the sync server learns of changes without
 //! polling. Each stored resource carries a content hash (its version on the sync stream), and an
@@ -30,6 +32,43 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
     #[error("cannot open the store at {path}: {reason}")]
     Open { path: String, reason: String },
+    /// The PostgreSQL store cannot be reached: nothing was written.
+    #[error("the store (PostgreSQL) is unavailable: {source}")]
+    Unavailable {
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// PostgreSQL refused a statement: nothing was written.
+    #[error("the store (PostgreSQL) failed: {source}")]
+    Postgres {
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// Something a checked write expected changed (another writer, possibly another replica,
+    /// came first): nothing was written.
+    #[error("conflicting write: {key} changed since it was read")]
+    Conflict { key: String },
+    /// The database was migrated by a newer binary.
+    #[error(
+        "the PostgreSQL schema is at version {found}, this binary knows versions up to {known}: run a newer global"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error("invalid store URL: {reason}")]
+    Url { reason: String },
+}
+
+/// What a checked write expects of the store (see [`Store::write_checked`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// The resource has this version (`None`: it is absent).
+    Version(ResourceKey, Option<String>),
+    /// The resources of `kind` in `mesh` are exactly these names (a Mesh delete takes what it
+    /// owns: nothing may have been added meanwhile).
+    Members {
+        kind: Kind,
+        mesh: String,
+        names: Vec<String>,
+    },
 }
 
 /// Identity of a stored resource. A Mesh has `mesh == name`.
@@ -58,11 +97,11 @@ impl ResourceKey {
     }
 
     /// sled key: `<Kind>/<mesh>/<name>`. Names are DNS names, so they never contain `/`.
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         format!("{}/{}/{}", self.kind.as_str(), self.mesh, self.name).into_bytes()
     }
 
-    fn prefix(kind: Kind, mesh: Option<&str>) -> Vec<u8> {
+    pub(crate) fn prefix(kind: Kind, mesh: Option<&str>) -> Vec<u8> {
         match mesh {
             Some(m) => format!("{}/{}/", kind.as_str(), m).into_bytes(),
             None => format!("{}/", kind.as_str()).into_bytes(),
@@ -133,7 +172,7 @@ pub fn content_hash(spec: &serde_json::Value) -> String {
 }
 
 /// An op ready for the transaction: the encoded key and, for a put, the JSON and its hash.
-type PreparedOp = (Vec<u8>, Option<(serde_json::Value, String)>);
+pub(crate) type PreparedOp = (Vec<u8>, Option<(serde_json::Value, String)>);
 
 /// One change in a write batch.
 #[derive(Debug, Clone)]
@@ -163,7 +202,7 @@ pub type VersionMap = BTreeMap<(String, String), String>;
 
 /// The version index: per kind, a copy-on-write map, with the revision it reflects.
 #[derive(Default)]
-struct VersionIndex {
+pub(crate) struct VersionIndex {
     revision: u64,
     kinds: HashMap<Kind, Arc<VersionMap>>,
     /// Per kind, the revision of the last write that changed it.
@@ -180,15 +219,42 @@ pub struct VersionSnapshot {
     pub map: Arc<VersionMap>,
 }
 
-/// The sled-backed store. Cheap to clone; clones share the database.
+/// The store. Cheap to clone; clones share the database.
 #[derive(Clone)]
 pub struct Store {
-    db: sled::Db,
-    resources: sled::Tree,
-    meta: sled::Tree,
-    revision_tx: std::sync::Arc<watch::Sender<u64>>,
-    write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
-    index: Arc<RwLock<VersionIndex>>,
+    backend: Backend,
+    pub(crate) revision_tx: std::sync::Arc<watch::Sender<u64>>,
+    pub(crate) write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    pub(crate) index: Arc<RwLock<VersionIndex>>,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sled {
+        db: sled::Db,
+        resources: sled::Tree,
+        meta: sled::Tree,
+    },
+    Pg(Arc<crate::store_pg::Pg>),
+}
+
+/// A store that does not keep its database alive (the PostgreSQL listener holds one).
+pub(crate) struct WeakStore {
+    pg: std::sync::Weak<crate::store_pg::Pg>,
+    revision_tx: std::sync::Weak<watch::Sender<u64>>,
+    write_lock: std::sync::Weak<tokio::sync::Mutex<()>>,
+    index: std::sync::Weak<RwLock<VersionIndex>>,
+}
+
+impl WeakStore {
+    pub(crate) fn upgrade(&self) -> Option<Store> {
+        Some(Store {
+            backend: Backend::Pg(self.pg.upgrade()?),
+            revision_tx: self.revision_tx.upgrade()?,
+            write_lock: self.write_lock.upgrade()?,
+            index: self.index.upgrade()?,
+        })
+    }
 }
 
 impl Store {
@@ -246,15 +312,179 @@ impl Store {
             index.kinds.insert(kind, Arc::new(map));
             index.changed_at.insert(kind, revision);
         }
-        let (revision_tx, _) = watch::channel(revision);
-        Ok(Self {
-            db,
-            resources,
-            meta,
+        Ok(Self::with_backend(
+            Backend::Sled {
+                db,
+                resources,
+                meta,
+            },
+            index,
+        ))
+    }
+
+    fn with_backend(backend: Backend, index: VersionIndex) -> Self {
+        let (revision_tx, _) = watch::channel(index.revision);
+        Self {
+            backend,
             revision_tx: std::sync::Arc::new(revision_tx),
             write_lock: std::sync::Arc::new(tokio::sync::Mutex::new(())),
             index: Arc::new(RwLock::new(index)),
-        })
+        }
+    }
+
+    /// Connects to the PostgreSQL store at `url` (`postgres://USER[:PASS]@HOST[:PORT]/DB`),
+    /// applies the migrations this binary knows, loads every resource and record into memory and
+    /// follows the other replicas' writes (LISTEN/NOTIFY, and a poll as a safety net). One
+    /// attempt: a database that cannot be reached is `StoreError::Unavailable`.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let (pg, resources, revision) = crate::store_pg::Pg::connect(url).await?;
+        let mut index = VersionIndex {
+            revision,
+            ..Default::default()
+        };
+        let mut maps: HashMap<Kind, VersionMap> = HashMap::new();
+        for r in resources {
+            maps.entry(r.key.kind)
+                .or_default()
+                .insert((r.key.mesh.clone(), r.key.name.clone()), r.hash.clone());
+        }
+        for (kind, map) in maps {
+            index.kinds.insert(kind, Arc::new(map));
+            index.changed_at.insert(kind, revision);
+        }
+        let store = Self::with_backend(Backend::Pg(pg.clone()), index);
+        crate::store_pg::spawn_listener(&store, pg);
+        Ok(store)
+    }
+
+    /// Applies the PostgreSQL migrations this binary knows and nothing else; returns the schema
+    /// version.
+    pub async fn migrate(url: &str) -> Result<i64, StoreError> {
+        crate::store_pg::migrate_only(url).await
+    }
+
+    /// Whether the store is shared by several processes (PostgreSQL): then what every replica
+    /// must agree on lives in it ([`Store::share`]).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Pg(_))
+    }
+
+    /// The shared value `name`, if some replica stored one (always `None` on sled).
+    pub async fn shared_value(&self, name: &str) -> Result<Option<String>, StoreError> {
+        match &self.backend {
+            Backend::Sled { .. } => Ok(None),
+            Backend::Pg(pg) => pg.shared_value(name).await,
+        }
+    }
+
+    /// Stores `proposed` as the shared value `name` unless one is there already, and returns the
+    /// value stored: replicas starting at once agree on the first one. On sled, `proposed`.
+    pub async fn share(&self, name: &str, proposed: &str) -> Result<String, StoreError> {
+        match &self.backend {
+            Backend::Sled { .. } => Ok(proposed.to_string()),
+            Backend::Pg(pg) => pg.share(name, proposed).await,
+        }
+    }
+
+    /// Catches up with what other replicas committed (PostgreSQL; a no-op on sled), so that a
+    /// read after it sees every write acknowledged anywhere before it. Gives up quietly after
+    /// `limit` or when PostgreSQL is unreachable: reads then answer from what the replica holds.
+    pub async fn refresh(&self, limit: std::time::Duration) {
+        if let Backend::Pg(pg) = &self.backend
+            && let Ok(Err(e)) =
+                tokio::time::timeout(limit, crate::store_pg::refresh(self, pg)).await
+        {
+            tracing::debug!(error = %e, "reading from what this replica holds");
+        }
+    }
+
+    /// Whether the store can take writes now: always on sled; on PostgreSQL, whether the last
+    /// contact with the database worked (what `/readyz` reports).
+    pub fn reachable(&self) -> bool {
+        match &self.backend {
+            Backend::Sled { .. } => true,
+            Backend::Pg(pg) => pg.reachable(),
+        }
+    }
+
+    pub(crate) fn pg(&self) -> Option<Arc<crate::store_pg::Pg>> {
+        match &self.backend {
+            Backend::Pg(pg) => Some(pg.clone()),
+            Backend::Sled { .. } => None,
+        }
+    }
+
+    pub(crate) fn downgrade(&self, pg: &Arc<crate::store_pg::Pg>) -> WeakStore {
+        WeakStore {
+            pg: Arc::downgrade(pg),
+            revision_tx: Arc::downgrade(&self.revision_tx),
+            write_lock: Arc::downgrade(&self.write_lock),
+            index: Arc::downgrade(&self.index),
+        }
+    }
+
+    /// Records changes (key, new version or `None` when deleted) in the version index at
+    /// `revision`, and publishes the revision when it moved.
+    pub(crate) fn apply_index(&self, changes: &[(ResourceKey, Option<String>)], revision: u64) {
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        for (key, version) in changes {
+            let map = Arc::make_mut(index.kinds.entry(key.kind).or_default());
+            match version {
+                Some(hash) => {
+                    map.insert((key.mesh.clone(), key.name.clone()), hash.clone());
+                }
+                None => {
+                    map.remove(&(key.mesh.clone(), key.name.clone()));
+                }
+            }
+            index.changed_at.insert(key.kind, revision);
+        }
+        if revision > index.revision {
+            index.revision = revision;
+            drop(index);
+            self.revision_tx.send_replace(revision);
+        }
+    }
+
+    /// Whether what a checked write expects still holds (called under the write lock, after the
+    /// PostgreSQL backend caught up with the database).
+    pub(crate) fn check_expected(&self, expected: &[Expect]) -> Result<(), StoreError> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        for e in expected {
+            match e {
+                Expect::Version(key, version) => {
+                    let now = index
+                        .kinds
+                        .get(&key.kind)
+                        .and_then(|m| m.get(&(key.mesh.clone(), key.name.clone())));
+                    if now != version.as_ref() {
+                        return Err(StoreError::Conflict {
+                            key: format!("{} {}/{}", key.kind.as_str(), key.mesh, key.name),
+                        });
+                    }
+                }
+                Expect::Members { kind, mesh, names } => {
+                    let now: Vec<&String> = index
+                        .kinds
+                        .get(kind)
+                        .map(|m| {
+                            m.keys()
+                                .filter(|(m, _)| m == mesh)
+                                .map(|(_, n)| n)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let mut want: Vec<&String> = names.iter().collect();
+                    want.sort();
+                    if now != want {
+                        return Err(StoreError::Conflict {
+                            key: format!("the {}s of mesh {mesh}", kind.as_str()),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The versions of every resource of a kind and the revision they reflect, as one consistent
@@ -294,9 +524,15 @@ impl Store {
 
     /// A named tree of records that are not resources (no revision, not synced, not in `list`).
     pub fn records(&self, name: &str) -> Result<Records, StoreError> {
-        Ok(Records {
-            db: self.db.clone(),
-            tree: self.db.open_tree(format!("{RECORDS_PREFIX}{name}"))?,
+        Ok(match &self.backend {
+            Backend::Sled { db, .. } => Records(RecordsBackend::Sled {
+                db: db.clone(),
+                tree: db.open_tree(format!("{RECORDS_PREFIX}{name}"))?,
+            }),
+            Backend::Pg(pg) => Records(RecordsBackend::Pg {
+                pg: pg.clone(),
+                tree: name.to_string(),
+            }),
         })
     }
 
@@ -311,7 +547,11 @@ impl Store {
     }
 
     pub fn get(&self, key: &ResourceKey) -> Result<Option<StoredResource>, StoreError> {
-        match self.resources.get(key.encode())? {
+        let resources = match &self.backend {
+            Backend::Sled { resources, .. } => resources,
+            Backend::Pg(pg) => return Ok(pg.get(key)),
+        };
+        match resources.get(key.encode())? {
             Some(bytes) => Ok(Some(decode_record(&key.encode(), &bytes)?)),
             None => Ok(None),
         }
@@ -339,8 +579,12 @@ impl Store {
 
     /// Every stored resource of a kind, optionally within one mesh, sorted by key.
     pub fn list(&self, kind: Kind, mesh: Option<&str>) -> Result<Vec<StoredResource>, StoreError> {
+        let resources = match &self.backend {
+            Backend::Sled { resources, .. } => resources,
+            Backend::Pg(pg) => return Ok(pg.list(kind, mesh)),
+        };
         let mut out = Vec::new();
-        for item in self.resources.scan_prefix(ResourceKey::prefix(kind, mesh)) {
+        for item in resources.scan_prefix(ResourceKey::prefix(kind, mesh)) {
             let (k, v) = item?;
             out.push(decode_record(&k, &v)?);
         }
@@ -369,32 +613,36 @@ impl Store {
 
     /// Applies a batch atomically and durably: all of it or none of it. Returns one outcome per op.
     pub async fn write(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, StoreError> {
+        self.write_checked(ops, &[]).await
+    }
+
+    /// Like [`Store::write`], but only if everything in `expected` still holds when the batch is
+    /// applied, checked under the write lock (sled) or inside the PostgreSQL transaction, after
+    /// catching up with every other replica's writes; else `StoreError::Conflict` and nothing is
+    /// written. This is what makes optimistic admission hold across replicas.
+    pub async fn write_checked(
+        &self,
+        ops: Vec<Op>,
+        expected: &[Expect],
+    ) -> Result<Vec<Outcome>, StoreError> {
         // Writers are serialized so that revisions are assigned in commit order.
         let _guard = self.write_lock.lock().await;
+        let (db, resources, meta) = match &self.backend {
+            Backend::Sled {
+                db,
+                resources,
+                meta,
+            } => (db, resources, meta),
+            Backend::Pg(pg) => return crate::store_pg::write(self, pg, ops, expected).await,
+        };
+        self.check_expected(expected)?;
         let current = self.revision();
         let next = current + 1;
         let now = u64::try_from(crate::clock::now_unix()).unwrap_or(0);
-        let prepared: Vec<PreparedOp> = ops
-            .iter()
-            .map(|op| match op {
-                Op::Put(r) => {
-                    let spec = resource_json(r);
-                    let hash = content_hash(&spec);
-                    (ResourceKey::of(r).encode(), Some((spec, hash)))
-                }
-                Op::Delete(k) => (k.encode(), None),
-            })
-            .collect();
-        let keys: Vec<ResourceKey> = ops
-            .iter()
-            .map(|op| match op {
-                Op::Put(r) => ResourceKey::of(r),
-                Op::Delete(k) => k.clone(),
-            })
-            .collect();
+        let (prepared, keys) = prepare(&ops);
 
-        let result: Result<Vec<Outcome>, TransactionError<StoreError>> =
-            (&self.resources, &self.meta).transaction(|(res, meta)| {
+        let result: Result<Vec<Outcome>, TransactionError<StoreError>> = (resources, meta)
+            .transaction(|(res, meta)| {
                 let mut outcomes = Vec::with_capacity(prepared.len());
                 let mut changed = false;
                 for ((key_bytes, put), key) in prepared.iter().zip(&keys) {
@@ -453,44 +701,87 @@ impl Store {
             Err(TransactionError::Abort(e)) => return Err(e),
             Err(TransactionError::Storage(e)) => return Err(StoreError::Sled(e)),
         };
-        self.db.flush_async().await?;
-        if outcomes
-            .iter()
-            .any(|o| matches!(o, Outcome::Created | Outcome::Updated | Outcome::Deleted))
-        {
-            let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
-            for ((key, put), outcome) in keys.iter().zip(&prepared).zip(&outcomes) {
-                let map = Arc::make_mut(index.kinds.entry(key.kind).or_default());
-                match (outcome, put) {
-                    (Outcome::Created | Outcome::Updated, (_, Some((_, hash)))) => {
-                        map.insert((key.mesh.clone(), key.name.clone()), hash.clone());
-                    }
-                    (Outcome::Deleted, _) => {
-                        map.remove(&(key.mesh.clone(), key.name.clone()));
-                    }
-                    _ => continue,
-                }
-                index.changed_at.insert(key.kind, next);
-            }
-            index.revision = next;
-            drop(index);
-            self.revision_tx.send_replace(next);
+        db.flush_async().await?;
+        let changes = index_changes(&keys, &prepared, &outcomes);
+        if !changes.is_empty() {
+            self.apply_index(&changes, next);
         }
         Ok(outcomes)
     }
 }
 
+/// The version index changes of a write: (key, new version, `None` when deleted).
+pub(crate) fn index_changes(
+    keys: &[ResourceKey],
+    prepared: &[PreparedOp],
+    outcomes: &[Outcome],
+) -> Vec<(ResourceKey, Option<String>)> {
+    keys.iter()
+        .zip(prepared)
+        .zip(outcomes)
+        .filter_map(|((key, put), outcome)| match (outcome, put) {
+            (Outcome::Created | Outcome::Updated, (_, Some((_, hash)))) => {
+                Some((key.clone(), Some(hash.clone())))
+            }
+            (Outcome::Deleted, _) => Some((key.clone(), None)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Prepares a batch: per op the encoded key and, for a put, the JSON and its hash; and the keys.
+pub(crate) fn prepare(ops: &[Op]) -> (Vec<PreparedOp>, Vec<ResourceKey>) {
+    let prepared = ops
+        .iter()
+        .map(|op| match op {
+            Op::Put(r) => {
+                let spec = resource_json(r);
+                let hash = content_hash(&spec);
+                (ResourceKey::of(r).encode(), Some((spec, hash)))
+            }
+            Op::Delete(k) => (k.encode(), None),
+        })
+        .collect();
+    let keys = ops
+        .iter()
+        .map(|op| match op {
+            Op::Put(r) => ResourceKey::of(r),
+            Op::Delete(k) => k.clone(),
+        })
+        .collect();
+    (prepared, keys)
+}
+
 /// A named tree of JSON records beside the resources (e.g. global's zone records). Writes are
 /// flushed before they return.
 #[derive(Clone)]
-pub struct Records {
-    db: sled::Db,
-    tree: sled::Tree,
+pub struct Records(RecordsBackend);
+
+#[derive(Clone)]
+enum RecordsBackend {
+    Sled {
+        db: sled::Db,
+        tree: sled::Tree,
+    },
+    /// Held in memory, written through to PostgreSQL.
+    Pg {
+        pg: Arc<crate::store_pg::Pg>,
+        tree: String,
+    },
 }
 
 impl Records {
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
-        match self.tree.get(key.as_bytes())? {
+        let tree = match &self.0 {
+            RecordsBackend::Sled { tree, .. } => tree,
+            RecordsBackend::Pg { pg, tree } => {
+                return match pg.record(tree, key) {
+                    Some(bytes) => Ok(Some(decode_json(key.as_bytes(), &bytes)?)),
+                    None => Ok(None),
+                };
+            }
+        };
+        match tree.get(key.as_bytes())? {
             Some(bytes) => Ok(Some(decode_json(key.as_bytes(), &bytes)?)),
             None => Ok(None),
         }
@@ -498,8 +789,18 @@ impl Records {
 
     /// Every record, sorted by key.
     pub fn list<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>, StoreError> {
+        let tree = match &self.0 {
+            RecordsBackend::Sled { tree, .. } => tree,
+            RecordsBackend::Pg { pg, tree } => {
+                return pg
+                    .records(tree)
+                    .into_iter()
+                    .map(|(k, v)| Ok((k.clone(), decode_json(k.as_bytes(), &v)?)))
+                    .collect();
+            }
+        };
         let mut out = Vec::new();
-        for item in self.tree.iter() {
+        for item in tree.iter() {
             let (k, v) = item?;
             out.push((
                 String::from_utf8_lossy(&k).into_owned(),
@@ -510,27 +811,50 @@ impl Records {
     }
 
     pub async fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
-        self.put_buffered(key, value)?;
-        self.db.flush_async().await?;
+        match &self.0 {
+            RecordsBackend::Sled { db, .. } => {
+                self.put_buffered(key, value)?;
+                db.flush_async().await?;
+            }
+            RecordsBackend::Pg { pg, tree } => {
+                pg.put_record(tree, key, Some(encode_json(key, value)?))
+                    .await?;
+            }
+        }
         Ok(())
     }
 
     /// Writes without waiting for the disk: durable at sled's next periodic flush (about half a
     /// second), for bookkeeping that may lag after a crash.
+    /// On PostgreSQL the record is held at once and written in the background.
     pub fn put_buffered<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
-            key: key.to_string(),
-            reason: e.to_string(),
-        })?;
-        self.tree.insert(key.as_bytes(), bytes)?;
+        let bytes = encode_json(key, value)?;
+        match &self.0 {
+            RecordsBackend::Sled { tree, .. } => {
+                tree.insert(key.as_bytes(), bytes)?;
+            }
+            RecordsBackend::Pg { pg, tree } => pg.put_record_buffered(tree, key, bytes),
+        }
         Ok(())
     }
 
     pub async fn remove(&self, key: &str) -> Result<bool, StoreError> {
-        let existed = self.tree.remove(key.as_bytes())?.is_some();
-        self.db.flush_async().await?;
-        Ok(existed)
+        match &self.0 {
+            RecordsBackend::Sled { db, tree } => {
+                let existed = tree.remove(key.as_bytes())?.is_some();
+                db.flush_async().await?;
+                Ok(existed)
+            }
+            RecordsBackend::Pg { pg, tree } => pg.put_record(tree, key, None).await,
+        }
     }
+}
+
+fn encode_json<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 fn decode_json<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
@@ -556,7 +880,7 @@ fn decode_u64(v: &[u8]) -> u64 {
     u64::from_be_bytes(buf)
 }
 
-fn decode_record(key: &[u8], bytes: &[u8]) -> Result<StoredResource, StoreError> {
+pub(crate) fn decode_record(key: &[u8], bytes: &[u8]) -> Result<StoredResource, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
         reason: e.to_string(),
@@ -576,9 +900,32 @@ mod tests {
         })
     }
 
-    #[tokio::test]
-    async fn writes_are_atomic_and_versioned() {
-        let store = Store::temporary().unwrap();
+    /// Where a test store lives: a sled directory, or a private PostgreSQL server.
+    enum TestDb {
+        Sled(tempfile::TempDir),
+        Pg(testkit::postgres::PgServer),
+    }
+
+    impl TestDb {
+        fn sled() -> Self {
+            TestDb::Sled(tempfile::tempdir().unwrap())
+        }
+
+        fn pg() -> Self {
+            TestDb::Pg(testkit::postgres::PgServer::start().unwrap())
+        }
+
+        /// Opens the store (again: a reopen after the previous one was dropped).
+        async fn open(&self) -> Store {
+            match self {
+                TestDb::Sled(dir) => Store::open(dir.path()).unwrap(),
+                TestDb::Pg(pg) => Store::connect(&pg.url()).await.unwrap(),
+            }
+        }
+    }
+
+    async fn writes_are_atomic_and_versioned(db: TestDb) {
+        let store = db.open().await;
         let mut rx = store.subscribe();
         let out = store
             .write(vec![
@@ -609,12 +956,10 @@ mod tests {
         assert_eq!(store.revision(), 2);
     }
 
-    #[tokio::test]
-    async fn version_index_follows_writes_and_reopen() {
-        let dir = tempfile::tempdir().unwrap();
+    async fn version_index_follows_writes_and_reopen(db: TestDb) {
         let secret = Resource::Secret(Secret::new("a", "s", b"x"));
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = db.open().await;
             assert!(store.versions(Kind::Mesh).1.is_empty());
             store
                 .write(vec![
@@ -647,7 +992,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = db.open().await;
         let (rev, meshes) = store.versions(Kind::Mesh);
         assert_eq!((rev, meshes.len()), (2, 1));
         let secrets = store.versions(Kind::Secret).1;
@@ -662,15 +1007,181 @@ mod tests {
         assert!(records.get::<serde_json::Value>("z1").unwrap().is_none());
     }
 
-    #[tokio::test]
-    async fn survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
+    async fn survives_reopen(db: TestDb) {
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = db.open().await;
             store.write(vec![Op::Put(mesh("m1"))]).await.unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = db.open().await;
         assert_eq!(store.revision(), 1);
         assert_eq!(store.list_meshes().unwrap()[0].name, "m1");
+    }
+
+    async fn checked_writes_refuse_what_changed(db: TestDb) {
+        let store = db.open().await;
+        store.write(vec![Op::Put(mesh("m"))]).await.unwrap();
+        let v = store.version_of(&ResourceKey::mesh("m"));
+        let secret = || Op::Put(Resource::Secret(Secret::new("m", "s", b"x")));
+        let expect_mesh = [Expect::Version(ResourceKey::mesh("m"), v.clone())];
+        store
+            .write(vec![Op::Delete(ResourceKey::mesh("m"))])
+            .await
+            .unwrap();
+        let err = store.write_checked(vec![secret()], &expect_mesh).await;
+        assert!(matches!(err, Err(StoreError::Conflict { .. })), "{err:?}");
+        assert!(store.get_secret("m", "s").unwrap().is_none());
+        store.write(vec![Op::Put(mesh("m"))]).await.unwrap();
+        let members = [Expect::Members {
+            kind: Kind::Secret,
+            mesh: "m".into(),
+            names: vec![],
+        }];
+        store.write(vec![secret()]).await.unwrap();
+        let err = store
+            .write_checked(vec![Op::Delete(ResourceKey::mesh("m"))], &members)
+            .await;
+        assert!(matches!(err, Err(StoreError::Conflict { .. })), "{err:?}");
+        let members = [Expect::Members {
+            kind: Kind::Secret,
+            mesh: "m".into(),
+            names: vec!["s".into()],
+        }];
+        let out = store
+            .write_checked(vec![Op::Delete(ResourceKey::mesh("m"))], &members)
+            .await
+            .unwrap();
+        assert_eq!(out, vec![Outcome::Deleted]);
+    }
+
+    macro_rules! on_both {
+        ($($name:ident),*) => {
+            mod sled_backend {
+                $(#[tokio::test]
+                async fn $name() {
+                    super::$name(super::TestDb::sled()).await
+                })*
+            }
+            mod postgres_backend {
+                $(#[tokio::test]
+                async fn $name() {
+                    super::$name(super::TestDb::pg()).await
+                })*
+            }
+        };
+    }
+
+    on_both!(
+        writes_are_atomic_and_versioned,
+        version_index_follows_writes_and_reopen,
+        survives_reopen,
+        checked_writes_refuse_what_changed
+    );
+
+    /// A quick figure, not a timed test: `cargo test -p common --lib write_rate -- --ignored
+    /// --nocapture`.
+    #[tokio::test]
+    #[ignore]
+    async fn write_rate() {
+        for db in [TestDb::sled(), TestDb::pg()] {
+            let store = db.open().await;
+            let n = 500;
+            let started = std::time::Instant::now();
+            for i in 0..n {
+                store
+                    .write(vec![Op::Put(mesh(&format!("m{i}")))])
+                    .await
+                    .unwrap();
+            }
+            let rate = f64::from(n) / started.elapsed().as_secs_f64();
+            let name = if store.is_shared() {
+                "postgres"
+            } else {
+                "sled"
+            };
+            eprintln!("{name}: {rate:.0} sequential one-resource writes/s");
+        }
+    }
+
+    #[tokio::test]
+    async fn temporary_store_works() {
+        let store = Store::temporary().unwrap();
+        store.write(vec![Op::Put(mesh("a"))]).await.unwrap();
+        assert_eq!(store.revision(), 1);
+    }
+
+    /// Two replicas on one database: each sees the other's writes (revision watch, deletes via
+    /// tombstones), versions are the same on both, a checked write on one sees the other's.
+    #[tokio::test]
+    async fn postgres_replicas_follow_each_other() {
+        let db = TestDb::pg();
+        let a = db.open().await;
+        let b = db.open().await;
+        let mut rx = b.subscribe();
+        a.write(vec![Op::Put(mesh("m"))]).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), rx.wait_for(|r| *r >= 1))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            b.version_of(&ResourceKey::mesh("m")),
+            a.version_of(&ResourceKey::mesh("m"))
+        );
+        let v = b.version_of(&ResourceKey::mesh("m"));
+        a.write(vec![Op::Delete(ResourceKey::mesh("m"))])
+            .await
+            .unwrap();
+        // Whether or not b heard of the delete yet, its checked write catches up first.
+        let err = b
+            .write_checked(
+                vec![Op::Put(Resource::Secret(Secret::new("m", "s", b"x")))],
+                &[Expect::Version(ResourceKey::mesh("m"), v)],
+            )
+            .await;
+        assert!(matches!(err, Err(StoreError::Conflict { .. })), "{err:?}");
+        assert!(b.get(&ResourceKey::mesh("m")).unwrap().is_none());
+        assert_eq!(b.revision(), 2);
+        // Shared values: the first proposal wins.
+        assert_eq!(a.share("k", "one").await.unwrap(), "one");
+        assert_eq!(b.share("k", "two").await.unwrap(), "one");
+        assert_eq!(b.shared_value("k").await.unwrap().as_deref(), Some("one"));
+    }
+
+    #[tokio::test]
+    async fn postgres_schema_from_a_newer_binary_is_refused() {
+        let TestDb::Pg(pg) = TestDb::pg() else {
+            unreachable!()
+        };
+        assert_eq!(Store::migrate(&pg.url()).await.unwrap(), 1);
+        pg.psql("INSERT INTO schema_migrations VALUES (99, 0)")
+            .unwrap();
+        let err = Store::connect(&pg.url()).await.err().unwrap();
+        assert!(
+            matches!(
+                err,
+                StoreError::SchemaTooNew {
+                    found: 99,
+                    known: 1
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn postgres_down_writes_fail_as_unavailable_and_reads_go_on() {
+        let TestDb::Pg(mut pg) = TestDb::pg() else {
+            unreachable!()
+        };
+        let store = Store::connect(&pg.url()).await.unwrap();
+        store.write(vec![Op::Put(mesh("m"))]).await.unwrap();
+        pg.stop().unwrap();
+        let err = store.write(vec![Op::Put(mesh("n"))]).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+        assert!(err.to_string().contains("PostgreSQL"), "{err}");
+        assert_eq!(store.list_meshes().unwrap().len(), 1);
+        pg.start_again().unwrap();
+        store.write(vec![Op::Put(mesh("n"))]).await.unwrap();
+        assert_eq!(store.list_meshes().unwrap().len(), 2);
     }
 }
