@@ -90,8 +90,25 @@ pub async fn run(
     let store = common::store::Store::open(&config.data_dir)?;
     let metrics = Arc::new(Metrics::new());
     metrics.meshes.set(store.list_meshes()?.len() as i64);
-    let zones = Zones::load(&store)?.with_gauge(metrics.kds.zones_online.clone());
     let (stop, stopped) = Shutdown::from_future(shutdown);
+    let identity = crate::replicas::Identity::new(
+        api_listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        kds.as_ref()
+            .and_then(|k| k.listener.local_addr().ok())
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+    );
+    let replicas = crate::replicas::Replicas::new(&store, identity);
+    let zones = Zones::load(&store)?
+        .with_gauge(metrics.kds.zones_online.clone())
+        .with_replica(replicas.id());
+    // The first round before serving: this replica is listed (and a sled global leads) at once.
+    replicas.round(&zones).await;
+    tracing::info!(replica = %replicas.id(), leader = replicas.is_leader(), "replica registered");
+    let replicas_task = tokio::spawn(replicas.clone().run(zones.clone(), stopped.clone()));
     let kds_task = match kds {
         Some(kds) => {
             let tls = crate::kds::tls::load(&config.data_dir, &kds.tls)
@@ -119,6 +136,7 @@ pub async fn run(
         metrics,
         zones,
         tokens,
+        replicas,
     };
     let app = api::router(state);
     tracing::info!(
@@ -146,6 +164,8 @@ pub async fn run(
             }
         }
     };
+    stop.fire();
+    let _ = replicas_task.await;
     tracing::info!("global control plane stopped");
     result
 }

@@ -126,6 +126,8 @@ pub enum GetKind {
     Zones,
     Zone,
     Dataplanes,
+    /// The global replicas on the store (a sled global is one).
+    Replicas,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

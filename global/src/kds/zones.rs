@@ -134,6 +134,8 @@ pub struct ZoneRecord {
     pub dataplanes: Vec<DataplaneReport>,
     /// When that report was made, unix milliseconds.
     pub dataplanes_reported_ms: u64,
+    /// The id of the global replica that holds (or last held) the zone's stream.
+    pub replica: String,
 }
 
 struct Entry {
@@ -162,6 +164,8 @@ pub struct Zones {
     records: Records,
     next_session: Arc<std::sync::atomic::AtomicU64>,
     online_gauge: Option<prometheus_client::metrics::gauge::Gauge>,
+    /// The id of this replica, written on the records of the zones it holds.
+    replica: Arc<str>,
 }
 
 const MAX_REFUSALS: usize = 20;
@@ -196,7 +200,37 @@ impl Zones {
             records,
             next_session: Arc::new(std::sync::atomic::AtomicU64::new(1)),
             online_gauge: None,
+            replica: Arc::from(""),
         })
+    }
+
+    /// Writes `id` (this replica's) on the records of the zones whose stream it takes.
+    pub fn with_replica(mut self, id: &str) -> Self {
+        self.replica = Arc::from(id);
+        self
+    }
+
+    /// Takes what another replica wrote of the zones this one holds no stream of (`records`:
+    /// zone records as the store holds them now), so that every replica shows every zone.
+    pub fn adopt(&self, records: Vec<ZoneRecord>) {
+        let mut inner = self.lock();
+        for record in records {
+            match inner.zones.get_mut(&record.name) {
+                Some(entry) if entry.session.is_some() => {}
+                Some(entry) => entry.record = record,
+                None => {
+                    inner.zones.insert(
+                        record.name.clone(),
+                        Entry {
+                            record,
+                            session: None,
+                            status_persisted: None,
+                            status_write_scheduled: false,
+                        },
+                    );
+                }
+            }
+        }
     }
 
     /// Keeps the `zones_online` gauge current.
@@ -211,7 +245,8 @@ impl Zones {
 
     fn update_gauge(&self, inner: &Inner) {
         if let Some(g) = &self.online_gauge {
-            g.set(inner.zones.values().filter(|e| e.record.online).count() as i64);
+            // The zones whose stream this replica holds (others' are adopted records).
+            g.set(inner.zones.values().filter(|e| e.session.is_some()).count() as i64);
         }
     }
 
@@ -267,6 +302,7 @@ impl Zones {
             r.connected_since_ms = now;
             r.last_seen_ms = now;
             r.peer = peer.to_string();
+            r.replica = self.replica.to_string();
             r.connects += 1;
             r.token_expires_ms = token_expires_ms;
             r.last_error.clear();
