@@ -386,6 +386,27 @@ impl Store {
         }
     }
 
+    /// Catches up with what other replicas committed (PostgreSQL; a no-op on sled), so that a
+    /// read after it sees every write acknowledged anywhere before it. Gives up quietly after
+    /// `limit` or when PostgreSQL is unreachable: reads then answer from what the replica holds.
+    pub async fn refresh(&self, limit: std::time::Duration) {
+        if let Backend::Pg(pg) = &self.backend
+            && let Ok(Err(e)) =
+                tokio::time::timeout(limit, crate::store_pg::refresh(self, pg)).await
+        {
+            tracing::debug!(error = %e, "reading from what this replica holds");
+        }
+    }
+
+    /// Whether the store can take writes now: always on sled; on PostgreSQL, whether the last
+    /// contact with the database worked (what `/readyz` reports).
+    pub fn reachable(&self) -> bool {
+        match &self.backend {
+            Backend::Sled { .. } => true,
+            Backend::Pg(pg) => pg.reachable(),
+        }
+    }
+
     pub(crate) fn pg(&self) -> Option<Arc<crate::store_pg::Pg>> {
         match &self.backend {
             Backend::Pg(pg) => Some(pg.clone()),
@@ -1052,6 +1073,31 @@ mod tests {
         survives_reopen,
         checked_writes_refuse_what_changed
     );
+
+    /// A quick figure, not a timed test: `cargo test -p common --lib write_rate -- --ignored
+    /// --nocapture`.
+    #[tokio::test]
+    #[ignore]
+    async fn write_rate() {
+        for db in [TestDb::sled(), TestDb::pg()] {
+            let store = db.open().await;
+            let n = 500;
+            let started = std::time::Instant::now();
+            for i in 0..n {
+                store
+                    .write(vec![Op::Put(mesh(&format!("m{i}")))])
+                    .await
+                    .unwrap();
+            }
+            let rate = f64::from(n) / started.elapsed().as_secs_f64();
+            let name = if store.is_shared() {
+                "postgres"
+            } else {
+                "sled"
+            };
+            eprintln!("{name}: {rate:.0} sequential one-resource writes/s");
+        }
+    }
 
     #[tokio::test]
     async fn temporary_store_works() {

@@ -143,6 +143,11 @@ pub struct Pg {
     /// it was lost, until the next write reconnects.
     client: tokio::sync::Mutex<Option<Client>>,
     mem: RwLock<Mem>,
+    /// Whether the last contact with PostgreSQL (a write, a catch-up, the listener) worked.
+    reachable: std::sync::atomic::AtomicBool,
+    /// When the last catch-up on the write connection started: requests that arrived before it
+    /// need no catch-up of their own once it is done (concurrent reads share one).
+    caught_up_from: std::sync::Mutex<std::time::Instant>,
 }
 
 fn kind_of(s: &str) -> Option<Kind> {
@@ -240,8 +245,21 @@ impl Pg {
             config,
             client: tokio::sync::Mutex::new(Some(client)),
             mem: RwLock::new(mem),
+            reachable: std::sync::atomic::AtomicBool::new(true),
+            caught_up_from: std::sync::Mutex::new(std::time::Instant::now()),
         });
         Ok((pg, resources, u64::try_from(revision).unwrap_or(0)))
+    }
+
+    pub(crate) fn reachable(&self) -> bool {
+        self.reachable.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Notes how the last contact with PostgreSQL went.
+    fn note<T>(&self, result: &Result<T, StoreError>) {
+        let down = matches!(result, Err(StoreError::Unavailable { .. }));
+        self.reachable
+            .store(!down, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn mem(&self) -> std::sync::RwLockReadGuard<'_, Mem> {
@@ -433,6 +451,30 @@ async fn catch_up(store: &Store, pg: &Pg, client: &impl GenericClient) -> Result
     Ok(())
 }
 
+/// Catches up now, on the write connection.
+pub(crate) async fn refresh(store: &Store, pg: &Pg) -> Result<(), StoreError> {
+    let arrived = std::time::Instant::now();
+    let _write = store.write_lock.lock().await;
+    {
+        let mut from = pg.caught_up_from.lock().unwrap_or_else(|e| e.into_inner());
+        if *from >= arrived && pg.reachable() {
+            // A catch-up (or a write) that started after this request arrived is done.
+            return Ok(());
+        }
+        *from = std::time::Instant::now();
+    }
+    let mut guard = pg.client.lock().await;
+    let client = pg.client(&mut guard).await;
+    pg.note(&client);
+    let client = client?;
+    let result = catch_up(store, pg, &*client).await;
+    if guard.as_ref().is_some_and(|c| c.is_closed()) {
+        *guard = None;
+    }
+    pg.note(&result);
+    result
+}
+
 /// A write of the PostgreSQL backend (called under the store's write lock).
 pub(crate) async fn write(
     store: &Store,
@@ -454,6 +496,7 @@ pub(crate) async fn write(
             .await
             .map_err(pg_err)?
             .get(0);
+        *pg.caught_up_from.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
         catch_up(store, pg, &tx).await?;
         store.check_expected(expected)?;
         let next = current + 1;
@@ -544,6 +587,7 @@ pub(crate) async fn write(
         *guard = None;
     }
     drop(guard);
+    pg.note(&result);
     let (outcomes, records, next) = result?;
     if !records.is_empty() {
         {
@@ -584,6 +628,12 @@ pub(crate) fn spawn_listener(store: &Store, pg: Arc<Pg>) {
             let (client, mut connection) = match config.connect(NoTls).await {
                 Ok(c) => c,
                 Err(e) => {
+                    if let Some(store) = weak.upgrade()
+                        && let Some(pg) = store.pg()
+                    {
+                        pg.reachable
+                            .store(false, std::sync::atomic::Ordering::Relaxed);
+                    }
                     if connected {
                         tracing::warn!(error = %e, "PostgreSQL unreachable: following other replicas' writes paused, retrying");
                         connected = false;

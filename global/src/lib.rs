@@ -1,6 +1,6 @@
 //! The global control plane: the source of truth for Meshes and Secrets. It admits resources
 //! (validation plus real backend checks, then an optimistic commit: `admission`), stores them in
-//! sled, serves the HTTP API (`api`) and, through the sync server (`kds`), streams them to zones.
+//! sled or PostgreSQL (replicas), serves the HTTP API (`api`) and, through the sync server (`kds`), streams them to zones.
 //! `run` is the whole server; the `global` binary only parses flags and calls it (`cli`), and
 //! tests call it with port-0 listeners.
 
@@ -12,6 +12,7 @@ pub mod kds;
 pub mod metrics;
 pub mod replicas;
 pub mod server;
+pub mod shared;
 pub mod tokens;
 
-pub use server::{GlobalConfig, KdsEndpoint, Listeners, run};
+pub use server::{GlobalConfig, KdsEndpoint, Listeners, StoreKind, run};

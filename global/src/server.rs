@@ -1,5 +1,6 @@
-//! Wiring of the global control plane: opens the store and the admin token in the data directory,
-//! serves the API on the given listener and the sync server (KDS) on its own, and stops
+//! Wiring of the global control plane: opens the store (sled in the data directory, or a
+//! PostgreSQL database shared by replicas, waited for with backoff while it is unreachable) and the
+//! admin token, signing key and sync identity (shared through the store on PostgreSQL), serves the API on the given listener and the sync server (KDS) on its own, and stops
 //! everything on the one shutdown signal.
 
 use std::future::Future;
@@ -46,10 +47,45 @@ impl From<TcpListener> for Listeners {
     }
 }
 
+/// Which store global keeps its state in (`--store`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum StoreKind {
+    /// sled under the data directory (the default).
+    #[default]
+    Sled,
+    /// A PostgreSQL database shared by every replica: `postgres://USER[:PASS]@HOST[:PORT]/DB`.
+    Postgres(String),
+}
+
+impl std::fmt::Debug for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: never print it.
+        match self {
+            StoreKind::Sled => f.write_str("sled"),
+            StoreKind::Postgres(_) => f.write_str("postgres(<url redacted>)"),
+        }
+    }
+}
+
+impl std::str::FromStr for StoreKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "sled" {
+            Ok(StoreKind::Sled)
+        } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Ok(StoreKind::Postgres(s.to_string()))
+        } else {
+            Err("expected sled or postgres://USER[:PASS]@HOST[:PORT]/DB".into())
+        }
+    }
+}
+
 /// Configuration of a global control plane.
 #[derive(Debug, Clone)]
 pub struct GlobalConfig {
     pub data_dir: PathBuf,
+    pub store: StoreKind,
     /// Bounds of every Vault request (the backend checks of admissions).
     pub vault_timeouts: common::vault::Timeouts,
 }
@@ -67,6 +103,52 @@ pub enum GlobalError {
     Serve(std::io::Error),
     #[error("sync server (KDS): {0}")]
     Kds(String),
+    #[error("state shared by the replicas: {0}")]
+    Shared(#[from] crate::shared::ShareError),
+    #[error("stopped while waiting for the store")]
+    Stopped,
+}
+
+/// Opens the store; PostgreSQL is waited for with backoff while it is unreachable (one log line
+/// per change of state). Other failures (a schema from a newer binary, a bad URL) end the start.
+async fn open_store(
+    config: &GlobalConfig,
+    stopped: &Shutdown,
+) -> Result<common::store::Store, GlobalError> {
+    use common::store::{Store, StoreError};
+    let url = match &config.store {
+        StoreKind::Sled => return Ok(Store::open(&config.data_dir)?),
+        StoreKind::Postgres(url) => url,
+    };
+    let mut backoff = common::backoff::Backoff::new(
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_secs(5),
+        common::backoff::Jitter::UpperHalf,
+    );
+    let mut waiting = false;
+    loop {
+        match Store::connect(url).await {
+            Ok(store) => {
+                if waiting {
+                    tracing::info!("PostgreSQL store reachable: starting");
+                } else {
+                    tracing::info!("PostgreSQL store connected");
+                }
+                return Ok(store);
+            }
+            Err(e @ StoreError::Unavailable { .. }) => {
+                if !waiting {
+                    tracing::warn!(error = %e, "PostgreSQL store unreachable: retrying with backoff");
+                    waiting = true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = stopped.wait() => return Err(GlobalError::Stopped),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Runs global until `shutdown` completes. `listeners` is the API listener alone (no sync server)
@@ -85,12 +167,24 @@ pub async fn run(
         source,
     };
     std::fs::create_dir_all(&config.data_dir).map_err(data_dir_err)?;
+    let (stop, stopped) = Shutdown::from_future(shutdown);
+    let store = match open_store(&config, &stopped).await {
+        Err(GlobalError::Stopped) => return Ok(()),
+        r => r?,
+    };
+    let dir = &config.data_dir;
+    crate::shared::files(&store, dir, &crate::shared::ADMIN_TOKEN, || {
+        AdminToken::load_or_create(dir).map(drop)
+    })
+    .await?;
+    crate::shared::files(&store, dir, &crate::shared::SIGNING_KEY, || {
+        TokenSigner::load_or_create(dir).map(drop)
+    })
+    .await?;
     let admin = AdminToken::load_or_create(&config.data_dir).map_err(data_dir_err)?;
     let tokens = Arc::new(TokenSigner::load_or_create(&config.data_dir).map_err(data_dir_err)?);
-    let store = common::store::Store::open(&config.data_dir)?;
     let metrics = Arc::new(Metrics::new());
     metrics.meshes.set(store.list_meshes()?.len() as i64);
-    let (stop, stopped) = Shutdown::from_future(shutdown);
     let identity = crate::replicas::Identity::new(
         api_listener
             .local_addr()
@@ -111,6 +205,12 @@ pub async fn run(
     let replicas_task = tokio::spawn(replicas.clone().run(zones.clone(), stopped.clone()));
     let kds_task = match kds {
         Some(kds) => {
+            if let crate::kds::KdsTls::Generated = kds.tls {
+                crate::shared::files(&store, dir, &crate::shared::KDS_IDENTITY, || {
+                    crate::kds::tls::load(dir, &kds.tls).map(drop)
+                })
+                .await?;
+            }
             let tls = crate::kds::tls::load(&config.data_dir, &kds.tls)
                 .map_err(|e| GlobalError::Kds(e.to_string()))?;
             tracing::info!(
@@ -142,6 +242,7 @@ pub async fn run(
     tracing::info!(
         api = %api_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         data_dir = %config.data_dir.display(),
+        store = ?config.store,
         "global control plane started"
     );
     let api = serve_http(api_listener, app, async move { stopped.wait().await });

@@ -760,6 +760,7 @@ impl InProcessGlobal {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let config = global::GlobalConfig {
             data_dir: dir.path().to_path_buf(),
+            store: Default::default(),
             vault_timeouts: Default::default(),
         };
         let handle = tokio::spawn(async move {

@@ -1,7 +1,10 @@
 //! The optimistic commit of admissions: [`Admission`] holds the store, the admission lock and the
 //! metrics, admits a batch outside the lock against a view that notes every version it reads
 //! ([`ReadSet`]), and under the lock stores it only if none of them changed, else admits it again
-//! under the lock. Deletes take the same lock. Refusals come back typed ([`AdmissionError`],
+//! under the lock. What it read is also handed to the store as the write's expectations
+//! ([`Store::write_checked`]), checked inside the store's transaction: on PostgreSQL another
+//! replica may have written meanwhile, and a conflict means admitting again. Deletes take the same
+//! lock and expectations. Refusals come back typed ([`AdmissionError`],
 //! [`DeleteError`]); how they are shown to a client is the API's business.
 
 use std::sync::Arc;
@@ -9,7 +12,7 @@ use std::time::Instant;
 
 use common::datasource::SecretLookup;
 use common::model::{Kind, Mesh, Resource};
-use common::store::{Op, Outcome, ResourceKey, Store, StoreError};
+use common::store::{Expect, Op, Outcome, ResourceKey, Store, StoreError};
 use tokio::sync::Mutex;
 
 use super::pipeline::{self, Admitted, Existing, Refused};
@@ -42,6 +45,10 @@ pub enum DeleteError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+/// How many times a write that conflicted with another replica's is admitted again before the
+/// conflict is returned.
+const CONFLICT_RETRIES: usize = 8;
 
 /// The one way writes reach the store. Cheap to clone.
 #[derive(Clone)]
@@ -110,19 +117,44 @@ impl Admission {
             return Ok((admitted, vec![Outcome::Unchanged; n]));
         }
         let _guard = self.lock.lock().await;
-        let admitted = if view.unchanged() {
-            admitted
+        let (mut admitted, mut expected) = if view.unchanged() {
+            let expected = view.expected();
+            (admitted, expected)
         } else {
             self.metrics.admission_retries.inc();
             tracing::debug!("what the admission read changed meanwhile: admitting again");
-            self.admit_observed(batch, &self.store, false)
+            self.admit_again(batch.clone()).await.map_err(refused)?
+        };
+        let mut attempt = 0;
+        let outcomes = loop {
+            match self
+                .store
+                .write_checked(admitted.ops.clone(), &expected)
                 .await
-                .map_err(refused)?
+            {
+                Ok(outcomes) => break outcomes,
+                Err(StoreError::Conflict { .. }) if attempt < CONFLICT_RETRIES => {
+                    attempt += 1;
+                    self.metrics.admission_retries.inc();
+                    tracing::debug!(
+                        "another replica changed what the admission read: admitting again"
+                    );
+                    (admitted, expected) =
+                        self.admit_again(batch.clone()).await.map_err(refused)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
         };
         count(true);
-        let outcomes = self.store.write(admitted.ops.clone()).await?;
         self.metrics.meshes.set(self.store.count(Kind::Mesh) as i64);
         Ok((admitted, outcomes))
+    }
+
+    /// Admission again (under the lock), against what is stored now, noting what it reads.
+    async fn admit_again(&self, batch: Vec<Resource>) -> Result<(Admitted, Vec<Expect>), Refused> {
+        let view = ReadSet::new(&self.store);
+        let admitted = self.admit_observed(batch, &view, false).await?;
+        Ok((admitted, view.expected()))
     }
 
     /// One admission, with its metrics.
@@ -152,12 +184,28 @@ impl Admission {
     /// went with it.
     pub async fn delete_mesh(&self, name: &str) -> Result<usize, DeleteError> {
         let _guard = self.lock.lock().await;
-        if self.store.get(&ResourceKey::mesh(name))?.is_none() {
+        let mut attempt = 0;
+        loop {
+            match self.try_delete_mesh(name).await {
+                Err(DeleteError::Store(StoreError::Conflict { .. }))
+                    if attempt < CONFLICT_RETRIES =>
+                {
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn try_delete_mesh(&self, name: &str) -> Result<usize, DeleteError> {
+        let mesh_version = self.store.version_of(&ResourceKey::mesh(name));
+        if mesh_version.is_none() || self.store.get(&ResourceKey::mesh(name))?.is_none() {
             return Err(DeleteError::MeshNotFound {
                 mesh: name.to_string(),
             });
         }
         let mut owned = std::collections::BTreeMap::new();
+        let mut expected = vec![Expect::Version(ResourceKey::mesh(name), mesh_version)];
         for kind in [Kind::Secret, Kind::Dataplane] {
             let keys: Vec<ResourceKey> = self
                 .store
@@ -165,18 +213,47 @@ impl Admission {
                 .into_iter()
                 .map(|r| r.key)
                 .collect();
+            // Nothing may be added to the mesh meanwhile (by another replica): it would be left
+            // without its mesh.
+            expected.push(Expect::Members {
+                kind,
+                mesh: name.to_string(),
+                names: keys.iter().map(|k| k.name.clone()).collect(),
+            });
             owned.insert(kind, keys);
         }
         let ops = pipeline::mesh_delete_ops(name, &owned);
         let n = ops.len() - 1;
-        self.store.write(ops).await?;
+        self.store.write_checked(ops, &expected).await?;
         Ok(n)
     }
 
     /// Deletes a Secret its Mesh does not use.
     pub async fn delete_secret(&self, mesh: &str, name: &str) -> Result<(), DeleteError> {
         let _guard = self.lock.lock().await;
+        let mut attempt = 0;
+        loop {
+            match self.try_delete_secret(mesh, name).await {
+                Err(DeleteError::Store(StoreError::Conflict { .. }))
+                    if attempt < CONFLICT_RETRIES =>
+                {
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn try_delete_secret(&self, mesh: &str, name: &str) -> Result<(), DeleteError> {
         let key = ResourceKey::new(Kind::Secret, mesh, name);
+        // The Mesh may start using the Secret meanwhile (on another replica).
+        let expected = vec![
+            Expect::Version(key.clone(), self.store.version_of(&key)),
+            Expect::Version(
+                ResourceKey::mesh(mesh),
+                self.store.version_of(&ResourceKey::mesh(mesh)),
+            ),
+        ];
         if self.store.get(&key)?.is_none() {
             return Err(DeleteError::SecretNotFound {
                 mesh: mesh.to_string(),
@@ -193,7 +270,9 @@ impl Admission {
                 });
             }
         }
-        self.store.write(vec![Op::Delete(key)]).await?;
+        self.store
+            .write_checked(vec![Op::Delete(key)], &expected)
+            .await?;
         Ok(())
     }
 }
@@ -220,6 +299,16 @@ impl<'a> ReadSet<'a> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((key, version));
+    }
+
+    /// What the store must still hold for the admission to stand: every version read.
+    pub fn expected(&self) -> Vec<Expect> {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(key, version)| Expect::Version(key.clone(), version.clone()))
+            .collect()
     }
 
     /// Whether every resource read still has the version it had when read.

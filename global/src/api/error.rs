@@ -66,7 +66,21 @@ impl IntoResponse for ApiError {
 
 impl From<common::store::StoreError> for ApiError {
     fn from(e: common::store::StoreError) -> Self {
-        ApiError::internal(e)
+        use common::store::StoreError;
+        match e {
+            // The message names the store (PostgreSQL) and what went wrong; nothing was written.
+            StoreError::Unavailable { .. } => {
+                let mut api = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+                api.title = "Store unavailable".into();
+                api
+            }
+            StoreError::Conflict { .. } => {
+                let mut api = ApiError::new(StatusCode::CONFLICT, e.to_string());
+                api.title = "Conflicting write".into();
+                api
+            }
+            e => ApiError::internal(e),
+        }
     }
 }
 
@@ -74,7 +88,7 @@ impl From<AdmissionError> for ApiError {
     fn from(e: AdmissionError) -> Self {
         match e {
             AdmissionError::Refused(r) => ApiError::refused(r),
-            AdmissionError::Store(e) => ApiError::internal(e),
+            AdmissionError::Store(e) => e.into(),
         }
     }
 }
@@ -90,7 +104,7 @@ impl From<DeleteError> for ApiError {
                 api.title = "Secret in use".into();
                 api
             }
-            DeleteError::Store(e) => ApiError::internal(e),
+            DeleteError::Store(e) => e.into(),
         }
     }
 }

@@ -63,6 +63,10 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// How long a read waits to catch up with the other replicas before answering from what this
+/// replica holds (PostgreSQL unreachable or slow).
+const READ_REFRESH_LIMIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 async fn authorize(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
@@ -84,6 +88,9 @@ async fn authorize(State(state): State<ApiState>, req: Request, next: Next) -> R
             .insert("www-authenticate", HeaderValue::from_static("Bearer"));
         resp
     } else {
+        // Read your writes across replicas: first what the others committed (PostgreSQL), so that
+        // a read, or a delete's "not found", is never older than a write acknowledged elsewhere.
+        state.store.refresh(READ_REFRESH_LIMIT).await;
         next.run(req).await
     };
     state
@@ -99,6 +106,14 @@ async fn authorize(State(state): State<ApiState>, req: Request, next: Next) -> R
 }
 
 async fn readyz(State(state): State<ApiState>) -> ApiResult<&'static str> {
+    if !state.store.reachable() {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the store (PostgreSQL) is unreachable: writes fail until it is back",
+        );
+        e.title = "Store unavailable".into();
+        return Err(e);
+    }
     state.store.list(Kind::Mesh, None)?;
     Ok("ready")
 }

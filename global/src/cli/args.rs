@@ -45,12 +45,22 @@ pub struct RunFlags {
     /// Bound on each request to Vault during admission (the test certificate), e.g. 10s.
     #[arg(long, default_value = "10s")]
     pub vault_timeout: String,
+    /// The store: sled (embedded under --data-dir) or postgres://USER[:PASS]@HOST[:PORT]/DB,
+    /// shared by every replica.
+    #[arg(long, default_value = "sled")]
+    pub store: crate::StoreKind,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the global control plane.
     Run(RunFlags),
+    /// Apply the PostgreSQL store's schema migrations and exit.
+    Migrate {
+        /// postgres://USER[:PASS]@HOST[:PORT]/DB
+        #[arg(long)]
+        store: crate::StoreKind,
+    },
     /// Print a token with which a zone authenticates to global.
     ZoneToken {
         #[arg(long)]

@@ -56,6 +56,10 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             init_tracing();
             run::run(flags).await
         }
+        Command::Migrate { store } => {
+            init_tracing();
+            run::migrate(store).await
+        }
         Command::ZoneToken {
             zone,
             valid_for,

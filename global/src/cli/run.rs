@@ -11,6 +11,7 @@ pub(super) async fn run(flags: RunFlags) -> Result<(), Failure> {
         kds_tls_cert,
         kds_tls_key,
         vault_timeout,
+        store,
     } = flags;
     let vault_timeouts = super::vault_timeouts(&vault_timeout)?;
     let listener = tokio::net::TcpListener::bind(&api_addr)
@@ -30,6 +31,7 @@ pub(super) async fn run(flags: RunFlags) -> Result<(), Failure> {
     crate::run(
         crate::GlobalConfig {
             data_dir,
+            store,
             vault_timeouts,
         },
         listeners,
@@ -37,4 +39,23 @@ pub(super) async fn run(flags: RunFlags) -> Result<(), Failure> {
     )
     .await
     .map_err(|e| Failure::refused(e.to_string()))
+}
+
+/// `global migrate --store URL`: applies the migrations this binary knows, nothing else.
+pub(super) async fn migrate(store: crate::StoreKind) -> Result<(), Failure> {
+    let crate::StoreKind::Postgres(url) = store else {
+        return Err(Failure::usage(
+            "global migrate needs --store postgres://...: sled has no schema",
+        ));
+    };
+    match common::store::Store::migrate(&url).await {
+        Ok(version) => {
+            println!("PostgreSQL schema at version {version}");
+            Ok(())
+        }
+        Err(e @ common::store::StoreError::Unavailable { .. }) => {
+            Err(Failure::unreachable(e.to_string()))
+        }
+        Err(e) => Err(Failure::refused(e.to_string())),
+    }
 }

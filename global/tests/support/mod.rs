@@ -33,6 +33,7 @@ impl TestGlobal {
         let (tx, rx) = oneshot::channel::<()>();
         let config = global::GlobalConfig {
             data_dir: dir.path().to_path_buf(),
+            store: Default::default(),
             vault_timeouts: Default::default(),
         };
         let handle = tokio::spawn(async move {

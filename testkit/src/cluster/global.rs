@@ -60,6 +60,8 @@ pub struct GlobalOptions {
     pub kds_port: u16,
     pub cwd: Option<PathBuf>,
     pub rust_log: String,
+    /// `--store` (sled when unset).
+    pub store: Option<String>,
 }
 
 impl Default for GlobalOptions {
@@ -69,6 +71,7 @@ impl Default for GlobalOptions {
             kds_port: free_port(),
             cwd: None,
             rust_log: log_filter(),
+            store: None,
         }
     }
 }
@@ -93,6 +96,12 @@ impl GlobalOptions {
 
     pub fn rust_log(mut self, filter: &str) -> Self {
         self.rust_log = filter.to_string();
+        self
+    }
+
+    /// `--store URL` (a PostgreSQL store shared by replicas).
+    pub fn store(mut self, url: &str) -> Self {
+        self.store = Some(url.to_string());
         self
     }
 }
@@ -134,6 +143,9 @@ impl GlobalProc {
             .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
             .args(["--kds-addr", &format!("127.0.0.1:{kds_port}")])
             .env("RUST_LOG", &options.rust_log);
+        if let Some(store) = &options.store {
+            cmd.args(["--store", store]);
+        }
         if let Some(cwd) = &options.cwd {
             cmd.current_dir(cwd);
         }

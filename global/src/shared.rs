@@ -1,0 +1,107 @@
+//! What every replica on one PostgreSQL store must hold identically, kept in the store and
+//! written to each replica's data directory: the admin token (`admin-token`), the token signing
+//! key (so a token made on one replica verifies on another) and the generated sync server identity
+//! (so `kds-ca.pem` is the same everywhere). The first replica to start proposes the files it loaded
+//! or created; the store keeps the first proposal (`INSERT ... ON CONFLICT DO NOTHING`, then read
+//! back), so replicas starting at once agree, and every replica writes what the store holds. On
+//! sled nothing is shared and the files stay as they are.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::store::{Store, StoreError};
+
+/// Why the shared files could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{path}: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the shared value {name} in the store is not readable: {source}")]
+    Corrupt {
+        name: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// One shared group: its name in the store and its files (path under the data directory, mode).
+pub struct Group<'a> {
+    pub name: &'a str,
+    pub files: &'a [(&'a str, u32)],
+}
+
+pub const ADMIN_TOKEN: Group<'static> = Group {
+    name: "admin-token",
+    files: &[("admin-token", 0o600)],
+};
+
+pub const SIGNING_KEY: Group<'static> = Group {
+    name: "token-signing-key",
+    files: &[(crate::tokens::KEY_FILE, 0o600)],
+};
+
+pub const KDS_IDENTITY: Group<'static> = Group {
+    name: "kds-identity",
+    files: &[
+        ("kds-tls/ca.pem", 0o644),
+        ("kds-tls/cert.pem", 0o644),
+        ("kds-tls/key.pem", 0o600),
+        (crate::kds::tls::CA_FILE, 0o644),
+    ],
+};
+
+/// Makes the group's files in `dir` those the store holds; when it holds none yet, `create`
+/// loads or creates them locally and they are proposed. A no-op on sled.
+pub async fn files(
+    store: &Store,
+    dir: &Path,
+    group: &Group<'_>,
+    create: impl FnOnce() -> std::io::Result<()>,
+) -> Result<(), ShareError> {
+    if !store.is_shared() {
+        return Ok(());
+    }
+    let file_err = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| ShareError::File { path, source }
+    };
+    let stored = match store.shared_value(group.name).await? {
+        Some(v) => v,
+        None => {
+            create().map_err(file_err(dir))?;
+            let mut local = BTreeMap::new();
+            for (file, _) in group.files {
+                let path = dir.join(file);
+                let text = std::fs::read_to_string(&path).map_err(file_err(&path))?;
+                local.insert(file.to_string(), text);
+            }
+            let proposed = serde_json::to_string(&local).expect("strings always serialize");
+            store.share(group.name, &proposed).await?
+        }
+    };
+    let map: BTreeMap<String, String> =
+        serde_json::from_str(&stored).map_err(|source| ShareError::Corrupt {
+            name: group.name.to_string(),
+            source,
+        })?;
+    for (file, mode) in group.files {
+        let path = dir.join(file);
+        let Some(text) = map.get(*file) else {
+            continue;
+        };
+        if std::fs::read_to_string(&path).ok().as_ref() == Some(text) {
+            continue;
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(file_err(parent))?;
+        }
+        common::file::write_atomic(&path, text.as_bytes(), *mode).map_err(file_err(&path))?;
+    }
+    Ok(())
+}
