@@ -50,13 +50,16 @@ pub struct Coordinator {
 
 enum Backend {
     Sled(Store),
-    Pg {
-        config: tokio_postgres::Config,
-        /// Record reads and writes.
-        client: tokio::sync::Mutex<Option<Client>>,
-        /// The session that holds (or tries to take) the leader lock.
-        lock: tokio::sync::Mutex<Option<(Client, bool)>>,
-    },
+    Pg(Box<PgSessions>),
+}
+
+/// The PostgreSQL sessions of coordination.
+struct PgSessions {
+    config: tokio_postgres::Config,
+    /// Record reads and writes.
+    client: tokio::sync::Mutex<Option<Client>>,
+    /// The session that holds (or tries to take) the leader lock, and whether it holds it.
+    lock: tokio::sync::Mutex<Option<(Client, bool)>>,
 }
 
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
@@ -93,11 +96,11 @@ impl Coordinator {
     /// The coordinator of `store`'s replicas (nothing is connected before the first call).
     pub fn new(store: &Store) -> Self {
         let backend = match store.pg() {
-            Some(pg) => Backend::Pg {
+            Some(pg) => Backend::Pg(Box::new(PgSessions {
                 config: pg.config().clone(),
                 client: tokio::sync::Mutex::new(None),
                 lock: tokio::sync::Mutex::new(None),
-            },
+            })),
             None => Backend::Sled(store.clone()),
         };
         Self { backend }
@@ -105,7 +108,7 @@ impl Coordinator {
 
     /// Whether several processes may share the store (PostgreSQL).
     pub fn is_shared(&self) -> bool {
-        matches!(self.backend, Backend::Pg { .. })
+        matches!(self.backend, Backend::Pg(_))
     }
 
     /// Runs `f` on the records connection, reconnecting when it was lost.
@@ -113,9 +116,10 @@ impl Coordinator {
         &self,
         f: impl AsyncFnOnce(&Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, CoordinationError> {
-        let Backend::Pg { config, client, .. } = &self.backend else {
+        let Backend::Pg(pg) = &self.backend else {
             unreachable!("only called on PostgreSQL");
         };
+        let PgSessions { config, client, .. } = &**pg;
         bounded(async {
             let mut guard = client.lock().await;
             if guard.as_ref().is_none_or(|c| c.is_closed()) {
@@ -185,7 +189,7 @@ impl Coordinator {
                 .query_one(
                     &format!(
                         "INSERT INTO records (tree, key, value)
-                         VALUES ($1, $2, jsonb_set($3::jsonb, '{{{HEARTBEAT_FIELD}}}', to_jsonb({NOW_MS}))::text)
+                         VALUES ($1, $2, jsonb_set($3::text::jsonb, '{{{HEARTBEAT_FIELD}}}', to_jsonb({NOW_MS}))::text)
                          ON CONFLICT (tree, key) DO UPDATE SET value = excluded.value
                          RETURNING (value::jsonb ->> '{HEARTBEAT_FIELD}')::bigint"
                     ),
@@ -261,9 +265,10 @@ impl Coordinator {
     /// Whether this process is the leader now: takes the leader lock when it is free, keeps it
     /// while its session lives. Call it every few seconds; an error means not the leader.
     pub async fn lead(&self) -> Result<bool, CoordinationError> {
-        let Backend::Pg { config, lock, .. } = &self.backend else {
+        let Backend::Pg(pg) = &self.backend else {
             return Ok(true);
         };
+        let PgSessions { config, lock, .. } = &**pg;
         bounded(async {
             let mut guard = lock.lock().await;
             if guard.as_ref().is_some_and(|(c, _)| c.is_closed()) {
@@ -304,8 +309,8 @@ impl Coordinator {
     /// Gives up the leader lock (shutdown): its session is closed, so another replica takes it at
     /// once.
     pub async fn resign(&self) {
-        if let Backend::Pg { lock, .. } = &self.backend {
-            lock.lock().await.take();
+        if let Backend::Pg(pg) = &self.backend {
+            pg.lock.lock().await.take();
         }
     }
 }
