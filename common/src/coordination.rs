@@ -166,6 +166,27 @@ impl Coordinator {
         .await
     }
 
+    /// Record `key` of `tree` (its JSON text) as the store holds it now.
+    pub async fn get(&self, tree: &str, key: &str) -> Result<Option<String>, CoordinationError> {
+        if let Backend::Sled(store) = &self.backend {
+            return Ok(store
+                .records(tree)?
+                .get::<serde_json::Value>(key)?
+                .map(|v| v.to_string()));
+        }
+        let (tree, key) = (tree.to_string(), key.to_string());
+        self.with_client(async move |c| {
+            let row = c
+                .query_opt(
+                    "SELECT value FROM records WHERE tree = $1 AND key = $2",
+                    &[&tree, &key],
+                )
+                .await?;
+            Ok(row.map(|r| r.get(0)))
+        })
+        .await
+    }
+
     /// Writes `value` (a JSON object) as record `key` of `tree`, with `HEARTBEAT_FIELD` set to the
     /// store's clock. Returns the stamp.
     pub async fn heartbeat(

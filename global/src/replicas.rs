@@ -177,6 +177,8 @@ struct State {
     leader: bool,
     /// Whether the last heartbeat failed (logged once per change).
     failing: bool,
+    /// Rounds run.
+    rounds: u64,
 }
 
 /// This replica: its identity, its heartbeat and leadership. Cheap to clone.
@@ -195,12 +197,18 @@ impl Replicas {
             state: Arc::new(Mutex::new(State {
                 leader: false,
                 failing: false,
+                rounds: 0,
             })),
         }
     }
 
     pub fn id(&self) -> &str {
         &self.identity.id
+    }
+
+    /// The coordination of the store's replicas (shared with `kds::Zones`).
+    pub fn coordinator(&self) -> Arc<Coordinator> {
+        self.coordinator.clone()
     }
 
     /// Whether this replica was the leader at its last round.
@@ -266,7 +274,14 @@ impl Replicas {
                 _ => {}
             }
         }
-        if beat.is_err() || !self.coordinator.is_shared() && !leader {
+        let first = {
+            let mut state = self.lock();
+            state.rounds += 1;
+            state.rounds == 1
+        };
+        // A sled store has this one process: nothing to adopt, no zone of another replica; the
+        // records of earlier runs are pruned once.
+        if beat.is_err() || !self.coordinator.is_shared() && !first {
             return;
         }
         let snapshot = match self.snapshot().await {
@@ -276,24 +291,24 @@ impl Replicas {
                 return;
             }
         };
-        if leader {
-            self.lead_round(&snapshot).await;
-        }
+        let marked = leader && self.lead_round(&snapshot).await;
         if self.coordinator.is_shared() {
-            // Read again after the leader's marks, then let this replica show what others hold.
-            let fresh = match self.coordinator.list(ZONES_TREE).await {
-                Ok(f) => parse::<ZoneRecord>(&f)
-                    .into_iter()
-                    .map(|(z, _)| z)
-                    .collect(),
-                Err(_) => return,
+            // Let this replica show what the others hold (read again after the leader's marks).
+            let fresh = if marked {
+                match self.coordinator.list(ZONES_TREE).await {
+                    Ok(f) => parse::<ZoneRecord>(&f),
+                    Err(_) => return,
+                }
+            } else {
+                snapshot.zones
             };
-            zones.adopt(fresh);
+            zones.adopt(fresh.into_iter().map(|(z, _)| z).collect());
         }
     }
 
-    /// What the leader runs once per round.
-    async fn lead_round(&self, snapshot: &Snapshot) {
+    /// What the leader runs once per round; returns whether it marked a zone offline.
+    async fn lead_round(&self, snapshot: &Snapshot) -> bool {
+        let mut marked = false;
         for (zone, text) in snapshot.orphaned() {
             let mut offline = zone.clone();
             offline.online = false;
@@ -310,7 +325,8 @@ impl Replicas {
                 .await
             {
                 Ok(true) => {
-                    tracing::info!(zone = %zone.name, replica = %zone.replica, "zone marked offline: the replica holding its stream is dead")
+                    marked = true;
+                    tracing::info!(zone = %zone.name, replica = %zone.replica, "zone marked offline: the replica holding its stream is dead");
                 }
                 Ok(false) => {} // it reconnected meanwhile
                 Err(e) => tracing::debug!(zone = %zone.name, error = %e, "zone not marked offline"),
@@ -336,6 +352,7 @@ impl Replicas {
                 }
             }
         }
+        marked
     }
 
     /// Runs rounds every `HEARTBEAT` until `shutdown`; then gives up the leadership.

@@ -198,7 +198,8 @@ pub async fn run(
     let replicas = crate::replicas::Replicas::new(&store, identity);
     let zones = Zones::load(&store)?
         .with_gauge(metrics.kds.zones_online.clone())
-        .with_replica(replicas.id());
+        .with_replica(replicas.id())
+        .with_coordinator(replicas.coordinator());
     // The first round before serving: this replica is listed (and a sled global leads) at once.
     replicas.round(&zones).await;
     tracing::info!(replica = %replicas.id(), leader = replicas.is_leader(), "replica registered");

@@ -166,6 +166,9 @@ pub struct Zones {
     online_gauge: Option<prometheus_client::metrics::gauge::Gauge>,
     /// The id of this replica, written on the records of the zones it holds.
     replica: Arc<str>,
+    /// On a store shared by replicas: how a disconnect checks that no other replica took the
+    /// zone meanwhile.
+    coordinator: Option<Arc<common::coordination::Coordinator>>,
 }
 
 const MAX_REFUSALS: usize = 20;
@@ -201,7 +204,17 @@ impl Zones {
             next_session: Arc::new(std::sync::atomic::AtomicU64::new(1)),
             online_gauge: None,
             replica: Arc::from(""),
+            coordinator: None,
         })
+    }
+
+    /// On a store shared by replicas, a disconnect here never overwrites the record of a zone
+    /// that another replica took meanwhile.
+    pub fn with_coordinator(mut self, c: Arc<common::coordination::Coordinator>) -> Self {
+        if c.is_shared() {
+            self.coordinator = Some(c);
+        }
+        self
     }
 
     /// Writes `id` (this replica's) on the records of the zones whose stream it takes.
@@ -334,7 +347,50 @@ impl Zones {
             }
             self.update_gauge(&inner);
         }
-        self.persist(name).await;
+        match &self.coordinator {
+            Some(c) => self.persist_unless_taken(c, name).await,
+            None => self.persist(name).await,
+        }
+    }
+
+    /// Writes the record unless the store's copy says another replica holds the zone's stream
+    /// now (then that copy is taken instead): compare-and-set against what was read.
+    async fn persist_unless_taken(&self, c: &common::coordination::Coordinator, name: &str) {
+        for _ in 0..3 {
+            let Some(record) = self.get(name) else {
+                return;
+            };
+            let current = match c.get("zones", name).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(zone = %name, error = %e, "zone record not checked: writing it");
+                    return self.persist(name).await;
+                }
+            };
+            let theirs = current
+                .as_deref()
+                .and_then(|t| serde_json::from_str::<ZoneRecord>(t).ok());
+            if let Some(theirs) = theirs
+                && theirs.online
+                && theirs.replica != record.replica
+            {
+                tracing::info!(zone = %name, replica = %theirs.replica, "the zone's stream is held by another replica now: its record is kept");
+                self.adopt(vec![theirs]);
+                return;
+            }
+            let value = serde_json::to_value(&record).expect("a zone record serializes");
+            match c
+                .compare_and_set("zones", name, current.as_deref(), Some(&value))
+                .await
+            {
+                Ok(true) => return,
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(zone = %name, error = %e, "cannot persist the zone record");
+                    return;
+                }
+            }
+        }
     }
 
     /// Applies `f` to the record of `name` if `session` is its live stream.
@@ -505,5 +561,31 @@ mod tests {
         // Updates for a session that is not live are ignored.
         zones.update("east", 99, |r| r.peer = "nope".into());
         assert_ne!(zones.get("east").unwrap().peer, "nope");
+    }
+
+    #[tokio::test]
+    async fn adopted_records_never_replace_a_live_stream_and_name_the_replica() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let zones = Zones::load(&store).unwrap().with_replica("r1");
+        zones.connect("east", "127.0.0.1:1", 0).await;
+        assert_eq!(zones.get("east").unwrap().replica, "r1");
+        let other = |name: &str| ZoneRecord {
+            name: name.into(),
+            online: true,
+            replica: "r2".into(),
+            ..Default::default()
+        };
+        zones.adopt(vec![other("east"), other("west")]);
+        assert_eq!(
+            zones.get("east").unwrap().replica,
+            "r1",
+            "a live stream is this replica's"
+        );
+        assert_eq!(zones.get("west").unwrap(), other("west"));
+        let mut offline = other("west");
+        offline.online = false;
+        zones.adopt(vec![offline.clone()]);
+        assert_eq!(zones.get("west").unwrap(), offline);
     }
 }
