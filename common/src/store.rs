@@ -525,14 +525,14 @@ impl Store {
     /// A named tree of records that are not resources (no revision, not synced, not in `list`).
     pub fn records(&self, name: &str) -> Result<Records, StoreError> {
         Ok(match &self.backend {
-            Backend::Sled { db, .. } => Records::Sled {
+            Backend::Sled { db, .. } => Records(RecordsBackend::Sled {
                 db: db.clone(),
                 tree: db.open_tree(format!("{RECORDS_PREFIX}{name}"))?,
-            },
-            Backend::Pg(pg) => Records::Pg {
+            }),
+            Backend::Pg(pg) => Records(RecordsBackend::Pg {
                 pg: pg.clone(),
                 tree: name.to_string(),
-            },
+            }),
         })
     }
 
@@ -755,7 +755,10 @@ pub(crate) fn prepare(ops: &[Op]) -> (Vec<PreparedOp>, Vec<ResourceKey>) {
 /// A named tree of JSON records beside the resources (e.g. global's zone records). Writes are
 /// flushed before they return.
 #[derive(Clone)]
-pub enum Records {
+pub struct Records(RecordsBackend);
+
+#[derive(Clone)]
+enum RecordsBackend {
     Sled {
         db: sled::Db,
         tree: sled::Tree,
@@ -769,9 +772,9 @@ pub enum Records {
 
 impl Records {
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
-        let tree = match self {
-            Records::Sled { tree, .. } => tree,
-            Records::Pg { pg, tree } => {
+        let tree = match &self.0 {
+            RecordsBackend::Sled { tree, .. } => tree,
+            RecordsBackend::Pg { pg, tree } => {
                 return match pg.record(tree, key) {
                     Some(bytes) => Ok(Some(decode_json(key.as_bytes(), &bytes)?)),
                     None => Ok(None),
@@ -786,9 +789,9 @@ impl Records {
 
     /// Every record, sorted by key.
     pub fn list<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>, StoreError> {
-        let tree = match self {
-            Records::Sled { tree, .. } => tree,
-            Records::Pg { pg, tree } => {
+        let tree = match &self.0 {
+            RecordsBackend::Sled { tree, .. } => tree,
+            RecordsBackend::Pg { pg, tree } => {
                 return pg
                     .records(tree)
                     .into_iter()
@@ -808,12 +811,12 @@ impl Records {
     }
 
     pub async fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
-        match self {
-            Records::Sled { db, .. } => {
+        match &self.0 {
+            RecordsBackend::Sled { db, .. } => {
                 self.put_buffered(key, value)?;
                 db.flush_async().await?;
             }
-            Records::Pg { pg, tree } => {
+            RecordsBackend::Pg { pg, tree } => {
                 pg.put_record(tree, key, Some(encode_json(key, value)?))
                     .await?;
             }
@@ -826,23 +829,23 @@ impl Records {
     /// On PostgreSQL the record is held at once and written in the background.
     pub fn put_buffered<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
         let bytes = encode_json(key, value)?;
-        match self {
-            Records::Sled { tree, .. } => {
+        match &self.0 {
+            RecordsBackend::Sled { tree, .. } => {
                 tree.insert(key.as_bytes(), bytes)?;
             }
-            Records::Pg { pg, tree } => pg.put_record_buffered(tree, key, bytes),
+            RecordsBackend::Pg { pg, tree } => pg.put_record_buffered(tree, key, bytes),
         }
         Ok(())
     }
 
     pub async fn remove(&self, key: &str) -> Result<bool, StoreError> {
-        match self {
-            Records::Sled { db, tree } => {
+        match &self.0 {
+            RecordsBackend::Sled { db, tree } => {
                 let existed = tree.remove(key.as_bytes())?.is_some();
                 db.flush_async().await?;
                 Ok(existed)
             }
-            Records::Pg { pg, tree } => pg.put_record(tree, key, None).await,
+            RecordsBackend::Pg { pg, tree } => pg.put_record(tree, key, None).await,
         }
     }
 }
