@@ -335,3 +335,78 @@ impl Coordinator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two replicas on one database: one lock holder at a time, taken over at once when the
+    /// holder resigns; heartbeats carry the store's clock; compare-and-set refuses a stale read.
+    #[tokio::test]
+    async fn postgres_one_leader_stamped_heartbeats_and_compare_and_set() {
+        let pg = testkit::postgres::PgServer::start().unwrap();
+        let (a, b) = (
+            Store::connect(&pg.url()).await.unwrap(),
+            Store::connect(&pg.url()).await.unwrap(),
+        );
+        let (a, b) = (Coordinator::new(&a), Coordinator::new(&b));
+        assert!(a.is_shared());
+        assert!(a.lead().await.unwrap());
+        assert!(!b.lead().await.unwrap());
+        assert!(a.lead().await.unwrap(), "the holder keeps it");
+        a.resign().await;
+        assert!(b.lead().await.unwrap());
+        assert!(!a.lead().await.unwrap());
+
+        let stamp = a
+            .heartbeat("t", "r1", &serde_json::json!({"id": "r1"}))
+            .await
+            .unwrap();
+        let fresh = b.list("t").await.unwrap();
+        assert!((fresh.now_ms - stamp).abs() < 60_000);
+        assert_eq!(fresh.records.len(), 1);
+        let (key, text) = &fresh.records[0];
+        assert_eq!(key, "r1");
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(v[HEARTBEAT_FIELD], stamp);
+        // Another write since the read: the stale compare fails, a fresh one wins.
+        a.heartbeat("t", "r1", &serde_json::json!({"id": "r1", "n": 2}))
+            .await
+            .unwrap();
+        assert!(
+            !b.compare_and_set("t", "r1", Some(text), None)
+                .await
+                .unwrap()
+        );
+        let now = b.get("t", "r1").await.unwrap().unwrap();
+        assert!(
+            b.compare_and_set("t", "r1", Some(&now), None)
+                .await
+                .unwrap()
+        );
+        assert!(b.get("t", "r1").await.unwrap().is_none());
+        let new = serde_json::json!({"x": 1});
+        assert!(b.compare_and_set("t", "k", None, Some(&new)).await.unwrap());
+        assert!(!a.compare_and_set("t", "k", None, Some(&new)).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_sled_store_always_leads() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let c = Coordinator::new(&store);
+        assert!(!c.is_shared());
+        assert!(c.lead().await.unwrap());
+        c.heartbeat("t", "r", &serde_json::json!({"id": "r"}))
+            .await
+            .unwrap();
+        let fresh = c.list("t").await.unwrap();
+        let text = fresh.records[0].1.clone();
+        assert!(
+            c.compare_and_set("t", "r", Some(&text), None)
+                .await
+                .unwrap()
+        );
+        assert!(c.list("t").await.unwrap().records.is_empty());
+    }
+}
