@@ -284,3 +284,54 @@ async fn a_sled_global_is_one_replica_and_its_leader() {
         out.stdout
     );
 }
+
+/// A leader that hangs (SIGSTOP) keeps its session open, but the session goes idle: PostgreSQL
+/// ends it (`idle_session_timeout`), the lock goes with it and another replica leads within
+/// 30 s; resumed, the old leader finds its lock gone and stays a follower: one leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_leader_is_replaced_and_stays_a_follower_when_it_resumes() {
+    let pg = PgServer::start().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dirs = ["a", "b"].map(|d| tmp.path().join(d));
+    let (a, b) = tokio::join!(replica(&dirs[0], &pg), replica(&dirs[1], &pg));
+    let v = until(
+        Duration::from_secs(15),
+        "two replicas, one leader",
+        || async {
+            let v = replicas(&a).await;
+            (v["total"] == 2 && leaders(&v).len() == 1).then_some(v)
+        },
+    )
+    .await;
+    let leader = leaders(&v).remove(0);
+    let (hung, other) = if id_of(&v, &a) == leader {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    hung.proc.signal(libc::SIGSTOP);
+    let stopped = Instant::now();
+    until(
+        Duration::from_secs(30),
+        "a leader other than the hung one",
+        || async {
+            let v = replicas(other).await;
+            let l = leaders(&v);
+            (l.len() == 1 && l[0] != leader).then_some(())
+        },
+    )
+    .await;
+    eprintln!("hung leader replaced in {:?}", stopped.elapsed());
+    hung.proc.signal(libc::SIGCONT);
+    // Two more rounds of both: still the one new leader, the old one alive again and following.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let v = replicas(hung).await;
+    let l = leaders(&v);
+    assert_eq!(l.len(), 1, "{v}");
+    assert_ne!(l[0], leader, "{v}");
+    let old = items(&v)
+        .iter()
+        .find(|r| r["id"] == leader.as_str())
+        .unwrap();
+    assert_eq!(old["alive"], true, "{v}");
+}
