@@ -361,7 +361,12 @@ impl Replicas {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.round(&zones).await,
+                _ = tick.tick() => {}
+                _ = shutdown.wait() => break,
+            }
+            // A round waiting on an unreachable store does not hold up the shutdown.
+            tokio::select! {
+                _ = self.round(&zones) => {}
                 _ = shutdown.wait() => break,
             }
         }

@@ -201,7 +201,8 @@ pub async fn run(
         .with_replica(replicas.id())
         .with_coordinator(replicas.coordinator());
     // The first round before serving: this replica is listed (and a sled global leads) at once.
-    replicas.round(&zones).await;
+    // Bounded: an unreachable store delays the start by at most this much.
+    let _ = tokio::time::timeout(crate::replicas::HEARTBEAT * 3, replicas.round(&zones)).await;
     tracing::info!(replica = %replicas.id(), leader = replicas.is_leader(), "replica registered");
     let replicas_task = tokio::spawn(replicas.clone().run(zones.clone(), stopped.clone()));
     let kds_task = match kds {
