@@ -347,6 +347,12 @@ impl Zones {
             }
             self.update_gauge(&inner);
         }
+        self.persist_checked(name).await;
+    }
+
+    /// `persist`, except that on a shared store the record of a zone another replica holds now
+    /// is left as it is.
+    async fn persist_checked(&self, name: &str) {
         match &self.coordinator {
             Some(c) => self.persist_unless_taken(c, name).await,
             None => self.persist(name).await,
@@ -481,7 +487,7 @@ impl Zones {
             }
         };
         if known {
-            self.persist(&refusal.zone).await;
+            self.persist_checked(&refusal.zone).await;
         }
     }
 
