@@ -105,6 +105,7 @@ impl Snapshot {
 
     /// The API view: every replica, sorted by id, with the online zones it holds.
     pub fn present(&self) -> Vec<ReplicaView> {
+        let leader = self.leader().map(|r| r.id.clone());
         let mut out: Vec<ReplicaView> = self
             .replicas
             .iter()
@@ -124,13 +125,24 @@ impl Snapshot {
                     started_at: common::clock::rfc3339_ms(r.started_at_ms),
                     last_heartbeat: common::clock::rfc3339_ms(r.last_heartbeat_ms),
                     alive,
-                    leader: alive && r.leader,
+                    leader: leader.as_deref() == Some(r.id.as_str()),
                     zones: zones.into_iter().collect(),
                 }
             })
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
+    }
+
+    /// The leader: of the alive replicas that held the lock at their last heartbeat, the one
+    /// heard of last. The lock has one holder at a time and a round takes it before it writes the
+    /// heartbeat, so a later claim is the truth (an earlier claimant died or lost the lock since).
+    pub fn leader(&self) -> Option<&ReplicaRecord> {
+        self.replicas
+            .iter()
+            .map(|(r, _)| r)
+            .filter(|r| r.leader && self.alive(r))
+            .max_by_key(|r| r.last_heartbeat_ms)
     }
 
     /// The zones the leader must mark offline: online, held by a replica that is not alive (or
@@ -441,5 +453,14 @@ mod tests {
         assert_eq!(orphaned, vec!["east"]);
         assert!(s.prunable("b", PRUNE_AFTER).is_empty());
         assert_eq!(s.prunable("b", Duration::from_secs(30))[0].0.id, "a");
+        // Two alive claimants (the old leader died a moment ago): the later claim leads.
+        let s = Snapshot {
+            replicas: vec![replica("a", T - 3_000, true), replica("b", T - 1_000, true)],
+            zones: vec![],
+            now_ms: T,
+        };
+        let v = s.present();
+        assert_eq!((v[0].leader, v[1].leader), (false, true));
+        assert_eq!(s.leader().unwrap().id, "b");
     }
 }

@@ -290,7 +290,8 @@ pub struct ReplicaView {
     pub last_heartbeat: Option<String>,
     /// Its last heartbeat is recent (within three heartbeat intervals).
     pub alive: bool,
-    /// It is alive and holds the leadership.
+    /// It holds the leadership: of the alive replicas whose last heartbeat claimed it, the one
+    /// heard of last (at most one replica is shown leading).
     pub leader: bool,
     /// The online zones whose stream it holds, sorted.
     pub zones: Vec<String>,
