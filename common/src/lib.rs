@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod ca;
 pub mod cli;
 pub mod clock;
+pub mod coordination;
 pub mod datasource;
 pub mod duration;
 pub mod error;

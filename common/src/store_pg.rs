@@ -691,3 +691,10 @@ pub(crate) fn spawn_listener(store: &Store, pg: Arc<Pg>) {
         }
     });
 }
+
+impl Pg {
+    /// How this replica reaches the database (the coordination connections of `coordination`).
+    pub(crate) fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+}

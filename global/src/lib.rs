@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cli;
 pub mod kds;
 pub mod metrics;
+pub mod replicas;
 pub mod server;
 pub mod shared;
 pub mod tokens;

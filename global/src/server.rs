@@ -185,7 +185,26 @@ pub async fn run(
     let tokens = Arc::new(TokenSigner::load_or_create(&config.data_dir).map_err(data_dir_err)?);
     let metrics = Arc::new(Metrics::new());
     metrics.meshes.set(store.list_meshes()?.len() as i64);
-    let zones = Zones::load(&store)?.with_gauge(metrics.kds.zones_online.clone());
+    let identity = crate::replicas::Identity::new(
+        api_listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        kds.as_ref()
+            .and_then(|k| k.listener.local_addr().ok())
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+    );
+    let replicas = crate::replicas::Replicas::new(&store, identity);
+    let zones = Zones::load(&store)?
+        .with_gauge(metrics.kds.zones_online.clone())
+        .with_replica(replicas.id())
+        .with_coordinator(replicas.coordinator());
+    // The first round before serving: this replica is listed (and a sled global leads) at once.
+    // Bounded: an unreachable store delays the start by at most this much.
+    let _ = tokio::time::timeout(crate::replicas::HEARTBEAT * 3, replicas.round(&zones)).await;
+    tracing::info!(replica = %replicas.id(), leader = replicas.is_leader(), "replica registered");
+    let replicas_task = tokio::spawn(replicas.clone().run(zones.clone(), stopped.clone()));
     let kds_task = match kds {
         Some(kds) => {
             if let crate::kds::KdsTls::Generated = kds.tls {
@@ -219,6 +238,7 @@ pub async fn run(
         metrics,
         zones,
         tokens,
+        replicas,
     };
     let app = api::router(state);
     tracing::info!(
@@ -247,6 +267,8 @@ pub async fn run(
             }
         }
     };
+    stop.fire();
+    let _ = replicas_task.await;
     tracing::info!("global control plane stopped");
     result
 }

@@ -5,6 +5,7 @@
 //! Secret data never leaves through it.
 
 pub mod error;
+pub mod replicas;
 pub mod resources;
 pub mod state;
 pub mod tokens;
@@ -50,6 +51,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/apply", post(apply_batch))
         .route("/zones", get(zones::list_zones))
         .route("/zones/{name}", get(zones::get_zone))
+        .route("/replicas", get(replicas::list_replicas))
         .route("/tokens/zone", post(tokens::issue_zone_token))
         .route("/tokens/dataplane", post(tokens::issue_dataplane_token))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API path") })

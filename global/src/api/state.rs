@@ -21,4 +21,6 @@ pub struct ApiState {
     pub zones: crate::kds::Zones,
     /// Signs zone (and dataplane) tokens.
     pub tokens: Arc<crate::tokens::TokenSigner>,
+    /// This replica and the others on the store (`GET /replicas`).
+    pub replicas: crate::replicas::Replicas,
 }

@@ -216,6 +216,9 @@ pub struct ZoneView {
     pub vault: Vec<Value>,
     /// The zone's last status report.
     pub status: Option<Value>,
+    /// The id of the global replica that holds (or last held) the zone's stream.
+    #[serde(default)]
+    pub replica: Option<String>,
 }
 
 /// One entry of [`ZoneView::vault`], as the command line reads it.
@@ -274,3 +277,25 @@ pub struct DataplaneView {
     pub zone_online: bool,
     pub reported_at: Option<String>,
 }
+
+/// One global replica in `GET /replicas`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaView {
+    pub id: String,
+    pub hostname: String,
+    pub api_address: String,
+    pub kds_address: String,
+    pub started_at: Option<String>,
+    pub last_heartbeat: Option<String>,
+    /// Its last heartbeat is recent (within three heartbeat intervals).
+    pub alive: bool,
+    /// It holds the leadership: of the alive replicas whose last heartbeat claimed it, the one
+    /// heard of last (at most one replica is shown leading).
+    pub leader: bool,
+    /// The online zones whose stream it holds, sorted.
+    pub zones: Vec<String>,
+}
+
+/// `GET /replicas`: every replica on the store, sorted by id.
+pub type ReplicaList = List<ReplicaView>;

@@ -114,6 +114,7 @@ pub fn present(r: &ZoneRecord) -> ZoneView {
         last_refusal: r.last_refusal.as_ref().map(present_refusal),
         vault,
         status: r.status.clone(),
+        replica: (!r.replica.is_empty()).then(|| r.replica.clone()),
     }
 }
 

@@ -136,6 +136,8 @@ pub enum GetKind {
     Zones,
     Zone,
     Dataplanes,
+    /// The global replicas on the store (a sled global is one).
+    Replicas,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,8 +10,8 @@ use super::failure::Failure;
 use super::input::{parse_inputs, read_inputs};
 use super::print;
 use crate::api::types::{
-    ApiError, ApplyResult, DataplaneToken, DataplaneTokenRequest, DataplaneView, ResourceView,
-    ZoneToken, ZoneTokenRequest, ZoneView,
+    ApiError, ApplyResult, DataplaneToken, DataplaneTokenRequest, DataplaneView, ReplicaView,
+    ResourceView, ZoneToken, ZoneTokenRequest, ZoneView,
 };
 
 /// An HTTP client for the global API.
@@ -176,6 +176,7 @@ pub(super) async fn get(
         (GetKind::Zones | GetKind::Zone, None) => "/zones".to_string(),
         (GetKind::Zones | GetKind::Zone, Some(n)) => format!("/zones/{n}"),
         (GetKind::Dataplanes, _) => format!("/meshes/{mesh}/dataplanes"),
+        (GetKind::Replicas, _) => "/replicas".to_string(),
     };
     let body = client
         .send(client.request(reqwest::Method::GET, &path))
@@ -187,6 +188,14 @@ pub(super) async fn get(
             GetKind::Meshes | GetKind::Mesh => print::meshes(&items::<ResourceView>(body)?),
             GetKind::Secrets | GetKind::Secret => print::secrets(&items::<ResourceView>(body)?),
             GetKind::Zones | GetKind::Zone => print::zones(&items::<ZoneView>(body)?),
+            GetKind::Replicas => {
+                let mut replicas = items::<ReplicaView>(body)?;
+                // A NAME narrows the list to that replica id.
+                if let Some(n) = &name {
+                    replicas.retain(|r| &r.id == n);
+                }
+                print::replicas(&replicas)
+            }
             GetKind::Dataplanes => {
                 let mut dataplanes = items::<DataplaneView>(body)?;
                 // Dataplanes are listed per mesh; a NAME narrows the list.

@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use super::args::Format;
 use super::validate::ResourceReport;
 use crate::admission::BackendCheck;
-use crate::api::types::{ApplyResult, DataplaneView, ResourceView, ZoneVaultCheck, ZoneView};
+use crate::api::types::{
+    ApplyResult, DataplaneView, ReplicaView, ResourceView, ZoneVaultCheck, ZoneView,
+};
 
 /// The header row of a table.
 fn header(columns: &[&str]) -> Vec<String> {
@@ -148,6 +150,36 @@ pub(super) fn zones(items: &[ZoneView]) {
         ]);
     }
     print!("{}", common::table::render(&rows));
+}
+
+/// The rows of `global get replicas`.
+fn replica_rows(items: &[ReplicaView]) -> Vec<Vec<String>> {
+    let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
+    let mut rows = vec![header(&[
+        "ID",
+        "HOSTNAME",
+        "API",
+        "ALIVE",
+        "LEADER",
+        "ZONES",
+        "LAST HEARTBEAT",
+    ])];
+    for r in items {
+        rows.push(vec![
+            r.id.clone(),
+            r.hostname.clone(),
+            r.api_address.clone(),
+            yes_no(r.alive),
+            yes_no(r.leader),
+            r.zones.join(","),
+            r.last_heartbeat.clone().unwrap_or_default(),
+        ]);
+    }
+    rows
+}
+
+pub(super) fn replicas(items: &[ReplicaView]) {
+    print!("{}", common::table::render(&replica_rows(items)));
 }
 
 pub(super) fn dataplanes(items: &[DataplaneView]) {

@@ -90,7 +90,7 @@ impl KdsMetrics {
         );
         r.register(
             "zones_online",
-            "Zones with a live sync stream",
+            "Zones with a live sync stream to this replica",
             m.zones_online.clone(),
         );
         m

@@ -134,6 +134,8 @@ pub struct ZoneRecord {
     pub dataplanes: Vec<DataplaneReport>,
     /// When that report was made, unix milliseconds.
     pub dataplanes_reported_ms: u64,
+    /// The id of the global replica that holds (or last held) the zone's stream.
+    pub replica: String,
 }
 
 struct Entry {
@@ -162,6 +164,11 @@ pub struct Zones {
     records: Records,
     next_session: Arc<std::sync::atomic::AtomicU64>,
     online_gauge: Option<prometheus_client::metrics::gauge::Gauge>,
+    /// The id of this replica, written on the records of the zones it holds.
+    replica: Arc<str>,
+    /// On a store shared by replicas: how a disconnect checks that no other replica took the
+    /// zone meanwhile.
+    coordinator: Option<Arc<common::coordination::Coordinator>>,
 }
 
 const MAX_REFUSALS: usize = 20;
@@ -196,7 +203,47 @@ impl Zones {
             records,
             next_session: Arc::new(std::sync::atomic::AtomicU64::new(1)),
             online_gauge: None,
+            replica: Arc::from(""),
+            coordinator: None,
         })
+    }
+
+    /// On a store shared by replicas, a disconnect here never overwrites the record of a zone
+    /// that another replica took meanwhile.
+    pub fn with_coordinator(mut self, c: Arc<common::coordination::Coordinator>) -> Self {
+        if c.is_shared() {
+            self.coordinator = Some(c);
+        }
+        self
+    }
+
+    /// Writes `id` (this replica's) on the records of the zones whose stream it takes.
+    pub fn with_replica(mut self, id: &str) -> Self {
+        self.replica = Arc::from(id);
+        self
+    }
+
+    /// Takes what another replica wrote of the zones this one holds no stream of (`records`:
+    /// zone records as the store holds them now), so that every replica shows every zone.
+    pub fn adopt(&self, records: Vec<ZoneRecord>) {
+        let mut inner = self.lock();
+        for record in records {
+            match inner.zones.get_mut(&record.name) {
+                Some(entry) if entry.session.is_some() => {}
+                Some(entry) => entry.record = record,
+                None => {
+                    inner.zones.insert(
+                        record.name.clone(),
+                        Entry {
+                            record,
+                            session: None,
+                            status_persisted: None,
+                            status_write_scheduled: false,
+                        },
+                    );
+                }
+            }
+        }
     }
 
     /// Keeps the `zones_online` gauge current.
@@ -211,7 +258,8 @@ impl Zones {
 
     fn update_gauge(&self, inner: &Inner) {
         if let Some(g) = &self.online_gauge {
-            g.set(inner.zones.values().filter(|e| e.record.online).count() as i64);
+            // The zones whose stream this replica holds (others' are adopted records).
+            g.set(inner.zones.values().filter(|e| e.session.is_some()).count() as i64);
         }
     }
 
@@ -267,6 +315,7 @@ impl Zones {
             r.connected_since_ms = now;
             r.last_seen_ms = now;
             r.peer = peer.to_string();
+            r.replica = self.replica.to_string();
             r.connects += 1;
             r.token_expires_ms = token_expires_ms;
             r.last_error.clear();
@@ -298,7 +347,56 @@ impl Zones {
             }
             self.update_gauge(&inner);
         }
-        self.persist(name).await;
+        self.persist_checked(name).await;
+    }
+
+    /// `persist`, except that on a shared store the record of a zone another replica holds now
+    /// is left as it is.
+    async fn persist_checked(&self, name: &str) {
+        match &self.coordinator {
+            Some(c) => self.persist_unless_taken(c, name).await,
+            None => self.persist(name).await,
+        }
+    }
+
+    /// Writes the record unless the store's copy says another replica holds the zone's stream
+    /// now (then that copy is taken instead): compare-and-set against what was read.
+    async fn persist_unless_taken(&self, c: &common::coordination::Coordinator, name: &str) {
+        for _ in 0..3 {
+            let Some(record) = self.get(name) else {
+                return;
+            };
+            let current = match c.get("zones", name).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(zone = %name, error = %e, "zone record not checked: writing it");
+                    return self.persist(name).await;
+                }
+            };
+            let theirs = current
+                .as_deref()
+                .and_then(|t| serde_json::from_str::<ZoneRecord>(t).ok());
+            if let Some(theirs) = theirs
+                && theirs.online
+                && theirs.replica != record.replica
+            {
+                tracing::info!(zone = %name, replica = %theirs.replica, "the zone's stream is held by another replica now: its record is kept");
+                self.adopt(vec![theirs]);
+                return;
+            }
+            let value = serde_json::to_value(&record).expect("a zone record serializes");
+            match c
+                .compare_and_set("zones", name, current.as_deref(), Some(&value))
+                .await
+            {
+                Ok(true) => return,
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(zone = %name, error = %e, "cannot persist the zone record");
+                    return;
+                }
+            }
+        }
     }
 
     /// Applies `f` to the record of `name` if `session` is its live stream.
@@ -389,7 +487,7 @@ impl Zones {
             }
         };
         if known {
-            self.persist(&refusal.zone).await;
+            self.persist_checked(&refusal.zone).await;
         }
     }
 
@@ -469,5 +567,31 @@ mod tests {
         // Updates for a session that is not live are ignored.
         zones.update("east", 99, |r| r.peer = "nope".into());
         assert_ne!(zones.get("east").unwrap().peer, "nope");
+    }
+
+    #[tokio::test]
+    async fn adopted_records_never_replace_a_live_stream_and_name_the_replica() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let zones = Zones::load(&store).unwrap().with_replica("r1");
+        zones.connect("east", "127.0.0.1:1", 0).await;
+        assert_eq!(zones.get("east").unwrap().replica, "r1");
+        let other = |name: &str| ZoneRecord {
+            name: name.into(),
+            online: true,
+            replica: "r2".into(),
+            ..Default::default()
+        };
+        zones.adopt(vec![other("east"), other("west")]);
+        assert_eq!(
+            zones.get("east").unwrap().replica,
+            "r1",
+            "a live stream is this replica's"
+        );
+        assert_eq!(zones.get("west").unwrap(), other("west"));
+        let mut offline = other("west");
+        offline.online = false;
+        zones.adopt(vec![offline.clone()]);
+        assert_eq!(zones.get("west").unwrap(), offline);
     }
 }

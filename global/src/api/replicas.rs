@@ -1,0 +1,22 @@
+//! `GET /replicas`: every global replica on the store (its heartbeat record: identity, aliveness,
+//! leadership) with the zones whose stream it holds, read from the store at the request, so any
+//! replica answers the same. The heartbeats and the leadership are `crate::replicas`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+
+use super::error::ApiError;
+use super::state::ApiState;
+use super::types::{List, ReplicaList};
+
+/// `GET /replicas`.
+pub async fn list_replicas(State(state): State<ApiState>) -> Result<Json<ReplicaList>, ApiError> {
+    let snapshot = state.replicas.snapshot().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot read the replicas from the store: {e}"),
+        )
+    })?;
+    Ok(Json(List::new(snapshot.present())))
+}
