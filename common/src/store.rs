@@ -165,6 +165,36 @@ pub fn resource_json(r: &Resource) -> serde_json::Value {
     v.expect("model types always serialize to JSON")
 }
 
+/// The record a put of `spec` (content hash `hash`) leaves in place of `existing` at `revision`,
+/// and the outcome: `None` when the content is unchanged (nothing is written). Both backends write
+/// exactly this.
+pub(crate) fn replacement(
+    existing: Option<&StoredResource>,
+    key: &ResourceKey,
+    spec: &serde_json::Value,
+    hash: &str,
+    revision: u64,
+    now: u64,
+) -> Option<(StoredResource, Outcome)> {
+    if existing.is_some_and(|e| e.hash == hash) {
+        return None;
+    }
+    let record = StoredResource {
+        key: key.clone(),
+        hash: hash.to_string(),
+        revision,
+        created_unix: existing.map_or(now, |e| e.created_unix),
+        modified_unix: now,
+        spec: spec.clone(),
+    };
+    let outcome = if existing.is_some() {
+        Outcome::Updated
+    } else {
+        Outcome::Created
+    };
+    Some((record, outcome))
+}
+
 /// Content hash of a resource's JSON form (serde_json maps are sorted, so this is canonical).
 pub fn content_hash(spec: &serde_json::Value) -> String {
     let bytes = serde_json::to_vec(spec).expect("JSON values always serialize");
@@ -655,30 +685,17 @@ impl Store {
                     };
                     match put {
                         Some((spec, hash)) => {
-                            if existing.as_ref().map(|e| &e.hash) == Some(hash) {
+                            let Some((record, outcome)) =
+                                replacement(existing.as_ref(), key, spec, hash, next, now)
+                            else {
                                 outcomes.push(Outcome::Unchanged);
                                 continue;
-                            }
-                            let record = StoredResource {
-                                key: key.clone(),
-                                hash: hash.clone(),
-                                revision: next,
-                                created_unix: existing
-                                    .as_ref()
-                                    .map(|e| e.created_unix)
-                                    .unwrap_or(now),
-                                modified_unix: now,
-                                spec: spec.clone(),
                             };
                             let bytes = serde_json::to_vec(&record)
                                 .expect("stored records always serialize");
                             res.insert(key_bytes.as_slice(), bytes)?;
                             changed = true;
-                            outcomes.push(if existing.is_some() {
-                                Outcome::Updated
-                            } else {
-                                Outcome::Created
-                            });
+                            outcomes.push(outcome);
                         }
                         None => {
                             if existing.is_some() {

@@ -21,6 +21,7 @@ use tokio_postgres::{AsyncMessage, Client, GenericClient, NoTls};
 use crate::model::Kind;
 use crate::store::{
     Expect, Op, Outcome, ResourceKey, Store, StoreError, StoredResource, index_changes, prepare,
+    replacement,
 };
 
 /// A version index change: the key and its new version (`None`: deleted).
@@ -507,17 +508,11 @@ pub(crate) async fn write(
             let existing = pg.get(key);
             match put {
                 Some((spec, hash)) => {
-                    if existing.as_ref().map(|e| &e.hash) == Some(hash) {
+                    let Some((record, outcome)) =
+                        replacement(existing.as_ref(), key, spec, hash, next_u, now)
+                    else {
                         outcomes.push(Outcome::Unchanged);
                         continue;
-                    }
-                    let record = StoredResource {
-                        key: key.clone(),
-                        hash: hash.clone(),
-                        revision: next_u,
-                        created_unix: existing.as_ref().map_or(now, |e| e.created_unix),
-                        modified_unix: now,
-                        spec: spec.clone(),
                     };
                     tx.execute(
                         &format!(
@@ -539,11 +534,7 @@ pub(crate) async fn write(
                     )
                     .await
                     .map_err(pg_err)?;
-                    outcomes.push(if existing.is_some() {
-                        Outcome::Updated
-                    } else {
-                        Outcome::Created
-                    });
+                    outcomes.push(outcome);
                     records.push((key.encode(), Some(record)));
                 }
                 None => {
