@@ -187,6 +187,40 @@ async fn failover_global_zones_keep_issuing_and_resync() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_replica_moves_zones_and_loses_no_acknowledged_write() {
+    init();
+    let report = scenarios::drills::failover_replica::run(
+        scenarios::drills::failover_replica::FailoverReplicaOptions {
+            writers: 20,
+            kills: 3,
+            proxies: 2,
+            common: scenarios::drills::CommonArgs {
+                ec: true,
+                dir: None,
+            },
+        },
+    )
+    .await
+    .unwrap();
+    assert_passed(
+        &report,
+        &[
+            "cluster up",
+            "writers running",
+            "SIGKILL of replica",
+            "SIGSTOP of replica",
+            "PostgreSQL restarted",
+            "replica",
+            "writers stopped: no acknowledged write lost",
+            "global lists every dataplane again",
+        ],
+    );
+    let kept = report.step("writers stopped").unwrap();
+    assert!(kept.detail.contains("0 lost; "), "{}", kept.detail);
+    assert!(kept.detail.contains("3 SIGKILLs"), "{}", kept.detail);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_outage_proxies_keep_certificates_and_zones_recover() {
     init();
     let report =
