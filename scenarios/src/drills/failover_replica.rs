@@ -526,7 +526,7 @@ async fn body(opts: &FailoverReplicaOptions, work: &WorkDir, steps: &mut Steps) 
                 )
                 .await?;
                 let t = hung_at.elapsed();
-                if t > Duration::from_secs(12) {
+                if t > Duration::from_secs(15) {
                     bail!("{} moved in {:.1}s", z.name, t.as_secs_f64());
                 }
                 lines.push(format!(
