@@ -462,8 +462,9 @@ async fn body(opts: &FailoverReplicaOptions, work: &WorkDir, steps: &mut Steps) 
                     },
                 )
                 .await?;
+                let n = gs.iter().position(|g| api_addr(g) == to).map_or(0, |i| i + 1);
                 format!(
-                    "it was the leader: {to} leads after {:.1}s",
+                    "it was the leader: replica {n} ({to}) leads after {:.1}s (measured)",
                     killed_at.elapsed().as_secs_f64()
                 )
             } else {
