@@ -18,7 +18,7 @@ use testkit::certs::ProxyIdentity;
 use testkit::cluster::{
     BackendKind, Cluster, ClusterOptions, MESH, PKI, ROLE, Vault, mesh_yaml, start_zone,
 };
-use testkit::cluster::{GlobalProc, ProxySpec};
+use testkit::cluster::{GlobalOptions, GlobalProc, ProxySpec, ZoneProc};
 use testkit::wait::wait_until;
 
 /// Options of the demo.
@@ -45,6 +45,10 @@ pub struct DemoOptions {
     /// dpCert.rotation.expiration of the Mesh.
     #[arg(long, default_value = "24h")]
     pub expiration: String,
+    /// Replicas of global: 1 is a single global on its own store; with more, a private
+    /// PostgreSQL holds the store of every replica and each zone is given every replica's address.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
     /// Keep data and logs in this directory (default: a new temporary directory, removed at the
     /// end when every check passed).
     #[arg(long)]
@@ -61,6 +65,7 @@ impl Default for DemoOptions {
             once: true,
             ec: false,
             expiration: "24h".into(),
+            replicas: 1,
             dir: None,
         }
     }
@@ -134,6 +139,15 @@ pub fn stop_all(c: &mut Cluster) -> usize {
         n += usize::from(z.proc.stop(grace).is_some());
     }
     n += usize::from(c.global.proc.stop(grace).is_some());
+    for g in &mut c.replicas {
+        n += usize::from(g.proc.stop(grace).is_some());
+    }
+    if let Some(pg) = c.postgres.as_mut()
+        && pg.is_running()
+    {
+        let _ = pg.stop();
+        n += 1;
+    }
     if let Some(v) = c.vault.as_mut()
         && v.server.is_running()
     {
@@ -152,12 +166,26 @@ fn where_things_are(c: &Cluster) -> String {
             v.server.log_path().display()
         ));
     }
-    lines.push(format!(
-        "  global      API {}  sync {}  log {}",
-        c.global.api_url(),
-        c.global.kds_address(),
-        c.global.proc.log.display()
-    ));
+    if let Some(pg) = &c.postgres {
+        lines.push(format!(
+            "  PostgreSQL  {}  log {}",
+            pg.url(),
+            pg.log_path().display()
+        ));
+    }
+    for (i, g) in std::iter::once(&c.global).chain(&c.replicas).enumerate() {
+        let name = if c.replicas.is_empty() {
+            "global".to_string()
+        } else {
+            format!("global-{}", i + 1)
+        };
+        lines.push(format!(
+            "  {name:<10}  API {}  sync {}  log {}",
+            g.api_url(),
+            g.kds_address(),
+            g.proc.log.display()
+        ));
+    }
     for z in &c.zones {
         lines.push(format!(
             "  {:<10}  API {}  proxies {}  log {}",
@@ -254,22 +282,70 @@ async fn body(
         None
     };
 
-    // 2. global.
-    let global = steps.must(
+    // 2. global: one, or replicas on a private PostgreSQL.
+    let postgres = if opts.replicas > 1 {
+        Some(
+            steps.must(
+                "PostgreSQL",
+                tokio::task::spawn_blocking(testkit::postgres::PgServer::start)
+                    .await?
+                    .map(|pg| {
+                        let d = format!("{}, log {}", pg.url(), pg.log_path().display());
+                        (pg, d)
+                    }),
+            )?,
+        )
+    } else {
+        None
+    };
+    let (global, replicas) = steps.must(
         "global",
         async {
-            let g = GlobalProc::start(&dir.join("global")).await?;
-            let detail = format!(
-                "API {}, sync {}\ndata {}, log {}",
-                g.api_url(),
-                g.kds_address(),
-                g.dir.display(),
-                g.proc.log.display()
-            );
-            Ok((g, detail))
+            let mut all = Vec::new();
+            for i in 1..=opts.replicas.max(1) {
+                let g = match &postgres {
+                    Some(pg) => {
+                        GlobalProc::start_with(
+                            &dir.join(format!("global-{i}")),
+                            GlobalOptions::default().store(&pg.url()),
+                        )
+                        .await?
+                    }
+                    None => GlobalProc::start(&dir.join("global")).await?,
+                };
+                all.push(g);
+            }
+            let detail = all
+                .iter()
+                .map(|g| {
+                    format!(
+                        "API {}, sync {}\ndata {}, log {}",
+                        g.api_url(),
+                        g.kds_address(),
+                        g.dir.display(),
+                        g.proc.log.display()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            let detail = if all.len() > 1 {
+                format!(
+                    "{} replicas on PostgreSQL, each zone given every sync address\n{detail}",
+                    all.len()
+                )
+            } else {
+                detail
+            };
+            let global = all.remove(0);
+            Ok(((global, all), detail))
         }
         .await,
     )?;
+    let addresses = std::iter::once(&global)
+        .chain(&replicas)
+        .map(GlobalProc::kds_address)
+        .collect::<Vec<_>>()
+        .join(",");
 
     // 3. Zones.
     let mut zones = Vec::new();
@@ -278,11 +354,29 @@ async fn body(
         let z = steps.must(
             &format!("zone {name}"),
             async {
-                let z = start_zone(&global, dir, &name, &[]).await?;
+                let z = if replicas.is_empty() {
+                    start_zone(&global, dir, &name, &[]).await?
+                } else {
+                    let token = global.zone_token_file(&name, &dir.join("tokens")).await?;
+                    ZoneProc::start_with(
+                        &name,
+                        &addresses,
+                        &global.ca_file(),
+                        &token,
+                        &dir.join(&name),
+                        &[],
+                    )
+                    .await?
+                };
                 let detail = format!(
-                    "API {}, proxies {} (zone token from POST /tokens/zone)\nlog {}",
+                    "API {}, proxies {} (zone token from POST /tokens/zone){}\nlog {}",
                     z.api_url(),
                     z.dp_address(),
+                    if replicas.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", --global-address {addresses}")
+                    },
                     z.proc.log.display()
                 );
                 Ok((z, detail))
@@ -312,6 +406,8 @@ async fn body(
         dir: dir.to_path_buf(),
         vault,
         global,
+        replicas,
+        postgres,
         zones,
         proxies: Vec::new(),
         options,

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use scenarios::demo::DemoOptions;
 use scenarios::drills::dry_run::DryRunOptions;
 use scenarios::drills::failover_global::FailoverGlobalOptions;
+use scenarios::drills::failover_replica::FailoverReplicaOptions;
 use scenarios::drills::failover_zone::FailoverZoneOptions;
 use scenarios::drills::vault_outage::VaultOutageOptions;
 
@@ -29,6 +30,9 @@ enum Command {
     Demo(DemoOptions),
     /// Drill: global killed; zones keep issuing and renewing; global back, zones resync.
     FailoverGlobal(FailoverGlobalOptions),
+    /// Drill: three global replicas on PostgreSQL under 50 writers: replicas SIGKILLed and hung
+    /// (SIGSTOP), PostgreSQL restarted; zones move, no acknowledged write is lost.
+    FailoverReplica(FailoverReplicaOptions),
     /// Drill: a zone killed with SIGKILL mid-issuance and restarted.
     FailoverZone(FailoverZoneOptions),
     /// Drill: Vault stopped past a rotation point, then back.
@@ -96,6 +100,9 @@ fn main() -> ExitCode {
                     .await
                     .map(|r| r.exit_code()),
                 Command::FailoverGlobal(o) => scenarios::drills::failover_global::run(o)
+                    .await
+                    .map(|r| r.exit_code()),
+                Command::FailoverReplica(o) => scenarios::drills::failover_replica::run(o)
                     .await
                     .map(|r| r.exit_code()),
                 Command::FailoverZone(o) => scenarios::drills::failover_zone::run(o)

@@ -90,6 +90,44 @@ async fn demo_once_reaches_the_cross_zone_handshake() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_once_with_two_replicas_on_postgresql() {
+    init();
+    let opts = scenarios::demo::DemoOptions {
+        zones: 2,
+        proxies: 1,
+        once: true,
+        backend: testkit::cluster::BackendKind::Builtin,
+        replicas: 2,
+        ..Default::default()
+    };
+    let report = scenarios::demo::run(opts, std::future::pending())
+        .await
+        .unwrap();
+    assert_passed(
+        &report,
+        &[
+            "PostgreSQL",
+            "global",
+            "zones online (global get zones)",
+            "dataplanes (global get dataplanes)",
+            "cross-zone mTLS handshake: web-z1 → web-z2",
+        ],
+    );
+    let global = report.step("global").unwrap();
+    assert!(
+        global.detail.starts_with("2 replicas on PostgreSQL"),
+        "{}",
+        global.detail
+    );
+    let zone = report.step("zone zone-1").unwrap();
+    assert!(
+        zone.detail.contains("--global-address grpcs://"),
+        "{}",
+        zone.detail
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_gives_each_broken_backend_its_verdict_and_stores_nothing() {
     init();
     let report = scenarios::drills::dry_run::run(scenarios::drills::dry_run::DryRunOptions {
@@ -184,6 +222,40 @@ async fn failover_global_zones_keep_issuing_and_resync() {
             "global lists every dataplane",
         ],
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_replica_moves_zones_and_loses_no_acknowledged_write() {
+    init();
+    let report = scenarios::drills::failover_replica::run(
+        scenarios::drills::failover_replica::FailoverReplicaOptions {
+            writers: 20,
+            kills: 3,
+            proxies: 2,
+            common: scenarios::drills::CommonArgs {
+                ec: true,
+                dir: None,
+            },
+        },
+    )
+    .await
+    .unwrap();
+    assert_passed(
+        &report,
+        &[
+            "cluster up",
+            "writers running",
+            "SIGKILL of replica",
+            "SIGSTOP of replica",
+            "PostgreSQL restarted",
+            "replica",
+            "writers stopped: no acknowledged write lost",
+            "global lists every dataplane again",
+        ],
+    );
+    let kept = report.step("writers stopped").unwrap();
+    assert!(kept.detail.contains("0 lost; "), "{}", kept.detail);
+    assert!(kept.detail.contains("3 SIGKILLs"), "{}", kept.detail);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,12 +6,15 @@
 //!   meanwhile still works; global back: zones resync and catch up on changes.
 //! - [`failover_zone`]: a zone killed mid-issuance and restarted: store intact, proxies back, no
 //!   certificate lost or issued twice without need, global sees it offline then online.
+//! - [`failover_replica`]: three global replicas on PostgreSQL under 50 writers: replicas
+//!   SIGKILLed and hung, PostgreSQL restarted; zones move, nothing acknowledged is lost.
 //! - [`vault_outage`]: Vault stopped past a rotation point: proxies keep valid certificates,
 //!   zones report the outage to global, and recover by themselves when Vault returns.
 //! - [`dry_run`]: `global validate` and `apply --dry-run` on good and broken backends.
 
 pub mod dry_run;
 pub mod failover_global;
+pub mod failover_replica;
 pub mod failover_zone;
 pub mod vault_outage;
 

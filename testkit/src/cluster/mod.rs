@@ -83,6 +83,10 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub vault: Option<Vault>,
     pub global: GlobalProc,
+    /// More replicas of global beside `global` (on `postgres`); empty for a single global.
+    pub replicas: Vec<GlobalProc>,
+    /// The PostgreSQL store of the replicas, when there are several.
+    pub postgres: Option<crate::postgres::PgServer>,
     pub zones: Vec<ZoneProc>,
     pub proxies: Vec<ProxyProc>,
     pub options: ClusterOptions,
@@ -114,6 +118,8 @@ impl Cluster {
             dir: dir.to_path_buf(),
             vault,
             global,
+            replicas: Vec::new(),
+            postgres: None,
             zones,
             proxies: Vec::new(),
             options,
