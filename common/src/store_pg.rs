@@ -85,8 +85,21 @@ async fn connect_client(config: &tokio_postgres::Config) -> Result<Client, Store
             tracing::debug!(error = %e, "PostgreSQL connection ended");
         }
     });
+    // A replica that hangs (SIGSTOP, a frozen VM) in the middle of a write keeps its transaction,
+    // and with it the lock on the revision row, which every other replica's writes wait for:
+    // PostgreSQL ends such a session after this long, so a hung replica stalls the others' writes
+    // for seconds, never until it is killed.
+    client
+        .batch_execute(&format!(
+            "SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT}'"
+        ))
+        .await
+        .map_err(pg_err)?;
     Ok(client)
 }
+
+/// How long a session may sit inside a transaction without sending anything.
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "5s";
 
 async fn migrate(client: &mut Client) -> Result<i64, StoreError> {
     let tx = client.transaction().await.map_err(pg_err)?;
