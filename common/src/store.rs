@@ -249,6 +249,9 @@ pub struct VersionSnapshot {
     pub map: Arc<VersionMap>,
 }
 
+/// How long [`Store::open`] waits for sled's lock on a store just closed.
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The store. Cheap to clone; clones share the database.
 #[derive(Clone)]
 pub struct Store {
@@ -294,14 +297,32 @@ impl Store {
             path: dir.display().to_string(),
             reason: e.to_string(),
         })?;
-        let db = sled::Config::new()
-            .path(dir.join("store"))
-            .mode(sled::Mode::HighThroughput)
-            .open()
-            .map_err(|e| StoreError::Open {
-                path: dir.display().to_string(),
-                reason: e.to_string(),
-            })?;
+        // sled's file lock outlives the last handle by a moment (its I/O threads finish the last
+        // writes), so a store closed in this process may still be locked: wait for it, briefly.
+        // Another process holding it keeps it longer and is refused after the wait.
+        let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+        let db = loop {
+            match sled::Config::new()
+                .path(dir.join("store"))
+                .mode(sled::Mode::HighThroughput)
+                .open()
+            {
+                Ok(db) => break db,
+                // sled says so only in the text of an `ErrorKind::Other`.
+                Err(sled::Error::Io(e))
+                    if e.to_string().starts_with("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => {
+                    return Err(StoreError::Open {
+                        path: dir.display().to_string(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        };
         Self::from_db(db)
     }
 

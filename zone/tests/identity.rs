@@ -37,19 +37,8 @@ struct Zone {
     run: tokio::task::JoinHandle<()>,
 }
 
-async fn open_store(dir: &Path) -> Store {
-    // A store just closed by a stopped zone may hold its lock for a moment.
-    for _ in 0..100 {
-        if let Ok(s) = Store::open(dir) {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Store::open(dir).expect("store opens")
-}
-
 async fn start_zone(dir: &Path, config: IssuanceConfig) -> Zone {
-    let store = open_store(dir).await;
+    let store = Store::open(dir).expect("store opens");
     let zc = ZoneConfig::new(
         "zone-1",
         "grpcs://127.0.0.1:1",
