@@ -18,7 +18,7 @@ use testkit::certs::ProxyIdentity;
 use testkit::cluster::{
     BackendKind, Cluster, ClusterOptions, MESH, PKI, ROLE, Vault, mesh_yaml, start_zone,
 };
-use testkit::cluster::{GlobalOptions, GlobalProc, ProxySpec, ZoneProc};
+use testkit::cluster::{GlobalProc, ProxySpec, ZoneProc};
 use testkit::wait::wait_until;
 
 /// Options of the demo.
@@ -301,20 +301,10 @@ async fn body(
     let (global, replicas) = steps.must(
         "global",
         async {
-            let mut all = Vec::new();
-            for i in 1..=opts.replicas.max(1) {
-                let g = match &postgres {
-                    Some(pg) => {
-                        GlobalProc::start_with(
-                            &dir.join(format!("global-{i}")),
-                            GlobalOptions::default().store(&pg.url()),
-                        )
-                        .await?
-                    }
-                    None => GlobalProc::start(&dir.join("global")).await?,
-                };
-                all.push(g);
-            }
+            let mut all = match &postgres {
+                Some(pg) => testkit::cluster::start_replicas(dir, opts.replicas, &pg.url()).await?,
+                None => vec![GlobalProc::start(&dir.join("global")).await?],
+            };
             let detail = all
                 .iter()
                 .map(|g| {

@@ -57,6 +57,9 @@ enum Bench {
     Api(scenarios::bench::api::ApiBench),
     /// A zone holding many proxy streams: CPU, memory, time to push a CA rotation to all.
     Rotation(scenarios::bench::rotation::RotationBench),
+    /// Many zone streams (played by the bench) over global replicas on PostgreSQL: replica memory
+    /// per stream and the fan-out time of one change.
+    Zones(scenarios::bench::zones::ZonesBench),
 }
 
 fn main() -> ExitCode {
@@ -119,6 +122,9 @@ fn main() -> ExitCode {
                     scenarios::bench::issue::run(p).await.map(|()| 0)
                 }
                 Command::Bench(Bench::Api(p)) => scenarios::bench::api::run(p).await.map(|()| 0),
+                Command::Bench(Bench::Zones(p)) => {
+                    scenarios::bench::zones::run(p).await.map(|()| 0)
+                }
                 Command::Bench(Bench::Rotation(p)) => {
                     scenarios::bench::rotation::run(p).await.map(|()| 0)
                 }

@@ -25,6 +25,10 @@
 //! answer `unchanged` for each (global compares content hashes: an `updated` means the stored data
 //! differed; that write also repairs it, so a data difference is reported by the first check
 //! only). global's CPU seconds (per phase and in all) and RSS come from `/proc`.
+//!
+//! `--store postgres` runs global on a private PostgreSQL server instead of sled; `--store both`
+//! runs the whole bench on sled, then on PostgreSQL, and prints their applies/s side by side, so
+//! the two stores are compared within one run on the same machine.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -40,7 +44,7 @@ use testkit::openbao::seed::{self, RoleOptions};
 use crate::bench::issue::{bao_pid, cpu_secs, hwm_kb, raw_issue, rss_kb};
 use crate::report::{Stats, Table};
 use testkit::api::Api;
-use testkit::cluster::GlobalProc;
+use testkit::cluster::{GlobalOptions, GlobalProc};
 use testkit::cluster::{MESH, PKI, ROLE, Vault, builtin_mesh_yaml, vault_mesh_yaml};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -61,7 +65,33 @@ pub struct ApiBench {
     /// OpenBao (EC role), against raw OpenBao issuance with as many in flight; 0 skips.
     #[arg(long, default_value_t = 200)]
     pub vault_meshes: usize,
+    /// global's store: `sled` (embedded), `postgres` (a private PostgreSQL server started for the
+    /// run) or `both`, one after the other in the same run, with their applies/s side by side.
+    #[arg(long, value_enum, default_value_t = StoreChoice::Sled)]
+    pub store: StoreChoice,
 }
+
+/// Which store(s) `bench api` runs global on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreChoice {
+    Sled,
+    Postgres,
+    Both,
+}
+
+impl StoreChoice {
+    /// The stores to measure, in order: `true` for PostgreSQL.
+    fn runs(self) -> &'static [bool] {
+        match self {
+            StoreChoice::Sled => &[false],
+            StoreChoice::Postgres => &[true],
+            StoreChoice::Both => &[false, true],
+        }
+    }
+}
+
+/// Applies per second of each phase of one run, for the side-by-side table of `--store both`.
+type Rates = Vec<(String, f64)>;
 
 /// The Mesh holding the bench's Secrets.
 const SECRETS_MESH: &str = "bench";
@@ -345,25 +375,64 @@ pub async fn run(p: ApiBench) -> Result<()> {
     }
     let dir = tempfile::Builder::new().prefix("bench-api-").tempdir()?;
     println!(
-        "bench api: {} clients, {} Secrets, {} Meshes, {} builtin Meshes, {} vault Meshes (logs in {})",
+        "bench api: {} clients, {} Secrets, {} Meshes, {} builtin Meshes, {} vault Meshes, store {:?} (logs in {})",
         p.clients,
         p.ops,
         p.meshes,
         p.builtin_meshes,
         p.vault_meshes,
+        p.store,
         dir.path().display()
     );
-    let result = measure(&p, dir.path()).await;
-    if result.is_err() {
-        let kept = dir.keep();
-        eprintln!("logs kept in {}", kept.display());
+    let mut rates: Vec<(&str, Rates)> = Vec::new();
+    for &postgres in p.store.runs() {
+        let label = if postgres { "postgres" } else { "sled" };
+        println!("\n== store: {label}");
+        match measure(p.clone(), &dir.path().join(label), postgres).await {
+            Ok(r) => rates.push((label, r)),
+            Err(e) => {
+                let kept = dir.keep();
+                eprintln!("logs kept in {}", kept.display());
+                return Err(e);
+            }
+        }
     }
-    result
+    if let [(_, sled), (_, pg)] = rates.as_slice() {
+        let mut t = Table::new(&[
+            "phase",
+            "sled applies/s",
+            "postgres applies/s",
+            "postgres / sled",
+            "target",
+        ]);
+        for ((name, a), (_, b)) in sled.iter().zip(pg) {
+            t.row(&[
+                name.clone(),
+                format!("{a:.0}"),
+                format!("{b:.0}"),
+                format!("{:.2}", b / a.max(1e-9)),
+                ">= 0.5".into(),
+            ]);
+        }
+        println!("\n== the two stores in this run\n{}", t.render());
+    }
+    Ok(())
 }
 
-async fn measure(p: &ApiBench, dir: &std::path::Path) -> Result<()> {
+async fn measure(p: ApiBench, dir: &std::path::Path, postgres: bool) -> Result<Rates> {
+    let p = &p;
     let global_dir = dir.join("global");
-    let mut global = GlobalProc::start(&global_dir).await?;
+    // The private PostgreSQL server lives as long as this run.
+    let pg = if postgres {
+        Some(tokio::task::spawn_blocking(testkit::postgres::PgServer::start).await??)
+    } else {
+        None
+    };
+    let mut options = GlobalOptions::default();
+    if let Some(pg) = &pg {
+        options = options.store(&pg.url());
+    }
+    let mut global = GlobalProc::start_with(&global_dir, options.clone()).await?;
     let pid = global.proc.pid().unwrap_or(0);
     let cpu_start = cpu_secs(pid);
     let token = std::fs::read_to_string(global.admin_token_file())?
@@ -527,7 +596,8 @@ async fn measure(p: &ApiBench, dir: &std::path::Path) -> Result<()> {
     let exit = global.proc.stop(Duration::from_secs(30));
     let stopped_in = stop_start.elapsed();
     let start_again = Instant::now();
-    global = GlobalProc::start_on(&global_dir, global.api_port, global.kds_port).await?;
+    global = GlobalProc::start_with(&global_dir, options.ports(global.api_port, global.kds_port))
+        .await?;
     let ready_in = start_again.elapsed();
     let restarted = check_stored(&global.api, &clients, &expected).await?;
 
@@ -632,6 +702,15 @@ async fn measure(p: &ApiBench, dir: &std::path::Path) -> Result<()> {
     ]);
     println!("\n{}\n{}", table.render(), checks.render());
 
+    let rates = phases
+        .iter()
+        .map(|ph| {
+            (
+                ph.name.clone(),
+                ph.ok.len() as f64 / ph.elapsed.as_secs_f64().max(1e-9),
+            )
+        })
+        .collect();
     let mut problems = Vec::new();
     for ph in &phases {
         for f in ph.failures.iter().take(SHOWN_FAILURES) {
@@ -655,5 +734,7 @@ async fn measure(p: &ApiBench, dir: &std::path::Path) -> Result<()> {
             global.proc.log.display()
         );
     }
-    Ok(())
+    drop(global);
+    drop(pg);
+    Ok(rates)
 }

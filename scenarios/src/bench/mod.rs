@@ -5,3 +5,4 @@ pub mod api;
 pub mod issue;
 pub mod rotation;
 pub mod sync;
+pub mod zones;

@@ -1,15 +1,19 @@
 //! `scenarios bench sync`: how fast and how cheaply Meshes and Secrets reach zones. Real `global`
 //! and `zone` processes on loopback. Latencies are taken from global's own record of each zone's
 //! ACK (`GET /zones` → `types.Mesh.lastAcked`), which the zone sends after the update is committed
-//! to its sled store, so the figures do not depend on how often the bench polls.
+//! to its sled store, so the figures do not depend on how often the bench polls. With
+//! `--replicas N` global runs as N replicas on a private PostgreSQL server; each change is made on
+//! the first, and the zones held by the others give the cross-replica figure.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
 use serde_json::Value;
 
 use crate::report::{Stats, Table};
-use testkit::cluster::{GlobalProc, ZoneProc};
+use testkit::cluster::{GlobalProc, ZoneProc, start_replicas};
+use testkit::postgres::PgServer;
 use testkit::wait::wait_until;
 
 /// Parameters of the sync benchmark.
@@ -27,6 +31,11 @@ pub struct SyncBench {
     /// Secrets stored (spread over the meshes).
     #[arg(long, default_value_t = 10000)]
     pub secrets: usize,
+    /// global replicas: with more than 1, they share a private PostgreSQL server, zone `i` is
+    /// given replica `i mod N` alone, every change is made through the first replica, and the
+    /// latencies of the zones on the other replicas are reported apart.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
 }
 
 fn now_ms() -> f64 {
@@ -50,16 +59,44 @@ fn type_stat(zone: &Value, ty: &str, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn zones_view(global: &GlobalProc) -> Result<Vec<Value>> {
-    let v = global.api.get_ok("/zones").await?;
-    Ok(v.get("items")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default())
+/// global's replicas, and which one each zone was given (the first unless said otherwise). A
+/// zone's record is read from the replica holding its stream, whose counts are live.
+struct Fleet {
+    globals: Vec<GlobalProc>,
+    home: HashMap<String, usize>,
 }
 
-async fn zone_view(global: &GlobalProc, name: &str) -> Result<Value> {
-    global.api.get_ok(&format!("/zones/{name}")).await
+impl Fleet {
+    fn home_of(&self, zone: &str) -> &GlobalProc {
+        &self.globals[self.home.get(zone).copied().unwrap_or(0)]
+    }
+
+    /// Every zone's record, each from its own replica.
+    async fn zones_view(&self) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        for (i, g) in self.globals.iter().enumerate() {
+            let v = g.api.get_ok("/zones").await?;
+            out.extend(
+                v.get("items")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(|z| {
+                        let name = z["name"].as_str().unwrap_or("");
+                        self.home.get(name).copied().unwrap_or(0) == i
+                    })
+                    .cloned(),
+            );
+        }
+        Ok(out)
+    }
+
+    async fn zone_view(&self, name: &str) -> Result<Value> {
+        self.home_of(name)
+            .api
+            .get_ok(&format!("/zones/{name}"))
+            .await
+    }
 }
 
 pub async fn run(params: SyncBench) -> Result<()> {
@@ -72,13 +109,28 @@ pub async fn run(params: SyncBench) -> Result<()> {
         params.secrets,
         dir.path().display()
     );
-    let global = GlobalProc::start(&dir.path().join("global")).await?;
+    let replicas = params.replicas.max(1);
+    let pg = if replicas > 1 {
+        Some(tokio::task::spawn_blocking(PgServer::start).await??)
+    } else {
+        None
+    };
+    let mut fleet = Fleet {
+        globals: match &pg {
+            Some(pg) => start_replicas(dir.path(), replicas, &pg.url()).await?,
+            None => vec![GlobalProc::start(&dir.path().join("global")).await?],
+        },
+        home: HashMap::new(),
+    };
     let mut zones = Vec::new();
     for i in 0..params.zones {
         let name = format!("zone-{i}");
-        let token = global.zone_token_file(&name, dir.path()).await?;
-        zones.push(ZoneProc::start(&name, &global, &token, &dir.path().join(&name)).await?);
+        let token = fleet.globals[0].zone_token_file(&name, dir.path()).await?;
+        let home = &fleet.globals[i % replicas];
+        zones.push(ZoneProc::start(&name, home, &token, &dir.path().join(&name)).await?);
+        fleet.home.insert(name, i % replicas);
     }
+    let global = &fleet.globals[0];
     let names: Vec<String> = zones.iter().map(|z| z.name.clone()).collect();
     // All zones online and subscribed.
     wait_until(
@@ -86,7 +138,7 @@ pub async fn run(params: SyncBench) -> Result<()> {
         Duration::from_secs(30),
         Duration::from_millis(20),
         || async {
-            let all = zones_view(&global).await.ok()?;
+            let all = fleet.zones_view().await.ok()?;
             let online = all.iter().filter(|z| z["online"] == true).count();
             (online == names.len()).then_some(())
         },
@@ -97,13 +149,15 @@ pub async fn run(params: SyncBench) -> Result<()> {
     global
         .apply("type: Mesh\nname: bench-prop\nlabels:\n  seq: \"0\"\n")
         .await?;
-    wait_acked(&global, &names, "Mesh", None).await?;
+    wait_acked(&fleet, &names, "Mesh", None).await?;
     let mut to_all = Vec::new();
     let mut per_zone = Vec::new();
+    // Zones on another replica than the one the change was made on.
+    let mut other_replica = Vec::new();
     let mut bytes_small = Vec::new();
     for seq in 1..=params.changes {
         let before: Vec<(u64, u64)> = {
-            let all = zones_view(&global).await?;
+            let all = fleet.zones_view().await?;
             names
                 .iter()
                 .map(|n| {
@@ -129,7 +183,7 @@ pub async fn run(params: SyncBench) -> Result<()> {
             )
             .await?;
         let after = wait_acked(
-            &global,
+            &fleet,
             &names,
             "Mesh",
             Some(&before.iter().map(|b| b.0).collect::<Vec<_>>()),
@@ -141,6 +195,9 @@ pub async fn run(params: SyncBench) -> Result<()> {
                 .ok_or_else(|| anyhow!("no lastAcked in {z}"))?;
             let lat = (acked_at - t0).max(0.0);
             per_zone.push(lat);
+            if fleet.home.get(&names[i]).copied().unwrap_or(0) != 0 {
+                other_replica.push(lat);
+            }
             worst = worst.max(lat);
             bytes_small.push((type_stat(z, "Mesh", "bytesSent") - before[i].1) as f64);
         }
@@ -148,6 +205,7 @@ pub async fn run(params: SyncBench) -> Result<()> {
     }
     let to_all = Stats::of(&to_all);
     let per_zone = Stats::of(&per_zone);
+    let other_replica = Stats::of(&other_replica);
     let bytes_small = Stats::of(&bytes_small);
 
     // 2. Load the store: meshes and secrets, in batches of one mesh with its secrets per document set.
@@ -189,11 +247,19 @@ pub async fn run(params: SyncBench) -> Result<()> {
     .await?;
 
     // 3. A new zone's initial sync of everything.
+    // With replicas it is given the last one, so it syncs from a replica that took no write.
     let fresh_name = "zone-fresh";
     let token = global.zone_token_file(fresh_name, dir.path()).await?;
+    fleet.home.insert(fresh_name.to_string(), replicas - 1);
     let t0 = Instant::now();
     let t0_wall = now_ms();
-    let fresh = ZoneProc::start(fresh_name, &global, &token, &dir.path().join(fresh_name)).await?;
+    let fresh = ZoneProc::start(
+        fresh_name,
+        fleet.home_of(fresh_name),
+        &token,
+        &dir.path().join(fresh_name),
+    )
+    .await?;
     let started = t0.elapsed();
     wait_zone_counts(
         &fresh,
@@ -205,7 +271,7 @@ pub async fn run(params: SyncBench) -> Result<()> {
     let synced = t0.elapsed();
     let status = fresh.api.get_ok("/status").await?;
     let connected_ms = parse_ms(&status["global"]["since"]).unwrap_or(0.0);
-    let fresh_view = zone_view(&global, fresh_name).await?;
+    let fresh_view = fleet.zone_view(fresh_name).await?;
     let initial_bytes =
         type_stat(&fresh_view, "Mesh", "bytesSent") + type_stat(&fresh_view, "Secret", "bytesSent");
     let initial_responses =
@@ -214,9 +280,9 @@ pub async fn run(params: SyncBench) -> Result<()> {
     // 4. Bytes sent to a zone for one Mesh change with the full store.
     let mut bytes_big = Vec::new();
     for seq in 1..=10 {
-        let before = type_stat(&zone_view(&global, fresh_name).await?, "Mesh", "acked");
-        let before_bytes = type_stat(&zone_view(&global, fresh_name).await?, "Mesh", "bytesSent");
-        global
+        let before = type_stat(&fleet.zone_view(fresh_name).await?, "Mesh", "acked");
+        let before_bytes = type_stat(&fleet.zone_view(fresh_name).await?, "Mesh", "bytesSent");
+        fleet.globals[0]
             .api
             .write_ok(
                 reqwest::Method::PUT,
@@ -224,7 +290,7 @@ pub async fn run(params: SyncBench) -> Result<()> {
                 &format!("type: Mesh\nname: m-00000\nlabels:\n  seq: \"{seq}\"\n"),
             )
             .await?;
-        let after = wait_acked(&global, &[fresh_name.to_string()], "Mesh", Some(&[before])).await?;
+        let after = wait_acked(&fleet, &[fresh_name.to_string()], "Mesh", Some(&[before])).await?;
         bytes_big.push((type_stat(&after[0], "Mesh", "bytesSent") - before_bytes) as f64);
     }
     let bytes_big = Stats::of(&bytes_big);
@@ -245,6 +311,15 @@ pub async fn run(params: SyncBench) -> Result<()> {
         format!("{:.1} / {:.1} ms", per_zone.p50, per_zone.p99),
         "".into(),
     ]);
+    if replicas > 1 {
+        t.row(&[
+            format!(
+                "change on replica 1 → ACK by a zone on another of the {replicas} replicas, p50 / p99"
+            ),
+            format!("{:.1} / {:.1} ms", other_replica.p50, other_replica.p99),
+            "p99 < 100 ms".into(),
+        ]);
+    }
     t.row(&[
         format!(
             "bytes per Mesh change, 1 mesh stored ({} samples)",
@@ -296,14 +371,15 @@ pub async fn run(params: SyncBench) -> Result<()> {
     println!("\n{}", t.render());
     drop(fresh);
     drop(zones);
-    drop(global);
+    drop(fleet);
+    drop(pg);
     Ok(())
 }
 
 /// Waits until every named zone's `acked` count of `ty` exceeds `before` (or, without `before`,
 /// until each has acknowledged at least once and is not behind), returning their views.
 async fn wait_acked(
-    global: &GlobalProc,
+    fleet: &Fleet,
     names: &[String],
     ty: &str,
     before: Option<&[u64]>,
@@ -313,7 +389,7 @@ async fn wait_acked(
         Duration::from_secs(30),
         Duration::from_millis(2),
         || async {
-            let all = zones_view(global).await.ok()?;
+            let all = fleet.zones_view().await.ok()?;
             let mut out = Vec::new();
             for (i, n) in names.iter().enumerate() {
                 let z = all.iter().find(|z| z["name"] == n.as_str())?.clone();

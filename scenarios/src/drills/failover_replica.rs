@@ -24,8 +24,8 @@ use crate::report::{Report, Steps};
 use testkit::api::Api;
 use testkit::certs::short_serial;
 use testkit::cluster::{
-    GlobalOptions, GlobalProc, MESH, ProxyProc, ProxySpec, ZoneOptions, ZoneProc, b64,
-    builtin_mesh_yaml,
+    GlobalProc, MESH, ProxyProc, ProxySpec, ZoneOptions, ZoneProc, b64, builtin_mesh_yaml,
+    start_replicas,
 };
 use testkit::postgres::PgServer;
 use testkit::wait::wait_until;
@@ -275,12 +275,7 @@ async fn body(opts: &FailoverReplicaOptions, work: &WorkDir, steps: &mut Steps) 
     let (mut gs, mut zones, mut proxies) = steps.must(
         "cluster up",
         async {
-            let gs: Vec<GlobalProc> = futures::future::try_join_all((0..REPLICAS).map(|i| {
-                let dir = root.join(format!("global-{}", i + 1));
-                let options = GlobalOptions::default().store(&url);
-                async move { GlobalProc::start_with(&dir, options).await }
-            }))
-            .await?;
+            let gs: Vec<GlobalProc> = start_replicas(root, REPLICAS, &url).await?;
             let mut lines = Vec::new();
             for g in &gs {
                 let v = wait_until(

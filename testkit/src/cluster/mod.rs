@@ -227,6 +227,17 @@ impl Cluster {
     }
 }
 
+/// `n` global replicas on the PostgreSQL store at `store_url`, data in `<dir>/global-<i>` (from 1),
+/// started at once (they race for the shared admin token and keys, as replicas do).
+pub async fn start_replicas(dir: &Path, n: usize, store_url: &str) -> Result<Vec<GlobalProc>> {
+    futures::future::try_join_all((1..=n).map(|i| {
+        let dir = dir.join(format!("global-{i}"));
+        let options = GlobalOptions::default().store(store_url);
+        async move { GlobalProc::start_with(&dir, options).await }
+    }))
+    .await
+}
+
 /// A zone named `name` with a fresh token, data in `<dir>/<name>`.
 pub async fn start_zone(
     global: &GlobalProc,
