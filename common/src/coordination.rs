@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio_postgres::{Client, NoTls};
 
 use crate::store::{Store, StoreError};
+use crate::store_pg::pg_err;
 
 /// The advisory lock key of the leader ("kmesh" + 2).
 const LEADER_LOCK: i64 = 0x6b6d_6573_6802;
@@ -60,14 +61,6 @@ struct PgSessions {
     client: tokio::sync::Mutex<Option<Client>>,
     /// The session that holds (or tries to take) the leader lock, and whether it holds it.
     lock: tokio::sync::Mutex<Option<(Client, bool)>>,
-}
-
-fn pg_err(e: tokio_postgres::Error) -> StoreError {
-    if e.as_db_error().is_some() && !e.is_closed() {
-        StoreError::Postgres { source: e }
-    } else {
-        StoreError::Unavailable { source: e }
-    }
 }
 
 async fn connect(config: &tokio_postgres::Config) -> Result<Client, StoreError> {

@@ -13,6 +13,7 @@ pub mod duration;
 pub mod error;
 pub mod file;
 pub mod http;
+pub mod integrity;
 pub mod limits;
 pub mod metrics;
 pub mod model;

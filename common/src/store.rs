@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use crate::datasource::SecretLookup;
 use crate::model::{Dataplane, Kind, Mesh, Resource, Secret};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("storage error: {0}")]
     Sled(#[from] sled::Error),
@@ -32,17 +32,20 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
     #[error("cannot open the store at {path}: {reason}")]
     Open { path: String, reason: String },
+    /// The store's files fail their checks (checksums, truncation, undecodable records).
+    #[error("the store at {path} is damaged: {reason}")]
+    Damaged { path: String, reason: String },
     /// The PostgreSQL store cannot be reached: nothing was written.
     #[error("the store (PostgreSQL) is unavailable: {source}")]
     Unavailable {
         #[source]
-        source: tokio_postgres::Error,
+        source: Arc<tokio_postgres::Error>,
     },
     /// PostgreSQL refused a statement: nothing was written.
     #[error("the store (PostgreSQL) failed: {source}")]
     Postgres {
         #[source]
-        source: tokio_postgres::Error,
+        source: Arc<tokio_postgres::Error>,
     },
     /// Something a checked write expected changed (another writer, possibly another replica,
     /// came first): nothing was written.
@@ -225,6 +228,11 @@ pub enum Outcome {
 const RESOURCES: &str = "resources";
 const META: &str = "meta";
 const REVISION_KEY: &[u8] = b"revision";
+const STORE_ID_KEY: &[u8] = b"store-id";
+const EPOCH_KEY: &[u8] = b"epoch";
+/// The same on PostgreSQL, as shared values.
+const STORE_ID_SHARED: &str = "store-id";
+const EPOCH_SHARED: &str = "store-epoch";
 const RECORDS_PREFIX: &str = "records/";
 
 /// The versions of every resource of one kind: `(mesh, name)` -> content hash, sorted.
@@ -237,6 +245,30 @@ pub(crate) struct VersionIndex {
     kinds: HashMap<Kind, Arc<VersionMap>>,
     /// Per kind, the revision of the last write that changed it.
     changed_at: HashMap<Kind, u64>,
+    /// What the index holds, as a set digest kept up to date by every change.
+    digest: crate::integrity::SetDigest,
+}
+
+impl VersionIndex {
+    /// The index of `entries` (key, version) at `revision`.
+    fn of(revision: u64, entries: impl IntoIterator<Item = (ResourceKey, String)>) -> Self {
+        let mut index = VersionIndex {
+            revision,
+            ..Default::default()
+        };
+        let mut maps: HashMap<Kind, VersionMap> = HashMap::new();
+        for (key, hash) in entries {
+            index.digest.toggle(&key, &hash);
+            maps.entry(key.kind)
+                .or_default()
+                .insert((key.mesh, key.name), hash);
+        }
+        for (kind, map) in maps {
+            index.kinds.insert(kind, Arc::new(map));
+            index.changed_at.insert(kind, revision);
+        }
+        index
+    }
 }
 
 /// A consistent view of one kind's versions.
@@ -301,12 +333,20 @@ impl Store {
         // writes), so a store closed in this process may still be locked: wait for it, briefly.
         // Another process holding it keeps it longer and is refused after the wait.
         let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+        let damaged = |reason: String| StoreError::Damaged {
+            path: dir.join("store").display().to_string(),
+            reason,
+        };
         let db = loop {
-            match sled::Config::new()
-                .path(dir.join("store"))
-                .mode(sled::Mode::HighThroughput)
-                .open()
-            {
+            // sled panics on some damaged files (a store cut short): that is a damaged store too.
+            let opened = std::panic::catch_unwind(|| {
+                sled::Config::new()
+                    .path(dir.join("store"))
+                    .mode(sled::Mode::HighThroughput)
+                    .open()
+            })
+            .map_err(|p| damaged(panic_text(p)))?;
+            match opened {
                 Ok(db) => break db,
                 // sled says so only in the text of an `ErrorKind::Other`.
                 Err(sled::Error::Io(e))
@@ -315,6 +355,12 @@ impl Store {
                 {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
+                // Anything but an I/O failure means the files are not a store sled can read.
+                Err(
+                    e @ (sled::Error::Corruption { .. }
+                    | sled::Error::Unsupported(_)
+                    | sled::Error::ReportableBug(_)),
+                ) => return Err(damaged(e.to_string())),
                 Err(e) => {
                     return Err(StoreError::Open {
                         path: dir.display().to_string(),
@@ -323,7 +369,19 @@ impl Store {
                 }
             }
         };
-        Self::from_db(db)
+        // Reading every record once checks sled's checksums of all of them.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::from_db(db))) {
+            Ok(Err(StoreError::Sled(
+                e @ (sled::Error::Corruption { .. }
+                | sled::Error::Unsupported(_)
+                | sled::Error::ReportableBug(_)),
+            ))) => Err(damaged(e.to_string())),
+            Ok(Err(StoreError::Corrupt { key, reason })) => {
+                Err(damaged(format!("record {key:?}: {reason}")))
+            }
+            Ok(r) => r,
+            Err(p) => Err(damaged(panic_text(p))),
+        }
     }
 
     /// A store that lives in memory only (unit tests).
@@ -344,25 +402,16 @@ impl Store {
             key: ResourceKey,
             hash: String,
         }
-        let mut index = VersionIndex {
-            revision,
-            ..Default::default()
-        };
-        let mut maps: HashMap<Kind, VersionMap> = HashMap::new();
+        let mut entries = Vec::new();
         for item in resources.iter() {
             let (k, v) = item?;
             let r: KeyAndHash = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
                 key: String::from_utf8_lossy(&k).into_owned(),
                 reason: e.to_string(),
             })?;
-            maps.entry(r.key.kind)
-                .or_default()
-                .insert((r.key.mesh, r.key.name), r.hash);
+            entries.push((r.key, r.hash));
         }
-        for (kind, map) in maps {
-            index.kinds.insert(kind, Arc::new(map));
-            index.changed_at.insert(kind, revision);
-        }
+        let index = VersionIndex::of(revision, entries);
         Ok(Self::with_backend(
             Backend::Sled {
                 db,
@@ -389,20 +438,7 @@ impl Store {
     /// attempt: a database that cannot be reached is `StoreError::Unavailable`.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let (pg, resources, revision) = crate::store_pg::Pg::connect(url).await?;
-        let mut index = VersionIndex {
-            revision,
-            ..Default::default()
-        };
-        let mut maps: HashMap<Kind, VersionMap> = HashMap::new();
-        for r in resources {
-            maps.entry(r.key.kind)
-                .or_default()
-                .insert((r.key.mesh.clone(), r.key.name.clone()), r.hash.clone());
-        }
-        for (kind, map) in maps {
-            index.kinds.insert(kind, Arc::new(map));
-            index.changed_at.insert(kind, revision);
-        }
+        let index = VersionIndex::of(revision, resources.into_iter().map(|r| (r.key, r.hash)));
         let store = Self::with_backend(Backend::Pg(pg.clone()), index);
         crate::store_pg::spawn_listener(&store, pg);
         Ok(store)
@@ -478,17 +514,21 @@ impl Store {
     /// `revision`, and publishes the revision when it moved.
     pub(crate) fn apply_index(&self, changes: &[(ResourceKey, Option<String>)], revision: u64) {
         let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        let idx = &mut *index;
         for (key, version) in changes {
-            let map = Arc::make_mut(index.kinds.entry(key.kind).or_default());
-            match version {
-                Some(hash) => {
-                    map.insert((key.mesh.clone(), key.name.clone()), hash.clone());
-                }
-                None => {
-                    map.remove(&(key.mesh.clone(), key.name.clone()));
-                }
+            let map = Arc::make_mut(idx.kinds.entry(key.kind).or_default());
+            let id = (key.mesh.clone(), key.name.clone());
+            let old = match version {
+                Some(hash) => map.insert(id, hash.clone()),
+                None => map.remove(&id),
+            };
+            if let Some(old) = old {
+                idx.digest.toggle(key, &old);
             }
-            index.changed_at.insert(key.kind, revision);
+            if let Some(hash) = version {
+                idx.digest.toggle(key, hash);
+            }
+            idx.changed_at.insert(key.kind, revision);
         }
         if revision > index.revision {
             index.revision = revision;
@@ -560,6 +600,58 @@ impl Store {
     pub fn count(&self, kind: Kind) -> usize {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
         index.kinds.get(&kind).map_or(0, |m| m.len())
+    }
+
+    /// The revision, resource count and set digest of everything held, read together: what a
+    /// manifest records and what a later start compares with it.
+    pub fn fingerprint(&self) -> crate::integrity::Fingerprint {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        crate::integrity::Fingerprint {
+            revision: index.revision,
+            resources: index.kinds.values().map(|m| m.len() as u64).sum(),
+            digest: index.digest.hex(),
+        }
+    }
+
+    /// The store's identity: an id made once, when the store is created, and the epoch (0 until
+    /// an operator accepts a rollback, then one more at each acceptance).
+    pub async fn identity(&self) -> Result<crate::integrity::StoreIdentity, StoreError> {
+        let fresh = crate::integrity::StoreIdentity::new_id();
+        let (id, epoch) = match &self.backend {
+            Backend::Sled { db, meta, .. } => {
+                let id = match meta.get(STORE_ID_KEY)? {
+                    Some(v) => String::from_utf8_lossy(&v).into_owned(),
+                    None => {
+                        meta.insert(STORE_ID_KEY, fresh.as_bytes())?;
+                        db.flush_async().await?;
+                        fresh
+                    }
+                };
+                (id, meta.get(EPOCH_KEY)?.map_or(0, |v| decode_u64(&v)))
+            }
+            Backend::Pg(pg) => {
+                let id = pg.share(STORE_ID_SHARED, &fresh).await?;
+                let epoch = pg
+                    .shared_value(EPOCH_SHARED)
+                    .await?
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                (id, epoch)
+            }
+        };
+        Ok(crate::integrity::StoreIdentity { id, epoch })
+    }
+
+    /// Starts epoch `epoch` of this store (an operator accepted what it holds).
+    pub async fn set_epoch(&self, epoch: u64) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sled { db, meta, .. } => {
+                meta.insert(EPOCH_KEY, &epoch.to_be_bytes())?;
+                db.flush_async().await?;
+            }
+            Backend::Pg(pg) => pg.set_shared(EPOCH_SHARED, &epoch.to_string()).await?,
+        }
+        Ok(())
     }
 
     /// Like `versions`, with the revision at which the kind last changed, so that a reader can
@@ -909,6 +1001,16 @@ impl SecretLookup for Store {
             .flatten()
             .and_then(|s| s.decode().ok())
     }
+}
+
+/// The message of a caught panic.
+fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+    let text = p
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "no message".into());
+    format!("the storage engine failed reading it ({text})")
 }
 
 fn decode_u64(v: &[u8]) -> u64 {

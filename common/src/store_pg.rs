@@ -59,15 +59,19 @@ fn known_version() -> i64 {
 
 /// A refused statement is `Postgres`; a lost connection, a server shutting down (class 57) or a
 /// connection failure (class 08) is `Unavailable`.
-fn pg_err(e: tokio_postgres::Error) -> StoreError {
+pub(crate) fn pg_err(e: tokio_postgres::Error) -> StoreError {
     let refused = e.as_db_error().is_some_and(|db| {
         let code = db.code().code();
         !(code.starts_with("57") || code.starts_with("08"))
     });
     if refused && !e.is_closed() {
-        StoreError::Postgres { source: e }
+        StoreError::Postgres {
+            source: Arc::new(e),
+        }
     } else {
-        StoreError::Unavailable { source: e }
+        StoreError::Unavailable {
+            source: Arc::new(e),
+        }
     }
 }
 
@@ -412,6 +416,21 @@ impl Pg {
             .await
             .map_err(pg_err)?;
         Ok(row.get(0))
+    }
+
+    /// Sets the shared value `name` (insert or replace).
+    pub(crate) async fn set_shared(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        let mut guard = self.client.lock().await;
+        let client = self.client(&mut guard).await?;
+        client
+            .execute(
+                "INSERT INTO shared (name, value) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                &[&name, &value],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(())
     }
 
     /// Applies rows read from `resources` to the replica's copy; returns the index changes.

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod replicas;
 pub mod server;
 pub mod shared;
+pub mod store_guard;
 pub mod tokens;
 
 pub use server::{GlobalConfig, KdsEndpoint, Listeners, StoreKind, run};

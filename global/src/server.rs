@@ -88,6 +88,9 @@ pub struct GlobalConfig {
     pub store: StoreKind,
     /// Bounds of every Vault request (the backend checks of admissions).
     pub vault_timeouts: common::vault::Timeouts,
+    /// Start even when the store is older than, or not, the one last committed to, as a new
+    /// epoch (`--accept-store-rollback`).
+    pub accept_store_rollback: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +110,8 @@ pub enum GlobalError {
     Shared(#[from] crate::shared::ShareError),
     #[error("stopped while waiting for the store")]
     Stopped,
+    #[error(transparent)]
+    Guard(#[from] crate::store_guard::GuardError),
 }
 
 /// Opens the store; PostgreSQL is waited for with backoff while it is unreachable (one log line
@@ -117,7 +122,16 @@ async fn open_store(
 ) -> Result<common::store::Store, GlobalError> {
     use common::store::{Store, StoreError};
     let url = match &config.store {
-        StoreKind::Sled => return Ok(Store::open(&config.data_dir)?),
+        StoreKind::Sled => {
+            return Store::open(&config.data_dir).map_err(|e| match e {
+                StoreError::Damaged { path, reason } => crate::store_guard::GuardError::Refused {
+                    store: format!("at {path} (sled)"),
+                    finding: format!("cannot be read: {reason}"),
+                }
+                .into(),
+                e => e.into(),
+            });
+        }
         StoreKind::Postgres(url) => url,
     };
     let mut backoff = common::backoff::Backoff::new(
@@ -172,6 +186,19 @@ pub async fn run(
         Err(GlobalError::Stopped) => return Ok(()),
         r => r?,
     };
+    let store_identity =
+        crate::store_guard::verify(&store, &config.data_dir, config.accept_store_rollback).await?;
+    tracing::info!(
+        store_id = %store_identity.id, epoch = store_identity.epoch,
+        revision = store.revision(), resources = store.fingerprint().resources,
+        "store checked against its manifest"
+    );
+    let manifest_task = tokio::spawn(common::integrity::keep_manifest(
+        store.clone(),
+        config.data_dir.clone(),
+        store_identity.clone(),
+        stopped.clone(),
+    ));
     let dir = &config.data_dir;
     crate::shared::files(&store, dir, &crate::shared::ADMIN_TOKEN, || {
         AdminToken::load_or_create(dir).map(drop)
@@ -226,7 +253,8 @@ pub async fn run(
                 metrics.kds.clone(),
                 kds.config,
                 stopped.clone(),
-            );
+            )
+            .with_identity(store_identity);
             Some(tokio::spawn(server.serve(kds.listener, tls)))
         }
         None => None,
@@ -269,6 +297,7 @@ pub async fn run(
     };
     stop.fire();
     let _ = replicas_task.await;
+    let _ = manifest_task.await;
     tracing::info!("global control plane stopped");
     result
 }

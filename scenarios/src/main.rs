@@ -35,6 +35,9 @@ enum Command {
     FailoverReplica(FailoverReplicaOptions),
     /// Drill: a zone killed with SIGKILL mid-issuance and restarted.
     FailoverZone(FailoverZoneOptions),
+    /// Drill: global's store damaged, cut short, restored from an older copy and wiped: refused
+    /// or served whole; zones keep everything until the operator accepts; export and restore.
+    StoreDamage(scenarios::drills::store_damage::StoreDamageOptions),
     /// Drill: Vault stopped past a rotation point, then back.
     VaultOutage(VaultOutageOptions),
     /// Drill: `global validate` and `global apply --dry-run` on good and broken Vault backends.
@@ -112,6 +115,9 @@ fn main() -> ExitCode {
                     .await
                     .map(|r| r.exit_code()),
                 Command::VaultOutage(o) => scenarios::drills::vault_outage::run(o)
+                    .await
+                    .map(|r| r.exit_code()),
+                Command::StoreDamage(o) => scenarios::drills::store_damage::run(o)
                     .await
                     .map(|r| r.exit_code()),
                 Command::DryRun(o) => scenarios::drills::dry_run::run(o)

@@ -167,6 +167,29 @@ async fn dry_run_gives_each_broken_backend_its_verdict_and_stores_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_damage_never_reaches_the_zones() {
+    init();
+    let report =
+        scenarios::drills::store_damage::run(scenarios::drills::store_damage::StoreDamageOptions {
+            offsets: 4,
+            common: scenarios::drills::CommonArgs::default(),
+        })
+        .await
+        .unwrap();
+    assert_passed(
+        &report,
+        &[
+            "damaged store files: refused or served whole",
+            "store restored alone from the older backup: refused",
+            "store wiped, keys and manifest kept: refused",
+            "whole data directory restored from the backup",
+            "operator accepts with --accept-store-rollback",
+            "global export --include-secrets",
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_zone_loses_nothing_and_issues_nothing_twice() {
     init();
     let report = scenarios::drills::failover_zone::run(

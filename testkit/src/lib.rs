@@ -4,12 +4,13 @@
 //! (`bins`), polling (`wait`), a JSON client and metrics text (`api`), and THE multi-process
 //! harness every test and scenario uses (`cluster`: OpenBao + global + zones + proxies on
 //! loopback), with what reads the proxies' files (`certs`) and a real mTLS exchange with the
-//! `openssl` command (`openssl`).
+//! `openssl` command (`openssl`); disks broken on purpose (`disk`).
 
 pub mod api;
 pub mod bins;
 pub mod certs;
 pub mod cluster;
+pub mod disk;
 pub mod faults;
 pub mod openbao;
 pub mod openssl;

@@ -23,6 +23,7 @@ use crate::config::ZoneConfig;
 use crate::dial::{self, End, Redial, authorize, describe, failed};
 use crate::failover::{Rotation, Step};
 use crate::metrics::ZoneMetrics;
+use crate::rollback::StreamGuard;
 use common::sync::SYNCED_KINDS;
 
 use crate::state::{Nack, ZoneCtx};
@@ -259,13 +260,14 @@ async fn session(
     // outbound queue, so that reports never pile up (in memory, or as work for global) when they
     // are asked for faster than the stream carries them; the last one asked for is always sent.
     let mut report_owed = false;
+    let mut guard = StreamGuard::new();
     loop {
         tokio::select! {
             biased;
             _ = shutdown.wait() => return End::Shutdown,
             msg = inbound.message() => match msg {
                 Ok(Some(GlobalMessage { message: Some(global_message::Message::Response(resp)) })) => {
-                    let reply = match handle_response(ctx, &resp).await {
+                    let reply = match handle_response(ctx, &resp, &mut guard).await {
                         Ok(reply) => reply,
                         Err(e) => return lost(e),
                     };
@@ -304,6 +306,7 @@ async fn session(
 async fn handle_response(
     ctx: &ZoneCtx,
     resp: &kds::DiscoveryResponse,
+    guard: &mut StreamGuard,
 ) -> Result<ZoneMessage, String> {
     let labels = ZoneMetrics::labels(&resp.r#type);
     let mut request = kds::DiscoveryRequest {
@@ -311,11 +314,64 @@ async fn handle_response(
         response_nonce: resp.nonce.clone(),
         ..Default::default()
     };
+    let held = ctx.held();
+    let mut deletes = Vec::new();
+    if let Some(kind) = common::sync::parse_kind(&resp.r#type) {
+        let first_refusal = !guard.is_refusing();
+        match guard.check(&ctx.store, held.as_ref(), resp, kind) {
+            Ok(d) => deletes = d,
+            Err(reason) => {
+                if first_refusal {
+                    tracing::error!(type_ = %resp.r#type, reason = %reason, "refused global's state; serving what this zone holds");
+                }
+                ctx.metrics.nacks.get_or_create(&labels).inc();
+                let nack = Nack {
+                    at_ms: now_ms(),
+                    error: reason.clone(),
+                    resources: vec![],
+                };
+                ctx.update_type(kind, |t| {
+                    t.responses_rejected += 1;
+                    t.last_nack = Some(nack);
+                });
+                {
+                    let mut conn = ctx.connection();
+                    conn.last_error = reason.clone();
+                    conn.last_error_ms = now_ms();
+                }
+                request.error_detail = Some(kds::ErrorDetail {
+                    code: tonic::Code::FailedPrecondition as i32,
+                    message: reason,
+                });
+                return Ok(ZoneMessage {
+                    message: Some(zone_message::Message::Request(request)),
+                });
+            }
+        }
+    }
     for s in &resp.skipped {
         tracing::warn!(type_ = %resp.r#type, mesh = %s.mesh, name = %s.name, size = s.size, limit = s.limit, "global could not send a resource: it is larger than the message limit");
     }
     match apply::apply(&ctx.store, resp).await {
         Ok(applied) => {
+            for d in &deletes {
+                if resp.initial {
+                    tracing::warn!(resource = %d, "deleted: global's full state does not hold it");
+                } else {
+                    tracing::info!(resource = %d, "deleted by global");
+                }
+            }
+            if let Some(next) = guard.applied(held.as_ref(), resp) {
+                if held
+                    .as_ref()
+                    .is_some_and(|h| h.store_id != next.store_id || h.epoch != next.epoch)
+                {
+                    tracing::warn!(store_id = %next.store_id, epoch = next.epoch, revision = next.revision, "now applying global's state from another store or epoch");
+                }
+                ctx.set_held(next)
+                    .await
+                    .map_err(|e| format!("cannot write the local store: {e}"))?;
+            }
             let kind = common::sync::parse_kind(&resp.r#type).expect("apply checked the type");
             ctx.metrics.syncs_applied.get_or_create(&labels).inc();
             ctx.metrics

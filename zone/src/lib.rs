@@ -21,6 +21,7 @@ pub mod dp;
 pub mod failover;
 pub mod identity;
 pub mod metrics;
+pub mod rollback;
 pub mod state;
 pub mod views;
 
@@ -54,6 +55,79 @@ pub enum ZoneError {
     Serve(std::io::Error),
     #[error("proxy identity service (--dp-addr): {0}")]
     Dp(String),
+    #[error(
+        "the zone's store at {path} is damaged ({reason}), and global cannot be reached ({global}) to take its state again.\nWays out: make global reachable and start the zone again (it then moves the damaged store aside and takes global's state, global being the source of truth), or restore the zone's data directory from a backup."
+    )]
+    DamagedStore {
+        path: String,
+        reason: String,
+        global: String,
+    },
+}
+
+/// Opens the zone's store. A damaged one is said loudly; when global can be reached it is moved
+/// aside (`store.damaged-<unix ms>`) and a fresh store takes global's state, since global is
+/// the source of truth; otherwise the zone does not start, rather than serve half a store.
+async fn open_store(
+    config: &ZoneConfig,
+    targets: &[client::Target],
+) -> Result<common::store::Store, ZoneError> {
+    use common::integrity::{Manifest, check};
+    use common::store::{Store, StoreError};
+    let (path, reason) = match Store::open(&config.data_dir) {
+        Err(StoreError::Damaged { path, reason }) => (path, reason),
+        Err(e) => return Err(e.into()),
+        Ok(store) => {
+            // Read short or rolled back: as damaged (the zone cannot tell what is missing).
+            let finding = match Manifest::read(&config.data_dir) {
+                Ok(Some(m)) => {
+                    check(&m, &store.identity().await?, &store.fingerprint()).map(|f| f.to_string())
+                }
+                Ok(None) => None,
+                Err(e) => Some(e),
+            };
+            match finding {
+                None => return Ok(store),
+                Some(f) => {
+                    drop(store);
+                    (config.data_dir.join("store").display().to_string(), f)
+                }
+            }
+        }
+    };
+    tracing::error!(store = %path, reason = %reason, "the zone's store is damaged");
+    let mut errors = Vec::new();
+    let mut reached = None;
+    for t in targets {
+        match t.connect(dial::CONNECT_TIMEOUT).await {
+            Ok(_) => {
+                reached = Some(t.address.clone());
+                break;
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    let Some(global) = reached else {
+        return Err(ZoneError::DamagedStore {
+            path,
+            reason,
+            global: errors.join("; "),
+        });
+    };
+    let aside = config
+        .data_dir
+        .join(format!("store.damaged-{}", common::clock::now_ms()));
+    std::fs::rename(config.data_dir.join("store"), &aside).map_err(|e| {
+        ZoneError::Config(format!(
+            "cannot move the damaged store {path} aside to {}: {e}",
+            aside.display()
+        ))
+    })?;
+    tracing::error!(
+        moved_to = %aside.display(), global = %global,
+        "moved the damaged store aside: taking global's state again (proxies are certified anew)"
+    );
+    Ok(Store::open(&config.data_dir)?)
 }
 
 /// Runs the zone until `shutdown` completes.
@@ -65,9 +139,18 @@ pub async fn run(
     let listeners = listeners.into();
     // Checked before anything is opened, so that a bad flag fails fast.
     let targets = client::targets(&config).map_err(ZoneError::Config)?;
-    let store = common::store::Store::open(&config.data_dir)?;
+    let store = open_store(&config, &targets).await?;
+    let store_identity = store.identity().await?;
+    common::integrity::write_manifest(&store, &config.data_dir, &store_identity)
+        .map_err(|e| ZoneError::Config(format!("cannot write the store manifest: {e}")))?;
     let ctx = Arc::new(ZoneCtx::new(config.clone(), store)?);
     let (stop, shutdown) = common::shutdown::Shutdown::from_future(shutdown);
+    let manifest = tokio::spawn(common::integrity::keep_manifest(
+        ctx.store.clone(),
+        config.data_dir.clone(),
+        store_identity,
+        shutdown.clone(),
+    ));
     let dp_tls = match &listeners.dp {
         Some(_) => Some(
             dp::tls::load_or_generate(&config.data_dir)
@@ -126,6 +209,7 @@ pub async fn run(
     };
     let _ = sync.await;
     let _ = issuance.await;
+    let _ = manifest.await;
     tracing::info!(zone = %config.name, "zone control plane stopped");
     served.map_err(ZoneError::Serve).and(dp_result)
 }

@@ -75,6 +75,8 @@ pub struct ZoneCtx {
     pub connection: Mutex<Connection>,
     types: Mutex<BTreeMap<&'static str, TypeSync>>,
     sync_records: Records,
+    /// Global's store identity and the highest revision applied (see `rollback`).
+    held: Mutex<Option<crate::rollback::Held>>,
     status_source: Mutex<Option<Weak<dyn StatusSource>>>,
     /// Notified when the status report should be resent (what the status source reports changed).
     pub report_now: Notify,
@@ -88,7 +90,9 @@ impl ZoneCtx {
             let t: TypeSync = sync_records.get(kind.as_str())?.unwrap_or_default();
             types.insert(kind.as_str(), t);
         }
+        let held = sync_records.get(crate::rollback::HELD_KEY)?;
         Ok(Self {
+            held: Mutex::new(held),
             connection: Mutex::new(Connection {
                 address: config.global_address().to_string(),
                 ..Connection::default()
@@ -101,6 +105,20 @@ impl ZoneCtx {
             status_source: Mutex::new(None),
             report_now: Notify::new(),
         })
+    }
+
+    /// What the zone applied from: global's store identity and revision.
+    pub fn held(&self) -> Option<crate::rollback::Held> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Remembers what the zone applied from (flushed before it returns).
+    pub async fn set_held(&self, held: crate::rollback::Held) -> Result<(), StoreError> {
+        self.sync_records
+            .put(crate::rollback::HELD_KEY, &held)
+            .await?;
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(held);
+        Ok(())
     }
 
     /// Sets where the dataplanes and backend checks of the status report come from.

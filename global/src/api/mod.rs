@@ -5,6 +5,7 @@
 //! Secret data never leaves through it.
 
 pub mod error;
+pub mod export;
 pub mod replicas;
 pub mod resources;
 pub mod state;
@@ -49,6 +50,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/meshes/{mesh}/dataplanes", get(zones::list_dataplanes))
         .route("/apply", post(apply_batch))
+        .route("/export", get(export::export))
         .route("/zones", get(zones::list_zones))
         .route("/zones/{name}", get(zones::get_zone))
         .route("/replicas", get(replicas::list_replicas))

@@ -49,6 +49,11 @@ pub struct RunFlags {
     /// shared by every replica.
     #[arg(long, default_value = "sled")]
     pub store: crate::StoreKind,
+    /// Start even when the store is older than what this global last committed, or is not the
+    /// store it committed to (restored from an old backup, wiped, damaged and read short): serve
+    /// what it holds as a new epoch, which zones accept (deleting what it lacks).
+    #[arg(long)]
+    pub accept_store_rollback: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -91,6 +96,17 @@ pub enum Command {
         /// Validate fully (the Vault test certificate included) and store nothing.
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Print every resource as a multi-document file that `global apply -f` takes back: Meshes,
+    /// and every Secret with its data with --include-secrets (admin token needed).
+    Export {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = ExportFormat::Yaml)]
+        output: ExportFormat,
+        /// Include every Secret with its data (needs the admin token).
+        #[arg(long)]
+        include_secrets: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -149,6 +165,13 @@ pub enum DeleteKind {
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Table,
+    Yaml,
+    Json,
+}
+
+/// Output of `global export`: YAML documents separated by `---`, or a JSON array.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
     Yaml,
     Json,
 }

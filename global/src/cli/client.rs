@@ -5,7 +5,7 @@
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::args::{ApiArgs, DeleteKind, Format, GetKind};
+use super::args::{ApiArgs, DeleteKind, ExportFormat, Format, GetKind};
 use super::failure::Failure;
 use super::input::{parse_inputs, read_inputs};
 use super::print;
@@ -157,6 +157,25 @@ pub(super) async fn apply(files: &[String], dry_run: bool, api: &ApiArgs) -> Res
         .await?;
     let result: ApplyResult = decode(resp)?;
     print::apply_result(&result, dry_run);
+    Ok(())
+}
+
+/// `global export`: what `GET /export` answers, printed as documents `apply -f` takes back.
+pub(super) async fn export(
+    output: ExportFormat,
+    include_secrets: bool,
+    api: &ApiArgs,
+) -> Result<(), Failure> {
+    let client = Client::new(api)?;
+    let path = if include_secrets {
+        "/export?includeSecrets=true"
+    } else {
+        "/export"
+    };
+    let body = client
+        .send(client.request(reqwest::Method::GET, path))
+        .await?;
+    print::export(output, &items::<Value>(body)?);
     Ok(())
 }
 

@@ -76,6 +76,11 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             dry_run,
             api,
         } => client::apply(&files, dry_run, &api).await,
+        Command::Export {
+            output,
+            include_secrets,
+            api,
+        } => client::export(output, include_secrets, &api).await,
         Command::Get {
             what,
             name,

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::args::Format;
+use super::args::{ExportFormat, Format};
 use super::validate::ResourceReport;
 use crate::admission::BackendCheck;
 use crate::api::types::{
@@ -24,6 +24,21 @@ pub(super) fn document(format: Format, value: &impl Serialize) {
         ),
         Format::Yaml => print!("{}", serde_norway::to_string(value).unwrap_or_default()),
         Format::Table => {}
+    }
+}
+
+/// Resources as `global apply -f` takes them: YAML documents, or one JSON array.
+pub(super) fn export(format: ExportFormat, items: &[serde_json::Value]) {
+    match format {
+        ExportFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(items).unwrap_or_default()
+        ),
+        ExportFormat::Yaml => {
+            for item in items {
+                print!("---\n{}", serde_norway::to_string(item).unwrap_or_default());
+            }
+        }
     }
 }
 

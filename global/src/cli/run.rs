@@ -12,6 +12,7 @@ pub(super) async fn run(flags: RunFlags) -> Result<(), Failure> {
         kds_tls_key,
         vault_timeout,
         store,
+        accept_store_rollback,
     } = flags;
     let vault_timeouts = super::vault_timeouts(&vault_timeout)?;
     let listener = tokio::net::TcpListener::bind(&api_addr)
@@ -33,6 +34,7 @@ pub(super) async fn run(flags: RunFlags) -> Result<(), Failure> {
             data_dir,
             store,
             vault_timeouts,
+            accept_store_rollback,
         },
         listeners,
         common::shutdown::signal(),

@@ -41,6 +41,8 @@ pub(crate) struct Ctx {
     pub metrics: KdsMetrics,
     pub config: KdsConfig,
     pub shutdown: Shutdown,
+    /// The store's identity, sent with every response (empty id: not known).
+    pub identity: common::integrity::StoreIdentity,
     /// When each kind of refusal was last logged at warn level (peer, name, reason).
     pub refusal_log: Mutex<HashMap<String, Instant>>,
 }

@@ -173,6 +173,8 @@ mod tests {
                 skipped: vec![],
                 initial: true,
                 more: true,
+                store_id: "f".repeat(32),
+                store_epoch: u64::MAX,
             };
             assert!(resp.encoded_len() <= limit);
         }

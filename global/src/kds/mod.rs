@@ -69,9 +69,22 @@ impl KdsServer {
                 metrics,
                 config,
                 shutdown,
+                identity: common::integrity::StoreIdentity {
+                    id: String::new(),
+                    epoch: 0,
+                },
                 refusal_log: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Sends `identity` (the store's) with every response, so zones can tell a rolled-back or
+    /// replaced store from the one they applied.
+    pub fn with_identity(mut self, identity: common::integrity::StoreIdentity) -> Self {
+        Arc::get_mut(&mut self.ctx)
+            .expect("set before the server is shared")
+            .identity = identity;
+        self
     }
 
     /// The gRPC service with its limits and compression, for `Server::add_service`.

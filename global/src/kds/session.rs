@@ -305,6 +305,8 @@ impl Sender {
                 },
                 initial,
                 more: j + 1 < n,
+                store_id: self.ctx.identity.id.clone(),
+                store_epoch: self.ctx.identity.epoch,
             };
             let bytes = prost::Message::encoded_len(&response) as u64;
             {

@@ -35,6 +35,7 @@ impl TestGlobal {
             data_dir: dir.path().to_path_buf(),
             store: Default::default(),
             vault_timeouts: Default::default(),
+            accept_store_rollback: false,
         };
         let handle = tokio::spawn(async move {
             global::run(config, listener, async {

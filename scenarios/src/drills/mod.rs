@@ -11,11 +11,14 @@
 //! - [`vault_outage`]: Vault stopped past a rotation point: proxies keep valid certificates,
 //!   zones report the outage to global, and recover by themselves when Vault returns.
 //! - [`dry_run`]: `global validate` and `apply --dry-run` on good and broken backends.
+//! - [`store_damage`]: global's store damaged, cut short, rolled back and wiped: refused or
+//!   served whole, zones keep everything until the operator accepts; export and restore.
 
 pub mod dry_run;
 pub mod failover_global;
 pub mod failover_replica;
 pub mod failover_zone;
+pub mod store_damage;
 pub mod vault_outage;
 
 use std::path::{Path, PathBuf};

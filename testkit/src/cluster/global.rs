@@ -34,8 +34,11 @@ pub(crate) async fn wait_healthy(
             return Ok(());
         }
         if !proc.is_running() {
+            let status = proc
+                .stop(Duration::ZERO)
+                .map_or_else(|| "status unknown".to_string(), |s| s.to_string());
             bail!(
-                "{what} exited before answering on {base}; last lines of {}:\n{}",
+                "{what} exited ({status}) before answering on {base}; last lines of {}:\n{}",
                 proc.log.display(),
                 proc.log_tail(20)
             );
@@ -62,6 +65,8 @@ pub struct GlobalOptions {
     pub rust_log: String,
     /// `--store` (sled when unset).
     pub store: Option<String>,
+    /// More `global run` arguments.
+    pub extra: Vec<String>,
 }
 
 impl Default for GlobalOptions {
@@ -72,6 +77,7 @@ impl Default for GlobalOptions {
             cwd: None,
             rust_log: log_filter(),
             store: None,
+            extra: Vec::new(),
         }
     }
 }
@@ -81,6 +87,12 @@ impl GlobalOptions {
     /// sources name) and `RUST_LOG` `rust_log`.
     pub fn in_dir(dir: &Path, rust_log: &str) -> Self {
         Self::default().cwd(dir).rust_log(rust_log)
+    }
+
+    /// More `global run` arguments.
+    pub fn args(mut self, extra: &[&str]) -> Self {
+        self.extra.extend(extra.iter().map(|s| s.to_string()));
+        self
     }
 
     pub fn ports(mut self, api_port: u16, kds_port: u16) -> Self {
@@ -146,6 +158,7 @@ impl GlobalProc {
         if let Some(store) = &options.store {
             cmd.args(["--store", store]);
         }
+        cmd.args(&options.extra);
         if let Some(cwd) = &options.cwd {
             cmd.current_dir(cwd);
         }
@@ -164,6 +177,31 @@ impl GlobalProc {
             token,
             options,
         })
+    }
+
+    /// Starts global, telling a refused start (exit status 1: `Ok(Err(text))`, the text holding
+    /// the last lines of its log) from one that serves (`Ok(Ok(global))`); anything else is an
+    /// error.
+    pub async fn start_or_refusal(
+        dir: &Path,
+        options: GlobalOptions,
+    ) -> Result<std::result::Result<Self, String>> {
+        match Self::start_with(dir, options).await {
+            Ok(g) => Ok(Ok(g)),
+            Err(e) => {
+                let text = format!("{e:#}");
+                if text.contains("exited (exit status: 1)") {
+                    Ok(Err(text))
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// How it was started (ports included), to start it again with changes.
+    pub fn options(&self) -> GlobalOptions {
+        self.options.clone()
     }
 
     /// The same global again: same data directory, ports and options (after `kill9` or `stop`).
@@ -306,7 +344,7 @@ impl GlobalProc {
         let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let takes_api = matches!(
             args.first().copied(),
-            Some("apply" | "get" | "delete" | "zone-token" | "dataplane-token")
+            Some("apply" | "get" | "delete" | "export" | "zone-token" | "dataplane-token")
         );
         if takes_api {
             all.extend(["--api".to_string(), self.api_url()]);
