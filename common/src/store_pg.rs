@@ -1,6 +1,7 @@
 //! The PostgreSQL backend of `store::Store`, for global replicas sharing one database. Each replica
 //! holds the whole resource set and the record trees in memory, so reads stay synchronous and keep
-//! answering while PostgreSQL is unreachable. A write is one transaction that first locks the
+//! answering while PostgreSQL is unreachable. Concurrent writes of a replica commit in groups; a
+//! group is one transaction that first locks the
 //! one-row `revision` table (which serializes writers across replicas), catches up with what other
 //! replicas committed since this one last looked, checks what the writer expects, writes rows
 //! carrying their content hash (the per-resource version, the same on every replica) and the
@@ -166,6 +167,8 @@ pub struct Pg {
     /// When the last catch-up on the write connection started: requests that arrived before it
     /// need no catch-up of their own once it is done (concurrent reads share one).
     caught_up_from: std::sync::Mutex<std::time::Instant>,
+    /// Batches waiting for the next group commit (see `write`).
+    queue: std::sync::Mutex<std::collections::VecDeque<Pending>>,
 }
 
 fn kind_of(s: &str) -> Option<Kind> {
@@ -265,6 +268,7 @@ impl Pg {
             mem: RwLock::new(mem),
             reachable: std::sync::atomic::AtomicBool::new(true),
             caught_up_from: std::sync::Mutex::new(std::time::Instant::now()),
+            queue: std::sync::Mutex::new(std::collections::VecDeque::new()),
         });
         Ok((pg, resources, u64::try_from(revision).unwrap_or(0)))
     }
@@ -509,21 +513,109 @@ pub(crate) async fn refresh(store: &Store, pg: &Pg) -> Result<(), StoreError> {
 }
 
 /// A write of the PostgreSQL backend (called under the store's write lock).
+/// One writer's batch waiting for a group commit, and where its answer goes.
+pub(crate) struct Pending {
+    prepared: Vec<crate::store::PreparedOp>,
+    keys: Vec<ResourceKey>,
+    expected: Vec<Expect>,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<Outcome>, StoreError>>,
+}
+
+impl Pending {
+    /// Whether this batch reads or writes anything in `written` (keys written earlier in the same
+    /// group): it must then wait for the next group, to see those writes.
+    fn touches(&self, written: &std::collections::HashSet<ResourceKey>) -> bool {
+        self.keys.iter().any(|k| written.contains(k))
+            || self.expected.iter().any(|e| match e {
+                Expect::Version(k, _) => written.contains(k),
+                Expect::Members { kind, mesh, .. } => {
+                    written.iter().any(|w| w.kind == *kind && w.mesh == *mesh)
+                }
+            })
+    }
+}
+
+/// The most batches one transaction commits.
+const GROUP_MAX: usize = 256;
+
+/// Writes a batch. Concurrent writers of this replica commit in groups: each queues its batch,
+/// and whoever takes the write lock commits every queued batch in ONE transaction (one revision
+/// lock, one catch-up, one commit and one notification for the group), each batch checked against
+/// what it expects and given its own revision, in queue order; a batch that touches what an
+/// earlier one of the group writes waits for the next group. A batch's answer is the same as
+/// alone: all of it or none of it, `Conflict` when its expectations no longer hold.
 pub(crate) async fn write(
     store: &Store,
-    pg: &Pg,
+    pg: &Arc<Pg>,
     ops: Vec<Op>,
     expected: &[Expect],
 ) -> Result<Vec<Outcome>, StoreError> {
     let (prepared, keys) = prepare(&ops);
+    let (reply, mut answer) = tokio::sync::oneshot::channel();
+    pg.queue
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push_back(Pending {
+            prepared,
+            keys,
+            expected: expected.to_vec(),
+            reply,
+        });
+    loop {
+        let guard = tokio::select! {
+            biased;
+            r = &mut answer => return r.unwrap_or_else(|_| Err(dropped())),
+            g = store.write_lock.clone().lock_owned() => g,
+        };
+        if let Ok(r) = answer.try_recv() {
+            return r;
+        }
+        // The group runs on its own task: a writer that gives up (its request dropped) never
+        // cuts a group, and everyone else's answer, short.
+        let (store, pg) = (store.clone(), pg.clone());
+        let _ = tokio::spawn(async move {
+            let _guard = guard;
+            let group: Vec<Pending> = {
+                let mut q = pg.queue.lock().unwrap_or_else(|e| e.into_inner());
+                let n = q.len().min(GROUP_MAX);
+                q.drain(..n).collect()
+            };
+            let deferred = commit_group(&store, &pg, group).await;
+            let mut q = pg.queue.lock().unwrap_or_else(|e| e.into_inner());
+            for p in deferred.into_iter().rev() {
+                q.push_front(p);
+            }
+        })
+        .await;
+        // Answered by this group, or (deferred, or beyond the group's size) by a later one.
+        if let Ok(r) = answer.try_recv() {
+            return r;
+        }
+    }
+}
+
+fn dropped() -> StoreError {
+    StoreError::Conflict {
+        key: "a write whose group was abandoned".into(),
+    }
+}
+
+/// What one batch of a group wrote: its answer, the records for the replica's copy, its revision.
+type Written = (Vec<Outcome>, Vec<(Vec<u8>, Option<StoredResource>)>, u64);
+
+/// Commits `group` in one transaction and answers each batch in it; returns the batches deferred
+/// to the next group.
+async fn commit_group(store: &Store, pg: &Pg, group: Vec<Pending>) -> Vec<Pending> {
     let now = u64::try_from(crate::clock::now_unix()).unwrap_or(0);
     let mut guard = pg.client.lock().await;
-    type Written = (Vec<Outcome>, Vec<(Vec<u8>, Option<StoredResource>)>, u64);
-    let result: Result<Written, StoreError> = async {
+    let mut deferred = Vec::new();
+    let mut results: Vec<(Pending, Result<Written, StoreError>)> = Vec::new();
+    let mut pending: std::collections::VecDeque<Pending> = group.into();
+    let committed: Result<(), StoreError> = async {
         let client = pg.client(&mut guard).await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         // Locks the revision: writers of every replica queue here, so what is read below is the
-        // state the write replaces.
+        // state the writes replace.
         let current: i64 = tx
             .query_one("SELECT value FROM revision WHERE id = 1 FOR UPDATE", &[])
             .await
@@ -531,104 +623,145 @@ pub(crate) async fn write(
             .get(0);
         *pg.caught_up_from.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
         catch_up(store, pg, &tx).await?;
-        store.check_expected(expected)?;
-        let next = current + 1;
-        let next_u = u64::try_from(next).unwrap_or(0);
-        let mut outcomes = Vec::with_capacity(prepared.len());
-        let mut records = Vec::new();
-        for ((_, put), key) in prepared.iter().zip(&keys) {
-            let existing = pg.get(key);
-            match put {
-                Some((spec, hash)) => {
-                    let Some((record, outcome)) =
-                        replacement(existing.as_ref(), key, spec, hash, next_u, now)
-                    else {
-                        outcomes.push(Outcome::Unchanged);
-                        continue;
-                    };
-                    tx.execute(
-                        &format!(
-                            "INSERT INTO resources ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                             ON CONFLICT (kind, mesh, name) DO UPDATE SET hash = excluded.hash,
-                             revision = excluded.revision, created_unix = excluded.created_unix,
-                             modified_unix = excluded.modified_unix, spec = excluded.spec"
-                        ),
-                        &[
-                            &key.kind.as_str(),
-                            &key.mesh,
-                            &key.name,
-                            hash,
-                            &next,
-                            &i64::try_from(record.created_unix).unwrap_or(0),
-                            &i64::try_from(now).unwrap_or(0),
-                            &spec.to_string(),
-                        ],
-                    )
-                    .await
-                    .map_err(pg_err)?;
-                    outcomes.push(outcome);
-                    records.push((key.encode(), Some(record)));
-                }
-                None => {
-                    if existing.is_none() {
-                        outcomes.push(Outcome::NotFound);
-                        continue;
+        let mut revision = current;
+        let mut written = std::collections::HashSet::new();
+        while let Some(p) = pending.pop_front() {
+            if p.touches(&written) {
+                deferred.push(p);
+                continue;
+            }
+            if let Err(e) = store.check_expected(&p.expected) {
+                results.push((p, Err(e)));
+                continue;
+            }
+            let next = revision + 1;
+            let next_u = u64::try_from(next).unwrap_or(0);
+            let mut outcomes = Vec::with_capacity(p.prepared.len());
+            let mut records = Vec::new();
+            let statements: Result<(), StoreError> = async {
+            for ((_, put), key) in p.prepared.iter().zip(&p.keys) {
+                let existing = pg.get(key);
+                match put {
+                    Some((spec, hash)) => {
+                        let Some((record, outcome)) =
+                            replacement(existing.as_ref(), key, spec, hash, next_u, now)
+                        else {
+                            outcomes.push(Outcome::Unchanged);
+                            continue;
+                        };
+                        tx.execute(
+                            &format!(
+                                "INSERT INTO resources ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                                 ON CONFLICT (kind, mesh, name) DO UPDATE SET hash = excluded.hash,
+                                 revision = excluded.revision, created_unix = excluded.created_unix,
+                                 modified_unix = excluded.modified_unix, spec = excluded.spec"
+                            ),
+                            &[
+                                &key.kind.as_str(),
+                                &key.mesh,
+                                &key.name,
+                                hash,
+                                &next,
+                                &i64::try_from(record.created_unix).unwrap_or(0),
+                                &i64::try_from(now).unwrap_or(0),
+                                &spec.to_string(),
+                            ],
+                        )
+                        .await
+                        .map_err(pg_err)?;
+                        outcomes.push(outcome);
+                        records.push((key.encode(), Some(record)));
                     }
-                    tx.execute(
-                        "UPDATE resources SET hash = NULL, spec = NULL, revision = $4,
-                         modified_unix = $5 WHERE kind = $1 AND mesh = $2 AND name = $3",
-                        &[
-                            &key.kind.as_str(),
-                            &key.mesh,
-                            &key.name,
-                            &next,
-                            &i64::try_from(now).unwrap_or(0),
-                        ],
-                    )
-                    .await
-                    .map_err(pg_err)?;
-                    outcomes.push(Outcome::Deleted);
-                    records.push((key.encode(), None));
+                    None => {
+                        if existing.is_none() {
+                            outcomes.push(Outcome::NotFound);
+                            continue;
+                        }
+                        tx.execute(
+                            "UPDATE resources SET hash = NULL, spec = NULL, revision = $4,
+                             modified_unix = $5 WHERE kind = $1 AND mesh = $2 AND name = $3",
+                            &[
+                                &key.kind.as_str(),
+                                &key.mesh,
+                                &key.name,
+                                &next,
+                                &i64::try_from(now).unwrap_or(0),
+                            ],
+                        )
+                        .await
+                        .map_err(pg_err)?;
+                        outcomes.push(Outcome::Deleted);
+                        records.push((key.encode(), None));
+                    }
                 }
             }
+            Ok(())
+            }
+            .await;
+            if let Err(e) = statements {
+                results.push((p, Err(e.clone())));
+                return Err(e);
+            }
+            if !records.is_empty() {
+                revision = next;
+                written.extend(p.keys.iter().cloned());
+            }
+            results.push((p, Ok((outcomes, records, u64::try_from(revision).unwrap_or(0)))));
         }
-        if records.is_empty() {
+        if revision == current {
             tx.rollback().await.map_err(pg_err)?;
-            return Ok((outcomes, records, next_u));
+            return Ok(());
         }
-        tx.execute("UPDATE revision SET value = $1 WHERE id = 1", &[&next])
+        tx.execute("UPDATE revision SET value = $1 WHERE id = 1", &[&revision])
             .await
             .map_err(pg_err)?;
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &next.to_string()])
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &revision.to_string()])
             .await
             .map_err(pg_err)?;
         tx.commit().await.map_err(pg_err)?;
-        Ok((outcomes, records, next_u))
+        Ok(())
     }
     .await;
     if guard.as_ref().is_some_and(|c| c.is_closed()) {
         *guard = None;
     }
     drop(guard);
-    pg.note(&result);
-    let (outcomes, records, next) = result?;
-    if !records.is_empty() {
-        {
-            let mut mem = pg.mem_mut();
-            for (k, r) in records {
-                match r {
-                    Some(r) => {
-                        mem.resources.insert(k, r);
-                    }
-                    None => {
-                        mem.resources.remove(&k);
+    pg.note(&committed);
+    if let Err(e) = committed {
+        // Nothing of the group was committed: every batch in it fails, those not reached and
+        // the deferred ones too.
+        let all = results
+            .into_iter()
+            .map(|(p, _)| p)
+            .chain(pending)
+            .chain(deferred);
+        for p in all {
+            let _ = p.reply.send(Err(e.clone()));
+        }
+        return Vec::new();
+    }
+    for (p, result) in results {
+        if let Ok((outcomes, records, revision)) = &result {
+            if !records.is_empty() {
+                {
+                    let mut mem = pg.mem_mut();
+                    for (k, r) in records {
+                        match r {
+                            Some(r) => {
+                                mem.resources.insert(k.clone(), r.clone());
+                            }
+                            None => {
+                                mem.resources.remove(k);
+                            }
+                        }
                     }
                 }
+                store.apply_index(&index_changes(&p.keys, &p.prepared, outcomes), *revision);
             }
         }
-        store.apply_index(&index_changes(&keys, &prepared, &outcomes), next);
+        let _ = p.reply.send(result.map(|(outcomes, _, _)| outcomes));
     }
-    Ok(outcomes)
+    deferred
 }
 
 /// Follows the other replicas: on each notification and every `POLL`, catches up. Reconnects
