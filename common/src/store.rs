@@ -32,6 +32,9 @@ pub enum StoreError {
     Corrupt { key: String, reason: String },
     #[error("cannot open the store at {path}: {reason}")]
     Open { path: String, reason: String },
+    /// The disk holding the store is full: nothing was written.
+    #[error("the disk of the store at {path} is full: {reason}")]
+    DiskFull { path: String, reason: String },
     /// The store's files fail their checks (checksums, truncation, undecodable records).
     #[error("the store at {path} is damaged: {reason}")]
     Damaged { path: String, reason: String },
@@ -225,8 +228,6 @@ pub enum Outcome {
     NotFound,
 }
 
-const RESOURCES: &str = "resources";
-const META: &str = "meta";
 const REVISION_KEY: &[u8] = b"revision";
 const STORE_ID_KEY: &[u8] = b"store-id";
 const EPOCH_KEY: &[u8] = b"epoch";
@@ -281,9 +282,6 @@ pub struct VersionSnapshot {
     pub map: Arc<VersionMap>,
 }
 
-/// How long [`Store::open`] waits for sled's lock on a store just closed.
-const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
-
 /// The store. Cheap to clone; clones share the database.
 #[derive(Clone)]
 pub struct Store {
@@ -295,11 +293,7 @@ pub struct Store {
 
 #[derive(Clone)]
 enum Backend {
-    Sled {
-        db: sled::Db,
-        resources: sled::Tree,
-        meta: sled::Tree,
-    },
+    Sled(Arc<crate::store_sled::Sled>),
     Pg(Arc<crate::store_pg::Pg>),
 }
 
@@ -323,87 +317,49 @@ impl WeakStore {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`. Every record is read once, which checks sled's
+    /// checksums of all of them: a store that fails is `StoreError::Damaged`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
-            path: dir.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        // sled's file lock outlives the last handle by a moment (its I/O threads finish the last
-        // writes), so a store closed in this process may still be locked: wait for it, briefly.
-        // Another process holding it keeps it longer and is refused after the wait.
-        let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
         let damaged = |reason: String| StoreError::Damaged {
             path: dir.join("store").display().to_string(),
             reason,
         };
-        let db = loop {
-            // sled panics on some damaged files (a store cut short): that is a damaged store too.
-            let opened = std::panic::catch_unwind(|| {
-                sled::Config::new()
-                    .path(dir.join("store"))
-                    .mode(sled::Mode::HighThroughput)
-                    .open()
-            })
-            .map_err(|p| damaged(panic_text(p)))?;
-            match opened {
-                Ok(db) => break db,
-                // sled says so only in the text of an `ErrorKind::Other`.
-                Err(sled::Error::Io(e))
-                    if e.to_string().starts_with("could not acquire lock")
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                // Anything but an I/O failure means the files are not a store sled can read.
-                Err(
-                    e @ (sled::Error::Corruption { .. }
-                    | sled::Error::Unsupported(_)
-                    | sled::Error::ReportableBug(_)),
-                ) => return Err(damaged(e.to_string())),
-                Err(e) => {
-                    return Err(StoreError::Open {
-                        path: dir.display().to_string(),
-                        reason: e.to_string(),
-                    });
-                }
+        let (sled, handles) = crate::store_sled::Sled::open(dir)?;
+        let index =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::load_index(&handles)));
+        match index {
+            Ok(Err(StoreError::Sled(e))) if crate::store_sled::is_damage(&e) => {
+                Err(damaged(e.to_string()))
             }
-        };
-        // Reading every record once checks sled's checksums of all of them.
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::from_db(db))) {
-            Ok(Err(StoreError::Sled(
-                e @ (sled::Error::Corruption { .. }
-                | sled::Error::Unsupported(_)
-                | sled::Error::ReportableBug(_)),
-            ))) => Err(damaged(e.to_string())),
             Ok(Err(StoreError::Corrupt { key, reason })) => {
                 Err(damaged(format!("record {key:?}: {reason}")))
             }
-            Ok(r) => r,
-            Err(p) => Err(damaged(panic_text(p))),
+            Ok(r) => Ok(Self::with_backend(Backend::Sled(sled), r?)),
+            Err(p) => Err(damaged(crate::store_sled::panic_text(p))),
         }
     }
 
     /// A store that lives in memory only (unit tests).
     pub fn temporary() -> Result<Self, StoreError> {
-        Self::from_db(sled::Config::new().temporary(true).open()?)
+        let (sled, handles) = crate::store_sled::Sled::temporary()?;
+        let index = Self::load_index(&handles)?;
+        Ok(Self::with_backend(Backend::Sled(sled), index))
     }
 
-    fn from_db(db: sled::Db) -> Result<Self, StoreError> {
-        let resources = db.open_tree(RESOURCES)?;
-        let meta = db.open_tree(META)?;
-        let revision = match meta.get(REVISION_KEY)? {
+    /// The version index of what the database holds.
+    fn load_index(h: &crate::store_sled::Handles) -> Result<VersionIndex, StoreError> {
+        let revision = match h.meta.get(REVISION_KEY)? {
             Some(v) => decode_u64(&v),
             None => 0,
         };
-        // The version index: only the key and hash of each record are decoded.
+        // Only the key and hash of each record are decoded.
         #[derive(Deserialize)]
         struct KeyAndHash {
             key: ResourceKey,
             hash: String,
         }
         let mut entries = Vec::new();
-        for item in resources.iter() {
+        for item in h.resources.iter() {
             let (k, v) = item?;
             let r: KeyAndHash = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
                 key: String::from_utf8_lossy(&k).into_owned(),
@@ -411,25 +367,37 @@ impl Store {
             })?;
             entries.push((r.key, r.hash));
         }
-        let index = VersionIndex::of(revision, entries);
-        Ok(Self::with_backend(
-            Backend::Sled {
-                db,
-                resources,
-                meta,
-            },
-            index,
-        ))
+        Ok(VersionIndex::of(revision, entries))
     }
 
     fn with_backend(backend: Backend, index: VersionIndex) -> Self {
         let (revision_tx, _) = watch::channel(index.revision);
-        Self {
+        let store = Self {
             backend,
             revision_tx: std::sync::Arc::new(revision_tx),
             write_lock: std::sync::Arc::new(tokio::sync::Mutex::new(())),
             index: Arc::new(RwLock::new(index)),
+        };
+        if let Backend::Sled(sled) = &store.backend {
+            // Opened again after a failed write: the index follows what is on disk (a write that
+            // failed may still have reached it), and readers are told when the revision moved.
+            let (index, revision_tx) = (store.index.clone(), store.revision_tx.clone());
+            sled.on_reopen(Box::new(move |h| {
+                let Ok(fresh) = Self::load_index(h) else {
+                    return;
+                };
+                let revision = fresh.revision;
+                {
+                    let mut current = index.write().unwrap_or_else(|e| e.into_inner());
+                    if current.revision == revision && current.digest == fresh.digest {
+                        return;
+                    }
+                    *current = fresh;
+                }
+                revision_tx.send_replace(revision);
+            }));
         }
+        store
     }
 
     /// Connects to the PostgreSQL store at `url` (`postgres://USER[:PASS]@HOST[:PORT]/DB`),
@@ -459,7 +427,7 @@ impl Store {
     /// The shared value `name`, if some replica stored one (always `None` on sled).
     pub async fn shared_value(&self, name: &str) -> Result<Option<String>, StoreError> {
         match &self.backend {
-            Backend::Sled { .. } => Ok(None),
+            Backend::Sled(_) => Ok(None),
             Backend::Pg(pg) => pg.shared_value(name).await,
         }
     }
@@ -468,7 +436,7 @@ impl Store {
     /// value stored: replicas starting at once agree on the first one. On sled, `proposed`.
     pub async fn share(&self, name: &str, proposed: &str) -> Result<String, StoreError> {
         match &self.backend {
-            Backend::Sled { .. } => Ok(proposed.to_string()),
+            Backend::Sled(_) => Ok(proposed.to_string()),
             Backend::Pg(pg) => pg.share(name, proposed).await,
         }
     }
@@ -485,19 +453,29 @@ impl Store {
         }
     }
 
-    /// Whether the store can take writes now: always on sled; on PostgreSQL, whether the last
-    /// contact with the database worked (what `/readyz` reports).
+    /// Whether the store can take writes now: on sled, unless a write failed (a full disk) and
+    /// no probe succeeded since; on PostgreSQL, whether the last contact with the database worked
+    /// (what `/readyz` reports).
     pub fn reachable(&self) -> bool {
         match &self.backend {
-            Backend::Sled { .. } => true,
+            Backend::Sled(sled) => sled.failing().borrow().is_none(),
             Backend::Pg(pg) => pg.reachable(),
+        }
+    }
+
+    /// Why writes fail now, on sled (a full disk), with every change of it; always `None` on
+    /// PostgreSQL (see [`Store::reachable`]).
+    pub fn write_failure(&self) -> watch::Receiver<Option<String>> {
+        match &self.backend {
+            Backend::Sled(sled) => sled.failing(),
+            Backend::Pg(_) => watch::channel(None).1,
         }
     }
 
     pub(crate) fn pg(&self) -> Option<Arc<crate::store_pg::Pg>> {
         match &self.backend {
             Backend::Pg(pg) => Some(pg.clone()),
-            Backend::Sled { .. } => None,
+            Backend::Sled(_) => None,
         }
     }
 
@@ -618,16 +596,17 @@ impl Store {
     pub async fn identity(&self) -> Result<crate::integrity::StoreIdentity, StoreError> {
         let fresh = crate::integrity::StoreIdentity::new_id();
         let (id, epoch) = match &self.backend {
-            Backend::Sled { db, meta, .. } => {
-                let id = match meta.get(STORE_ID_KEY)? {
+            Backend::Sled(sled) => {
+                let h = sled.handles()?;
+                let id = match h.meta.get(STORE_ID_KEY)? {
                     Some(v) => String::from_utf8_lossy(&v).into_owned(),
                     None => {
-                        meta.insert(STORE_ID_KEY, fresh.as_bytes())?;
-                        db.flush_async().await?;
+                        h.meta.insert(STORE_ID_KEY, fresh.as_bytes())?;
+                        sled.flush(&h).await?;
                         fresh
                     }
                 };
-                (id, meta.get(EPOCH_KEY)?.map_or(0, |v| decode_u64(&v)))
+                (id, h.meta.get(EPOCH_KEY)?.map_or(0, |v| decode_u64(&v)))
             }
             Backend::Pg(pg) => {
                 let id = pg.share(STORE_ID_SHARED, &fresh).await?;
@@ -645,9 +624,10 @@ impl Store {
     /// Starts epoch `epoch` of this store (an operator accepted what it holds).
     pub async fn set_epoch(&self, epoch: u64) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Sled { db, meta, .. } => {
-                meta.insert(EPOCH_KEY, &epoch.to_be_bytes())?;
-                db.flush_async().await?;
+            Backend::Sled(sled) => {
+                let h = sled.handles()?;
+                h.meta.insert(EPOCH_KEY, &epoch.to_be_bytes())?;
+                sled.flush(&h).await?;
             }
             Backend::Pg(pg) => pg.set_shared(EPOCH_SHARED, &epoch.to_string()).await?,
         }
@@ -668,9 +648,9 @@ impl Store {
     /// A named tree of records that are not resources (no revision, not synced, not in `list`).
     pub fn records(&self, name: &str) -> Result<Records, StoreError> {
         Ok(match &self.backend {
-            Backend::Sled { db, .. } => Records(RecordsBackend::Sled {
-                db: db.clone(),
-                tree: db.open_tree(format!("{RECORDS_PREFIX}{name}"))?,
+            Backend::Sled(sled) => Records(RecordsBackend::Sled {
+                sled: sled.clone(),
+                tree: format!("{RECORDS_PREFIX}{name}"),
             }),
             Backend::Pg(pg) => Records(RecordsBackend::Pg {
                 pg: pg.clone(),
@@ -691,7 +671,15 @@ impl Store {
 
     pub fn get(&self, key: &ResourceKey) -> Result<Option<StoredResource>, StoreError> {
         let resources = match &self.backend {
-            Backend::Sled { resources, .. } => resources,
+            Backend::Sled(sled) => {
+                if let Some(before) = sled.hidden().get(&key.encode()) {
+                    return before
+                        .as_ref()
+                        .map(|b| decode_record(&key.encode(), b))
+                        .transpose();
+                }
+                sled.handles()?.resources
+            }
             Backend::Pg(pg) => return Ok(pg.get(key)),
         };
         match resources.get(key.encode())? {
@@ -722,16 +710,28 @@ impl Store {
 
     /// Every stored resource of a kind, optionally within one mesh, sorted by key.
     pub fn list(&self, kind: Kind, mesh: Option<&str>) -> Result<Vec<StoredResource>, StoreError> {
-        let resources = match &self.backend {
-            Backend::Sled { resources, .. } => resources,
+        let sled = match &self.backend {
+            Backend::Sled(sled) => sled,
             Backend::Pg(pg) => return Ok(pg.list(kind, mesh)),
         };
-        let mut out = Vec::new();
-        for item in resources.scan_prefix(ResourceKey::prefix(kind, mesh)) {
+        let prefix = ResourceKey::prefix(kind, mesh);
+        let hidden = sled.hidden();
+        let mut found: BTreeMap<Vec<u8>, sled::IVec> = BTreeMap::new();
+        for item in sled.handles()?.resources.scan_prefix(&prefix) {
             let (k, v) = item?;
-            out.push(decode_record(&k, &v)?);
+            found.insert(k.to_vec(), v);
         }
-        Ok(out)
+        // What failed writes changed is served as it was before them.
+        for (k, before) in hidden.range(prefix.clone()..) {
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            match before {
+                Some(v) => found.insert(k.clone(), v.clone()),
+                None => found.remove(k),
+            };
+        }
+        found.iter().map(|(k, v)| decode_record(k, v)).collect()
     }
 
     pub fn list_meshes(&self) -> Result<Vec<Mesh>, StoreError> {
@@ -768,24 +768,27 @@ impl Store {
         ops: Vec<Op>,
         expected: &[Expect],
     ) -> Result<Vec<Outcome>, StoreError> {
-        let (db, resources, meta) = match &self.backend {
-            Backend::Sled {
-                db,
-                resources,
-                meta,
-            } => (db, resources, meta),
+        let sled = match &self.backend {
+            Backend::Sled(sled) => sled,
             // Writers of a replica commit in groups (see `store_pg::write`).
             Backend::Pg(pg) => return crate::store_pg::write(self, pg, ops, expected).await,
         };
         // Writers are serialized so that revisions are assigned in commit order.
         let _guard = self.write_lock.lock().await;
+        sled.writable()?;
+        let h = sled.handles()?;
         self.check_expected(expected)?;
         let current = self.revision();
         let next = current + 1;
         let now = u64::try_from(crate::clock::now_unix()).unwrap_or(0);
         let (prepared, keys) = prepare(&ops);
+        // What the batch may change, as it is now: what reads see if the write fails.
+        let mut before = Vec::with_capacity(prepared.len());
+        for (k, _) in &prepared {
+            before.push((k.clone(), h.resources.get(k)?));
+        }
 
-        let result: Result<Vec<Outcome>, TransactionError<StoreError>> = (resources, meta)
+        let result: Result<Vec<Outcome>, TransactionError<StoreError>> = (&h.resources, &h.meta)
             .transaction(|(res, meta)| {
                 let mut outcomes = Vec::with_capacity(prepared.len());
                 let mut changed = false;
@@ -830,9 +833,12 @@ impl Store {
         let outcomes = match result {
             Ok(o) => o,
             Err(TransactionError::Abort(e)) => return Err(e),
-            Err(TransactionError::Storage(e)) => return Err(StoreError::Sled(e)),
+            Err(TransactionError::Storage(e)) => return Err(sled.write_failed(e, before)),
         };
-        db.flush_async().await?;
+        if let Err(e) = h.db.flush_async().await {
+            // Applied in memory but not on disk: never to be seen.
+            return Err(sled.write_failed(e, before));
+        }
         let changes = index_changes(&keys, &prepared, &outcomes);
         if !changes.is_empty() {
             self.apply_index(&changes, next);
@@ -890,9 +896,10 @@ pub struct Records(RecordsBackend);
 
 #[derive(Clone)]
 enum RecordsBackend {
+    /// The database and the tree's name (no handle is kept: the database may be opened again).
     Sled {
-        db: sled::Db,
-        tree: sled::Tree,
+        sled: Arc<crate::store_sled::Sled>,
+        tree: String,
     },
     /// Held in memory, written through to PostgreSQL.
     Pg {
@@ -904,7 +911,7 @@ enum RecordsBackend {
 impl Records {
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
         let tree = match &self.0 {
-            RecordsBackend::Sled { tree, .. } => tree,
+            RecordsBackend::Sled { sled, tree } => sled.tree(tree)?,
             RecordsBackend::Pg { pg, tree } => {
                 return match pg.record(tree, key) {
                     Some(bytes) => Ok(Some(decode_json(key.as_bytes(), &bytes)?)),
@@ -921,7 +928,7 @@ impl Records {
     /// Every record, sorted by key.
     pub fn list<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>, StoreError> {
         let tree = match &self.0 {
-            RecordsBackend::Sled { tree, .. } => tree,
+            RecordsBackend::Sled { sled, tree } => sled.tree(tree)?,
             RecordsBackend::Pg { pg, tree } => {
                 return pg
                     .records(tree)
@@ -943,9 +950,20 @@ impl Records {
 
     pub async fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
         match &self.0 {
-            RecordsBackend::Sled { db, .. } => {
-                self.put_buffered(key, value)?;
-                db.flush_async().await?;
+            RecordsBackend::Sled { sled, tree } => {
+                let bytes = encode_json(key, value)?;
+                let h = sled.handles()?;
+                let flushed = match h.db.open_tree(tree) {
+                    Ok(t) => t.insert(key.as_bytes(), bytes).map(drop),
+                    Err(e) => Err(e),
+                };
+                let flushed = match flushed {
+                    Ok(()) => h.db.flush_async().await.map(drop),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = flushed {
+                    return Err(sled.write_failed(e, vec![]));
+                }
             }
             RecordsBackend::Pg { pg, tree } => {
                 pg.put_record(tree, key, Some(encode_json(key, value)?))
@@ -961,8 +979,8 @@ impl Records {
     pub fn put_buffered<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
         let bytes = encode_json(key, value)?;
         match &self.0 {
-            RecordsBackend::Sled { tree, .. } => {
-                tree.insert(key.as_bytes(), bytes)?;
+            RecordsBackend::Sled { sled, tree } => {
+                sled.tree(tree)?.insert(key.as_bytes(), bytes)?;
             }
             RecordsBackend::Pg { pg, tree } => pg.put_record_buffered(tree, key, bytes),
         }
@@ -971,9 +989,19 @@ impl Records {
 
     pub async fn remove(&self, key: &str) -> Result<bool, StoreError> {
         match &self.0 {
-            RecordsBackend::Sled { db, tree } => {
-                let existed = tree.remove(key.as_bytes())?.is_some();
-                db.flush_async().await?;
+            RecordsBackend::Sled { sled, tree } => {
+                let h = sled.handles()?;
+                let removed = match h.db.open_tree(tree) {
+                    Ok(t) => t.remove(key.as_bytes()),
+                    Err(e) => Err(e),
+                };
+                let existed = match removed {
+                    Ok(r) => r.is_some(),
+                    Err(e) => return Err(sled.write_failed(e, vec![])),
+                };
+                if let Err(e) = h.db.flush_async().await {
+                    return Err(sled.write_failed(e, vec![]));
+                }
                 Ok(existed)
             }
             RecordsBackend::Pg { pg, tree } => pg.put_record(tree, key, None).await,
@@ -1002,16 +1030,6 @@ impl SecretLookup for Store {
             .flatten()
             .and_then(|s| s.decode().ok())
     }
-}
-
-/// The message of a caught panic.
-fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
-    let text = p
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "no message".into());
-    format!("the storage engine failed reading it ({text})")
 }
 
 fn decode_u64(v: &[u8]) -> u64 {

@@ -741,23 +741,23 @@ async fn commit_group(store: &Store, pg: &Pg, group: Vec<Pending>) -> Vec<Pendin
         return Vec::new();
     }
     for (p, result) in results {
-        if let Ok((outcomes, records, revision)) = &result {
-            if !records.is_empty() {
-                {
-                    let mut mem = pg.mem_mut();
-                    for (k, r) in records {
-                        match r {
-                            Some(r) => {
-                                mem.resources.insert(k.clone(), r.clone());
-                            }
-                            None => {
-                                mem.resources.remove(k);
-                            }
+        if let Ok((outcomes, records, revision)) = &result
+            && !records.is_empty()
+        {
+            {
+                let mut mem = pg.mem_mut();
+                for (k, r) in records {
+                    match r {
+                        Some(r) => {
+                            mem.resources.insert(k.clone(), r.clone());
+                        }
+                        None => {
+                            mem.resources.remove(k);
                         }
                     }
                 }
-                store.apply_index(&index_changes(&p.keys, &p.prepared, outcomes), *revision);
             }
+            store.apply_index(&index_changes(&p.keys, &p.prepared, outcomes), *revision);
         }
         let _ = p.reply.send(result.map(|(outcomes, _, _)| outcomes));
     }

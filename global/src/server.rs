@@ -160,6 +160,14 @@ async fn open_store(
                     _ = stopped.wait() => return Err(GlobalError::Stopped),
                 }
             }
+            // Read, but not as a store: damaged pages (PostgreSQL's checksums), undecodable rows.
+            Err(e @ (StoreError::Postgres { .. } | StoreError::Corrupt { .. })) => {
+                return Err(crate::store_guard::GuardError::Refused {
+                    store: crate::store_guard::POSTGRES.into(),
+                    finding: format!("it cannot be read: {e}"),
+                }
+                .into());
+            }
             Err(e) => return Err(e.into()),
         }
     }

@@ -26,10 +26,13 @@ pub enum GuardError {
     },
 }
 
-/// How the store is named in messages: its directory (sled) or "PostgreSQL".
+/// How a PostgreSQL store is named in messages (its URL may hold a password).
+pub const POSTGRES: &str = "(PostgreSQL, given with --store)";
+
+/// How the store is named in messages: its directory (sled) or [`POSTGRES`].
 pub fn describe(store: &Store, data_dir: &Path) -> String {
     if store.is_shared() {
-        "(PostgreSQL, given with --store)".to_string()
+        POSTGRES.to_string()
     } else {
         format!("at {} (sled)", data_dir.join("store").display())
     }

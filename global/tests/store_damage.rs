@@ -46,6 +46,16 @@ async fn served(g: &GlobalProc) -> Vec<(String, String)> {
 /// Starts global on `dir`: `Ok` when it serves, `Err(text)` when it refused to start (asserted to
 /// be exit 1 with the store and the ways out named).
 async fn start_or_refusal(dir: &Path, options: GlobalOptions) -> Result<GlobalProc, String> {
+    let store = dir.join("store").display().to_string();
+    start_or_refusal_of(dir, options, &store).await
+}
+
+/// [`start_or_refusal`] with the store named as `store`.
+async fn start_or_refusal_of(
+    dir: &Path,
+    options: GlobalOptions,
+    store: &str,
+) -> Result<GlobalProc, String> {
     match GlobalProc::start_or_refusal(dir, options).await.unwrap() {
         Ok(g) => Ok(g),
         Err(text) => {
@@ -55,7 +65,7 @@ async fn start_or_refusal(dir: &Path, options: GlobalOptions) -> Result<GlobalPr
                 "the refusal must say why and the ways out: {text}"
             );
             assert!(
-                text.contains(&dir.join("store").display().to_string()),
+                text.contains(store),
                 "the refusal must name the store: {text}"
             );
             Err(text)
@@ -311,4 +321,52 @@ async fn export_restores_into_a_fresh_global_with_the_same_digest() {
         );
         a.restart().await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_postgresql_table_files_are_refused_or_served_whole() {
+    let mut pg = testkit::postgres::PgServer::start().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let gdir = tmp.path().join("global");
+    let options = GlobalOptions::default().store(&pg.url()).rust_log("warn");
+    let mut g = GlobalProc::start_with(&gdir, options.clone())
+        .await
+        .unwrap();
+    g.apply(&mesh_docs((0..MESHES).map(|i| format!("m-{i:02}"))))
+        .await
+        .unwrap();
+    let expected = served(&g).await;
+    g.terminate();
+    drop(g);
+    let table = pg
+        .data_dir()
+        .join(pg.psql("SELECT pg_relation_filepath('resources')").unwrap());
+    pg.stop().unwrap();
+    let pristine = tmp.path().join("pg-pristine");
+    copy_dir(pg.data_dir(), &pristine).unwrap();
+    let len = std::fs::metadata(&table).unwrap().len();
+    assert!(len > 0);
+    let (mut refused, mut whole) = (0, 0);
+    for k in 0..8u64 {
+        copy_dir(&pristine, pg.data_dir()).unwrap();
+        flip_bytes(&table, len * k / 8 + 101).unwrap();
+        pg.start_again().unwrap();
+        match start_or_refusal_of(&gdir, options.clone(), "(PostgreSQL, given with --store)").await
+        {
+            Ok(mut g) => {
+                assert_eq!(
+                    served(&g).await,
+                    expected,
+                    "offset {}: served short",
+                    len * k / 8
+                );
+                g.terminate();
+                whole += 1;
+            }
+            Err(_) => refused += 1,
+        }
+        pg.stop().unwrap();
+    }
+    eprintln!("8 damaged copies of the resources table: {refused} refused, {whole} served whole");
+    assert!(refused > 0, "damage must be found somewhere");
 }

@@ -1,6 +1,6 @@
 //! Breaking disks on purpose: copying data directories (a backup, a restore), flipping bytes at
 //! an offset of a file, cutting a file short, listing a store's files, and a small tmpfs that
-//! fills up (mounted as root, unmounted on drop).
+//! fills up ([`Tmpfs`]: mounted as root, unmounted on drop).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -78,4 +78,75 @@ pub fn spread_offsets(dir: &Path, per_file: u64) -> Result<Vec<(PathBuf, u64)>> 
         }
     }
     Ok(out)
+}
+
+/// A tmpfs of a given size mounted on a directory (as root), unmounted (lazily) on drop: a disk
+/// that fills up.
+pub struct Tmpfs {
+    pub dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size_kib` KiB on `dir` (created). Needs root.
+    pub fn mount(dir: &Path, size_kib: u64) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_kib}k"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .context("running mount")?;
+        if !out.status.success() {
+            bail!(
+                "mount -t tmpfs on {} failed (root is needed): {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Fills the disk with `<dir>/filler` until a write fails for lack of space; returns the
+    /// bytes written.
+    pub fn fill(&self) -> Result<u64> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.filler())?;
+        let block = vec![0xA5u8; 4096];
+        let mut n = 0u64;
+        loop {
+            match f.write(&block) {
+                Ok(0) => break,
+                Ok(k) => n += k as u64,
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let _ = f.sync_all();
+        Ok(n)
+    }
+
+    /// Frees what `fill` took.
+    pub fn free(&self) -> Result<()> {
+        std::fs::remove_file(self.filler())?;
+        Ok(())
+    }
+
+    fn filler(&self) -> PathBuf {
+        self.dir.join("filler")
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// Whether this process runs as root (mounting a tmpfs needs it).
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }

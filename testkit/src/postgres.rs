@@ -352,6 +352,8 @@ impl PgServer {
             "UTF8",
             "--locale=C",
             "--no-sync",
+            // As production servers should be: a damaged page is an error, never read as data.
+            "--data-checksums",
         ]);
         run(&mut cmd).map(drop).context("initdb")
     }

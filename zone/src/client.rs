@@ -261,10 +261,22 @@ async fn session(
     // are asked for faster than the stream carries them; the last one asked for is always sent.
     let mut report_owed = false;
     let mut guard = StreamGuard::new();
+    let mut store_failure = ctx.store.write_failure();
+    let mut failed_on_this_stream = store_failure.borrow_and_update().is_some();
     loop {
         tokio::select! {
             biased;
             _ = shutdown.wait() => return End::Shutdown,
+            changed = store_failure.changed() => {
+                let failing = changed.is_ok() && store_failure.borrow_and_update().is_some();
+                if failing {
+                    failed_on_this_stream = true;
+                    report_owed = true;
+                } else if failed_on_this_stream {
+                    // Updates were NACKed meanwhile: subscribe again with what the store holds.
+                    return lost("the local store can write again: subscribing again for what it missed".into());
+                }
+            }
             msg = inbound.message() => match msg {
                 Ok(Some(GlobalMessage { message: Some(global_message::Message::Response(resp)) })) => {
                     let reply = match handle_response(ctx, &resp, &mut guard).await {
@@ -439,6 +451,33 @@ async fn handle_response(
             request.error_detail = Some(kds::ErrorDetail {
                 code: tonic::Code::InvalidArgument as i32,
                 message: format!("unknown type {t:?}"),
+            });
+        }
+        Err(ApplyError::Store(e @ common::store::StoreError::DiskFull { .. })) => {
+            // Said to global and kept off the stream: reconnecting would only download the same
+            // state again into a full disk. The stream resubscribes once the store can write.
+            let reason = format!("cannot write the local store: {e}");
+            tracing::warn!(type_ = %resp.r#type, error = %e, "cannot apply global's update: the zone's disk is full");
+            ctx.metrics.nacks.get_or_create(&labels).inc();
+            if let Some(kind) = common::sync::parse_kind(&resp.r#type) {
+                let nack = Nack {
+                    at_ms: now_ms(),
+                    error: reason.clone(),
+                    resources: vec![],
+                };
+                ctx.update_type(kind, |t| {
+                    t.responses_rejected += 1;
+                    t.last_nack = Some(nack);
+                });
+            }
+            {
+                let mut conn = ctx.connection();
+                conn.last_error = reason.clone();
+                conn.last_error_ms = now_ms();
+            }
+            request.error_detail = Some(kds::ErrorDetail {
+                code: tonic::Code::ResourceExhausted as i32,
+                message: reason,
             });
         }
         Err(ApplyError::Store(e)) => return Err(format!("cannot write the local store: {e}")),

@@ -232,6 +232,12 @@ impl ZoneCtx {
             dataplanes: extra.dataplanes,
             backend_checks: extra.backend_checks,
             global_address: conn.address,
+            store_error: self
+                .store
+                .write_failure()
+                .borrow()
+                .clone()
+                .unwrap_or_default(),
         }
     }
 }

@@ -79,6 +79,11 @@ impl From<common::store::StoreError> for ApiError {
                 api.title = "Conflicting write".into();
                 api
             }
+            StoreError::DiskFull { .. } => {
+                let mut api = ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string());
+                api.title = "Store disk full".into();
+                api
+            }
             e => ApiError::internal(e),
         }
     }

@@ -109,9 +109,15 @@ async fn authorize(State(state): State<ApiState>, req: Request, next: Next) -> R
 
 async fn readyz(State(state): State<ApiState>) -> ApiResult<&'static str> {
     if !state.store.reachable() {
+        let why = state.store.write_failure().borrow().clone();
         let mut e = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "the store (PostgreSQL) is unreachable: writes fail until it is back",
+            match why {
+                Some(why) => format!("writes to the store fail until it can write again: {why}"),
+                None => {
+                    "the store (PostgreSQL) is unreachable: writes fail until it is back".into()
+                }
+            },
         );
         e.title = "Store unavailable".into();
         return Err(e);

@@ -490,6 +490,7 @@ pub fn status_json(s: &kds::ZoneStatus) -> Value {
         "version": s.version,
         "connectedSince": common::clock::rfc3339_ms(s.connected_since_unix_ms),
         "globalAddress": s.global_address,
+        "storeError": (!s.store_error.is_empty()).then_some(&s.store_error),
         "reportedAt": common::clock::rfc3339_ms(s.reported_at_unix_ms),
         "types": s.types.iter().map(|t| json!({
             "type": t.r#type,
