@@ -74,6 +74,8 @@ pub struct StreamGuard {
     refused: Option<String>,
     /// Types whose full state went through on this stream.
     initial_done: BTreeSet<String>,
+    /// The store identity global said with its first responses (later ones leave it out).
+    offered: Option<(String, u64)>,
 }
 
 impl StreamGuard {
@@ -108,15 +110,13 @@ impl StreamGuard {
             })
             .map(|id| format!("{} {}/{}", kind.as_str(), id.mesh, id.name))
             .collect();
-        if resp.store_id.is_empty() {
+        let Some((store_id, epoch)) = self.offered(resp) else {
             // A global that does not say which store it serves: nothing to judge by.
             return Ok(deletes);
-        }
+        };
         let standing = self
             .standing
-            .get_or_insert_with(|| {
-                standing(held, &resp.store_id, resp.store_epoch, resp.system_version)
-            })
+            .get_or_insert_with(|| standing(held, &store_id, epoch, resp.system_version))
             .clone();
         let Standing::Foreign(why) = standing else {
             return Ok(deletes);
@@ -155,11 +155,17 @@ impl StreamGuard {
         Err(reason)
     }
 
+    /// The store identity of this stream: said by `resp`, or by an earlier response.
+    fn offered(&mut self, resp: &kds::DiscoveryResponse) -> Option<(String, u64)> {
+        if !resp.store_id.is_empty() {
+            self.offered = Some((resp.store_id.clone(), resp.store_epoch));
+        }
+        self.offered.clone()
+    }
+
     /// After a response was applied: the `Held` to remember, when it changed.
     pub fn applied(&mut self, held: Option<&Held>, resp: &kds::DiscoveryResponse) -> Option<Held> {
-        if resp.store_id.is_empty() {
-            return None;
-        }
+        let (store_id, store_epoch) = self.offered(resp)?;
         if let Some(Standing::Foreign(_)) = self.standing {
             if resp.initial && !resp.more {
                 self.initial_done.insert(resp.r#type.clone());
@@ -173,19 +179,19 @@ impl StreamGuard {
             // Every full state went through without deleting or changing anything held.
             self.standing = Some(Standing::Trusted);
             return Some(Held {
-                store_id: resp.store_id.clone(),
-                epoch: resp.store_epoch,
+                store_id,
+                epoch: store_epoch,
                 revision: resp.system_version,
             });
         }
         let next = match held {
-            Some(h) if h.store_id == resp.store_id && h.epoch == resp.store_epoch => Held {
+            Some(h) if h.store_id == store_id && h.epoch == store_epoch => Held {
                 revision: h.revision.max(resp.system_version),
                 ..h.clone()
             },
             _ => Held {
-                store_id: resp.store_id.clone(),
-                epoch: resp.store_epoch,
+                store_id,
+                epoch: store_epoch,
                 revision: resp.system_version,
             },
         };

@@ -1,10 +1,11 @@
 //! The optimistic commit of admissions: [`Admission`] holds the store, the admission lock and the
-//! metrics, admits a batch outside the lock against a view that notes every version it reads
-//! ([`ReadSet`]), and under the lock stores it only if none of them changed, else admits it again
-//! under the lock. What it read is also handed to the store as the write's expectations
-//! ([`Store::write_checked`]), checked inside the store's transaction: on PostgreSQL another
-//! replica may have written meanwhile, and a conflict means admitting again. Deletes take the same
-//! lock and expectations. Refusals come back typed ([`AdmissionError`],
+//! metrics, admits a batch without a lock against a view that notes every version it reads
+//! ([`ReadSet`]), and stores it with what it read as the write's expectations
+//! ([`Store::write_checked`]), checked inside the store's write (under the sled write lock, or in
+//! the PostgreSQL transaction, where another replica may have written meanwhile): so concurrent
+//! writes commit together. When what it read changed (seen before the write, or as a conflict of
+//! the store), admission runs again under the admission lock, which serializes only those retries
+//! so that they make progress. Deletes take the lock and the same expectations. Refusals come back typed ([`AdmissionError`],
 //! [`DeleteError`]); how they are shown to a client is the API's business.
 
 use std::sync::Arc;
@@ -116,11 +117,15 @@ impl Admission {
             let n = admitted.ops.len();
             return Ok((admitted, vec![Outcome::Unchanged; n]));
         }
-        let _guard = self.lock.lock().await;
+        // The store checks what admission read inside its write (`write_checked`), so concurrent
+        // writes need no lock here and commit together; the lock only serializes admissions
+        // that must run again because what they read changed, so that they make progress.
+        let mut relock = None;
         let (mut admitted, mut expected) = if view.unchanged() {
             let expected = view.expected();
             (admitted, expected)
         } else {
+            relock = Some(self.lock.lock().await);
             self.metrics.admission_retries.inc();
             tracing::debug!("what the admission read changed meanwhile: admitting again");
             self.admit_again(batch.clone()).await.map_err(refused)?
@@ -135,9 +140,12 @@ impl Admission {
                 Ok(outcomes) => break outcomes,
                 Err(StoreError::Conflict { .. }) if attempt < CONFLICT_RETRIES => {
                     attempt += 1;
+                    if relock.is_none() {
+                        relock = Some(self.lock.lock().await);
+                    }
                     self.metrics.admission_retries.inc();
                     tracing::debug!(
-                        "another replica changed what the admission read: admitting again"
+                        "another writer changed what the admission read: admitting again"
                     );
                     (admitted, expected) =
                         self.admit_again(batch.clone()).await.map_err(refused)?;
@@ -145,6 +153,7 @@ impl Admission {
                 Err(e) => return Err(e.into()),
             }
         };
+        drop(relock);
         count(true);
         self.metrics.meshes.set(self.store.count(Kind::Mesh) as i64);
         Ok((admitted, outcomes))

@@ -305,8 +305,13 @@ impl Sender {
                 },
                 initial,
                 more: j + 1 < n,
-                store_id: self.ctx.identity.id.clone(),
-                store_epoch: self.ctx.identity.epoch,
+                // Said with the first (full) state of each type; the zone keeps it for the stream.
+                store_id: if initial {
+                    self.ctx.identity.id.clone()
+                } else {
+                    String::new()
+                },
+                store_epoch: if initial { self.ctx.identity.epoch } else { 0 },
             };
             let bytes = prost::Message::encoded_len(&response) as u64;
             {
