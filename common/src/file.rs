@@ -1,9 +1,37 @@
 //! Writing the files the control planes keep beside their store (keys, tokens, CA files): whole or
 //! not at all (temporary file, fsync, rename), with the mode set at creation, so a key is never
-//! readable by others, not even for a moment, and a crash never leaves half a key.
+//! readable by others, not even for a moment, and a crash never leaves half a key; and keeping a
+//! data directory private (0700, its files 0600).
 
 use std::io::Write;
 use std::path::Path;
+
+/// Creates `dir` (and its parents) and makes it private to its owner (0700): a control plane's
+/// data directory.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Makes every directory under `root` (itself included) 0700 and every file 0600.
+pub fn restrict_tree(root: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))?;
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let kind = e.file_type()?;
+            if kind.is_dir() {
+                todo.push(e.path());
+            } else if kind.is_file() {
+                std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Writes `data` to `path` atomically with `mode` (e.g. `0o600` for a key).
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {

@@ -92,3 +92,135 @@ pub async fn serve_http_with(
     graceful.shutdown().await;
     Ok(())
 }
+
+/// The `Host` names an API answers to: loopback names and addresses, and the names given with
+/// `--api-host`. Any other `Host` gets 421, so that a page of another origin cannot read the API
+/// through a name it resolves to this machine (DNS rebinding).
+#[derive(Debug, Clone, Default)]
+pub struct AllowedHosts(std::sync::Arc<Vec<String>>);
+
+impl AllowedHosts {
+    pub fn new(extra: &[String]) -> Self {
+        Self(std::sync::Arc::new(
+            extra
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .collect(),
+        ))
+    }
+
+    /// Whether a `Host` header (`name`, `name:port`, `[v6]:port`) is one of these.
+    pub fn allows(&self, host: &str) -> bool {
+        let host = host.trim().to_ascii_lowercase();
+        let name = match host.strip_prefix('[') {
+            Some(rest) => rest.split(']').next().unwrap_or("").to_string(),
+            None => match host.rsplit_once(':') {
+                Some((n, port)) if port.chars().all(|c| c.is_ascii_digit()) => n.to_string(),
+                _ => host.clone(),
+            },
+        };
+        name == "localhost"
+            || name.ends_with(".localhost")
+            || name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+            || self.0.iter().any(|h| *h == name || *h == host)
+    }
+}
+
+/// Middleware refusing a request whose `Host` the API does not serve, with 421 and a JSON body
+/// saying how to allow it (a request without `Host` passes: no browser sends one).
+pub async fn check_host(
+    axum::extract::State(allowed): axum::extract::State<AllowedHosts>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let host = req
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string);
+    match host {
+        Some(h) if !allowed.allows(&h) => (
+            axum::http::StatusCode::MISDIRECTED_REQUEST,
+            axum::Json(serde_json::json!({
+                "title": "Misdirected request",
+                "status": 421,
+                "detail": format!(
+                    "this API does not answer to the Host {:?}: use a loopback address, or start it with --api-host {:?}",
+                    h.chars().take(255).collect::<String>(),
+                    h.split(':').next().unwrap_or("").chars().take(255).collect::<String>()
+                ),
+            })),
+        )
+            .into_response(),
+        _ => next.run(req).await,
+    }
+}
+
+/// A resource's Universal JSON with every `inline` and `inlineString` data source value replaced
+/// by `"(redacted)"`: what a reader other than the admin sees of a Mesh (a backend's Vault token or
+/// CA key may be given inline).
+pub fn redact_inline(spec: &serde_json::Value) -> serde_json::Value {
+    match spec {
+        serde_json::Value::Object(map) => serde_json::Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let v = if (k == "inline" || k == "inlineString") && v.is_string() {
+                        serde_json::Value::String("(redacted)".into())
+                    } else {
+                        redact_inline(v)
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.iter().map(redact_inline).collect())
+        }
+        v => v.clone(),
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::*;
+
+    #[test]
+    fn loopback_and_named_hosts_only() {
+        let a = AllowedHosts::new(&["cp.example.com".into()]);
+        for ok in [
+            "localhost",
+            "localhost:5681",
+            "127.0.0.1:5681",
+            "127.3.4.5",
+            "[::1]:5681",
+            "CP.example.com:443",
+            "cp.example.com",
+        ] {
+            assert!(a.allows(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:5681",
+            "10.0.0.5:5681",
+            "[::2]:1",
+            "cp.example.com.evil",
+        ] {
+            assert!(!a.allows(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn inline_values_are_redacted_wherever_they_are() {
+        let spec = serde_json::json!({
+            "name": "m",
+            "mtls": {"backends": [{"conf": {"fromCp": {"auth": {"token": {"inlineString": "s.root"}},
+                "tls": {"caCert": {"inline": "QUJD"}, "serverName": "x"}}}}]}
+        });
+        let r = redact_inline(&spec).to_string();
+        assert!(!r.contains("s.root") && !r.contains("QUJD"), "{r}");
+        assert!(r.contains("(redacted)") && r.contains("serverName"), "{r}");
+    }
+}

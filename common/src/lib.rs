@@ -21,6 +21,7 @@ pub mod parse;
 pub mod shutdown;
 pub mod store;
 mod store_pg;
+mod store_records;
 mod store_sled;
 pub mod sync;
 pub mod table;

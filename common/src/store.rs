@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sled::Transactional;
@@ -23,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::datasource::SecretLookup;
 use crate::model::{Dataplane, Kind, Mesh, Resource, Secret};
+pub use crate::store_records::Records;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -648,14 +648,8 @@ impl Store {
     /// A named tree of records that are not resources (no revision, not synced, not in `list`).
     pub fn records(&self, name: &str) -> Result<Records, StoreError> {
         Ok(match &self.backend {
-            Backend::Sled(sled) => Records(RecordsBackend::Sled {
-                sled: sled.clone(),
-                tree: format!("{RECORDS_PREFIX}{name}"),
-            }),
-            Backend::Pg(pg) => Records(RecordsBackend::Pg {
-                pg: pg.clone(),
-                tree: name.to_string(),
-            }),
+            Backend::Sled(sled) => Records::sled(sled.clone(), format!("{RECORDS_PREFIX}{name}")),
+            Backend::Pg(pg) => Records::pg(pg.clone(), name.to_string()),
         })
     }
 
@@ -887,140 +881,6 @@ pub(crate) fn prepare(ops: &[Op]) -> (Vec<PreparedOp>, Vec<ResourceKey>) {
         })
         .collect();
     (prepared, keys)
-}
-
-/// A named tree of JSON records beside the resources (e.g. global's zone records). Writes are
-/// flushed before they return.
-#[derive(Clone)]
-pub struct Records(RecordsBackend);
-
-#[derive(Clone)]
-enum RecordsBackend {
-    /// The database and the tree's name (no handle is kept: the database may be opened again).
-    Sled {
-        sled: Arc<crate::store_sled::Sled>,
-        tree: String,
-    },
-    /// Held in memory, written through to PostgreSQL.
-    Pg {
-        pg: Arc<crate::store_pg::Pg>,
-        tree: String,
-    },
-}
-
-impl Records {
-    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
-        let tree = match &self.0 {
-            RecordsBackend::Sled { sled, tree } => sled.tree(tree)?,
-            RecordsBackend::Pg { pg, tree } => {
-                return match pg.record(tree, key) {
-                    Some(bytes) => Ok(Some(decode_json(key.as_bytes(), &bytes)?)),
-                    None => Ok(None),
-                };
-            }
-        };
-        match tree.get(key.as_bytes())? {
-            Some(bytes) => Ok(Some(decode_json(key.as_bytes(), &bytes)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// Every record, sorted by key.
-    pub fn list<T: DeserializeOwned>(&self) -> Result<Vec<(String, T)>, StoreError> {
-        let tree = match &self.0 {
-            RecordsBackend::Sled { sled, tree } => sled.tree(tree)?,
-            RecordsBackend::Pg { pg, tree } => {
-                return pg
-                    .records(tree)
-                    .into_iter()
-                    .map(|(k, v)| Ok((k.clone(), decode_json(k.as_bytes(), &v)?)))
-                    .collect();
-            }
-        };
-        let mut out = Vec::new();
-        for item in tree.iter() {
-            let (k, v) = item?;
-            out.push((
-                String::from_utf8_lossy(&k).into_owned(),
-                decode_json(&k, &v)?,
-            ));
-        }
-        Ok(out)
-    }
-
-    pub async fn put<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
-        match &self.0 {
-            RecordsBackend::Sled { sled, tree } => {
-                let bytes = encode_json(key, value)?;
-                let h = sled.handles()?;
-                let flushed = match h.db.open_tree(tree) {
-                    Ok(t) => t.insert(key.as_bytes(), bytes).map(drop),
-                    Err(e) => Err(e),
-                };
-                let flushed = match flushed {
-                    Ok(()) => h.db.flush_async().await.map(drop),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = flushed {
-                    return Err(sled.write_failed(e, vec![]));
-                }
-            }
-            RecordsBackend::Pg { pg, tree } => {
-                pg.put_record(tree, key, Some(encode_json(key, value)?))
-                    .await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes without waiting for the disk: durable at sled's next periodic flush (about half a
-    /// second), for bookkeeping that may lag after a crash.
-    /// On PostgreSQL the record is held at once and written in the background.
-    pub fn put_buffered<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
-        let bytes = encode_json(key, value)?;
-        match &self.0 {
-            RecordsBackend::Sled { sled, tree } => {
-                sled.tree(tree)?.insert(key.as_bytes(), bytes)?;
-            }
-            RecordsBackend::Pg { pg, tree } => pg.put_record_buffered(tree, key, bytes),
-        }
-        Ok(())
-    }
-
-    pub async fn remove(&self, key: &str) -> Result<bool, StoreError> {
-        match &self.0 {
-            RecordsBackend::Sled { sled, tree } => {
-                let h = sled.handles()?;
-                let removed = match h.db.open_tree(tree) {
-                    Ok(t) => t.remove(key.as_bytes()),
-                    Err(e) => Err(e),
-                };
-                let existed = match removed {
-                    Ok(r) => r.is_some(),
-                    Err(e) => return Err(sled.write_failed(e, vec![])),
-                };
-                if let Err(e) = h.db.flush_async().await {
-                    return Err(sled.write_failed(e, vec![]));
-                }
-                Ok(existed)
-            }
-            RecordsBackend::Pg { pg, tree } => pg.put_record(tree, key, None).await,
-        }
-    }
-}
-
-fn encode_json<T: Serialize>(key: &str, value: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt {
-        key: key.to_string(),
-        reason: e.to_string(),
-    })
-}
-
-fn decode_json<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        reason: e.to_string(),
-    })
 }
 
 impl SecretLookup for Store {

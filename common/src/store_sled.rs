@@ -66,11 +66,14 @@ pub(crate) struct Sled {
 impl Sled {
     /// Opens (or creates) the database of the store in `dir`.
     pub(crate) fn open(dir: &Path) -> Result<(Arc<Self>, Handles), StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
+        let open_err = |e: std::io::Error| StoreError::Open {
             path: dir.display().to_string(),
             reason: e.to_string(),
-        })?;
+        };
+        crate::file::private_dir(dir).map_err(open_err)?;
         let handles = open_handles(dir)?;
+        // sled creates its files with the process's umask: readable by no one else, whatever it.
+        crate::file::restrict_tree(&dir.join("store")).map_err(open_err)?;
         Ok((
             Self::with(Some(dir.to_path_buf()), handles.clone()),
             handles,

@@ -61,7 +61,7 @@ pub fn load_or_generate(
     ) {
         // Keep the clients' CA file in place even if someone removed it.
         if std::fs::read_to_string(&ca_file).ok().as_deref() != Some(ca.as_str()) {
-            write_atomic(&ca_file, ca.as_bytes(), 0o644)?;
+            write_atomic(&ca_file, ca.as_bytes(), 0o600)?;
         }
         let material = TlsMaterial {
             cert_chain_pem: format!("{cert}{ca}"),
@@ -69,7 +69,7 @@ pub fn load_or_generate(
         };
         return Ok((material, false));
     }
-    std::fs::create_dir_all(&dir)?;
+    crate::file::private_dir(&dir)?;
     let now = crate::clock::now_utc();
 
     let ca_key = KeyPair::generate().map_err(other)?;
@@ -102,10 +102,10 @@ pub fn load_or_generate(
 
     let (ca_pem, cert_pem, key_pem) = (ca_cert.pem(), cert.pem(), key.serialize_pem());
     write_atomic(&key_path, key_pem.as_bytes(), 0o600)?;
-    write_atomic(&cert_path, cert_pem.as_bytes(), 0o644)?;
+    write_atomic(&cert_path, cert_pem.as_bytes(), 0o600)?;
     // The CA last: its presence marks a complete identity.
-    write_atomic(&ca_path, ca_pem.as_bytes(), 0o644)?;
-    write_atomic(&ca_file, ca_pem.as_bytes(), 0o644)?;
+    write_atomic(&ca_path, ca_pem.as_bytes(), 0o600)?;
+    write_atomic(&ca_file, ca_pem.as_bytes(), 0o600)?;
     let material = TlsMaterial {
         cert_chain_pem: format!("{cert_pem}{ca_pem}"),
         key_pem,

@@ -9,6 +9,7 @@
 //! Signing lives here too (not only in global) so that the signer and the verifier are tested
 //! together and tests can mint tokens (expired, forged) without a running global.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -78,11 +80,86 @@ pub struct ZoneClaim {
     pub zone: String,
 }
 
-/// The claims of a dataplane token: the one mesh and dataplane name it is good for.
+/// The claims of a dataplane token: the one mesh and dataplane name it is good for, the service
+/// the proxy may register and the tags it must register with the values bound here (as Kuma's
+/// dataplane tokens bind tags).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataplaneClaim {
     pub mesh: String,
     pub name: String,
+    /// The `kuma.io/service` the proxy may register. `None` in tokens made before services were
+    /// bound, and in those made for any service (`any_service`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// More tags the proxy must register, with exactly these values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// Made with `--any-service`: the proxy may register any service.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub any_service: bool,
+}
+
+/// Why a dataplane token does not allow what a proxy registers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotGranted {
+    /// A short cause, for metrics and logs (`other_service`, `other_tag`).
+    pub cause: &'static str,
+    pub message: String,
+}
+
+impl DataplaneClaim {
+    /// A claim for proxy `name` of `mesh`, bound to `service`.
+    pub fn bound(mesh: &str, name: &str, service: &str) -> Self {
+        Self {
+            mesh: mesh.to_string(),
+            name: name.to_string(),
+            service: Some(service.to_string()),
+            tags: BTreeMap::new(),
+            any_service: false,
+        }
+    }
+
+    /// A claim for proxy `name` of `mesh` that lets it register any service.
+    pub fn any_service(mesh: &str, name: &str) -> Self {
+        Self {
+            any_service: true,
+            service: None,
+            ..Self::bound(mesh, name, "")
+        }
+    }
+
+    /// Whether the token allows a proxy registering `tags`: `Ok(Some(warning))` for a token
+    /// made before services were bound (it works, for its name, as it did).
+    pub fn allows(&self, tags: &BTreeMap<String, String>) -> Result<Option<String>, NotGranted> {
+        let shown = |v: Option<&String>| v.map_or("none".to_string(), |v| format!("{v:?}"));
+        if let Some(service) = &self.service {
+            let asked = tags.get(crate::model::SERVICE_TAG);
+            if asked != Some(service) {
+                return Err(NotGranted {
+                    cause: "other_service",
+                    message: format!(
+                        "dataplane token refused: it grants service {service:?}, but this proxy registers service {}",
+                        shown(asked)
+                    ),
+                });
+            }
+        }
+        for (k, v) in &self.tags {
+            let asked = tags.get(k);
+            if asked != Some(v) {
+                return Err(NotGranted {
+                    cause: "other_tag",
+                    message: format!(
+                        "dataplane token refused: it binds tag {k}={v:?}, but this proxy registers {k}={}",
+                        shown(asked)
+                    ),
+                });
+            }
+        }
+        Ok((self.service.is_none() && !self.any_service).then(|| {
+            "its dataplane token binds no service (made before tokens bound services): make a new one with `global dataplane-token --mesh M --name N --service S`".to_string()
+        }))
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -210,15 +287,8 @@ impl TokenSigner {
     }
 
     /// A dataplane token for the dataplane `name` of `mesh`.
-    pub fn issue_dataplane_token(&self, mesh: &str, name: &str, valid_for: Duration) -> String {
-        self.issue(
-            DATAPLANE_SCOPE,
-            DataplaneClaim {
-                mesh: mesh.to_string(),
-                name: name.to_string(),
-            },
-            valid_for,
-        )
+    pub fn issue_dataplane_token(&self, claim: DataplaneClaim, valid_for: Duration) -> String {
+        self.issue(DATAPLANE_SCOPE, claim, valid_for)
     }
 }
 
@@ -430,6 +500,52 @@ pub fn check_zone_name(name: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
+mod binding_tests {
+    use super::*;
+
+    fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_token_allows_only_the_service_and_tags_it_binds() {
+        let mut c = DataplaneClaim::bound("m", "web-1", "web");
+        c.tags.insert("version".into(), "v1".into());
+        let ok = tags(&[("kuma.io/service", "web"), ("version", "v1"), ("team", "a")]);
+        assert_eq!(c.allows(&ok), Ok(None));
+        let e = c
+            .allows(&tags(&[("kuma.io/service", "backend"), ("version", "v1")]))
+            .unwrap_err();
+        assert_eq!(e.cause, "other_service");
+        let e = c
+            .allows(&tags(&[("kuma.io/service", "web"), ("version", "v2")]))
+            .unwrap_err();
+        assert_eq!(e.cause, "other_tag");
+        assert!(e.message.contains("version=\"v1\""), "{}", e.message);
+        let e = c.allows(&tags(&[("kuma.io/service", "web")])).unwrap_err();
+        assert!(
+            e.message.contains("registers version=none"),
+            "{}",
+            e.message
+        );
+        let any = DataplaneClaim::any_service("m", "web-1");
+        assert_eq!(any.allows(&tags(&[("kuma.io/service", "x")])), Ok(None));
+        // Made before services were bound: allowed, with a warning.
+        let legacy = DataplaneClaim {
+            service: None,
+            ..DataplaneClaim::bound("m", "web-1", "")
+        };
+        assert!(legacy.allows(&ok).unwrap().is_some());
+        // An old token's JSON (mesh and name only) still reads.
+        let old: DataplaneClaim = serde_json::from_str(r#"{"mesh":"m","name":"n"}"#).unwrap();
+        assert_eq!((old.service, old.any_service), (None, false));
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -496,7 +612,10 @@ mod tests {
     #[test]
     fn dataplane_tokens_verify_with_the_public_key_alone() {
         let signer = TokenSigner::generate();
-        let token = signer.issue_dataplane_token("default", "web-1", Duration::from_secs(60));
+        let token = signer.issue_dataplane_token(
+            DataplaneClaim::bound("default", "web-1", "web"),
+            Duration::from_secs(60),
+        );
         // What a zone gets over the sync stream: the raw public key.
         let verifier = TokenVerifier::from_public_key(signer.verifier().public_key()).unwrap();
         assert_eq!(verifier.kid(), signer.verifier().kid());
@@ -508,10 +627,7 @@ mod tests {
         let claims: Claims<DataplaneClaim> = keys.verify(&token, DATAPLANE_SCOPE).unwrap();
         assert_eq!(
             claims.body,
-            DataplaneClaim {
-                mesh: "default".into(),
-                name: "web-1".into()
-            }
+            DataplaneClaim::bound("default", "web-1", "web")
         );
         // A zone token is not a dataplane token.
         let zone = signer.issue_zone_token("z", Duration::from_secs(60));
@@ -520,8 +636,10 @@ mod tests {
             Err(TokenError::WrongScope { .. })
         ));
         // Another global's token, and no keys at all.
-        let forged =
-            TokenSigner::generate().issue_dataplane_token("default", "web-1", Duration::MAX);
+        let forged = TokenSigner::generate().issue_dataplane_token(
+            DataplaneClaim::bound("default", "web-1", "web"),
+            Duration::MAX,
+        );
         assert_eq!(
             keys.verify::<DataplaneClaim>(&forged, DATAPLANE_SCOPE),
             Err(TokenError::BadSignature)

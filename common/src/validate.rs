@@ -25,6 +25,10 @@ pub const MAX_BACKENDS: usize = 32;
 pub const MAX_STRING_LEN: usize = 4096;
 /// Longest tag key or value.
 pub const MAX_TAG_LEN: usize = 253;
+/// Most tags one proxy registers.
+pub const MAX_TAGS: usize = 64;
+/// Most bytes of tag keys and values one proxy registers, in all.
+pub const MAX_TAG_BYTES: usize = 8 * 1024;
 /// Shortest proxy certificate lifetime.
 pub const MIN_DP_CERT_EXPIRATION: std::time::Duration = std::time::Duration::from_secs(1);
 /// Shortest builtin CA lifetime.
@@ -664,34 +668,84 @@ pub fn validate_dataplane(dp: &Dataplane) -> Result<(), ValidationErrors> {
                 format!("missing: every inbound needs the {SERVICE_TAG} tag naming its service"),
             );
         }
-        for (k, v) in &inbound.tags {
+        if inbound.tags.len() > MAX_TAGS {
+            errs.push(
+                &tags_field,
+                format!(
+                    "{} tags: a proxy registers at most {MAX_TAGS}",
+                    inbound.tags.len()
+                ),
+            );
+        }
+        let bytes: usize = inbound.tags.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if bytes > MAX_TAG_BYTES {
+            errs.push(
+                &tags_field,
+                format!("{bytes} bytes of tags: a proxy registers at most {MAX_TAG_BYTES} in all"),
+            );
+        }
+        for (k, v) in inbound.tags.iter().take(MAX_TAGS + 1) {
             validate_tag(&tags_field, k, v, &mut errs);
         }
     }
     errs.into_result()
 }
 
-fn validate_tag(parent: &str, key: &str, value: &str, errs: &mut ValidationErrors) {
+/// Checks one tag against the rules that keep every URI SAN made of it valid: a key of letters,
+/// digits and `. - _ / :` in segments that are neither empty nor `.`/`..`; a value of letters,
+/// digits and `. - _ :` that is not `.`/`..` (a service's value, which is a SPIFFE ID's path,
+/// without `:`). Named per tag, never echoing more than 64 characters of it.
+pub fn validate_tag(parent: &str, key: &str, value: &str, errs: &mut ValidationErrors) {
     let field = key_path(parent, &shorten(key, 64));
+    let dots = |s: &str| s == "." || s == "..";
     if key.is_empty() {
         errs.push(&field, "tag key must not be empty");
-    } else if key.chars().count() > MAX_TAG_LEN {
+    } else if key.len() > MAX_TAG_LEN {
         errs.push(
             &field,
             format!("tag key is longer than {MAX_TAG_LEN} characters"),
         );
-    } else if key.chars().any(char::is_control) {
-        errs.push(&field, "tag key must not contain control characters");
+    } else if let Some(c) = key
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/' | ':')))
+    {
+        errs.push(
+            &field,
+            format!(
+                "tag key holds {c:?}: only letters, digits and . - _ / : are allowed (it becomes part of a URI)"
+            ),
+        );
+    } else if key.split('/').any(|seg| seg.is_empty() || dots(seg)) {
+        errs.push(
+            &field,
+            "tag key has an empty, `.` or `..` segment between its slashes",
+        );
     }
+    let spiffe = key == SERVICE_TAG;
     if value.is_empty() {
         errs.push(&field, "tag value must not be empty");
-    } else if value.chars().count() > MAX_TAG_LEN {
+    } else if value.len() > MAX_TAG_LEN {
         errs.push(
             &field,
             format!("tag value is longer than {MAX_TAG_LEN} characters"),
         );
-    } else if value.chars().any(char::is_control) {
-        errs.push(&field, "tag value must not contain control characters");
+    } else if let Some(c) = value.chars().find(|c| {
+        !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') || (*c == ':' && !spiffe))
+    }) {
+        errs.push(
+            &field,
+            if spiffe {
+                format!(
+                    "service name holds {c:?}: only letters, digits and . - _ are allowed (it is the path of a SPIFFE ID)"
+                )
+            } else {
+                format!(
+                    "tag value holds {c:?}: only letters, digits and . - _ : are allowed (it becomes part of a URI)"
+                )
+            },
+        );
+    } else if dots(value) {
+        errs.push(&field, "tag value must not be `.` or `..`");
     }
 }
 

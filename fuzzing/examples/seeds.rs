@@ -428,7 +428,10 @@ fn sync_messages() {
     put(
         "token",
         "dataplane",
-        signer.issue_dataplane_token("default", "web-1", std::time::Duration::from_secs(3600)),
+        signer.issue_dataplane_token(
+            common::tokens::DataplaneClaim::bound("default", "web-1", "web"),
+            std::time::Duration::from_secs(3600),
+        ),
     );
     put(
         "token",

@@ -91,6 +91,8 @@ pub struct GlobalConfig {
     /// Start even when the store is older than, or not, the one last committed to, as a new
     /// epoch (`--accept-store-rollback`).
     pub accept_store_rollback: bool,
+    /// Names the API answers to besides the loopback ones (`--api-host`).
+    pub api_hosts: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,7 +190,7 @@ pub async fn run(
         path: config.data_dir.display().to_string(),
         source,
     };
-    std::fs::create_dir_all(&config.data_dir).map_err(data_dir_err)?;
+    common::file::private_dir(&config.data_dir).map_err(data_dir_err)?;
     let (stop, stopped) = Shutdown::from_future(shutdown);
     let store = match open_store(&config, &stopped).await {
         Err(GlobalError::Stopped) => return Ok(()),
@@ -275,6 +277,7 @@ pub async fn run(
         zones,
         tokens,
         replicas,
+        hosts: common::http::AllowedHosts::new(&config.api_hosts),
     };
     let app = api::router(state);
     tracing::info!(

@@ -49,10 +49,10 @@ pub const SIGNING_KEY: Group<'static> = Group {
 pub const KDS_IDENTITY: Group<'static> = Group {
     name: "kds-identity",
     files: &[
-        ("kds-tls/ca.pem", 0o644),
-        ("kds-tls/cert.pem", 0o644),
+        ("kds-tls/ca.pem", 0o600),
+        ("kds-tls/cert.pem", 0o600),
         ("kds-tls/key.pem", 0o600),
-        (crate::kds::tls::CA_FILE, 0o644),
+        (crate::kds::tls::CA_FILE, 0o600),
     ],
 };
 
@@ -99,7 +99,7 @@ pub async fn files(
             continue;
         }
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(file_err(parent))?;
+            common::file::private_dir(parent).map_err(file_err(parent))?;
         }
         common::file::write_atomic(&path, text.as_bytes(), *mode).map_err(file_err(&path))?;
     }

@@ -108,7 +108,7 @@ async fn every_write_and_secret_read_needs_the_exact_admin_token() {
         (
             reqwest::Method::POST,
             "/tokens/dataplane",
-            r#"{"mesh":"default","name":"web-1"}"#,
+            r#"{"mesh":"default","name":"web-1","service":"web"}"#,
         ),
     ];
     let http = reqwest::Client::new();

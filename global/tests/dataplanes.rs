@@ -41,6 +41,28 @@ async fn dataplane_token_needs_the_admin_token_and_binds_mesh_and_name() {
             "1h",
         ])
         .unwrap();
+    // The service the proxy may register is required (or --any-service).
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("--service"),
+        "{}",
+        output_text(&out)
+    );
+    let out = global
+        .cli_env(&[
+            "dataplane-token",
+            "--mesh",
+            "default",
+            "--name",
+            "web-1",
+            "--service",
+            "web",
+            "--tag",
+            "version=v1",
+            "--valid-for",
+            "1h",
+        ])
+        .unwrap();
     assert!(out.status.success(), "{}", output_text(&out));
     let token = String::from_utf8(out.stdout).unwrap();
     let claims = token.trim().split('.').nth(1).unwrap();
@@ -53,6 +75,8 @@ async fn dataplane_token_needs_the_admin_token_and_binds_mesh_and_name() {
     assert_eq!(claims["scope"], "dataplane");
     assert_eq!(claims["mesh"], "default");
     assert_eq!(claims["name"], "web-1");
+    assert_eq!(claims["service"], "web");
+    assert_eq!(claims["tags"]["version"], "v1");
     assert_eq!(
         claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
         3600
@@ -61,7 +85,7 @@ async fn dataplane_token_needs_the_admin_token_and_binds_mesh_and_name() {
     // Without the admin token: refused by global (exit 1).
     let out = std::process::Command::new(binary("global").unwrap())
         .args(["dataplane-token", "--mesh", "default", "--name", "web-1"])
-        .args(["--api", &global.url("")])
+        .args(["--service", "web", "--api", &global.url("")])
         .env_remove("GLOBAL_ADMIN_TOKEN_FILE")
         .output()
         .unwrap();
@@ -73,17 +97,39 @@ async fn dataplane_token_needs_the_admin_token_and_binds_mesh_and_name() {
     );
     // Bad flags: usage errors (exit 2), nothing asked.
     for args in [
-        &["--mesh", "Bad_Mesh", "--name", "web-1"][..],
-        &["--mesh", "default", "--name", ""],
+        &["--mesh", "Bad_Mesh", "--name", "web-1", "--service", "web"][..],
+        &["--mesh", "default", "--name", "", "--service", "web"],
         &[
             "--mesh",
             "default",
             "--name",
             "web-1",
+            "--service",
+            "web",
             "--valid-for",
             "soon",
         ],
-        &["--mesh", "default"],
+        &["--mesh", "default", "--service", "web"],
+        &["--mesh", "default", "--name", "web-1", "--service", "a/b"],
+        &[
+            "--mesh",
+            "default",
+            "--name",
+            "web-1",
+            "--service",
+            "web",
+            "--any-service",
+        ],
+        &[
+            "--mesh",
+            "default",
+            "--name",
+            "web-1",
+            "--service",
+            "web",
+            "--tag",
+            "kuma.io/zone=z",
+        ],
     ] {
         let mut all = vec!["dataplane-token"];
         all.extend_from_slice(args);

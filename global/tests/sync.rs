@@ -763,6 +763,7 @@ impl InProcessGlobal {
             store: Default::default(),
             vault_timeouts: Default::default(),
             accept_store_rollback: false,
+            api_hosts: vec![],
         };
         let handle = tokio::spawn(async move {
             global::run(config, listeners, async {

@@ -43,6 +43,10 @@ pub fn router(ctx: Arc<ZoneCtx>, identity: Arc<IdentityManager>) -> Router {
         .route("/dataplanes", get(list_dataplanes))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such API path") })
         .layer(Extension(identity))
+        .layer(axum::middleware::from_fn_with_state(
+            common::http::AllowedHosts::new(&ctx.config.api_hosts),
+            common::http::check_host,
+        ))
         .with_state(ctx)
 }
 

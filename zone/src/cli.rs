@@ -106,6 +106,10 @@ pub struct RunArgs {
     /// PEM CA that signs global's sync certificate (global writes <data-dir>/kds-ca.pem).
     #[arg(long)]
     pub global_ca_file: Option<PathBuf>,
+    /// A name (or address) the API answers to besides the loopback ones (repeatable); any
+    /// other Host header gets 421.
+    #[arg(long = "api-host", value_name = "NAME")]
+    pub api_hosts: Vec<String>,
     /// Do not verify global's certificate (testing only).
     #[arg(long)]
     pub insecure_skip_verify: bool,
@@ -161,6 +165,7 @@ async fn run(args: RunArgs) -> ExitCode {
     .with_global_addresses(args.global_address.clone());
     config.global_ca_file = args.global_ca_file.clone();
     config.insecure_skip_verify = args.insecure_skip_verify;
+    config.api_hosts = args.api_hosts.clone();
     if let Err(e) = crate::client::targets(&config) {
         eprintln!("error: {e}");
         return ExitCode::from(exit::USAGE);

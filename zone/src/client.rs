@@ -313,6 +313,40 @@ async fn session(
     }
 }
 
+/// Makes `request` the NACK of a whole response, noted where the zone's status and global see it.
+fn refuse_whole(
+    ctx: &ZoneCtx,
+    resp: &kds::DiscoveryResponse,
+    request: &mut kds::DiscoveryRequest,
+    code: tonic::Code,
+    reason: String,
+) {
+    ctx.metrics
+        .nacks
+        .get_or_create(&ZoneMetrics::labels(&resp.r#type))
+        .inc();
+    if let Some(kind) = common::sync::parse_kind(&resp.r#type) {
+        let nack = Nack {
+            at_ms: now_ms(),
+            error: reason.clone(),
+            resources: vec![],
+        };
+        ctx.update_type(kind, |t| {
+            t.responses_rejected += 1;
+            t.last_nack = Some(nack);
+        });
+    }
+    {
+        let mut conn = ctx.connection();
+        conn.last_error = reason.clone();
+        conn.last_error_ms = now_ms();
+    }
+    request.error_detail = Some(kds::ErrorDetail {
+        code: code as i32,
+        message: reason,
+    });
+}
+
 /// Applies one response and returns the ACK or NACK to send. A store failure ends the stream
 /// (the zone resubscribes with what it really holds).
 async fn handle_response(
@@ -336,25 +370,13 @@ async fn handle_response(
                 if first_refusal {
                     tracing::error!(type_ = %resp.r#type, reason = %reason, "refused global's state; serving what this zone holds");
                 }
-                ctx.metrics.nacks.get_or_create(&labels).inc();
-                let nack = Nack {
-                    at_ms: now_ms(),
-                    error: reason.clone(),
-                    resources: vec![],
-                };
-                ctx.update_type(kind, |t| {
-                    t.responses_rejected += 1;
-                    t.last_nack = Some(nack);
-                });
-                {
-                    let mut conn = ctx.connection();
-                    conn.last_error = reason.clone();
-                    conn.last_error_ms = now_ms();
-                }
-                request.error_detail = Some(kds::ErrorDetail {
-                    code: tonic::Code::FailedPrecondition as i32,
-                    message: reason,
-                });
+                refuse_whole(
+                    ctx,
+                    resp,
+                    &mut request,
+                    tonic::Code::FailedPrecondition,
+                    reason,
+                );
                 return Ok(ZoneMessage {
                     message: Some(zone_message::Message::Request(request)),
                 });
@@ -458,27 +480,13 @@ async fn handle_response(
             // state again into a full disk. The stream resubscribes once the store can write.
             let reason = format!("cannot write the local store: {e}");
             tracing::warn!(type_ = %resp.r#type, error = %e, "cannot apply global's update: the zone's disk is full");
-            ctx.metrics.nacks.get_or_create(&labels).inc();
-            if let Some(kind) = common::sync::parse_kind(&resp.r#type) {
-                let nack = Nack {
-                    at_ms: now_ms(),
-                    error: reason.clone(),
-                    resources: vec![],
-                };
-                ctx.update_type(kind, |t| {
-                    t.responses_rejected += 1;
-                    t.last_nack = Some(nack);
-                });
-            }
-            {
-                let mut conn = ctx.connection();
-                conn.last_error = reason.clone();
-                conn.last_error_ms = now_ms();
-            }
-            request.error_detail = Some(kds::ErrorDetail {
-                code: tonic::Code::ResourceExhausted as i32,
-                message: reason,
-            });
+            refuse_whole(
+                ctx,
+                resp,
+                &mut request,
+                tonic::Code::ResourceExhausted,
+                reason,
+            );
         }
         Err(ApplyError::Store(e)) => return Err(format!("cannot write the local store: {e}")),
     }

@@ -28,6 +28,8 @@ pub struct ZoneConfig {
     pub issuance: IssuanceConfig,
     /// Bounds on every request to Vault (`--vault-timeout`): issuance, CA reads, checks.
     pub vault_timeouts: common::vault::Timeouts,
+    /// Names the API answers to besides the loopback ones (`--api-host`).
+    pub api_hosts: Vec<String>,
 }
 
 impl ZoneConfig {
@@ -44,6 +46,7 @@ impl ZoneConfig {
             reconnect_max: Duration::from_secs(30),
             issuance: IssuanceConfig::default(),
             vault_timeouts: common::vault::Timeouts::default(),
+            api_hosts: Vec::new(),
         }
     }
 

@@ -57,8 +57,10 @@ pub struct ResourceView {
 }
 
 impl ResourceView {
+    /// What the zone's API shows of a stored resource: never a Secret's data, and a Mesh's
+    /// `inline`/`inlineString` values redacted (the zone's API has no admin).
     pub fn of(r: &StoredResource) -> Self {
-        let mut spec = r.spec.clone();
+        let mut spec = common::http::redact_inline(&r.spec);
         if r.key.kind == Kind::Secret
             && let Value::Object(map) = &mut spec
         {

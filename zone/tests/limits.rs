@@ -218,7 +218,7 @@ async fn one_connection_holds_a_bounded_number_of_identity_streams() {
         let v: serde_json::Value = http
             .post(global.url("/tokens/dataplane"))
             .bearer_auth(&admin)
-            .json(&serde_json::json!({"mesh": "default", "name": format!("p-{i}")}))
+            .json(&serde_json::json!({"mesh": "default", "name": format!("p-{i}"), "anyService": true}))
             .send()
             .await
             .unwrap()

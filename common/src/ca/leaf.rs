@@ -57,6 +57,34 @@ pub fn leaf_uri_sans(mesh: &str, tags: &BTreeMap<String, Vec<String>>) -> Vec<St
     out
 }
 
+/// Whether `san` is a URI SAN this project may put in a certificate: an RFC 3986 URI of scheme
+/// `spiffe` or `kuma`, with a host, a path of segments neither empty nor `.`/`..`, no query and no
+/// fragment, made of unreserved characters, `/` and `:` only; a `spiffe` path also without `:`
+/// (the SPIFFE ID rules). Tags are validated to this when a proxy registers; this is the last check
+/// before a certificate is asked for.
+pub fn uri_san_is_valid(san: &str) -> bool {
+    let Some((scheme, rest)) = san.split_once("://") else {
+        return false;
+    };
+    let spiffe = scheme == "spiffe";
+    if !(spiffe || scheme == "kuma") {
+        return false;
+    }
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let unreserved = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    if host.is_empty() || !host.chars().all(unreserved) || host == "." || host == ".." {
+        return false;
+    }
+    path.is_empty() && !spiffe
+        || !path.is_empty()
+            && path.split('/').all(|seg| {
+                !seg.is_empty()
+                    && seg != "."
+                    && seg != ".."
+                    && seg.chars().all(|c| unreserved(c) || (c == ':' && !spiffe))
+            })
+}
+
 /// A proxy certificate with its key. `Debug` never prints the key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct IssuedLeaf {
@@ -218,6 +246,10 @@ impl CaSigner {
         params.subject_alt_names = leaf_uri_sans(&req.mesh, &req.tags)
             .into_iter()
             .map(|uri| match uri.clone().try_into() {
+                Ok(_) if !uri_san_is_valid(&uri) => Err(CaError::InvalidSan {
+                    uri,
+                    reason: "not a URI this CA signs: a dot segment, a query or fragment, or a character outside letters, digits and . - _ / :".into(),
+                }),
                 Ok(ia5) => Ok(SanType::URI(ia5)),
                 Err(e) => Err(CaError::InvalidSan {
                     uri,

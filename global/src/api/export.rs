@@ -33,11 +33,18 @@ pub(super) async fn export(
         e.title = "Unauthorized".into();
         return Err(e);
     }
+    let admin = state.admin.matches(&headers);
     let mut items: Vec<Value> = state
         .store
         .list(Kind::Mesh, None)?
         .into_iter()
-        .map(|r| r.spec)
+        .map(|r| {
+            if admin {
+                r.spec
+            } else {
+                common::http::redact_inline(&r.spec)
+            }
+        })
         .collect();
     if query.include_secrets {
         items.extend(

@@ -61,6 +61,10 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             authorize,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.hosts.clone(),
+            common::http::check_host,
+        ))
         .layer(DefaultBodyLimit::max(common::limits::API_BODY_BYTES))
         .with_state(state)
 }
@@ -69,7 +73,7 @@ pub fn router(state: ApiState) -> Router {
 /// replica holds (PostgreSQL unreachable or slow).
 const READ_REFRESH_LIMIT: std::time::Duration = std::time::Duration::from_millis(500);
 
-async fn authorize(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+async fn authorize(State(state): State<ApiState>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
     let peer = req
@@ -77,8 +81,9 @@ async fn authorize(State(state): State<ApiState>, req: Request, next: Next) -> R
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
     let path = req.uri().path().to_string();
-    let response = if auth::needs_admin(&method, &path, peer) && !state.admin.matches(req.headers())
-    {
+    let admin = state.admin.matches(req.headers());
+    req.extensions_mut().insert(state::Caller { admin });
+    let response = if auth::needs_admin(&method, &path, peer) && !admin {
         tracing::info!(%method, %path, peer = ?peer, "request without a valid admin token refused");
         let mut e = ApiError::new(
             StatusCode::UNAUTHORIZED,

@@ -6,7 +6,7 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use common::ValidationErrors;
@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::{ApiError, ApiResult};
-use super::state::ApiState;
+use super::state::{ApiState, Caller};
 use super::types::{ApplyResult, List, MeshDeleted, ResourceResult, ResourceView, WriteResult};
 use crate::admission::Admitted;
 
@@ -55,18 +55,35 @@ fn list_body(items: Vec<StoredResource>) -> List<ResourceView> {
     List::new(items.iter().map(present).collect())
 }
 
+/// A Mesh as `caller` may see it: `inline`/`inlineString` values redacted unless admin.
+fn present_mesh(r: &StoredResource, caller: Caller) -> ResourceView {
+    let mut view = present(r);
+    if !caller.admin {
+        view.spec = match common::http::redact_inline(&Value::Object(view.spec)) {
+            Value::Object(m) => m,
+            _ => Default::default(),
+        };
+    }
+    view
+}
+
 pub(super) async fn list_meshes(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
 ) -> ApiResult<Json<List<ResourceView>>> {
-    Ok(Json(list_body(state.store.list(Kind::Mesh, None)?)))
+    let meshes = state.store.list(Kind::Mesh, None)?;
+    Ok(Json(List::new(
+        meshes.iter().map(|r| present_mesh(r, caller)).collect(),
+    )))
 }
 
 pub(super) async fn get_mesh(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<ResourceView>> {
     match state.store.get(&ResourceKey::mesh(&name))? {
-        Some(r) => Ok(Json(present(&r))),
+        Some(r) => Ok(Json(present_mesh(&r, caller))),
         None => Err(ApiError::not_found(format!("mesh {name:?} not found"))),
     }
 }

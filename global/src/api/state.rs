@@ -23,4 +23,12 @@ pub struct ApiState {
     pub tokens: Arc<crate::tokens::TokenSigner>,
     /// This replica and the others on the store (`GET /replicas`).
     pub replicas: crate::replicas::Replicas,
+    /// The `Host` names the API answers to (421 otherwise).
+    pub hosts: common::http::AllowedHosts,
+}
+
+/// Who sent a request, as the authorization middleware found: handlers redact for non-admins.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    pub admin: bool,
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::error::ApiError;
 use super::state::ApiState;
 use super::types::{DataplaneToken, DataplaneTokenRequest, ZoneToken, ZoneTokenRequest};
-use crate::tokens::{DEFAULT_VALIDITY, check_dataplane_names, check_zone_name};
+use crate::tokens::{DEFAULT_VALIDITY, check_zone_name, dataplane_claim};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -65,29 +65,37 @@ pub async fn issue_zone_token(
     }))
 }
 
-/// `POST /tokens/dataplane` (admin only): `{"mesh": M, "name": N, "validFor": "720h"}` ->
-/// `{"token": ...}`: a token with which the proxy `N` of mesh `M` authenticates to its zone. The
-/// mesh need not exist yet (tokens may be prepared before the Mesh is applied).
+/// `POST /tokens/dataplane` (admin only): `{"mesh": M, "name": N, "service": S, "tags": {...},
+/// "validFor": "720h"}` (or `"anyService": true` instead of a service) -> `{"token": ...}`: a
+/// token with which the proxy `N` of mesh `M` authenticates to its zone, registering service `S`
+/// and the bound tags. The mesh need not exist yet (tokens may be prepared before the Mesh).
 pub async fn issue_dataplane_token(
     State(state): State<ApiState>,
     body: Bytes,
 ) -> Result<Json<DataplaneToken>, ApiError> {
     let req: DataplaneTokenRequest = parse_request(
         &body,
-        r#"{"mesh": MESH, "name": NAME, "validFor": DURATION}"#,
+        r#"{"mesh": MESH, "name": NAME, "service": SERVICE, "tags": {TAG: VALUE}, "validFor": DURATION} (or "anyService": true instead of "service")"#,
     )?;
-    if let Err(errs) = check_dataplane_names(&req.mesh, &req.name) {
-        let mut e = ApiError::new(StatusCode::BAD_REQUEST, errs.to_string());
-        e.title = "Invalid request".into();
-        e.invalid_parameters = errs.errors;
-        return Err(e);
-    }
+    let claim = match dataplane_claim(
+        &req.mesh,
+        &req.name,
+        req.service.as_deref(),
+        &req.tags,
+        req.any_service,
+    ) {
+        Ok(c) => c,
+        Err(errs) => {
+            let mut e = ApiError::new(StatusCode::BAD_REQUEST, errs.to_string());
+            e.title = "Invalid request".into();
+            e.invalid_parameters = errs.errors;
+            return Err(e);
+        }
+    };
     let valid_for = validity(&req.valid_for)?;
-    let token = state
-        .tokens
-        .issue_dataplane_token(&req.mesh, &req.name, valid_for);
+    let token = state.tokens.issue_dataplane_token(claim, valid_for);
     let expires = expires(valid_for);
-    tracing::info!(mesh = %req.mesh, name = %req.name, %expires, "dataplane token issued");
+    tracing::info!(mesh = %req.mesh, name = %req.name, service = ?req.service, tags = ?req.tags, any_service = req.any_service, %expires, "dataplane token issued");
     Ok(Json(DataplaneToken {
         mesh: req.mesh,
         name: req.name,

@@ -124,6 +124,15 @@ pub struct ZoneTokenRequest {
 pub struct DataplaneTokenRequest {
     pub mesh: String,
     pub name: String,
+    /// The `kuma.io/service` the proxy may register (or `anyService`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// More tags the proxy must register with these values.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// The proxy may register any service.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub any_service: bool,
     /// Validity, e.g. `720h` (the default), `30d`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub valid_for: Option<String>,
@@ -276,6 +285,9 @@ pub struct DataplaneView {
     pub connected: bool,
     pub zone_online: bool,
     pub reported_at: Option<String>,
+    /// What the zone warns about this proxy (a token that binds no service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// One global replica in `GET /replicas`.

@@ -166,6 +166,7 @@ pub fn present_dataplane(zone: &ZoneRecord, d: &DataplaneReport) -> DataplaneVie
         connected: d.connected,
         zone_online: zone.online,
         reported_at: rfc3339_ms(zone.dataplanes_reported_ms as i64),
+        warning: Some(d.warning.clone()).filter(|w| !w.is_empty()),
     }
 }
 

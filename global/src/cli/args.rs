@@ -54,6 +54,10 @@ pub struct RunFlags {
     /// what it holds as a new epoch, which zones accept (deleting what it lacks).
     #[arg(long)]
     pub accept_store_rollback: bool,
+    /// A name (or address) the API answers to besides the loopback ones (repeatable); any
+    /// other Host header gets 421.
+    #[arg(long = "api-host", value_name = "NAME")]
+    pub api_hosts: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -77,12 +81,25 @@ pub enum Command {
         api: ApiArgs,
     },
     /// Print a token with which one proxy authenticates to its zone (`zone proxy --token-file`);
-    /// it is bound to that mesh and dataplane name.
+    /// it is bound to that mesh and dataplane name, the service it may register and the tags given.
     DataplaneToken {
-        #[arg(long)]
+        #[arg(short = 'm', long)]
         mesh: String,
         #[arg(long)]
         name: String,
+        /// The kuma.io/service the proxy may register.
+        #[arg(
+            long,
+            required_unless_present = "any_service",
+            conflicts_with = "any_service"
+        )]
+        service: Option<String>,
+        /// A tag the proxy must register with this value (repeatable), K=V.
+        #[arg(long = "tag", value_name = "K=V")]
+        tags: Vec<String>,
+        /// Let the proxy register any service.
+        #[arg(long)]
+        any_service: bool,
         /// How long the token is valid, e.g. 720h, 30d.
         #[arg(long, default_value = "720h")]
         valid_for: String,

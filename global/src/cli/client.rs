@@ -280,10 +280,20 @@ pub(super) async fn zone_token(zone: &str, valid_for: &str, api: &ApiArgs) -> Re
 pub(super) async fn dataplane_token(
     mesh: &str,
     name: &str,
+    service: Option<&str>,
+    tags: &[String],
+    any_service: bool,
     valid_for: &str,
     api: &ApiArgs,
 ) -> Result<(), Failure> {
-    crate::tokens::check_dataplane_names(mesh, name).map_err(|errs| {
+    let mut bound = std::collections::BTreeMap::new();
+    for t in tags {
+        let (k, v) = t
+            .split_once('=')
+            .ok_or_else(|| Failure::usage(format!("--tag {t:?}: expected K=V")))?;
+        bound.insert(k.to_string(), v.to_string());
+    }
+    crate::tokens::dataplane_claim(mesh, name, service, &bound, any_service).map_err(|errs| {
         Failure::usage(
             errs.errors
                 .iter()
@@ -297,6 +307,9 @@ pub(super) async fn dataplane_token(
     let request = DataplaneTokenRequest {
         mesh: mesh.to_string(),
         name: name.to_string(),
+        service: service.map(str::to_string),
+        tags: bound,
+        any_service,
         valid_for: Some(valid_for.to_string()),
     };
     let answer: DataplaneToken = request_token(api, "/tokens/dataplane", &request).await?;

@@ -68,9 +68,23 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
         Command::DataplaneToken {
             mesh,
             name,
+            service,
+            tags,
+            any_service,
             valid_for,
             api,
-        } => client::dataplane_token(&mesh, &name, &valid_for, &api).await,
+        } => {
+            client::dataplane_token(
+                &mesh,
+                &name,
+                service.as_deref(),
+                &tags,
+                any_service,
+                &valid_for,
+                &api,
+            )
+            .await
+        }
         Command::Apply {
             files,
             dry_run,

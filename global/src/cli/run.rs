@@ -13,6 +13,7 @@ pub(super) async fn run(flags: RunFlags) -> Result<(), Failure> {
         vault_timeout,
         store,
         accept_store_rollback,
+        api_hosts,
     } = flags;
     let vault_timeouts = super::vault_timeouts(&vault_timeout)?;
     let listener = tokio::net::TcpListener::bind(&api_addr)
@@ -35,6 +36,7 @@ pub(super) async fn run(flags: RunFlags) -> Result<(), Failure> {
             store,
             vault_timeouts,
             accept_store_rollback,
+            api_hosts,
         },
         listeners,
         common::shutdown::signal(),

@@ -110,7 +110,11 @@ impl KdsServer {
         let zones = self.ctx.zones.clone();
         let identity = Identity::from_pem(tls.cert_chain_pem, tls.key_pem);
         let server = Server::builder()
-            .tls_config(ServerTlsConfig::new().identity(identity))?
+            .tls_config(
+                ServerTlsConfig::new()
+                    .identity(identity)
+                    .timeout(common::limits::TLS_HANDSHAKE_TIMEOUT),
+            )?
             .http2_keepalive_interval(Some(config.keepalive_interval))
             .http2_keepalive_timeout(Some(config.keepalive_timeout))
             .tcp_nodelay(true)

@@ -92,6 +92,9 @@ pub struct DataplaneReport {
     /// Expiry of its current certificate, unix milliseconds (0: none).
     pub expires_ms: i64,
     pub connected: bool,
+    /// What the zone warns about this proxy (a token that binds no service).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub warning: String,
 }
 
 impl From<&proto::kds::DataplaneStatus> for DataplaneReport {
@@ -105,6 +108,7 @@ impl From<&proto::kds::DataplaneStatus> for DataplaneReport {
             serial: d.cert_serial.clone(),
             expires_ms: d.cert_expires_unix_ms,
             connected: d.connected,
+            warning: d.warning.clone(),
         }
     }
 }

@@ -36,6 +36,7 @@ impl TestGlobal {
             store: Default::default(),
             vault_timeouts: Default::default(),
             accept_store_rollback: false,
+            api_hosts: vec![],
         };
         let handle = tokio::spawn(async move {
             global::run(config, listener, async {

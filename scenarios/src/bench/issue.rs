@@ -380,7 +380,9 @@ pub(crate) async fn dataplane_tokens(
                     .write_ok(
                         reqwest::Method::POST,
                         "/tokens/dataplane",
-                        &format!("{{\"mesh\": \"{MESH}\", \"name\": \"{prefix}-{i}\"}}"),
+                        &format!(
+                            "{{\"mesh\": \"{MESH}\", \"name\": \"{prefix}-{i}\", \"anyService\": true}}"
+                        ),
                     )
                     .await?;
                 v.get("token")

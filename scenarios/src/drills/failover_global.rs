@@ -126,7 +126,7 @@ async fn body(opts: &FailoverGlobalOptions, work: &WorkDir, steps: &mut Steps) -
         .collect();
     let mut late_tokens = Vec::new();
     for (_, name) in &late {
-        late_tokens.push(c.dataplane_token(MESH, name).await?);
+        late_tokens.push(c.dataplane_token(MESH, name, "late").await?);
     }
 
     // The outage. What the proxies hold at this moment is what must be renewed without global.

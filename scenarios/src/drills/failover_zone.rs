@@ -100,7 +100,7 @@ async fn body(opts: &FailoverZoneOptions, work: &WorkDir, steps: &mut Steps) -> 
     let names: Vec<String> = (1..=n).map(|i| format!("app-{i:02}")).collect();
     let mut tokens = Vec::new();
     for name in &names {
-        tokens.push(c.dataplane_token(MESH, name).await?);
+        tokens.push(c.dataplane_token(MESH, name, "app").await?);
     }
     let started = Instant::now();
     for (name, token) in names.iter().zip(&tokens) {

@@ -244,17 +244,36 @@ impl GlobalProc {
             .await
     }
 
-    /// A dataplane token from `POST /tokens/dataplane`, written to `<dir>/<mesh>-<name>.token`.
+    /// A dataplane token from `POST /tokens/dataplane` that lets the proxy register any service
+    /// (for tests of other things than the binding), written to `<dir>/<mesh>-<name>.token`.
     pub async fn dataplane_token_file(
         &self,
         mesh: &str,
         name: &str,
         dir: &Path,
     ) -> Result<PathBuf> {
-        let body = serde_json::json!({ "mesh": mesh, "name": name }).to_string();
+        let body = serde_json::json!({ "mesh": mesh, "name": name, "anyService": true });
         self.token_file(
             "/tokens/dataplane",
-            &body,
+            &body.to_string(),
+            &dir.join(format!("{mesh}-{name}.token")),
+        )
+        .await
+    }
+
+    /// A dataplane token from `POST /tokens/dataplane` bound to `service`, written to
+    /// `<dir>/<mesh>-<name>.token`.
+    pub async fn bound_dataplane_token_file(
+        &self,
+        mesh: &str,
+        name: &str,
+        service: &str,
+        dir: &Path,
+    ) -> Result<PathBuf> {
+        let body = serde_json::json!({ "mesh": mesh, "name": name, "service": service });
+        self.token_file(
+            "/tokens/dataplane",
+            &body.to_string(),
             &dir.join(format!("{mesh}-{name}.token")),
         )
         .await
@@ -297,11 +316,18 @@ impl GlobalProc {
         )
     }
 
-    /// A dataplane token made with `global dataplane-token`, written to
-    /// `<dir>/<mesh>-<name>.token`.
+    /// A dataplane token made with `global dataplane-token ... --any-service` (any service: for
+    /// tests of other things than the binding), written to `<dir>/<mesh>-<name>.token`.
     pub fn cli_dataplane_token_file(&self, mesh: &str, name: &str, dir: &Path) -> Result<PathBuf> {
         self.cli_token_file(
-            &["dataplane-token", "--mesh", mesh, "--name", name],
+            &[
+                "dataplane-token",
+                "--mesh",
+                mesh,
+                "--name",
+                name,
+                "--any-service",
+            ],
             &dir.join(format!("{mesh}-{name}.token")),
         )
     }

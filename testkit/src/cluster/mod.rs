@@ -155,16 +155,18 @@ impl Cluster {
             .ok_or_else(|| anyhow!("no proxy {name}"))
     }
 
-    /// A dataplane token for `mesh`/`name` from global, in `<dir>/tokens/`.
-    pub async fn dataplane_token(&self, mesh: &str, name: &str) -> Result<PathBuf> {
+    /// A dataplane token for `mesh`/`name` from global, bound to `service`, in `<dir>/tokens/`.
+    pub async fn dataplane_token(&self, mesh: &str, name: &str, service: &str) -> Result<PathBuf> {
         self.global
-            .dataplane_token_file(mesh, name, &self.dir.join("tokens"))
+            .bound_dataplane_token_file(mesh, name, service, &self.dir.join("tokens"))
             .await
     }
 
-    /// Starts a proxy in `zone` with a token minted now (global must be up).
+    /// Starts a proxy in `zone` with a token bound to its service, minted now (global must be up).
     pub async fn start_proxy(&mut self, zone: &str, spec: &ProxySpec) -> Result<()> {
-        let token = self.dataplane_token(&spec.mesh, &spec.name).await?;
+        let token = self
+            .dataplane_token(&spec.mesh, &spec.name, &spec.service)
+            .await?;
         self.start_proxy_with_token(zone, spec, &token)
     }
 

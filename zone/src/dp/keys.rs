@@ -97,7 +97,10 @@ mod tests {
         }
         let store = Store::open(dir.path()).unwrap();
         let keys = load(&store).unwrap();
-        let token = signer.issue_dataplane_token("m", "n", std::time::Duration::from_secs(60));
+        let token = signer.issue_dataplane_token(
+            common::tokens::DataplaneClaim::bound("m", "n", "s"),
+            std::time::Duration::from_secs(60),
+        );
         let claims = keys
             .verify::<DataplaneClaim>(&token, DATAPLANE_SCOPE)
             .unwrap();

@@ -25,6 +25,12 @@ use std::time::{Duration, Instant};
 use common::model::{Dataplane, Inbound, Networking, SERVICE_TAG};
 use common::shutdown::Shutdown;
 use common::tokens::{DATAPLANE_SCOPE, DataplaneClaim};
+
+/// The tag the zone sets on each of its proxies.
+pub const ZONE_TAG: &str = "kuma.io/zone";
+/// The label of a dataplane registered with a token that binds no service, and its value.
+pub const TOKEN_WARNING_LABEL: &str = "kmesh.io/token-warning";
+pub const LEGACY_TOKEN: &str = "token-binds-no-service";
 use futures::stream::{BoxStream, StreamExt};
 use proto::dpid::dataplane_identity_server::DataplaneIdentity;
 use proto::dpid::{IdentityRequest, IdentityResponse};
@@ -92,7 +98,11 @@ impl DpServer {
         let deadline = self.inner.shutdown.clone();
         let identity = Identity::from_pem(tls.cert_chain_pem, tls.key_pem);
         let server = Server::builder()
-            .tls_config(ServerTlsConfig::new().identity(identity))?
+            .tls_config(
+                ServerTlsConfig::new()
+                    .identity(identity)
+                    .timeout(common::limits::TLS_HANDSHAKE_TIMEOUT),
+            )?
             // A proxy that vanished (no FIN) is noticed and its subscription dropped.
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -117,7 +127,10 @@ impl DpServer {
     }
 
     /// Checks the token and that the request is for its mesh and name.
-    fn authenticate(&self, request: &Request<IdentityRequest>) -> Result<DataplaneClaim, Refusal> {
+    fn authenticate(
+        &self,
+        request: &Request<IdentityRequest>,
+    ) -> Result<common::tokens::Claims<DataplaneClaim>, Refusal> {
         let Some(value) = request.metadata().get("authorization") else {
             return Err(unauthenticated(
                 "missing",
@@ -178,7 +191,19 @@ impl DpServer {
                 ));
             }
         }
-        Ok(claims.body)
+        // The service and tags it registers must be the ones the token grants.
+        let tags: std::collections::BTreeMap<String, String> = req
+            .tags
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Err(not) = claims.body.allows(&tags) {
+            return Err(Refusal {
+                cause: not.cause,
+                status: Status::permission_denied(not.message),
+            });
+        }
+        Ok(claims)
     }
 
     fn log_refusal(&self, peer: Option<SocketAddr>, req: &IdentityRequest, refusal: &Refusal) {
@@ -269,12 +294,28 @@ impl DataplaneIdentity for DpServer {
         if self.inner.shutdown.is_shutdown() {
             return Err(Status::unavailable("the zone is shutting down"));
         }
-        if let Err(refusal) = self.authenticate(&request) {
-            self.log_refusal(peer, request.get_ref(), &refusal);
-            return Err(refusal.status);
-        }
+        let claim = match self.authenticate(&request) {
+            Ok(c) => c,
+            Err(refusal) => {
+                self.log_refusal(peer, request.get_ref(), &refusal);
+                return Err(refusal.status);
+            }
+        };
         let req = request.into_inner();
-        let dp = dataplane_of(&req)?;
+        // kuma.io/zone is the zone's to say, never the proxy's: only this zone's name is taken.
+        // (Not added when absent: certificates issued before keep their SANs across an upgrade.)
+        let zone = &self.inner.ctx.config.name;
+        if let Some(z) = req.tags.get(ZONE_TAG).filter(|z| *z != zone) {
+            return Err(Status::permission_denied(format!(
+                "tag {ZONE_TAG} is the zone's: this proxy connects to zone {zone:?}, not {z:?}"
+            )));
+        }
+        let mut dp = dataplane_of(&req)?;
+        if let Ok(Some(warning)) = claim.body.allows(&req.tags.clone().into_iter().collect()) {
+            tracing::warn!(mesh = %req.mesh, name = %req.name, "{warning}");
+            dp.labels
+                .insert(TOKEN_WARNING_LABEL.into(), LEGACY_TOKEN.into());
+        }
         let had_cert = !req.cert_chain_pem.trim().is_empty();
         let who = format!("{}/{}", req.mesh, req.name);
         let service = req.tags.get(SERVICE_TAG).cloned().unwrap_or_default();
@@ -300,6 +341,7 @@ impl DataplaneIdentity for DpServer {
             subscription,
             self.inner.shutdown.clone(),
             who,
+            claim.exp,
         )))
     }
 }
@@ -309,6 +351,8 @@ impl DataplaneIdentity for DpServer {
 struct Feed {
     subscription: IdentitySubscription,
     shutdown: Shutdown,
+    /// When the token the stream was opened with expires (unix seconds): the stream ends then.
+    token_expires: u64,
     /// Generation of the last bundle handed to the server.
     sent: Option<u64>,
     who: String,
@@ -325,15 +369,18 @@ impl Drop for Feed {
 
 /// The response stream of one proxy: the subscription's latest bundle whenever its generation
 /// changes; an UNAVAILABLE status when a newer connection of the dataplane replaces this one or
-/// the zone stops.
+/// the zone stops, UNAUTHENTICATED when its token expires (the agent reads its token file again
+/// and reconnects).
 fn bundles(
     subscription: IdentitySubscription,
     shutdown: Shutdown,
     who: String,
+    token_expires: u64,
 ) -> BoxStream<'static, Result<IdentityResponse, Status>> {
     let feed = Feed {
         subscription,
         shutdown,
+        token_expires,
         sent: None,
         who,
         ended: None,
@@ -363,10 +410,25 @@ async fn next_bundle(mut feed: Feed) -> Option<(Result<IdentityResponse, Status>
                 ),
             },
             _ = feed.shutdown.wait() => ("the zone is shutting down", "the zone is shutting down"),
+            _ = tokio::time::sleep(until_unix(feed.token_expires)) => {
+                feed.ended = Some("its dataplane token expired");
+                return Some((
+                    Err(Status::unauthenticated(
+                        "the dataplane token of this stream expired: connect again with a valid one",
+                    )),
+                    feed,
+                ));
+            }
         };
         feed.ended = Some(end.0);
         return Some((Err(Status::unavailable(end.1)), feed));
     }
+}
+
+/// How long until the unix second `at` (zero when it passed).
+fn until_unix(at: u64) -> std::time::Duration {
+    let now = common::clock::now_ms().max(0) as u64;
+    std::time::Duration::from_millis((at.saturating_mul(1000)).saturating_sub(now))
 }
 
 #[cfg(test)]

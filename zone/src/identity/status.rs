@@ -146,6 +146,14 @@ impl StatusSource for IdentityManager {
                     .unwrap_or_default(),
                 cert_expires_unix_ms: p.cert.as_ref().map_or(0, |c| c.not_after * 1000),
                 connected: p.conn.is_some(),
+                warning: p
+                    .dp
+                    .labels
+                    .get(crate::dp::TOKEN_WARNING_LABEL)
+                    .map(|_| {
+                        "its dataplane token binds no service (made before tokens bound services): make a new one with global dataplane-token --service".to_string()
+                    })
+                    .unwrap_or_default(),
             })
             .collect();
         let backend_checks = Self::checks_of(&st);
