@@ -192,7 +192,8 @@ impl Admission {
     /// Deletes a Mesh and everything in it in one transaction; returns how many owned resources
     /// went with it.
     pub async fn delete_mesh(&self, name: &str) -> Result<usize, DeleteError> {
-        let _guard = self.lock.lock().await;
+        // Checked inside the store's write: the lock only serializes retries after a conflict.
+        let mut relock = None;
         let mut attempt = 0;
         loop {
             match self.try_delete_mesh(name).await {
@@ -200,6 +201,9 @@ impl Admission {
                     if attempt < CONFLICT_RETRIES =>
                 {
                     attempt += 1;
+                    if relock.is_none() {
+                        relock = Some(self.lock.lock().await);
+                    }
                 }
                 r => return r,
             }
@@ -239,7 +243,8 @@ impl Admission {
 
     /// Deletes a Secret its Mesh does not use.
     pub async fn delete_secret(&self, mesh: &str, name: &str) -> Result<(), DeleteError> {
-        let _guard = self.lock.lock().await;
+        // Checked inside the store's write: the lock only serializes retries after a conflict.
+        let mut relock = None;
         let mut attempt = 0;
         loop {
             match self.try_delete_secret(mesh, name).await {
@@ -247,6 +252,9 @@ impl Admission {
                     if attempt < CONFLICT_RETRIES =>
                 {
                     attempt += 1;
+                    if relock.is_none() {
+                        relock = Some(self.lock.lock().await);
+                    }
                 }
                 r => return r,
             }
