@@ -183,6 +183,28 @@ pub fn redact_inline(spec: &serde_json::Value) -> serde_json::Value {
     }
 }
 
+/// `s` without control characters (escape sequences, newlines, NUL), at most 1024 characters:
+/// what a peer reported, fit to store, serve and print on a terminal.
+pub fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(1024).collect()
+}
+
+/// [`printable`] applied to every string (and object key) of a JSON value.
+pub fn printable_json(v: &serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::String(s) => serde_json::Value::String(printable(s)),
+        serde_json::Value::Array(a) => {
+            serde_json::Value::Array(a.iter().map(printable_json).collect())
+        }
+        serde_json::Value::Object(m) => serde_json::Value::Object(
+            m.iter()
+                .map(|(k, v)| (printable(k), printable_json(v)))
+                .collect(),
+        ),
+        v => v.clone(),
+    }
+}
+
 #[cfg(test)]
 mod host_tests {
     use super::*;
@@ -210,6 +232,13 @@ mod host_tests {
         ] {
             assert!(!a.allows(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn reported_text_loses_its_control_characters() {
+        assert_eq!(printable("run\u{1b}[31m: curl\n|sh"), "run[31m: curl|sh");
+        let v = serde_json::json!({"e\u{7}": ["a\u{0}b", 1]});
+        assert_eq!(printable_json(&v), serde_json::json!({"e": ["ab", 1]}));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! (`bins`), polling (`wait`), a JSON client and metrics text (`api`), and THE multi-process
 //! harness every test and scenario uses (`cluster`: OpenBao + global + zones + proxies on
 //! loopback), with what reads the proxies' files (`certs`) and a real mTLS exchange with the
-//! `openssl` command (`openssl`); disks broken on purpose (`disk`).
+//! `openssl` command (`openssl`); disks broken on purpose (`disk`); a raw zone on the sync stream (`kds`).
 
 pub mod api;
 pub mod bins;
@@ -12,6 +12,7 @@ pub mod certs;
 pub mod cluster;
 pub mod disk;
 pub mod faults;
+pub mod kds;
 pub mod openbao;
 pub mod openssl;
 pub mod postgres;

@@ -82,6 +82,9 @@ pub struct ZoneCtx {
     pub report_now: Notify,
 }
 
+/// Bytes of dataplanes one status report lists at most: well within the sync stream's bound.
+pub const REPORT_BUDGET: usize = common::limits::SYNC_MESSAGE_BYTES / 2;
+
 impl ZoneCtx {
     pub fn new(config: ZoneConfig, store: Store) -> Result<Self, StoreError> {
         let sync_records = store.records("sync")?;
@@ -202,10 +205,23 @@ impl ZoneCtx {
         (map.len() as u64, hex::encode(h.finalize()))
     }
 
-    /// The status report sent to global.
+    /// The status report sent to global. Its dataplanes are listed up to `REPORT_BUDGET` bytes,
+    /// the rest counted in `dataplanes_omitted`: a report never exceeds the stream's bound, which
+    /// would end the stream.
     pub fn status_report(&self) -> kds::ZoneStatus {
         let conn = self.connection().clone();
-        let extra = self.status_extra();
+        let mut extra = self.status_extra();
+        let mut used = 0usize;
+        let fits = extra
+            .dataplanes
+            .iter()
+            .take_while(|d| {
+                used += prost::Message::encoded_len(*d) + 8;
+                used <= REPORT_BUDGET
+            })
+            .count();
+        let omitted = extra.dataplanes.len() - fits;
+        extra.dataplanes.truncate(fits);
         let types = common::sync::SYNCED_KINDS
             .iter()
             .map(|kind| {
@@ -238,6 +254,7 @@ impl ZoneCtx {
                 .borrow()
                 .clone()
                 .unwrap_or_default(),
+            dataplanes_omitted: omitted as u64,
         }
     }
 }

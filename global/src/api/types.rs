@@ -288,6 +288,9 @@ pub struct DataplaneView {
     /// What the zone warns about this proxy (a token that binds no service).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// Set when more than one zone reports a dataplane of this name: each claim is shown apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<String>,
 }
 
 /// One global replica in `GET /replicas`.

@@ -167,6 +167,7 @@ pub fn present_dataplane(zone: &ZoneRecord, d: &DataplaneReport) -> DataplaneVie
         zone_online: zone.online,
         reported_at: rfc3339_ms(zone.dataplanes_reported_ms as i64),
         warning: Some(d.warning.clone()).filter(|w| !w.is_empty()),
+        conflict: None,
     }
 }
 
@@ -176,9 +177,8 @@ pub async fn list_dataplanes(
     State(state): State<ApiState>,
     Path(mesh): Path<String>,
 ) -> Json<List<DataplaneView>> {
-    let items: Vec<DataplaneView> = state
-        .zones
-        .list()
+    let zones = state.zones.list();
+    let mut items: Vec<DataplaneView> = zones
         .iter()
         .flat_map(|z| {
             let mut dps: Vec<&DataplaneReport> =
@@ -189,6 +189,28 @@ pub async fn list_dataplanes(
                 .collect::<Vec<_>>()
         })
         .collect();
+    // Each zone's report is its own claim: a name claimed by several zones is shown as a
+    // conflict on each, never merged into one.
+    let mut claimed: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for d in &items {
+        claimed
+            .entry(d.name.clone())
+            .or_default()
+            .push(d.zone.clone());
+    }
+    for d in &mut items {
+        let others: Vec<&String> = claimed[&d.name].iter().filter(|z| **z != d.zone).collect();
+        if !others.is_empty() {
+            d.conflict = Some(format!(
+                "also reported by zone {}",
+                others
+                    .iter()
+                    .map(|z| z.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
     Json(List::new(items))
 }
 

@@ -36,6 +36,8 @@ pub struct KdsMetrics {
     pub stream_disconnects: Family<ZoneLabels, Counter>,
     pub auth_refusals: Family<ReasonLabels, Counter>,
     pub zones_online: Gauge,
+    /// Entries of zone reports dropped (a dataplane or Vault check of a mesh global does not hold).
+    pub report_entries_dropped: Family<ZoneLabels, Counter>,
 }
 
 impl KdsMetrics {
@@ -87,6 +89,11 @@ impl KdsMetrics {
             "auth_refusals",
             "Sync streams refused at authentication, by reason",
             m.auth_refusals.clone(),
+        );
+        r.register(
+            "report_entries_dropped",
+            "Entries of zone status reports dropped because global holds no such mesh, per zone",
+            m.report_entries_dropped.clone(),
         );
         r.register(
             "zones_online",

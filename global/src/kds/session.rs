@@ -382,7 +382,21 @@ async fn recv_loop(
                     );
                     break End::Status(Status::unauthenticated(msg.clone()), msg);
                 }
-                let value = status_json(&status);
+                // A zone's report is its claims only: entries of meshes global does not hold are
+                // dropped (and counted), and no control character of it is kept.
+                let mut status = status;
+                let before = status.dataplanes.len() + status.backend_checks.len();
+                let known = |mesh: &str| ctx.store.version_of(&ResourceKey::mesh(mesh)).is_some();
+                status.dataplanes.retain(|d| known(&d.mesh));
+                status.backend_checks.retain(|c| known(&c.mesh));
+                let dropped = before - status.dataplanes.len() - status.backend_checks.len();
+                if dropped > 0 {
+                    ctx.metrics
+                        .report_entries_dropped
+                        .get_or_create(&super::metrics::ZoneLabels { zone: zone.clone() })
+                        .inc_by(dropped as u64);
+                }
+                let value = common::http::printable_json(&status_json(&status));
                 let dataplanes: Vec<DataplaneReport> = status
                     .dataplanes
                     .iter()
@@ -496,6 +510,7 @@ pub fn status_json(s: &kds::ZoneStatus) -> Value {
         "connectedSince": common::clock::rfc3339_ms(s.connected_since_unix_ms),
         "globalAddress": s.global_address,
         "storeError": (!s.store_error.is_empty()).then_some(&s.store_error),
+        "dataplanesOmitted": s.dataplanes_omitted,
         "reportedAt": common::clock::rfc3339_ms(s.reported_at_unix_ms),
         "types": s.types.iter().map(|t| json!({
             "type": t.r#type,

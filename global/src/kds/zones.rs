@@ -98,17 +98,19 @@ pub struct DataplaneReport {
 }
 
 impl From<&proto::kds::DataplaneStatus> for DataplaneReport {
+    /// What a zone reported, kept printable (control characters removed).
     fn from(d: &proto::kds::DataplaneStatus) -> Self {
+        use common::http::printable as p;
         Self {
-            mesh: d.mesh.clone(),
-            name: d.name.clone(),
-            service: d.service.clone(),
-            tags: d.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            backend: d.backend.clone(),
-            serial: d.cert_serial.clone(),
+            mesh: p(&d.mesh),
+            name: p(&d.name),
+            service: p(&d.service),
+            tags: d.tags.iter().map(|(k, v)| (p(k), p(v))).collect(),
+            backend: p(&d.backend),
+            serial: p(&d.cert_serial),
             expires_ms: d.cert_expires_unix_ms,
             connected: d.connected,
-            warning: d.warning.clone(),
+            warning: p(&d.warning),
         }
     }
 }
