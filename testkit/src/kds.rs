@@ -66,24 +66,37 @@ impl RawZone {
         Ok(())
     }
 
-    /// Reads responses for `wait`, acknowledging each; returns how many came.
-    pub async fn ack_for(&mut self, wait: Duration) -> Result<usize> {
-        let mut n = 0;
-        let deadline = tokio::time::Instant::now() + wait;
-        while let Ok(msg) = tokio::time::timeout_at(deadline, self.inbound.message()).await {
-            let Some(msg) = msg? else { break };
+    /// The next response from global, acknowledged as soon as it is read; `None` when global
+    /// ended the stream.
+    pub async fn next(&mut self) -> Result<Option<kds::DiscoveryResponse>> {
+        loop {
+            let Some(msg) = self.inbound.message().await? else {
+                return Ok(None);
+            };
             if let Some(global_message::Message::Response(resp)) = msg.message {
-                n += 1;
                 self.tx
                     .send(kds::ZoneMessage {
                         message: Some(zone_message::Message::Request(kds::DiscoveryRequest {
-                            r#type: resp.r#type,
-                            response_nonce: resp.nonce,
+                            r#type: resp.r#type.clone(),
+                            response_nonce: resp.nonce.clone(),
                             ..Default::default()
                         })),
                     })
                     .await?;
+                return Ok(Some(resp));
             }
+        }
+    }
+
+    /// Reads (and acknowledges) responses for `wait`; returns how many came.
+    pub async fn ack_for(&mut self, wait: Duration) -> Result<usize> {
+        let mut n = 0;
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(r) = tokio::time::timeout_at(deadline, self.next()).await {
+            if r?.is_none() {
+                break;
+            }
+            n += 1;
         }
         Ok(n)
     }

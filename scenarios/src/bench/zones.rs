@@ -13,17 +13,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use proto::sync::v1 as kds;
-use proto::sync::v1::zone_sync_client::ZoneSyncClient;
-use proto::sync::v1::{global_message, zone_message};
 use reqwest::Method;
-use tokio::sync::{Mutex, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tokio::sync::Mutex;
 
 use crate::bench::issue::rss_kb;
 use crate::report::{Stats, Table};
 use testkit::cluster::start_replicas;
+use testkit::kds::RawZone;
 use testkit::postgres::PgServer;
 use testkit::wait::wait_until;
 
@@ -119,15 +115,12 @@ async fn measure(p: &ZonesBench, dir: &std::path::Path) -> Result<()> {
     for (i, (name, token)) in names.iter().zip(tokens).enumerate() {
         let g = &globals[i % globals.len()];
         let permit = sem.clone().acquire_owned().await?;
-        let channel = connect(g.kds_port, &ca).await;
+        let zone = RawZone::connect(g.kds_port, &ca, name, &token).await;
         drop(permit);
-        let channel =
-            channel.with_context(|| format!("stream {name} to replica {}", g.kds_port))?;
+        let zone = zone.with_context(|| format!("stream {name} to replica {}", g.kds_port))?;
         tasks.push(tokio::spawn(play_zone(
             i,
-            name.clone(),
-            token,
-            channel,
+            zone,
             shared.clone(),
             stop_rx.clone(),
         )));
@@ -239,66 +232,22 @@ async fn measure(p: &ZonesBench, dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-async fn connect(kds_port: u16, ca: &[u8]) -> Result<Channel> {
-    Ok(
-        Endpoint::from_shared(format!("https://127.0.0.1:{kds_port}"))?
-            .tls_config(
-                ClientTlsConfig::new()
-                    .domain_name("127.0.0.1")
-                    .ca_certificate(Certificate::from_pem(ca)),
-            )?
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect()
-            .await?,
-    )
-}
-
 /// One played zone: subscribes to every synced kind with nothing held, acknowledges every
 /// response, and notes when it receives the fan-out Mesh of the current round.
 async fn play_zone(
     index: usize,
-    name: String,
-    token: String,
-    channel: Channel,
+    mut zone: RawZone,
     shared: Arc<Shared>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
-    let mut client = ZoneSyncClient::new(channel)
-        .max_decoding_message_size(common::limits::SYNC_MESSAGE_BYTES)
-        .max_encoding_message_size(common::limits::SYNC_MESSAGE_BYTES);
-    let (tx, rx) = mpsc::channel::<kds::ZoneMessage>(8);
-    for kind in common::sync::SYNCED_KINDS {
-        tx.send(kds::ZoneMessage {
-            message: Some(zone_message::Message::Request(kds::DiscoveryRequest {
-                r#type: kind.as_str().to_string(),
-                ..Default::default()
-            })),
-        })
-        .await?;
-    }
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    request
-        .metadata_mut()
-        .insert(common::sync::ZONE_NAME_HEADER, name.parse()?);
-    let mut inbound = client.sync(request).await?.into_inner();
     let mut initial_seen = 0;
     loop {
-        let msg = tokio::select! {
-            m = inbound.message() => m?,
+        let resp = tokio::select! {
+            r = zone.next() => r?,
             _ = stop.changed() => return Ok(()),
         };
-        let Some(kds::GlobalMessage {
-            message: Some(global_message::Message::Response(resp)),
-        }) = msg
-        else {
-            if msg.is_none() {
-                bail!("global ended the stream of {name}");
-            }
-            continue;
+        let Some(resp) = resp else {
+            bail!("global ended the stream of played zone {index}");
         };
         if resp.r#type == "Mesh" && resp.resources.iter().any(|r| r.name == FANOUT_MESH) {
             let round = shared.round.load(Ordering::SeqCst);
@@ -310,13 +259,5 @@ async fn play_zone(
                 shared.synced.fetch_add(1, Ordering::SeqCst);
             }
         }
-        tx.send(kds::ZoneMessage {
-            message: Some(zone_message::Message::Request(kds::DiscoveryRequest {
-                r#type: resp.r#type.clone(),
-                response_nonce: resp.nonce.clone(),
-                ..Default::default()
-            })),
-        })
-        .await?;
     }
 }
