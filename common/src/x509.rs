@@ -413,6 +413,52 @@ pub fn private_key_matches_cert(cert_pem: &str, key_pem: &str) -> bool {
     key.subject_public_key_info() == cert.public_key().raw
 }
 
+/// What an agent signs to prove that it holds the key of the certificate it presents: bound to
+/// the mesh, the dataplane name, the time and the leaf itself.
+pub fn possession_message(mesh: &str, name: &str, unix: i64, leaf_der: &[u8]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    format!(
+        "kmesh-possession-v1|{mesh}|{name}|{unix}|{}",
+        hex::encode(Sha256::digest(leaf_der))
+    )
+    .into_bytes()
+}
+
+/// Signs `msg` with the private key in `key_pem` (PKCS#8, SEC1 or PKCS#1; EC, RSA or Ed25519), as
+/// [`verify_possession`] checks it.
+pub fn sign_possession(key_pem: &str, msg: &[u8]) -> Result<Vec<u8>, String> {
+    use rcgen::SigningKey;
+    let key = rcgen::KeyPair::from_pem(key_pem).map_err(|e| format!("unusable key: {e}"))?;
+    key.sign(msg).map_err(|e| format!("cannot sign: {e}"))
+}
+
+/// Checks `sig` over `msg` with the public key of the leaf `leaf_der`: ECDSA P-256 (SHA-256) or
+/// P-384 (SHA-384), RSA PKCS#1 v1.5 with SHA-256, or Ed25519.
+pub fn verify_possession(leaf_der: &[u8], msg: &[u8], sig: &[u8]) -> Result<(), String> {
+    use aws_lc_rs::signature;
+    let cert = parse(leaf_der)?;
+    let spki = cert.public_key();
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok())
+        .map(|o| o.to_id_string());
+    let alg: &'static dyn signature::VerificationAlgorithm = match (
+        spki.algorithm.algorithm.to_id_string().as_str(),
+        curve.as_deref(),
+    ) {
+        ("1.2.840.10045.2.1", Some("1.2.840.10045.3.1.7")) => &signature::ECDSA_P256_SHA256_ASN1,
+        ("1.2.840.10045.2.1", Some("1.3.132.0.34")) => &signature::ECDSA_P384_SHA384_ASN1,
+        ("1.2.840.113549.1.1.1", _) => &signature::RSA_PKCS1_2048_8192_SHA256,
+        ("1.3.101.112", _) => &signature::ED25519,
+        (oid, _) => return Err(format!("a key of algorithm {oid} is not supported")),
+    };
+    signature::UnparsedPublicKey::new(alg, spki.subject_public_key.data.as_ref())
+        .verify(msg, sig)
+        .map_err(|_| "the signature does not verify with the certificate's key".to_string())
+}
+
 /// A [`CertSummary`] in one line, for logs and reports.
 impl fmt::Display for CertSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -426,6 +472,30 @@ impl fmt::Display for CertSummary {
             self.not_after,
             self.key_algorithm
         )
+    }
+}
+
+#[cfg(test)]
+mod possession_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_key_of_the_certificate_proves_possession() {
+        for alg in [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_RSA_SHA256] {
+            let key = rcgen::KeyPair::generate_for(alg).unwrap();
+            let cert = rcgen::CertificateParams::new(vec![])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            let msg = possession_message("m", "web-1", 100, cert.der());
+            let sig = sign_possession(&key.serialize_pem(), &msg).unwrap();
+            verify_possession(cert.der(), &msg, &sig).unwrap();
+            let other = possession_message("m", "web-2", 100, cert.der());
+            assert!(verify_possession(cert.der(), &other, &sig).is_err());
+            let stranger = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let forged = sign_possession(&stranger.serialize_pem(), &msg).unwrap();
+            assert!(verify_possession(cert.der(), &msg, &forged).is_err());
+        }
     }
 }
 

@@ -17,14 +17,27 @@ async fn register(
     zone: &ZoneProc,
     token: &str,
     tags: HashMap<String, String>,
-) -> Result<(), tonic::Status> {
+) -> Result<proto::dpid::IdentityResponse, tonic::Status> {
+    register_as(
+        zone,
+        token,
+        IdentityRequest {
+            mesh: "default".into(),
+            name: "web-1".into(),
+            tags,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+async fn register_as(
+    zone: &ZoneProc,
+    token: &str,
+    req: IdentityRequest,
+) -> Result<proto::dpid::IdentityResponse, tonic::Status> {
     let channel = zone.dp_channel().await.unwrap();
-    let mut request = tonic::Request::new(IdentityRequest {
-        mesh: "default".into(),
-        name: "web-1".into(),
-        tags,
-        ..Default::default()
-    });
+    let mut request = tonic::Request::new(req);
     request
         .metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
@@ -32,10 +45,12 @@ async fn register(
         .stream(request)
         .await?
         .into_inner();
-    tokio::time::timeout(Duration::from_secs(20), stream.message())
-        .await
-        .expect("an answer in time")?;
-    Ok(())
+    Ok(
+        tokio::time::timeout(Duration::from_secs(20), stream.message())
+            .await
+            .expect("an answer in time")?
+            .expect("a bundle"),
+    )
 }
 
 fn tags(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -103,13 +118,77 @@ async fn a_proxy_a_reader_and_a_browser_get_only_what_they_are_granted() {
     .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("zone-1"), "{}", e.message());
-    register(
+    let web1 = register(
         &zone,
         dp_token,
         tags(&[("kuma.io/service", "web"), ("kuma.io/zone", "zone-1")]),
     )
     .await
     .unwrap();
+
+    // Another proxy presenting web-1's (valid, public) certificate is not given it: without the
+    // key it cannot prove possession, so it gets a certificate and key of its own. With the key,
+    // the same certificate is kept (reused, no key sent).
+    let web2_token = std::fs::read_to_string(
+        g.bound_dataplane_token_file("default", "web-2", "web", tmp.path())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let leaf = common::x509::pem_to_ders(&web1.cert_chain_pem).unwrap()[0].clone();
+    let stranger = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    for (what, key) in [
+        ("no proof", None),
+        ("a proof by another key", Some(stranger.as_str())),
+    ] {
+        let now = common::clock::now_unix();
+        let signature = key
+            .map(|k| {
+                let msg = common::x509::possession_message("default", "web-2", now, &leaf);
+                common::x509::sign_possession(k, &msg).unwrap()
+            })
+            .unwrap_or_default();
+        let got = register_as(
+            &zone,
+            web2_token.trim(),
+            IdentityRequest {
+                mesh: "default".into(),
+                name: "web-2".into(),
+                tags: tags(&[("kuma.io/service", "web")]),
+                cert_chain_pem: web1.cert_chain_pem.clone(),
+                possession_signature: signature,
+                possession_unix: now,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert!(got.key_pem.is_some(), "{what}: a key of its own");
+        assert_ne!(got.serial, web1.serial, "{what}: never web-1's certificate");
+    }
+    let now = common::clock::now_unix();
+    let msg = common::x509::possession_message("default", "web-1", now, &leaf);
+    let proof = common::x509::sign_possession(web1.key_pem.as_deref().unwrap(), &msg).unwrap();
+    let again = register_as(
+        &zone,
+        dp_token,
+        IdentityRequest {
+            mesh: "default".into(),
+            name: "web-1".into(),
+            tags: tags(&[("kuma.io/service", "web"), ("kuma.io/zone", "zone-1")]),
+            cert_chain_pem: web1.cert_chain_pem.clone(),
+            possession_signature: proof,
+            possession_unix: now,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        again.key_pem.is_none(),
+        "its own certificate, proven: reused"
+    );
+    assert_eq!(again.serial, web1.serial);
 
     // Too many tags, too many bytes, and tags that would make malformed URIs: refused, named.
     let mut many = tags(&[("kuma.io/service", "web")]);

@@ -433,7 +433,26 @@ pub(crate) async fn open_streams(
         .map(|i| {
             let channels = channels.clone();
             let token = tokens[i].clone();
-            let chain = presented.get(i).cloned().unwrap_or_default();
+            // What a proxy held: its chain, then its key, in one PEM text.
+            let held = presented.get(i).cloned().unwrap_or_default();
+            let key_at = ["PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY"]
+                .iter()
+                .find_map(|k| held.find(&format!("-----BEGIN {k}-----")));
+            let (chain, proof) = match key_at {
+                Some(at) => {
+                    let (chain, key) = held.split_at(at);
+                    let now = common::clock::now_unix();
+                    let name = format!("{prefix}-{i}");
+                    let leaf = common::x509::pem_to_ders(chain)
+                        .ok()
+                        .and_then(|d| d.into_iter().next())
+                        .unwrap_or_default();
+                    let msg = common::x509::possession_message(MESH, &name, now, &leaf);
+                    let sig = common::x509::sign_possession(key, &msg).unwrap_or_default();
+                    (chain.to_string(), (sig, now))
+                }
+                None => (String::new(), (Vec::new(), 0)),
+            };
             let prefix = prefix.to_string();
             async move {
                 let channel = channels[i / STREAMS_PER_CONNECTION].clone();
@@ -446,6 +465,8 @@ pub(crate) async fn open_streams(
                     tags,
                     cert_chain_pem: chain,
                     agent_version: "bench".into(),
+                    possession_signature: proof.0,
+                    possession_unix: proof.1,
                 });
                 req.metadata_mut()
                     .insert("authorization", format!("Bearer {token}").parse()?);
@@ -459,7 +480,12 @@ pub(crate) async fn open_streams(
                     .map_err(|_| anyhow!("proxy {i}: no certificate within 300 s"))?
                     .map_err(|s| anyhow!("proxy {i}: {s}"))?
                     .ok_or_else(|| anyhow!("proxy {i}: stream ended"))?;
-                Ok::<_, anyhow::Error>((i, first.cert_chain_pem, stream))
+                let held = format!(
+                    "{}{}",
+                    first.cert_chain_pem,
+                    first.key_pem.unwrap_or_default()
+                );
+                Ok::<_, anyhow::Error>((i, held, stream))
             }
         })
         .buffer_unordered(n.max(1))

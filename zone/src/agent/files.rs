@@ -119,6 +119,19 @@ impl OutDir {
         })
     }
 
+    /// Proof that this agent holds the key of `held` (see `x509::possession_message`), made now:
+    /// the signature and its time; `None` when the key cannot sign.
+    pub fn possession_proof(&self, held: &Held, mesh: &str, name: &str) -> Option<(Vec<u8>, i64)> {
+        let key = self.read(KEY_FILE)?;
+        let leaf = x509::pem_to_ders(&held.cert_chain_pem)
+            .ok()?
+            .into_iter()
+            .next()?;
+        let now = now_unix();
+        let msg = x509::possession_message(mesh, name, now, &leaf);
+        x509::sign_possession(&key, &msg).ok().map(|sig| (sig, now))
+    }
+
     /// Checks `bundle` and returns the files' new contents (cert, key when it changes, CA).
     fn check(&self, bundle: &Bundle) -> Result<[(&'static str, String, u32); 3], String> {
         let chain = x509::pem_to_ders(&bundle.cert_chain_pem)

@@ -233,6 +233,11 @@ async fn session(
             Err(end) => return end,
         };
     let presented = out.held();
+    // The zone reuses a presented certificate only with proof that we hold its key.
+    let (possession_signature, possession_unix) = presented
+        .as_ref()
+        .and_then(|h| out.possession_proof(h, &config.mesh, &config.name))
+        .unwrap_or_default();
     let mut request = tonic::Request::new(IdentityRequest {
         mesh: config.mesh.clone(),
         name: config.name.clone(),
@@ -242,6 +247,8 @@ async fn session(
             .map(|h| h.cert_chain_pem.clone())
             .unwrap_or_default(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        possession_signature,
+        possession_unix,
     });
     if let Err(e) = authorize(&mut request, &token) {
         return failed(e);

@@ -319,7 +319,12 @@ impl DataplaneIdentity for DpServer {
         let had_cert = !req.cert_chain_pem.trim().is_empty();
         let who = format!("{}/{}", req.mesh, req.name);
         let service = req.tags.get(SERVICE_TAG).cloned().unwrap_or_default();
-        let presented = Some(req.cert_chain_pem).filter(|_| had_cert);
+        // A presented certificate is reused only with proof that the proxy holds its key.
+        let proven = had_cert && possession_proven(&req);
+        if had_cert && !proven {
+            tracing::info!(dataplane = %who, "presented certificate not reused: no valid proof that the proxy holds its key; issuing a new one");
+        }
+        let presented = Some(req.cert_chain_pem).filter(|_| proven);
         let subscription = self.inner.identity.connect(dp, presented).map_err(|e| {
             tracing::info!(dataplane = %who, error = %e, "proxy not registered");
             match e {
@@ -423,6 +428,25 @@ async fn next_bundle(mut feed: Feed) -> Option<(Result<IdentityResponse, Status>
         feed.ended = Some(end.0);
         return Some((Err(Status::unavailable(end.1)), feed));
     }
+}
+
+/// How far a proof of possession's time may be from the zone's clock.
+const PROOF_WINDOW_SECS: i64 = 300;
+
+/// Whether the request carries a valid proof that the proxy holds the key of the chain it
+/// presents: the leaf's key signed the possession message of this mesh, name and a recent time.
+fn possession_proven(req: &IdentityRequest) -> bool {
+    if (req.possession_unix - common::clock::now_unix()).abs() > PROOF_WINDOW_SECS {
+        return false;
+    }
+    let Some(leaf) = common::x509::pem_to_ders(&req.cert_chain_pem)
+        .ok()
+        .and_then(|d| d.into_iter().next())
+    else {
+        return false;
+    };
+    let msg = common::x509::possession_message(&req.mesh, &req.name, req.possession_unix, &leaf);
+    common::x509::verify_possession(&leaf, &msg, &req.possession_signature).is_ok()
 }
 
 /// How long until the unix second `at` (zero when it passed).
