@@ -122,4 +122,26 @@ async fn zone_reports_are_claims_kept_apart_clean_and_only_of_known_meshes() {
     let out = g.cli(&["get", "dataplanes", "--mesh", "default"]).unwrap();
     assert_eq!(out.code, Some(0), "{}", out.text());
     assert!(!out.stdout.contains('\u{1b}'), "{}", out.stdout);
+
+    // An online zone's record cannot be deleted; once offline, `global delete zone` clears it
+    // with all it claimed.
+    let out = g.cli(&["delete", "zone", "zone-b"]).unwrap();
+    assert_eq!(out.code, Some(1), "{}", out.text());
+    assert!(out.text().contains("online"), "{}", out.text());
+    drop(zones.pop());
+    wait_until(
+        "zone-b offline",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || async { (g.zone("zone-b").await.ok()?["online"] == false).then_some(()) },
+    )
+    .await
+    .unwrap();
+    let out = g.cli(&["delete", "zone", "zone-b"]).unwrap();
+    assert_eq!(out.code, Some(0), "{}", out.text());
+    let list = g.api.get_ok("/meshes/default/dataplanes").await.unwrap();
+    assert_eq!(list["total"], 1, "only zone-a's claim is left: {list}");
+    assert!(list["items"][0].get("conflict").is_none(), "{list}");
+    let (status, _) = g.api.get("/zones/zone-b").await.unwrap();
+    assert_eq!(status, 404);
 }

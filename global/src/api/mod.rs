@@ -52,7 +52,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/apply", post(apply_batch))
         .route("/export", get(export::export))
         .route("/zones", get(zones::list_zones))
-        .route("/zones/{name}", get(zones::get_zone))
+        .route(
+            "/zones/{name}",
+            get(zones::get_zone).delete(zones::delete_zone),
+        )
         .route("/replicas", get(replicas::list_replicas))
         .route("/tokens/zone", post(tokens::issue_zone_token))
         .route("/tokens/dataplane", post(tokens::issue_dataplane_token))

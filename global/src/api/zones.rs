@@ -4,6 +4,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use common::clock::rfc3339_ms;
 use serde_json::Value;
 
@@ -139,6 +140,32 @@ pub async fn get_zone(
         None => Err(ApiError::not_found(format!(
             "zone {name:?} is not known: it never connected"
         ))),
+    }
+}
+
+/// `DELETE /zones/{name}` (admin): forgets an offline zone and everything it reported; 409 while
+/// it is online, 404 when it is not known.
+pub async fn delete_zone(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    match state.zones.remove(&name).await {
+        Ok(true) => {
+            tracing::info!(zone = %name, "zone record deleted");
+            Ok(Json(
+                serde_json::json!({ "name": name, "result": "deleted" }),
+            ))
+        }
+        Ok(false) => Err(ApiError::not_found(format!("zone {name:?} is not known"))),
+        Err(crate::kds::zones::RemoveError::Online) => {
+            let mut e = ApiError::new(
+                StatusCode::CONFLICT,
+                format!("zone {name:?} is online: stop it first, then delete its record"),
+            );
+            e.title = "Zone online".into();
+            Err(e)
+        }
+        Err(crate::kds::zones::RemoveError::Store(e)) => Err(e.into()),
     }
 }
 

@@ -177,6 +177,8 @@ pub enum GetKind {
 pub enum DeleteKind {
     Mesh,
     Secret,
+    /// An offline zone's record and everything it reported.
+    Zone,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

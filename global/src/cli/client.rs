@@ -238,6 +238,7 @@ pub(super) async fn delete(
     let path = match what {
         DeleteKind::Mesh => format!("/meshes/{name}"),
         DeleteKind::Secret => format!("/meshes/{mesh}/secrets/{name}"),
+        DeleteKind::Zone => format!("/zones/{name}"),
     };
     client
         .send(client.request(reqwest::Method::DELETE, &path))
@@ -245,6 +246,7 @@ pub(super) async fn delete(
     match what {
         DeleteKind::Mesh => println!("mesh {name:?} deleted"),
         DeleteKind::Secret => println!("secret {name:?} (mesh {mesh:?}) deleted"),
+        DeleteKind::Zone => println!("zone {name:?} deleted"),
     }
     Ok(())
 }

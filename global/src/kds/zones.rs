@@ -115,6 +115,15 @@ impl From<&proto::kds::DataplaneStatus> for DataplaneReport {
     }
 }
 
+/// Why a zone record cannot be removed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveError {
+    #[error("the zone is online: it can be deleted once it is offline (stopped)")]
+    Online,
+    #[error(transparent)]
+    Store(StoreError),
+}
+
 /// What global keeps about one zone.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -233,6 +242,13 @@ impl Zones {
     /// zone records as the store holds them now), so that every replica shows every zone.
     pub fn adopt(&self, records: Vec<ZoneRecord>) {
         let mut inner = self.lock();
+        // A zone whose record is gone from the store (`global delete zone` on any replica) and
+        // that holds no stream here is gone here too.
+        let names: std::collections::HashSet<String> =
+            records.iter().map(|r| r.name.clone()).collect();
+        inner
+            .zones
+            .retain(|name, e| e.session.is_some() || names.contains(name));
         for record in records {
             match inner.zones.get_mut(&record.name) {
                 Some(entry) if entry.session.is_some() => {}
@@ -250,6 +266,29 @@ impl Zones {
                 }
             }
         }
+    }
+
+    /// Forgets an offline zone: its record, its reported dataplanes and checks (its claims).
+    /// `Ok(false)` when no such zone is known; `Err(Online)` while it holds a stream.
+    pub async fn remove(&self, name: &str) -> Result<bool, RemoveError> {
+        {
+            let mut inner = self.lock();
+            match inner.zones.get(name) {
+                None => return Ok(false),
+                Some(e) if e.session.is_some() || e.record.online => {
+                    return Err(RemoveError::Online);
+                }
+                Some(_) => {
+                    inner.zones.remove(name);
+                }
+            }
+            self.update_gauge(&inner);
+        }
+        self.records
+            .remove(name)
+            .await
+            .map_err(RemoveError::Store)?;
+        Ok(true)
     }
 
     /// Keeps the `zones_online` gauge current.
