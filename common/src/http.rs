@@ -129,17 +129,21 @@ impl AllowedHosts {
 }
 
 /// Middleware refusing a request whose `Host` the API does not serve, with 421 and a JSON body
-/// saying how to allow it (a request without `Host` passes: no browser sends one).
+/// saying how to allow it. A request without `Host` passes (no browser sends one), and so do the
+/// probes `/healthz`, `/readyz` and `/metrics`, which hold nothing to steal and are asked by
+/// address (a kubelet, a Prometheus).
 pub async fn check_host(
     axum::extract::State(allowed): axum::extract::State<AllowedHosts>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    let probe = matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics");
     let host = req
         .headers()
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok())
+        .filter(|_| !probe)
         .map(str::to_string);
     match host {
         Some(h) if !allowed.allows(&h) => (

@@ -80,7 +80,7 @@ impl Metrics {
         let admission_retries = register(
             &mut registry,
             "admission_retries",
-            "Admissions run again, under the lock, because a resource they read changed meanwhile",
+            "Writes (admissions and deletes) run again, under the lock, because a resource they read changed meanwhile",
             Counter::default(),
         );
         let kds = crate::kds::KdsMetrics::register(&mut registry);

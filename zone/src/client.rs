@@ -30,6 +30,8 @@ use crate::state::{Nack, ZoneCtx};
 use common::clock::now_ms;
 
 const OUTBOUND_QUEUE: usize = 64;
+/// How long a stream whose state was refused is kept before the zone connects again to look again.
+const REFUSED_RECHECK: Duration = Duration::from_secs(30);
 /// How often a status report that is owed checks whether the previous one has left the queue.
 const REPORT_RETRY: Duration = Duration::from_millis(25);
 
@@ -263,10 +265,16 @@ async fn session(
     let mut guard = StreamGuard::new();
     let mut store_failure = ctx.store.write_failure();
     let mut failed_on_this_stream = store_failure.borrow_and_update().is_some();
+    // When this stream's state was refused: the zone looks again on a new stream after a while
+    // (a replica that had not caught up yet will have; a real rollback is refused again).
+    let mut refused_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             biased;
             _ = shutdown.wait() => return End::Shutdown,
+            _ = tokio::time::sleep_until(refused_at.unwrap_or_else(tokio::time::Instant::now) + REFUSED_RECHECK), if refused_at.is_some() => {
+                return lost("global's state was refused on this stream: connecting again to look again".into());
+            }
             changed = store_failure.changed() => {
                 let failing = changed.is_ok() && store_failure.borrow_and_update().is_some();
                 if failing {
@@ -283,6 +291,9 @@ async fn session(
                         Ok(reply) => reply,
                         Err(e) => return lost(e),
                     };
+                    if guard.is_refusing() && refused_at.is_none() {
+                        refused_at = Some(tokio::time::Instant::now());
+                    }
                     if tx.send(reply).await.is_err() {
                         return lost("the stream to global closed".into());
                     }

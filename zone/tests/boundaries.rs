@@ -247,6 +247,14 @@ async fn a_proxy_a_reader_and_a_browser_get_only_what_they_are_granted() {
             .await
             .unwrap();
         assert_eq!(resp.status().as_u16(), 421, "{base}");
+        // Probes are asked by address (a kubelet, a Prometheus) and hold nothing to steal.
+        let resp = http
+            .get(format!("{base}/healthz"))
+            .header("host", "10.1.2.3:5681")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{base}");
         let resp = http
             .get(format!("{base}/meshes"))
             .header("host", "localhost:5681")

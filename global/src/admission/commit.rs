@@ -201,6 +201,9 @@ impl Admission {
                     if attempt < CONFLICT_RETRIES =>
                 {
                     attempt += 1;
+                    // What the delete read changed (a write raced it): counted as a write that
+                    // runs again, as admissions are.
+                    self.metrics.admission_retries.inc();
                     if relock.is_none() {
                         relock = Some(self.lock.lock().await);
                     }
@@ -252,6 +255,9 @@ impl Admission {
                     if attempt < CONFLICT_RETRIES =>
                 {
                     attempt += 1;
+                    // What the delete read changed (a write raced it): counted as a write that
+                    // runs again, as admissions are.
+                    self.metrics.admission_retries.inc();
                     if relock.is_none() {
                         relock = Some(self.lock.lock().await);
                     }

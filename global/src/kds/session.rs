@@ -26,6 +26,8 @@ use super::zones::{DataplaneReport, LastNack, Rejected, TooLarge};
 const MAX_SKIPPED_LISTED: usize = 20;
 /// Unanswered responses remembered per stream.
 const MAX_INFLIGHT: usize = 1024;
+/// How long a new stream waits to catch up with the other replicas before its first state.
+const CATCH_UP_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// State shared by the two halves; every lock is held briefly and never across an await.
 #[derive(Default)]
@@ -126,6 +128,10 @@ impl Sender {
     }
 
     async fn run(&mut self) -> End {
+        // On PostgreSQL, first catch up with what the other replicas committed: a zone moving
+        // here from another replica must not be offered a state older than it applied there
+        // (it would refuse it as a rollback).
+        self.ctx.store.refresh(CATCH_UP_LIMIT).await;
         let mut revision = self.ctx.store.subscribe();
         loop {
             // New subscriptions replace the state of their type.
