@@ -877,7 +877,9 @@ async fn vault_outage_keeps_certificates_and_recovers_without_storm() {
     // Before the breaker opens: threshold + (max_concurrent - 1); then one probe per cooldown.
     assert!(attempts <= 3 + 3 + 8 / 2 + 1, "attempts {attempts}");
     assert!(during.breaker_opened >= 1);
-    assert_eq!(zone.manager.breaker_state("default", "vault-1"), "open");
+    // Open, or half-open while its one probe per cooldown is in flight: never closed.
+    let state = zone.manager.breaker_state("default", "vault-1");
+    assert!(matches!(state, "open" | "half-open"), "breaker {state}");
     // Nothing was sent to anyone: the old proxies keep their certificates.
     for (s, b) in old.iter().zip(&old_bundles) {
         assert!(!s.updates.has_changed().unwrap());
