@@ -413,6 +413,22 @@ pub fn private_key_matches_cert(cert_pem: &str, key_pem: &str) -> bool {
     key.subject_public_key_info() == cert.public_key().raw
 }
 
+/// Key algorithm OIDs of a SubjectPublicKeyInfo, and the EC curves this project meets.
+pub(crate) const OID_RSA: &str = "1.2.840.113549.1.1.1";
+pub(crate) const OID_EC: &str = "1.2.840.10045.2.1";
+pub(crate) const OID_ED25519: &str = "1.3.101.112";
+pub(crate) const OID_P256: &str = "1.2.840.10045.3.1.7";
+pub(crate) const OID_P384: &str = "1.3.132.0.34";
+
+/// The named curve of an EC public key (its OID), if it names one.
+pub(crate) fn ec_curve(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Option<String> {
+    spki.algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok())
+        .map(|o| o.to_id_string())
+}
+
 /// What an agent signs to prove that it holds the key of the certificate it presents: bound to
 /// the mesh, the dataplane name, the time and the leaf itself.
 pub fn possession_message(mesh: &str, name: &str, unix: i64, leaf_der: &[u8]) -> Vec<u8> {
@@ -438,20 +454,15 @@ pub fn verify_possession(leaf_der: &[u8], msg: &[u8], sig: &[u8]) -> Result<(), 
     use aws_lc_rs::signature;
     let cert = parse(leaf_der)?;
     let spki = cert.public_key();
-    let curve = spki
-        .algorithm
-        .parameters
-        .as_ref()
-        .and_then(|p| p.as_oid().ok())
-        .map(|o| o.to_id_string());
+    let curve = ec_curve(spki);
     let alg: &'static dyn signature::VerificationAlgorithm = match (
         spki.algorithm.algorithm.to_id_string().as_str(),
         curve.as_deref(),
     ) {
-        ("1.2.840.10045.2.1", Some("1.2.840.10045.3.1.7")) => &signature::ECDSA_P256_SHA256_ASN1,
-        ("1.2.840.10045.2.1", Some("1.3.132.0.34")) => &signature::ECDSA_P384_SHA384_ASN1,
-        ("1.2.840.113549.1.1.1", _) => &signature::RSA_PKCS1_2048_8192_SHA256,
-        ("1.3.101.112", _) => &signature::ED25519,
+        (OID_EC, Some(OID_P256)) => &signature::ECDSA_P256_SHA256_ASN1,
+        (OID_EC, Some(OID_P384)) => &signature::ECDSA_P384_SHA384_ASN1,
+        (OID_RSA, _) => &signature::RSA_PKCS1_2048_8192_SHA256,
+        (OID_ED25519, _) => &signature::ED25519,
         (oid, _) => return Err(format!("a key of algorithm {oid} is not supported")),
     };
     signature::UnparsedPublicKey::new(alg, spki.subject_public_key.data.as_ref())

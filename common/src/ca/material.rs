@@ -130,9 +130,7 @@ pub(crate) fn key_matches(spki: &SubjectPublicKeyInfo<'_>, key: &KeyPair) -> boo
     spki.subject_public_key.data.as_ref() == key.der_bytes()
 }
 
-const OID_RSA: &str = "1.2.840.113549.1.1.1";
-const OID_EC: &str = "1.2.840.10045.2.1";
-const OID_ED25519: &str = "1.3.101.112";
+use crate::x509::{OID_EC, OID_ED25519, OID_P256, OID_P384, OID_RSA, ec_curve};
 
 /// `RSA 2048`, `ECDSA P-256`, `Ed25519`, or the algorithm's OID.
 pub(crate) fn describe_key(spki: &SubjectPublicKeyInfo<'_>) -> String {
@@ -142,21 +140,13 @@ pub(crate) fn describe_key(spki: &SubjectPublicKeyInfo<'_>) -> String {
             Some(bits) => format!("RSA {bits}"),
             None => "RSA".to_string(),
         },
-        OID_EC => {
-            let curve = spki
-                .algorithm
-                .parameters
-                .as_ref()
-                .and_then(|p| p.as_oid().ok())
-                .map(|o| o.to_id_string());
-            match curve.as_deref() {
-                Some("1.2.840.10045.3.1.7") => "ECDSA P-256".to_string(),
-                Some("1.3.132.0.34") => "ECDSA P-384".to_string(),
-                Some("1.3.132.0.35") => "ECDSA P-521".to_string(),
-                Some(other) => format!("ECDSA (curve {other})"),
-                None => "ECDSA".to_string(),
-            }
-        }
+        OID_EC => match ec_curve(spki).as_deref() {
+            Some(OID_P256) => "ECDSA P-256".to_string(),
+            Some(OID_P384) => "ECDSA P-384".to_string(),
+            Some("1.3.132.0.35") => "ECDSA P-521".to_string(),
+            Some(other) => format!("ECDSA (curve {other})"),
+            None => "ECDSA".to_string(),
+        },
         OID_ED25519 => "Ed25519".to_string(),
         other => format!("key algorithm {other}"),
     }

@@ -26,6 +26,13 @@ use common::model::{Dataplane, Inbound, Networking, SERVICE_TAG};
 use common::shutdown::Shutdown;
 use common::tokens::{DATAPLANE_SCOPE, DataplaneClaim};
 
+/// What a proxy's token allows, once checked: until when, and what to warn about.
+struct Authenticated {
+    expires_unix: u64,
+    /// Set for a token that binds no service (made before tokens bound services).
+    warning: Option<String>,
+}
+
 /// The tag the zone sets on each of its proxies.
 pub const ZONE_TAG: &str = "kuma.io/zone";
 /// The label of a dataplane registered with a token that binds no service, and its value.
@@ -127,10 +134,7 @@ impl DpServer {
     }
 
     /// Checks the token and that the request is for its mesh and name.
-    fn authenticate(
-        &self,
-        request: &Request<IdentityRequest>,
-    ) -> Result<common::tokens::Claims<DataplaneClaim>, Refusal> {
+    fn authenticate(&self, request: &Request<IdentityRequest>) -> Result<Authenticated, Refusal> {
         let Some(value) = request.metadata().get("authorization") else {
             return Err(unauthenticated(
                 "missing",
@@ -197,13 +201,16 @@ impl DpServer {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        if let Err(not) = claims.body.allows(&tags) {
-            return Err(Refusal {
+        match claims.body.allows(&tags) {
+            Ok(warning) => Ok(Authenticated {
+                expires_unix: claims.exp,
+                warning,
+            }),
+            Err(not) => Err(Refusal {
                 cause: not.cause,
                 status: Status::permission_denied(not.message),
-            });
+            }),
         }
-        Ok(claims)
     }
 
     fn log_refusal(&self, peer: Option<SocketAddr>, req: &IdentityRequest, refusal: &Refusal) {
@@ -311,7 +318,7 @@ impl DataplaneIdentity for DpServer {
             )));
         }
         let mut dp = dataplane_of(&req)?;
-        if let Ok(Some(warning)) = claim.body.allows(&req.tags.clone().into_iter().collect()) {
+        if let Some(warning) = &claim.warning {
             tracing::warn!(mesh = %req.mesh, name = %req.name, "{warning}");
             dp.labels
                 .insert(TOKEN_WARNING_LABEL.into(), LEGACY_TOKEN.into());
@@ -346,7 +353,7 @@ impl DataplaneIdentity for DpServer {
             subscription,
             self.inner.shutdown.clone(),
             who,
-            claim.exp,
+            claim.expires_unix,
         )))
     }
 }
