@@ -470,11 +470,12 @@ impl Parts<'_> {
                 found: claims.scope,
             });
         }
-        if now >= claims.exp {
+        // The signer's clock and ours may disagree: both ends get the stated leeway.
+        let leeway = crate::clock::LEEWAY.as_secs();
+        if now >= claims.exp.saturating_add(leeway) {
             return Err(TokenError::Expired(rfc3339(claims.exp)));
         }
-        // A minute of leeway for clocks that disagree.
-        if claims.iat > now + 60 {
+        if claims.iat > now + leeway {
             return Err(TokenError::NotYetValid(rfc3339(claims.iat)));
         }
         Ok(claims)

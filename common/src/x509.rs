@@ -274,6 +274,21 @@ fn check_valid(cert: &X509Certificate<'_>, now: ASN1Time) -> Result<(), ChainErr
     }
 }
 
+/// [`verify_chain`] at the unix second `at` instead of now (a caller that judged the leaf's
+/// validity itself, with a leeway, checks the rest of the chain at a time the leaf is valid).
+pub fn verify_chain_at_unix(
+    leaf: &[u8],
+    intermediates: &[Vec<u8>],
+    roots: &[Vec<u8>],
+    at: i64,
+) -> Result<(), ChainError> {
+    let at = ASN1Time::from_timestamp(at).map_err(|e| ChainError::Parse {
+        what: "the time to verify at".to_string(),
+        reason: e.to_string(),
+    })?;
+    verify_chain_at(leaf, intermediates, roots, at)
+}
+
 fn verify_chain_at(
     leaf: &[u8],
     intermediates: &[Vec<u8>],

@@ -115,6 +115,7 @@ async fn status(State(ctx): State<Arc<ZoneCtx>>) -> Response {
         })
         .collect();
     Json(StatusView {
+        clocks: ctx.clocks.views(),
         global: GlobalView::of(&ctx.config.global_addresses, &conn),
         types,
         vault: ctx

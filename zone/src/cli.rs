@@ -136,6 +136,67 @@ pub struct RunArgs {
     /// got a new one (a CA switch): time for every proxy to load its new bundle. 0s: at once.
     #[arg(long, default_value = "60s")]
     pub trust_grace: String,
+    /// How long a CA backend's open circuit breaker waits before it lets one probe through; it
+    /// never waits more than a quarter of what the certificates it holds back have left.
+    #[arg(long, default_value = "30s")]
+    pub breaker_cooldown: String,
+    /// Consecutive backend failures that open its circuit breaker.
+    #[arg(long, default_value_t = 5)]
+    pub breaker_threshold: u32,
+    /// First wait before a proxy's failed issuance is retried; it doubles per failure.
+    #[arg(long, default_value = "1s")]
+    pub backoff_initial: String,
+    /// Longest wait between a proxy's retries.
+    #[arg(long, default_value = "5m")]
+    pub backoff_max: String,
+    /// Share of a certificate's lifetime after which it is replaced (±5% jitter), above 0 and
+    /// below 1.
+    #[arg(long, default_value_t = 0.8)]
+    pub rotation_fraction: f64,
+}
+
+/// The issuance tuning of `zone run`'s flags, checked.
+pub fn issuance_flags(
+    args: &RunArgs,
+    mut issuance: crate::config::IssuanceConfig,
+) -> Result<crate::config::IssuanceConfig, String> {
+    let duration = |flag: &str, value: &str| {
+        common::duration::parse_duration(value).map_err(|e| format!("{flag}: {e}"))
+    };
+    issuance.trust_grace = duration("--trust-grace", &args.trust_grace)?;
+    issuance.breaker_cooldown = duration("--breaker-cooldown", &args.breaker_cooldown)?;
+    issuance.backoff_initial = duration("--backoff-initial", &args.backoff_initial)?;
+    issuance.backoff_max = duration("--backoff-max", &args.backoff_max)?;
+    if issuance.breaker_cooldown.is_zero() {
+        return Err("--breaker-cooldown must be more than 0s".into());
+    }
+    if issuance.backoff_initial.is_zero() {
+        return Err("--backoff-initial must be more than 0s".into());
+    }
+    if issuance.backoff_max < issuance.backoff_initial {
+        return Err(format!(
+            "--backoff-max ({}) must not be below --backoff-initial ({})",
+            args.backoff_max, args.backoff_initial
+        ));
+    }
+    if args.breaker_threshold == 0 {
+        return Err("--breaker-threshold must be at least 1".into());
+    }
+    issuance.breaker_threshold = args.breaker_threshold;
+    if !(args.rotation_fraction > 0.0 && args.rotation_fraction < 1.0) {
+        return Err(format!(
+            "--rotation-fraction {} must be above 0 and below 1 (0.8: replace a certificate after 80% of its lifetime)",
+            args.rotation_fraction
+        ));
+    }
+    issuance.rotation_fraction = args.rotation_fraction;
+    if let Some(n) = args.max_concurrent_issuance {
+        if n == 0 {
+            return Err("--max-concurrent-issuance must be at least 1".into());
+        }
+        issuance.max_concurrent = n;
+    }
+    Ok(issuance)
 }
 
 pub use common::cli::{exit, init_tracing};
@@ -173,17 +234,10 @@ async fn run(args: RunArgs) -> ExitCode {
     if args.insecure_skip_verify {
         tracing::warn!("--insecure-skip-verify: global's certificate is NOT verified");
     }
-    if let Some(n) = args.max_concurrent_issuance {
-        if n == 0 {
-            eprintln!("error: --max-concurrent-issuance must be at least 1");
-            return ExitCode::from(exit::USAGE);
-        }
-        config.issuance.max_concurrent = n;
-    }
-    match common::duration::parse_duration(&args.trust_grace) {
-        Ok(d) => config.issuance.trust_grace = d,
+    match issuance_flags(&args, config.issuance.clone()) {
+        Ok(issuance) => config.issuance = issuance,
         Err(e) => {
-            eprintln!("error: --trust-grace: {e}");
+            eprintln!("error: {e}");
             return ExitCode::from(exit::USAGE);
         }
     }

@@ -287,6 +287,14 @@ async fn session(
             }
             msg = inbound.message() => match msg {
                 Ok(Some(GlobalMessage { message: Some(global_message::Message::Response(resp)) })) => {
+                    if resp.sent_at_unix_ms > 0 {
+                        // Pushed, not asked for: the one-way delay (milliseconds) is the error.
+                        let now = common::clock::now_ms();
+                        let skew = common::clock::Skew::measure(resp.sent_at_unix_ms, now, now, 0);
+                        if ctx.clocks.observe(crate::clocks::GLOBAL, skew) {
+                            ctx.report_now.notify_one();
+                        }
+                    }
                     let reply = match handle_response(ctx, &resp, &mut guard).await {
                         Ok(reply) => reply,
                         Err(e) => return lost(e),

@@ -162,8 +162,30 @@ pub fn lasted(lasted: Duration) -> bool {
 #[derive(Debug)]
 pub struct Redial {
     backoff: Backoff,
-    /// Per address of the peer, the last failure logged.
+    /// Per address of the peer, the kind of the last failure logged (see [`failure_kind`]).
     last_logged: Vec<Option<String>>,
+}
+
+/// The kind of a failure, for telling a new failure from the same one again: its text with every
+/// number masked. A retry that fails the same way says so with other numbers (rustls puts the
+/// times it compared in "certificate not valid yet", an error may carry a duration or a count);
+/// what it says around them is the kind. Addresses are masked too, which is fine: each address of
+/// a peer has its own slot.
+pub fn failure_kind(error: &str) -> String {
+    let mut kind = String::with_capacity(error.len());
+    let mut in_number = false;
+    for c in error.chars() {
+        if c.is_ascii_digit() {
+            if !in_number {
+                kind.push('#');
+            }
+            in_number = true;
+        } else {
+            in_number = false;
+            kind.push(c);
+        }
+    }
+    kind
 }
 
 impl Redial {
@@ -204,7 +226,7 @@ impl Redial {
         if self::lasted(lasted) || useful {
             self.backoff.reset();
         }
-        *self.slot(at) = Some(error);
+        *self.slot(at) = Some(failure_kind(&error));
     }
 
     /// An attempt failed before the connection was up; `what` is the warning, given only when the
@@ -215,12 +237,13 @@ impl Redial {
 
     /// [`Redial::failed`] for the peer's address `at`.
     pub fn failed_at(&mut self, at: usize, error: String, what: &str) {
+        let kind = failure_kind(&error);
         let slot = self.slot(at);
-        if slot.as_deref() == Some(error.as_str()) {
+        if slot.as_deref() == Some(kind.as_str()) {
             tracing::debug!(error = %error, "retry failed the same way");
         } else {
             tracing::warn!(error = %error, "{what}");
-            *slot = Some(error);
+            *slot = Some(kind);
         }
     }
 
@@ -336,5 +359,26 @@ pub(crate) fn describe(status: &tonic::Status, peer: &str, me: &str) -> String {
                 .unwrap_or_default();
             format!("{code:?}: {}{chain}", status.message())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_compared_by_kind_not_by_their_numbers() {
+        let a = "cannot connect to the zone at https://127.0.0.1:5678: invalid peer certificate: certificate not valid yet: 1796544134 < 1796544200";
+        let b = "cannot connect to the zone at https://127.0.0.1:5678: invalid peer certificate: certificate not valid yet: 1796544139 < 1796544200";
+        assert_eq!(failure_kind(a), failure_kind(b));
+        assert_ne!(
+            failure_kind(a),
+            failure_kind(
+                "cannot connect to the zone at https://127.0.0.1:5678: connection refused"
+            )
+        );
+        let mut r = Redial::new(Duration::from_secs(1), Duration::from_secs(2));
+        r.failed(a.into(), "first");
+        assert_eq!(r.last_logged[0].as_deref(), Some(failure_kind(b).as_str()));
     }
 }

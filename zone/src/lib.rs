@@ -15,6 +15,7 @@ pub mod api;
 pub mod apply;
 pub mod cli;
 pub mod client;
+pub mod clocks;
 pub mod config;
 pub mod dial;
 pub mod dp;

@@ -1,6 +1,7 @@
 //! Prometheus metrics of a zone (`GET /metrics`): responses applied and rejected per type,
 //! resources applied, reconnections, and whether the zone is connected to global; and, under
-//! `identity`, the proxy certificates (issued, failed, rotated, reused, Vault latency, breakers).
+//! `identity`, the proxy certificates (issued, failed, rotated, reused, Vault latency, breakers);
+//! and how far the peers' clocks are from the zone's.
 
 use common::metrics::register;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -23,6 +24,8 @@ pub struct ZoneMetrics {
     pub nacks: Family<TypeLabels, Counter>,
     pub reconnects: Counter,
     pub connected: Gauge,
+    /// How far each peer's clock (global, each Vault) is from the zone's (`crate::clocks`).
+    pub clock_skew_seconds: crate::clocks::SkewGauge,
     pub identity: IdentityMetrics,
 }
 
@@ -71,8 +74,15 @@ impl ZoneMetrics {
             "1 while the sync stream to global is up",
             Gauge::default(),
         );
+        let clock_skew_seconds = register(
+            &mut r,
+            "clock_skew_seconds",
+            "How far a peer's clock (global, a Vault backend) is from the zone's; positive: the peer is ahead",
+            crate::clocks::SkewGauge::default(),
+        );
         let identity = IdentityMetrics::register(&mut r);
         Self {
+            clock_skew_seconds,
             registry: r,
             identity,
             syncs_applied,

@@ -72,6 +72,8 @@ pub struct ZoneCtx {
     pub config: ZoneConfig,
     pub store: Store,
     pub metrics: ZoneMetrics,
+    /// How far global's and each Vault's clock are from the zone's.
+    pub clocks: crate::clocks::Clocks,
     pub connection: Mutex<Connection>,
     types: Mutex<BTreeMap<&'static str, TypeSync>>,
     sync_records: Records,
@@ -94,6 +96,7 @@ impl ZoneCtx {
             types.insert(kind.as_str(), t);
         }
         let held = sync_records.get(crate::rollback::HELD_KEY)?;
+        let metrics = ZoneMetrics::new();
         Ok(Self {
             held: Mutex::new(held),
             connection: Mutex::new(Connection {
@@ -102,7 +105,8 @@ impl ZoneCtx {
             }),
             config,
             store,
-            metrics: ZoneMetrics::new(),
+            clocks: crate::clocks::Clocks::new(metrics.clock_skew_seconds.clone()),
+            metrics,
             types: Mutex::new(types),
             sync_records,
             status_source: Mutex::new(None),
@@ -255,6 +259,7 @@ impl ZoneCtx {
                 .clone()
                 .unwrap_or_default(),
             dataplanes_omitted: omitted as u64,
+            clocks: self.clocks.report(),
         }
     }
 }

@@ -102,29 +102,49 @@ impl Serialize for ResourceView {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct DataplaneView {
+    /// How far the agent's clock is from the zone's (positive: ahead), as it last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_clock_skew_ms: Option<i64>,
     /// The backend that issued the current certificate.
     pub backend: Option<String>,
     pub backend_type: Option<String>,
+    /// The certificate the agent's files hold, as it last reported (`Session` agents only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_on_disk: Option<DiskCertView>,
     pub connected: bool,
     /// Expiry of the current certificate, RFC 3339.
     pub expiration: Option<String>,
     pub expiration_unix: Option<i64>,
     /// Certificates issued to this dataplane by this zone.
     pub issued_count: u64,
-    /// The last issuance failure, cleared by the next success.
+    /// The last failure, cleared by the next success: the zone's issuance, else what the agent
+    /// reported (files not written, bundle refused).
     pub last_error: Option<String>,
     pub mesh: String,
     pub name: String,
     pub serial: Option<String>,
     /// The `kuma.io/service` value(s), comma-separated.
     pub service: String,
+    /// In words: `ok`, `holding an expired certificate on disk`, `disconnected`, ...
+    #[serde(default)]
+    pub state: String,
     /// Every tag; several values of one tag are comma-separated.
     pub tags: BTreeMap<String, String>,
+}
+
+/// The certificate in an agent's files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskCertView {
+    pub serial: String,
+    pub expiration: Option<String>,
 }
 
 /// `GET /status`: the zone, its connection to global, each synced type and its Vault checks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusView {
+    /// How far each peer's clock is from the zone's (absent from older zones' answers).
+    #[serde(default)]
+    pub clocks: Vec<crate::clocks::ClockView>,
     pub global: GlobalView,
     /// Per synced type (`Mesh`, `Secret`).
     pub types: BTreeMap<String, TypeView>,

@@ -140,6 +140,9 @@ const LIFETIME_SLACK_SECS: i64 = 90;
 /// `{kuma.io/service: <svc>}`, and the TTL `dpCert.rotation.expiration`, then checks that
 /// certificate:
 ///
+/// - `clock skew`: Vault's clock (the `Date` of its answer) and this host's agree within
+///   [`crate::clock::SKEW_TOLERANCE_MS`]; else the check fails naming the figure (a zone whose
+///   clock is off would read every certificate as expired or not valid yet);
 /// - `lifetime`: Vault silently truncates a TTL above the role's `max_ttl` (or the mount's
 ///   max-lease-ttl) and only warns; a shorter certificate than asked is refused, naming both;
 /// - `extendedKeyUsage`: serverAuth and clientAuth (role flags `server_flag`, `client_flag`);
@@ -323,9 +326,51 @@ pub fn inspect_test_certificate(
         ),
     );
 
+    // clock skew: Vault's clock (its answer's Date header) against this host's. A host whose
+    // clock is off would otherwise read a good certificate as too short, or not valid yet.
+    let leeway = crate::clock::LEEWAY.as_secs() as i64;
+    let vault_started = match cert.vault_clock {
+        Some(skew) if skew.is_notable() => {
+            report.fail("clock skew", skew.describe("Vault"), None);
+            return;
+        }
+        Some(skew) => {
+            report.pass(
+                "clock skew",
+                format!(
+                    "{} (Vault's is {}{})",
+                    skew.describe("Vault"),
+                    if skew.ms < 0 { "-" } else { "+" },
+                    crate::clock::human_ms(skew.ms)
+                ),
+            );
+            started + skew.ms.div_euclid(1000)
+        }
+        None if summary.not_before > started + leeway || summary.not_after <= started => {
+            report.fail(
+                "clock skew",
+                format!(
+                    "the test certificate is valid from {} to {} but this host's clock says {}: this host's clock and Vault's disagree (fix the clocks, e.g. with NTP)",
+                    crate::clock::rfc3339(summary.not_before).unwrap_or_default(),
+                    crate::clock::rfc3339(summary.not_after).unwrap_or_default(),
+                    crate::clock::rfc3339(started).unwrap_or_default(),
+                ),
+                None,
+            );
+            return;
+        }
+        None => {
+            report.pass(
+                "clock skew",
+                "Vault's answer had no Date header; its certificate is valid by this host's clock",
+            );
+            started
+        }
+    };
+
     // lifetime
     let asked = ttl.as_secs() as i64;
-    let got = summary.not_after - started;
+    let got = summary.not_after - vault_started;
     if got + LIFETIME_SLACK_SECS < asked {
         let vault_said: Vec<&String> = cert
             .warnings

@@ -500,13 +500,17 @@ impl VaultIssuer {
         if let Some(cn) = &req.common_name {
             body["common_name"] = serde_json::Value::String(cn.clone());
         }
-        let (status, retry_after, text) = self
-            .exchange(
+        let sent_ms = crate::clock::now_ms();
+        let (status, retry_after, text, date) = self
+            .exchange_dated(
                 &path,
                 self.request(reqwest::Method::POST, &path).json(&body),
             )
             .await?;
-        self.read_issue_answer(req, status, retry_after, &text)
+        let mut cert = self.read_issue_answer(req, status, retry_after, &text)?;
+        cert.vault_clock = date
+            .map(|d| crate::clock::Skew::measure(d * 1000, sent_ms, crate::clock::now_ms(), 1000));
+        Ok(cert)
     }
 
     /// Sends a request to `path` and reads the whole answer: status, `Retry-After` seconds and
@@ -517,15 +521,30 @@ impl VaultIssuer {
         path: &str,
         rb: reqwest::RequestBuilder,
     ) -> Result<(u16, Option<u64>, String), VaultError> {
+        let (status, retry_after, text, _) = self.exchange_dated(path, rb).await?;
+        Ok((status, retry_after, text))
+    }
+
+    /// [`Self::exchange`], with the unix seconds of the answer's `Date` header (Vault's clock).
+    async fn exchange_dated(
+        &self,
+        path: &str,
+        rb: reqwest::RequestBuilder,
+    ) -> Result<(u16, Option<u64>, String, Option<i64>), VaultError> {
         let ctx = self.ctx(path, None);
         let resp = rb.send().await.map_err(|e| classify_transport(&ctx, &e))?;
         let status = resp.status().as_u16();
         let retry_after = retry_after_header(resp.headers());
+        let date = resp
+            .headers()
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::clock::parse_http_date);
         let text = resp
             .text()
             .await
             .map_err(|e| classify_transport(&ctx, &e))?;
-        Ok((status, retry_after, text))
+        Ok((status, retry_after, text, date))
     }
 
     /// Reads Vault's answer to `<pki>/issue/<role>` (status, `Retry-After` seconds, body): the
@@ -566,6 +585,7 @@ impl VaultIssuer {
             serial: data.serial_number,
             expiration: data.expiration,
             warnings: answer.warnings.unwrap_or_default(),
+            vault_clock: None,
         })
     }
 
@@ -657,6 +677,7 @@ mod tests {
             serial: "01".into(),
             expiration: None,
             warnings: vec![],
+            vault_clock: None,
         };
         assert!(!format!("{cert:?}").contains("SECRETKEY"));
         let conf = FromCp {

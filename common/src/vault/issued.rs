@@ -42,6 +42,9 @@ pub struct IssuedCert {
     pub expiration: Option<i64>,
     /// Vault's `warnings`.
     pub warnings: Vec<String>,
+    /// How far Vault's clock is from this host's, from the answer's `Date` header (when it had
+    /// one).
+    pub vault_clock: Option<crate::clock::Skew>,
 }
 
 impl fmt::Debug for IssuedCert {
@@ -53,6 +56,7 @@ impl fmt::Debug for IssuedCert {
             .field("private_key_type", &self.private_key_type)
             .field("ca_chain_len", &self.ca_chain_pem.len())
             .field("warnings", &self.warnings)
+            .field("vault_clock", &self.vault_clock)
             .finish_non_exhaustive()
     }
 }

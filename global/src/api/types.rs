@@ -291,6 +291,12 @@ pub struct DataplaneView {
     /// Set when more than one zone reports a dataplane of this name: each claim is shown apart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conflict: Option<String>,
+    /// As its zone last reported: `ok`, `holding an expired certificate on disk`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// The last failure its zone reported: issuance, or the proxy agent's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// One global replica in `GET /replicas`.

@@ -195,6 +195,8 @@ pub fn present_dataplane(zone: &ZoneRecord, d: &DataplaneReport) -> DataplaneVie
         reported_at: rfc3339_ms(zone.dataplanes_reported_ms as i64),
         warning: Some(d.warning.clone()).filter(|w| !w.is_empty()),
         conflict: None,
+        state: Some(d.state.clone()).filter(|s| !s.is_empty()),
+        last_error: Some(d.last_error.clone()).filter(|e| !e.is_empty()),
     }
 }
 

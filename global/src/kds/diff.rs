@@ -175,6 +175,7 @@ mod tests {
                 more: true,
                 store_id: "f".repeat(32),
                 store_epoch: u64::MAX,
+                sent_at_unix_ms: i64::MAX,
             };
             assert!(resp.encoded_len() <= limit);
         }

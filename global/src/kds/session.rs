@@ -318,6 +318,8 @@ impl Sender {
                     String::new()
                 },
                 store_epoch: if initial { self.ctx.identity.epoch } else { 0 },
+                // The zone measures how far its clock is from global's.
+                sent_at_unix_ms: common::clock::now_ms(),
             };
             let bytes = prost::Message::encoded_len(&response) as u64;
             {
@@ -402,7 +404,8 @@ async fn recv_loop(
                         .get_or_create(&super::metrics::ZoneLabels { zone: zone.clone() })
                         .inc_by(dropped as u64);
                 }
-                let value = common::http::printable_json(&status_json(&status));
+                let value =
+                    common::http::printable_json(&status_json(&status, common::clock::now_ms()));
                 let dataplanes: Vec<DataplaneReport> = status
                     .dataplanes
                     .iter()
@@ -508,9 +511,31 @@ async fn handle_request(
     }
 }
 
-/// The JSON form of a zone's status report, as `GET /zones/{name}` shows it.
-pub fn status_json(s: &kds::ZoneStatus) -> Value {
+/// The JSON form of a zone's status report, as `GET /zones/{name}` shows it, received at
+/// `received_ms` by global's clock: with how far the zone's clock is from global's (its report
+/// says when it was made), and how far its peers' clocks (global, each Vault) are from its own.
+pub fn status_json(s: &kds::ZoneStatus, received_ms: i64) -> Value {
+    // The zone's clock against global's: the report's time, sent a few milliseconds before.
+    let zone_clock = (s.reported_at_unix_ms > 0).then(|| {
+        let skew = common::clock::Skew::measure(s.reported_at_unix_ms, received_ms, received_ms, 0);
+        json!({
+            "skewMs": skew.ms,
+            "skewed": skew.is_notable(),
+            "detail": skew.describe("the zone").replace("this host's", "global's"),
+        })
+    });
     json!({
+        "clock": zone_clock,
+        "clocks": s.clocks.iter().map(|c| {
+            let skew = common::clock::Skew { ms: c.skew_ms, error_ms: c.error_ms };
+            json!({
+                "peer": c.peer,
+                "skewMs": c.skew_ms,
+                "skewed": skew.is_notable(),
+                "detail": skew.describe(&c.peer).replace("this host's", "the zone's"),
+                "measuredAt": common::clock::rfc3339_ms(c.measured_at_unix_ms),
+            })
+        }).collect::<Vec<_>>(),
         "zone": s.zone,
         "version": s.version,
         "connectedSince": common::clock::rfc3339_ms(s.connected_since_unix_ms),

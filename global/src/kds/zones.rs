@@ -95,6 +95,13 @@ pub struct DataplaneReport {
     /// What the zone warns about this proxy (a token that binds no service).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub warning: String,
+    /// The last failure the zone knows of: its issuance, or the proxy agent's (files not written,
+    /// bundle refused).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_error: String,
+    /// In words, e.g. `ok`, `holding an expired certificate on disk` (empty from older zones).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state: String,
 }
 
 impl From<&proto::kds::DataplaneStatus> for DataplaneReport {
@@ -111,6 +118,8 @@ impl From<&proto::kds::DataplaneStatus> for DataplaneReport {
             expires_ms: d.cert_expires_unix_ms,
             connected: d.connected,
             warning: p(&d.warning),
+            last_error: p(&d.last_error),
+            state: p(&d.state),
         }
     }
 }

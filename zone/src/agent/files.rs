@@ -1,9 +1,13 @@
 //! The agent's output directory: `cert.pem` (leaf then chain), `key.pem` (mode 0600) and `ca.pem`
 //! (trust bundle). A bundle is validated in full before anything is written (every PEM parses,
-//! the leaf is valid now, the private key matches the leaf), and each file is replaced atomically
+//! the leaf is valid now by this host's clock with [`common::clock::LEEWAY`] for a NotBefore
+//! slightly ahead, it chains to the trust bundle, the private key matches the leaf), and each
+//! file is replaced atomically
 //! (a temporary file in the same directory, fsync, rename, fsync of the directory) and only when
 //! its content changes. Good files are never deleted or truncated: a bundle that fails validation,
-//! or a write that fails, leaves the directory as it was.
+//! or a write that fails, leaves the directory as it was. Each refusal or failure says its kind
+//! ([`AgentProblem`]: disk full, read-only, permission, expired, not yet valid, chain, ...), which
+//! the agent reports to its zone.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -11,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use common::clock::now_unix;
 use common::x509;
+use proto::dpid::AgentProblem;
 
 pub const CERT_FILE: &str = "cert.pem";
 pub const KEY_FILE: &str = "key.pem";
@@ -65,15 +70,44 @@ pub struct Held {
     pub not_after_unix: i64,
 }
 
-/// Why a bundle was not applied.
+/// Why a bundle was not applied: its kind, and in words.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ApplyError {
-    /// The bundle is unusable: nothing was written (not retried).
-    #[error("{0}")]
-    Invalid(String),
-    /// A file could not be written (retried).
-    #[error("{0}")]
-    Write(String),
+#[error("{message}")]
+pub struct ApplyError {
+    pub problem: AgentProblem,
+    pub message: String,
+}
+
+impl ApplyError {
+    fn invalid(problem: AgentProblem, message: impl Into<String>) -> Self {
+        Self {
+            problem,
+            message: message.into(),
+        }
+    }
+
+    /// A file could not be written: why, by the error's kind.
+    pub fn write(e: &std::io::Error, message: String) -> Self {
+        use std::io::ErrorKind as K;
+        let problem = match e.kind() {
+            K::StorageFull | K::QuotaExceeded => AgentProblem::DiskFull,
+            K::ReadOnlyFilesystem => AgentProblem::ReadOnly,
+            K::PermissionDenied => AgentProblem::Permission,
+            _ => AgentProblem::Write,
+        };
+        Self { problem, message }
+    }
+
+    /// Whether it is worth trying the same bundle again (the disk may recover; the bundle won't).
+    pub fn retry(&self) -> bool {
+        matches!(
+            self.problem,
+            AgentProblem::DiskFull
+                | AgentProblem::ReadOnly
+                | AgentProblem::Permission
+                | AgentProblem::Write
+        )
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +153,12 @@ impl OutDir {
         })
     }
 
+    /// The leaf in `cert.pem` as it is, valid or not: serial and expiry (what the agent reports).
+    pub fn on_disk(&self) -> Option<(String, i64)> {
+        let leaf = x509::summarize_pem(&self.read(CERT_FILE)?).ok()?;
+        Some((leaf.serial, leaf.not_after))
+    }
+
     /// Proof that this agent holds the key of `held` (see `x509::possession_message`), made now:
     /// the signature and its time; `None` when the key cannot sign.
     pub fn possession_proof(&self, held: &Held, mesh: &str, name: &str) -> Option<(Vec<u8>, i64)> {
@@ -133,39 +173,91 @@ impl OutDir {
     }
 
     /// Checks `bundle` and returns the files' new contents (cert, key when it changes, CA).
-    fn check(&self, bundle: &Bundle) -> Result<[(&'static str, String, u32); 3], String> {
-        let chain = x509::pem_to_ders(&bundle.cert_chain_pem)
-            .map_err(|e| format!("the certificate chain is unusable: {e}"))?;
+    fn check(&self, bundle: &Bundle) -> Result<[(&'static str, String, u32); 3], ApplyError> {
+        use AgentProblem as P;
+        let invalid = ApplyError::invalid;
+        let chain = x509::pem_to_ders(&bundle.cert_chain_pem).map_err(|e| {
+            invalid(
+                P::Invalid,
+                format!("the certificate chain is unusable: {e}"),
+            )
+        })?;
         let leaf = x509::summarize_der(&chain[0])
-            .map_err(|e| format!("the leaf certificate is unusable: {e}"))?;
+            .map_err(|e| invalid(P::Invalid, format!("the leaf certificate is unusable: {e}")))?;
         let now = now_unix();
+        let at = |t: i64| common::clock::rfc3339(t).unwrap_or_else(|| t.to_string());
         if leaf.not_after <= now {
-            return Err(format!(
-                "the leaf certificate (serial {}) has already expired",
-                leaf.serial
+            return Err(invalid(
+                P::Expired,
+                format!(
+                    "the leaf certificate (serial {}) has already expired by this host's clock: it expired at {}, this host's clock says {}",
+                    leaf.serial,
+                    at(leaf.not_after),
+                    at(now)
+                ),
+            ));
+        }
+        if leaf.not_before > now + common::clock::LEEWAY.as_secs() as i64 {
+            return Err(invalid(
+                P::NotYetValid,
+                format!(
+                    "the leaf certificate (serial {}) is not valid yet by this host's clock: valid from {}, this host's clock says {}",
+                    leaf.serial,
+                    at(leaf.not_before),
+                    at(now)
+                ),
             ));
         }
         if leaf.is_ca {
-            return Err(format!(
-                "the leaf certificate (serial {}) is a CA certificate",
-                leaf.serial
+            return Err(invalid(
+                P::Invalid,
+                format!(
+                    "the leaf certificate (serial {}) is a CA certificate",
+                    leaf.serial
+                ),
             ));
         }
-        x509::pem_to_ders(&bundle.trust_bundle_pem)
-            .map_err(|e| format!("the trust bundle is unusable: {e}"))?;
+        let trust = x509::pem_to_ders(&bundle.trust_bundle_pem)
+            .map_err(|e| invalid(P::Invalid, format!("the trust bundle is unusable: {e}")))?;
+        // The leaf must chain to what peers are told to trust (its self-signed roots; any other
+        // certificate of the bundle may serve as an intermediate).
+        let (roots, others): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
+            trust.into_iter().partition(|d| x509::der_is_self_signed(d));
+        if !roots.is_empty() {
+            let mut intermediates: Vec<Vec<u8>> = chain[1..].to_vec();
+            intermediates.extend(others);
+            // Validity was judged above, with the leeway: the chain is checked at a time the leaf
+            // is valid.
+            let at = now.max(leaf.not_before);
+            x509::verify_chain_at_unix(&chain[0], &intermediates, &roots, at).map_err(|e| {
+                invalid(
+                    P::Chain,
+                    format!(
+                        "the leaf certificate (serial {}) does not chain to the trust bundle: {e}",
+                        leaf.serial
+                    ),
+                )
+            })?;
+        }
         let key = match &bundle.key_pem {
             Some(k) => k.clone(),
             None => self.read(KEY_FILE).ok_or_else(|| {
-                format!("the zone sent no private key and {KEY_FILE} cannot be read")
+                invalid(
+                    P::Key,
+                    format!("the zone sent no private key and {KEY_FILE} cannot be read"),
+                )
             })?,
         };
         if !x509::private_key_matches_cert(&bundle.cert_chain_pem, &key) {
-            return Err(match &bundle.key_pem {
-                Some(_) => "the private key does not match the leaf certificate".to_string(),
-                None => format!(
-                    "the zone sent no private key and the one in {KEY_FILE} does not match the leaf certificate"
-                ),
-            });
+            return Err(invalid(
+                P::Key,
+                match &bundle.key_pem {
+                    Some(_) => "the private key does not match the leaf certificate".to_string(),
+                    None => format!(
+                        "the zone sent no private key and the one in {KEY_FILE} does not match the leaf certificate"
+                    ),
+                },
+            ));
         }
         Ok([
             // The CA first, then the key, then the certificate: the renames happen back to back.
@@ -178,9 +270,9 @@ impl OutDir {
     /// Validates the bundle, then replaces each file whose content changes. Nothing is written
     /// when the bundle is invalid; on a write error the files not yet renamed keep their content.
     pub fn apply(&self, bundle: &Bundle) -> Result<Changed, ApplyError> {
-        let files = self.check(bundle).map_err(ApplyError::Invalid)?;
+        let files = self.check(bundle)?;
         let leaf = x509::summarize_pem(&bundle.cert_chain_pem)
-            .map_err(|e| ApplyError::Invalid(e.to_string()))?;
+            .map_err(|e| ApplyError::invalid(AgentProblem::Invalid, e.to_string()))?;
         let mut changed = Changed {
             files: vec![],
             serial: leaf.serial,
@@ -201,20 +293,20 @@ impl OutDir {
                     let _ = std::fs::remove_file(t);
                 }
                 let _ = std::fs::remove_file(&tmp);
-                return Err(ApplyError::Write(format!(
-                    "cannot write {}: {e}",
-                    tmp.display()
-                )));
+                return Err(ApplyError::write(
+                    &e,
+                    format!("cannot write {}: {e}", tmp.display()),
+                ));
             }
             staged.push((name, tmp, path));
         }
         for (name, tmp, path) in staged {
             if let Err(e) = std::fs::rename(&tmp, &path) {
                 let _ = std::fs::remove_file(&tmp);
-                return Err(ApplyError::Write(format!(
-                    "cannot replace {}: {e}",
-                    path.display()
-                )));
+                return Err(ApplyError::write(
+                    &e,
+                    format!("cannot replace {}: {e}", path.display()),
+                ));
             }
             changed.files.push(name);
         }
@@ -249,10 +341,15 @@ mod tests {
     use super::*;
 
     fn issue(ca: &rcgen::Issuer<'_, rcgen::KeyPair>, secs: i64) -> (String, String) {
+        issue_from(ca, -60, secs)
+    }
+
+    /// A leaf valid from `from` to `to` seconds from now.
+    fn issue_from(ca: &rcgen::Issuer<'_, rcgen::KeyPair>, from: i64, to: i64) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
-        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
+        params.not_before = time::OffsetDateTime::now_utc() + time::Duration::seconds(from);
+        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(to);
         let cert = params.signed_by(&key, ca).unwrap();
         (cert.pem(), key.serialize_pem())
     }
@@ -303,18 +400,46 @@ mod tests {
                 .any()
         );
 
-        // Garbage, a mismatched key, an expired leaf, a missing trust bundle: all refused.
+        // Garbage, a mismatched key, an expired leaf, one not valid yet, one of another CA, a
+        // missing trust bundle: all refused, each with its kind.
         let (other_cert, other_key) = issue(&issuer, 3600);
         let (expired, expired_key) = issue(&issuer, -10);
-        for (b, why) in [
-            (bundle("garbage", Some(&key), &ca_pem), "unusable"),
-            (bundle(&cert, Some(&other_key), &ca_pem), "does not match"),
-            (bundle(&other_cert, None, &ca_pem), "does not match"),
-            (bundle(&expired, Some(&expired_key), &ca_pem), "expired"),
-            (bundle(&cert, Some(&key), ""), "trust bundle"),
+        let (later, later_key) = issue_from(&issuer, 600, 3600);
+        let (stranger_issuer, _) = ca();
+        let (stranger, stranger_key) = issue(&stranger_issuer, 3600);
+        use AgentProblem as P;
+        for (b, why, problem) in [
+            (
+                bundle("garbage", Some(&key), &ca_pem),
+                "unusable",
+                P::Invalid,
+            ),
+            (
+                bundle(&cert, Some(&other_key), &ca_pem),
+                "does not match",
+                P::Key,
+            ),
+            (bundle(&other_cert, None, &ca_pem), "does not match", P::Key),
+            (
+                bundle(&expired, Some(&expired_key), &ca_pem),
+                "expired",
+                P::Expired,
+            ),
+            (
+                bundle(&later, Some(&later_key), &ca_pem),
+                "not valid yet",
+                P::NotYetValid,
+            ),
+            (
+                bundle(&stranger, Some(&stranger_key), &ca_pem),
+                "does not chain",
+                P::Chain,
+            ),
+            (bundle(&cert, Some(&key), ""), "trust bundle", P::Invalid),
         ] {
             let e = out.apply(&b).unwrap_err();
-            assert!(matches!(e, ApplyError::Invalid(_)), "{e}");
+            assert_eq!(e.problem, problem, "{e}");
+            assert!(!e.retry(), "{e}");
             assert!(e.to_string().contains(why), "{e}");
         }
         assert_eq!(

@@ -7,7 +7,14 @@
 //! validates and writes files (`files`). On every (re)connection the agent presents the
 //! certificate it holds, so a restarted zone can let it keep it. When the zone is away the files
 //! stay as they are and the agent reconnects with exponential backoff and jitter (first retry
-//! within `reconnect_initial`, capped at `reconnect_max`), logging each change of state once.
+//! within `reconnect_initial`, capped at `reconnect_max`), logging each change of state once
+//! (failures are compared by kind, not by their text).
+//!
+//! The stream is `Session`: after its registration the agent reports what the writer did with
+//! each bundle (an `AgentStatus` through a second watch channel: written, or not and why, what
+//! the files hold, the agent's clock), so the zone and global show a proxy whose files are stale.
+//! A zone that predates `Session` gets `Stream`, without reports. A write that fails is retried
+//! with backoff until it succeeds or a newer bundle arrives; a good file is never deleted.
 
 pub mod files;
 
@@ -16,9 +23,13 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::backoff::{Backoff, Jitter};
+use common::clock::Skew;
 use common::shutdown::Shutdown;
 use proto::dpid::dataplane_identity_client::DataplaneIdentityClient;
-use proto::dpid::{IdentityRequest, IdentityResponse};
+use proto::dpid::{
+    AgentMessage, AgentProblem, AgentStatus, IdentityRequest, IdentityResponse, agent_message,
+};
 use tokio::sync::watch;
 
 use crate::dial::{self, End, Redial, authorize, describe, failed};
@@ -156,8 +167,16 @@ pub async fn run(
         }
     }
     let (bundle_tx, bundle_rx) = watch::channel::<Option<Bundle>>(None);
-    let writer = tokio::spawn(writer(config.clone(), out.clone(), bundle_rx));
-    connection_loop(&config, &target, &out, &bundle_tx, shutdown).await;
+    let (status_tx, status_rx) = watch::channel(disk_status(&out, 0, None));
+    let writer = tokio::spawn(writer(config.clone(), out.clone(), bundle_rx, status_tx));
+    let links = Links {
+        bundles: bundle_tx,
+        status: status_rx,
+    };
+    connection_loop(&config, &target, &out, &links, shutdown).await;
+    let Links {
+        bundles: bundle_tx, ..
+    } = links;
     drop(bundle_tx);
     let _ = writer.await;
     tracing::info!(mesh = %config.mesh, name = %config.name, "proxy agent stopped");
@@ -169,19 +188,52 @@ fn rfc3339(unix: i64) -> String {
     common::clock::rfc3339(unix).unwrap_or_else(|| unix.to_string())
 }
 
+/// The connection loop's ends of the two channels to and from the writer.
+struct Links {
+    bundles: watch::Sender<Option<Bundle>>,
+    /// What the writer did last (sent to the zone on `Session`).
+    status: watch::Receiver<AgentStatus>,
+}
+
+/// What the agent tells the zone: `problem` (None: the files hold the last bundle) about bundle
+/// `generation`, and what `out` holds, at this host's clock.
+fn disk_status(out: &OutDir, generation: u64, failure: Option<&files::ApplyError>) -> AgentStatus {
+    let (disk_serial, disk_not_after_unix) = out.on_disk().unwrap_or_default();
+    AgentStatus {
+        agent_time_unix_ms: common::clock::now_ms(),
+        generation,
+        problem: failure.map_or(AgentProblem::None, |f| f.problem) as i32,
+        error: failure.map(|f| f.message.clone()).unwrap_or_default(),
+        disk_serial,
+        disk_not_after_unix,
+    }
+}
+
 async fn connection_loop(
     config: &AgentConfig,
     target: &Target,
     out: &OutDir,
-    bundles: &watch::Sender<Option<Bundle>>,
+    links: &Links,
     shutdown: Shutdown,
 ) {
     let mut redial = Redial::new(config.reconnect_initial, config.reconnect_max);
+    // Set once the zone answers UNIMPLEMENTED to `Session` (it predates it).
+    let mut legacy = false;
+    let mut clocks = ZoneClock::default();
     loop {
         if shutdown.is_shutdown() {
             return;
         }
-        match session(config, target, out, bundles, &shutdown, &mut redial).await {
+        let mut s = Session {
+            config,
+            target,
+            out,
+            links,
+            shutdown: &shutdown,
+            legacy: &mut legacy,
+            clocks: &mut clocks,
+        };
+        match s.run(&mut redial).await {
             End::Shutdown => return,
             End::Failed {
                 error,
@@ -219,91 +271,205 @@ fn bundle_of(resp: IdentityResponse, last_key: &mut Option<String>) -> Bundle {
     }
 }
 
-async fn session(
-    config: &AgentConfig,
-    target: &Target,
-    out: &OutDir,
-    bundles: &watch::Sender<Option<Bundle>>,
-    shutdown: &Shutdown,
-    redial: &mut Redial,
-) -> End {
-    let (token, channel) =
-        match dial::open(target, &config.token_file, Duration::from_secs(5), shutdown).await {
-            Ok(opened) => opened,
-            Err(end) => return end,
-        };
-    let presented = out.held();
-    // The zone reuses a presented certificate only with proof that we hold its key.
-    let (possession_signature, possession_unix) = presented
-        .as_ref()
-        .and_then(|h| out.possession_proof(h, &config.mesh, &config.name))
-        .unwrap_or_default();
-    let mut request = tonic::Request::new(IdentityRequest {
-        mesh: config.mesh.clone(),
-        name: config.name.clone(),
-        tags: config.tags.clone().into_iter().collect(),
-        cert_chain_pem: presented
-            .as_ref()
-            .map(|h| h.cert_chain_pem.clone())
-            .unwrap_or_default(),
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        possession_signature,
-        possession_unix,
-    });
-    if let Err(e) = authorize(&mut request, &token) {
-        return failed(e);
-    }
-    let mut client = DataplaneIdentityClient::new(channel);
-    let response = tokio::select! {
-        r = client.stream(request) => r,
-        _ = shutdown.wait() => return End::Shutdown,
-    };
-    let mut inbound = match response {
-        Ok(r) => r.into_inner(),
-        Err(status) => return failed(describe(&status, "the zone", "proxy")),
-    };
-    let since = Instant::now();
-    tracing::info!(
-        zone = %target.uri, mesh = %config.mesh, name = %config.name,
-        presented = presented.as_ref().map(|h| h.serial.as_str()).unwrap_or(""),
-        "connected to the zone: dataplane registered"
-    );
-    redial.connected();
-    let mut last_key: Option<String> = None;
-    let mut delivered = false;
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.wait() => return End::Shutdown,
-            msg = inbound.message() => {
-                let error = match msg {
-                    Ok(Some(resp)) => {
-                        tracing::debug!(generation = resp.generation, serial = %resp.serial, has_key = resp.key_pem.is_some(), "identity bundle received");
-                        delivered = true;
-                        bundles.send_replace(Some(bundle_of(resp, &mut last_key)));
-                        continue;
-                    }
-                    Ok(None) => "the zone ended the stream".to_string(),
-                    Err(status) => describe(&status, "the zone", "proxy"),
-                };
-                return End::Failed { error, lasted: Some(since.elapsed()), delivered };
+/// The zone's clock as its bundles say it, logged once per change of state.
+#[derive(Default)]
+struct ZoneClock {
+    skewed: bool,
+}
+
+impl ZoneClock {
+    fn observe(&mut self, zone_time_ms: i64) {
+        if zone_time_ms <= 0 {
+            return;
+        }
+        let now = common::clock::now_ms();
+        let skew = Skew::measure(zone_time_ms, now, now, 0);
+        if skew.is_notable() != self.skewed {
+            self.skewed = skew.is_notable();
+            if self.skewed {
+                tracing::warn!(
+                    skew_ms = skew.ms,
+                    "clock skew: {}",
+                    skew.describe("the zone")
+                );
+            } else {
+                tracing::info!(
+                    skew_ms = skew.ms,
+                    "clock skew gone: {}",
+                    skew.describe("the zone")
+                );
             }
         }
     }
 }
 
-/// Writes each bundle (the latest when several arrive meanwhile) and runs `--exec` after a change.
-/// A failed write is retried every few seconds until it succeeds or a newer bundle arrives. Ends
-/// when the connection loop drops the sender, after the last bundle.
-async fn writer(config: AgentConfig, out: OutDir, mut bundles: watch::Receiver<Option<Bundle>>) {
+/// One connection to the zone.
+struct Session<'a> {
+    config: &'a AgentConfig,
+    target: &'a Target,
+    out: &'a OutDir,
+    links: &'a Links,
+    shutdown: &'a Shutdown,
+    legacy: &'a mut bool,
+    clocks: &'a mut ZoneClock,
+}
+
+impl Session<'_> {
+    async fn run(&mut self, redial: &mut Redial) -> End {
+        let (config, target, out, shutdown) = (self.config, self.target, self.out, self.shutdown);
+        let (token, channel) =
+            match dial::open(target, &config.token_file, Duration::from_secs(5), shutdown).await {
+                Ok(opened) => opened,
+                Err(end) => return end,
+            };
+        let presented = out.held();
+        // The zone reuses a presented certificate only with proof that we hold its key.
+        let (possession_signature, possession_unix) = presented
+            .as_ref()
+            .and_then(|h| out.possession_proof(h, &config.mesh, &config.name))
+            .unwrap_or_default();
+        let hello = IdentityRequest {
+            mesh: config.mesh.clone(),
+            name: config.name.clone(),
+            tags: config.tags.clone().into_iter().collect(),
+            cert_chain_pem: presented
+                .as_ref()
+                .map(|h| h.cert_chain_pem.clone())
+                .unwrap_or_default(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            possession_signature,
+            possession_unix,
+        };
+        let mut client = DataplaneIdentityClient::new(channel);
+        // `Session`: the registration, then our reports, through a small queue.
+        let (reports, outbound) = tokio::sync::mpsc::channel::<AgentMessage>(4);
+        let mut status = self.links.status.clone();
+        let response = if *self.legacy {
+            None
+        } else {
+            let _ = reports.try_send(AgentMessage {
+                message: Some(agent_message::Message::Hello(hello.clone())),
+            });
+            // What the files hold now, for a zone that just met us.
+            let _ = reports.try_send(AgentMessage {
+                message: Some(agent_message::Message::Status(fresh(
+                    &status.borrow_and_update(),
+                ))),
+            });
+            let stream = futures::stream::unfold(outbound, |mut rx| async move {
+                rx.recv().await.map(|m| (m, rx))
+            });
+            let mut request = tonic::Request::new(stream);
+            if let Err(e) = authorize(&mut request, &token) {
+                return failed(e);
+            }
+            let r = tokio::select! {
+                r = client.session(request) => r,
+                _ = shutdown.wait() => return End::Shutdown,
+            };
+            match r {
+                Err(s) if s.code() == tonic::Code::Unimplemented => {
+                    tracing::info!(
+                        "the zone predates reports from agents: using its older stream (failures to write files are not reported)"
+                    );
+                    *self.legacy = true;
+                    None
+                }
+                other => Some(other),
+            }
+        };
+        let response = match response {
+            Some(r) => r,
+            None => {
+                let mut request = tonic::Request::new(hello);
+                if let Err(e) = authorize(&mut request, &token) {
+                    return failed(e);
+                }
+                tokio::select! {
+                    r = client.stream(request) => r,
+                    _ = shutdown.wait() => return End::Shutdown,
+                }
+            }
+        };
+        let mut inbound = match response {
+            Ok(r) => r.into_inner(),
+            Err(status) => return failed(describe(&status, "the zone", "proxy")),
+        };
+        let since = Instant::now();
+        tracing::info!(
+            zone = %target.uri, mesh = %config.mesh, name = %config.name,
+            presented = presented.as_ref().map(|h| h.serial.as_str()).unwrap_or(""),
+            reports = !*self.legacy,
+            "connected to the zone: dataplane registered"
+        );
+        redial.connected();
+        let mut last_key: Option<String> = None;
+        let mut delivered = false;
+        let reporting = !*self.legacy;
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.wait() => return End::Shutdown,
+                changed = status.changed(), if reporting => {
+                    if changed.is_err() {
+                        return End::Shutdown;
+                    }
+                    let report = fresh(&status.borrow_and_update());
+                    // Latest wins: a report that does not fit now is superseded by a later one.
+                    let _ = reports.try_send(AgentMessage {
+                        message: Some(agent_message::Message::Status(report)),
+                    });
+                }
+                msg = inbound.message() => {
+                    let error = match msg {
+                        Ok(Some(resp)) => {
+                            tracing::debug!(generation = resp.generation, serial = %resp.serial, has_key = resp.key_pem.is_some(), "identity bundle received");
+                            self.clocks.observe(resp.zone_time_unix_ms);
+                            delivered = true;
+                            self.links.bundles.send_replace(Some(bundle_of(resp, &mut last_key)));
+                            continue;
+                        }
+                        Ok(None) => "the zone ended the stream".to_string(),
+                        Err(status) => describe(&status, "the zone", "proxy"),
+                    };
+                    return End::Failed { error, lasted: Some(since.elapsed()), delivered };
+                }
+            }
+        }
+    }
+}
+
+/// A report as it leaves: stamped with this host's clock now.
+fn fresh(status: &AgentStatus) -> AgentStatus {
+    AgentStatus {
+        agent_time_unix_ms: common::clock::now_ms(),
+        ..status.clone()
+    }
+}
+
+/// First and longest waits between tries of a bundle whose files could not be written.
+const WRITE_RETRY_INITIAL: Duration = Duration::from_secs(1);
+const WRITE_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Writes each bundle (the latest when several arrive meanwhile) and runs `--exec` after a change;
+/// says what it did on `status`. A failed write is retried with backoff until it succeeds or a
+/// newer bundle arrives. Ends when the connection loop drops the sender, after the last bundle.
+async fn writer(
+    config: AgentConfig,
+    out: OutDir,
+    mut bundles: watch::Receiver<Option<Bundle>>,
+    status: watch::Sender<AgentStatus>,
+) {
     let mut pending: Option<Bundle> = None;
-    let mut last_error: Option<String> = None;
+    let mut last_error: Option<files::ApplyError> = None;
+    let mut retry = Backoff::new(WRITE_RETRY_INITIAL, WRITE_RETRY_MAX, Jitter::UpperHalf);
     loop {
         // Some(open): the channel moved (or closed); None: time to retry the pending bundle.
         let event = if pending.is_some() {
+            let wait = retry.next_delay();
             tokio::select! {
                 r = bundles.changed() => Some(r.is_ok()),
-                _ = tokio::time::sleep(Duration::from_secs(5)) => None,
+                _ = tokio::time::sleep(wait) => None,
             }
         } else {
             Some(bundles.changed().await.is_ok())
@@ -312,45 +478,63 @@ async fn writer(config: AgentConfig, out: OutDir, mut bundles: watch::Receiver<O
             Some(true) => {
                 if let Some(b) = bundles.borrow_and_update().clone() {
                     pending = Some(b);
+                    retry.reset();
                 }
             }
             Some(false) => {
                 // Closed, nothing unseen: one last try of a pending bundle.
                 if let Some(b) = pending.take() {
-                    apply(&config, &out, &b, &mut last_error).await;
+                    apply(&config, &out, &b, &mut last_error, &status).await;
                 }
                 return;
             }
             None => {}
         }
         if let Some(b) = pending.take()
-            && !apply(&config, &out, &b, &mut last_error).await
+            && !apply(&config, &out, &b, &mut last_error, &status).await
         {
             pending = Some(b);
         }
     }
 }
 
-/// Applies one bundle; false when it should be retried (a write error).
+/// Applies one bundle and says how it went on `status`; false when it should be retried (a
+/// write error).
 async fn apply(
     config: &AgentConfig,
     out: &OutDir,
     bundle: &Bundle,
-    last_error: &mut Option<String>,
+    last_error: &mut Option<files::ApplyError>,
+    status: &watch::Sender<AgentStatus>,
 ) -> bool {
     let result = {
         let (out, bundle) = (out.clone(), bundle.clone());
         tokio::task::spawn_blocking(move || out.apply(&bundle))
             .await
             .unwrap_or_else(|e| {
-                Err(files::ApplyError::Write(format!(
-                    "the writer task failed: {e}"
-                )))
+                Err(files::ApplyError {
+                    problem: AgentProblem::Write,
+                    message: format!("the writer task failed: {e}"),
+                })
             })
     };
+    let report = disk_status(out, bundle.generation, result.as_ref().err());
+    status.send_if_modified(|s| {
+        // The clock moves on every report: compare what it says.
+        let changed = AgentStatus {
+            agent_time_unix_ms: s.agent_time_unix_ms,
+            ..report.clone()
+        } != *s;
+        if changed {
+            *s = report;
+        }
+        changed
+    });
     match result {
         Ok(changed) if changed.any() => {
-            *last_error = None;
+            if let Some(e) = last_error.take() {
+                tracing::info!(problem = ?e.problem, "the files are written again");
+            }
             tracing::info!(
                 generation = bundle.generation, backend = %bundle.backend, serial = %changed.serial,
                 expires = %rfc3339(changed.not_after_unix), files = ?changed.files,
@@ -363,18 +547,26 @@ async fn apply(
         }
         Ok(_) => {
             tracing::debug!(generation = bundle.generation, "identity unchanged");
+            *last_error = None;
             true
         }
         Err(e) => {
-            let retry = matches!(e, files::ApplyError::Write(_));
-            let e = e.to_string();
-            if last_error.as_deref() != Some(e.as_str()) {
-                tracing::error!(
-                    generation = bundle.generation, serial = %bundle.serial, error = %e,
+            let retry = e.retry();
+            // Said once per kind of failure: the text carries times and paths that change.
+            if last_error.as_ref().map(|l| l.problem) != Some(e.problem) {
+                let what = if retry {
+                    "cannot write the identity files: the files on disk are kept, retrying with backoff"
+                } else {
                     "refused an identity bundle: the files on disk are kept"
+                };
+                tracing::error!(
+                    generation = bundle.generation, serial = %bundle.serial, problem = ?e.problem, error = %e,
+                    "{what}"
                 );
-                *last_error = Some(e);
+            } else {
+                tracing::debug!(generation = bundle.generation, error = %e, "the same failure again");
             }
+            *last_error = Some(e);
             !retry
         }
     }

@@ -4,10 +4,10 @@
 //! keeps the allocation the last message was split from). With tens of thousands of proxies
 //! connected, mostly idle between rotations, that was the largest cost per proxy.
 //!
-//! [`IdentityService`] routes the one method of `DataplaneIdentity` as the generated server does
-//! (same path; same defaults: no compression, 4 MiB decoding limit) and lets tonic decode the
-//! request, run the handler and write the response headers, or the whole answer when the handler
-//! refuses. When the handler answers with a stream, the body tonic made is replaced with
+//! [`IdentityService`] routes the two methods of `DataplaneIdentity` as the generated server does
+//! (same paths; same defaults: no compression, 4 MiB decoding limit) and lets tonic decode the
+//! request (`Stream`) or the request stream (`Session`), run the handler and write the response
+//! headers, or the whole answer when the handler refuses. When the handler answers with a stream, the body tonic made is replaced with
 //! [`FramedBody`], which frames each message into its own exactly sized buffer that is freed once
 //! the transport has written it, and ends with the same trailers tonic would send.
 
@@ -20,7 +20,7 @@ use futures::stream::{BoxStream, StreamExt};
 use http_body::Frame;
 use prost::Message;
 use proto::dpid::dataplane_identity_server::{DataplaneIdentity, SERVICE_NAME};
-use proto::dpid::{IdentityRequest, IdentityResponse};
+use proto::dpid::{AgentMessage, IdentityRequest, IdentityResponse};
 use tonic::body::Body as TonicBody;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{Body, BoxFuture, Bytes, Service, StdError, http};
@@ -28,8 +28,9 @@ use tonic::{Request, Response, Status};
 
 use super::DpServer;
 
-/// The method's path, as clients call it.
+/// The methods' paths, as clients call them.
 pub const STREAM_PATH: &str = "/kmesh.identity.v1.DataplaneIdentity/Stream";
+pub const SESSION_PATH: &str = "/kmesh.identity.v1.DataplaneIdentity/Session";
 
 /// tonic's default threshold for yielding encoded messages to the transport.
 const YIELD_THRESHOLD: usize = 32 * 1024;
@@ -60,18 +61,19 @@ impl Encoder for ExactEncoder {
     }
 }
 
-/// Decodes the registration request.
+/// Decodes what the agent sends: the registration request (`Stream`), or its messages
+/// (`Session`).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RequestDecoder;
+pub struct RequestDecoder<T>(std::marker::PhantomData<T>);
 
-impl Decoder for RequestDecoder {
-    type Item = IdentityRequest;
+impl<T: Message + Default + Send + 'static> Decoder for RequestDecoder<T> {
+    type Item = T;
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
-        IdentityRequest::decode(buf)
+        T::decode(buf)
             .map(Some)
-            .map_err(|e| Status::internal(format!("cannot decode the identity request: {e}")))
+            .map_err(|e| Status::internal(format!("cannot decode the agent's message: {e}")))
     }
 
     fn buffer_settings(&self) -> BufferSettings {
@@ -79,21 +81,22 @@ impl Decoder for RequestDecoder {
     }
 }
 
+/// Responses as [`ExactEncoder`] writes them, requests of type `T`.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct IdentityCodec;
+pub struct IdentityCodec<T>(std::marker::PhantomData<T>);
 
-impl Codec for IdentityCodec {
+impl<T: Message + Default + Send + 'static> Codec for IdentityCodec<T> {
     type Encode = IdentityResponse;
-    type Decode = IdentityRequest;
+    type Decode = T;
     type Encoder = ExactEncoder;
-    type Decoder = RequestDecoder;
+    type Decoder = RequestDecoder<T>;
 
     fn encoder(&mut self) -> Self::Encoder {
         ExactEncoder
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        RequestDecoder
+        RequestDecoder(std::marker::PhantomData)
     }
 }
 
@@ -205,6 +208,30 @@ impl tonic::server::ServerStreamingService<IdentityRequest> for StreamMethod {
     }
 }
 
+/// [`StreamMethod`] for `Session`: the agent's messages in, bundles out.
+struct SessionMethod {
+    server: DpServer,
+    taken: Arc<Mutex<Option<Responses>>>,
+}
+
+impl tonic::server::StreamingService<AgentMessage> for SessionMethod {
+    type Response = IdentityResponse;
+    type ResponseStream = Responses;
+    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, request: Request<tonic::Streaming<AgentMessage>>) -> Self::Future {
+        let server = self.server.clone();
+        let taken = self.taken.clone();
+        Box::pin(async move {
+            let response = server.session(request).await?;
+            Ok(response.map(|responses| {
+                *taken.lock().unwrap_or_else(|e| e.into_inner()) = Some(responses);
+                futures::stream::empty().boxed()
+            }))
+        })
+    }
+}
+
 impl<B> Service<http::Request<B>> for IdentityService
 where
     B: Body + Send + 'static,
@@ -219,18 +246,34 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if req.uri().path() != STREAM_PATH {
-            return Box::pin(async move { Ok(Status::unimplemented("").into_http()) });
-        }
-        let taken = Arc::new(Mutex::new(None));
-        let method = StreamMethod {
-            server: self.server.clone(),
-            taken: taken.clone(),
+        let session = match req.uri().path() {
+            STREAM_PATH => false,
+            SESSION_PATH => true,
+            _ => return Box::pin(async move { Ok(Status::unimplemented("").into_http()) }),
         };
+        let taken = Arc::new(Mutex::new(None));
+        let server = self.server.clone();
+        let method_taken = taken.clone();
         Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(IdentityCodec)
-                .max_decoding_message_size(common::limits::DP_REQUEST_BYTES);
-            let response = grpc.server_streaming(method, req).await;
+            let response = if session {
+                let method = SessionMethod {
+                    server,
+                    taken: method_taken,
+                };
+                tonic::server::Grpc::new(IdentityCodec::<AgentMessage>::default())
+                    .max_decoding_message_size(common::limits::DP_REQUEST_BYTES)
+                    .streaming(method, req)
+                    .await
+            } else {
+                let method = StreamMethod {
+                    server,
+                    taken: method_taken,
+                };
+                tonic::server::Grpc::new(IdentityCodec::<IdentityRequest>::default())
+                    .max_decoding_message_size(common::limits::DP_REQUEST_BYTES)
+                    .server_streaming(method, req)
+                    .await
+            };
             let responses = taken.lock().unwrap_or_else(|e| e.into_inner()).take();
             Ok(match responses {
                 // The handler answered with a stream: tonic's headers, our body.
@@ -250,8 +293,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_path_is_the_generated_one() {
+    fn the_paths_are_the_generated_ones() {
         assert_eq!(STREAM_PATH, format!("/{SERVICE_NAME}/Stream"));
+        assert_eq!(SESSION_PATH, format!("/{SERVICE_NAME}/Session"));
     }
 
     fn response(generation: u64) -> IdentityResponse {
@@ -264,6 +308,7 @@ mod tests {
             serial: "01:02".into(),
             not_before_unix: 1,
             not_after_unix: 2,
+            zone_time_unix_ms: 3,
         }
     }
 

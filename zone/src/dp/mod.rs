@@ -8,6 +8,11 @@
 //! the server drops the stream, which drops the subscription: the proxy is disconnected. Refusals
 //! are answered UNAUTHENTICATED with a clear message and logged once per proxy and cause.
 //!
+//! `Session` is the same, with the registration as the agent's first message; what the agent
+//! sends after it (its `AgentStatus`: files written or not and why, what it holds on disk, its
+//! clock) is handed to the identity manager for that connection (`IdentityManager::agent_status`)
+//! by a task that ends with the stream.
+//!
 //! The service is mounted through `codec::IdentityService` rather than the generated server so
 //! that each response is framed in its own exactly sized buffer, freed once written: tonic's
 //! server body keeps an encoding buffer per stream for the stream's whole life (8 KiB with the
@@ -40,7 +45,7 @@ pub const TOKEN_WARNING_LABEL: &str = "kmesh.io/token-warning";
 pub const LEGACY_TOKEN: &str = "token-binds-no-service";
 use futures::stream::{BoxStream, StreamExt};
 use proto::dpid::dataplane_identity_server::DataplaneIdentity;
-use proto::dpid::{IdentityRequest, IdentityResponse};
+use proto::dpid::{AgentMessage, IdentityRequest, IdentityResponse, agent_message};
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
@@ -49,6 +54,8 @@ use tonic::{Request, Response, Status};
 use crate::identity::{IdentityBundle, IdentityError, IdentityManager, IdentitySubscription};
 use crate::state::ZoneCtx;
 
+/// How long an agent has to send its registration on `Session`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long streams may take to drain at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// A refusal of the same proxy for the same cause is logged at warn level once in this period.
@@ -286,17 +293,20 @@ pub fn response_of(b: &IdentityBundle) -> IdentityResponse {
         serial: b.serial.clone(),
         not_before_unix: b.not_before_unix,
         not_after_unix: b.not_after_unix,
+        zone_time_unix_ms: common::clock::now_ms(),
     }
 }
 
-#[tonic::async_trait]
-impl DataplaneIdentity for DpServer {
-    type StreamStream = BoxStream<'static, Result<IdentityResponse, Status>>;
+/// A registered proxy: its subscription, who it is, and until when its token runs.
+struct Registered {
+    subscription: IdentitySubscription,
+    who: String,
+    token_expires: u64,
+}
 
-    async fn stream(
-        &self,
-        request: Request<IdentityRequest>,
-    ) -> Result<Response<Self::StreamStream>, Status> {
+impl DpServer {
+    /// Authenticates and registers the proxy of `request` (both methods).
+    fn register(&self, request: Request<IdentityRequest>) -> Result<Registered, Status> {
         let peer = request.remote_addr();
         if self.inner.shutdown.is_shutdown() {
             return Err(Status::unavailable("the zone is shutting down"));
@@ -349,12 +359,91 @@ impl DataplaneIdentity for DpServer {
             presented_certificate = had_cert,
             "proxy connected"
         );
-        Ok(Response::new(bundles(
+        Ok(Registered {
             subscription,
-            self.inner.shutdown.clone(),
             who,
-            claim.expires_unix,
+            token_expires: claim.expires_unix,
+        })
+    }
+
+    /// `Session`: the registration is the agent's first message; what follows are its reports.
+    pub(crate) async fn session(
+        &self,
+        request: Request<tonic::Streaming<AgentMessage>>,
+    ) -> Result<Response<BoxStream<'static, Result<IdentityResponse, Status>>>, Status> {
+        let (metadata, extensions, mut inbound) = request.into_parts();
+        let first = tokio::select! {
+            m = tokio::time::timeout(HELLO_TIMEOUT, inbound.message()) => m,
+            _ = self.inner.shutdown.wait() => return Err(Status::unavailable("the zone is shutting down")),
+        };
+        let hello = match first {
+            Ok(Ok(Some(AgentMessage {
+                message: Some(agent_message::Message::Hello(hello)),
+            }))) => hello,
+            Ok(Ok(Some(_))) => {
+                return Err(Status::invalid_argument(
+                    "the first message of a session must be the registration (hello)",
+                ));
+            }
+            Ok(Ok(None)) => return Err(Status::cancelled("the agent closed the session")),
+            Ok(Err(status)) => return Err(status),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "no registration within {}s",
+                    HELLO_TIMEOUT.as_secs()
+                )));
+            }
+        };
+        let registered = self.register(Request::from_parts(metadata, extensions, hello))?;
+        let reporter = registered.subscription.reporter();
+        let who = registered.who.clone();
+        let reports = tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(AgentMessage {
+                        message: Some(agent_message::Message::Status(status)),
+                    })) => {
+                        if !reporter.report(status) {
+                            return;
+                        }
+                    }
+                    Ok(Some(_)) => {
+                        tracing::debug!(dataplane = %who, "ignored a second registration on a session");
+                    }
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        });
+        Ok(Response::new(bundles(
+            registered,
+            self.inner.shutdown.clone(),
+            Some(reports.abort_handle()),
         )))
+    }
+}
+
+#[tonic::async_trait]
+impl DataplaneIdentity for DpServer {
+    type StreamStream = BoxStream<'static, Result<IdentityResponse, Status>>;
+    type SessionStream = BoxStream<'static, Result<IdentityResponse, Status>>;
+
+    async fn stream(
+        &self,
+        request: Request<IdentityRequest>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let registered = self.register(request)?;
+        Ok(Response::new(bundles(
+            registered,
+            self.inner.shutdown.clone(),
+            None,
+        )))
+    }
+
+    async fn session(
+        &self,
+        request: Request<tonic::Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        DpServer::session(self, request).await
     }
 }
 
@@ -370,10 +459,15 @@ struct Feed {
     who: String,
     /// Set when the stream ends on our side; `None` when the proxy went away.
     ended: Option<&'static str>,
+    /// The task reading the agent's reports (`Session`), stopped with the stream.
+    reports: Option<tokio::task::AbortHandle>,
 }
 
 impl Drop for Feed {
     fn drop(&mut self) {
+        if let Some(r) = &self.reports {
+            r.abort();
+        }
         let reason = self.ended.unwrap_or("the proxy went away");
         tracing::info!(dataplane = %self.who, reason, "proxy disconnected");
     }
@@ -384,18 +478,18 @@ impl Drop for Feed {
 /// the zone stops, UNAUTHENTICATED when its token expires (the agent reads its token file again
 /// and reconnects).
 fn bundles(
-    subscription: IdentitySubscription,
+    registered: Registered,
     shutdown: Shutdown,
-    who: String,
-    token_expires: u64,
+    reports: Option<tokio::task::AbortHandle>,
 ) -> BoxStream<'static, Result<IdentityResponse, Status>> {
     let feed = Feed {
-        subscription,
+        subscription: registered.subscription,
         shutdown,
-        token_expires,
+        token_expires: registered.token_expires,
         sent: None,
-        who,
+        who: registered.who,
         ended: None,
+        reports,
     };
     futures::stream::unfold(feed, next_bundle).boxed()
 }
@@ -422,7 +516,8 @@ async fn next_bundle(mut feed: Feed) -> Option<(Result<IdentityResponse, Status>
                 ),
             },
             _ = feed.shutdown.wait() => ("the zone is shutting down", "the zone is shutting down"),
-            _ = tokio::time::sleep(until_unix(feed.token_expires)) => {
+            // The token was accepted with the stated leeway; the stream ends when that runs out.
+            _ = tokio::time::sleep(until_unix(feed.token_expires.saturating_add(common::clock::LEEWAY.as_secs()))) => {
                 feed.ended = Some("its dataplane token expired");
                 return Some((
                     Err(Status::unauthenticated(

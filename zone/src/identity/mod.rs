@@ -49,6 +49,7 @@ mod policy;
 mod reconcile;
 mod records;
 mod registry;
+mod reports;
 mod reuse;
 mod schedule;
 pub mod source;
@@ -111,6 +112,7 @@ impl fmt::Debug for IdentityBundle {
 }
 
 pub use registry::IdentitySubscription;
+pub use reports::AgentReporter;
 
 /// The dataplane rows of `GET /dataplanes` and the status report (defined with the API bodies).
 pub use crate::views::DataplaneView;

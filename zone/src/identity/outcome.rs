@@ -1,16 +1,19 @@
 //! Issuance and its outcomes: through the concurrency semaphore and the backend's breaker to
-//! the source, then a new certificate installed and sent (counting rotations by cause), or a
-//! failure recorded (per-proxy backoff, the breaker fed, the Vault check told) and, when a
-//! backend answers again, the proxies waiting for it woken.
+//! the source, then a new certificate judged by the zone's clock (`policy::Arrival`) and
+//! installed and sent (counting rotations by cause), or a failure recorded (per-proxy backoff,
+//! the breaker fed, the Vault check told) and, when a backend answers again, the proxies waiting
+//! for it woken. A certificate that arrives expired or not yet valid is a failure; one that
+//! arrives already due is given but counts as one, so the next issuance waits a backoff step. The
+//! backend's clock, read from its answer, goes to the zone's `clocks`.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 
 use tokio::time::Instant;
 
-use super::policy::{self, Admission, Breaker};
+use super::policy::{self, Admission, Arrival, Breaker};
 use super::records::CertMeta;
-use super::source::{Issued, LeafSpec, SourceError};
+use super::source::{FailReason, Issued, LeafSpec, SourceError};
 use super::table::{Cause, Health, Holding, Snap, State};
 use super::{BackendId, DpKey, IdentityBundle, IdentityManager};
 use crate::metrics::{BackendLabels, BackendTypeLabels, CauseLabels, ReasonLabels};
@@ -24,11 +27,15 @@ impl IdentityManager {
         let admission = {
             let mut st = self.lock();
             let cooldown = self.config.breaker_cooldown;
+            let now = Instant::now();
+            // The breaker may not outlive a share of what this proxy's certificate has left.
+            let left = self.lifetime_left(&st, key);
             let b = self.breaker(&mut st, &snap.bid);
-            let a = b.admit(Instant::now());
+            let a = b.admit(now);
             let code = b.state.code();
             if a == Admission::Deny {
                 b.parked.insert(key.clone());
+                b.probe_by(now + policy::breaker_cooldown(cooldown, left));
                 let why = format!(
                     "waiting for backend {:?}, which is failing (retried once per {}s): {}",
                     snap.bid.1,
@@ -129,6 +136,15 @@ impl IdentityManager {
         self.wake.notify_one();
     }
 
+    /// Seconds the certificate of `key` has left by the zone's clock (0 or less: expired; None:
+    /// it holds none, so there is no certificate to hold back).
+    pub(super) fn lifetime_left(&self, st: &State, key: &DpKey) -> Option<i64> {
+        st.proxies
+            .get(key)
+            .and_then(|p| p.cert.as_ref())
+            .map(|c| c.not_after - self.clock.now_unix())
+    }
+
     pub(super) fn on_issued(
         &self,
         key: &DpKey,
@@ -137,6 +153,46 @@ impl IdentityManager {
         issued: Issued,
     ) -> bool {
         let now_unix = self.clock.now_unix();
+        if let Some(skew) = issued.backend_clock {
+            let peer = crate::clocks::vault_peer(&snap.bid.0, &snap.bid.1);
+            if self.ctx.clocks.observe(&peer, skew) {
+                self.ctx.report_now.notify_one();
+            }
+        }
+        let rotate_at = policy::rotate_at_unix(
+            issued.not_before,
+            issued.not_after,
+            snap.ttl,
+            self.config.rotation_fraction,
+            policy::rotation_jitter(),
+        );
+        let leeway = common::clock::LEEWAY.as_secs() as i64;
+        // How long after issuance a certificate of this lifetime is due (see `rotate_at_unix`).
+        let lifetime = (issued.not_after - issued.not_before).min(snap.ttl.as_secs() as i64);
+        let expected_wait = (lifetime as f64 * self.config.rotation_fraction) as i64;
+        let arrival = Arrival::judge(
+            issued.not_before,
+            issued.not_after,
+            rotate_at,
+            now_unix,
+            leeway,
+            expected_wait,
+        );
+        let problem = arrival.problem(&issued.serial);
+        if !arrival.usable() {
+            // The backend answered: this is no reason to open its breaker, nor to ask at once.
+            self.on_failure(
+                key,
+                snap,
+                SourceError {
+                    reason: FailReason::ClockSkew,
+                    message: problem.unwrap_or_default(),
+                    per_proxy: true,
+                },
+            );
+            self.clock_suspected(&snap.bid);
+            return false;
+        }
         let mut st = self.lock();
         self.backend_ok(&mut st, &snap.bid);
         let anchors_id = st.register_anchors(issued.anchors.clone(), self.persist.as_ref());
@@ -161,14 +217,6 @@ impl IdentityManager {
             Some(false) => return true,
             Some(true) => {}
         }
-        let rotate_at = policy::rotate_at_unix(
-            issued.not_before,
-            issued.not_after,
-            snap.ttl,
-            self.config.rotation_fraction,
-            policy::rotation_jitter(),
-        )
-        .max(now_unix);
         let meta = CertMeta {
             serial: issued.serial.clone(),
             backend: snap.backend.name.clone(),
@@ -190,6 +238,22 @@ impl IdentityManager {
             c.presented = None;
         }
         p.issued_count += 1;
+        // An issuance before the last certificate's rotation point is early: early ones in a row
+        // are paced (`policy::pace`), whatever asked for them.
+        let early = snap.record_cert.is_some() && cause != Some(Cause::Expiry);
+        p.early_streak = if early {
+            p.early_streak.saturating_add(1)
+        } else {
+            0
+        };
+        p.next_issue = Some(
+            Instant::now()
+                + policy::pace(
+                    p.early_streak,
+                    self.config.backoff_initial,
+                    self.config.backoff_max,
+                ),
+        );
         // Counted before the proxy can see it.
         if let (Some(cause), true) = (cause, had_cert) {
             self.counters.rotations.fetch_add(1, Ordering::Relaxed);
@@ -200,8 +264,34 @@ impl IdentityManager {
                 })
                 .inc();
         }
-        self.install(st, key, meta, issued.chain_pem, Some(issued.key_pem));
+        let due = problem.is_some();
+        self.install_as(
+            st,
+            key,
+            meta,
+            issued.chain_pem,
+            Some(issued.key_pem),
+            problem,
+        );
+        if due {
+            self.clock_suspected(&snap.bid);
+        }
         false
+    }
+
+    /// A certificate of `bid` arrived that the zone's clock finds wrong: have the backend's check
+    /// (which names the skew) run in full now.
+    fn clock_suspected(&self, bid: &BackendId) {
+        let mut st = self.lock();
+        if let Some(c) = st.checks.get_mut(bid)
+            && !c.running
+            && (c.ok != Some(false) || !c.error.starts_with("clock skew"))
+        {
+            c.full = true;
+            c.next = Some(Instant::now());
+            drop(st);
+            self.wake.notify_one();
+        }
     }
 
     /// Gives a proxy the certificate of `meta` (issued, or presented and kept): recorded with
@@ -209,23 +299,52 @@ impl IdentityManager {
     /// and its bundle sent with the mesh's trust. `key_pem: None`: the proxy keeps its key.
     pub(super) fn install(
         &self,
-        mut st: MutexGuard<'_, State>,
+        st: MutexGuard<'_, State>,
         key: &DpKey,
         meta: CertMeta,
         cert_chain_pem: String,
         key_pem: Option<String>,
     ) {
+        self.install_as(st, key, meta, cert_chain_pem, key_pem, None);
+    }
+
+    /// [`Self::install`]; with `due` (why the certificate arrived already due), the proxy counts
+    /// one more failure and looks again after a backoff step instead of at its rotation point.
+    pub(super) fn install_as(
+        &self,
+        mut st: MutexGuard<'_, State>,
+        key: &DpKey,
+        meta: CertMeta,
+        cert_chain_pem: String,
+        key_pem: Option<String>,
+        due: Option<String>,
+    ) {
         let Some(p) = st.proxies.get_mut(key) else {
             return;
         };
         p.holding = Holding::Known;
-        p.health = Health::Healthy;
-        p.last_error = None;
         let rotate_at = meta.rotate_at;
+        let next = match due {
+            None => {
+                p.health = Health::Healthy;
+                p.last_error = None;
+                self.clock.instant_at(rotate_at)
+            }
+            Some(why) => {
+                let failures = p.health.failures() + 1;
+                p.health = Health::Failing {
+                    failures,
+                    backend: false,
+                };
+                tracing::debug!(mesh = %key.0, dataplane = %key.1, failures, "{why}");
+                p.last_error = Some(why);
+                Instant::now() + self.proxy_backoff(failures)
+            }
+        };
         let (backend, serial) = (meta.backend.clone(), meta.serial.clone());
         let (not_before_unix, not_after_unix) = (meta.not_before, meta.not_after);
         st.set_cert(key, meta);
-        st.set_timer(key, Some(self.clock.instant_at(rotate_at)));
+        st.set_timer(key, Some(next));
         let trust = self.refresh_trust(&mut st, &key.0, Some(key));
         let bundle = IdentityBundle {
             generation: self.next_generation(),
@@ -243,6 +362,17 @@ impl IdentityManager {
         drop(st);
         self.record_changed(key);
         self.dirty.notify_one();
+    }
+
+    /// The wait after a proxy's own failure number `failures` (not the backend's): at least half
+    /// its step, so that one proxy is asked for at most once per step.
+    fn proxy_backoff(&self, failures: u32) -> std::time::Duration {
+        common::backoff::delay(
+            failures,
+            self.config.backoff_initial,
+            self.config.backoff_max,
+            common::backoff::Jitter::UpperHalf,
+        )
     }
 
     /// The breaker of a backend (a closed one when it has none yet).
@@ -267,10 +397,21 @@ impl IdentityManager {
             // The backend answered; only this proxy's request was refused.
             self.backend_ok(&mut st, &snap.bid);
         } else {
-            let cooldown = self.config.breaker_cooldown;
+            // The breaker may stay open a share of the shortest lifetime it holds back at most.
+            let parked: Vec<DpKey> = st
+                .breakers
+                .get(&snap.bid)
+                .map(|b| b.parked.iter().cloned().collect())
+                .unwrap_or_default();
+            let shortest = parked
+                .iter()
+                .chain(std::iter::once(key))
+                .filter_map(|k| self.lifetime_left(&st, k))
+                .min();
+            let cooldown = policy::breaker_cooldown(self.config.breaker_cooldown, shortest);
             let b = self.breaker(&mut st, &snap.bid);
             b.last_error = Some(e.message.clone());
-            if b.failure(now) {
+            if b.failure(now, cooldown) {
                 self.counters.breaker_opened.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(mesh = %snap.bid.0, backend = %snap.bid.1, error = %e, cooldown_s = cooldown.as_secs_f32(), "CA backend failing: circuit breaker open");
             }
@@ -280,7 +421,7 @@ impl IdentityManager {
                 c.failed_by_issuance(
                     &e.message,
                     self.clock.now_ms(),
-                    now + self.config.vault_recheck,
+                    now + self.config.vault_recheck.min(cooldown),
                 );
             }
         }
@@ -293,11 +434,16 @@ impl IdentityManager {
             backend: !e.per_proxy,
         };
         p.last_error = Some(e.message.clone());
-        let delay = policy::backoff(
-            failures,
-            self.config.backoff_initial,
-            self.config.backoff_max,
-        );
+        let delay = if e.per_proxy {
+            self.proxy_backoff(failures)
+        } else {
+            // Backend failures: spread wide (the breaker wakes them when it closes).
+            policy::backoff(
+                failures,
+                self.config.backoff_initial,
+                self.config.backoff_max,
+            )
+        };
         let connected = p.conn.is_some();
         if connected {
             st.set_timer(key, Some(now + delay));

@@ -29,6 +29,17 @@ pub struct IdentitySubscription {
     _guard: ConnGuard,
 }
 
+impl IdentitySubscription {
+    /// Where this connection's agent reports go.
+    pub fn reporter(&self) -> super::reports::AgentReporter {
+        super::reports::AgentReporter {
+            manager: self._guard.manager.clone(),
+            key: self._guard.key.clone(),
+            conn: self._guard.conn,
+        }
+    }
+}
+
 impl fmt::Debug for IdentitySubscription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdentitySubscription")
@@ -85,6 +96,8 @@ impl IdentityManager {
                 Holding::Known
             };
             let newly = p.conn.is_none();
+            // What the agent said was about its previous connection.
+            p.agent = None;
             // A replaced connection's receivers see their channel closed.
             p.conn = Some(Conn { id, tx, presented });
             let cert = p.cert.clone();
@@ -128,6 +141,7 @@ impl IdentityManager {
             return;
         }
         p.conn = None;
+        p.agent = None;
         let parked = p.parked_on.take();
         let cert = p.cert.clone();
         st.trust_ref(&key.0, cert.as_ref(), false);
@@ -151,8 +165,9 @@ impl IdentityManager {
 
     /// Every dataplane known to the zone, sorted by mesh and name.
     pub fn dataplanes(&self) -> Vec<DataplaneView> {
+        let now = self.clock.now_unix();
         let st = self.lock();
-        let mut out: Vec<DataplaneView> = st.proxies.values().map(|p| p.view()).collect();
+        let mut out: Vec<DataplaneView> = st.proxies.values().map(|p| p.view(now)).collect();
         drop(st);
         out.sort_by(|a, b| (&a.mesh, &a.name).cmp(&(&b.mesh, &b.name)));
         out
@@ -160,10 +175,11 @@ impl IdentityManager {
 
     /// One dataplane.
     pub fn dataplane(&self, mesh: &str, name: &str) -> Option<DataplaneView> {
+        let now = self.clock.now_unix();
         self.lock()
             .proxies
             .get(&(mesh.to_string(), name.to_string()))
-            .map(|p| p.view())
+            .map(|p| p.view(now))
     }
 
     /// Notes that a dataplane's record must be written. Records are written behind, in batches

@@ -259,6 +259,11 @@ impl IdentityManager {
             return Plan::Evaluate(presented, Box::new(snap));
         }
         if needed {
+            // Early issuances are paced (see `policy::pace`); the proxy keeps what it holds.
+            if let Some(at) = p.next_issue.filter(|at| *at > Instant::now()) {
+                st.set_timer(key, Some(at));
+                return Plan::Nothing;
+            }
             return Plan::Issue(cause, Box::new(snap));
         }
         if let Some(at) = rotate_at {

@@ -40,6 +40,8 @@ pub enum FailReason {
     Denied,
     /// The backend refused the request (role, mount, SANs, common name, conf).
     Refused,
+    /// The certificate came back expired or not yet valid by the zone's clock.
+    ClockSkew,
     Other,
 }
 
@@ -49,6 +51,7 @@ impl FailReason {
             FailReason::Unreachable => "unreachable",
             FailReason::Denied => "denied",
             FailReason::Refused => "refused",
+            FailReason::ClockSkew => "clock_skew",
             FailReason::Other => "other",
         }
     }
@@ -152,6 +155,8 @@ pub struct Issued {
     /// Validity, unix seconds.
     pub not_before: i64,
     pub not_after: i64,
+    /// How far the backend's clock is from the zone's, when its answer said (Vault's `Date`).
+    pub backend_clock: Option<common::clock::Skew>,
 }
 
 impl Issued {
@@ -172,6 +177,7 @@ impl Issued {
             serial,
             not_before,
             not_after,
+            backend_clock: None,
         })
     }
 }
@@ -701,7 +707,11 @@ impl VaultSource {
                     let mut chain_pem = cert.certificate_pem.trim_end().to_string();
                     chain_pem.push('\n');
                     chain_pem.push_str(&parts.intermediates);
-                    return Issued::new(chain_pem, cert.private_key_pem, parts.anchors.clone());
+                    return Issued::new(chain_pem, cert.private_key_pem, parts.anchors.clone())
+                        .map(|mut issued| {
+                            issued.backend_clock = cert.vault_clock;
+                            issued
+                        });
                 }
                 Err(
                     e @ (VaultError::PermissionDenied { .. }

@@ -120,6 +120,7 @@ impl StatusSource for IdentityManager {
 
     /// The dataplanes (sorted by mesh and name) and the backend checks, as they stand.
     fn status_extra(&self) -> StatusExtra {
+        let now = self.clock.now_unix();
         let st = self.lock();
         let mut dps: Vec<&Proxy> = st.proxies.values().map(|p| &**p).collect();
         dps.sort_unstable_by(|a, b| (&a.dp.mesh, &a.dp.name).cmp(&(&b.dp.mesh, &b.dp.name)));
@@ -154,6 +155,8 @@ impl StatusSource for IdentityManager {
                         "its dataplane token binds no service (made before tokens bound services): make a new one with global dataplane-token --service".to_string()
                     })
                     .unwrap_or_default(),
+                last_error: p.shown_error().unwrap_or_default(),
+                state: p.state(now).to_string(),
             })
             .collect();
         let backend_checks = Self::checks_of(&st);

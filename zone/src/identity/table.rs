@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use super::check::CheckState;
 use super::policy::Breaker;
 use super::records::{BackendRecord, CertMeta, DpRecord};
+use super::reports::AgentState;
 use super::source::CertSource;
 use super::{BackendId, DataplaneView, DpKey, IdentityBundle};
 
@@ -190,6 +191,13 @@ pub(super) struct Proxy {
     pub(super) last_error: Option<String>,
     pub(super) issued_count: u64,
     pub(super) last_connected_ms: u64,
+    /// What its agent last reported on this connection (`Session` only).
+    pub(super) agent: Option<AgentState>,
+    /// Issuances in a row that came before the last certificate's rotation point (see
+    /// `policy::pace`).
+    pub(super) early_streak: u32,
+    /// No issuance before this instant (the pace of early issuances).
+    pub(super) next_issue: Option<Instant>,
 }
 
 impl Proxy {
@@ -210,6 +218,9 @@ impl Proxy {
             last_error: None,
             issued_count: 0,
             last_connected_ms: 0,
+            agent: None,
+            early_streak: 0,
+            next_issue: None,
         }
     }
 
@@ -230,7 +241,8 @@ impl Proxy {
             .unwrap_or_default()
     }
 
-    pub(super) fn view(&self) -> DataplaneView {
+    /// Its row at the zone's clock `now` (unix seconds).
+    pub(super) fn view(&self, now: i64) -> DataplaneView {
         DataplaneView {
             mesh: self.dp.mesh.clone(),
             name: self.dp.name.clone(),
@@ -249,8 +261,16 @@ impl Proxy {
                 .as_ref()
                 .and_then(|c| common::clock::rfc3339(c.not_after)),
             expiration_unix: self.cert.as_ref().map(|c| c.not_after),
-            last_error: self.last_error.clone(),
+            last_error: self.shown_error(),
             issued_count: self.issued_count,
+            state: self.state(now).to_string(),
+            certificate_on_disk: self.agent.as_ref().and_then(|a| {
+                (!a.disk_serial.is_empty()).then(|| crate::views::DiskCertView {
+                    serial: a.disk_serial.clone(),
+                    expiration: common::clock::rfc3339(a.disk_not_after),
+                })
+            }),
+            agent_clock_skew_ms: self.agent.as_ref().map(|a| a.skew.ms),
         }
     }
 }

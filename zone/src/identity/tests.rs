@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +40,8 @@ struct FakeShared {
     serial: AtomicU64,
     /// backend name -> CA PEM.
     cas: Mutex<BTreeMap<String, String>>,
+    /// The backend's clock minus the zone's, in seconds.
+    offset_s: AtomicI64,
 }
 
 impl FakeShared {
@@ -102,7 +104,8 @@ impl CertSource for FakeSource {
                     per_proxy: false,
                 });
             }
-            let now = s.now_unix();
+            let offset = s.offset_s.load(Ordering::SeqCst);
+            let now = s.now_unix() + offset;
             Ok(Issued {
                 chain_pem: format!("LEAF {} {:?}\n", self.backend, spec.tags),
                 key_pem: "KEY".into(),
@@ -110,6 +113,10 @@ impl CertSource for FakeSource {
                 serial: format!("{:02x}", s.serial.fetch_add(1, Ordering::SeqCst)),
                 not_before: now - 10,
                 not_after: now + spec.ttl.as_secs() as i64,
+                backend_clock: Some(common::clock::Skew {
+                    ms: offset * 1000,
+                    error_ms: 0,
+                }),
             })
         })
     }
@@ -189,6 +196,7 @@ async fn harness(config: IssuanceConfig, m: Mesh) -> Harness {
         max_in_flight: AtomicU64::new(0),
         serial: AtomicU64::new(1),
         cas: Mutex::new(BTreeMap::new()),
+        offset_s: AtomicI64::new(0),
     });
     let clock = Clock {
         tokio: true,
@@ -526,4 +534,215 @@ fn issued_reads_serial_and_validity_as_the_full_summary_does() {
         (1_700_000_000, 1_700_086_400)
     );
     assert!(Issued::new("not PEM".into(), String::new(), Vec::new()).is_err());
+}
+
+/// One proxy on a backend whose clock is `offset_s` from the zone's, with `ttl` certificates, for
+/// `run` of paused time: the issuances it got (the backend was called), and the proxy's row.
+async fn skewed(offset_s: i64, ttl: &str, run: Duration) -> (u64, DataplaneView, Harness) {
+    let h = harness(IssuanceConfig::default(), mesh("ca-a", ttl)).await;
+    h.fake.offset_s.store(offset_s, Ordering::SeqCst);
+    let sub = h.manager.connect(dp("web-1", "web", &[]), None).unwrap();
+    tokio::time::sleep(run).await;
+    let calls = h.fake.calls.load(Ordering::SeqCst);
+    let view = h.manager.dataplane("m", "web-1").unwrap();
+    drop(sub);
+    (calls, view, h)
+}
+
+/// The most issuances one proxy can get in `run` when each failure waits at least half its step
+/// (1 s doubling): the first, then one after each of 0.5, 1, 2, 4, ... seconds.
+fn bound(run: Duration) -> u64 {
+    let (mut t, mut step, mut n) = (0.0, 0.5, 1);
+    while t + step <= run.as_secs_f64() {
+        t += step;
+        step *= 2.0;
+        n += 1;
+    }
+    n
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zone_ahead_of_its_backend_never_loops() {
+    // Two days ahead with 24 h certificates: each arrives expired. Given to no one, retried
+    // with backoff, the skew named.
+    let run = Duration::from_secs(120);
+    let (calls, view, h) = skewed(-2 * 86_400, "24h", run).await;
+    assert!(
+        calls >= 3 && calls <= bound(run),
+        "{calls} issuances in {run:?}"
+    );
+    assert_eq!(view.serial, None, "no expired certificate was handed out");
+    let e = view.last_error.unwrap();
+    assert!(
+        e.contains("clock skew") && e.contains("already expired"),
+        "{e}"
+    );
+    assert_eq!(view.state, "issuance failing");
+    let clocks = h.ctx.clocks.views();
+    assert_eq!(clocks[0].peer, "vault m/ca-a");
+    assert!(
+        clocks[0].skewed && clocks[0].detail.contains("2d 0h ahead of"),
+        "{clocks:?}"
+    );
+    let metrics = h.ctx.metrics.encode();
+    assert!(
+        metrics.contains("zone_certificates_failed_total{reason=\"clock_skew\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("zone_clock_skew_seconds{peer=\"vault m/ca-a\"} -172800"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zone_behind_its_backend_never_loops() {
+    // Five minutes behind: each certificate is valid only later.
+    let run = Duration::from_secs(60);
+    let (calls, view, _h) = skewed(300, "1h", run).await;
+    assert!(calls <= bound(run), "{calls} issuances in {run:?}");
+    assert_eq!(view.serial, None);
+    assert!(view.last_error.unwrap().contains("valid only in"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_certificate_due_on_arrival_is_given_and_the_next_waits() {
+    // 50 s ahead with 1 m certificates: each arrives with 20 s left (backdated 10 s), past its
+    // rotation point. The proxy gets it, and asks again only after backoff steps.
+    let h = harness(IssuanceConfig::default(), mesh("ca-a", "60s")).await;
+    h.fake.offset_s.store(-50, Ordering::SeqCst);
+    let mut sub = h.manager.connect(dp("web-1", "web", &[]), None).unwrap();
+    let b = next_bundle(&mut sub, Duration::from_secs(5)).await;
+    assert!(b.not_after_unix > h.fake.now_unix() - 50);
+    let run = Duration::from_secs(60);
+    tokio::time::sleep(run).await;
+    let calls = h.fake.calls.load(Ordering::SeqCst);
+    assert!(calls <= bound(run) + 1, "{calls} issuances in {run:?}");
+    let view = h.manager.dataplane("m", "web-1").unwrap();
+    assert!(view.serial.is_some());
+    assert!(view.last_error.unwrap().contains("already due"));
+    assert_eq!(view.state, "ok, but the next issuance is failing");
+}
+
+#[tokio::test(start_paused = true)]
+async fn whatever_asks_one_proxy_gets_one_issuance_per_step() {
+    // A proxy that reconnects every 100 ms presenting nothing (a crash loop), on a backend whose
+    // CA changes every 300 ms: both ask for early certificates, which are paced.
+    let h = harness(IssuanceConfig::default(), mesh("ca-a", "1h")).await;
+    let run = Duration::from_secs(30);
+    let start = Instant::now();
+    let mut flip = false;
+    let mut i = 0u32;
+    while start.elapsed() < run {
+        let sub = h.manager.connect(dp("web-1", "web", &[]), None).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(sub);
+        i += 1;
+        if i.is_multiple_of(3) {
+            flip = !flip;
+            let enabled = if flip { "ca-b" } else { "ca-a" };
+            h.ctx
+                .store
+                .write(vec![Op::Put(Resource::Mesh(mesh(enabled, "1h")))])
+                .await
+                .unwrap();
+        }
+    }
+    let calls = h.fake.calls.load(Ordering::SeqCst);
+    // The first, then one per pace step (at least 0.5, 1, 2, ... s).
+    assert!(
+        calls <= bound(run) + 1,
+        "{calls} issuances in {:?}",
+        start.elapsed()
+    );
+    assert!(calls >= 3, "{calls}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_breaker_never_outlives_the_short_certificates_it_holds_back() {
+    // 30 s certificates; the backend goes away before the first rotation and comes back 12 s
+    // later. With a 30 s cooldown the proxies would wait up to 30 s; the cooldown is cut to a
+    // quarter of what their certificates have left, so they are served within seconds.
+    let config = IssuanceConfig {
+        breaker_threshold: 3,
+        breaker_cooldown: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let h = harness(config, mesh("ca-a", "30s")).await;
+    let mut subs: Vec<IdentitySubscription> = (0..10)
+        .map(|i| {
+            h.manager
+                .connect(dp(&format!("p-{i}"), "web", &[]), None)
+                .unwrap()
+        })
+        .collect();
+    for s in subs.iter_mut() {
+        next_bundle(s, Duration::from_secs(5)).await;
+    }
+    h.fake.failing.store(true, Ordering::SeqCst);
+    // The rotations (at 24 s +- 1.5 s) fail and open the breaker; the certificates expire at 30 s.
+    tokio::time::sleep(Duration::from_secs(27)).await;
+    assert_eq!(h.manager.breaker_state("m", "ca-a"), "open");
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let down = h.manager.stats();
+    h.fake.failing.store(false, Ordering::SeqCst);
+    let back = Instant::now();
+    for s in subs.iter_mut() {
+        next_bundle(s, Duration::from_secs(30)).await;
+    }
+    assert!(
+        back.elapsed() <= Duration::from_secs(3),
+        "served {:?} after the backend came back",
+        back.elapsed()
+    );
+    // No storm while it was down: a probe per cooldown of at least a second.
+    assert!(down.attempts <= 10 + 10 + 3 + 12 + 4, "{down:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_agent_report_shows_in_the_row_and_the_status_report() {
+    let h = harness(IssuanceConfig::default(), mesh("ca-a", "1h")).await;
+    let mut sub = h.manager.connect(dp("web-1", "web", &[]), None).unwrap();
+    let b = next_bundle(&mut sub, Duration::from_secs(5)).await;
+    assert_eq!(h.manager.dataplane("m", "web-1").unwrap().state, "ok");
+    let reporter = sub.reporter();
+    let zone_now_ms = h.fake.now_unix() * 1000;
+    // The agent could not write the new files: its disk holds an older, expired certificate.
+    assert!(reporter.report(proto::dpid::AgentStatus {
+        agent_time_unix_ms: common::clock::now_ms(),
+        generation: b.generation,
+        problem: proto::dpid::AgentProblem::DiskFull as i32,
+        error: "cannot write out/.cert.pem.tmp: No space left on device (os error 28)".into(),
+        disk_serial: "0a".into(),
+        disk_not_after_unix: zone_now_ms / 1000 - 5,
+    }));
+    let v = h.manager.dataplane("m", "web-1").unwrap();
+    assert_eq!(v.state, "holding an expired certificate on disk");
+    let e = v.last_error.unwrap();
+    assert!(
+        e.contains("disk full") && e.contains("No space left"),
+        "{e}"
+    );
+    assert_eq!(v.certificate_on_disk.unwrap().serial, "0a");
+    let report = h.ctx.status_report();
+    assert_eq!(
+        report.dataplanes[0].state,
+        "holding an expired certificate on disk"
+    );
+    assert!(report.dataplanes[0].last_error.contains("disk full"));
+    // Written at last: nothing wrong any more.
+    assert!(reporter.report(proto::dpid::AgentStatus {
+        agent_time_unix_ms: common::clock::now_ms(),
+        generation: b.generation,
+        problem: 0,
+        error: String::new(),
+        disk_serial: b.serial.clone(),
+        disk_not_after_unix: b.not_after_unix,
+    }));
+    let v = h.manager.dataplane("m", "web-1").unwrap();
+    assert_eq!((v.state.as_str(), v.last_error), ("ok", None));
+    // A report of a replaced connection is dropped.
+    let newer = h.manager.connect(dp("web-1", "web", &[]), None).unwrap();
+    assert!(!reporter.report(proto::dpid::AgentStatus::default()));
+    drop(newer);
 }
