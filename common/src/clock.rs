@@ -89,37 +89,45 @@ impl Skew {
         self.ms.abs() - self.error_ms > SKEW_TOLERANCE_MS
     }
 
-    /// `this host's clock is 2d 0h ahead of Vault's` (the host is ahead when the peer is behind),
-    /// or that they agree.
+    /// `this host's clock is 2d 0h ahead of the clock of Vault` (the host is ahead when the peer
+    /// is behind), or that they agree.
     pub fn describe(&self, peer: &str) -> String {
         if !self.is_notable() {
             return format!(
-                "this host's clock and {peer}'s agree within {}",
+                "this host's clock agrees with the clock of {peer} within {}",
                 human_ms(SKEW_TOLERANCE_MS)
             );
         }
         let way = if self.ms < 0 { "ahead of" } else { "behind" };
         format!(
-            "this host's clock is {} {way} {peer}'s (fix the clocks, e.g. with NTP)",
+            "this host's clock is {} {way} the clock of {peer} (fix the clocks, e.g. with NTP)",
             human_ms(self.ms.abs())
         )
     }
 }
 
-/// A duration for people: `2d 3h`, `5m 10s`, `12s`, `800ms`.
+/// A duration for people, rounded to its last unit: `2d 3h`, `2h 1m`, `5m 10s`, `12s`, `800ms`.
 pub fn human_ms(ms: i64) -> String {
-    let ms = ms.abs();
+    let ms = ms.unsigned_abs();
     if ms < 1000 {
         return format!("{ms}ms");
     }
-    let s = ms / 1000;
-    let (d, h, m, s) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
-    match (d, h, m) {
-        (0, 0, 0) => format!("{s}s"),
-        (0, 0, _) => format!("{m}m {s}s"),
-        (0, _, _) => format!("{h}h {m}m"),
-        _ => format!("{d}d {h}h"),
+    let rounded = |unit: u64| (ms + unit / 2) / unit;
+    let s = rounded(1000);
+    if s < 3600 {
+        let (m, s) = (s / 60, s % 60);
+        return if m == 0 {
+            format!("{s}s")
+        } else {
+            format!("{m}m {s}s")
+        };
     }
+    if s < 86_400 {
+        let m = rounded(60_000);
+        return format!("{}h {}m", m / 60, m % 60);
+    }
+    let h = rounded(3_600_000);
+    format!("{}d {}h", h / 24, h % 24)
 }
 
 /// Unix seconds of an HTTP `Date` header (`Sun, 06 Dec 2026 08:02:14 GMT`).
@@ -147,18 +155,21 @@ mod tests {
             }
         );
         assert!(!s.is_notable());
-        assert!(s.describe("Vault").contains("agree"));
+        assert!(s.describe("Vault").contains("agrees"));
         // This host two days ahead of the peer.
         let day = 86_400_000;
         let s = Skew::measure(1_000_000, 1_000_000 + 2 * day, 1_000_000 + 2 * day + 10, 1);
         assert!(s.is_notable());
         assert_eq!(
             s.describe("Vault"),
-            "this host's clock is 2d 0h ahead of Vault's (fix the clocks, e.g. with NTP)"
+            "this host's clock is 2d 0h ahead of the clock of Vault (fix the clocks, e.g. with NTP)"
         );
         // The peer five minutes ahead.
         let s = Skew::measure(301_000, 1_000, 1_000, 1);
-        assert!(s.describe("global").contains("5m 0s behind global's"));
+        assert!(
+            s.describe("global")
+                .contains("5m 0s behind the clock of global")
+        );
         // Within the tolerance, or within the error bound: nothing to say.
         assert!(!Skew::measure(25_000, 0, 0, 1).is_notable());
         assert!(!Skew::measure(35_000, 0, 20_000, 1).is_notable());
@@ -171,6 +182,9 @@ mod tests {
         assert_eq!(human_ms(310_000), "5m 10s");
         assert_eq!(human_ms(7_260_000), "2h 1m");
         assert_eq!(human_ms(183_600_000), "2d 3h");
+        // Rounded, not cut: a measure a little short of two days is two days.
+        assert_eq!(human_ms(172_799_589), "2d 0h");
+        assert_eq!(human_ms(299_600), "5m 0s");
         assert_eq!(
             parse_http_date("Sun, 06 Dec 2026 08:02:14 GMT"),
             Some(1_796_544_134)

@@ -11,6 +11,7 @@ pub mod bins;
 pub mod certs;
 pub mod cluster;
 pub mod disk;
+pub mod faketime;
 pub mod faults;
 pub mod kds;
 pub mod openbao;

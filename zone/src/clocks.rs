@@ -32,6 +32,14 @@ pub fn vault_peer(mesh: &str, backend: &str) -> String {
     format!("vault {mesh}/{backend}")
 }
 
+/// How a peer is named in sentences: `Vault (default/vault-1)`, `global`.
+fn spoken(peer: &str) -> String {
+    match peer.strip_prefix("vault ") {
+        Some(rest) => format!("Vault ({rest})"),
+        None => peer.to_string(),
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Reading {
     skew: Skew,
@@ -97,14 +105,14 @@ impl Clocks {
                 skew_ms = skew.ms,
                 error_ms = skew.error_ms,
                 "clock skew: {}",
-                skew.describe(peer)
+                skew.describe(&spoken(peer))
             );
         } else {
             tracing::info!(
                 peer,
                 skew_ms = skew.ms,
                 "clock skew gone: {}",
-                skew.describe(peer)
+                skew.describe(&spoken(peer))
             );
         }
         true
@@ -139,7 +147,7 @@ impl Clocks {
                 skew_ms: r.skew.ms,
                 error_ms: r.skew.error_ms,
                 skewed: r.skew.is_notable(),
-                detail: r.skew.describe(peer),
+                detail: r.skew.describe(&spoken(peer)),
                 measured_at: common::clock::rfc3339_ms(r.at_ms),
             })
             .collect()
@@ -188,7 +196,12 @@ mod tests {
         );
         let views = clocks.views();
         assert_eq!(views.len(), 2);
-        assert!(views[1].skewed && views[1].detail.contains("2d 0h ahead of"));
+        assert!(views[1].skewed, "{views:?}");
+        assert!(
+            views[1]
+                .detail
+                .contains("2d 0h ahead of the clock of Vault (default/vault-1)")
+        );
         assert_eq!(clocks.report()[1].skew_ms, -172_800_000);
         clocks.forget(&peer);
         assert_eq!(clocks.views().len(), 1);

@@ -411,10 +411,8 @@ async fn recv_loop(
                     .iter()
                     .map(DataplaneReport::from)
                     .collect();
-                let reported = u64::try_from(status.reported_at_unix_ms)
-                    .ok()
-                    .filter(|ms| *ms > 0)
-                    .unwrap_or_else(|| common::clock::now_ms() as u64);
+                // By global's clock: a zone's may be off (its skew is in the status).
+                let reported = common::clock::now_ms().max(0) as u64;
                 ctx.zones.update_status(&zone, session, |r| {
                     r.status = Some(value);
                     r.dataplanes = dataplanes;
@@ -532,7 +530,7 @@ pub fn status_json(s: &kds::ZoneStatus, received_ms: i64) -> Value {
                 "peer": c.peer,
                 "skewMs": c.skew_ms,
                 "skewed": skew.is_notable(),
-                "detail": skew.describe(&c.peer).replace("this host's", "the zone's"),
+                "detail": skew.describe(&c.peer.replacen("vault ", "Vault ", 1)).replace("this host's", "the zone's"),
                 "measuredAt": common::clock::rfc3339_ms(c.measured_at_unix_ms),
             })
         }).collect::<Vec<_>>(),

@@ -24,6 +24,8 @@ pub struct ProxySpec {
     pub exec: Option<String>,
     /// `RUST_LOG` of the agent.
     pub rust_log: String,
+    /// More environment variables (e.g. [`crate::faketime::env`]).
+    pub env: Vec<(String, String)>,
 }
 
 impl ProxySpec {
@@ -35,7 +37,13 @@ impl ProxySpec {
             tags: Vec::new(),
             exec: None,
             rust_log: log_filter(),
+            env: Vec::new(),
         }
+    }
+
+    pub fn env(mut self, vars: Vec<(String, String)>) -> Self {
+        self.env.extend(vars);
+        self
     }
 
     pub fn tag(mut self, k: &str, v: &str) -> Self {
@@ -84,7 +92,8 @@ impl ProxyProc {
             .args(["--service", &spec.service])
             .arg("--out-dir")
             .arg(&out_dir)
-            .env("RUST_LOG", &spec.rust_log);
+            .env("RUST_LOG", &spec.rust_log)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)));
         for (k, v) in &spec.tags {
             cmd.arg("--tag").arg(format!("{k}={v}"));
         }

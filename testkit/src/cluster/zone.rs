@@ -1,6 +1,6 @@
 //! A `zone run` process on loopback ([`ZoneProc`]) with its proxy identity service: started
 //! against a global with a zone token ([`ZoneOptions`]: more arguments, working directory, log
-//! filter), waited for until `/healthz` answers, restarted on the same ports and data directory;
+//! filter, environment such as libfaketime's), waited for until `/healthz` answers, restarted on the same ports and data directory;
 //! what it holds (meshes, secrets, dataplanes, metrics) and a TLS channel to its identity service.
 
 use std::path::{Path, PathBuf};
@@ -21,6 +21,8 @@ pub struct ZoneOptions {
     pub extra: Vec<String>,
     pub cwd: Option<PathBuf>,
     pub rust_log: String,
+    /// More environment variables (e.g. [`crate::faketime::env`]).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ZoneOptions {
@@ -29,6 +31,7 @@ impl Default for ZoneOptions {
             extra: Vec::new(),
             cwd: None,
             rust_log: log_filter(),
+            env: Vec::new(),
         }
     }
 }
@@ -51,6 +54,11 @@ impl ZoneOptions {
 
     pub fn rust_log(mut self, filter: &str) -> Self {
         self.rust_log = filter.to_string();
+        self
+    }
+
+    pub fn env(mut self, vars: Vec<(String, String)>) -> Self {
+        self.env.extend(vars);
         self
     }
 }
@@ -186,7 +194,8 @@ impl ZoneProc {
         .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
         .args(["--dp-addr", &format!("127.0.0.1:{dp_port}")])
         .args(&spec.options.extra)
-        .env("RUST_LOG", &spec.options.rust_log);
+        .env("RUST_LOG", &spec.options.rust_log)
+        .envs(spec.options.env.iter().map(|(k, v)| (k, v)));
         if let Some(cwd) = &spec.options.cwd {
             cmd.current_dir(cwd);
         }

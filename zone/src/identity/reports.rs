@@ -65,11 +65,16 @@ impl AgentState {
         };
         let mut line = format!("{what} ({}): {}", kind(self.problem), self.error);
         if self.skew.is_notable() {
+            // Said from the proxy's side: its clock against the zone's.
+            let from_proxy = Skew {
+                ms: -self.skew.ms,
+                error_ms: self.skew.error_ms,
+            };
             line.push_str(&format!(
                 "; {}",
-                self.skew
-                    .describe("the proxy")
-                    .replace("this host's", "the zone's")
+                from_proxy
+                    .describe("the zone")
+                    .replace("this host's", "the proxy's")
             ));
         }
         Some(line)
