@@ -390,6 +390,7 @@ async fn get(what: GetKind, api: &str, output: Format) -> ExitCode {
             "SERIAL",
             "EXPIRES",
             "CONNECTED",
+            "STATE",
             "LAST ERROR",
         ]
         .map(String::from)
@@ -406,6 +407,7 @@ async fn get(what: GetKind, api: &str, output: Format) -> ExitCode {
             d.serial.unwrap_or_default(),
             d.expiration.unwrap_or_default(),
             if d.connected { "yes" } else { "no" }.to_string(),
+            d.state,
             d.last_error.unwrap_or_default(),
         ]);
     }

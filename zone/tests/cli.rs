@@ -54,6 +54,26 @@ fn flag_errors_are_usage_errors() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--trust-grace"));
+    // The issuance tuning is checked, each bad value naming its flag.
+    for (flag, value, says) in [
+        ("--rotation-fraction", "1.5", "above 0 and below 1"),
+        ("--rotation-fraction", "0", "above 0 and below 1"),
+        ("--breaker-cooldown", "0s", "more than 0s"),
+        ("--breaker-cooldown", "later", "--breaker-cooldown"),
+        ("--backoff-max", "100ms", "must not be below --backoff-initial"),
+        ("--breaker-threshold", "0", "at least 1"),
+    ] {
+        let out = base(&[
+            "--global-address",
+            "grpcs://127.0.0.1:5685",
+            "--insecure-skip-verify",
+            flag,
+            value,
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(flag) && err.contains(says), "{flag} {value}: {err}");
+    }
     // Every one of several global addresses is checked, and a bad one is named.
     for extra in [
         &[
