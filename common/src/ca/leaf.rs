@@ -30,6 +30,8 @@ pub struct LeafRequest {
     /// The rendered `commonName` template, if any; the subject is empty otherwise.
     pub common_name: Option<String>,
     pub lifetime: Duration,
+    /// `dpCert.uriSans` of the backend.
+    pub uri_sans: crate::model::UriSans,
 }
 
 /// The URI SANs of a proxy certificate, in a deterministic order: `spiffe://<mesh>/<service>` for
@@ -37,6 +39,39 @@ pub struct LeafRequest {
 /// and each of its distinct values (sorted). Shared with the vault backend, which sends them as
 /// `uri_sans`.
 pub fn leaf_uri_sans(mesh: &str, tags: &BTreeMap<String, Vec<String>>) -> Vec<String> {
+    kuma_uri_sans(mesh, tags)
+}
+
+/// The URI SANs of a proxy certificate in the backend's style (`dpCert.uriSans`): Kuma's (see
+/// [`leaf_uri_sans`]), or for `spiffe` exactly one, the SPIFFE ID `spiffe://<mesh>/<service>` —
+/// refused, naming why, for a proxy that registers more than one service (an X.509-SVID carries
+/// one SPIFFE ID).
+pub fn uri_sans_for(
+    style: crate::model::UriSans,
+    mesh: &str,
+    tags: &BTreeMap<String, Vec<String>>,
+) -> Result<Vec<String>, String> {
+    match style {
+        crate::model::UriSans::Kuma => Ok(kuma_uri_sans(mesh, tags)),
+        crate::model::UriSans::Spiffe => {
+            let mut services: Vec<&String> = tags.get(SERVICE_TAG).into_iter().flatten().collect();
+            services.sort();
+            services.dedup();
+            match services.as_slice() {
+                [one] => Ok(vec![format!("spiffe://{mesh}/{one}")]),
+                [] => Err(format!(
+                    "no {SERVICE_TAG} tag: an X.509-SVID needs one service"
+                )),
+                many => Err(format!(
+                    "the proxy registers {} values of {SERVICE_TAG} but dpCert.uriSans: spiffe issues X.509-SVIDs, which carry exactly one SPIFFE ID: register one service",
+                    many.len()
+                )),
+            }
+        }
+    }
+}
+
+fn kuma_uri_sans(mesh: &str, tags: &BTreeMap<String, Vec<String>>) -> Vec<String> {
     let sorted = |values: &Vec<String>| {
         let mut v = values.clone();
         v.sort();
@@ -187,6 +222,7 @@ impl CaSigner {
             tags: BTreeMap::from([(SERVICE_TAG.to_string(), vec!["probe".to_string()])]),
             common_name: None,
             lifetime: Duration::from_secs(60),
+            uri_sans: crate::model::UriSans::Kuma,
         };
         let leaf = self.issue(&req)?;
         let ders = cert_ders(leaf.cert_pem.as_bytes()).map_err(CaError::Signing)?;
@@ -243,7 +279,8 @@ impl CaSigner {
             }
             params.distinguished_name.push(DnType::CommonName, cn);
         }
-        params.subject_alt_names = leaf_uri_sans(&req.mesh, &req.tags)
+        params.subject_alt_names = uri_sans_for(req.uri_sans, &req.mesh, &req.tags)
+            .map_err(CaError::NotAnSvid)?
             .into_iter()
             .map(|uri| match uri.clone().try_into() {
                 Ok(_) if !uri_san_is_valid(&uri) => Err(CaError::InvalidSan {
@@ -345,6 +382,34 @@ mod tests {
     }
 
     #[test]
+    fn a_spiffe_style_leaf_is_an_x509_svid() {
+        let ca = ec_ca();
+        let signer = CaSigner::new(&ca).unwrap();
+        let mut req = LeafRequest {
+            mesh: "m1".into(),
+            tags: tags(&[("kuma.io/service", &["web"]), ("team", &["a"])]),
+            common_name: None,
+            lifetime: Duration::from_secs(3600),
+            uri_sans: crate::model::UriSans::Spiffe,
+        };
+        let leaf = signer.issue(&req).unwrap();
+        let s = crate::x509::summarize_pem(&leaf.cert_pem).unwrap();
+        assert_eq!(s.uri_sans, vec!["spiffe://m1/web".to_string()]);
+        assert!(!s.is_ca);
+        assert!(
+            s.key_usage
+                .unwrap()
+                .iter()
+                .any(|k| *k == "DigitalSignature")
+        );
+        // Two services cannot make one SPIFFE ID.
+        req.tags = tags(&[("kuma.io/service", &["web", "api"])]);
+        let e = signer.issue(&req).unwrap_err();
+        assert!(matches!(e, CaError::NotAnSvid(_)), "{e}");
+        assert!(e.to_string().contains("exactly one SPIFFE ID"), "{e}");
+    }
+
+    #[test]
     fn issues_kuma_shaped_leaf_from_ec_ca() {
         let ca = ec_ca();
         let signer = CaSigner::new(&ca).unwrap();
@@ -353,6 +418,7 @@ mod tests {
             tags: tags(&[("kuma.io/service", &["web"]), ("team", &["a"])]),
             common_name: None,
             lifetime: Duration::from_secs(3600),
+            uri_sans: crate::model::UriSans::Kuma,
         };
         let leaf = signer.issue(&req).unwrap();
         assert_eq!(leaf.not_after - leaf.not_before, 3610);
@@ -405,6 +471,7 @@ mod tests {
             tags: tags(&[("kuma.io/service", &["web"])]),
             common_name: Some("web.mesh".into()),
             lifetime: Duration::from_secs(365 * 86_400),
+            uri_sans: crate::model::UriSans::Kuma,
         };
         let leaf = signer.issue(&req).unwrap();
         assert_eq!(

@@ -260,11 +260,14 @@ pub async fn check_backend(
         }
     };
     let ttl = backend.dp_cert_expiration();
+    let style = backend.uri_sans();
     let req = IssueRequest {
-        uri_sans: vec![
-            format!("spiffe://{mesh}/{svc}"),
-            format!("kuma://{SERVICE_TAG}/{svc}"),
-        ],
+        uri_sans: crate::ca::uri_sans_for(
+            style,
+            mesh,
+            &BTreeMap::from([(SERVICE_TAG.to_string(), vec![svc.to_string()])]),
+        )
+        .unwrap_or_default(),
         common_name: common_name.clone(),
         ttl,
     };
@@ -276,7 +279,7 @@ pub async fn check_backend(
             return report;
         }
     };
-    inspect_test_certificate(&mut report, &issuer, &req, &cert, started);
+    inspect_test_certificate(&mut report, &issuer, &req, &cert, started, style);
     report
 }
 
@@ -290,6 +293,7 @@ pub fn inspect_test_certificate(
     req: &IssueRequest,
     cert: &IssuedCert,
     started: i64,
+    style: crate::model::UriSans,
 ) {
     let ttl = req.ttl;
     let common_name = &req.common_name;
@@ -429,7 +433,23 @@ pub fn inspect_test_certificate(
         .iter()
         .filter(|u| !summary.uri_sans.contains(u))
         .collect();
-    if absent.is_empty() {
+    let extra: Vec<&String> = summary
+        .uri_sans
+        .iter()
+        .filter(|u| !req.uri_sans.contains(u))
+        .collect();
+    if style == crate::model::UriSans::Spiffe && absent.is_empty() && !extra.is_empty() {
+        report.fail(
+            "uriSans",
+            format!(
+                "dpCert.uriSans: spiffe needs exactly one URI SAN, the SPIFFE ID {:?}, but Vault added {extra:?}: remove them from role {} of {} (allowed_uri_sans_template, or the role's default URI SANs)",
+                req.uri_sans.first().map(String::as_str).unwrap_or(""),
+                issuer.role(),
+                issuer.pki()
+            ),
+            Some("conf.fromCp.role".to_string()),
+        );
+    } else if absent.is_empty() {
         report.pass("uriSans", req.uri_sans.join(", "));
     } else {
         report.fail(
@@ -489,9 +509,47 @@ pub fn inspect_test_certificate(
         }
     }
 
-    // keyUsage
+    // keyUsage; for X.509-SVIDs (dpCert.uriSans: spiffe) digitalSignature and no CA are required,
+    // as SPIFFE clients refuse anything else.
+    let digital_signature = summary
+        .key_usage
+        .as_ref()
+        .is_some_and(|ku| ku.iter().any(|k| *k == "DigitalSignature"));
+    if style == crate::model::UriSans::Spiffe {
+        if summary.is_ca {
+            report.fail(
+                "svid",
+                format!(
+                    "dpCert.uriSans: spiffe issues X.509-SVIDs, which must not be CA certificates, but role {} of {} issued one",
+                    issuer.role(),
+                    issuer.pki()
+                ),
+                Some("conf.fromCp.role".to_string()),
+            );
+        } else if !digital_signature {
+            report.fail(
+                "svid",
+                format!(
+                    "dpCert.uriSans: spiffe issues X.509-SVIDs, which SPIFFE clients accept only with the digitalSignature key usage, but the test certificate has {}: set key_usage=\"{SUGGESTED_KEY_USAGE}\" on role {} of {} (OpenBao ignores names spelled KeyUsage*, as in the reference page's role)",
+                    summary
+                        .key_usage
+                        .as_ref()
+                        .map_or("no Key Usage extension".to_string(), |k| format!("key usage {}", k.join(", "))),
+                    issuer.role(),
+                    issuer.pki()
+                ),
+                Some("conf.fromCp.role".to_string()),
+            );
+        } else {
+            report.pass(
+                "svid",
+                "an X.509-SVID: one URI SAN (the SPIFFE ID), digitalSignature, not a CA",
+            );
+        }
+    }
     match &summary.key_usage {
         Some(ku) => report.pass("keyUsage", ku.join(", ")),
+        None if style == crate::model::UriSans::Spiffe => {}
         None => {
             let w = format!(
                 "the test certificate has no Key Usage extension: OpenBao ignores key_usage names spelled KeyUsage* (as in the reference page's role); set key_usage=\"{SUGGESTED_KEY_USAGE}\" on role {} of {}",

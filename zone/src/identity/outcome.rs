@@ -87,6 +87,7 @@ impl IdentityManager {
             mesh: snap.bid.0.clone(),
             tags: snap.tags.clone(),
             ttl: snap.ttl,
+            uri_sans: snap.backend.uri_sans(),
         };
         source.issue(&spec).await
     }

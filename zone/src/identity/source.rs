@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use common::ca::{CaError, CaKeyPair, CaSigner, LeafRequest, builtin_secret_names, leaf_uri_sans};
+use common::ca::{CaError, CaKeyPair, CaSigner, LeafRequest, builtin_secret_names, uri_sans_for};
 use common::datasource::SecretLookup;
 use common::model::{Backend, BackendConf, DataSource, FromCp};
 use common::store::Store;
@@ -113,6 +113,7 @@ impl SourceError {
             e,
             CaError::MissingService
                 | CaError::InvalidSan { .. }
+                | CaError::NotAnSvid(_)
                 | CaError::InvalidCommonName { .. }
         );
         Self {
@@ -140,6 +141,8 @@ pub struct LeafSpec {
     /// All tags of the proxy (`Dataplane::tags`), shared with the engine's state.
     pub tags: Arc<BTreeMap<String, Vec<String>>>,
     pub ttl: Duration,
+    /// `dpCert.uriSans` of the backend.
+    pub uri_sans: common::model::UriSans,
 }
 
 /// An issued certificate. `Debug` never shows the key.
@@ -694,7 +697,13 @@ impl VaultSource {
                 .render_common_name(&template_tags(&spec.tags))
                 .map_err(|e| SourceError::from_vault(&e))?;
             let req = IssueRequest {
-                uri_sans: leaf_uri_sans(&spec.mesh, &spec.tags),
+                uri_sans: uri_sans_for(spec.uri_sans, &spec.mesh, &spec.tags).map_err(|e| {
+                    SourceError {
+                        reason: FailReason::Refused,
+                        message: e,
+                        per_proxy: true,
+                    }
+                })?,
                 common_name,
                 ttl: spec.ttl,
             };
@@ -788,6 +797,7 @@ impl CertSource for LocalSource {
             tags: (*spec.tags).clone(),
             common_name: None,
             lifetime: spec.ttl,
+            uri_sans: spec.uri_sans,
         };
         let anchors = self.anchors.clone();
         Box::pin(async move {
