@@ -719,12 +719,7 @@ async fn spiffe_style_meshes_issue_x509_svids() {
     let s = x509::summarize_pem(&svid.cert_chain_pem).unwrap();
     assert_eq!(s.uri_sans, vec!["spiffe://m-svid/web".to_string()]);
     assert!(!s.is_ca);
-    assert!(
-        s.key_usage
-            .unwrap()
-            .iter()
-            .any(|k| *k == "DigitalSignature")
-    );
+    assert!(s.key_usage.unwrap().contains(&"DigitalSignature"));
     let mut two = dataplane("m-svid", "web-2", "web", &[]);
     two.networking.inbound[0]
         .tags

@@ -396,12 +396,7 @@ mod tests {
         let s = crate::x509::summarize_pem(&leaf.cert_pem).unwrap();
         assert_eq!(s.uri_sans, vec!["spiffe://m1/web".to_string()]);
         assert!(!s.is_ca);
-        assert!(
-            s.key_usage
-                .unwrap()
-                .iter()
-                .any(|k| *k == "DigitalSignature")
-        );
+        assert!(s.key_usage.unwrap().contains(&"DigitalSignature"));
         // Two services cannot make one SPIFFE ID.
         req.tags = tags(&[("kuma.io/service", &["web", "api"])]);
         let e = signer.issue(&req).unwrap_err();

@@ -514,7 +514,7 @@ pub fn inspect_test_certificate(
     let digital_signature = summary
         .key_usage
         .as_ref()
-        .is_some_and(|ku| ku.iter().any(|k| *k == "DigitalSignature"));
+        .is_some_and(|ku| ku.contains(&"DigitalSignature"));
     if style == crate::model::UriSans::Spiffe {
         if summary.is_ca {
             report.fail(
