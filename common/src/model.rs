@@ -277,6 +277,13 @@ pub enum KeyType {
 }
 
 impl KeyType {
+    /// The type of `dpCert.keyType` words (`ec-p256`, `rsa-2048`, `rsa-4096`).
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::EcP256, Self::Rsa2048, Self::Rsa4096]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::EcP256 => "ec-p256",

@@ -248,9 +248,30 @@ impl CaSigner {
         self.ca_not_after
     }
 
-    /// Issues a proxy certificate for `req`. NotAfter is `now + lifetime`, cut to the CA's own
-    /// NotAfter, so a leaf never outlives its CA.
+    /// Issues a proxy certificate for `req` with a new key. NotAfter is `now + lifetime`, cut to
+    /// the CA's own NotAfter, so a leaf never outlives its CA.
     pub fn issue(&self, req: &LeafRequest) -> Result<IssuedLeaf, CaError> {
+        let key = KeyPair::generate().map_err(|e| CaError::KeyGeneration(e.to_string()))?;
+        let key_pem = key.serialize_pem();
+        self.sign_key(req, &key, key_pem)
+    }
+
+    /// Signs a proxy certificate for `req` for the key of a checked CSR (`keyGeneration: proxy`):
+    /// the names are `req`'s, never the CSR's. The result has no key (`key_pem` is empty).
+    pub fn sign_csr(
+        &self,
+        req: &LeafRequest,
+        csr: &crate::csr::CheckedCsr,
+    ) -> Result<IssuedLeaf, CaError> {
+        self.sign_key(req, &csr.public_key, String::new())
+    }
+
+    fn sign_key(
+        &self,
+        req: &LeafRequest,
+        public_key: &impl rcgen::PublicKeyData,
+        key_pem: String,
+    ) -> Result<IssuedLeaf, CaError> {
         let now = crate::clock::now_utc();
         let not_before = now - BACKDATE;
         let mut not_after = add_lifetime(now, req.lifetime)?;
@@ -310,13 +331,12 @@ impl CaSigner {
         params.not_before = not_before;
         params.not_after = not_after;
 
-        let key = KeyPair::generate().map_err(|e| CaError::KeyGeneration(e.to_string()))?;
         let cert = params
-            .signed_by(&key, &self.issuer)
+            .signed_by(public_key, &self.issuer)
             .map_err(|e| CaError::Signing(e.to_string()))?;
         Ok(IssuedLeaf {
             cert_pem: format!("{}{}", cert.pem(), self.chain_pem),
-            key_pem: key.serialize_pem(),
+            key_pem,
             ca_pem: self.ca_pem.clone(),
             serial_hex: serial_hex(&serial),
             not_before: not_before.unix_timestamp(),
@@ -379,6 +399,30 @@ mod tests {
                 "kuma://version/v2",
             ]
         );
+    }
+
+    #[test]
+    fn a_csr_is_signed_for_its_key_with_the_names_of_the_request() {
+        let ca = ec_ca();
+        let signer = CaSigner::new(&ca).unwrap();
+        let g = crate::csr::generate(crate::model::KeyType::EcP256).unwrap();
+        let csr = crate::csr::check(&g.csr_der, crate::model::KeyType::EcP256).unwrap();
+        let req = LeafRequest {
+            mesh: "m1".into(),
+            tags: tags(&[("kuma.io/service", &["web"])]),
+            common_name: Some("web.mesh".into()),
+            lifetime: Duration::from_secs(600),
+            uri_sans: crate::model::UriSans::Spiffe,
+        };
+        let leaf = signer.sign_csr(&req, &csr).unwrap();
+        assert!(leaf.key_pem.is_empty(), "no key leaves the signer");
+        assert!(crate::x509::private_key_matches_cert(
+            &leaf.cert_pem,
+            &g.key_pem
+        ));
+        let s = crate::x509::summarize_pem(&leaf.cert_pem).unwrap();
+        assert_eq!(s.uri_sans, vec!["spiffe://m1/web".to_string()]);
+        assert_eq!(s.common_name.as_deref(), Some("web.mesh"));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::error::{CERT_AUTH_MOUNT, VaultError};
 use super::issued::{IssueRequest, IssuedCert};
 use super::timeouts::Timeouts;
 use crate::datasource::SecretLookup;
-use crate::model::{Backend, BackendConf, SERVICE_TAG};
+use crate::model::{Backend, BackendConf, KeyGeneration, SERVICE_TAG};
 use crate::x509;
 
 /// The service name of the test certificate issued by [`check_backend`].
@@ -272,7 +272,46 @@ pub async fn check_backend(
         ttl,
     };
     let started = crate::clock::now_unix();
-    let cert = match issuer.issue(&req).await {
+    let cert = match backend.key_generation() {
+        KeyGeneration::ControlPlane => issuer.issue(&req).await,
+        // Keys made on the proxy: Vault signs a CSR (the token needs `sign`, not `issue`).
+        KeyGeneration::Proxy => {
+            let key_type = backend.key_type();
+            let made = match crate::csr::generate(key_type) {
+                Ok(m) => m,
+                Err(e) => {
+                    report.fail("issue", e.to_string(), None);
+                    return report;
+                }
+            };
+            let csr_pem = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", made.csr_der));
+            match issuer.sign(&req, &csr_pem).await {
+                Ok(mut c) => {
+                    // Checked below like an issued certificate, with the key made here.
+                    c.private_key_pem = made.key_pem;
+                    Ok(c)
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    if text.contains("requires keys of type") {
+                        report.fail(
+                            "issue",
+                            format!(
+                                "{text}: proxies make {} keys (dpCert.keyType); set key_type=\"any\" (or the matching type) on role {} of {}, or change dpCert.keyType",
+                                key_type.as_str(),
+                                issuer.role(),
+                                issuer.pki()
+                            ),
+                            Some("dpCert.keyType".to_string()),
+                        );
+                        return report;
+                    }
+                    Err(e)
+                }
+            }
+        }
+    };
+    let cert = match cert {
         Ok(c) => c,
         Err(e) => {
             report.fail_err("issue", &e);
@@ -322,12 +361,21 @@ pub fn inspect_test_certificate(
     }
     report.pass(
         "issue",
-        format!(
-            "test certificate {} ({}) issued from {}",
-            cert.serial,
-            summary.key_algorithm,
-            issuer.issue_path()
-        ),
+        // A `sign` answer carries no key type: the key was made here.
+        if cert.private_key_type.is_empty() {
+            format!(
+                "test CSR ({}) signed by {}",
+                summary.key_algorithm,
+                issuer.sign_path()
+            )
+        } else {
+            format!(
+                "test certificate {} ({}) issued from {}",
+                cert.serial,
+                summary.key_algorithm,
+                issuer.issue_path()
+            )
+        },
     );
 
     // clock skew: Vault's clock (its answer's Date header) against this host's. A host whose
@@ -451,6 +499,18 @@ pub fn inspect_test_certificate(
         );
     } else if absent.is_empty() {
         report.pass("uriSans", req.uri_sans.join(", "));
+    } else if cert.private_key_type.is_empty() {
+        // A signed CSR (keyGeneration: proxy): a role that takes names from CSRs ignores ours.
+        report.fail(
+            "uriSans",
+            format!(
+                "Vault signed the test CSR without the URI SANs asked for {absent:?} (it has {:?}): with dpCert.keyGeneration: proxy the names come from the request, never from the proxy's CSR; set use_csr_sans=false and use_csr_common_name=false on role {} of {}",
+                summary.uri_sans,
+                issuer.role(),
+                issuer.pki()
+            ),
+            Some("conf.fromCp.role".to_string()),
+        );
     } else {
         report.fail(
             "uriSans",
