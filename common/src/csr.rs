@@ -50,6 +50,11 @@ impl fmt::Debug for Generated {
     }
 }
 
+/// The PEM form of a CSR's DER (`CERTIFICATE REQUEST`), as Vault takes it.
+pub fn pem_of(der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der.to_vec()))
+}
+
 /// A new key of `key_type` and a CSR for it, empty but for the key.
 pub fn generate(key_type: KeyType) -> Result<Generated, CsrError> {
     use rcgen::{KeyPair, RsaKeySize};
@@ -144,7 +149,7 @@ pub fn check(der: &[u8], wanted: KeyType) -> Result<CheckedCsr, CsrError> {
     }
     let params = rcgen::CertificateSigningRequestParams::from_der(&der.to_vec().into())
         .map_err(|e| CsrError::Parse(e.to_string()))?;
-    let pem = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der.to_vec()));
+    let pem = pem_of(der);
     Ok(CheckedCsr {
         der: der.to_vec(),
         pem,

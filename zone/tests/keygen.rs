@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use testkit::cluster::{GlobalProc, MESH, PKI, ProxyProc, ProxySpec, ROLE, Vault, ZoneProc};
+use testkit::cluster::{GlobalProc, MESH, ProxyProc, ProxySpec, Vault, ZoneProc};
 use testkit::wait::wait_until;
 
 /// The page's Mesh with keys made on the proxies, of `key_type`.
@@ -18,26 +18,6 @@ fn mesh_yaml(vault: &Vault, token: &str, key_type: &str) -> String {
         &format!("        expiration: 20s\n      keyGeneration: proxy\n      keyType: {key_type}"),
         1,
     )
-}
-
-/// A token whose policy allows only signing CSRs with the role.
-fn sign_only_token(vault: &Vault, dir: &Path) -> String {
-    let admin = vault.server.admin();
-    let hcl = dir.join("sign-only.hcl");
-    std::fs::write(
-        &hcl,
-        format!("path \"{PKI}/sign/{ROLE}\" {{\n  capabilities = [\"create\", \"update\"]\n}}\n"),
-    )
-    .unwrap();
-    admin
-        .run(&[
-            "policy",
-            "write",
-            "kmesh-sign-only",
-            &hcl.display().to_string(),
-        ])
-        .unwrap();
-    testkit::openbao::seed::create_token(&admin, &["kmesh-sign-only"]).unwrap()
 }
 
 /// Every file under `dir`, read as bytes, searched for `needle`.
@@ -60,7 +40,7 @@ async fn keys_made_on_the_proxy_with_a_sign_only_token() {
     let dir = tmp.path();
     // The role makes EC keys (key_type=ec): EC CSRs are signed, RSA ones refused.
     let vault = Vault::start(false, true).await.unwrap();
-    let token = sign_only_token(&vault, dir);
+    let token = vault.sign_policy_token().unwrap();
     let global = GlobalProc::start(&dir.join("global")).await.unwrap();
 
     // A key type the role refuses: refused by `global apply --dry-run` with the fix.
@@ -84,16 +64,7 @@ async fn keys_made_on_the_proxy_with_a_sign_only_token() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("use_csr_sans=false"), "{err}");
-    vault
-        .server
-        .admin()
-        .run(&[
-            "patch",
-            &format!("{PKI}/roles/{ROLE}"),
-            "use_csr_sans=false",
-            "use_csr_common_name=false",
-        ])
-        .unwrap();
+    vault.names_from_requests().unwrap();
 
     // EC keys with a token that may only sign: admitted (global test-signed a CSR).
     let applied = global

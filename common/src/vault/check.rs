@@ -284,7 +284,7 @@ pub async fn check_backend(
                     return report;
                 }
             };
-            let csr_pem = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", made.csr_der));
+            let csr_pem = crate::csr::pem_of(&made.csr_der);
             match issuer.sign(&req, &csr_pem).await {
                 Ok(mut c) => {
                     // Checked below like an issued certificate, with the key made here.
