@@ -287,6 +287,7 @@ pub async fn run(
         tokens,
         replicas,
         hosts: common::http::AllowedHosts::new(&config.api_hosts),
+        audit: crate::audit::Audit::open(&config.data_dir).map_err(data_dir_err)?,
     };
     let app = api::router(state);
     tracing::info!(

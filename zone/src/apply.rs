@@ -160,7 +160,8 @@ mod tests {
                         "auth": {"token": {"file": file.display().to_string()}}}}}]}}),
             )
         };
-        let roots = common::datasource::FileRoots::new(std::slice::from_ref(&allowed), &data).unwrap();
+        let roots =
+            common::datasource::FileRoots::new(std::slice::from_ref(&allowed), &data).unwrap();
         let e = validate(Kind::Mesh, &mesh(&data.join("zone-token")), Some(&roots)).unwrap_err();
         assert!(
             e.starts_with("mtls.backends[0].conf.fromCp.auth.token.file: this zone may not read"),
