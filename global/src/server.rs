@@ -288,6 +288,7 @@ pub async fn run(
         replicas,
         hosts: common::http::AllowedHosts::new(&config.api_hosts),
         audit: crate::audit::Audit::open(&config.data_dir).map_err(data_dir_err)?,
+        auth_log: Default::default(),
     };
     let app = api::router(state);
     tracing::info!(

@@ -102,4 +102,25 @@ async fn every_change_and_attempt_is_one_line_and_no_secret_is_in_it() {
         !text.contains(token.trim()),
         "the admin token in the audit log"
     );
+    // Failed authentications are counted, and said once per source and minute.
+    for _ in 0..5 {
+        let r = reqwest::Client::new()
+            .delete(global.url("/meshes/default"))
+            .header("authorization", "Bearer wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+    }
+    let metrics = global.api.get_text("/metrics").await.unwrap();
+    assert_eq!(
+        testkit::api::metric_sum(&metrics, "global_api_auth_failures"),
+        6.0
+    );
+    let log = std::fs::read_to_string(global.dir.join("global.log")).unwrap();
+    assert_eq!(
+        log.matches("without a valid admin token refused").count(),
+        1,
+        "{log}"
+    );
 }

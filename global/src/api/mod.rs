@@ -89,7 +89,11 @@ async fn authorize(State(state): State<ApiState>, mut req: Request, next: Next) 
     let admin = state.admin.matches(req.headers());
     req.extensions_mut().insert(state::Caller { admin });
     let response = if auth::needs_admin(&method, &path, peer) && !admin {
-        tracing::info!(%method, %path, peer = ?peer, "request without a valid admin token refused");
+        state.metrics.auth_failures.inc();
+        // Said once per source and minute: a brute force does not flood the log.
+        if state.auth_log.first_in_a_while(peer.map(|p| p.ip())) {
+            tracing::warn!(%method, %path, peer = ?peer, "request without a valid admin token refused (further ones from this address are counted in global_api_auth_failures_total, logged again in a minute)");
+        }
         let mut e = ApiError::new(
             StatusCode::UNAUTHORIZED,
             "this request needs the admin token: send Authorization: Bearer <token> (global run writes it to <data-dir>/admin-token)",

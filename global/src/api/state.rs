@@ -27,6 +27,8 @@ pub struct ApiState {
     pub hosts: common::http::AllowedHosts,
     /// Every request that changes something, or tried to (`crate::audit`).
     pub audit: crate::audit::Audit,
+    /// When each source's refused request was last logged.
+    pub auth_log: crate::auth::OncePerMinute,
 }
 
 /// Who sent a request, as the authorization middleware found: handlers redact for non-admins.
