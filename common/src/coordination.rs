@@ -324,7 +324,17 @@ impl Coordinator {
     /// once.
     pub async fn resign(&self) {
         if let Backend::Pg(pg) = &self.backend {
-            pg.lock.lock().await.take();
+            let taken = pg.lock.lock().await.take();
+            // Released before the session closes: the server notices a closed session a moment
+            // later, and another replica may ask meanwhile.
+            if let Some((c, true)) = &taken {
+                let _ = bounded(async {
+                    c.execute("SELECT pg_advisory_unlock($1)", &[&LEADER_LOCK])
+                        .await
+                        .map_err(pg_err)
+                })
+                .await;
+            }
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod ca;
 pub mod cli;
 pub mod clock;
 pub mod coordination;
+pub mod csr;
 pub mod datasource;
 pub mod duration;
 pub mod error;

@@ -144,6 +144,30 @@ impl Backend {
             .unwrap_or(DEFAULT_DP_CERT_EXPIRATION)
     }
 
+    /// `dpCert.keyGeneration`, or the control plane.
+    pub fn key_generation(&self) -> KeyGeneration {
+        self.dp_cert
+            .as_ref()
+            .and_then(|d| d.key_generation)
+            .unwrap_or_default()
+    }
+
+    /// `dpCert.keyType`, or EC P-256.
+    pub fn key_type(&self) -> KeyType {
+        self.dp_cert
+            .as_ref()
+            .and_then(|d| d.key_type)
+            .unwrap_or_default()
+    }
+
+    /// `dpCert.uriSans`, or Kuma's.
+    pub fn uri_sans(&self) -> UriSans {
+        self.dp_cert
+            .as_ref()
+            .and_then(|d| d.uri_sans)
+            .unwrap_or_default()
+    }
+
     /// The conf parsed for this backend's type. Errors carry the field path below `conf`
     /// (e.g. `fromCp.auth.token`).
     pub fn typed_conf(&self) -> Result<BackendConf, ConfError> {
@@ -217,6 +241,67 @@ impl BackendType {
 pub struct DpCert {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<Rotation>,
+    /// Who generates a proxy's key (default: the control plane, as the reference page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_generation: Option<KeyGeneration>,
+    /// The key a proxy generates (`keyGeneration: proxy` only; default EC P-256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_type: Option<KeyType>,
+    /// Which URI SANs a proxy certificate carries (default: Kuma's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri_sans: Option<UriSans>,
+}
+
+/// `dpCert.keyGeneration`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum KeyGeneration {
+    /// The zone obtains key and certificate (vault: `<pki>/issue/<role>`).
+    #[default]
+    ControlPlane,
+    /// The proxy's agent generates its key and sends a CSR (vault: `<pki>/sign/<role>`): the key
+    /// never leaves the proxy's host.
+    Proxy,
+}
+
+/// `dpCert.keyType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum KeyType {
+    #[default]
+    #[serde(rename = "ec-p256")]
+    EcP256,
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
+    #[serde(rename = "rsa-4096")]
+    Rsa4096,
+}
+
+impl KeyType {
+    /// The type of `dpCert.keyType` words (`ec-p256`, `rsa-2048`, `rsa-4096`).
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::EcP256, Self::Rsa2048, Self::Rsa4096]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EcP256 => "ec-p256",
+            Self::Rsa2048 => "rsa-2048",
+            Self::Rsa4096 => "rsa-4096",
+        }
+    }
+}
+
+/// `dpCert.uriSans`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UriSans {
+    /// The SPIFFE ID and one `kuma://TAG/VALUE` per tag, as Kuma.
+    #[default]
+    Kuma,
+    /// Exactly one URI SAN, the SPIFFE ID `spiffe://<mesh>/<service>`: an X.509-SVID.
+    Spiffe,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -850,6 +850,9 @@ mtls:
             rotation: Some(Rotation {
                 expiration: Some(HumanDuration::parse(text).unwrap()),
             }),
+            key_generation: None,
+            key_type: None,
+            uri_sans: None,
         });
     }
 
@@ -963,6 +966,18 @@ mtls:
             (
                 "type: Mesh\nname: m\nmtls:\n  backends: x\n",
                 "mtls.backends",
+            ),
+            (
+                "type: Mesh\nname: m\nmtls:\n  backends:\n  - name: b\n    type: builtin\n    dpCert:\n      uriSans: x509\n",
+                "mtls.backends[0].dpCert.uriSans",
+            ),
+            (
+                "type: Mesh\nname: m\nmtls:\n  backends:\n  - name: b\n    type: builtin\n    dpCert:\n      keyGeneration: zone\n",
+                "mtls.backends[0].dpCert.keyGeneration",
+            ),
+            (
+                "type: Mesh\nname: m\nmtls:\n  backends:\n  - name: b\n    type: builtin\n    dpCert:\n      keyGeneration: proxy\n      keyType: ed25519\n",
+                "mtls.backends[0].dpCert.keyType",
             ),
             ("type: Mesh\nname: [1]\n", "name"),
             ("type: Mesh\n", "name"),

@@ -151,6 +151,15 @@ fn validate_backend(
             ),
         );
     }
+    if let Some(d) = &backend.dp_cert
+        && d.key_type.is_some()
+        && backend.key_generation() != crate::model::KeyGeneration::Proxy
+    {
+        errs.push(
+            format!("{base}.dpCert.keyType"),
+            "applies only with dpCert.keyGeneration: proxy (the control plane's keys follow the CA: Vault's role key_type, or EC P-256 for builtin and provided)".to_string(),
+        );
+    }
     let conf_field = format!("{base}.conf");
     match backend.typed_conf() {
         Err(e) => {
@@ -1109,6 +1118,11 @@ mod tests {
                 vec!["mtls.backends[0].dpCert.rotation.expiration"],
             ),
             (
+                "keyType without keyGeneration proxy",
+                |v| v["mtls"]["backends"][0]["dpCert"]["keyType"] = json!("rsa-2048"),
+                vec!["mtls.backends[0].dpCert.keyType"],
+            ),
+            (
                 "unknown conf field",
                 |v| fc(v)["adress"] = json!("x"),
                 vec!["mtls.backends[0].conf.fromCp.adress"],
@@ -1434,6 +1448,13 @@ mod tests {
         ok(|v| v["mtls"]["backends"][1]["conf"] = json!(null));
         ok(|v| fc(v)["auth"]["token"] = json!({"inlineString": "s.abc"}));
         ok(|v| v["mtls"]["backends"][0]["dpCert"]["rotation"]["expiration"] = json!("1s"));
+        ok(|v| {
+            let d = &mut v["mtls"]["backends"][0]["dpCert"];
+            d["keyGeneration"] = json!("proxy");
+            d["keyType"] = json!("rsa-4096");
+            d["uriSans"] = json!("spiffe");
+        });
+        ok(|v| v["mtls"]["backends"][0]["dpCert"]["keyGeneration"] = json!("controlPlane"));
     }
 
     #[test]

@@ -80,6 +80,7 @@ fn request(mesh: &str, service: &str) -> LeafRequest {
         tags: tags(&[("kuma.io/service", &[service])]),
         common_name: None,
         lifetime: Duration::from_secs(3600),
+        uri_sans: common::model::UriSans::Kuma,
     }
 }
 
@@ -582,6 +583,7 @@ fn leaf_from_builtin_ca_verifies_and_has_kumas_shape() {
         ]),
         common_name: None,
         lifetime: Duration::from_secs(3600),
+        uri_sans: common::model::UriSans::Kuma,
     };
     let started = Instant::now();
     let leaf = issue_leaf(&pair, &req).unwrap();
@@ -686,6 +688,7 @@ fn leaf_common_name_and_several_services() {
         tags: tags(&[("kuma.io/service", &["b-svc", "a-svc"])]),
         common_name: Some("a-svc.mesh".into()),
         lifetime: Duration::from_secs(600),
+        uri_sans: common::model::UriSans::Kuma,
     };
     let leaf = issue_leaf(&pair, &req).unwrap();
     write(d, "leaf.pem", &leaf.cert_pem);

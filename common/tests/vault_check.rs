@@ -173,7 +173,9 @@ async fn seed_root_ca_with_token_auth() {
     }
     // OpenBao dates its answers: the skew is measured, and nil on one host.
     assert!(
-        check(&report, "clock skew").detail.contains("agree within"),
+        check(&report, "clock skew")
+            .detail
+            .contains("agrees with the clock of Vault within"),
         "{report:#?}"
     );
     assert_eq!(check(&report, "commonName").detail, "kmesh-ca-check.mesh");
@@ -248,6 +250,32 @@ async fn seed_root_ca_with_token_auth() {
         assert!(ku.contains(name), "{ku}");
     }
     assert!(check(&report, "issue").detail.contains("EC P-256"));
+
+    // Strict X.509-SVIDs (dpCert.uriSans: spiffe): the short-named role passes with one URI SAN;
+    // the page's role, whose KeyUsage* names OpenBao ignores, is refused, naming the fix.
+    let mut strict = be.clone();
+    strict.dp_cert.as_mut().unwrap().uri_sans = Some(common::model::UriSans::Spiffe);
+    let report = check_backend(MESH, &strict, &secrets).await;
+    assert_ok(&report);
+    assert_eq!(
+        check(&report, "uriSans").detail,
+        format!("spiffe://{MESH}/kmesh-ca-check")
+    );
+    assert!(check(&report, "svid").passed, "{report:#?}");
+    let page_token = seed::create_policy_and_token(&admin, MESH, pki, "dataplane-proxies").unwrap();
+    secrets.insert(MESH, "token-1", page_token.into_bytes());
+    let mut strict_page = seed_backend(&bao.addr(), pki, "dataplane-proxies", "24h");
+    strict_page.dp_cert.as_mut().unwrap().uri_sans = Some(common::model::UriSans::Spiffe);
+    let report = check_backend(MESH, &strict_page, &secrets).await;
+    assert!(!report.ok, "{report:#?}");
+    let svid = check(&report, "svid");
+    assert!(!svid.passed);
+    assert!(
+        svid.detail.contains("digitalSignature") && svid.detail.contains("key_usage=\""),
+        "{}",
+        svid.detail
+    );
+    assert_eq!(svid.field.as_deref(), Some("conf.fromCp.role"));
     eprintln!("seed_root_ca_with_token_auth: {:?}", t0.elapsed());
 }
 

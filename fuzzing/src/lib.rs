@@ -232,6 +232,7 @@ pub fn provided_ca(data: &[u8]) {
             tags,
             common_name: None,
             lifetime: Duration::from_secs(3600),
+            uri_sans: common::model::UriSans::Kuma,
         })
         .expect("a validated provided CA signs");
     // The trust bundle's self-signed root(s) are the anchors; the rest of it are intermediates.
@@ -333,6 +334,7 @@ pub fn vault_answer(data: &[u8]) {
                 &req,
                 &cert,
                 1_700_000_000,
+                common::model::UriSans::Kuma,
             );
             let _ = report.summary();
             assert!(

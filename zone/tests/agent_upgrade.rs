@@ -33,7 +33,10 @@ fn pki() -> Pki {
         let mut p = rcgen::CertificateParams::new(sans).unwrap();
         p.not_before = time::OffsetDateTime::now_utc() - time::Duration::minutes(1);
         p.not_after = time::OffsetDateTime::now_utc() + time::Duration::hours(1);
-        (p.signed_by(&key, &issuer).unwrap().pem(), key.serialize_pem())
+        (
+            p.signed_by(&key, &issuer).unwrap().pem(),
+            key.serialize_pem(),
+        )
     };
     Pki {
         ca_pem: ca_cert.pem(),
@@ -59,8 +62,7 @@ impl DataplaneIdentity for OlderZone {
         assert_eq!(request.get_ref().name, "web-1");
         let bundle = self.bundle.clone();
         // One bundle, then the stream stays open as a zone's does.
-        let s = futures::stream::once(async move { Ok(bundle) })
-            .chain(futures::stream::pending());
+        let s = futures::stream::once(async move { Ok(bundle) }).chain(futures::stream::pending());
         Ok(Response::new(Box::pin(s)))
     }
 
@@ -108,7 +110,11 @@ async fn an_agent_falls_back_to_the_older_stream_of_an_older_zone() {
     let out = dir.path().join("out");
     let log = dir.path().join("proxy.log");
     let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_zone"))
-        .args(["proxy", "--zone-address", &format!("grpcs://127.0.0.1:{port}")])
+        .args([
+            "proxy",
+            "--zone-address",
+            &format!("grpcs://127.0.0.1:{port}"),
+        ])
         .arg("--zone-ca-file")
         .arg(&ca_file)
         .arg("--token-file")
@@ -137,7 +143,10 @@ async fn an_agent_falls_back_to_the_older_stream_of_an_older_zone() {
     let _ = agent.wait();
     server.abort();
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(written, "the agent wrote nothing from the older zone\n{text}");
+    assert!(
+        written,
+        "the agent wrote nothing from the older zone\n{text}"
+    );
     assert!(
         text.contains("the zone predates reports from agents"),
         "{text}"

@@ -60,7 +60,11 @@ fn flag_errors_are_usage_errors() {
         ("--rotation-fraction", "0", "above 0 and below 1"),
         ("--breaker-cooldown", "0s", "more than 0s"),
         ("--breaker-cooldown", "later", "--breaker-cooldown"),
-        ("--backoff-max", "100ms", "must not be below --backoff-initial"),
+        (
+            "--backoff-max",
+            "100ms",
+            "must not be below --backoff-initial",
+        ),
         ("--breaker-threshold", "0", "at least 1"),
     ] {
         let out = base(&[
@@ -72,7 +76,10 @@ fn flag_errors_are_usage_errors() {
         ]);
         assert_eq!(out.status.code(), Some(2), "{flag} {value}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(flag) && err.contains(says), "{flag} {value}: {err}");
+        assert!(
+            err.contains(flag) && err.contains(says),
+            "{flag} {value}: {err}"
+        );
     }
     // Every one of several global addresses is checked, and a bad one is named.
     for extra in [

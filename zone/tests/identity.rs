@@ -685,6 +685,63 @@ async fn builtin_and_provided_backends_issue_locally() {
     zone.shutdown().await;
 }
 
+/// `dpCert.uriSans: spiffe`: a proxy's certificate is an X.509-SVID (one URI SAN, the SPIFFE ID,
+/// digitalSignature, not a CA); turning it on re-issues, and a proxy registering two services on
+/// such a mesh is refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spiffe_style_meshes_issue_x509_svids() {
+    let dir = tempfile::tempdir().unwrap();
+    let zone = start_zone(dir.path(), IssuanceConfig::default()).await;
+    let (_, mut resources) = builtin_secrets("m-svid", "ca-1");
+    let backend = |uri_sans: &str| {
+        json!({"name": "ca-1", "type": "builtin",
+            "dpCert": {"rotation": {"expiration": "1h"}, "uriSans": uri_sans}})
+    };
+    resources.push(mesh("m-svid", "ca-1", vec![backend("kuma")]));
+    zone.put(resources).await;
+    let mut a = zone
+        .manager
+        .connect(
+            dataplane("m-svid", "web-1", "web", &[("version", "v1")]),
+            None,
+        )
+        .unwrap();
+    let kuma = next_bundle(&mut a, Duration::from_secs(10)).await;
+    let s = x509::summarize_pem(&kuma.cert_chain_pem).unwrap();
+    assert_eq!(s.uri_sans.len(), 3, "{:?}", s.uri_sans);
+    zone.put(vec![mesh("m-svid", "ca-1", vec![backend("spiffe")])])
+        .await;
+    let svid = next_bundle(&mut a, Duration::from_secs(10)).await;
+    assert_ne!(
+        svid.serial, kuma.serial,
+        "the new style means a new certificate"
+    );
+    let s = x509::summarize_pem(&svid.cert_chain_pem).unwrap();
+    assert_eq!(s.uri_sans, vec!["spiffe://m-svid/web".to_string()]);
+    assert!(!s.is_ca);
+    assert!(s.key_usage.unwrap().contains(&"DigitalSignature"));
+    let mut two = dataplane("m-svid", "web-2", "web", &[]);
+    two.networking.inbound[0]
+        .tags
+        .insert("kuma.io/service".into(), "web".into());
+    two.networking.inbound.push(Inbound {
+        port: Some(8081),
+        tags: BTreeMap::from([("kuma.io/service".to_string(), "api".to_string())]),
+    });
+    let _b = zone.manager.connect(two, None).unwrap();
+    let row = testkit::wait::wait_for("the refusal", dir.path(), || async {
+        zone.manager
+            .dataplane("m-svid", "web-2")
+            .filter(|d| d.last_error.is_some())
+    })
+    .await;
+    assert!(
+        row.last_error.unwrap().contains("exactly one SPIFFE ID"),
+        "two services cannot make one SVID"
+    );
+    zone.shutdown().await;
+}
+
 /// vault -> builtin: every proxy is re-issued by the builtin CA; before the first builtin
 /// certificate every proxy trusts both CAs, and once all hold builtin certificates only the
 /// builtin CA is trusted.

@@ -30,6 +30,8 @@ pub struct LeafRequest {
     /// The rendered `commonName` template, if any; the subject is empty otherwise.
     pub common_name: Option<String>,
     pub lifetime: Duration,
+    /// `dpCert.uriSans` of the backend.
+    pub uri_sans: crate::model::UriSans,
 }
 
 /// The URI SANs of a proxy certificate, in a deterministic order: `spiffe://<mesh>/<service>` for
@@ -37,6 +39,39 @@ pub struct LeafRequest {
 /// and each of its distinct values (sorted). Shared with the vault backend, which sends them as
 /// `uri_sans`.
 pub fn leaf_uri_sans(mesh: &str, tags: &BTreeMap<String, Vec<String>>) -> Vec<String> {
+    kuma_uri_sans(mesh, tags)
+}
+
+/// The URI SANs of a proxy certificate in the backend's style (`dpCert.uriSans`): Kuma's (see
+/// [`leaf_uri_sans`]), or for `spiffe` exactly one, the SPIFFE ID `spiffe://<mesh>/<service>` —
+/// refused, naming why, for a proxy that registers more than one service (an X.509-SVID carries
+/// one SPIFFE ID).
+pub fn uri_sans_for(
+    style: crate::model::UriSans,
+    mesh: &str,
+    tags: &BTreeMap<String, Vec<String>>,
+) -> Result<Vec<String>, String> {
+    match style {
+        crate::model::UriSans::Kuma => Ok(kuma_uri_sans(mesh, tags)),
+        crate::model::UriSans::Spiffe => {
+            let mut services: Vec<&String> = tags.get(SERVICE_TAG).into_iter().flatten().collect();
+            services.sort();
+            services.dedup();
+            match services.as_slice() {
+                [one] => Ok(vec![format!("spiffe://{mesh}/{one}")]),
+                [] => Err(format!(
+                    "no {SERVICE_TAG} tag: an X.509-SVID needs one service"
+                )),
+                many => Err(format!(
+                    "the proxy registers {} values of {SERVICE_TAG} but dpCert.uriSans: spiffe issues X.509-SVIDs, which carry exactly one SPIFFE ID: register one service",
+                    many.len()
+                )),
+            }
+        }
+    }
+}
+
+fn kuma_uri_sans(mesh: &str, tags: &BTreeMap<String, Vec<String>>) -> Vec<String> {
     let sorted = |values: &Vec<String>| {
         let mut v = values.clone();
         v.sort();
@@ -187,6 +222,7 @@ impl CaSigner {
             tags: BTreeMap::from([(SERVICE_TAG.to_string(), vec!["probe".to_string()])]),
             common_name: None,
             lifetime: Duration::from_secs(60),
+            uri_sans: crate::model::UriSans::Kuma,
         };
         let leaf = self.issue(&req)?;
         let ders = cert_ders(leaf.cert_pem.as_bytes()).map_err(CaError::Signing)?;
@@ -212,9 +248,30 @@ impl CaSigner {
         self.ca_not_after
     }
 
-    /// Issues a proxy certificate for `req`. NotAfter is `now + lifetime`, cut to the CA's own
-    /// NotAfter, so a leaf never outlives its CA.
+    /// Issues a proxy certificate for `req` with a new key. NotAfter is `now + lifetime`, cut to
+    /// the CA's own NotAfter, so a leaf never outlives its CA.
     pub fn issue(&self, req: &LeafRequest) -> Result<IssuedLeaf, CaError> {
+        let key = KeyPair::generate().map_err(|e| CaError::KeyGeneration(e.to_string()))?;
+        let key_pem = key.serialize_pem();
+        self.sign_key(req, &key, key_pem)
+    }
+
+    /// Signs a proxy certificate for `req` for the key of a checked CSR (`keyGeneration: proxy`):
+    /// the names are `req`'s, never the CSR's. The result has no key (`key_pem` is empty).
+    pub fn sign_csr(
+        &self,
+        req: &LeafRequest,
+        csr: &crate::csr::CheckedCsr,
+    ) -> Result<IssuedLeaf, CaError> {
+        self.sign_key(req, &csr.public_key, String::new())
+    }
+
+    fn sign_key(
+        &self,
+        req: &LeafRequest,
+        public_key: &impl rcgen::PublicKeyData,
+        key_pem: String,
+    ) -> Result<IssuedLeaf, CaError> {
         let now = crate::clock::now_utc();
         let not_before = now - BACKDATE;
         let mut not_after = add_lifetime(now, req.lifetime)?;
@@ -243,7 +300,8 @@ impl CaSigner {
             }
             params.distinguished_name.push(DnType::CommonName, cn);
         }
-        params.subject_alt_names = leaf_uri_sans(&req.mesh, &req.tags)
+        params.subject_alt_names = uri_sans_for(req.uri_sans, &req.mesh, &req.tags)
+            .map_err(CaError::NotAnSvid)?
             .into_iter()
             .map(|uri| match uri.clone().try_into() {
                 Ok(_) if !uri_san_is_valid(&uri) => Err(CaError::InvalidSan {
@@ -273,13 +331,12 @@ impl CaSigner {
         params.not_before = not_before;
         params.not_after = not_after;
 
-        let key = KeyPair::generate().map_err(|e| CaError::KeyGeneration(e.to_string()))?;
         let cert = params
-            .signed_by(&key, &self.issuer)
+            .signed_by(public_key, &self.issuer)
             .map_err(|e| CaError::Signing(e.to_string()))?;
         Ok(IssuedLeaf {
             cert_pem: format!("{}{}", cert.pem(), self.chain_pem),
-            key_pem: key.serialize_pem(),
+            key_pem,
             ca_pem: self.ca_pem.clone(),
             serial_hex: serial_hex(&serial),
             not_before: not_before.unix_timestamp(),
@@ -345,6 +402,53 @@ mod tests {
     }
 
     #[test]
+    fn a_csr_is_signed_for_its_key_with_the_names_of_the_request() {
+        let ca = ec_ca();
+        let signer = CaSigner::new(&ca).unwrap();
+        let g = crate::csr::generate(crate::model::KeyType::EcP256).unwrap();
+        let csr = crate::csr::check(&g.csr_der, crate::model::KeyType::EcP256).unwrap();
+        let req = LeafRequest {
+            mesh: "m1".into(),
+            tags: tags(&[("kuma.io/service", &["web"])]),
+            common_name: Some("web.mesh".into()),
+            lifetime: Duration::from_secs(600),
+            uri_sans: crate::model::UriSans::Spiffe,
+        };
+        let leaf = signer.sign_csr(&req, &csr).unwrap();
+        assert!(leaf.key_pem.is_empty(), "no key leaves the signer");
+        assert!(crate::x509::private_key_matches_cert(
+            &leaf.cert_pem,
+            &g.key_pem
+        ));
+        let s = crate::x509::summarize_pem(&leaf.cert_pem).unwrap();
+        assert_eq!(s.uri_sans, vec!["spiffe://m1/web".to_string()]);
+        assert_eq!(s.common_name.as_deref(), Some("web.mesh"));
+    }
+
+    #[test]
+    fn a_spiffe_style_leaf_is_an_x509_svid() {
+        let ca = ec_ca();
+        let signer = CaSigner::new(&ca).unwrap();
+        let mut req = LeafRequest {
+            mesh: "m1".into(),
+            tags: tags(&[("kuma.io/service", &["web"]), ("team", &["a"])]),
+            common_name: None,
+            lifetime: Duration::from_secs(3600),
+            uri_sans: crate::model::UriSans::Spiffe,
+        };
+        let leaf = signer.issue(&req).unwrap();
+        let s = crate::x509::summarize_pem(&leaf.cert_pem).unwrap();
+        assert_eq!(s.uri_sans, vec!["spiffe://m1/web".to_string()]);
+        assert!(!s.is_ca);
+        assert!(s.key_usage.unwrap().contains(&"DigitalSignature"));
+        // Two services cannot make one SPIFFE ID.
+        req.tags = tags(&[("kuma.io/service", &["web", "api"])]);
+        let e = signer.issue(&req).unwrap_err();
+        assert!(matches!(e, CaError::NotAnSvid(_)), "{e}");
+        assert!(e.to_string().contains("exactly one SPIFFE ID"), "{e}");
+    }
+
+    #[test]
     fn issues_kuma_shaped_leaf_from_ec_ca() {
         let ca = ec_ca();
         let signer = CaSigner::new(&ca).unwrap();
@@ -353,6 +457,7 @@ mod tests {
             tags: tags(&[("kuma.io/service", &["web"]), ("team", &["a"])]),
             common_name: None,
             lifetime: Duration::from_secs(3600),
+            uri_sans: crate::model::UriSans::Kuma,
         };
         let leaf = signer.issue(&req).unwrap();
         assert_eq!(leaf.not_after - leaf.not_before, 3610);
@@ -405,6 +510,7 @@ mod tests {
             tags: tags(&[("kuma.io/service", &["web"])]),
             common_name: Some("web.mesh".into()),
             lifetime: Duration::from_secs(365 * 86_400),
+            uri_sans: crate::model::UriSans::Kuma,
         };
         let leaf = signer.issue(&req).unwrap();
         assert_eq!(

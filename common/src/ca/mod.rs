@@ -14,7 +14,9 @@ pub use builtin::{
     DEFAULT_CA_EXPIRATION, DEFAULT_RSA_BITS, SUPPORTED_RSA_BITS, builtin_secret_names,
     generate_builtin_ca,
 };
-pub use leaf::{CaSigner, IssuedLeaf, LeafRequest, issue_leaf, leaf_uri_sans, uri_san_is_valid};
+pub use leaf::{
+    CaSigner, IssuedLeaf, LeafRequest, issue_leaf, leaf_uri_sans, uri_san_is_valid, uri_sans_for,
+};
 pub use provided::{
     EXPIRY_WARNING, ProvidedField, ProvidedInfo, ProvidedProblem, validate_provided,
     validate_provided_detailed,

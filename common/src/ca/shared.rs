@@ -63,6 +63,9 @@ pub enum CaError {
     MissingService,
     #[error("invalid URI SAN {uri:?}: {reason}")]
     InvalidSan { uri: String, reason: String },
+    /// `dpCert.uriSans: spiffe` and a proxy that cannot have one SPIFFE ID.
+    #[error("{0}")]
+    NotAnSvid(String),
     #[error("invalid common name {name:?}: {reason}")]
     InvalidCommonName { name: String, reason: String },
     #[error(

@@ -15,7 +15,7 @@ use super::error::{CERT_AUTH_MOUNT, VaultError};
 use super::issued::{IssueRequest, IssuedCert};
 use super::timeouts::Timeouts;
 use crate::datasource::SecretLookup;
-use crate::model::{Backend, BackendConf, SERVICE_TAG};
+use crate::model::{Backend, BackendConf, KeyGeneration, SERVICE_TAG};
 use crate::x509;
 
 /// The service name of the test certificate issued by [`check_backend`].
@@ -260,23 +260,65 @@ pub async fn check_backend(
         }
     };
     let ttl = backend.dp_cert_expiration();
+    let style = backend.uri_sans();
     let req = IssueRequest {
-        uri_sans: vec![
-            format!("spiffe://{mesh}/{svc}"),
-            format!("kuma://{SERVICE_TAG}/{svc}"),
-        ],
+        uri_sans: crate::ca::uri_sans_for(
+            style,
+            mesh,
+            &BTreeMap::from([(SERVICE_TAG.to_string(), vec![svc.to_string()])]),
+        )
+        .unwrap_or_default(),
         common_name: common_name.clone(),
         ttl,
     };
     let started = crate::clock::now_unix();
-    let cert = match issuer.issue(&req).await {
+    let cert = match backend.key_generation() {
+        KeyGeneration::ControlPlane => issuer.issue(&req).await,
+        // Keys made on the proxy: Vault signs a CSR (the token needs `sign`, not `issue`).
+        KeyGeneration::Proxy => {
+            let key_type = backend.key_type();
+            let made = match crate::csr::generate(key_type) {
+                Ok(m) => m,
+                Err(e) => {
+                    report.fail("issue", e.to_string(), None);
+                    return report;
+                }
+            };
+            let csr_pem = crate::csr::pem_of(&made.csr_der);
+            match issuer.sign(&req, &csr_pem).await {
+                Ok(mut c) => {
+                    // Checked below like an issued certificate, with the key made here.
+                    c.private_key_pem = made.key_pem;
+                    Ok(c)
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    if text.contains("requires keys of type") {
+                        report.fail(
+                            "issue",
+                            format!(
+                                "{text}: proxies make {} keys (dpCert.keyType); set key_type=\"any\" (or the matching type) on role {} of {}, or change dpCert.keyType",
+                                key_type.as_str(),
+                                issuer.role(),
+                                issuer.pki()
+                            ),
+                            Some("dpCert.keyType".to_string()),
+                        );
+                        return report;
+                    }
+                    Err(e)
+                }
+            }
+        }
+    };
+    let cert = match cert {
         Ok(c) => c,
         Err(e) => {
             report.fail_err("issue", &e);
             return report;
         }
     };
-    inspect_test_certificate(&mut report, &issuer, &req, &cert, started);
+    inspect_test_certificate(&mut report, &issuer, &req, &cert, started, style);
     report
 }
 
@@ -290,6 +332,7 @@ pub fn inspect_test_certificate(
     req: &IssueRequest,
     cert: &IssuedCert,
     started: i64,
+    style: crate::model::UriSans,
 ) {
     let ttl = req.ttl;
     let common_name = &req.common_name;
@@ -318,12 +361,21 @@ pub fn inspect_test_certificate(
     }
     report.pass(
         "issue",
-        format!(
-            "test certificate {} ({}) issued from {}",
-            cert.serial,
-            summary.key_algorithm,
-            issuer.issue_path()
-        ),
+        // A `sign` answer carries no key type: the key was made here.
+        if cert.private_key_type.is_empty() {
+            format!(
+                "test CSR ({}) signed by {}",
+                summary.key_algorithm,
+                issuer.sign_path()
+            )
+        } else {
+            format!(
+                "test certificate {} ({}) issued from {}",
+                cert.serial,
+                summary.key_algorithm,
+                issuer.issue_path()
+            )
+        },
     );
 
     // clock skew: Vault's clock (its answer's Date header) against this host's. A host whose
@@ -429,8 +481,36 @@ pub fn inspect_test_certificate(
         .iter()
         .filter(|u| !summary.uri_sans.contains(u))
         .collect();
-    if absent.is_empty() {
+    let extra: Vec<&String> = summary
+        .uri_sans
+        .iter()
+        .filter(|u| !req.uri_sans.contains(u))
+        .collect();
+    if style == crate::model::UriSans::Spiffe && absent.is_empty() && !extra.is_empty() {
+        report.fail(
+            "uriSans",
+            format!(
+                "dpCert.uriSans: spiffe needs exactly one URI SAN, the SPIFFE ID {:?}, but Vault added {extra:?}: remove them from role {} of {} (allowed_uri_sans_template, or the role's default URI SANs)",
+                req.uri_sans.first().map(String::as_str).unwrap_or(""),
+                issuer.role(),
+                issuer.pki()
+            ),
+            Some("conf.fromCp.role".to_string()),
+        );
+    } else if absent.is_empty() {
         report.pass("uriSans", req.uri_sans.join(", "));
+    } else if cert.private_key_type.is_empty() {
+        // A signed CSR (keyGeneration: proxy): a role that takes names from CSRs ignores ours.
+        report.fail(
+            "uriSans",
+            format!(
+                "Vault signed the test CSR without the URI SANs asked for {absent:?} (it has {:?}): with dpCert.keyGeneration: proxy the names come from the request, never from the proxy's CSR; set use_csr_sans=false and use_csr_common_name=false on role {} of {}",
+                summary.uri_sans,
+                issuer.role(),
+                issuer.pki()
+            ),
+            Some("conf.fromCp.role".to_string()),
+        );
     } else {
         report.fail(
             "uriSans",
@@ -489,9 +569,47 @@ pub fn inspect_test_certificate(
         }
     }
 
-    // keyUsage
+    // keyUsage; for X.509-SVIDs (dpCert.uriSans: spiffe) digitalSignature and no CA are required,
+    // as SPIFFE clients refuse anything else.
+    let digital_signature = summary
+        .key_usage
+        .as_ref()
+        .is_some_and(|ku| ku.contains(&"DigitalSignature"));
+    if style == crate::model::UriSans::Spiffe {
+        if summary.is_ca {
+            report.fail(
+                "svid",
+                format!(
+                    "dpCert.uriSans: spiffe issues X.509-SVIDs, which must not be CA certificates, but role {} of {} issued one",
+                    issuer.role(),
+                    issuer.pki()
+                ),
+                Some("conf.fromCp.role".to_string()),
+            );
+        } else if !digital_signature {
+            report.fail(
+                "svid",
+                format!(
+                    "dpCert.uriSans: spiffe issues X.509-SVIDs, which SPIFFE clients accept only with the digitalSignature key usage, but the test certificate has {}: set key_usage=\"{SUGGESTED_KEY_USAGE}\" on role {} of {} (OpenBao ignores names spelled KeyUsage*, as in the reference page's role)",
+                    summary
+                        .key_usage
+                        .as_ref()
+                        .map_or("no Key Usage extension".to_string(), |k| format!("key usage {}", k.join(", "))),
+                    issuer.role(),
+                    issuer.pki()
+                ),
+                Some("conf.fromCp.role".to_string()),
+            );
+        } else {
+            report.pass(
+                "svid",
+                "an X.509-SVID: one URI SAN (the SPIFFE ID), digitalSignature, not a CA",
+            );
+        }
+    }
     match &summary.key_usage {
         Some(ku) => report.pass("keyUsage", ku.join(", ")),
+        None if style == crate::model::UriSans::Spiffe => {}
         None => {
             let w = format!(
                 "the test certificate has no Key Usage extension: OpenBao ignores key_usage names spelled KeyUsage* (as in the reference page's role); set key_usage=\"{SUGGESTED_KEY_USAGE}\" on role {} of {}",

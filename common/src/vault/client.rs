@@ -299,6 +299,11 @@ impl VaultIssuer {
         format!("{}/issue/{}", self.pki, self.role)
     }
 
+    /// `<pki>/sign/<role>`: where CSRs are signed (`dpCert.keyGeneration: proxy`).
+    pub fn sign_path(&self) -> String {
+        format!("{}/sign/{}", self.pki, self.role)
+    }
+
     fn address_field(&self) -> &'static str {
         if self.auth == AuthMode::Agent {
             "agentAddress"
@@ -490,15 +495,42 @@ impl VaultIssuer {
         rb
     }
 
-    // Raw request: vaultrs' GenerateCertificateResponse drops `warnings`.
+    /// Has `<pki>/sign/<role>` sign `csr_pem` with the names and lifetime of `req` (the CSR's own
+    /// names are refused before: see `common::csr`). With a cert login whose token was refused,
+    /// logs in again once and retries. The answer has no private key.
+    pub async fn sign(&self, req: &IssueRequest, csr_pem: &str) -> Result<IssuedCert, VaultError> {
+        match self.request_cert(req, Some(csr_pem)).await {
+            Err(VaultError::PermissionDenied { .. }) if self.auth == AuthMode::Cert => {
+                self.authenticate().await?;
+                self.request_cert(req, Some(csr_pem)).await
+            }
+            other => other,
+        }
+    }
+
     async fn issue_once(&self, req: &IssueRequest) -> Result<IssuedCert, VaultError> {
-        let path = self.issue_path();
+        self.request_cert(req, None).await
+    }
+
+    // Raw request: vaultrs' GenerateCertificateResponse drops `warnings`.
+    async fn request_cert(
+        &self,
+        req: &IssueRequest,
+        csr_pem: Option<&str>,
+    ) -> Result<IssuedCert, VaultError> {
+        let path = match csr_pem {
+            Some(_) => self.sign_path(),
+            None => self.issue_path(),
+        };
         let mut body = serde_json::json!({
             "uri_sans": req.uri_sans,
             "ttl": format!("{}s", req.ttl.as_secs().max(1)),
         });
         if let Some(cn) = &req.common_name {
             body["common_name"] = serde_json::Value::String(cn.clone());
+        }
+        if let Some(csr) = csr_pem {
+            body["csr"] = serde_json::Value::String(csr.to_string());
         }
         let sent_ms = crate::clock::now_ms();
         let (status, retry_after, text, date) = self
@@ -507,7 +539,7 @@ impl VaultIssuer {
                 self.request(reqwest::Method::POST, &path).json(&body),
             )
             .await?;
-        let mut cert = self.read_issue_answer(req, status, retry_after, &text)?;
+        let mut cert = self.read_answer(&path, req, status, retry_after, &text)?;
         cert.vault_clock = date
             .map(|d| crate::clock::Skew::measure(d * 1000, sent_ms, crate::clock::now_ms(), 1000));
         Ok(cert)
@@ -557,7 +589,19 @@ impl VaultIssuer {
         retry_after: Option<u64>,
         text: &str,
     ) -> Result<IssuedCert, VaultError> {
-        let path = self.issue_path();
+        self.read_answer(&self.issue_path(), req, status, retry_after, text)
+    }
+
+    /// [`Self::read_issue_answer`] for `path` (`issue` or `sign`).
+    fn read_answer(
+        &self,
+        path: &str,
+        req: &IssueRequest,
+        status: u16,
+        retry_after: Option<u64>,
+        text: &str,
+    ) -> Result<IssuedCert, VaultError> {
+        let path = path.to_string();
         if !(200..300).contains(&status) {
             return Err(classify_body(
                 &self.ctx(&path, Some(req)),

@@ -135,6 +135,8 @@ pub(super) struct IssueData {
     pub issuing_ca: String,
     #[serde(default)]
     pub ca_chain: Option<Vec<String>>,
+    /// Absent from `sign` answers (the key stayed with whoever made the CSR).
+    #[serde(default)]
     pub private_key: String,
     #[serde(default)]
     pub private_key_type: String,

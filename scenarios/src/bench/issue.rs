@@ -9,6 +9,11 @@
 //!    issuances after the restart (should be 0) and time until every proxy is served again.
 //! 4. Memory: the zone's RSS with M registered proxies (builtin backend, so the figure is the
 //!    zone's own cost, not Vault's).
+//!
+//! With `--key-generation proxy` instead: N EC P-256 CSRs made up front (on a proxy's host, in
+//! reality), signed by raw OpenBao `<pki>/sign/<role>` with C in flight, then by the zone: N
+//! `Session` streams, each answering the zone's CSR request with one of those CSRs, timed until
+//! every proxy holds its certificate.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,6 +44,16 @@ pub struct IssueBench {
     /// Proxies registered for the memory measurement.
     #[arg(long, default_value_t = 10000)]
     pub memory_proxies: usize,
+    /// `proxy`: measure `dpCert.keyGeneration: proxy` (CSRs signed) instead.
+    #[arg(long, value_enum, default_value_t = KeyGen::ControlPlane)]
+    pub key_generation: KeyGen,
+}
+
+/// Who makes the proxies' keys in the bench.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyGen {
+    ControlPlane,
+    Proxy,
 }
 
 /// Streams per HTTP/2 connection from the bench to the zone.
@@ -55,6 +70,9 @@ pub async fn run(p: IssueBench) -> Result<()> {
         dir.path().display()
     );
     let mut table = Table::new(&["measure", "value", "target / baseline"]);
+    if p.key_generation == KeyGen::Proxy {
+        return sign_bench(&p, dir.path(), table).await;
+    }
 
     // EC role: zone vs raw OpenBao, then the restart.
     let mut ec = VaultRun::start(&dir.path().join("ec"), true, p.concurrency).await?;
@@ -504,6 +522,197 @@ pub(crate) async fn open_streams(
         bail!("proxy {missing} was not served");
     }
     Ok((elapsed, chains, streams))
+}
+
+/// `--key-generation proxy`: raw OpenBao `sign` of N CSRs against the zone signing the same CSRs
+/// for N proxies.
+async fn sign_bench(p: &IssueBench, dir: &std::path::Path, mut table: Table) -> Result<()> {
+    let n = p.proxies;
+    let made = Instant::now();
+    let csrs: Vec<Vec<u8>> = (0..n)
+        .map(|_| common::csr::generate(common::model::KeyType::EcP256).map(|g| g.csr_der))
+        .collect::<Result<_, _>>()?;
+    println!(
+        "{n} EC P-256 keys and CSRs made in {:.2} s (not timed below)",
+        made.elapsed().as_secs_f64()
+    );
+    let mut vault = Vault::start(false, true).await?;
+    // A token that may only sign, as a cluster in proxy mode needs; the raw baseline uses it too.
+    vault.token = vault.sign_only()?;
+    let global = GlobalProc::start(&dir.join("global")).await?;
+    let yaml = vault_mesh_yaml(&vault.addr(), &vault.token, "24h").replacen(
+        "        expiration: 24h",
+        "        expiration: 24h\n      keyGeneration: proxy",
+        1,
+    );
+    global.apply(&yaml).await?;
+    let token = global.zone_token_file("zone-1", dir).await?;
+    let zone = start_zone(&global, &token, &dir.join("zone-1"), p.concurrency).await?;
+
+    let raw = raw_sign(&vault, &csrs, p.concurrency).await?;
+    let tokens = dataplane_tokens(&global, "csr", n).await?;
+    let zone_time = open_sessions(&zone, "csr", &tokens, &csrs).await?;
+    table.row(&[
+        format!(
+            "raw OpenBao: {n} EC CSRs signed, {} in flight",
+            p.concurrency
+        ),
+        format!(
+            "{:.2} s ({:.0}/s)",
+            raw.as_secs_f64(),
+            n as f64 / raw.as_secs_f64()
+        ),
+        "baseline".into(),
+    ]);
+    table.row(&[
+        format!("zone: {n} proxies certified from their CSRs (keyGeneration: proxy)"),
+        format!(
+            "{:.2} s ({:.0}/s)",
+            zone_time.as_secs_f64(),
+            n as f64 / zone_time.as_secs_f64()
+        ),
+        String::new(),
+    ]);
+    table.row(&[
+        "ratio zone / raw (sign)".into(),
+        format!("{:.2}", zone_time.as_secs_f64() / raw.as_secs_f64()),
+        "< 1.1".into(),
+    ]);
+    println!("\n{}", table.render());
+    Ok(())
+}
+
+/// Raw OpenBao: each CSR signed by `<pki>/sign/<role>` with `c` in flight.
+async fn raw_sign(vault: &Vault, csrs: &[Vec<u8>], c: usize) -> Result<Duration> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(c * 2)
+        .build()?;
+    let url = format!("{}/v1/{PKI}/sign/{ROLE}", vault.addr());
+    let start = Instant::now();
+    let results = futures::stream::iter(csrs.iter().enumerate())
+        .map(|(i, der)| {
+            let http = http.clone();
+            let url = url.clone();
+            let token = vault.token.clone();
+            let csr = common::csr::pem_of(der);
+            async move {
+                let svc = format!("svc-{}", i % 50);
+                let body = serde_json::json!({
+                    "csr": csr,
+                    "common_name": format!("{svc}.mesh"),
+                    "uri_sans": format!("spiffe://{MESH}/{svc},kuma://kuma.io/service/{svc}"),
+                    "ttl": "24h",
+                });
+                let resp = http
+                    .post(&url)
+                    .header("X-Vault-Token", token)
+                    .json(&body)
+                    .send()
+                    .await?;
+                if !resp.status().is_success() {
+                    bail!(
+                        "raw sign {i}: {} {}",
+                        resp.status(),
+                        resp.text().await.unwrap_or_default()
+                    );
+                }
+                let _ = resp.bytes().await?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(c)
+        .collect::<Vec<Result<()>>>()
+        .await;
+    let elapsed = start.elapsed();
+    for r in results {
+        r?;
+    }
+    Ok(elapsed)
+}
+
+/// One `Session` per token (proxy `<prefix>-<i>`), all at once, each answering the zone's CSR
+/// request with `csrs[i]`; the time from the first open until every proxy holds a certificate.
+async fn open_sessions(
+    zone: &ZoneProc,
+    prefix: &str,
+    tokens: &[String],
+    csrs: &[Vec<u8>],
+) -> Result<Duration> {
+    use proto::dpid::{AgentMessage, Csr, agent_message};
+    let n = tokens.len();
+    let mut channels = Vec::new();
+    for _ in 0..n.div_ceil(STREAMS_PER_CONNECTION) {
+        channels.push(zone_channel(zone).await?);
+    }
+    let channels = Arc::new(channels);
+    let start = Instant::now();
+    let results = futures::stream::iter(0..n)
+        .map(|i| {
+            let channels = channels.clone();
+            let token = tokens[i].clone();
+            let csr = csrs[i].clone();
+            let name = format!("{prefix}-{i}");
+            async move {
+                let (tx, rx) = tokio::sync::mpsc::channel::<AgentMessage>(2);
+                let mut tags = HashMap::new();
+                tags.insert("kuma.io/service".to_string(), format!("svc-{}", i % 50));
+                tx.send(AgentMessage {
+                    message: Some(agent_message::Message::Hello(IdentityRequest {
+                        mesh: MESH.into(),
+                        name,
+                        tags,
+                        agent_version: "bench".into(),
+                        ..Default::default()
+                    })),
+                })
+                .await?;
+                let outbound = futures::stream::unfold(rx, |mut rx| async move {
+                    rx.recv().await.map(|m| (m, rx))
+                });
+                let mut req = tonic::Request::new(outbound);
+                req.metadata_mut()
+                    .insert("authorization", format!("Bearer {token}").parse()?);
+                let mut client =
+                    DataplaneIdentityClient::new(channels[i / STREAMS_PER_CONNECTION].clone());
+                let mut inbound = client
+                    .session(req)
+                    .await
+                    .map_err(|s| anyhow!("proxy {i}: {s}"))?
+                    .into_inner();
+                loop {
+                    let msg = tokio::time::timeout(Duration::from_secs(300), inbound.message())
+                        .await
+                        .map_err(|_| anyhow!("proxy {i}: no certificate within 300 s"))?
+                        .map_err(|s| anyhow!("proxy {i}: {s}"))?
+                        .ok_or_else(|| anyhow!("proxy {i}: stream ended"))?;
+                    match msg.csr_request {
+                        Some(ask) => {
+                            tx.send(AgentMessage {
+                                message: Some(agent_message::Message::Csr(Csr {
+                                    der: csr.clone(),
+                                    nonce: ask.nonce,
+                                })),
+                            })
+                            .await?;
+                        }
+                        None if !msg.cert_chain_pem.is_empty() => {
+                            return Ok::<_, anyhow::Error>((tx, inbound));
+                        }
+                        None => {}
+                    }
+                }
+            }
+        })
+        .buffer_unordered(n.max(1))
+        .collect::<Vec<_>>()
+        .await;
+    let elapsed = start.elapsed();
+    let mut held = Vec::with_capacity(n);
+    for r in results {
+        held.push(r?);
+    }
+    drop(held);
+    Ok(elapsed)
 }
 
 /// Raw OpenBao: `n` certificates from `<pki>/issue/<role>` with `c` in flight.

@@ -111,6 +111,41 @@ impl Vault {
     pub fn addr(&self) -> String {
         self.server.addr()
     }
+
+    /// Readies the role for `dpCert.keyGeneration: proxy` ([`Self::names_from_requests`]) and
+    /// returns a token allowed only to sign CSRs with it ([`Self::sign_policy_token`]).
+    pub fn sign_only(&self) -> Result<String> {
+        self.names_from_requests()?;
+        self.sign_policy_token()
+    }
+
+    /// Has the role take a signed certificate's names from the request, never from the CSR
+    /// (`use_csr_sans=false`, `use_csr_common_name=false`; both default to true).
+    pub fn names_from_requests(&self) -> Result<()> {
+        self.server.admin().run(&[
+            "patch",
+            &format!("{PKI}/roles/{ROLE}"),
+            "use_csr_sans=false",
+            "use_csr_common_name=false",
+        ])?;
+        Ok(())
+    }
+
+    /// A token whose policy allows only `<pki>/sign/<role>`.
+    pub fn sign_policy_token(&self) -> Result<String> {
+        let admin = self.server.admin();
+        let policy = format!(
+            "path \"{PKI}/sign/{ROLE}\" {{\n  capabilities = [\"create\", \"update\"]\n}}\n"
+        );
+        admin.run_stdin(
+            &["policy", "write", "kmesh-sign-only", "-"],
+            policy.as_bytes(),
+        )?;
+        Ok(crate::openbao::seed::create_token(
+            &admin,
+            &["kmesh-sign-only"],
+        )?)
+    }
 }
 
 /// The page's Universal Mesh `default` with a vault backend, as YAML (the page's comments kept):

@@ -437,6 +437,9 @@ impl Session<'_> {
         );
         redial.connected();
         let mut last_key: Option<String> = None;
+        // The key made for the last CSR asked for (keyGeneration: proxy), until its certificate
+        // comes.
+        let mut pending_key: Option<String> = None;
         let mut delivered = false;
         let reporting = !*self.legacy;
         loop {
@@ -455,11 +458,40 @@ impl Session<'_> {
                 }
                 msg = inbound.message() => {
                     let error = match msg {
+                        Ok(Some(resp)) if resp.csr_request.is_some() => {
+                            self.clocks.observe(resp.zone_time_unix_ms);
+                            let ask = resp.csr_request.unwrap_or_default();
+                            match make_csr(&ask).await {
+                                Ok(made) => {
+                                    pending_key = Some(made.key_pem);
+                                    let msg = AgentMessage {
+                                        message: Some(agent_message::Message::Csr(proto::dpid::Csr {
+                                            der: made.csr_der,
+                                            nonce: ask.nonce,
+                                        })),
+                                    };
+                                    if reports.send(msg).await.is_err() {
+                                        return End::Failed { error: "the stream to the zone closed".into(), lasted: Some(since.elapsed()), delivered };
+                                    }
+                                    tracing::info!(key_type = %ask.key_type, "made a new key and sent its CSR: the key stays here");
+                                }
+                                Err(e) => tracing::error!(key_type = %ask.key_type, error = %e, "cannot make the key and CSR the zone asked for"),
+                            }
+                            continue;
+                        }
                         Ok(Some(resp)) => {
                             tracing::debug!(generation = resp.generation, serial = %resp.serial, has_key = resp.key_pem.is_some(), "identity bundle received");
                             self.clocks.observe(resp.zone_time_unix_ms);
                             delivered = true;
-                            self.links.bundles.send_replace(Some(bundle_of(resp, &mut last_key)));
+                            let mut bundle = bundle_of(resp, &mut last_key);
+                            // A certificate for the key made here: it goes with that key.
+                            if let Some(k) = pending_key.take_if(|k| {
+                                common::x509::private_key_matches_cert(&bundle.cert_chain_pem, k)
+                            }) {
+                                last_key = Some(k.clone());
+                                bundle.key_pem = Some(k);
+                            }
+                            self.links.bundles.send_replace(Some(bundle));
                             continue;
                         }
                         Ok(None) => "the zone ended the stream".to_string(),
@@ -470,6 +502,23 @@ impl Session<'_> {
             }
         }
     }
+}
+
+/// A new key and its CSR, as the zone asked (made off the async threads: RSA takes a while).
+async fn make_csr(
+    ask: &proto::dpid::CsrRequest,
+) -> Result<common::csr::Generated, common::csr::CsrError> {
+    let key_type = common::model::KeyType::parse(&ask.key_type).ok_or_else(|| {
+        common::csr::CsrError::Parse(format!("unknown key type {:?}", ask.key_type))
+    })?;
+    tokio::task::spawn_blocking(move || common::csr::generate(key_type))
+        .await
+        .unwrap_or_else(|e| {
+            Err(common::csr::CsrError::Generate(
+                key_type.as_str(),
+                e.to_string(),
+            ))
+        })
 }
 
 /// A report as it leaves: stamped with this host's clock now.

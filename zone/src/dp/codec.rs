@@ -309,6 +309,7 @@ mod tests {
             not_before_unix: 1,
             not_after_unix: 2,
             zone_time_unix_ms: 3,
+            csr_request: None,
         }
     }
 

@@ -294,6 +294,19 @@ pub fn response_of(b: &IdentityBundle) -> IdentityResponse {
         not_before_unix: b.not_before_unix,
         not_after_unix: b.not_after_unix,
         zone_time_unix_ms: common::clock::now_ms(),
+        csr_request: None,
+    }
+}
+
+/// The wire form of a CSR request: a message without a certificate.
+fn ask_of(ask: &crate::identity::CsrAsk) -> IdentityResponse {
+    IdentityResponse {
+        zone_time_unix_ms: common::clock::now_ms(),
+        csr_request: Some(proto::dpid::CsrRequest {
+            key_type: ask.key_type.as_str().to_string(),
+            nonce: ask.nonce,
+        }),
+        ..Default::default()
     }
 }
 
@@ -305,8 +318,13 @@ struct Registered {
 }
 
 impl DpServer {
-    /// Authenticates and registers the proxy of `request` (both methods).
-    fn register(&self, request: Request<IdentityRequest>) -> Result<Registered, Status> {
+    /// Authenticates and registers the proxy of `request` (both methods; `session`: it can answer
+    /// CSR requests).
+    fn register(
+        &self,
+        request: Request<IdentityRequest>,
+        session: bool,
+    ) -> Result<Registered, Status> {
         let peer = request.remote_addr();
         if self.inner.shutdown.is_shutdown() {
             return Err(Status::unavailable("the zone is shutting down"));
@@ -342,16 +360,20 @@ impl DpServer {
             tracing::info!(dataplane = %who, "presented certificate not reused: no valid proof that the proxy holds its key; issuing a new one");
         }
         let presented = Some(req.cert_chain_pem).filter(|_| proven);
-        let subscription = self.inner.identity.connect(dp, presented).map_err(|e| {
-            tracing::info!(dataplane = %who, error = %e, "proxy not registered");
-            match e {
-                IdentityError::MeshNotFound(_) => Status::failed_precondition(e.to_string()),
-                IdentityError::InvalidDataplane(_) => Status::invalid_argument(e.to_string()),
-                // The store, or whatever else the engine may report: worth a retry.
-                #[allow(unreachable_patterns)]
-                _ => Status::unavailable(e.to_string()),
-            }
-        })?;
+        let subscription = self
+            .inner
+            .identity
+            .connect_with(dp, presented, session)
+            .map_err(|e| {
+                tracing::info!(dataplane = %who, error = %e, "proxy not registered");
+                match e {
+                    IdentityError::MeshNotFound(_) => Status::failed_precondition(e.to_string()),
+                    IdentityError::InvalidDataplane(_) => Status::invalid_argument(e.to_string()),
+                    // The store, or whatever else the engine may report: worth a retry.
+                    #[allow(unreachable_patterns)]
+                    _ => Status::unavailable(e.to_string()),
+                }
+            })?;
         tracing::info!(
             peer = %peer.map(|p| p.to_string()).unwrap_or_default(),
             mesh = %req.mesh, name = %req.name,
@@ -394,7 +416,7 @@ impl DpServer {
                 )));
             }
         };
-        let registered = self.register(Request::from_parts(metadata, extensions, hello))?;
+        let registered = self.register(Request::from_parts(metadata, extensions, hello), true)?;
         let reporter = registered.subscription.reporter();
         let who = registered.who.clone();
         let reports = tokio::spawn(async move {
@@ -404,6 +426,13 @@ impl DpServer {
                         message: Some(agent_message::Message::Status(status)),
                     })) => {
                         if !reporter.report(status) {
+                            return;
+                        }
+                    }
+                    Ok(Some(AgentMessage {
+                        message: Some(agent_message::Message::Csr(csr)),
+                    })) => {
+                        if !reporter.csr(csr.nonce, &csr.der) {
                             return;
                         }
                     }
@@ -431,7 +460,7 @@ impl DataplaneIdentity for DpServer {
         &self,
         request: Request<IdentityRequest>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let registered = self.register(request)?;
+        let registered = self.register(request, false)?;
         Ok(Response::new(bundles(
             registered,
             self.inner.shutdown.clone(),
@@ -461,6 +490,8 @@ struct Feed {
     ended: Option<&'static str>,
     /// The task reading the agent's reports (`Session`), stopped with the stream.
     reports: Option<tokio::task::AbortHandle>,
+    /// CSR requests may still come (see `next_bundle`).
+    asks_open: bool,
 }
 
 impl Drop for Feed {
@@ -490,6 +521,7 @@ fn bundles(
         who: registered.who,
         ended: None,
         reports,
+        asks_open: true,
     };
     futures::stream::unfold(feed, next_bundle).boxed()
 }
@@ -499,6 +531,14 @@ async fn next_bundle(mut feed: Feed) -> Option<(Result<IdentityResponse, Status>
         return None;
     }
     loop {
+        // A CSR request first: the certificate it is for follows it.
+        if feed.asks_open && feed.subscription.csr_asks.has_changed().unwrap_or(false) {
+            let ask = *feed.subscription.csr_asks.borrow_and_update();
+            if let Some(ask) = ask {
+                tracing::debug!(dataplane = %feed.who, nonce = ask.nonce, "CSR asked");
+                return Some((Ok(ask_of(&ask)), feed));
+            }
+        }
         let current = feed.subscription.updates.borrow_and_update().clone();
         if let Some(bundle) = current
             && feed.sent != Some(bundle.generation)
@@ -515,6 +555,17 @@ async fn next_bundle(mut feed: Feed) -> Option<(Result<IdentityResponse, Status>
                     "another connection of this dataplane replaced this one",
                 ),
             },
+            r = feed.subscription.csr_asks.changed(), if feed.asks_open => {
+                // Closed: this agent is never asked (an older one, on `Stream`).
+                feed.asks_open = r.is_ok();
+                // `changed` marked the ask seen: send it now.
+                let ask = *feed.subscription.csr_asks.borrow_and_update();
+                if let Some(ask) = ask.filter(|_| feed.asks_open) {
+                    tracing::debug!(dataplane = %feed.who, nonce = ask.nonce, "CSR asked");
+                    return Some((Ok(ask_of(&ask)), feed));
+                }
+                continue;
+            }
             _ = feed.shutdown.wait() => ("the zone is shutting down", "the zone is shutting down"),
             // The token was accepted with the stated leeway; the stream ends when that runs out.
             _ = tokio::time::sleep(until_unix(feed.token_expires.saturating_add(common::clock::LEEWAY.as_secs()))) => {

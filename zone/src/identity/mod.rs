@@ -44,6 +44,7 @@
 
 mod check;
 mod clock;
+mod keygen;
 mod outcome;
 mod policy;
 mod reconcile;
@@ -111,6 +112,7 @@ impl fmt::Debug for IdentityBundle {
     }
 }
 
+pub use keygen::CsrAsk;
 pub use registry::IdentitySubscription;
 pub use reports::AgentReporter;
 

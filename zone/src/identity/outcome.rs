@@ -11,6 +11,7 @@ use std::sync::{Arc, MutexGuard};
 
 use tokio::time::Instant;
 
+use super::keygen::CsrNext;
 use super::policy::{self, Admission, Arrival, Breaker};
 use super::records::CertMeta;
 use super::source::{FailReason, Issued, LeafSpec, SourceError};
@@ -19,8 +20,20 @@ use super::{BackendId, DpKey, IdentityBundle, IdentityManager};
 use crate::metrics::{BackendLabels, BackendTypeLabels, CauseLabels, ReasonLabels};
 
 impl IdentityManager {
-    /// Issues a certificate for a proxy, within the concurrency limit and the breaker.
+    /// Issues a certificate for a proxy, within the concurrency limit and the breaker; for a
+    /// `keyGeneration: proxy` backend, once its agent sent a CSR (see `keygen`).
     pub(super) async fn issue(&self, key: &DpKey, cause: Option<Cause>, snap: &Snap) -> bool {
+        let csr = match snap.backend.key_generation() {
+            common::model::KeyGeneration::ControlPlane => None,
+            common::model::KeyGeneration::Proxy => match self.csr_for(key, snap) {
+                CsrNext::Sign(csr) => Some(csr),
+                CsrNext::Wait => return false,
+                CsrNext::Fail(e) => {
+                    self.proxy_failed(key, e);
+                    return false;
+                }
+            },
+        };
         let Ok(permit) = self.semaphore.clone().acquire_owned().await else {
             return false;
         };
@@ -63,7 +76,7 @@ impl IdentityManager {
         self.metrics().issuing.inc();
         self.counters.attempts.fetch_add(1, Ordering::Relaxed);
         self.metrics().attempts.inc();
-        let result = self.issue_with_source(snap).await;
+        let result = self.issue_with_source(snap, csr.as_deref()).await;
         self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.metrics().issuing.dec();
         match result {
@@ -81,14 +94,22 @@ impl IdentityManager {
         }
     }
 
-    pub(super) async fn issue_with_source(&self, snap: &Snap) -> Result<Issued, SourceError> {
+    pub(super) async fn issue_with_source(
+        &self,
+        snap: &Snap,
+        csr: Option<&common::csr::CheckedCsr>,
+    ) -> Result<Issued, SourceError> {
         let source = self.ensure_source(snap).await?;
         let spec = LeafSpec {
             mesh: snap.bid.0.clone(),
             tags: snap.tags.clone(),
             ttl: snap.ttl,
+            uri_sans: snap.backend.uri_sans(),
         };
-        source.issue(&spec).await
+        match csr {
+            Some(csr) => source.sign(&spec, csr).await,
+            None => source.issue(&spec).await,
+        }
     }
 
     pub(super) fn breaker_metric(&self, bid: &BackendId, code: i64) {
@@ -265,14 +286,9 @@ impl IdentityManager {
                 .inc();
         }
         let due = problem.is_some();
-        self.install_as(
-            st,
-            key,
-            meta,
-            issued.chain_pem,
-            Some(issued.key_pem),
-            problem,
-        );
+        // A signed CSR comes without a key: the proxy holds it.
+        let key_pem = Some(issued.key_pem).filter(|k| !k.is_empty());
+        self.install_as(st, key, meta, issued.chain_pem, key_pem, problem);
         if due {
             self.clock_suspected(&snap.bid);
         }
@@ -384,13 +400,6 @@ impl IdentityManager {
     }
 
     pub(super) fn on_failure(&self, key: &DpKey, snap: &Snap, e: SourceError) {
-        self.counters.failed.fetch_add(1, Ordering::Relaxed);
-        self.metrics()
-            .failed
-            .get_or_create(&ReasonLabels {
-                reason: e.reason.as_str().to_string(),
-            })
-            .inc();
         let now = Instant::now();
         let mut st = self.lock();
         if e.per_proxy {
@@ -425,6 +434,22 @@ impl IdentityManager {
                 );
             }
         }
+        drop(st);
+        self.proxy_failed(key, e);
+    }
+
+    /// A failure of one proxy's issuance (counted; the proxy backs off): the backend's, or its
+    /// own (a refused request, a certificate its clock refuses, a CSR that did not come).
+    pub(super) fn proxy_failed(&self, key: &DpKey, e: SourceError) {
+        self.counters.failed.fetch_add(1, Ordering::Relaxed);
+        self.metrics()
+            .failed
+            .get_or_create(&ReasonLabels {
+                reason: e.reason.as_str().to_string(),
+            })
+            .inc();
+        let now = Instant::now();
+        let mut st = self.lock();
         let Some(p) = st.proxies.get_mut(key) else {
             return;
         };

@@ -26,6 +26,8 @@ const RECORDS_BATCH: usize = 64;
 pub struct IdentitySubscription {
     /// `None` until the first bundle is ready; then the latest bundle.
     pub updates: watch::Receiver<Option<Arc<IdentityBundle>>>,
+    /// The zone asks for a CSR (`dpCert.keyGeneration: proxy`): the latest ask.
+    pub csr_asks: watch::Receiver<Option<super::keygen::CsrAsk>>,
     _guard: ConnGuard,
 }
 
@@ -70,6 +72,17 @@ impl IdentityManager {
         dp: Dataplane,
         presented: Option<String>,
     ) -> Result<IdentitySubscription, IdentityError> {
+        self.connect_with(dp, presented, false)
+    }
+
+    /// [`Self::connect`] for a proxy whose agent answers CSR requests (`csr`: it came over
+    /// `Session`), as `dpCert.keyGeneration: proxy` needs.
+    pub fn connect_with(
+        &self,
+        dp: Dataplane,
+        presented: Option<String>,
+        csr: bool,
+    ) -> Result<IdentitySubscription, IdentityError> {
         common::validate::validate_dataplane(&dp)
             .map_err(|e| IdentityError::InvalidDataplane(e.to_string()))?;
         let (_, meshes) = self.ctx.store.versions(common::model::Kind::Mesh);
@@ -79,6 +92,7 @@ impl IdentityManager {
         let key: DpKey = (dp.mesh.clone(), dp.name.clone());
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(None);
+        let (asks_tx, asks_rx) = watch::channel(None);
         let presented = presented.filter(|p| p.contains("BEGIN CERTIFICATE"));
         let now = Instant::now();
         {
@@ -99,7 +113,14 @@ impl IdentityManager {
             // What the agent said was about its previous connection.
             p.agent = None;
             // A replaced connection's receivers see their channel closed.
-            p.conn = Some(Conn { id, tx, presented });
+            p.conn = Some(Conn {
+                id,
+                tx,
+                presented,
+                asks: csr.then_some(asks_tx),
+            });
+            // A CSR asked on the previous connection will not come.
+            p.csr = super::keygen::CsrState::None;
             let cert = p.cert.clone();
             p.last_connected_ms = self.clock.now_ms().max(0) as u64;
             if p.work == Work::Running {
@@ -124,6 +145,7 @@ impl IdentityManager {
         self.dirty.notify_one();
         Ok(IdentitySubscription {
             updates: rx,
+            csr_asks: asks_rx,
             _guard: ConnGuard {
                 manager: self.me.clone(),
                 key,
@@ -142,6 +164,7 @@ impl IdentityManager {
         }
         p.conn = None;
         p.agent = None;
+        p.csr = super::keygen::CsrState::None;
         let parked = p.parked_on.take();
         let cert = p.cert.clone();
         st.trust_ref(&key.0, cert.as_ref(), false);

@@ -150,6 +150,15 @@ impl AgentReporter {
             None => false,
         }
     }
+
+    /// The answer to CSR request `nonce` (`dpCert.keyGeneration: proxy`); false when the engine
+    /// or the connection is gone.
+    pub fn csr(&self, nonce: u64, der: &[u8]) -> bool {
+        match self.manager.upgrade() {
+            Some(m) => m.agent_csr(&self.key, self.conn, nonce, der),
+            None => false,
+        }
+    }
 }
 
 impl IdentityManager {

@@ -20,9 +20,10 @@ impl IdentityManager {
         let ders = common::x509::pem_to_ders(presented).map_err(|e| e.to_string())?;
         let leaf = &ders[0];
         let s = common::x509::summarize_der(leaf).map_err(|e| e.to_string())?;
-        let want: BTreeSet<String> = common::ca::leaf_uri_sans(&snap.bid.0, &snap.tags)
-            .into_iter()
-            .collect();
+        let want: BTreeSet<String> =
+            common::ca::uri_sans_for(snap.backend.uri_sans(), &snap.bid.0, &snap.tags)?
+                .into_iter()
+                .collect();
         let got: BTreeSet<String> = s.uri_sans.iter().cloned().collect();
         if want != got {
             return Err(format!("URI SANs {got:?} are not {want:?}"));

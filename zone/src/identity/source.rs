@@ -20,7 +20,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use common::ca::{CaError, CaKeyPair, CaSigner, LeafRequest, builtin_secret_names, leaf_uri_sans};
+use common::ca::{CaError, CaKeyPair, CaSigner, LeafRequest, builtin_secret_names, uri_sans_for};
 use common::datasource::SecretLookup;
 use common::model::{Backend, BackendConf, DataSource, FromCp};
 use common::store::Store;
@@ -113,6 +113,7 @@ impl SourceError {
             e,
             CaError::MissingService
                 | CaError::InvalidSan { .. }
+                | CaError::NotAnSvid(_)
                 | CaError::InvalidCommonName { .. }
         );
         Self {
@@ -140,6 +141,8 @@ pub struct LeafSpec {
     /// All tags of the proxy (`Dataplane::tags`), shared with the engine's state.
     pub tags: Arc<BTreeMap<String, Vec<String>>>,
     pub ttl: Duration,
+    /// `dpCert.uriSans` of the backend.
+    pub uri_sans: common::model::UriSans,
 }
 
 /// An issued certificate. `Debug` never shows the key.
@@ -222,6 +225,13 @@ impl std::fmt::Debug for Issued {
 /// Issues proxy certificates for one backend of one mesh.
 pub trait CertSource: Send + Sync {
     fn issue<'a>(&'a self, spec: &'a LeafSpec) -> BoxFut<'a, Result<Issued, SourceError>>;
+    /// A certificate for the key of a checked CSR (`dpCert.keyGeneration: proxy`), with the names
+    /// of `spec` (never the CSR's); the result has no key.
+    fn sign<'a>(
+        &'a self,
+        spec: &'a LeafSpec,
+        csr: &'a common::csr::CheckedCsr,
+    ) -> BoxFut<'a, Result<Issued, SourceError>>;
     /// The trust anchors of the backend as it stands (PEM, one certificate each).
     fn anchors(&self) -> BoxFut<'_, Result<Vec<String>, SourceError>>;
 }
@@ -683,7 +693,11 @@ impl VaultSource {
         }
     }
 
-    async fn issue_inner(&self, spec: &LeafSpec) -> Result<Issued, SourceError> {
+    async fn issue_inner(
+        &self,
+        spec: &LeafSpec,
+        csr: Option<&common::csr::CheckedCsr>,
+    ) -> Result<Issued, SourceError> {
         if let Some(e) = self.held() {
             return Err(e);
         }
@@ -694,15 +708,27 @@ impl VaultSource {
                 .render_common_name(&template_tags(&spec.tags))
                 .map_err(|e| SourceError::from_vault(&e))?;
             let req = IssueRequest {
-                uri_sans: leaf_uri_sans(&spec.mesh, &spec.tags),
+                uri_sans: uri_sans_for(spec.uri_sans, &spec.mesh, &spec.tags).map_err(|e| {
+                    SourceError {
+                        reason: FailReason::Refused,
+                        message: e,
+                        per_proxy: true,
+                    }
+                })?,
                 common_name,
                 ttl: spec.ttl,
             };
             let started = tokio::time::Instant::now();
-            let res = issuer.issue(&req).await;
+            let res = match csr {
+                Some(csr) => issuer.sign(&req, &csr.pem).await,
+                None => issuer.issue(&req).await,
+            };
             self.latency.observe(started.elapsed().as_secs_f64());
             match res {
                 Ok(cert) => {
+                    if csr.is_some() {
+                        signed_as_asked(&cert.certificate_pem, &req, &issuer)?;
+                    }
                     let parts = self.chain_parts(&cert.issuing_ca_pem, &cert.ca_chain_pem);
                     let mut chain_pem = cert.certificate_pem.trim_end().to_string();
                     chain_pem.push('\n');
@@ -735,7 +761,15 @@ impl VaultSource {
 
 impl CertSource for VaultSource {
     fn issue<'a>(&'a self, spec: &'a LeafSpec) -> BoxFut<'a, Result<Issued, SourceError>> {
-        Box::pin(self.issue_inner(spec))
+        Box::pin(self.issue_inner(spec, None))
+    }
+
+    fn sign<'a>(
+        &'a self,
+        spec: &'a LeafSpec,
+        csr: &'a common::csr::CheckedCsr,
+    ) -> BoxFut<'a, Result<Issued, SourceError>> {
+        Box::pin(self.issue_inner(spec, Some(csr)))
     }
 
     fn anchors(&self) -> BoxFut<'_, Result<Vec<String>, SourceError>> {
@@ -782,25 +816,84 @@ impl LocalSource {
 
 impl CertSource for LocalSource {
     fn issue<'a>(&'a self, spec: &'a LeafSpec) -> BoxFut<'a, Result<Issued, SourceError>> {
-        let signer = self.signer.clone();
-        let req = LeafRequest {
-            mesh: spec.mesh.clone(),
-            tags: (*spec.tags).clone(),
-            common_name: None,
-            lifetime: spec.ttl,
-        };
-        let anchors = self.anchors.clone();
-        Box::pin(async move {
-            let leaf = tokio::task::spawn_blocking(move || signer.issue(&req))
-                .await
-                .map_err(|e| SourceError::other(format!("signing task failed: {e}")))?
-                .map_err(|e| SourceError::from_ca(&e))?;
-            Issued::new(leaf.cert_pem.clone(), leaf.key_pem.clone(), anchors)
-        })
+        self.local(spec, None)
+    }
+
+    fn sign<'a>(
+        &'a self,
+        spec: &'a LeafSpec,
+        csr: &'a common::csr::CheckedCsr,
+    ) -> BoxFut<'a, Result<Issued, SourceError>> {
+        self.local(spec, Some(csr))
     }
 
     fn anchors(&self) -> BoxFut<'_, Result<Vec<String>, SourceError>> {
         let a = self.anchors.clone();
         Box::pin(async move { Ok(a) })
     }
+}
+
+impl LocalSource {
+    /// Issues (a new key) or signs (a CSR's key) locally, off the async threads.
+    fn local<'a>(
+        &'a self,
+        spec: &'a LeafSpec,
+        csr: Option<&'a common::csr::CheckedCsr>,
+    ) -> BoxFut<'a, Result<Issued, SourceError>> {
+        let signer = self.signer.clone();
+        let csr = csr.cloned();
+        let req = LeafRequest {
+            mesh: spec.mesh.clone(),
+            tags: (*spec.tags).clone(),
+            common_name: None,
+            lifetime: spec.ttl,
+            uri_sans: spec.uri_sans,
+        };
+        let anchors = self.anchors.clone();
+        Box::pin(async move {
+            let leaf = tokio::task::spawn_blocking(move || match &csr {
+                Some(csr) => signer.sign_csr(&req, csr),
+                None => signer.issue(&req),
+            })
+            .await
+            .map_err(|e| SourceError::other(format!("signing task failed: {e}")))?
+            .map_err(|e| SourceError::from_ca(&e))?;
+            Issued::new(leaf.cert_pem.clone(), leaf.key_pem.clone(), anchors)
+        })
+    }
+}
+
+/// Vault signs a CSR with the names asked for unless its role copies the CSR's (`use_csr_sans`,
+/// `use_csr_common_name`); the CSRs taken here ask for none, so a certificate whose URI SANs or
+/// common name differ from the request's is never handed out.
+fn signed_as_asked(
+    cert_pem: &str,
+    req: &IssueRequest,
+    issuer: &VaultIssuer,
+) -> Result<(), SourceError> {
+    let s = x509::summarize_pem(cert_pem)
+        .map_err(|e| SourceError::other(format!("the signed certificate cannot be read: {e}")))?;
+    let mut got = s.uri_sans.clone();
+    got.sort();
+    let mut want = req.uri_sans.clone();
+    want.sort();
+    let cn_ok = req
+        .common_name
+        .as_ref()
+        .is_none_or(|cn| s.common_name.as_deref() == Some(cn.as_str()));
+    if got == want && cn_ok {
+        return Ok(());
+    }
+    Err(SourceError {
+        reason: FailReason::Refused,
+        message: format!(
+            "{} signed the CSR with other names than asked (URI SANs {got:?}, common name {:?}; asked {want:?}, {:?}): set use_csr_sans=false and use_csr_common_name=false on role {} of {}",
+            issuer.sign_path(),
+            s.common_name,
+            req.common_name,
+            issuer.role(),
+            issuer.pki()
+        ),
+        per_proxy: true,
+    })
 }

@@ -131,6 +131,8 @@ pub(super) struct Conn {
     pub(super) tx: watch::Sender<Option<Arc<IdentityBundle>>>,
     /// The chain the proxy presented, until it is evaluated.
     pub(super) presented: Option<String>,
+    /// Where CSR requests go; None for an agent that cannot answer them (`Stream`).
+    pub(super) asks: Option<watch::Sender<Option<super::keygen::CsrAsk>>>,
 }
 
 /// Whether a work task runs for a proxy. At most one does: a reason to look again while it
@@ -198,6 +200,8 @@ pub(super) struct Proxy {
     pub(super) early_streak: u32,
     /// No issuance before this instant (the pace of early issuances).
     pub(super) next_issue: Option<Instant>,
+    /// `dpCert.keyGeneration: proxy`: the CSR asked for, or received and checked.
+    pub(super) csr: super::keygen::CsrState,
 }
 
 impl Proxy {
@@ -221,6 +225,7 @@ impl Proxy {
             agent: None,
             early_streak: 0,
             next_issue: None,
+            csr: super::keygen::CsrState::None,
         }
     }
 
