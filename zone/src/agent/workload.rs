@@ -40,7 +40,7 @@ use tonic::{Request, Response, Status};
 
 use super::files::{CA_FILE, CERT_FILE, KEY_FILE, OutDir};
 
-mod authority;
+pub mod authority;
 
 /// The flag that turns the server on.
 pub const FLAG: &str = "--workload-api";
@@ -262,7 +262,7 @@ pub fn x509_svid_id(mesh: &str, leaf_der: &[u8]) -> Result<SpiffeId, String> {
 /// Parses a SPIFFE ID as the SPIFFE ID standard defines it, for a workload (a path is needed):
 /// `spiffe://` then a trust domain of lower-case letters, digits, `.`, `-`, `_`, then segments
 /// of letters, digits, `.`, `-`, `_`, none empty, `.` or `..`. The error says what is wrong.
-fn parse_spiffe_id(id: &str) -> Result<SpiffeId, String> {
+pub fn parse_spiffe_id(id: &str) -> Result<SpiffeId, String> {
     if id.len() > SPIFFE_ID_MAX {
         return Err(format!("is longer than {SPIFFE_ID_MAX} bytes"));
     }

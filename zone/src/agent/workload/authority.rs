@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 
 /// The client connection preface of HTTP/2.
-const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADERS: u8 = 0x1;
 const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
@@ -103,7 +103,7 @@ fn broken(why: impl Into<String>) -> std::io::Error {
 
 /// Copies HTTP/2 from `from` to `to`, header blocks rewritten. Ends at the client's end of file
 /// between frames; errors on a framing or HPACK error.
-async fn rewrite<R, W>(from: &mut R, to: &mut W) -> std::io::Result<()>
+pub async fn rewrite<R, W>(from: &mut R, to: &mut W) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -322,6 +322,134 @@ mod tests {
             ]
         );
         assert_eq!(joined, block);
+    }
+
+    fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        let len = (payload.len() as u32).to_be_bytes();
+        out.extend_from_slice(&[len[1], len[2], len[3], kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+
+    /// Frames of `bytes` (after the preface): (kind, flags, stream, payload).
+    fn frames(bytes: &[u8]) -> Vec<(u8, u8, u32, Vec<u8>)> {
+        let mut rest = bytes.strip_prefix(PREFACE.as_slice()).unwrap();
+        let mut out = Vec::new();
+        while !rest.is_empty() {
+            let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+            let stream = u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]);
+            out.push((rest[3], rest[4], stream, rest[9..9 + len].to_vec()));
+            rest = &rest[9 + len..];
+        }
+        out
+    }
+
+    async fn relayed(input: &[u8]) -> (Vec<u8>, std::io::Result<()>) {
+        let mut out = Vec::new();
+        let r = rewrite(&mut &input[..], &mut out).await;
+        (out, r)
+    }
+
+    #[tokio::test]
+    async fn header_blocks_are_rewritten_and_every_other_frame_passes_as_it_came() {
+        let headers = [
+            h(":method", "POST"),
+            h(":scheme", "http"),
+            h(":path", "/SpiffeWorkloadAPI/FetchX509SVID"),
+            h(":authority", "tmp%2Fx%2Fapi.sock"),
+            h("workload.spiffe.io", "true"),
+        ];
+        let mut encoder = loona_hpack::Encoder::new();
+        let first = encoder.encode(headers.iter().map(|(n, v)| (&n[..], &v[..])));
+        // The same again: now mostly references to the encoder's dynamic table.
+        let second = encoder.encode(headers.iter().map(|(n, v)| (&n[..], &v[..])));
+        assert!(second.len() < first.len());
+        let mut input = PREFACE.to_vec();
+        frame(&mut input, 0x4, 0, 0, &[0, 3, 0, 0, 0, 100]);
+        let (a, b) = first.split_at(3);
+        frame(&mut input, HEADERS, 0, 1, a);
+        frame(&mut input, CONTINUATION, END_HEADERS, 1, b);
+        frame(&mut input, 0x0, END_STREAM, 1, &[0, 0, 0, 0, 0]);
+        let mut padded = vec![1u8];
+        padded.extend_from_slice(&second);
+        padded.push(0);
+        frame(
+            &mut input,
+            HEADERS,
+            END_HEADERS | END_STREAM | PADDED,
+            3,
+            &padded,
+        );
+        frame(&mut input, 0x8, 0, 0, &[0, 0, 1, 0]);
+        let (out, r) = relayed(&input).await;
+        r.unwrap();
+        let got = frames(&out);
+        let want_headers: Vec<_> = headers
+            .iter()
+            .map(|(n, v)| {
+                if n == b":authority" {
+                    h(":authority", "localhost")
+                } else {
+                    (n.clone(), v.clone())
+                }
+            })
+            .collect();
+        assert_eq!(got.len(), 5, "{got:?}");
+        assert_eq!(got[0], (0x4, 0, 0, vec![0, 3, 0, 0, 0, 100]));
+        assert_eq!((got[1].0, got[1].1, got[1].2), (HEADERS, END_HEADERS, 1));
+        assert_eq!(
+            loona_hpack::Decoder::new().decode(&got[1].3).unwrap(),
+            want_headers
+        );
+        assert_eq!(got[2], (0x0, END_STREAM, 1, vec![0, 0, 0, 0, 0]));
+        assert_eq!(
+            (got[3].0, got[3].1, got[3].2),
+            (HEADERS, END_HEADERS | END_STREAM, 3)
+        );
+        // Decodable alone: nothing of the relay's output enters the server's table.
+        assert_eq!(
+            loona_hpack::Decoder::new().decode(&got[3].3).unwrap(),
+            want_headers
+        );
+        assert_eq!(got[4], (0x8, 0, 0, vec![0, 0, 1, 0]));
+    }
+
+    #[tokio::test]
+    async fn broken_framing_closes_the_connection() {
+        let block = encode(&[h(":authority", "localhost")]);
+        for (why, build) in [
+            ("interleaved", {
+                let mut i = PREFACE.to_vec();
+                frame(&mut i, HEADERS, 0, 1, &block);
+                frame(&mut i, 0x0, 0, 1, &[]);
+                i
+            }),
+            ("continuation of nothing", {
+                let mut i = PREFACE.to_vec();
+                frame(&mut i, CONTINUATION, END_HEADERS, 1, &block);
+                i
+            }),
+            ("too large", {
+                let mut i = PREFACE.to_vec();
+                frame(&mut i, HEADERS, 0, 1, &vec![0u8; MAX_HEADER_BLOCK + 1]);
+                i
+            }),
+            ("not hpack", {
+                let mut i = PREFACE.to_vec();
+                frame(
+                    &mut i,
+                    HEADERS,
+                    END_HEADERS,
+                    1,
+                    &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+                );
+                i
+            }),
+            ("not http/2", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+        ] {
+            let (_, r) = relayed(&build).await;
+            assert!(r.is_err(), "{why}");
+        }
     }
 
     #[test]
