@@ -352,6 +352,19 @@ impl Publisher {
             if cur.as_deref() == Some(&material) {
                 return false;
             }
+            // Said once per change between serving X.509-SVIDs and not.
+            let was_svid = cur.as_ref().map(|m| m.svid.is_ok());
+            match (&material.svid, was_svid) {
+                (Err(why), None | Some(true)) => tracing::warn!(
+                    reason = %why,
+                    "{FLAG}: the proxy's certificate is not an X.509-SVID: FetchX509SVID and FetchX509Bundles fail with FAILED_PRECONDITION"
+                ),
+                (Ok(id), Some(false)) => tracing::info!(
+                    spiffe_id = %id.id,
+                    "{FLAG}: the proxy's certificate is an X.509-SVID again: serving it"
+                ),
+                _ => {}
+            }
             *cur = Some(Arc::new(material));
             true
         });
@@ -364,12 +377,7 @@ impl Publisher {
             .await
             .unwrap_or_else(|e| Err(format!("the reading task failed: {e}")));
         match read {
-            Ok(m) => {
-                if let Err(e) = m.svid() {
-                    tracing::debug!(reason = %e, "{FLAG}: the files hold no X.509-SVID");
-                }
-                self.publish(m);
-            }
+            Ok(m) => self.publish(m),
             Err(e) => {
                 tracing::warn!(error = %e, "{FLAG}: cannot serve the files just written; the Workload API keeps serving the previous identity")
             }
@@ -578,10 +586,27 @@ impl Server {
         };
         let svc = SpiffeWorkloadApiServer::new(service)
             .max_decoding_message_size(limits::WORKLOAD_API_REQUEST_BYTES);
-        // Each connection through the relay that makes clients' `:authority` acceptable.
-        let incoming = futures::StreamExt::map(
+        // Each connection through the relay that makes clients' `:authority` acceptable; beyond
+        // the bound on connections, a new one is closed at once.
+        let connections = Arc::new(Semaphore::new(limits::WORKLOAD_API_CONNECTIONS));
+        let incoming = futures::StreamExt::filter_map(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
-            |accepted| accepted.map(authority::relay),
+            move |accepted| {
+                let admitted = match accepted {
+                    Ok(stream) => match connections.clone().try_acquire_owned() {
+                        Ok(permit) => Some(Ok(authority::relay(stream, permit))),
+                        Err(_) => {
+                            tracing::warn!(
+                                limit = limits::WORKLOAD_API_CONNECTIONS,
+                                "{FLAG}: too many connections: closing a new one"
+                            );
+                            None
+                        }
+                    },
+                    Err(e) => Some(Err(e)),
+                };
+                std::future::ready(admitted)
+            },
         );
         let shown = path.display().to_string();
         let task = tokio::spawn(async move {
@@ -1112,6 +1137,53 @@ mod tests {
         )
         .await;
         assert_eq!(statuses, vec!["12", "3", "12"]);
+        trigger.fire();
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_bound_are_closed_at_once() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        let out = OutDir::open(&dir.path().join("out")).unwrap();
+        let publisher = Publisher::new("default", &out);
+        let (trigger, shutdown) = Shutdown::never();
+        let server = Server::start(&path, publisher.subscribe(), shutdown)
+            .await
+            .unwrap();
+        let mut held = Vec::new();
+        for _ in 0..limits::WORKLOAD_API_CONNECTIONS {
+            held.push(tokio::net::UnixStream::connect(&path).await.unwrap());
+        }
+        // One more: closed without a word.
+        let mut extra = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(10), extra.read(&mut buf))
+            .await
+            .expect("closed at once")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        // A place freed: a new connection is served (the server's SETTINGS come back).
+        drop(held.pop());
+        let mut tries = 0;
+        loop {
+            let mut c = tokio::net::UnixStream::connect(&path).await.unwrap();
+            c.write_all(authority::PREFACE).await.unwrap();
+            c.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+            let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
+                .await
+                .expect("an answer")
+                .unwrap_or(0);
+            tries += 1;
+            if n > 0 {
+                assert_eq!(buf[3], 0x4, "a SETTINGS frame");
+                break;
+            }
+            assert!(tries < 50, "no place freed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(held);
         trigger.fire();
         server.stop().await;
     }

@@ -69,11 +69,13 @@ impl tonic::transport::server::Connected for Relayed {
     fn connect_info(&self) -> Self::ConnectInfo {}
 }
 
-/// Relays `client` to the returned stream, which the HTTP/2 server serves. The relay ends when
-/// the server closes its side (the client is then closed too) or when the client is gone.
-pub fn relay(client: tokio::net::UnixStream) -> Relayed {
+/// Relays `client` to the returned stream, which the HTTP/2 server serves, holding `permit` (the
+/// connection's place under the server's bound) while it runs. The relay ends when the server
+/// closes its side (the client is then closed too) or when the client is gone.
+pub fn relay(client: tokio::net::UnixStream, permit: tokio::sync::OwnedSemaphorePermit) -> Relayed {
     let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
     tokio::spawn(async move {
+        let _permit = permit;
         let (mut from_client, mut to_client) = client.into_split();
         let (mut from_server, mut to_server) = tokio::io::split(ours);
         let down = tokio::io::copy(&mut from_server, &mut to_client);
