@@ -10,6 +10,13 @@ pub const SYNC_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
 pub const DP_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// Identity streams one HTTP/2 connection may hold at once (tonic's default is unbounded).
 pub const DP_STREAMS_PER_CONNECTION: u32 = 256;
+/// SPIFFE Workload API streams (`FetchX509SVID`, `FetchX509Bundles`) one proxy agent serves at
+/// once, over all its connections (RESOURCE_EXHAUSTED beyond).
+pub const WORKLOAD_API_STREAMS: usize = 64;
+/// Connections to one proxy agent's Workload API socket at once (a new one beyond is closed).
+pub const WORKLOAD_API_CONNECTIONS: usize = 256;
+/// Largest request on the Workload API socket (its requests are empty or a few audiences).
+pub const WORKLOAD_API_REQUEST_BYTES: usize = 64 * 1024;
 /// Largest HTTP request body of global's API (413 beyond).
 pub const API_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// Largest Secret (decoded) or data source (`inline`, `inlineString`, `file`).

@@ -428,6 +428,43 @@ pub fn private_key_matches_cert(cert_pem: &str, key_pem: &str) -> bool {
     key.subject_public_key_info() == cert.public_key().raw
 }
 
+/// The private key of `key_pem` (PKCS#8 `PRIVATE KEY`, SEC1 `EC PRIVATE KEY` or PKCS#1
+/// `RSA PRIVATE KEY`; EC P-256/P-384/P-521, RSA or Ed25519) as unencrypted PKCS#8 DER, the form
+/// the SPIFFE Workload API hands to workloads. Errors say what is wrong, never key bytes.
+pub fn private_key_pkcs8_der(key_pem: &str) -> Result<Vec<u8>, String> {
+    use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+    use aws_lc_rs::signature;
+    // The pem crate's messages may quote the text: only the kind of failure is said.
+    let block = pem::parse(key_pem).map_err(|_| "the private key is not valid PEM".to_string())?;
+    let der = block.contents();
+    match block.tag() {
+        "PRIVATE KEY" => rcgen::KeyPair::try_from(der)
+            .map(|_| der.to_vec())
+            .map_err(|_| "the PKCS#8 private key cannot be read".to_string()),
+        "EC PRIVATE KEY" => [
+            &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &signature::ECDSA_P384_SHA384_ASN1_SIGNING,
+            &signature::ECDSA_P521_SHA512_ASN1_SIGNING,
+        ]
+        .into_iter()
+        .find_map(|alg| signature::EcdsaKeyPair::from_private_key_der(alg, der).ok())
+        .ok_or_else(|| "the EC private key is not one of P-256, P-384, P-521".to_string())?
+        .to_pkcs8v1()
+        .map(|doc| doc.as_ref().to_vec())
+        .map_err(|_| "the EC private key cannot be written as PKCS#8".to_string()),
+        "RSA PRIVATE KEY" => {
+            let key = signature::RsaKeyPair::from_der(der)
+                .map_err(|e| format!("the RSA private key cannot be read: {e}"))?;
+            AsDer::<Pkcs8V1Der<'static>>::as_der(&key)
+                .map(|d| d.as_ref().to_vec())
+                .map_err(|_| "the RSA private key cannot be written as PKCS#8".to_string())
+        }
+        other => Err(format!(
+            "a PEM block {other:?} is not a private key (PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY)"
+        )),
+    }
+}
+
 /// Key algorithm OIDs of a SubjectPublicKeyInfo, and the EC curves this project meets.
 pub(crate) const OID_RSA: &str = "1.2.840.113549.1.1.1";
 pub(crate) const OID_EC: &str = "1.2.840.10045.2.1";
@@ -522,6 +559,74 @@ mod possession_tests {
             let forged = sign_possession(&stranger.serialize_pem(), &msg).unwrap();
             assert!(verify_possession(cert.der(), &msg, &forged).is_err());
         }
+    }
+}
+
+#[cfg(test)]
+mod pkcs8_tests {
+    use super::*;
+    use aws_lc_rs::encoding::{AsDer, EcPrivateKeyRfc5915Der};
+    use aws_lc_rs::signature::{self, KeyPair as _};
+
+    #[test]
+    fn sec1_and_pkcs1_keys_become_pkcs8_of_the_same_key() {
+        // SEC1 (`EC PRIVATE KEY`), as Vault writes it.
+        let ec =
+            signature::EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_ASN1_SIGNING).unwrap();
+        let sec1: EcPrivateKeyRfc5915Der<'static> = ec.private_key().as_der().unwrap();
+        let pem_text = pem::encode(&pem::Pem::new("EC PRIVATE KEY", sec1.as_ref().to_vec()));
+        let pkcs8 = private_key_pkcs8_der(&pem_text).unwrap();
+        let back =
+            signature::EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_ASN1_SIGNING, &pkcs8)
+                .unwrap();
+        assert_eq!(back.public_key().as_ref(), ec.public_key().as_ref());
+
+        // PKCS#1 (`RSA PRIVATE KEY`): the inner key of a PKCS#8 document.
+        let rsa = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+        let outer = x509_parser::der_parser::parse_der(rsa.serialized_der())
+            .unwrap()
+            .1;
+        let seq = outer.as_sequence().unwrap();
+        let pkcs1 = seq[2].as_slice().unwrap().to_vec();
+        let pem_text = pem::encode(&pem::Pem::new("RSA PRIVATE KEY", pkcs1));
+        let pkcs8 = private_key_pkcs8_der(&pem_text).unwrap();
+        let back = signature::RsaKeyPair::from_pkcs8(&pkcs8).unwrap();
+        let cert = rcgen::CertificateParams::new(vec![])
+            .unwrap()
+            .self_signed(&rsa)
+            .unwrap();
+        let leaf = parse(cert.der()).unwrap();
+        assert_eq!(
+            back.public_key().as_ref(),
+            leaf.public_key().subject_public_key.data.as_ref()
+        );
+
+        // PKCS#8 stays as it is.
+        let p8 = rcgen::KeyPair::generate().unwrap();
+        assert_eq!(
+            private_key_pkcs8_der(&p8.serialize_pem()).unwrap(),
+            p8.serialize_der()
+        );
+    }
+
+    #[test]
+    fn what_is_not_a_private_key_is_refused_without_quoting_it() {
+        let cert = rcgen::CertificateParams::new(vec![])
+            .unwrap()
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let e = private_key_pkcs8_der(&cert.pem()).unwrap_err();
+        assert!(e.contains("\"CERTIFICATE\" is not a private key"), "{e}");
+        let e = private_key_pkcs8_der(
+            "-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap_err();
+        assert!(!e.contains("c2VjcmV0"), "{e}");
+        assert!(
+            private_key_pkcs8_der("secret")
+                .unwrap_err()
+                .contains("not valid PEM")
+        );
     }
 }
 

@@ -1,8 +1,9 @@
 //! Writes the seed inputs of every fuzz target into `fuzz/corpus/<target>/seed-*`: the reference
 //! page's resources in both forms, real answers of a real OpenBao (issued certificates with RSA
 //! and EC roles, with and without an intermediate, and its error answers), real sync messages and
-//! tokens. Run once by hand (`cargo run -p fuzzing --example seeds`); the fuzzer grows the corpus
-//! from them.
+//! tokens, and HTTP/2 as Workload API clients send it. Run once by hand (`cargo run -p fuzzing
+//! --example seeds`, or `-- workload_api` for that target's seeds alone, which need no OpenBao);
+//! the fuzzer grows the corpus from them.
 
 use std::path::{Path, PathBuf};
 
@@ -500,10 +501,76 @@ fn text_seeds() {
     }
 }
 
+/// What grpc-core sends on a unix socket (its `:authority` the percent-encoded socket path),
+/// grpc-go (`localhost`) and grpc-java (the path), two calls on one connection so that the
+/// second refers to the first's HPACK entries, a request split into HEADERS and CONTINUATION, a
+/// padded one with priority; and SPIFFE IDs, good and bad.
+fn workload_api() {
+    let frame = |out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let len = (payload.len() as u32).to_be_bytes();
+        out.extend_from_slice(&[len[1], len[2], len[3], kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+    };
+    for (name, authority) in [
+        ("grpc-core", "tmp%2Fkmesh%2Fworkload.sock"),
+        ("grpc-go", "localhost"),
+        ("grpc-java", "/tmp/kmesh/workload.sock"),
+    ] {
+        let mut encoder = loona_hpack::Encoder::new();
+        // The odd first byte says "HTTP/2 after the preface".
+        let mut out = vec![1u8];
+        frame(&mut out, 0x4, 0, 0, &[]);
+        for (i, method) in ["FetchX509SVID", "FetchJWTSVID"].iter().enumerate() {
+            let stream = 1 + 2 * i as u32;
+            let path = format!("/SpiffeWorkloadAPI/{method}");
+            let block = encoder.encode(vec![
+                (&b":method"[..], &b"POST"[..]),
+                (b":scheme", b"http"),
+                (b":path", path.as_bytes()),
+                (b":authority", authority.as_bytes()),
+                (b"content-type", b"application/grpc"),
+                (b"te", b"trailers"),
+                (b"workload.spiffe.io", b"true"),
+            ]);
+            if i == 0 {
+                let (a, b) = block.split_at(block.len() / 2);
+                frame(&mut out, 0x1, 0, stream, a);
+                frame(&mut out, 0x9, 0x4, stream, b);
+            } else {
+                // PADDED and PRIORITY: pad length 2, dependency and weight, the block, padding.
+                let mut p = vec![2u8, 0, 0, 0, 0, 15];
+                p.extend_from_slice(&block);
+                p.extend_from_slice(&[0, 0]);
+                frame(&mut out, 0x1, 0x4 | 0x8 | 0x20, stream, &p);
+            }
+            frame(&mut out, 0x0, 0x1, stream, &[0, 0, 0, 0, 0]);
+        }
+        frame(&mut out, 0x8, 0, 0, &[0, 0, 0x10, 0]);
+        put("workload_api", name, out);
+    }
+    for (name, id) in [
+        ("id-web", "spiffe://default/web"),
+        ("id-deep", "spiffe://mesh-1.example/ns/prod/sa/web"),
+        ("id-root", "spiffe://default"),
+        ("id-dots", "spiffe://default/a/../b"),
+        ("id-kuma", "kuma://kuma.io/service/web"),
+    ] {
+        let mut d = vec![0u8];
+        d.extend_from_slice(id.as_bytes());
+        put("workload_api", name, d);
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let root: &Path = &testkit::bins::workspace_root();
     println!("writing seeds under {}", root.join("fuzz/corpus").display());
+    workload_api();
+    // `workload_api` alone: its seeds need no OpenBao.
+    if std::env::args().nth(1).as_deref() == Some("workload_api") {
+        return;
+    }
     text_seeds();
     cas();
     sync_messages();

@@ -14,6 +14,9 @@
 //! - a provided CA that passes validation can sign a leaf that verifies to it;
 //! - nothing Vault answers is trusted: a hostile answer is an error or a checked certificate;
 //! - a token not signed by the held key is never accepted.
+//! - what a workload sends on the Workload API socket leaves the agent's relay as whole HTTP/2
+//!   frames whose header blocks decode on their own with a valid `:authority`; a SPIFFE ID the
+//!   agent accepts is one (scheme, trust domain, path segments).
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -428,6 +431,84 @@ pub fn token(data: &[u8]) {
     }
 }
 
+/// The proxy agent's Workload API: input starting with an even byte is a SPIFFE ID (a leaf's URI
+/// SAN) for `parse_spiffe_id`; otherwise what a workload sends after the HTTP/2 preface, through
+/// the relay that rewrites its header blocks. The relay's output is the preface then whole
+/// frames; every header block (HEADERS then CONTINUATIONs) decodes with a fresh HPACK decoder (the
+/// relay never indexes) and its `:authority`, if any, is a valid authority.
+pub fn workload_api(data: &[u8]) {
+    use zone::agent::workload::{authority, parse_spiffe_id};
+    let Some((kind, rest)) = data.split_first() else {
+        return;
+    };
+    if kind % 2 == 0 {
+        let text = String::from_utf8_lossy(rest);
+        if let Ok(id) = parse_spiffe_id(&text) {
+            assert_eq!(id.id, text);
+            let path = text
+                .strip_prefix(&format!("spiffe://{}/", id.trust_domain))
+                .unwrap_or_else(|| panic!("{text:?} accepted without its trust domain"));
+            assert!(!id.trust_domain.is_empty(), "{text:?}");
+            for segment in path.split('/') {
+                assert!(
+                    !segment.is_empty() && segment != "." && segment != "..",
+                    "{text:?} accepted with segment {segment:?}"
+                );
+            }
+        }
+        return;
+    }
+    let mut input = authority::PREFACE.to_vec();
+    input.extend_from_slice(rest);
+    let mut out = Vec::new();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let _ = runtime.block_on(authority::rewrite(&mut input.as_slice(), &mut out));
+    let frames = out
+        .strip_prefix(authority::PREFACE.as_slice())
+        .expect("the preface goes first");
+    let mut rest = frames;
+    let mut block: Option<Vec<u8>> = None;
+    while !rest.is_empty() {
+        assert!(rest.len() >= 9, "a cut frame header");
+        let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+        let (kind, flags) = (rest[3], rest[4]);
+        // Frames other than header blocks pass as they came, possibly cut by the input's end.
+        let Some(payload) = rest.get(9..9 + len) else {
+            assert!(kind != 0x1 && kind != 0x9, "a cut header frame");
+            break;
+        };
+        rest = &rest[9 + len..];
+        match kind {
+            0x1 | 0x9 => {
+                assert_eq!(block.is_some(), kind == 0x9, "CONTINUATION without HEADERS");
+                let b = block.get_or_insert_with(Vec::new);
+                b.extend_from_slice(payload);
+                if flags & 0x4 != 0 {
+                    let headers = loona_hpack::Decoder::new()
+                        .decode(&block.take().unwrap_or_default())
+                        .expect("a rewritten header block decodes alone");
+                    for (name, value) in headers {
+                        if name == b":authority" {
+                            assert!(
+                                zone_authority_is_valid(&value),
+                                "{:?} passed",
+                                String::from_utf8_lossy(&value)
+                            );
+                        }
+                    }
+                }
+            }
+            _ => assert!(block.is_none(), "a frame inside a header block"),
+        }
+    }
+}
+
+fn zone_authority_is_valid(value: &[u8]) -> bool {
+    tonic::codegen::http::uri::Authority::try_from(value).is_ok()
+}
+
 /// Every target by name, for the corpus replay and for `fuzz/`.
 /// A fuzz target: takes any bytes, panics only when a property breaks.
 pub type Target = fn(&[u8]);
@@ -443,4 +524,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("vault_answer", vault_answer),
     ("sync_message", sync_message),
     ("token", token),
+    ("workload_api", workload_api),
 ];

@@ -2,9 +2,12 @@
 //! `kmesh.sync.v1`: messages, the tonic server trait `zone_sync_server::ZoneSync` and the client
 //! `zone_sync_client::ZoneSyncClient`) and of the proxy identity stream (`proto/identity.proto`,
 //! package `kmesh.identity.v1`: `dataplane_identity_server::DataplaneIdentity` and
-//! `dataplane_identity_client::DataplaneIdentityClient`). No logic lives here; the only
-//! hand-written code is the `Debug` of `Resource` and `IdentityResponse`, which must never print a
-//! payload (Secret data) or a private key.
+//! `dataplane_identity_client::DataplaneIdentityClient`) and of the SPIFFE Workload API
+//! (`proto/workload.proto`, no package, as the standard defines it: `workload::X509SVID` and the
+//! others, `spiffe_workload_api_server::SpiffeWorkloadApi` serving the service `SpiffeWorkloadAPI`,
+//! and `spiffe_workload_api_client::SpiffeWorkloadApiClient`). No logic lives here; the only
+//! hand-written code is the `Debug` of `Resource`, `IdentityResponse` and `X509SVID`, which must
+//! never print a payload (Secret data) or a private key.
 
 #[allow(clippy::all, clippy::pedantic)]
 pub mod sync {
@@ -43,6 +46,27 @@ pub mod identity {
                     )
                     .finish_non_exhaustive()
             }
+        }
+    }
+}
+
+/// The SPIFFE Workload API. The standard's proto has no package: its generated file is `_.rs`.
+#[allow(clippy::all, clippy::pedantic)]
+pub mod workload {
+    tonic::include_proto!("_");
+
+    impl std::fmt::Debug for X509svid {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("X509SVID")
+                .field("spiffe_id", &self.spiffe_id)
+                .field(
+                    "x509_svid",
+                    &format_args!("<{} bytes>", self.x509_svid.len()),
+                )
+                .field("x509_svid_key", &format_args!("<redacted>"))
+                .field("bundle", &format_args!("<{} bytes>", self.bundle.len()))
+                .field("hint", &self.hint)
+                .finish()
         }
     }
 }

@@ -4,7 +4,8 @@
 //! (`bins`), polling (`wait`), a JSON client and metrics text (`api`), and THE multi-process
 //! harness every test and scenario uses (`cluster`: OpenBao + global + zones + proxies on
 //! loopback), with what reads the proxies' files (`certs`) and a real mTLS exchange with the
-//! `openssl` command (`openssl`); disks broken on purpose (`disk`); a raw zone on the sync stream (`kds`).
+//! `openssl` command (`openssl`); disks broken on purpose (`disk`); a raw zone on the sync stream (`kds`);
+//! the real py-spiffe client in a virtualenv of its own (`python`).
 
 pub mod api;
 pub mod bins;
@@ -18,4 +19,5 @@ pub mod openbao;
 pub mod openssl;
 pub mod postgres;
 pub mod proc;
+pub mod python;
 pub mod wait;

@@ -84,6 +84,11 @@ pub struct ProxyArgs {
     /// How long --exec may run before it is killed.
     #[arg(long, default_value = "30s")]
     pub exec_timeout: String,
+    /// Also serve the SPIFFE Workload API on this unix socket (unix:///ABSOLUTE/PATH, mode 0600),
+    /// as SPIRE's agent does: the proxy's certificate and key as its X.509-SVID, the mesh's trust
+    /// bundle, a new message on every rotation. The mesh's backend needs `dpCert.uriSans: spiffe`.
+    #[arg(long, value_name = "unix:///PATH")]
+    pub workload_api: Option<String>,
 }
 
 fn parse_tag(s: &str) -> Result<(String, String), String> {
@@ -322,6 +327,7 @@ async fn proxy(args: ProxyArgs) -> ExitCode {
     config.insecure_skip_verify = args.insecure_skip_verify;
     config.exec = args.exec.clone();
     config.exec_timeout = exec_timeout;
+    config.workload_api = args.workload_api.clone();
     if let Err(e) = crate::agent::check(&config) {
         eprintln!("error: {e}");
         return ExitCode::from(exit::USAGE);

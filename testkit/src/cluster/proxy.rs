@@ -1,5 +1,6 @@
 //! A `zone proxy` agent process ([`ProxyProc`]): one dataplane of a mesh ([`ProxySpec`]: mesh,
-//! name, service, tags, an optional `--exec` command), keeping `cert.pem`, `key.pem` and `ca.pem`
+//! name, service, tags, an optional `--exec` command, more agent arguments such as
+//! `--workload-api`), keeping `cert.pem`, `key.pem` and `ca.pem`
 //! in its output directory; reading and waiting for the identity it writes there.
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,8 @@ pub struct ProxySpec {
     pub rust_log: String,
     /// More environment variables (e.g. [`crate::faketime::env`]).
     pub env: Vec<(String, String)>,
+    /// More `zone proxy` arguments (e.g. `--workload-api unix:///PATH`).
+    pub args: Vec<String>,
 }
 
 impl ProxySpec {
@@ -38,7 +41,14 @@ impl ProxySpec {
             exec: None,
             rust_log: log_filter(),
             env: Vec::new(),
+            args: Vec::new(),
         }
+    }
+
+    /// More `zone proxy` arguments, after the others.
+    pub fn args(mut self, extra: &[&str]) -> Self {
+        self.args.extend(extra.iter().map(|a| a.to_string()));
+        self
     }
 
     pub fn env(mut self, vars: Vec<(String, String)>) -> Self {
@@ -100,6 +110,7 @@ impl ProxyProc {
         if let Some(e) = &spec.exec {
             cmd.args(["--exec", e]);
         }
+        cmd.args(&spec.args);
         let proc = Proc::spawn(&format!("proxy {}", spec.name), cmd, dir.join("proxy.log"))?;
         Ok(Self {
             name: spec.name.clone(),

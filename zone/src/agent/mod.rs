@@ -15,8 +15,13 @@
 //! the files hold, the agent's clock), so the zone and global show a proxy whose files are stale.
 //! A zone that predates `Session` gets `Stream`, without reports. A write that fails is retried
 //! with backoff until it succeeds or a newer bundle arrives; a good file is never deleted.
+//!
+//! With `--workload-api unix:///PATH` the agent also serves the SPIFFE Workload API on that
+//! socket (`workload`): the writer publishes what the files hold after each successful write, and
+//! the server stops, its socket removed, on the agent's one shutdown path.
 
 pub mod files;
+pub mod workload;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -59,6 +64,8 @@ pub struct AgentConfig {
     pub exec_timeout: Duration,
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
+    /// `unix:///PATH`: also serve the SPIFFE Workload API on that socket (`--workload-api`).
+    pub workload_api: Option<String>,
 }
 
 impl AgentConfig {
@@ -85,6 +92,7 @@ impl AgentConfig {
             exec_timeout: Duration::from_secs(30),
             reconnect_initial: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(30),
+            workload_api: None,
         }
     }
 }
@@ -139,11 +147,15 @@ pub fn check(config: &AgentConfig) -> Result<(), AgentError> {
     if config.exec_timeout.is_zero() {
         return Err(AgentError::Config("--exec-timeout must be above 0".into()));
     }
+    if let Some(endpoint) = &config.workload_api {
+        workload::socket_path(endpoint).map_err(AgentError::Config)?;
+    }
     Ok(())
 }
 
-/// Runs the agent until `shutdown` completes. Errors only for a bad configuration or an output
-/// directory that cannot be created; everything else is retried.
+/// Runs the agent until `shutdown` completes. Errors only for a bad configuration, an output
+/// directory that cannot be created or a `--workload-api` socket that cannot be bound; everything
+/// else is retried.
 pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -166,9 +178,27 @@ pub async fn run(
             tracing::info!(dir = %config.out_dir.display(), "no usable certificate on disk yet")
         }
     }
+    let api = match &config.workload_api {
+        Some(endpoint) => {
+            let path = workload::socket_path(endpoint).map_err(AgentError::Config)?;
+            let publisher = workload::Publisher::new(&config.mesh, &out);
+            let server = workload::Server::start(&path, publisher.subscribe(), shutdown.clone())
+                .await
+                .map_err(|e| AgentError::Io(e.to_string()))?;
+            Some((publisher, server))
+        }
+        None => None,
+    };
+    let publisher = api.as_ref().map(|(p, _)| p.clone());
     let (bundle_tx, bundle_rx) = watch::channel::<Option<Bundle>>(None);
     let (status_tx, status_rx) = watch::channel(disk_status(&out, 0, None));
-    let writer = tokio::spawn(writer(config.clone(), out.clone(), bundle_rx, status_tx));
+    let writer = tokio::spawn(writer(
+        config.clone(),
+        out.clone(),
+        bundle_rx,
+        status_tx,
+        publisher,
+    ));
     let links = Links {
         bundles: bundle_tx,
         status: status_rx,
@@ -179,6 +209,9 @@ pub async fn run(
     } = links;
     drop(bundle_tx);
     let _ = writer.await;
+    if let Some((_, server)) = api {
+        server.stop().await;
+    }
     tracing::info!(mesh = %config.mesh, name = %config.name, "proxy agent stopped");
     Ok(())
 }
@@ -501,14 +534,17 @@ const WRITE_RETRY_INITIAL: Duration = Duration::from_secs(1);
 const WRITE_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Writes each bundle (the latest when several arrive meanwhile) and runs `--exec` after a change;
-/// says what it did on `status`. A failed write is retried with backoff until it succeeds or a
-/// newer bundle arrives. Ends when the connection loop drops the sender, after the last bundle.
+/// says what it did on `status`, and publishes what the files hold to the Workload API after each
+/// successful write. A failed write is retried with backoff until it succeeds or a newer bundle
+/// arrives. Ends when the connection loop drops the sender, after the last bundle.
 async fn writer(
     config: AgentConfig,
     out: OutDir,
     mut bundles: watch::Receiver<Option<Bundle>>,
     status: watch::Sender<AgentStatus>,
+    publisher: Option<workload::Publisher>,
 ) {
+    let publisher = publisher.as_ref();
     let mut pending: Option<Bundle> = None;
     let mut last_error: Option<files::ApplyError> = None;
     let mut retry = Backoff::new(WRITE_RETRY_INITIAL, WRITE_RETRY_MAX, Jitter::UpperHalf);
@@ -533,28 +569,29 @@ async fn writer(
             Some(false) => {
                 // Closed, nothing unseen: one last try of a pending bundle.
                 if let Some(b) = pending.take() {
-                    apply(&config, &out, &b, &mut last_error, &status).await;
+                    apply(&config, &out, &b, &mut last_error, &status, publisher).await;
                 }
                 return;
             }
             None => {}
         }
         if let Some(b) = pending.take()
-            && !apply(&config, &out, &b, &mut last_error, &status).await
+            && !apply(&config, &out, &b, &mut last_error, &status, publisher).await
         {
             pending = Some(b);
         }
     }
 }
 
-/// Applies one bundle and says how it went on `status`; false when it should be retried (a
-/// write error).
+/// Applies one bundle and says how it went on `status`, then publishes what the files hold to
+/// the Workload API when it succeeded; false when it should be retried (a write error).
 async fn apply(
     config: &AgentConfig,
     out: &OutDir,
     bundle: &Bundle,
     last_error: &mut Option<files::ApplyError>,
     status: &watch::Sender<AgentStatus>,
+    publisher: Option<&workload::Publisher>,
 ) -> bool {
     let result = {
         let (out, bundle) = (out.clone(), bundle.clone());
@@ -579,6 +616,9 @@ async fn apply(
         }
         changed
     });
+    if let (Ok(_), Some(p)) = (&result, publisher) {
+        p.refresh(out).await;
+    }
     match result {
         Ok(changed) if changed.any() => {
             if let Some(e) = last_error.take() {
