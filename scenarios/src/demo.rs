@@ -53,6 +53,11 @@ pub struct DemoOptions {
     /// end when every check passed).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Keys made on the proxies and X.509-SVIDs (`dpCert.keyGeneration: proxy`, `uriSans:
+    /// spiffe`), each agent serving the SPIFFE Workload API, checked with py-spiffe and an mTLS
+    /// exchange of spiffe-tls workloads across zones.
+    #[arg(long)]
+    pub workload_api: bool,
 }
 
 impl Default for DemoOptions {
@@ -67,6 +72,7 @@ impl Default for DemoOptions {
             expiration: "24h".into(),
             replicas: 1,
             dir: None,
+            workload_api: false,
         }
     }
 }
@@ -273,6 +279,23 @@ async fn body(
                     v.server.log_path().display(),
                     if opts.ec { ", key_type=ec" } else { "" },
                 );
+                let mut v = v;
+                let detail = if opts.workload_api {
+                    // X.509-SVIDs for keys made on the proxies: names from the request, the
+                    // digitalSignature key usage, and a token that may only sign.
+                    v.names_from_requests()?;
+                    v.server.admin().run(&[
+                        "patch",
+                        &format!("{PKI}/roles/{ROLE}"),
+                        "key_usage=DigitalSignature,KeyEncipherment,KeyAgreement",
+                    ])?;
+                    v.token = v.sign_only()?;
+                    format!(
+                        "{detail}\n--workload-api: role patched with key_usage=DigitalSignature,KeyEncipherment,KeyAgreement use_csr_sans=false use_csr_common_name=false; the Mesh's token may only sign ({PKI}/sign/{ROLE})"
+                    )
+                } else {
+                    detail
+                };
                 Ok((v, detail))
             }
             .await,
@@ -377,7 +400,10 @@ async fn body(
     }
 
     // 4. The Mesh and its Secret.
-    let yaml = mesh_yaml(vault.as_ref(), &options)?;
+    let mut yaml = mesh_yaml(vault.as_ref(), &options)?;
+    if opts.workload_api {
+        yaml = with_svids(&yaml);
+    }
     let mesh_file = dir.join("mesh.yaml");
     std::fs::write(&mesh_file, &yaml)?;
     let applied = steps.must(
@@ -441,9 +467,14 @@ async fn body(
     {
         for j in 1..=opts.proxies {
             let svc = service(j);
-            let spec = ProxySpec::new(MESH, &format!("{svc}-z{}", i + 1), &svc)
+            let name = format!("{svc}-z{}", i + 1);
+            let mut spec = ProxySpec::new(MESH, &name, &svc)
                 .tag("version", "v1")
                 .tag("kuma.io/zone", z);
+            if opts.workload_api {
+                let sock = workload_socket(dir, &name);
+                spec = spec.args(&["--workload-api", &format!("unix://{}", sock.display())]);
+            }
             c.start_proxy(z, &spec).await?;
             names.push(spec.name.clone());
         }
@@ -565,7 +596,147 @@ async fn body(
         }
         _ => steps.note("fewer than two proxies with certificates: no handshake to show"),
     }
+
+    // 9. The SPIFFE Workload API, with real SPIFFE clients.
+    if opts.workload_api {
+        workload_api_steps(c, dir, &ids, steps).await;
+    }
     Ok(())
+}
+
+/// The Mesh of `yaml` with keys made on the proxies and X.509-SVIDs (added under every
+/// backend's `dpCert`, after its expiration).
+fn with_svids(yaml: &str) -> String {
+    let mut out = String::new();
+    for line in yaml.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if line.trim_start().starts_with("expiration:") {
+            let indent = " ".repeat(line.len() - line.trim_start().len() - 2);
+            out.push_str(&format!(
+                "{indent}keyGeneration: proxy\n{indent}uriSans: spiffe\n"
+            ));
+        }
+    }
+    out
+}
+
+/// Where proxy `name` serves the Workload API.
+fn workload_socket(dir: &std::path::Path, name: &str) -> PathBuf {
+    dir.join("proxies").join(format!("{name}.sock"))
+}
+
+/// py-spiffe fetches an SVID from a proxy's Workload API, and two spiffe-tls workloads in two
+/// zones talk mTLS with their SVIDs.
+async fn workload_api_steps(
+    c: &Cluster,
+    dir: &std::path::Path,
+    ids: &[(String, ProxyIdentity)],
+    steps: &mut Steps,
+) {
+    use testkit::python;
+    let limit = Duration::from_secs(120);
+    steps.note("getting py-spiffe and spiffe-tls (the first run installs them from PyPI into a virtualenv)...");
+    let venv = tokio::task::spawn_blocking(python::python).await;
+    if let Err(e) = venv.map_err(anyhow::Error::from).and_then(|r| r) {
+        steps.check("SPIFFE Workload API", Err(e));
+        return;
+    }
+    let endpoint = |name: &str| format!("unix://{}", workload_socket(dir, name).display());
+    let Some((first, _)) = ids.first() else {
+        return;
+    };
+    let (ep, key) = (
+        endpoint(first),
+        c.proxy(first)
+            .map(|p| p.file("key.pem").display().to_string())
+            .unwrap_or_default(),
+    );
+    let fetched = tokio::task::spawn_blocking(move || {
+        python::run_ok(
+            testkit::spiffe::FETCH,
+            &[("SOCK", &ep), ("KEY", &key)],
+            limit,
+        )
+    })
+    .await;
+    let first_name = first.clone();
+    steps.check(
+        &format!("py-spiffe fetches {first}'s X.509-SVID (Workload API)"),
+        fetched.map_err(anyhow::Error::from).and_then(|r| r).and_then(|out| {
+            let get = |k: &str| {
+                out.lines()
+                    .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                    .unwrap_or("")
+                    .to_string()
+            };
+            if get("key_is_leafs") != "True" || !get("id").starts_with("spiffe://") {
+                bail!("unexpected answer:\n{out}");
+            }
+            Ok(format!(
+                "SPIFFE ID {}, trust domains {}; the key is the one {first_name} made (never sent to the zone): {}\nsocket {}",
+                get("id"),
+                get("domains"),
+                get("key_is_key_pem"),
+                workload_socket(dir, &first_name).display()
+            ))
+        }),
+    );
+    // A workload of zone-1 dials one of another zone, both with spiffe-tls and their SVIDs.
+    let client = ids.iter().find(|(n, _)| n.ends_with("-z1"));
+    let server = ids.iter().rev().find(|(n, _)| !n.ends_with("-z1"));
+    let (Some((client, cid)), Some((server, sid))) = (client, server) else {
+        return;
+    };
+    let id_of = |id: &ProxyIdentity| id.leaf.uri_sans.first().cloned().unwrap_or_default();
+    let (client_id, server_id) = (id_of(cid), id_of(sid));
+    let port = testkit::proc::free_port().to_string();
+    let log = dir.join("spiffe-tls-server.log");
+    let server_proc = python::spawn(
+        "spiffe-tls server",
+        testkit::spiffe::SERVE,
+        &[
+            ("SOCK", &endpoint(server)),
+            ("PORT", &port),
+            ("PEER", &client_id),
+        ],
+        log.clone(),
+    );
+    let outcome = async {
+        let _server = server_proc?;
+        wait_until(
+            "the spiffe-tls server",
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || async {
+                std::fs::read_to_string(&log)
+                    .ok()
+                    .filter(|t| t.contains("LISTENING"))
+            },
+        )
+        .await?;
+        let (ep, port, peer) = (endpoint(client), port.clone(), server_id.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            python::run_ok(
+                testkit::spiffe::DIAL,
+                &[("SOCK", &ep), ("PORT", &port), ("PEER", &peer)],
+                limit,
+            )
+        })
+        .await??;
+        if !out.contains(&format!("ANSWER hello from {server_id}")) {
+            bail!("{out}\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        Ok(format!(
+            "{client} ({client_id}) dialed {server} ({server_id}) with spiffe-tls: each side checked the other's SPIFFE ID\n{}",
+            out.trim()
+        ))
+    }
+    .await;
+    steps.check(
+        &format!("spiffe-tls mTLS across zones: {client} → {server}"),
+        outcome,
+    );
 }
 
 fn describe_apply(v: &Value, file: &std::path::Path) -> String {

@@ -90,6 +90,48 @@ async fn demo_once_reaches_the_cross_zone_handshake() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_once_with_the_workload_api() {
+    init();
+    let opts = scenarios::demo::DemoOptions {
+        zones: 2,
+        proxies: 1,
+        once: true,
+        ec: true,
+        workload_api: true,
+        ..Default::default()
+    };
+    let report = scenarios::demo::run(opts, std::future::pending())
+        .await
+        .unwrap();
+    assert_passed(
+        &report,
+        &[
+            "the page's Mesh and Secret applied",
+            "proxy web-z1 (zone-1) certificate",
+            "cross-zone mTLS handshake: web-z1 → web-z2",
+            "py-spiffe fetches web-z1's X.509-SVID (Workload API)",
+            "spiffe-tls mTLS across zones: web-z1 → web-z2",
+        ],
+    );
+    let cert = report.step("proxy web-z1 (zone-1) certificate").unwrap();
+    assert!(
+        cert.detail.contains("URI SANs spiffe://default/web;"),
+        "one URI SAN: {}",
+        cert.detail
+    );
+    let fetched = report
+        .step("py-spiffe fetches web-z1's X.509-SVID (Workload API)")
+        .unwrap();
+    assert!(
+        fetched
+            .detail
+            .contains("made (never sent to the zone): True"),
+        "{}",
+        fetched.detail
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_once_with_two_replicas_on_postgresql() {
     init();
     let opts = scenarios::demo::DemoOptions {

@@ -20,4 +20,5 @@ pub mod openssl;
 pub mod postgres;
 pub mod proc;
 pub mod python;
+pub mod spiffe;
 pub mod wait;
