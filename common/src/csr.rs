@@ -147,11 +147,12 @@ pub fn check(der: &[u8], wanted: KeyType) -> Result<CheckedCsr, CsrError> {
         return Err(CsrError::AsksForNames(asked.join(", ")));
     }
     // Verifies the signature (once: rcgen does it while reading the key it signs for).
-    let params = rcgen::CertificateSigningRequestParams::from_der(&der.to_vec().into())
-        .map_err(|e| match e {
+    let params = rcgen::CertificateSigningRequestParams::from_der(&der.to_vec().into()).map_err(
+        |e| match e {
             rcgen::Error::InvalidCertificationRequestSignature => CsrError::Signature,
             e => CsrError::Parse(e.to_string()),
-        })?;
+        },
+    )?;
     let pem = pem_of(der);
     Ok(CheckedCsr {
         der: der.to_vec(),

@@ -286,6 +286,8 @@ pub struct VersionSnapshot {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// Where `file:` data sources may be read (see [`Store::confine_files`]); None: anywhere.
+    file_roots: Arc<RwLock<Option<Arc<crate::datasource::FileRoots>>>>,
     pub(crate) revision_tx: std::sync::Arc<watch::Sender<u64>>,
     pub(crate) write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
     pub(crate) index: Arc<RwLock<VersionIndex>>,
@@ -303,6 +305,7 @@ pub(crate) struct WeakStore {
     revision_tx: std::sync::Weak<watch::Sender<u64>>,
     write_lock: std::sync::Weak<tokio::sync::Mutex<()>>,
     index: std::sync::Weak<RwLock<VersionIndex>>,
+    file_roots: std::sync::Weak<RwLock<Option<Arc<crate::datasource::FileRoots>>>>,
 }
 
 impl WeakStore {
@@ -312,6 +315,7 @@ impl WeakStore {
             revision_tx: self.revision_tx.upgrade()?,
             write_lock: self.write_lock.upgrade()?,
             index: self.index.upgrade()?,
+            file_roots: self.file_roots.upgrade()?,
         })
     }
 }
@@ -377,6 +381,7 @@ impl Store {
             revision_tx: std::sync::Arc::new(revision_tx),
             write_lock: std::sync::Arc::new(tokio::sync::Mutex::new(())),
             index: Arc::new(RwLock::new(index)),
+            file_roots: Arc::new(RwLock::new(None)),
         };
         if let Backend::Sled(sled) = &store.backend {
             // Opened again after a failed write: the index follows what is on disk (a write that
@@ -485,6 +490,7 @@ impl Store {
             revision_tx: Arc::downgrade(&self.revision_tx),
             write_lock: Arc::downgrade(&self.write_lock),
             index: Arc::downgrade(&self.index),
+            file_roots: Arc::downgrade(&self.file_roots),
         }
     }
 
@@ -889,6 +895,21 @@ impl SecretLookup for Store {
             .ok()
             .flatten()
             .and_then(|s| s.decode().ok())
+    }
+
+    fn file_roots(&self) -> Option<Arc<crate::datasource::FileRoots>> {
+        self.file_roots
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Store {
+    /// From now on, `file:` data sources resolved through this store are read only under
+    /// `roots` (a running control plane's `--data-source-dir`s).
+    pub fn confine_files(&self, roots: crate::datasource::FileRoots) {
+        *self.file_roots.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(roots));
     }
 }
 

@@ -77,7 +77,7 @@ fn check_round_trip(r: &Resource) {
         version: "1".into(),
         payload: json,
     };
-    let received = zone::apply::validate(r.kind(), &wire)
+    let received = zone::apply::validate(r.kind(), &wire, None)
         .unwrap_or_else(|e| panic!("the zone refuses {r:?} that global accepted: {e}"));
     assert_eq!(&received, r, "resource changed through the sync payload");
 }

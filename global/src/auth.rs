@@ -120,3 +120,47 @@ mod tests {
         assert!(!needs_admin(&Method::GET, "/healthz", Some(remote)));
     }
 }
+
+/// Remembers when something was last said per source address, to say it at most once a minute
+/// (bounded: past 10,000 sources the oldest are forgotten).
+#[derive(Clone, Default)]
+pub struct OncePerMinute(
+    std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<Option<std::net::IpAddr>, std::time::Instant>>,
+    >,
+);
+
+impl OncePerMinute {
+    const PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
+    const MAX: usize = 10_000;
+
+    /// Whether `source` was not said for a minute (and it is now).
+    pub fn first_in_a_while(&self, source: Option<std::net::IpAddr>) -> bool {
+        let now = std::time::Instant::now();
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= Self::MAX {
+            seen.retain(|_, t| now.duration_since(*t) < Self::PERIOD);
+        }
+        match seen.get(&source) {
+            Some(t) if now.duration_since(*t) < Self::PERIOD => false,
+            _ => {
+                if seen.len() < Self::MAX {
+                    seen.insert(source, now);
+                }
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod once_tests {
+    #[test]
+    fn a_source_is_said_once_a_minute() {
+        let log = super::OncePerMinute::default();
+        let a = Some("10.0.0.1".parse().unwrap());
+        assert!(log.first_in_a_while(a));
+        assert!(!log.first_in_a_while(a));
+        assert!(log.first_in_a_while(Some("10.0.0.2".parse().unwrap())));
+    }
+}

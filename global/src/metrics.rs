@@ -39,6 +39,8 @@ pub struct Metrics {
     pub admission_retries: Counter,
     /// The sync server's metrics (`global_kds_*`).
     pub kds: crate::kds::KdsMetrics,
+    /// API requests that needed the admin token and did not bring a valid one.
+    pub auth_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -84,7 +86,14 @@ impl Metrics {
             Counter::default(),
         );
         let kds = crate::kds::KdsMetrics::register(&mut registry);
+        let auth_failures = register(
+            &mut registry,
+            "api_auth_failures",
+            "API requests refused for a missing or wrong admin token",
+            Counter::default(),
+        );
         Self {
+            auth_failures,
             registry,
             http_requests,
             admissions,

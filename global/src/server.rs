@@ -93,6 +93,9 @@ pub struct GlobalConfig {
     pub accept_store_rollback: bool,
     /// Names the API answers to besides the loopback ones (`--api-host`).
     pub api_hosts: Vec<String>,
+    /// The only directories `file:` data sources are read from (`--data-source-dir`); empty:
+    /// none (a `file:` source is refused, saying how to allow it).
+    pub data_source_dirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +109,8 @@ pub enum GlobalError {
     },
     #[error("API server failed: {0}")]
     Serve(std::io::Error),
+    #[error("{0}")]
+    DataSources(String),
     #[error("sync server (KDS): {0}")]
     Kds(String),
     #[error("state shared by the replicas: {0}")]
@@ -196,6 +201,10 @@ pub async fn run(
         Err(GlobalError::Stopped) => return Ok(()),
         r => r?,
     };
+    // `file:` data sources only under the operator's directories, never the data directory.
+    let roots = common::datasource::FileRoots::new(&config.data_source_dirs, &config.data_dir)
+        .map_err(GlobalError::DataSources)?;
+    store.confine_files(roots);
     let store_identity =
         crate::store_guard::verify(&store, &config.data_dir, config.accept_store_rollback).await?;
     tracing::info!(
@@ -278,6 +287,8 @@ pub async fn run(
         tokens,
         replicas,
         hosts: common::http::AllowedHosts::new(&config.api_hosts),
+        audit: crate::audit::Audit::open(&config.data_dir).map_err(data_dir_err)?,
+        auth_log: Default::default(),
     };
     let app = api::router(state);
     tracing::info!(

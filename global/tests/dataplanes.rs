@@ -187,9 +187,17 @@ async fn a_zone_that_cannot_use_the_vault_conf_is_shown_failing_and_a_vault_outa
         cwd("zone-1", true),
         cwd("zone-2", false),
     );
+    // Each control plane reads `file:` sources only under its --data-source-dir: its host dir.
+    let allow =
+        |dir: &std::path::Path| vec!["--data-source-dir".to_string(), dir.display().to_string()];
     let global = GlobalProc::start_with(
         &root.join("global"),
-        GlobalOptions::in_dir(&global_cwd, "info"),
+        GlobalOptions::in_dir(&global_cwd, "info").args(
+            &allow(&global_cwd)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        ),
     )
     .await
     .unwrap();
@@ -205,7 +213,12 @@ async fn a_zone_that_cannot_use_the_vault_conf_is_shown_failing_and_a_vault_outa
         "zone-1",
         &global,
         &root.join("zone-1"),
-        ZoneOptions::in_dir(&z1_cwd, "info,zone::dp=debug"),
+        ZoneOptions::in_dir(&z1_cwd, "info,zone::dp=debug").args(
+            &allow(&z1_cwd)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        ),
     )
     .await
     .unwrap();
@@ -213,7 +226,12 @@ async fn a_zone_that_cannot_use_the_vault_conf_is_shown_failing_and_a_vault_outa
         "zone-2",
         &global,
         &root.join("zone-2"),
-        ZoneOptions::in_dir(&z2_cwd, "info,zone::dp=debug"),
+        ZoneOptions::in_dir(&z2_cwd, "info,zone::dp=debug").args(
+            &allow(&z2_cwd)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        ),
     )
     .await
     .unwrap();

@@ -624,3 +624,55 @@ async fn hostile_resources_get_a_4xx_naming_the_field_and_change_nothing() {
     );
     assert_eq!(snapshot(&g).await, before, "the store changed");
 }
+
+/// A `file:` data source is a way to make global read, and send away, a file of its host: a Mesh
+/// whose Vault token is global's own admin token file, with a Vault address of the writer's
+/// choosing. Refused without `--data-source-dir`, refused inside the data directory and through a
+/// link that leads out of the allowed tree even with it, and nothing reaches the listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_data_sources_cannot_reach_beyond_the_operators_directories() {
+    use testkit::cluster::GlobalOptions;
+    let tmp = tempfile::tempdir().unwrap();
+    let allowed = tmp.path().join("allowed");
+    std::fs::create_dir_all(&allowed).unwrap();
+    // A listener posing as Vault: it must never be asked anything.
+    let trap = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trap_addr = trap.local_addr().unwrap();
+    let mesh = |token_file: &str| {
+        format!(
+            "type: Mesh\nname: default\nmtls:\n  enabledBackend: v\n  backends:\n  - name: v\n    type: vault\n    conf:\n      fromCp:\n        address: http://{trap_addr}\n        pki: p\n        role: r\n        auth:\n          token:\n            file: {token_file}\n"
+        )
+    };
+    for (allow, why) in [(false, "--data-source-dir"), (true, "own data directory")] {
+        let dir = tmp.path().join(format!("global-{allow}"));
+        let mut options = GlobalOptions::in_dir(tmp.path(), "info");
+        if allow {
+            options = options.args(&["--data-source-dir", allowed.to_str().unwrap()]);
+        }
+        let g = GlobalProc::start_with(&dir, options).await.unwrap();
+        let admin_token = g.admin_token_file();
+        std::os::unix::fs::symlink(&admin_token, allowed.join(format!("link-{allow}"))).unwrap();
+        for (path, reason) in [
+            (admin_token.display().to_string(), why),
+            (
+                allowed.join(format!("link-{allow}")).display().to_string(),
+                if allow { "own data directory" } else { why },
+            ),
+        ] {
+            let err = g.apply(&mesh(&path)).await.unwrap_err().to_string();
+            assert!(
+                err.contains("mtls.backends[0].conf.fromCp.auth.token") && err.contains(reason),
+                "{path}: {err}"
+            );
+            let token = std::fs::read_to_string(&admin_token).unwrap();
+            assert!(!err.contains(token.trim()), "the refusal shows the token");
+        }
+    }
+    // A connection made meanwhile would wait in the backlog.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), trap.accept())
+            .await
+            .is_err(),
+        "global sent something to the writer's listener"
+    );
+}

@@ -764,6 +764,7 @@ impl InProcessGlobal {
             vault_timeouts: Default::default(),
             accept_store_rollback: false,
             api_hosts: vec![],
+            data_source_dirs: vec![],
         };
         let handle = tokio::spawn(async move {
             global::run(config, listeners, async {

@@ -26,8 +26,13 @@ pub enum ApplyError {
     Store(#[from] StoreError),
 }
 
-/// Parses and checks one received resource.
-pub fn validate(kind: Kind, r: &kds::Resource) -> Result<Resource, String> {
+/// Parses and checks one received resource; a Mesh whose `file:` data sources this zone may not
+/// read (`roots`: its `--data-source-dir`s) is refused with the reason.
+pub fn validate(
+    kind: Kind,
+    r: &kds::Resource,
+    roots: Option<&common::datasource::FileRoots>,
+) -> Result<Resource, String> {
     match kind {
         Kind::Mesh => {
             let m: Mesh =
@@ -49,6 +54,15 @@ pub fn validate(kind: Kind, r: &kds::Resource) -> Result<Resource, String> {
                         format!(".{}", e.path)
                     };
                     return Err(format!("mtls.backends[{i}].conf{at}: {}", e.reason));
+                }
+            }
+            if let Some(roots) = roots {
+                for (field, path) in common::datasource::file_sources(&m) {
+                    if let Err(reason) = roots.permits(&path) {
+                        return Err(format!(
+                            "{field}: this zone may not read {path:?}: {reason}"
+                        ));
+                    }
                 }
             }
             Ok(Resource::Mesh(m))
@@ -82,8 +96,9 @@ pub async fn apply(
         .ok_or_else(|| ApplyError::UnknownType(response.r#type.clone()))?;
     let mut ops = Vec::with_capacity(response.resources.len() + response.removed_resources.len());
     let mut rejected = Vec::new();
+    let roots = common::datasource::SecretLookup::file_roots(store);
     for r in &response.resources {
-        match validate(kind, r) {
+        match validate(kind, r, roots.as_deref()) {
             Ok(resource) => ops.push(Op::Put(resource)),
             Err(reason) => rejected.push(kds::Rejection {
                 mesh: r.mesh.clone(),
@@ -126,6 +141,36 @@ mod tests {
             version: "v".into(),
             payload: serde_json::to_vec(&payload).unwrap(),
         }
+    }
+
+    #[test]
+    fn a_mesh_naming_a_file_this_zone_may_not_read_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (data, allowed) = (tmp.path().join("data"), tmp.path().join("allowed"));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(&allowed).unwrap();
+        std::fs::write(data.join("zone-token"), b"t").unwrap();
+        let mesh = |file: &std::path::Path| {
+            res(
+                "m",
+                "m",
+                serde_json::json!({"type": "Mesh", "name": "m", "mtls": {"enabledBackend": "v",
+                    "backends": [{"name": "v", "type": "vault", "conf": {"fromCp": {
+                        "address": "http://127.0.0.1:8200", "pki": "p", "role": "r",
+                        "auth": {"token": {"file": file.display().to_string()}}}}}]}}),
+            )
+        };
+        let roots =
+            common::datasource::FileRoots::new(std::slice::from_ref(&allowed), &data).unwrap();
+        let e = validate(Kind::Mesh, &mesh(&data.join("zone-token")), Some(&roots)).unwrap_err();
+        assert!(
+            e.starts_with("mtls.backends[0].conf.fromCp.auth.token.file: this zone may not read"),
+            "{e}"
+        );
+        // Under an allowed directory (existing or not yet): taken.
+        validate(Kind::Mesh, &mesh(&allowed.join("token")), Some(&roots)).unwrap();
+        // A zone embedded without roots reads anything.
+        validate(Kind::Mesh, &mesh(&data.join("zone-token")), None).unwrap();
     }
 
     #[tokio::test]

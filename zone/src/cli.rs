@@ -154,6 +154,10 @@ pub struct RunArgs {
     /// Longest wait between a proxy's retries.
     #[arg(long, default_value = "5m")]
     pub backoff_max: String,
+    /// A directory whose files `file:` data sources may read (repeatable); none by default, so a
+    /// Mesh with a `file:` source is refused (NACKed with the reason). Never the data directory.
+    #[arg(long = "data-source-dir", value_name = "DIR")]
+    pub data_source_dirs: Vec<PathBuf>,
     /// Share of a certificate's lifetime after which it is replaced (±5% jitter), above 0 and
     /// below 1.
     #[arg(long, default_value_t = 0.8)]
@@ -232,6 +236,7 @@ async fn run(args: RunArgs) -> ExitCode {
     config.global_ca_file = args.global_ca_file.clone();
     config.insecure_skip_verify = args.insecure_skip_verify;
     config.api_hosts = args.api_hosts.clone();
+    config.data_source_dirs = args.data_source_dirs.clone();
     if let Err(e) = crate::client::targets(&config) {
         eprintln!("error: {e}");
         return ExitCode::from(exit::USAGE);

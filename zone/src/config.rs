@@ -30,6 +30,9 @@ pub struct ZoneConfig {
     pub vault_timeouts: common::vault::Timeouts,
     /// Names the API answers to besides the loopback ones (`--api-host`).
     pub api_hosts: Vec<String>,
+    /// The only directories `file:` data sources are read from (`--data-source-dir`); empty:
+    /// none. Applied by `zone::run` (a zone embedded in a test reads any).
+    pub data_source_dirs: Vec<PathBuf>,
 }
 
 impl ZoneConfig {
@@ -47,6 +50,7 @@ impl ZoneConfig {
             issuance: IssuanceConfig::default(),
             vault_timeouts: common::vault::Timeouts::default(),
             api_hosts: Vec::new(),
+            data_source_dirs: Vec::new(),
         }
     }
 

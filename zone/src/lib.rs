@@ -141,6 +141,11 @@ pub async fn run(
     // Checked before anything is opened, so that a bad flag fails fast.
     let targets = client::targets(&config).map_err(ZoneError::Config)?;
     let store = open_store(&config, &targets).await?;
+    // `file:` data sources only under the operator's directories, never the data directory.
+    store.confine_files(
+        common::datasource::FileRoots::new(&config.data_source_dirs, &config.data_dir)
+            .map_err(ZoneError::Config)?,
+    );
     let store_identity = store.identity().await?;
     common::integrity::write_manifest(&store, &config.data_dir, &store_identity)
         .map_err(|e| ZoneError::Config(format!("cannot write the store manifest: {e}")))?;

@@ -199,10 +199,11 @@ for with_md in (False, True):
     assert!(!sock.exists(), "{} is left behind", sock.display());
 }
 
-/// A builtin Mesh whose certificates are X.509-SVIDs and last 20 s (renewed at about 16 s).
+/// A builtin Mesh whose certificates are X.509-SVIDs for keys the proxies make themselves
+/// (`keyGeneration: proxy`), and last 20 s (renewed at about 16 s).
 fn svid_mesh_yaml(mesh: &str) -> String {
     format!(
-        "type: Mesh\nname: {mesh}\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n    dpCert:\n      rotation:\n        expiration: 20s\n      uriSans: spiffe\n"
+        "type: Mesh\nname: {mesh}\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: builtin\n    dpCert:\n      rotation:\n        expiration: 20s\n      uriSans: spiffe\n      keyGeneration: proxy\n"
     )
 }
 

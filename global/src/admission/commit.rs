@@ -349,6 +349,10 @@ impl SecretLookup for ReadSet<'_> {
         self.note(ResourceKey::new(Kind::Secret, mesh, name));
         self.store.secret_data(mesh, name)
     }
+
+    fn file_roots(&self) -> Option<std::sync::Arc<common::datasource::FileRoots>> {
+        self.store.file_roots()
+    }
 }
 
 impl Existing for ReadSet<'_> {

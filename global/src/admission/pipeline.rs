@@ -510,6 +510,10 @@ impl SecretLookup for Overlay<'_> {
             .secret_data(mesh, name)
             .or_else(|| self.existing.secret_data(mesh, name))
     }
+
+    fn file_roots(&self) -> Option<std::sync::Arc<common::datasource::FileRoots>> {
+        self.existing.file_roots()
+    }
 }
 
 /// The Meshes whose enabled or listed backends use a Secret, as (mesh, backend, field) triples:

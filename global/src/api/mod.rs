@@ -84,10 +84,16 @@ async fn authorize(State(state): State<ApiState>, mut req: Request, next: Next) 
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
     let path = req.uri().path().to_string();
+    // Printable, and never a body: nothing secret reaches the audit log this way.
+    let query = common::http::printable(req.uri().query().unwrap_or_default());
     let admin = state.admin.matches(req.headers());
     req.extensions_mut().insert(state::Caller { admin });
     let response = if auth::needs_admin(&method, &path, peer) && !admin {
-        tracing::info!(%method, %path, peer = ?peer, "request without a valid admin token refused");
+        state.metrics.auth_failures.inc();
+        // Said once per source and minute: a brute force does not flood the log.
+        if state.auth_log.first_in_a_while(peer.map(|p| p.ip())) {
+            tracing::warn!(%method, %path, peer = ?peer, "request without a valid admin token refused (further ones from this address are counted in global_api_auth_failures_total, logged again in a minute)");
+        }
         let mut e = ApiError::new(
             StatusCode::UNAUTHORIZED,
             "this request needs the admin token: send Authorization: Bearer <token> (global run writes it to <data-dir>/admin-token)",
@@ -112,6 +118,17 @@ async fn authorize(State(state): State<ApiState>, mut req: Request, next: Next) 
         })
         .inc();
     tracing::debug!(%method, %path, status = response.status().as_u16(), elapsed_ms = start.elapsed().as_millis() as u64, "request");
+    if crate::audit::audited(&method) {
+        state.audit.record(crate::audit::Entry {
+            time: common::clock::rfc3339_ms(common::clock::now_ms()).unwrap_or_default(),
+            actor: if admin { "admin" } else { "anonymous" }.to_string(),
+            source: peer.map(|p| p.to_string()).unwrap_or_default(),
+            method: method.to_string(),
+            path,
+            query,
+            status: response.status().as_u16(),
+        });
+    }
     response
 }
 

@@ -25,6 +25,10 @@ pub struct ApiState {
     pub replicas: crate::replicas::Replicas,
     /// The `Host` names the API answers to (421 otherwise).
     pub hosts: common::http::AllowedHosts,
+    /// Every request that changes something, or tried to (`crate::audit`).
+    pub audit: crate::audit::Audit,
+    /// When each source's refused request was last logged.
+    pub auth_log: crate::auth::OncePerMinute,
 }
 
 /// Who sent a request, as the authorization middleware found: handlers redact for non-admins.

@@ -58,6 +58,10 @@ pub struct RunFlags {
     /// other Host header gets 421.
     #[arg(long = "api-host", value_name = "NAME")]
     pub api_hosts: Vec<String>,
+    /// A directory whose files `file:` data sources may read (repeatable); none by default, so a
+    /// `file:` source is refused. Never the data directory.
+    #[arg(long = "data-source-dir", value_name = "DIR")]
+    pub data_source_dirs: Vec<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -14,6 +14,7 @@ pub(super) async fn run(flags: RunFlags) -> Result<(), Failure> {
         store,
         accept_store_rollback,
         api_hosts,
+        data_source_dirs,
     } = flags;
     let vault_timeouts = super::vault_timeouts(&vault_timeout)?;
     let listener = tokio::net::TcpListener::bind(&api_addr)
@@ -37,6 +38,7 @@ pub(super) async fn run(flags: RunFlags) -> Result<(), Failure> {
             vault_timeouts,
             accept_store_rollback,
             api_hosts,
+            data_source_dirs,
         },
         listeners,
         common::shutdown::signal(),

@@ -37,6 +37,7 @@ impl TestGlobal {
             vault_timeouts: Default::default(),
             accept_store_rollback: false,
             api_hosts: vec![],
+            data_source_dirs: vec![],
         };
         let handle = tokio::spawn(async move {
             global::run(config, listener, async {
