@@ -16,9 +16,10 @@
 //! `dpCert.uriSans: spiffe`. A call without the `workload.spiffe.io: true` metadata gets
 //! INVALID_ARGUMENT (as SPIRE answers); the JWT calls answer UNIMPLEMENTED. Connections pass
 //! through `authority`, which makes the socket path that grpc-core and grpc-java clients send as
-//! `:authority` acceptable to the HTTP/2 server. At most
-//! [`limits::WORKLOAD_API_STREAMS`] streams run at once; each holds at most one response in flight
-//! (the latest state wins). The key never reaches a log or a `Debug` output.
+//! `:authority` acceptable to the HTTP/2 server. At most [`limits::WORKLOAD_API_CONNECTIONS`]
+//! connections are served and [`limits::WORKLOAD_API_STREAMS`] streams run at once; each stream
+//! holds at most one response in flight (the latest state wins). The key never reaches a log or a
+//! `Debug` output.
 
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
