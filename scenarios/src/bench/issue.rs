@@ -584,50 +584,10 @@ async fn sign_bench(p: &IssueBench, dir: &std::path::Path, mut table: Table) -> 
 
 /// Raw OpenBao: each CSR signed by `<pki>/sign/<role>` with `c` in flight.
 async fn raw_sign(vault: &Vault, csrs: &[Vec<u8>], c: usize) -> Result<Duration> {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(c * 2)
-        .build()?;
-    let url = format!("{}/v1/{PKI}/sign/{ROLE}", vault.addr());
-    let start = Instant::now();
-    let results = futures::stream::iter(csrs.iter().enumerate())
-        .map(|(i, der)| {
-            let http = http.clone();
-            let url = url.clone();
-            let token = vault.token.clone();
-            let csr = common::csr::pem_of(der);
-            async move {
-                let svc = format!("svc-{}", i % 50);
-                let body = serde_json::json!({
-                    "csr": csr,
-                    "common_name": format!("{svc}.mesh"),
-                    "uri_sans": format!("spiffe://{MESH}/{svc},kuma://kuma.io/service/{svc}"),
-                    "ttl": "24h",
-                });
-                let resp = http
-                    .post(&url)
-                    .header("X-Vault-Token", token)
-                    .json(&body)
-                    .send()
-                    .await?;
-                if !resp.status().is_success() {
-                    bail!(
-                        "raw sign {i}: {} {}",
-                        resp.status(),
-                        resp.text().await.unwrap_or_default()
-                    );
-                }
-                let _ = resp.bytes().await?;
-                Ok(())
-            }
-        })
-        .buffer_unordered(c)
-        .collect::<Vec<Result<()>>>()
-        .await;
-    let elapsed = start.elapsed();
-    for r in results {
-        r?;
-    }
-    Ok(elapsed)
+    raw_requests(vault, "sign", csrs.len(), c, |i, body| {
+        body["csr"] = serde_json::Value::String(common::csr::pem_of(&csrs[i]));
+    })
+    .await
 }
 
 /// One `Session` per token (proxy `<prefix>-<i>`), all at once, each answering the zone's CSR
@@ -717,23 +677,41 @@ async fn open_sessions(
 
 /// Raw OpenBao: `n` certificates from `<pki>/issue/<role>` with `c` in flight.
 pub(crate) async fn raw_issue(vault: &Vault, n: usize, c: usize) -> Result<Duration> {
+    raw_requests(vault, "issue", n, c, |_, _| {}).await
+}
+
+/// `n` requests to `<pki>/<op>/<role>` with `c` in flight, each with the names and TTL a proxy of
+/// service `svc-<i % 50>` gets, and what `more` adds to request `i`'s body.
+async fn raw_requests(
+    vault: &Vault,
+    op: &str,
+    n: usize,
+    c: usize,
+    more: impl Fn(usize, &mut serde_json::Value),
+) -> Result<Duration> {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(c * 2)
         .build()?;
-    let url = format!("{}/v1/{PKI}/issue/{ROLE}", vault.addr());
-    let start = Instant::now();
-    let results = futures::stream::iter(0..n)
+    let url = format!("{}/v1/{PKI}/{op}/{ROLE}", vault.addr());
+    let bodies: Vec<serde_json::Value> = (0..n)
         .map(|i| {
+            let svc = format!("svc-{}", i % 50);
+            let mut body = serde_json::json!({
+                "common_name": format!("{svc}.mesh"),
+                "uri_sans": format!("spiffe://{MESH}/{svc},kuma://kuma.io/service/{svc}"),
+                "ttl": "24h",
+            });
+            more(i, &mut body);
+            body
+        })
+        .collect();
+    let start = Instant::now();
+    let results = futures::stream::iter(bodies.into_iter().enumerate())
+        .map(|(i, body)| {
             let http = http.clone();
             let url = url.clone();
             let token = vault.token.clone();
             async move {
-                let svc = format!("svc-{}", i % 50);
-                let body = serde_json::json!({
-                    "common_name": format!("{svc}.mesh"),
-                    "uri_sans": format!("spiffe://{MESH}/{svc},kuma://kuma.io/service/{svc}"),
-                    "ttl": "24h",
-                });
                 let resp = http
                     .post(&url)
                     .header("X-Vault-Token", token)
@@ -742,7 +720,7 @@ pub(crate) async fn raw_issue(vault: &Vault, n: usize, c: usize) -> Result<Durat
                     .await?;
                 if !resp.status().is_success() {
                     bail!(
-                        "raw issue {i}: {} {}",
+                        "raw {op} {i}: {} {}",
                         resp.status(),
                         resp.text().await.unwrap_or_default()
                     );
