@@ -26,11 +26,75 @@ pub struct Entry {
     pub time: String,
     pub actor: String,
     pub source: String,
+    /// What was asked, in words: `write`, `delete`, `apply`, `zone-token`, `dataplane-token`,
+    /// `forget-zone` (see [`action_of`]).
+    pub action: String,
+    /// The resource it was about, when the path names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource: Option<Target>,
     pub method: String,
     pub path: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub query: String,
+    /// `ok` (2xx), `refused` (4xx) or `failed` (5xx), and the status itself.
+    pub result: &'static str,
     pub status: u16,
+}
+
+/// The resource of an audited request.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Target {
+    pub kind: &'static str,
+    pub mesh: String,
+    pub name: String,
+}
+
+/// The action and resource of a request to `path` with `method`, from the API's routes.
+pub fn action_of(method: &str, path: &str) -> (String, Option<Target>) {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let verb = if method == "DELETE" {
+        "delete"
+    } else {
+        "write"
+    };
+    match parts.as_slice() {
+        ["meshes", mesh] => (
+            verb.into(),
+            Some(Target {
+                kind: "Mesh",
+                mesh: mesh.to_string(),
+                name: mesh.to_string(),
+            }),
+        ),
+        ["meshes", mesh, "secrets", name] => (
+            verb.into(),
+            Some(Target {
+                kind: "Secret",
+                mesh: mesh.to_string(),
+                name: name.to_string(),
+            }),
+        ),
+        ["zones", zone] if method == "DELETE" => (
+            "forget-zone".into(),
+            Some(Target {
+                kind: "Zone",
+                mesh: String::new(),
+                name: zone.to_string(),
+            }),
+        ),
+        ["apply"] => ("apply".into(), None),
+        ["tokens", kind] => (format!("{kind}-token"), None),
+        _ => (method.to_lowercase(), None),
+    }
+}
+
+/// The `result` of a status.
+pub fn result_of(status: u16) -> &'static str {
+    match status {
+        200..=399 => "ok",
+        400..=499 => "refused",
+        _ => "failed",
+    }
 }
 
 /// Where audit lines go. Cheap to clone.
@@ -102,13 +166,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let audit = Audit::open(dir.path()).unwrap();
         for status in [201, 401] {
+            let (action, resource) = action_of("PUT", "/meshes/default/secrets/s");
             audit.record(Entry {
                 time: "2026-12-06T09:00:00Z".into(),
                 actor: "admin".into(),
                 source: "127.0.0.1:5000".into(),
+                action,
+                resource,
                 method: "PUT".into(),
                 path: "/meshes/default/secrets/s".into(),
                 query: "dryRun=true".into(),
+                result: result_of(status),
                 status,
             });
         }
@@ -128,6 +196,11 @@ mod tests {
             .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[1]["status"], 401);
+        assert_eq!(lines[1]["result"], "refused");
+        assert_eq!(lines[0]["action"], "write");
+        assert_eq!(lines[0]["resource"]["kind"], "Secret");
+        assert_eq!(action_of("DELETE", "/zones/z1").0, "forget-zone");
+        assert_eq!(action_of("POST", "/tokens/dataplane").0, "dataplane-token");
         assert_eq!(lines[0]["query"], "dryRun=true");
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(&path).unwrap().permissions(),

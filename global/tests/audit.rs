@@ -87,6 +87,12 @@ async fn every_change_and_attempt_is_one_line_and_no_secret_is_in_it() {
         .collect();
     assert_eq!(seen, expect, "{lines:#?}");
     assert_eq!(lines[2]["query"], "dryRun=true");
+    assert_eq!(lines[1]["action"], "write");
+    assert_eq!(lines[1]["resource"]["kind"], "Secret");
+    assert_eq!(lines[1]["resource"]["name"], "canary");
+    assert_eq!(lines[3]["action"], "zone-token");
+    assert_eq!(lines[4]["action"], "delete");
+    assert_eq!(lines[5]["result"], "refused");
     assert!(
         lines
             .iter()

@@ -119,14 +119,19 @@ async fn authorize(State(state): State<ApiState>, mut req: Request, next: Next) 
         .inc();
     tracing::debug!(%method, %path, status = response.status().as_u16(), elapsed_ms = start.elapsed().as_millis() as u64, "request");
     if crate::audit::audited(&method) {
+        let (action, resource) = crate::audit::action_of(method.as_str(), &path);
+        let status = response.status().as_u16();
         state.audit.record(crate::audit::Entry {
             time: common::clock::rfc3339_ms(common::clock::now_ms()).unwrap_or_default(),
             actor: if admin { "admin" } else { "anonymous" }.to_string(),
             source: peer.map(|p| p.to_string()).unwrap_or_default(),
+            action,
+            resource,
             method: method.to_string(),
-            path,
+            path: common::http::printable(&path),
             query,
-            status: response.status().as_u16(),
+            result: crate::audit::result_of(status),
+            status,
         });
     }
     response
