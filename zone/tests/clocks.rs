@@ -94,6 +94,22 @@ impl Setup {
             .unwrap_or(Value::Null)
     }
 
+    /// Waits up to `secs` for the zone's row of `name` to satisfy `pred` (`what` it waits for);
+    /// panics with the logs otherwise.
+    async fn wait_row(
+        &self,
+        name: &str,
+        what: &str,
+        secs: u64,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        wait_until(what, Duration::from_secs(secs), POLL, || async {
+            Some(self.zone_row(name).await).filter(|row| pred(row))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+    }
+
     /// Global's row of dataplane `name`.
     async fn global_row(&self, name: &str) -> Value {
         let list = self
@@ -156,15 +172,13 @@ async fn a_zone_two_days_ahead_of_vault_never_loops_and_says_why() {
     let started = Instant::now();
     // The proxy registers, and every certificate Vault issues arrives expired by the zone's
     // clock: none is handed out, and each retry waits longer.
-    let row = wait_until("it", Duration::from_secs(30), POLL, || async {
-        let row = s.zone_row("web-1").await;
-        row["lastError"]
-            .as_str()
-            .is_some_and(|e| e.contains("clock skew"))
-            .then_some(row)
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no clock skew error\n{}", s.logs()));
+    let row = s
+        .wait_row("web-1", "a lastError with clock skew", 30, |row| {
+            row["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains("clock skew"))
+        })
+        .await;
     let e = row["lastError"].as_str().unwrap();
     assert!(e.contains("already expired"), "{e}");
     tokio::time::sleep(Duration::from_secs(12)).await;
@@ -200,11 +214,17 @@ async fn a_zone_two_days_ahead_of_vault_never_loops_and_says_why() {
     assert_eq!(global_clock["skewed"], true, "{global_clock}");
     let skew = s.zone.metric("zone_clock_skew_seconds").await.unwrap();
     assert!(skew < -172_000.0, "{skew}");
-    let check = wait_until("it", Duration::from_secs(20), POLL, || async {
-        let zone = s.global.zone("zone-1").await.ok()?;
-        let check = zone["status"]["backendChecks"].get(0)?.clone();
-        (check["ok"] == false && check["error"].as_str()?.contains("clock skew")).then_some(zone)
-    })
+    let check = wait_until(
+        "the state asked for",
+        Duration::from_secs(20),
+        POLL,
+        || async {
+            let zone = s.global.zone("zone-1").await.ok()?;
+            let check = zone["status"]["backendChecks"].get(0)?.clone();
+            (check["ok"] == false && check["error"].as_str()?.contains("clock skew"))
+                .then_some(zone)
+        },
+    )
     .await
     .unwrap_or_else(|_| panic!("global does not show the skew\n{}", s.logs()));
     assert_eq!(check["status"]["clock"]["skewed"], true, "{check:#}");
@@ -243,15 +263,13 @@ async fn a_zone_minutes_behind_vault_never_loops_and_says_why() {
     let spec = ProxySpec::new(MESH, "web-1", "web").env(behind);
     let _proxy = ProxyProc::start(&s.zone, &spec, &token_file, &tmp.path().join("web-1")).unwrap();
     let started = Instant::now();
-    let row = wait_until("it", Duration::from_secs(30), POLL, || async {
-        let row = s.zone_row("web-1").await;
-        row["lastError"]
-            .as_str()
-            .is_some_and(|e| e.contains("clock skew"))
-            .then_some(row)
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no clock skew error\n{}", s.logs()));
+    let row = s
+        .wait_row("web-1", "a lastError with clock skew", 30, |row| {
+            row["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains("clock skew"))
+        })
+        .await;
     assert!(
         row["lastError"].as_str().unwrap().contains("valid only in"),
         "{row}"
@@ -299,12 +317,11 @@ async fn an_agent_ahead_of_its_zone_says_so_and_the_zone_and_global_show_it() {
     let proxy = s.proxy("web-1", ahead).await;
     // The zone issues one certificate, valid 24 h: the agent, two days ahead, refuses it as
     // expired, writes nothing, and says so on its stream.
-    let row = wait_until("it", Duration::from_secs(30), POLL, || async {
-        let row = s.zone_row("web-1").await;
-        (row["state"] == "holding no certificate on disk").then_some(row)
-    })
-    .await
-    .unwrap_or_else(|_| panic!("the zone does not show the agent's refusal\n{}", s.logs()));
+    let row = s
+        .wait_row("web-1", "state holding no certificate on disk", 30, |row| {
+            row["state"] == "holding no certificate on disk"
+        })
+        .await;
     let e = row["lastError"].as_str().unwrap();
     assert!(
         e.contains("the agent refused its bundle (expired)")
@@ -320,10 +337,15 @@ async fn an_agent_ahead_of_its_zone_says_so_and_the_zone_and_global_show_it() {
         "the agent wrote an expired certificate"
     );
     // Global lists it.
-    let g = wait_until("it", Duration::from_secs(20), POLL, || async {
-        let g = s.global_row("web-1").await;
-        (g["state"] == "holding no certificate on disk").then_some(g)
-    })
+    let g = wait_until(
+        "the state asked for",
+        Duration::from_secs(20),
+        POLL,
+        || async {
+            let g = s.global_row("web-1").await;
+            (g["state"] == "holding no certificate on disk").then_some(g)
+        },
+    )
     .await
     .unwrap_or_else(|_| panic!("global does not show it\n{}", s.logs()));
     assert!(g["lastError"].as_str().unwrap().contains("expired"), "{g}");
@@ -357,15 +379,13 @@ async fn a_full_out_dir_is_reported_retried_and_never_loses_the_files() {
     let held = std::fs::read_to_string(proxy.file("cert.pem")).unwrap();
     disk.fill().unwrap();
     // The rotation's files cannot be written: the agent keeps the old ones and says why.
-    let row = wait_until("it", Duration::from_secs(45), POLL, || async {
-        let row = s.zone_row("web-1").await;
-        row["lastError"]
-            .as_str()
-            .is_some_and(|e| e.contains("disk full"))
-            .then_some(row)
-    })
-    .await
-    .unwrap_or_else(|_| panic!("the zone does not show the full disk\n{}", s.logs()));
+    let row = s
+        .wait_row("web-1", "a lastError with disk full", 45, |row| {
+            row["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains("disk full"))
+        })
+        .await;
     assert_ne!(row["serial"], first.serial.as_str(), "{row}");
     assert_eq!(
         row["certificateOnDisk"]["serial"],
@@ -373,20 +393,27 @@ async fn a_full_out_dir_is_reported_retried_and_never_loses_the_files() {
         "{row}"
     );
     // Once what the files hold expires, the zone says so, and so does global.
-    let row = wait_until("it", Duration::from_secs(30), POLL, || async {
-        let row = s.zone_row("web-1").await;
-        (row["state"] == "holding an expired certificate on disk").then_some(row)
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no expired state\n{}", s.logs()));
+    let row = s
+        .wait_row(
+            "web-1",
+            "state holding an expired certificate on disk",
+            30,
+            |row| row["state"] == "holding an expired certificate on disk",
+        )
+        .await;
     assert!(
         row["lastError"].as_str().unwrap().contains("No space left"),
         "{row}"
     );
-    wait_until("it", Duration::from_secs(20), POLL, || async {
-        (s.global_row("web-1").await["state"] == "holding an expired certificate on disk")
-            .then_some(())
-    })
+    wait_until(
+        "the state asked for",
+        Duration::from_secs(20),
+        POLL,
+        || async {
+            (s.global_row("web-1").await["state"] == "holding an expired certificate on disk")
+                .then_some(())
+        },
+    )
     .await
     .unwrap_or_else(|_| panic!("global does not show the expired files\n{}", s.logs()));
     // Nothing was deleted or truncated meanwhile.
@@ -397,12 +424,11 @@ async fn a_full_out_dir_is_reported_retried_and_never_loses_the_files() {
     assert!(std::fs::metadata(proxy.file("key.pem")).unwrap().len() > 0);
     // Room again: the agent's retry writes the current certificate, and all is well.
     disk.free().unwrap();
-    let row = wait_until("it", Duration::from_secs(40), POLL, || async {
-        let row = s.zone_row("web-1").await;
-        (row["state"] == "ok" && row["lastError"].is_null()).then_some(row)
-    })
-    .await
-    .unwrap_or_else(|_| panic!("the agent did not recover\n{}", s.logs()));
+    let row = s
+        .wait_row("web-1", "the agent to recover", 40, |row| {
+            row["state"] == "ok" && row["lastError"].is_null()
+        })
+        .await;
     let now = proxy.leaf().unwrap();
     assert_eq!(
         row["certificateOnDisk"]["serial"],
