@@ -42,11 +42,14 @@ pub enum Command {
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GetKind {
     Dataplanes,
+    Meshes,
+    Status,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Table,
+    Yaml,
     Json,
 }
 
@@ -350,10 +353,15 @@ async fn proxy(args: ProxyArgs) -> ExitCode {
     }
 }
 
-/// `zone get dataplanes`: the zone's dataplanes with their certificates.
+/// `zone get dataplanes|meshes|status`: the zone's dataplanes with their certificates, the meshes
+/// it holds, or its status (global, synced types, Vault checks, clocks).
 async fn get(what: GetKind, api: &str, output: Format) -> ExitCode {
-    let GetKind::Dataplanes = what;
-    let url = format!("{}/dataplanes", api.trim_end_matches('/'));
+    let path = match what {
+        GetKind::Dataplanes => "dataplanes",
+        GetKind::Meshes => "meshes",
+        GetKind::Status => "status",
+    };
+    let url = format!("{}/{path}", api.trim_end_matches('/'));
     let client = match reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
         .build()
@@ -385,13 +393,112 @@ async fn get(what: GetKind, api: &str, output: Format) -> ExitCode {
         );
         return ExitCode::from(exit::REFUSED);
     }
-    if output == Format::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&body).unwrap_or_default()
-        );
-        return ExitCode::from(exit::OK);
+    match output {
+        Format::Json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&body).unwrap_or_default()
+            );
+            return ExitCode::from(exit::OK);
+        }
+        Format::Yaml => {
+            print!("{}", serde_norway::to_string(&body).unwrap_or_default());
+            return ExitCode::from(exit::OK);
+        }
+        Format::Table => {}
     }
+    let rows = match what {
+        GetKind::Dataplanes => dataplane_rows(body),
+        GetKind::Meshes => mesh_rows(&body),
+        GetKind::Status => status_rows(&body),
+    };
+    print!("{}", common::table::render(&rows));
+    ExitCode::from(exit::OK)
+}
+
+/// The table of `zone get meshes`.
+fn mesh_rows(body: &Value) -> Vec<Vec<String>> {
+    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    let mut rows = vec![
+        ["NAME", "ENABLED BACKEND", "BACKENDS", "MODIFIED"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for m in body["items"].as_array().into_iter().flatten() {
+        let backends: Vec<String> = m["mtls"]["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|b| format!("{} ({})", s(&b["name"]), s(&b["type"])))
+            .collect();
+        rows.push(vec![
+            s(&m["name"]),
+            s(&m["mtls"]["enabledBackend"]),
+            backends.join(", "),
+            s(&m["modificationTime"]),
+        ]);
+    }
+    rows
+}
+
+/// The table of `zone get status`: one line per fact.
+fn status_rows(body: &Value) -> Vec<Vec<String>> {
+    let s = |v: &Value| match v {
+        Value::String(t) => t.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    let g = &body["global"];
+    let mut rows = vec![
+        ["WHAT", "VALUE"].map(String::from).to_vec(),
+        vec!["zone".into(), s(&body["zone"])],
+        vec![
+            "global".into(),
+            format!(
+                "{} {}{}",
+                s(&g["address"]),
+                if g["connected"] == true {
+                    "connected"
+                } else {
+                    "disconnected"
+                },
+                g["lastError"]
+                    .as_str()
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default()
+            ),
+        ],
+    ];
+    if let Some(types) = body["types"].as_object() {
+        for (kind, t) in types {
+            rows.push(vec![
+                format!("{kind} resources held"),
+                format!(
+                    "{} (system version {})",
+                    s(&t["count"]),
+                    s(&t["systemVersion"])
+                ),
+            ]);
+        }
+    }
+    for c in body["vault"].as_array().into_iter().flatten() {
+        rows.push(vec![
+            format!("vault {}/{}", s(&c["mesh"]), s(&c["backend"])),
+            if c["ok"] == true {
+                format!("ok, {} issued", s(&c["issued"]))
+            } else {
+                s(&c["error"])
+            },
+        ]);
+    }
+    for c in body["clocks"].as_array().into_iter().flatten() {
+        rows.push(vec![format!("clock of {}", s(&c["peer"])), s(&c["detail"])]);
+    }
+    rows
+}
+
+/// The table of `zone get dataplanes`.
+fn dataplane_rows(body: Value) -> Vec<Vec<String>> {
     let mut rows = vec![
         [
             "NAME",
@@ -422,6 +529,5 @@ async fn get(what: GetKind, api: &str, output: Format) -> ExitCode {
             d.last_error.unwrap_or_default(),
         ]);
     }
-    print!("{}", common::table::render(&rows));
-    ExitCode::from(exit::OK)
+    rows
 }

@@ -167,6 +167,36 @@ async fn without_global_it_serves_reports_and_logs_once() {
     assert_eq!(get(&format!("{base}/meshes")).await.unwrap().1["total"], 0);
     let (code, body) = get(&format!("{base}/meshes/nope")).await.unwrap();
     assert_eq!(code, 404, "{body}");
+    // zone get meshes|status, as a table, YAML and JSON.
+    let cli = |args: &[&str]| {
+        let out = zone()
+            .arg("get")
+            .args(args)
+            .args(["--api", &base])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = cli(&["status"]);
+    assert!(
+        table.contains("lonely") && table.contains("disconnected"),
+        "{table}"
+    );
+    assert!(table.contains("Mesh resources held"), "{table}");
+    let yaml = cli(&["status", "-o", "yaml"]);
+    assert!(yaml.contains("zone: lonely"), "{yaml}");
+    let json: serde_json::Value = serde_json::from_str(&cli(&["status", "-o", "json"])).unwrap();
+    assert_eq!(json["zone"], "lonely");
+    let meshes = cli(&["meshes"]);
+    assert!(
+        meshes.starts_with("NAME") && meshes.contains("ENABLED BACKEND"),
+        "{meshes}"
+    );
     // Two retries at least (first within a second, then within two more).
     let metrics_url = format!("{base}/metrics");
     loop {
