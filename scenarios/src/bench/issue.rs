@@ -427,6 +427,16 @@ pub(crate) async fn zone_channel(zone: &ZoneProc) -> Result<Channel> {
     Ok(endpoint.connect().await?)
 }
 
+/// Enough connections to the zone's identity service for `n` streams
+/// (`STREAMS_PER_CONNECTION` each).
+async fn zone_channels(zone: &ZoneProc, n: usize) -> Result<Arc<Vec<Channel>>> {
+    let mut channels = Vec::new();
+    for _ in 0..n.div_ceil(STREAMS_PER_CONNECTION) {
+        channels.push(zone_channel(zone).await?);
+    }
+    Ok(Arc::new(channels))
+}
+
 /// Opens one identity stream per token (proxy `<prefix>-<i>`, service `svc-<i % 50>`), all at
 /// once, and waits for each first bundle. Returns the time from the first open to the last bundle,
 /// the chains, and the open streams (dropping them disconnects the proxies).
@@ -441,11 +451,7 @@ pub(crate) async fn open_streams(
     Vec<tonic::Streaming<IdentityResponse>>,
 )> {
     let n = tokens.len();
-    let mut channels = Vec::new();
-    for _ in 0..n.div_ceil(STREAMS_PER_CONNECTION) {
-        channels.push(zone_channel(zone).await?);
-    }
-    let channels = Arc::new(channels);
+    let channels = zone_channels(zone, n).await?;
     let start = Instant::now();
     let results = futures::stream::iter(0..n)
         .map(|i| {
@@ -600,11 +606,7 @@ async fn open_sessions(
 ) -> Result<Duration> {
     use proto::dpid::{AgentMessage, Csr, agent_message};
     let n = tokens.len();
-    let mut channels = Vec::new();
-    for _ in 0..n.div_ceil(STREAMS_PER_CONNECTION) {
-        channels.push(zone_channel(zone).await?);
-    }
-    let channels = Arc::new(channels);
+    let channels = zone_channels(zone, n).await?;
     let start = Instant::now();
     let results = futures::stream::iter(0..n)
         .map(|i| {
