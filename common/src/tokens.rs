@@ -1,10 +1,12 @@
-//! Signed tokens: zone tokens (`global zone-token`) and dataplane tokens (`global
-//! dataplane-token`), through one signer. A token is a standard JWT (RFC 7519) signed with Ed25519
+//! Signed tokens: zone tokens (`global zone-token`), dataplane tokens (`global
+//! dataplane-token`) and user tokens (`global generate user-token`), through one signer. A token is a standard JWT (RFC 7519) signed with Ed25519
 //! (`alg: EdDSA`) by a key that global creates on first start in
 //! `<data-dir>/token-signing-key.pem` (PKCS#8, mode 0600). The claims are `scope`, `iat`, `exp`,
 //! `jti` plus the scope's own claims (`zone` for zone tokens; `mesh` and `name` for dataplane
-//! tokens). Verification needs only the public key (`TokenVerifier`): global sends it to zones
-//! over the sync stream, and zones verify proxies' dataplane tokens with it (`KeySet`).
+//! tokens; `name`, `group` and `meshes` for user tokens). Verification needs only the public keys
+//! (`TokenVerifier`): global sends them to zones over the sync stream with the ids of revoked
+//! tokens, and zones verify proxies' dataplane tokens with them (`KeySet`, which refuses a revoked
+//! `jti`). Global may hold several keys at once (rotation): each token names its key in `kid`.
 //!
 //! Signing lives here too (not only in global) so that the signer and the verifier are tested
 //! together and tests can mint tokens (expired, forged) without a running global.
@@ -28,6 +30,8 @@ pub const KEY_FILE: &str = "token-signing-key.pem";
 pub const ZONE_SCOPE: &str = "zone";
 /// Scope of dataplane tokens.
 pub const DATAPLANE_SCOPE: &str = "dataplane";
+/// Scope of user tokens (the API's users).
+pub const USER_SCOPE: &str = "user";
 /// Default validity of a token (`--valid-for`).
 pub const DEFAULT_VALIDITY: Duration = Duration::from_secs(720 * 3600);
 /// The only algorithm of verifying keys.
@@ -45,6 +49,8 @@ pub enum TokenError {
     NotYetValid(String),
     #[error("the token has scope {found:?}, expected {expected:?}")]
     WrongScope { expected: String, found: String },
+    #[error("the token {0} was revoked")]
+    Revoked(String),
 }
 
 impl TokenError {
@@ -56,6 +62,7 @@ impl TokenError {
             TokenError::WrongScope { .. } => "wrong_scope",
             TokenError::NotYetValid(_) => "not_yet_valid",
             TokenError::Malformed(_) => "malformed",
+            TokenError::Revoked(_) => "revoked",
         }
     }
 }
@@ -78,6 +85,58 @@ pub struct Claims<T> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ZoneClaim {
     pub zone: String,
+}
+
+/// The groups of API users (`global generate user-token --group`), as SPEC.md defines them:
+/// `admin` may do everything; `operator` writes, deletes and reads the Secrets of its meshes and
+/// reads everything else but Secrets; `viewer` reads meshes, zones, dataplanes and replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Group {
+    Admin,
+    Operator,
+    Viewer,
+}
+
+impl Group {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Group::Admin => "admin",
+            Group::Operator => "operator",
+            Group::Viewer => "viewer",
+        }
+    }
+}
+
+impl std::str::FromStr for Group {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "admin" => Ok(Group::Admin),
+            "operator" => Ok(Group::Operator),
+            "viewer" => Ok(Group::Viewer),
+            _ => Err(format!(
+                "{s:?} is not a group: use admin, operator or viewer"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The claims of a user token: who (for the audit log), the group, and for operators the meshes
+/// they may change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserClaim {
+    pub name: String,
+    pub group: Group,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub meshes: Vec<String>,
 }
 
 /// The claims of a dataplane token: the one mesh and dataplane name it is good for, the service
@@ -207,6 +266,21 @@ impl TokenSigner {
         Self::from_pkcs8(doc.as_ref()).expect("a freshly generated key parses")
     }
 
+    /// A fresh key and its PKCS#8 PEM (to be stored: `Debug` of the signer never shows it).
+    pub fn generate_pem() -> (Self, String) {
+        let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+            .expect("Ed25519 key generation does not fail");
+        let text = pem::encode(&pem::Pem::new("PRIVATE KEY", doc.as_ref().to_vec()));
+        let signer = Self::from_pkcs8(doc.as_ref()).expect("a freshly generated key parses");
+        (signer, text)
+    }
+
+    /// A signer from a PKCS#8 PEM (`PRIVATE KEY`) as [`Self::generate_pem`] made it.
+    pub fn from_pem(text: &str) -> Result<Self, String> {
+        let block = pem::parse(text.as_bytes()).map_err(|e| e.to_string())?;
+        Self::from_pkcs8(block.contents())
+    }
+
     fn from_pkcs8(der: &[u8]) -> Result<Self, String> {
         let key = Ed25519KeyPair::from_pkcs8(der).map_err(|e| e.to_string())?;
         let public = key.public_key().as_ref().to_vec();
@@ -290,6 +364,41 @@ impl TokenSigner {
     pub fn issue_dataplane_token(&self, claim: DataplaneClaim, valid_for: Duration) -> String {
         self.issue(DATAPLANE_SCOPE, claim, valid_for)
     }
+
+    /// A user token of the API.
+    pub fn issue_user_token(&self, claim: UserClaim, valid_for: Duration) -> String {
+        self.issue(USER_SCOPE, claim, valid_for)
+    }
+}
+
+/// What a token says of itself, read without checking its signature: its id (`jti`), the key
+/// that signed it (`kid`), its scope and expiry. For naming a token to revoke (`global
+/// revoke-token --token-file`), never for trusting it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenId {
+    pub jti: String,
+    pub kid: String,
+    pub scope: String,
+    pub exp: u64,
+}
+
+/// Reads a token's [`TokenId`] without verifying it.
+pub fn token_id(token: &str) -> Result<TokenId, TokenError> {
+    let parts = split(token)?;
+    #[derive(Deserialize)]
+    struct Seen {
+        scope: String,
+        exp: u64,
+        jti: String,
+    }
+    let seen: Seen = serde_json::from_slice(&decode("claims", parts.claims_b64)?)
+        .map_err(|e| TokenError::Malformed(format!("claims: {e}")))?;
+    Ok(TokenId {
+        jti: seen.jti,
+        kid: parts.kid,
+        scope: seen.scope,
+        exp: seen.exp,
+    })
 }
 
 /// Verifies tokens with global's public key.
@@ -342,16 +451,34 @@ impl TokenVerifier {
     }
 }
 
-/// The verifying keys a zone holds: a token is checked with the key its `kid` names (or every
-/// key when it names none).
+/// The verifying keys a control plane holds, and the ids of revoked tokens: a token is checked
+/// with the key its `kid` names (or every key when it names none), then refused when revoked.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeySet {
     keys: Vec<TokenVerifier>,
+    revoked: std::collections::BTreeSet<String>,
 }
 
 impl KeySet {
     pub fn new(keys: Vec<TokenVerifier>) -> Self {
-        Self { keys }
+        Self {
+            keys,
+            revoked: Default::default(),
+        }
+    }
+
+    /// The same keys, refusing the tokens whose `jti` is in `revoked`.
+    pub fn with_revoked(mut self, revoked: impl IntoIterator<Item = String>) -> Self {
+        self.revoked = revoked.into_iter().collect();
+        self
+    }
+
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        self.revoked.contains(jti)
+    }
+
+    pub fn revoked(&self) -> &std::collections::BTreeSet<String> {
+        &self.revoked
     }
 
     pub fn is_empty(&self) -> bool {
@@ -376,7 +503,11 @@ impl KeySet {
         scope: &str,
         now: u64,
     ) -> Result<Claims<T>, TokenError> {
-        verify_token(&self.keys, true, token, scope, now)
+        let claims: Claims<T> = verify_token(&self.keys, true, token, scope, now)?;
+        if self.revoked.contains(&claims.jti) {
+            return Err(TokenError::Revoked(claims.jti));
+        }
+        Ok(claims)
     }
 }
 

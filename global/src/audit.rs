@@ -27,7 +27,8 @@ pub struct Entry {
     pub actor: String,
     pub source: String,
     /// What was asked, in words: `write`, `delete`, `apply`, `zone-token`, `dataplane-token`,
-    /// `forget-zone` (see [`action_of`]).
+    /// `user-token`, `revoke-token`, `rotate-signing-key`, `retire-signing-key`, `forget-zone`
+    /// (see [`action_of`]).
     pub action: String,
     /// The resource it was about, when the path names one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -39,6 +40,9 @@ pub struct Entry {
     /// `ok` (2xx), `refused` (4xx) or `failed` (5xx), and the status itself.
     pub result: &'static str,
     pub status: u16,
+    /// What the handler adds: the id (`jti`) of a token made or revoked, a signing key's id.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
 }
 
 /// The resource of an audited request.
@@ -83,6 +87,9 @@ pub fn action_of(method: &str, path: &str) -> (String, Option<Target>) {
             }),
         ),
         ["apply"] => ("apply".into(), None),
+        ["tokens", "revoke"] => ("revoke-token".into(), None),
+        ["tokens", "signing-keys"] => ("rotate-signing-key".into(), None),
+        ["tokens", "signing-keys", _] => ("retire-signing-key".into(), None),
         ["tokens", kind] => (format!("{kind}-token"), None),
         _ => (method.to_lowercase(), None),
     }
@@ -178,6 +185,7 @@ mod tests {
                 query: "dryRun=true".into(),
                 result: result_of(status),
                 status,
+                detail: String::new(),
             });
         }
         drop(audit);

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use crate::admission::Admission;
 use crate::api::{self, ApiState};
 use crate::auth::AdminToken;
+use crate::authority::Authority;
 use crate::kds::{KdsConfig, KdsServer, KdsTls, Zones};
 use crate::metrics::Metrics;
 use crate::tokens::TokenSigner;
@@ -119,6 +120,8 @@ pub enum GlobalError {
     Stopped,
     #[error(transparent)]
     Guard(#[from] crate::store_guard::GuardError),
+    #[error(transparent)]
+    Authority(#[from] crate::authority::AuthorityError),
 }
 
 /// Opens the store; PostgreSQL is waited for with backoff while it is unreachable (one log line
@@ -228,7 +231,8 @@ pub async fn run(
     })
     .await?;
     let admin = AdminToken::load_or_create(&config.data_dir).map_err(data_dir_err)?;
-    let tokens = Arc::new(TokenSigner::load_or_create(&config.data_dir).map_err(data_dir_err)?);
+    let authority = Authority::load(&store, &config.data_dir).await?;
+    let authority_task = tokio::spawn(authority.clone().run(stopped.clone()));
     let metrics = Arc::new(Metrics::new());
     metrics.meshes.set(store.list_meshes()?.len() as i64);
     let identity = crate::replicas::Identity::new(
@@ -268,7 +272,7 @@ pub async fn run(
             let server = KdsServer::new(
                 store.clone(),
                 zones.clone(),
-                tokens.verifier().clone(),
+                authority.clone(),
                 metrics.kds.clone(),
                 kds.config,
                 stopped.clone(),
@@ -284,7 +288,7 @@ pub async fn run(
         admin,
         metrics,
         zones,
-        tokens,
+        authority,
         replicas,
         hosts: common::http::AllowedHosts::new(&config.api_hosts),
         audit: crate::audit::Audit::open(&config.data_dir).map_err(data_dir_err)?,
@@ -320,6 +324,7 @@ pub async fn run(
     stop.fire();
     let _ = replicas_task.await;
     let _ = manifest_task.await;
+    let _ = authority_task.await;
     tracing::info!("global control plane stopped");
     result
 }

@@ -311,7 +311,10 @@ async fn session(
                 }
                 Ok(Some(GlobalMessage { message: Some(global_message::Message::TokenKeys(keys)) })) => {
                     match crate::dp::keys::save(&ctx.store, &keys).await {
-                        Ok(true) => tracing::info!(keys = keys.keys.len(), "received the dataplane token keys from global"),
+                        Ok(true) => {
+                            tracing::info!(keys = keys.keys.len(), revoked = keys.revoked_token_ids.len(), "received the dataplane token keys and revocations from global");
+                            ctx.token_keys.send_modify(|g| *g += 1);
+                        }
                         Ok(false) => tracing::debug!("dataplane token keys unchanged"),
                         Err(e) => tracing::warn!(error = %e, "cannot keep the dataplane token keys from global; proxies are verified with the keys held"),
                     }

@@ -82,6 +82,9 @@ pub struct ZoneCtx {
     status_source: Mutex<Option<Weak<dyn StatusSource>>>,
     /// Notified when the status report should be resent (what the status source reports changed).
     pub report_now: Notify,
+    /// Bumped when global's token keys or revocation list change: proxies' streams check their
+    /// token again (a revoked one ends).
+    pub token_keys: tokio::sync::watch::Sender<u64>,
 }
 
 /// Bytes of dataplanes one status report lists at most: well within the sync stream's bound.
@@ -111,6 +114,7 @@ impl ZoneCtx {
             sync_records,
             status_source: Mutex::new(None),
             report_now: Notify::new(),
+            token_keys: tokio::sync::watch::channel(0).0,
         })
     }
 

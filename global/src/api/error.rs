@@ -52,6 +52,19 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
     }
 
+    /// 401 (authenticate) or 403 (a right is missing), as `crate::rights` decided.
+    pub fn denied(d: crate::rights::Denied) -> Self {
+        let (status, title, detail) = match d {
+            crate::rights::Denied::Unauthenticated(m) => {
+                (StatusCode::UNAUTHORIZED, "Unauthorized", m)
+            }
+            crate::rights::Denied::Forbidden(m) => (StatusCode::FORBIDDEN, "Forbidden", m),
+        };
+        let mut e = Self::new(status, detail);
+        e.title = title.into();
+        e
+    }
+
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, detail)
     }

@@ -24,8 +24,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use common::model::Kind;
 
-use crate::auth;
 use crate::metrics::RequestLabels;
+use crate::rights;
 
 pub use error::{ApiError, ApiResult};
 pub use resources::{WriteQuery, present, shown};
@@ -59,6 +59,17 @@ pub fn router(state: ApiState) -> Router {
         .route("/replicas", get(replicas::list_replicas))
         .route("/tokens/zone", post(tokens::issue_zone_token))
         .route("/tokens/dataplane", post(tokens::issue_dataplane_token))
+        .route("/tokens/user", post(tokens::issue_user_token))
+        .route("/tokens/revoke", post(tokens::revoke))
+        .route("/tokens/revoked", get(tokens::list_revoked))
+        .route(
+            "/tokens/signing-keys",
+            get(tokens::list_signing_keys).post(tokens::rotate_signing_key),
+        )
+        .route(
+            "/tokens/signing-keys/{kid}",
+            axum::routing::delete(tokens::retire_signing_key),
+        )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API path") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -76,6 +87,42 @@ pub fn router(state: ApiState) -> Router {
 /// replica holds (PostgreSQL unreachable or slow).
 const READ_REFRESH_LIMIT: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// The caller of a request: the admin token, a valid user token, or nobody. `Err` carries why a
+/// presented token was not accepted (for the log; the answer never says which part was wrong).
+fn caller_of(
+    state: &ApiState,
+    headers: &axum::http::HeaderMap,
+    loopback: bool,
+) -> Result<rights::Caller, &'static str> {
+    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return Ok(rights::Caller::Anonymous { loopback });
+    };
+    if state.admin.matches(headers) {
+        return Ok(rights::Caller::Admin);
+    }
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or("malformed")?;
+    state
+        .authority
+        .key_set()
+        .verify::<common::tokens::UserClaim>(token.trim(), common::tokens::USER_SCOPE)
+        .map(|c| rights::Caller::User(c.body))
+        .map_err(|e| e.code())
+}
+
+/// A 401 or 403 in the API's error shape.
+fn denied(d: rights::Denied) -> Response {
+    let mut resp = ApiError::denied(d).into_response();
+    if resp.status() == StatusCode::UNAUTHORIZED {
+        resp.headers_mut()
+            .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+    }
+    resp
+}
+
 async fn authorize(State(state): State<ApiState>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
@@ -84,30 +131,40 @@ async fn authorize(State(state): State<ApiState>, mut req: Request, next: Next) 
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
     let path = req.uri().path().to_string();
+    let raw_query = req.uri().query().unwrap_or_default().to_string();
     // Printable, and never a body: nothing secret reaches the audit log this way.
-    let query = common::http::printable(req.uri().query().unwrap_or_default());
-    let admin = state.admin.matches(req.headers());
-    req.extensions_mut().insert(state::Caller { admin });
-    let response = if auth::needs_admin(&method, &path, peer) && !admin {
-        state.metrics.auth_failures.inc();
-        // Said once per source and minute: a brute force does not flood the log.
-        if state.auth_log.first_in_a_while(peer.map(|p| p.ip())) {
-            tracing::warn!(%method, %path, peer = ?peer, "request without a valid admin token refused (further ones from this address are counted in global_api_auth_failures_total, logged again in a minute)");
+    let query = common::http::printable(&raw_query);
+    let loopback = peer.map(|p| p.ip().is_loopback()).unwrap_or(false);
+    let need = rights::need(&method, &path, &raw_query);
+    let caller = caller_of(&state, req.headers(), loopback);
+    let verdict = match &caller {
+        // A token that is not accepted is refused, whatever the route (but health and metrics).
+        Err(_) if need != rights::Need::Open => Err(rights::Denied::Unauthenticated(
+            "the token was not accepted (unknown, malformed, expired or revoked): send Authorization: Bearer <token> with a valid one".into(),
+        )),
+        Err(_) => Ok(()),
+        Ok(c) => rights::check(c, &need),
+    };
+    let caller = caller.unwrap_or(rights::Caller::Anonymous { loopback });
+    let mut response = match verdict {
+        Err(d) => {
+            if matches!(d, rights::Denied::Unauthenticated(_)) {
+                state.metrics.auth_failures.inc();
+                // Said once per source and minute: a brute force does not flood the log.
+                if state.auth_log.first_in_a_while(peer.map(|p| p.ip())) {
+                    tracing::warn!(%method, %path, peer = ?peer, "request without a valid token refused (further ones from this address are counted in global_api_auth_failures_total, logged again in a minute)");
+                }
+            }
+            denied(d)
         }
-        let mut e = ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "this request needs the admin token: send Authorization: Bearer <token> (global run writes it to <data-dir>/admin-token)",
-        );
-        e.title = "Unauthorized".into();
-        let mut resp = e.into_response();
-        resp.headers_mut()
-            .insert("www-authenticate", HeaderValue::from_static("Bearer"));
-        resp
-    } else {
-        // Read your writes across replicas: first what the others committed (PostgreSQL), so that
-        // a read, or a delete's "not found", is never older than a write acknowledged elsewhere.
-        state.store.refresh(READ_REFRESH_LIMIT).await;
-        next.run(req).await
+        Ok(()) => {
+            req.extensions_mut().insert(caller.clone());
+            // Read your writes across replicas: first what the others committed (PostgreSQL),
+            // so that a read, or a delete's "not found", is never older than a write
+            // acknowledged elsewhere.
+            state.store.refresh(READ_REFRESH_LIMIT).await;
+            next.run(req).await
+        }
     };
     state
         .metrics
@@ -121,9 +178,16 @@ async fn authorize(State(state): State<ApiState>, mut req: Request, next: Next) 
     if crate::audit::audited(&method) {
         let (action, resource) = crate::audit::action_of(method.as_str(), &path);
         let status = response.status().as_u16();
+        // What a handler adds (the id of a token it made or revoked, a key's id): for the
+        // audit line only.
+        let detail = response
+            .headers_mut()
+            .remove(AUDIT_DETAIL_HEADER)
+            .and_then(|v| v.to_str().ok().map(common::http::printable))
+            .unwrap_or_default();
         state.audit.record(crate::audit::Entry {
             time: common::clock::rfc3339_ms(common::clock::now_ms()).unwrap_or_default(),
-            actor: if admin { "admin" } else { "anonymous" }.to_string(),
+            actor: caller.actor(),
             source: peer.map(|p| p.to_string()).unwrap_or_default(),
             action,
             resource,
@@ -132,10 +196,14 @@ async fn authorize(State(state): State<ApiState>, mut req: Request, next: Next) 
             query,
             result: crate::audit::result_of(status),
             status,
+            detail,
         });
     }
     response
 }
+
+/// A response header a handler sets to add a detail to the request's audit line (a token's id).
+pub const AUDIT_DETAIL_HEADER: &str = "x-kmesh-audit";
 
 async fn readyz(State(state): State<ApiState>) -> ApiResult<&'static str> {
     if !state.store.reachable() {

@@ -56,9 +56,9 @@ fn list_body(items: Vec<StoredResource>) -> List<ResourceView> {
 }
 
 /// A Mesh as `caller` may see it: `inline`/`inlineString` values redacted unless admin.
-fn present_mesh(r: &StoredResource, caller: Caller) -> ResourceView {
+fn present_mesh(r: &StoredResource, caller: &Caller) -> ResourceView {
     let mut view = present(r);
-    if !caller.admin {
+    if !caller.is_admin() {
         view.spec = match common::http::redact_inline(&Value::Object(view.spec)) {
             Value::Object(m) => m,
             _ => Default::default(),
@@ -73,7 +73,7 @@ pub(super) async fn list_meshes(
 ) -> ApiResult<Json<List<ResourceView>>> {
     let meshes = state.store.list(Kind::Mesh, None)?;
     Ok(Json(List::new(
-        meshes.iter().map(|r| present_mesh(r, caller)).collect(),
+        meshes.iter().map(|r| present_mesh(r, &caller)).collect(),
     )))
 }
 
@@ -83,7 +83,7 @@ pub(super) async fn get_mesh(
     Path(name): Path<String>,
 ) -> ApiResult<Json<ResourceView>> {
     match state.store.get(&ResourceKey::mesh(&name))? {
-        Some(r) => Ok(Json(present_mesh(&r, caller))),
+        Some(r) => Ok(Json(present_mesh(&r, &caller))),
         None => Err(ApiError::not_found(format!("mesh {name:?} not found"))),
     }
 }
@@ -218,8 +218,20 @@ fn check_url_identity(resource: &Resource, kind: Kind, mesh: &str, name: &str) -
     }
 }
 
+/// The rights a write of `resource` needs beyond its route's: its mesh (in a batch, each
+/// resource's), and admin for a Mesh with `file:` data sources.
+fn check_resource_rights(caller: &Caller, resource: &Resource) -> ApiResult<()> {
+    let need = crate::rights::Need::Write(resource.mesh().to_string());
+    crate::rights::check(caller, &need).map_err(ApiError::denied)?;
+    if let Resource::Mesh(mesh) = resource {
+        crate::rights::check_file_sources(caller, mesh).map_err(ApiError::denied)?;
+    }
+    Ok(())
+}
+
 async fn put_resource(
     state: ApiState,
+    caller: Caller,
     kind: Kind,
     mesh: String,
     name: String,
@@ -235,6 +247,7 @@ async fn put_resource(
         )
     })?;
     check_url_identity(&resource, kind, &mesh, &name)?;
+    check_resource_rights(&caller, &resource)?;
     let dry_run = query.dry_run();
     let (admitted, outcomes) = state
         .admission
@@ -256,20 +269,22 @@ async fn put_resource(
 
 pub(super) async fn put_mesh(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     Query(query): Query<WriteQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    put_resource(state, Kind::Mesh, name.clone(), name, query, body).await
+    put_resource(state, caller, Kind::Mesh, name.clone(), name, query, body).await
 }
 
 pub(super) async fn put_secret(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path((mesh, name)): Path<(String, String)>,
     Query(query): Query<WriteQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    put_resource(state, Kind::Secret, mesh, name, query, body).await
+    put_resource(state, caller, Kind::Secret, mesh, name, query, body).await
 }
 
 pub(super) async fn delete_mesh(
@@ -305,6 +320,7 @@ pub(super) async fn delete_secret(
 /// with a Mesh and its Secrets validates exactly what a real apply would.
 pub(super) async fn apply_batch(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Query(query): Query<WriteQuery>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<ApplyResult>> {
@@ -328,6 +344,10 @@ pub(super) async fn apply_batch(
         Kind::Secret => 0,
         Kind::Dataplane => 2,
     });
+    // Every resource of the batch is checked before any is admitted: all or nothing.
+    for r in &resources {
+        check_resource_rights(&caller, r)?;
+    }
     let dry_run = query.dry_run();
     let (admitted, outcomes) = state.admission.admit_and_store(resources, dry_run).await?;
     let results = admitted

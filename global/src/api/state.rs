@@ -19,8 +19,8 @@ pub struct ApiState {
     pub admission: Admission,
     /// What global knows of each zone (sync server).
     pub zones: crate::kds::Zones,
-    /// Signs zone (and dataplane) tokens.
-    pub tokens: Arc<crate::tokens::TokenSigner>,
+    /// Signs every token, verifies user tokens, and keeps the revocation list.
+    pub authority: crate::authority::Authority,
     /// This replica and the others on the store (`GET /replicas`).
     pub replicas: crate::replicas::Replicas,
     /// The `Host` names the API answers to (421 otherwise).
@@ -31,8 +31,5 @@ pub struct ApiState {
     pub auth_log: crate::auth::OncePerMinute,
 }
 
-/// Who sent a request, as the authorization middleware found: handlers redact for non-admins.
-#[derive(Debug, Clone, Copy)]
-pub struct Caller {
-    pub admin: bool,
-}
+/// Who sent a request, as the authorization middleware found (`crate::rights`).
+pub use crate::rights::Caller;

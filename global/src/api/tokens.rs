@@ -1,17 +1,24 @@
-//! Token issuance through the API: `POST /tokens/zone` and `POST /tokens/dataplane` (admin only).
-//! Signing is `crate::tokens` (`common::tokens`); this module parses the requests and presents
-//! the tokens.
+//! Tokens through the API (admin only, as `crate::rights` decides): issuance (`POST
+//! /tokens/zone`, `/tokens/dataplane`, `/tokens/user`), revocation (`POST /tokens/revoke`, `GET
+//! /tokens/revoked`) and the signing keys (`GET|POST /tokens/signing-keys`: list, rotate;
+//! `DELETE /tokens/signing-keys/{kid}`: retire). Signing, keys and revocations are
+//! `crate::authority`; this module parses the requests and presents the answers. Each answer names
+//! the token's id (`jti`) for the audit log.
 
 use std::time::Duration;
 
 use super::error::ApiError;
 use super::state::ApiState;
-use super::types::{DataplaneToken, DataplaneTokenRequest, ZoneToken, ZoneTokenRequest};
+use super::types::{
+    DataplaneToken, DataplaneTokenRequest, RevokeRequest, Revoked, SigningKeyView, UserToken,
+    UserTokenRequest, ZoneToken, ZoneTokenRequest,
+};
 use crate::tokens::{DEFAULT_VALIDITY, check_zone_name, dataplane_claim};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
 /// The JSON body of a token request, or a refusal saying which `shape` it must have.
@@ -47,22 +54,42 @@ fn expires(valid_for: Duration) -> String {
         .unwrap_or_else(|| exp.to_string())
 }
 
+/// The id of a token just signed (its `jti`).
+fn id_of(token: &str) -> String {
+    common::tokens::token_id(token)
+        .map(|t| t.jti)
+        .unwrap_or_default()
+}
+
+/// `body` as JSON, with `detail` for the request's audit line.
+fn audited<T: serde::Serialize>(detail: String, body: T) -> Response {
+    ([(super::AUDIT_DETAIL_HEADER, detail)], Json(body)).into_response()
+}
+
 /// `POST /tokens/zone` (admin only): `{"zone": NAME, "validFor": "720h"}` -> `{"token": ...}`.
 pub async fn issue_zone_token(
     State(state): State<ApiState>,
     body: Bytes,
-) -> Result<Json<ZoneToken>, ApiError> {
+) -> Result<Response, ApiError> {
     let req: ZoneTokenRequest = parse_request(&body, r#"{"zone": NAME, "validFor": DURATION}"#)?;
     check_zone_name(&req.zone).map_err(|e| ApiError::invalid_request("zone", e))?;
     let valid_for = validity(&req.valid_for)?;
-    let token = state.tokens.issue_zone_token(&req.zone, valid_for);
+    let token = state
+        .authority
+        .signer()
+        .issue_zone_token(&req.zone, valid_for);
     let expires = expires(valid_for);
-    tracing::info!(zone = %req.zone, %expires, "zone token issued");
-    Ok(Json(ZoneToken {
-        zone: req.zone,
-        expires,
-        token,
-    }))
+    let id = id_of(&token);
+    tracing::info!(zone = %req.zone, %expires, %id, "zone token issued");
+    Ok(audited(
+        format!("id={id} zone={}", req.zone),
+        ZoneToken {
+            zone: req.zone,
+            expires,
+            id,
+            token,
+        },
+    ))
 }
 
 /// `POST /tokens/dataplane` (admin only): `{"mesh": M, "name": N, "service": S, "tags": {...},
@@ -72,7 +99,7 @@ pub async fn issue_zone_token(
 pub async fn issue_dataplane_token(
     State(state): State<ApiState>,
     body: Bytes,
-) -> Result<Json<DataplaneToken>, ApiError> {
+) -> Result<Response, ApiError> {
     let req: DataplaneTokenRequest = parse_request(
         &body,
         r#"{"mesh": MESH, "name": NAME, "service": SERVICE, "tags": {TAG: VALUE}, "validFor": DURATION} (or "anyService": true instead of "service")"#,
@@ -93,13 +120,233 @@ pub async fn issue_dataplane_token(
         }
     };
     let valid_for = validity(&req.valid_for)?;
-    let token = state.tokens.issue_dataplane_token(claim, valid_for);
+    let token = state
+        .authority
+        .signer()
+        .issue_dataplane_token(claim, valid_for);
     let expires = expires(valid_for);
-    tracing::info!(mesh = %req.mesh, name = %req.name, service = ?req.service, tags = ?req.tags, any_service = req.any_service, %expires, "dataplane token issued");
-    Ok(Json(DataplaneToken {
-        mesh: req.mesh,
-        name: req.name,
-        expires,
-        token,
-    }))
+    let id = id_of(&token);
+    tracing::info!(mesh = %req.mesh, name = %req.name, service = ?req.service, tags = ?req.tags, any_service = req.any_service, %expires, %id, "dataplane token issued");
+    Ok(audited(
+        format!("id={id} mesh={} name={}", req.mesh, req.name),
+        DataplaneToken {
+            mesh: req.mesh,
+            name: req.name,
+            expires,
+            id,
+            token,
+        },
+    ))
+}
+
+/// Default validity of a user token.
+pub const USER_TOKEN_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+
+/// Checks a user token request and makes its claim, naming each bad field.
+pub fn user_claim(
+    req: &UserTokenRequest,
+) -> Result<common::tokens::UserClaim, common::ValidationErrors> {
+    use common::tokens::Group;
+    let mut errs = common::ValidationErrors::new();
+    let name = req.name.trim();
+    if name.is_empty() || name.len() > 253 || name.chars().any(|c| c.is_control()) {
+        errs.push(
+            "name",
+            "required: who the token is for, 1 to 253 printable characters",
+        );
+    }
+    let group = match req.group.parse::<Group>() {
+        Ok(g) => Some(g),
+        Err(e) => {
+            errs.push("group", e);
+            None
+        }
+    };
+    for (i, m) in req.meshes.iter().enumerate() {
+        common::validate::validate_mesh_name(&format!("meshes[{i}]"), m, &mut errs);
+    }
+    match group {
+        Some(Group::Operator) if req.meshes.is_empty() => errs.push(
+            "meshes",
+            "an operator needs the meshes it may change (--mesh M, repeatable)",
+        ),
+        Some(Group::Admin | Group::Viewer) if !req.meshes.is_empty() => errs.push(
+            "meshes",
+            "only an operator's rights are per mesh: admin and viewer take no meshes",
+        ),
+        _ => {}
+    }
+    match group {
+        Some(group) if errs.is_empty() => Ok(common::tokens::UserClaim {
+            name: name.to_string(),
+            group,
+            meshes: req.meshes.clone(),
+        }),
+        _ => Err(errs),
+    }
+}
+
+/// `POST /tokens/user` (admin only): `{"name": N, "group": "admin|operator|viewer", "meshes":
+/// [...], "validFor": "24h"}` -> `{"token": ..., "id": JTI}`.
+pub async fn issue_user_token(
+    State(state): State<ApiState>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: UserTokenRequest = parse_request(
+        &body,
+        r#"{"name": NAME, "group": "admin"|"operator"|"viewer", "meshes": [MESH], "validFor": DURATION}"#,
+    )?;
+    let claim = user_claim(&req).map_err(|errs| {
+        let mut e = ApiError::new(StatusCode::BAD_REQUEST, errs.to_string());
+        e.title = "Invalid request".into();
+        e.invalid_parameters = errs.errors;
+        e
+    })?;
+    let valid_for = match &req.valid_for {
+        None => USER_TOKEN_VALIDITY,
+        Some(_) => validity(&req.valid_for)?,
+    };
+    let token = state
+        .authority
+        .signer()
+        .issue_user_token(claim.clone(), valid_for);
+    let expires = expires(valid_for);
+    let id = id_of(&token);
+    tracing::info!(user = %claim.name, group = %claim.group, meshes = ?claim.meshes, %expires, %id, "user token issued");
+    Ok(audited(
+        format!("id={id} user={} group={}", claim.name, claim.group),
+        UserToken {
+            name: claim.name,
+            group: claim.group.to_string(),
+            meshes: claim.meshes,
+            expires,
+            id,
+            token,
+        },
+    ))
+}
+
+/// `POST /tokens/revoke` (admin only): `{"id": JTI}`. Every replica refuses the token within
+/// `authority::REFRESH`; zones get the list over the sync stream.
+pub async fn revoke(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<crate::rights::Caller>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: RevokeRequest = parse_request(&body, r#"{"id": TOKEN_ID}"#)?;
+    let id = req.id.trim().to_string();
+    if id.is_empty()
+        || id.len() > 128
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(ApiError::invalid_request(
+            "id",
+            "a token id (its jti claim: letters, digits, '-' or '_'; `global revoke-token --token-file F` reads it from the token)".into(),
+        ));
+    }
+    let already = state
+        .authority
+        .revoke(&id, &caller.actor())
+        .await
+        .map_err(authority_error)?;
+    tracing::info!(%id, already, "token revoked");
+    Ok(audited(
+        format!("id={id}"),
+        Revoked {
+            id,
+            result: if already {
+                "already revoked"
+            } else {
+                "revoked"
+            }
+            .into(),
+        },
+    ))
+}
+
+/// `GET /tokens/revoked` (admin only): the revoked token ids, when and by whom.
+pub async fn list_revoked(
+    State(state): State<ApiState>,
+) -> Json<super::types::List<serde_json::Value>> {
+    Json(super::types::List::new(
+        state
+            .authority
+            .revocations()
+            .into_iter()
+            .map(|(id, r)| {
+                serde_json::json!({
+                    "id": id,
+                    "revokedAt": common::clock::rfc3339_ms(r.revoked_at_ms).unwrap_or_default(),
+                    "by": r.by,
+                })
+            })
+            .collect(),
+    ))
+}
+
+fn key_views(state: &ApiState) -> Vec<SigningKeyView> {
+    state
+        .authority
+        .keys()
+        .into_iter()
+        .map(|k| SigningKeyView {
+            kid: k.kid,
+            created: if k.created_ms == 0 {
+                String::new()
+            } else {
+                common::clock::rfc3339_ms(k.created_ms).unwrap_or_default()
+            },
+            active: k.active,
+        })
+        .collect()
+}
+
+/// `GET /tokens/signing-keys` (admin only): the keys, oldest first; the active one signs.
+pub async fn list_signing_keys(
+    State(state): State<ApiState>,
+) -> Json<super::types::List<SigningKeyView>> {
+    Json(super::types::List::new(key_views(&state)))
+}
+
+/// `POST /tokens/signing-keys` (admin only): a new key signs from now on; older ones keep
+/// verifying until retired. Zones get the new public key over the sync stream.
+pub async fn rotate_signing_key(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let kid = state.authority.rotate().await.map_err(authority_error)?;
+    tracing::info!(%kid, "token signing key rotated");
+    Ok(audited(
+        format!("kid={kid}"),
+        super::types::List::new(key_views(&state)),
+    ))
+}
+
+/// `DELETE /tokens/signing-keys/{kid}` (admin only): tokens signed by that key are refused from
+/// now on (zones too, and streams opened with them end).
+pub async fn retire_signing_key(
+    State(state): State<ApiState>,
+    Path(kid): Path<String>,
+) -> Result<Response, ApiError> {
+    state
+        .authority
+        .retire(&kid)
+        .await
+        .map_err(authority_error)?;
+    tracing::info!(%kid, "token signing key retired");
+    Ok(audited(
+        format!("kid={kid}"),
+        super::types::List::new(key_views(&state)),
+    ))
+}
+
+fn authority_error(e: crate::authority::AuthorityError) -> ApiError {
+    use crate::authority::AuthorityError as E;
+    match e {
+        E::NoSuchKey(_) => ApiError::not_found(e.to_string()),
+        E::ActiveKey(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+        E::Store(ref s) if matches!(s, common::store::StoreError::Unavailable { .. }) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }

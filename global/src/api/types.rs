@@ -138,21 +138,96 @@ pub struct DataplaneTokenRequest {
     pub valid_for: Option<String>,
 }
 
-/// The answer to `POST /tokens/zone`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The answer to `POST /tokens/zone`. `Debug` never shows the token.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct ZoneToken {
     pub zone: String,
     pub expires: String,
+    /// The token's `jti`, to revoke it (`global revoke-token --id`).
+    #[serde(default)]
+    pub id: String,
     pub token: String,
 }
 
-/// The answer to `POST /tokens/dataplane`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The answer to `POST /tokens/dataplane`. `Debug` never shows the token.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct DataplaneToken {
     pub mesh: String,
     pub name: String,
     pub expires: String,
+    #[serde(default)]
+    pub id: String,
     pub token: String,
+}
+
+/// Body of `POST /tokens/user`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UserTokenRequest {
+    /// Who the token is for (the audit log's actor).
+    pub name: String,
+    /// `admin`, `operator` or `viewer`.
+    pub group: String,
+    /// The meshes an operator may change (operators only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub meshes: Vec<String>,
+    /// Validity, e.g. `24h` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_for: Option<String>,
+}
+
+/// The answer to `POST /tokens/user`. `Debug` never shows the token.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct UserToken {
+    pub name: String,
+    pub group: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub meshes: Vec<String>,
+    pub expires: String,
+    pub id: String,
+    pub token: String,
+}
+
+macro_rules! redacted_debug {
+    ($t:ty, $($field:ident),*) => {
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($t))
+                    $(.field(stringify!($field), &self.$field))*
+                    .field("token", &"<redacted>")
+                    .finish()
+            }
+        }
+    };
+}
+redacted_debug!(ZoneToken, zone, expires, id);
+redacted_debug!(DataplaneToken, mesh, name, expires, id);
+redacted_debug!(UserToken, name, group, meshes, expires, id);
+
+/// Body of `POST /tokens/revoke`: the token's id (`jti`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    pub id: String,
+}
+
+/// The answer to `POST /tokens/revoke`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Revoked {
+    pub id: String,
+    /// `revoked`, or `already revoked`.
+    pub result: String,
+}
+
+/// A token signing key (`GET /tokens/signing-keys`): never its private part.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SigningKeyView {
+    pub kid: String,
+    /// RFC 3339; empty for the key of an earlier release's key file.
+    pub created: String,
+    /// New tokens are signed with it.
+    pub active: bool,
 }
 
 /// A refused sync stream.

@@ -21,8 +21,85 @@ pub struct ApiArgs {
     #[arg(long, default_value = "http://127.0.0.1:5681", env = "GLOBAL_API")]
     pub api: String,
     /// File holding the admin token (written by `global run` to <data-dir>/admin-token).
-    #[arg(long, env = "GLOBAL_ADMIN_TOKEN_FILE")]
+    #[arg(long, env = "GLOBAL_ADMIN_TOKEN_FILE", conflicts_with = "token_file")]
     pub admin_token_file: Option<PathBuf>,
+    /// File holding a user token (`global generate user-token`), instead of the admin token.
+    #[arg(long, env = "GLOBAL_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `zone-token` / `generate zone-token`.
+#[derive(clap::Args, Debug)]
+pub struct ZoneTokenArgs {
+    /// The zone the token is for (its name, as `zone run --name`).
+    #[arg(long)]
+    pub zone: String,
+    /// How long the token is valid, e.g. 720h, 30d.
+    #[arg(long, default_value = "720h")]
+    pub valid_for: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// `dataplane-token` / `generate dataplane-token`.
+#[derive(clap::Args, Debug)]
+pub struct DataplaneTokenArgs {
+    /// The mesh of the proxy.
+    #[arg(short = 'm', long)]
+    pub mesh: String,
+    /// The dataplane's name (as `zone proxy --name`).
+    #[arg(long)]
+    pub name: String,
+    /// The kuma.io/service the proxy may register.
+    #[arg(
+        long,
+        required_unless_present = "any_service",
+        conflicts_with = "any_service"
+    )]
+    pub service: Option<String>,
+    /// A tag the proxy must register with this value (repeatable), K=V.
+    #[arg(long = "tag", value_name = "K=V")]
+    pub tags: Vec<String>,
+    /// Let the proxy register any service.
+    #[arg(long)]
+    pub any_service: bool,
+    /// How long the token is valid, e.g. 720h, 30d.
+    #[arg(long, default_value = "720h")]
+    pub valid_for: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// `generate user-token`.
+#[derive(clap::Args, Debug)]
+pub struct UserTokenArgs {
+    /// Who the token is for (the audit log names them).
+    #[arg(long)]
+    pub name: String,
+    /// admin (everything), operator (writes and Secrets of its meshes, reads the rest but
+    /// Secrets) or viewer (reads meshes, zones, dataplanes and replicas).
+    #[arg(long)]
+    pub group: String,
+    /// A mesh an operator may change (repeatable; operators only).
+    #[arg(short = 'm', long = "mesh", value_name = "MESH")]
+    pub meshes: Vec<String>,
+    /// How long the token is valid, e.g. 24h, 30d.
+    #[arg(long, default_value = "24h")]
+    pub valid_for: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// What `global generate` makes (kumactl's verbs: the names are the subcommands').
+#[derive(Subcommand, Debug)]
+#[allow(clippy::enum_variant_names)]
+pub enum Generate {
+    /// A token with which a zone authenticates to global.
+    ZoneToken(ZoneTokenArgs),
+    /// A token with which one proxy authenticates to its zone.
+    DataplaneToken(DataplaneTokenArgs),
+    /// A token with which a user calls the API, with the rights of its group.
+    UserToken(UserTokenArgs),
 }
 
 /// The flags of `global run`.
@@ -75,38 +152,42 @@ pub enum Command {
         store: crate::StoreKind,
     },
     /// Print a token with which a zone authenticates to global.
-    ZoneToken {
-        #[arg(long)]
-        zone: String,
-        /// How long the token is valid, e.g. 720h, 30d.
-        #[arg(long, default_value = "720h")]
-        valid_for: String,
+    ZoneToken(ZoneTokenArgs),
+    /// Print a token with which one proxy authenticates to its zone (`zone proxy --token-file`);
+    /// it is bound to that mesh and dataplane name, the service it may register and the tags given.
+    DataplaneToken(DataplaneTokenArgs),
+    /// Print a token (zone, dataplane or user), as kumactl's `generate`.
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
+    /// Revoke a token (user, zone or dataplane) by its id: refused everywhere within seconds,
+    /// by zones too (even while global is away from them).
+    RevokeToken {
+        /// The token's id (its `jti` claim; token generation prints it on stderr).
+        #[arg(
+            long,
+            required_unless_present = "from_file",
+            conflicts_with = "from_file"
+        )]
+        id: Option<String>,
+        /// Read the id from this token file.
+        #[arg(long, value_name = "TOKEN_FILE")]
+        from_file: Option<PathBuf>,
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Print a token with which one proxy authenticates to its zone (`zone proxy --token-file`);
-    /// it is bound to that mesh and dataplane name, the service it may register and the tags given.
-    DataplaneToken {
-        #[arg(short = 'm', long)]
-        mesh: String,
+    /// Make a new token signing key: new tokens are signed with it; tokens of older keys stay
+    /// valid until their key is retired.
+    RotateSigningKey {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Retire a token signing key: tokens it signed are refused from now on.
+    RetireSigningKey {
+        /// The key's id (`global get signing-keys`).
         #[arg(long)]
-        name: String,
-        /// The kuma.io/service the proxy may register.
-        #[arg(
-            long,
-            required_unless_present = "any_service",
-            conflicts_with = "any_service"
-        )]
-        service: Option<String>,
-        /// A tag the proxy must register with this value (repeatable), K=V.
-        #[arg(long = "tag", value_name = "K=V")]
-        tags: Vec<String>,
-        /// Let the proxy register any service.
-        #[arg(long)]
-        any_service: bool,
-        /// How long the token is valid, e.g. 720h, 30d.
-        #[arg(long, default_value = "720h")]
-        valid_for: String,
+        kid: String,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -175,6 +256,10 @@ pub enum GetKind {
     Dataplanes,
     /// The global replicas on the store (a sled global is one).
     Replicas,
+    /// The token signing keys (admin).
+    SigningKeys,
+    /// The revoked tokens (admin).
+    RevokedTokens,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

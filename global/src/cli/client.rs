@@ -1,17 +1,21 @@
-//! The commands that talk to a running global over its HTTP API (`apply`, `get`, `delete`,
-//! `zone-token`, `dataplane-token`): the client, the reading of answers into the API's types
+//! The commands that talk to a running global over its HTTP API (`apply`, `get`, `delete`, the
+//! token commands, revocation and signing-key rotation): the client, the reading of answers into the API's types
 //! (`api::types`) and the mapping of failures to exit codes (unreachable server or Vault: 3).
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::args::{ApiArgs, DeleteKind, ExportFormat, Format, GetKind};
+use super::args::{
+    ApiArgs, DataplaneTokenArgs, DeleteKind, ExportFormat, Format, GetKind, UserTokenArgs,
+    ZoneTokenArgs,
+};
 use super::failure::Failure;
 use super::input::{parse_inputs, read_inputs};
 use super::print;
 use crate::api::types::{
     ApiError, ApplyResult, DataplaneToken, DataplaneTokenRequest, DataplaneView, ReplicaView,
-    ResourceView, ZoneToken, ZoneTokenRequest, ZoneView,
+    ResourceView, RevokeRequest, Revoked, UserToken, UserTokenRequest, ZoneToken, ZoneTokenRequest,
+    ZoneView,
 };
 
 /// An HTTP client for the global API.
@@ -23,14 +27,16 @@ struct Client {
 
 impl Client {
     fn new(args: &ApiArgs) -> Result<Self, Failure> {
-        let token = match &args.admin_token_file {
-            Some(p) => Some(
+        let file = match (&args.admin_token_file, &args.token_file) {
+            (Some(p), _) => Some(("--admin-token-file", p)),
+            (None, Some(p)) => Some(("--token-file", p)),
+            (None, None) => None,
+        };
+        let token = match file {
+            Some((flag, p)) => Some(
                 std::fs::read_to_string(p)
                     .map_err(|e| {
-                        Failure::usage(format!(
-                            "cannot read --admin-token-file {}: {e}",
-                            p.display()
-                        ))
+                        Failure::usage(format!("cannot read {flag} {}: {e}", p.display()))
                     })?
                     .trim()
                     .to_string(),
@@ -127,7 +133,7 @@ fn describe(status: u16, error: &ApiError) -> String {
         out.push_str(&format!("\n  * {}: {}", p.field, p.reason));
     }
     if status == 401 {
-        out.push_str("\n  (pass --admin-token-file <data-dir>/admin-token)");
+        out.push_str("\n  (pass --admin-token-file <data-dir>/admin-token, or --token-file with a user token)");
     }
     out
 }
@@ -196,6 +202,8 @@ pub(super) async fn get(
         (GetKind::Zones | GetKind::Zone, Some(n)) => format!("/zones/{n}"),
         (GetKind::Dataplanes, _) => format!("/meshes/{mesh}/dataplanes"),
         (GetKind::Replicas, _) => "/replicas".to_string(),
+        (GetKind::SigningKeys, _) => "/tokens/signing-keys".to_string(),
+        (GetKind::RevokedTokens, _) => "/tokens/revoked".to_string(),
     };
     let body = client
         .send(client.request(reqwest::Method::GET, &path))
@@ -215,6 +223,8 @@ pub(super) async fn get(
                 }
                 print::replicas(&replicas)
             }
+            GetKind::SigningKeys => print::signing_keys(&items(body)?),
+            GetKind::RevokedTokens => print::revoked(&items(body)?),
             GetKind::Dataplanes => {
                 let mut dataplanes = items::<DataplaneView>(body)?;
                 // Dataplanes are listed per mesh; a NAME narrows the list.
@@ -264,8 +274,16 @@ async fn request_token<T: DeserializeOwned>(
     serde_json::from_value(resp).map_err(|_| Failure::refused("global answered without a token"))
 }
 
+/// Says on stderr the id of a token just printed (what `revoke-token --id` takes).
+fn say_id(id: &str, expires: &str) {
+    if !id.is_empty() {
+        eprintln!("token id {id} (revoke with `global revoke-token --id {id}`), expires {expires}");
+    }
+}
+
 /// `zone-token`: asks the running global (admin token needed) and prints the token alone.
-pub(super) async fn zone_token(zone: &str, valid_for: &str, api: &ApiArgs) -> Result<(), Failure> {
+pub(super) async fn zone_token(args: &ZoneTokenArgs) -> Result<(), Failure> {
+    let (zone, valid_for, api) = (&args.zone, &args.valid_for, &args.api);
     crate::tokens::check_zone_name(zone).map_err(Failure::usage)?;
     common::duration::parse_duration(valid_for)
         .map_err(|e| Failure::usage(format!("--valid-for: {e}")))?;
@@ -275,19 +293,21 @@ pub(super) async fn zone_token(zone: &str, valid_for: &str, api: &ApiArgs) -> Re
     };
     let answer: ZoneToken = request_token(api, "/tokens/zone", &request).await?;
     println!("{}", answer.token);
+    say_id(&answer.id, &answer.expires);
     Ok(())
 }
 
 /// `dataplane-token`: asks the running global (admin token needed) and prints the token alone.
-pub(super) async fn dataplane_token(
-    mesh: &str,
-    name: &str,
-    service: Option<&str>,
-    tags: &[String],
-    any_service: bool,
-    valid_for: &str,
-    api: &ApiArgs,
-) -> Result<(), Failure> {
+pub(super) async fn dataplane_token(args: &DataplaneTokenArgs) -> Result<(), Failure> {
+    let (mesh, name, service, tags, any_service, valid_for, api) = (
+        &args.mesh,
+        &args.name,
+        args.service.as_deref(),
+        &args.tags,
+        args.any_service,
+        &args.valid_for,
+        &args.api,
+    );
     let mut bound = std::collections::BTreeMap::new();
     for t in tags {
         let (k, v) = t
@@ -316,5 +336,103 @@ pub(super) async fn dataplane_token(
     };
     let answer: DataplaneToken = request_token(api, "/tokens/dataplane", &request).await?;
     println!("{}", answer.token);
+    say_id(&answer.id, &answer.expires);
     Ok(())
+}
+
+/// `generate user-token`: asks the running global (admin) and prints the token alone.
+pub(super) async fn user_token(args: &UserTokenArgs) -> Result<(), Failure> {
+    common::duration::parse_duration(&args.valid_for)
+        .map_err(|e| Failure::usage(format!("--valid-for: {e}")))?;
+    let request = UserTokenRequest {
+        name: args.name.clone(),
+        group: args.group.clone(),
+        meshes: args.meshes.clone(),
+        valid_for: Some(args.valid_for.clone()),
+    };
+    crate::api::tokens::user_claim(&request).map_err(|errs| {
+        Failure::usage(
+            errs.errors
+                .iter()
+                .map(|e| {
+                    let flag = if e.field.starts_with("meshes") {
+                        "mesh"
+                    } else {
+                        &e.field
+                    };
+                    format!("--{flag}: {}", e.reason)
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })?;
+    let answer: UserToken = request_token(&args.api, "/tokens/user", &request).await?;
+    println!("{}", answer.token);
+    say_id(&answer.id, &answer.expires);
+    Ok(())
+}
+
+/// `revoke-token`: by id, or the id read from a token file.
+pub(super) async fn revoke_token(
+    id: Option<String>,
+    from_file: Option<&std::path::Path>,
+    api: &ApiArgs,
+) -> Result<(), Failure> {
+    let id = match (id, from_file) {
+        (Some(id), _) => id,
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Failure::usage(format!("cannot read --from-file {}: {e}", path.display()))
+            })?;
+            common::tokens::token_id(&text)
+                .map_err(|e| Failure::usage(format!("--from-file {}: {e}", path.display())))?
+                .jti
+        }
+        (None, None) => return Err(Failure::usage("give --id or --from-file")),
+    };
+    let client = Client::new(api)?;
+    let body = client
+        .send(
+            client
+                .request(reqwest::Method::POST, "/tokens/revoke")
+                .json(&RevokeRequest { id }),
+        )
+        .await?;
+    let answer: Revoked = decode(body)?;
+    println!("token {}: {}", answer.id, answer.result);
+    Ok(())
+}
+
+/// `rotate-signing-key`: prints the keys after the rotation.
+pub(super) async fn rotate_signing_key(api: &ApiArgs) -> Result<(), Failure> {
+    let client = Client::new(api)?;
+    let body = client
+        .send(client.request(reqwest::Method::POST, "/tokens/signing-keys"))
+        .await?;
+    print::signing_keys(&items(body)?);
+    Ok(())
+}
+
+/// `retire-signing-key --kid KID`: prints the keys left.
+pub(super) async fn retire_signing_key(kid: &str, api: &ApiArgs) -> Result<(), Failure> {
+    let client = Client::new(api)?;
+    let path = format!("/tokens/signing-keys/{}", urlencoding(kid));
+    let body = client
+        .send(client.request(reqwest::Method::DELETE, &path))
+        .await?;
+    print::signing_keys(&items(body)?);
+    Ok(())
+}
+
+/// A path segment with everything but unreserved characters percent-encoded.
+fn urlencoding(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }

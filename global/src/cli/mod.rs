@@ -60,31 +60,22 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             init_tracing();
             run::migrate(store).await
         }
-        Command::ZoneToken {
-            zone,
-            valid_for,
-            api,
-        } => client::zone_token(&zone, &valid_for, &api).await,
-        Command::DataplaneToken {
-            mesh,
-            name,
-            service,
-            tags,
-            any_service,
-            valid_for,
-            api,
-        } => {
-            client::dataplane_token(
-                &mesh,
-                &name,
-                service.as_deref(),
-                &tags,
-                any_service,
-                &valid_for,
-                &api,
-            )
-            .await
+        Command::ZoneToken(a)
+        | Command::Generate {
+            what: args::Generate::ZoneToken(a),
+        } => client::zone_token(&a).await,
+        Command::DataplaneToken(a)
+        | Command::Generate {
+            what: args::Generate::DataplaneToken(a),
+        } => client::dataplane_token(&a).await,
+        Command::Generate {
+            what: args::Generate::UserToken(a),
+        } => client::user_token(&a).await,
+        Command::RevokeToken { id, from_file, api } => {
+            client::revoke_token(id, from_file.as_deref(), &api).await
         }
+        Command::RotateSigningKey { api } => client::rotate_signing_key(&api).await,
+        Command::RetireSigningKey { kid, api } => client::retire_signing_key(&kid, &api).await,
         Command::Apply {
             files,
             dry_run,

@@ -197,6 +197,31 @@ pub(super) fn replicas(items: &[ReplicaView]) {
     print!("{}", common::table::render(&replica_rows(items)));
 }
 
+pub(super) fn signing_keys(keys: &[crate::api::types::SigningKeyView]) {
+    let mut rows = vec![header(&["KID", "CREATED", "STATE"])];
+    for k in keys {
+        rows.push(vec![
+            k.kid.clone(),
+            if k.created.is_empty() {
+                "-".into()
+            } else {
+                k.created.clone()
+            },
+            if k.active { "signing" } else { "verifying" }.into(),
+        ]);
+    }
+    print!("{}", common::table::render(&rows));
+}
+
+pub(super) fn revoked(items: &[serde_json::Value]) {
+    let mut rows = vec![header(&["ID", "REVOKED", "BY"])];
+    for r in items {
+        let field = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        rows.push(vec![field("id"), field("revokedAt"), field("by")]);
+    }
+    print!("{}", common::table::render(&rows));
+}
+
 pub(super) fn dataplanes(items: &[DataplaneView]) {
     let mut rows = vec![header(&[
         "MESH",

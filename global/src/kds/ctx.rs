@@ -1,4 +1,4 @@
-//! What every stream of the sync server shares: the store, the zone records, the token verifier,
+//! What every stream of the sync server shares: the store, the zone records, the token authority,
 //! the metrics, the tunables ([`KdsConfig`]) and the shutdown signal.
 
 use std::collections::HashMap;
@@ -10,7 +10,6 @@ use common::store::Store;
 
 use super::metrics::KdsMetrics;
 use super::zones::Zones;
-use crate::tokens::TokenVerifier;
 
 /// Tunables of the sync server.
 #[derive(Debug, Clone)]
@@ -37,7 +36,8 @@ impl Default for KdsConfig {
 pub(crate) struct Ctx {
     pub store: Store,
     pub zones: Zones,
-    pub verifier: TokenVerifier,
+    /// Verifies zone tokens; its changes are sent to zones (`TokenKeys`).
+    pub authority: crate::authority::Authority,
     pub metrics: KdsMetrics,
     pub config: KdsConfig,
     pub shutdown: Shutdown,

@@ -38,7 +38,7 @@ pub use metrics::KdsMetrics;
 pub use tls::{KdsTls, TlsMaterial};
 pub use zones::Zones;
 
-use crate::tokens::{TokenVerifier, ZONE_SCOPE, ZoneClaim};
+use crate::tokens::{KeySet, ZONE_SCOPE, ZoneClaim};
 
 /// Responses queued per stream before the sender waits for the zone to read.
 const OUTBOUND_QUEUE: usize = 16;
@@ -56,7 +56,7 @@ impl KdsServer {
     pub fn new(
         store: Store,
         zones: Zones,
-        verifier: TokenVerifier,
+        authority: crate::authority::Authority,
         metrics: KdsMetrics,
         config: KdsConfig,
         shutdown: Shutdown,
@@ -65,7 +65,7 @@ impl KdsServer {
             ctx: Arc::new(Ctx {
                 store,
                 zones,
-                verifier,
+                authority,
                 metrics,
                 config,
                 shutdown,
@@ -137,11 +137,12 @@ impl KdsServer {
         result
     }
 
-    /// Checks the zone token; returns the zone name and the token's expiry (unix ms).
+    /// Checks the zone token; returns the zone name, the token's expiry (unix ms) and the token
+    /// (checked again whenever keys or revocations change).
     fn authenticate<T>(
         &self,
         request: &Request<T>,
-    ) -> Result<(String, u64), (&'static str, String)> {
+    ) -> Result<(String, u64, session::ZoneToken), (&'static str, String)> {
         let md = request.metadata();
         let claimed = md
             .get(common::sync::ZONE_NAME_HEADER)
@@ -163,7 +164,8 @@ impl KdsServer {
             ))?;
         let claims = self
             .ctx
-            .verifier
+            .authority
+            .key_set()
             .verify::<ZoneClaim>(token, ZONE_SCOPE)
             .map_err(|e| {
                 let code = e.code();
@@ -180,7 +182,11 @@ impl KdsServer {
                 ),
             ));
         }
-        Ok((claims.body.zone, claims.exp.saturating_mul(1000)))
+        Ok((
+            claims.body.zone,
+            claims.exp.saturating_mul(1000),
+            session::ZoneToken(token.to_string()),
+        ))
     }
 
     async fn refuse(&self, peer: Option<SocketAddr>, claimed: String, code: &str, message: &str) {
@@ -238,7 +244,7 @@ impl ZoneSync for KdsServer {
         request: Request<Streaming<ZoneMessage>>,
     ) -> Result<Response<Self::SyncStream>, Status> {
         let peer = request.remote_addr();
-        let (zone, token_expires_ms) = match self.authenticate(&request) {
+        let (zone, token_expires_ms, token) = match self.authenticate(&request) {
             Ok(z) => z,
             Err((code, message)) => {
                 let claimed = request
@@ -270,10 +276,11 @@ impl ZoneSync for KdsServer {
         // The keys that verify dataplane tokens go first: the zone needs them before its proxies
         // can connect. (Global's signing key only changes with its data directory, so once per
         // stream is "whenever they change".)
-        let _ = tx.try_send(Ok(token_keys_message(&self.ctx.verifier)));
+        let _ = tx.try_send(Ok(token_keys_message(&self.ctx.authority.key_set())));
         tokio::spawn(session::run(
             self.ctx.clone(),
             zone,
+            token,
             session,
             request.into_inner(),
             tx,
@@ -283,16 +290,21 @@ impl ZoneSync for KdsServer {
     }
 }
 
-/// The `TokenKeys` message of the stream: global's public token key.
-pub fn token_keys_message(verifier: &TokenVerifier) -> GlobalMessage {
+/// The `TokenKeys` message of the stream: global's public token keys and the revoked token ids.
+pub fn token_keys_message(keys: &KeySet) -> GlobalMessage {
     GlobalMessage {
         message: Some(proto::kds::global_message::Message::TokenKeys(
             proto::kds::TokenKeys {
-                keys: vec![proto::kds::TokenKey {
-                    kid: verifier.kid().to_string(),
-                    algorithm: common::tokens::ED25519_ALGORITHM.to_string(),
-                    public_key: verifier.public_key().to_vec(),
-                }],
+                keys: keys
+                    .keys()
+                    .iter()
+                    .map(|k| proto::kds::TokenKey {
+                        kid: k.kid().to_string(),
+                        algorithm: common::tokens::ED25519_ALGORITHM.to_string(),
+                        public_key: k.public_key().to_vec(),
+                    })
+                    .collect(),
+                revoked_token_ids: keys.revoked().iter().cloned().collect(),
             },
         )),
     }

@@ -55,9 +55,20 @@ enum End {
     Status(Status, String),
 }
 
+/// The zone token a stream was opened with. `Debug` never shows it.
+pub(crate) struct ZoneToken(pub String);
+
+impl std::fmt::Debug for ZoneToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ZoneToken(<redacted>)")
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     ctx: Arc<Ctx>,
     zone: String,
+    token: ZoneToken,
     session: u64,
     inbound: Streaming<ZoneMessage>,
     out: mpsc::Sender<Result<GlobalMessage, Status>>,
@@ -74,6 +85,8 @@ pub(crate) async fn run(
         recv_end_tx,
     ));
     let mut sender = Sender {
+        keys: ctx.authority.subscribe(),
+        token,
         ctx: ctx.clone(),
         zone: zone.clone(),
         session,
@@ -105,6 +118,9 @@ pub(crate) async fn run(
 }
 
 struct Sender {
+    /// Changes with the token keys and revocations: sent again, and the stream's token checked.
+    keys: watch::Receiver<u64>,
+    token: ZoneToken,
     ctx: Arc<Ctx>,
     zone: String,
     session: u64,
@@ -133,6 +149,8 @@ impl Sender {
         // (it would refuse it as a rollback).
         self.ctx.store.refresh(CATCH_UP_LIMIT).await;
         let mut revision = self.ctx.store.subscribe();
+        // The stream's first message (the keys) went out with what the authority held then.
+        self.keys.borrow_and_update();
         loop {
             // New subscriptions replace the state of their type.
             let subs = std::mem::take(
@@ -163,7 +181,7 @@ impl Sender {
                 }
             }
             let mut recv_end = self.recv_end.clone();
-            tokio::select! {
+            let keys_changed = tokio::select! {
                 biased;
                 _ = self.cancel.wait() => {
                     return End::Status(
@@ -179,16 +197,42 @@ impl Sender {
                     if r.is_err() {
                         return End::Reason("the store closed".into());
                     }
+                    false
                 }
-                _ = self.shared.wake.notified() => {}
+                _ = self.shared.wake.notified() => false,
+                r = self.keys.changed() => r.is_ok(),
+            };
+            if keys_changed {
+                self.keys.borrow_and_update();
+                if let Err(end) = self.keys_changed().await {
+                    return end;
+                }
             }
         }
     }
 
+    /// Keys or revocations changed: the stream's own token is checked again (revoked, or its
+    /// key retired: the stream ends), and the zone gets the new keys and revocation list.
+    async fn keys_changed(&mut self) -> Result<(), End> {
+        let keys = self.ctx.authority.key_set();
+        if let Err(e) =
+            keys.verify::<crate::tokens::ZoneClaim>(&self.token.0, crate::tokens::ZONE_SCOPE)
+        {
+            let why = format!("zone token refused: {e}");
+            tracing::warn!(zone = %self.zone, reason = e.code(), "ending the sync stream: {why}");
+            return Err(End::Status(Status::unauthenticated(why.clone()), why));
+        }
+        self.send_message(super::token_keys_message(&keys)).await
+    }
+
     async fn send(&mut self, response: DiscoveryResponse) -> Result<(), End> {
-        let msg = GlobalMessage {
+        self.send_message(GlobalMessage {
             message: Some(global_message::Message::Response(response)),
-        };
+        })
+        .await
+    }
+
+    async fn send_message(&mut self, msg: GlobalMessage) -> Result<(), End> {
         let timeout = self.ctx.config.send_timeout;
         let (out, cancel, shutdown, mut recv_end) = (
             self.out.clone(),

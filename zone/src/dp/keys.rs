@@ -1,6 +1,7 @@
-//! The public keys that verify dataplane tokens. Global sends them on the sync stream
-//! (`TokenKeys`); the zone keeps them in its store (the `dp-token-keys` record tree, flushed), so
-//! a zone restarted while global is away still verifies its proxies' tokens.
+//! The public keys that verify dataplane tokens, and the ids of revoked tokens. Global sends them
+//! on the sync stream (`TokenKeys`); the zone keeps them in its store (the `dp-token-keys` record
+//! tree, flushed), so a zone restarted while global is away still verifies its proxies' tokens
+//! and still refuses the revoked ones.
 
 use common::store::Store;
 use common::tokens::{ED25519_ALGORITHM, KeySet, TokenVerifier};
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 const TREE: &str = "dp-token-keys";
 const KEY: &str = "keys";
+const REVOKED: &str = "revoked";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct StoredKey {
@@ -51,9 +53,21 @@ pub async fn save(store: &Store, msg: &kds::TokenKeys) -> Result<bool, String> {
     }
     let records = store.records(TREE).map_err(|e| e.to_string())?;
     let held: Option<Vec<StoredKey>> = records.get(KEY).map_err(|e| e.to_string())?;
-    if held.as_ref() == Some(&keys) {
+    let mut revoked = msg.revoked_token_ids.clone();
+    revoked.sort();
+    revoked.dedup();
+    let held_revoked: Vec<String> = records
+        .get(REVOKED)
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
+    if held.as_ref() == Some(&keys) && held_revoked == revoked {
         return Ok(false);
     }
+    // The revocations first: a crash between the two writes never un-revokes a token.
+    records
+        .put(REVOKED, &revoked)
+        .await
+        .map_err(|e| e.to_string())?;
     records.put(KEY, &keys).await.map_err(|e| e.to_string())?;
     Ok(true)
 }
@@ -65,12 +79,17 @@ pub fn load(store: &Store) -> Result<KeySet, String> {
         .get(KEY)
         .map_err(|e| e.to_string())?
         .unwrap_or_default();
+    let revoked: Vec<String> = records
+        .get(REVOKED)
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
     Ok(KeySet::new(
         held.iter()
             .filter_map(|k| hex::decode(&k.public_key).ok())
             .filter_map(|bytes| TokenVerifier::from_public_key(&bytes).ok())
             .collect(),
-    ))
+    )
+    .with_revoked(revoked))
 }
 
 #[cfg(test)]
@@ -88,6 +107,7 @@ mod tests {
                 algorithm: ED25519_ALGORITHM.into(),
                 public_key: signer.verifier().public_key().to_vec(),
             }],
+            revoked_token_ids: vec![],
         };
         {
             let store = Store::open(dir.path()).unwrap();
@@ -111,8 +131,22 @@ mod tests {
                 algorithm: "RS256".into(),
                 public_key: vec![1, 2, 3],
             }],
+            revoked_token_ids: vec![],
         };
         assert!(save(&store, &bad).await.is_err());
         assert!(!load(&store).unwrap().is_empty(), "the good keys are kept");
+        // A revocation arrives: the token is refused, also after a reopen.
+        let revoked = kds::TokenKeys {
+            revoked_token_ids: vec![claims.jti.clone()],
+            ..msg.clone()
+        };
+        assert!(save(&store, &revoked).await.unwrap());
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let e = load(&store)
+            .unwrap()
+            .verify::<DataplaneClaim>(&token, DATAPLANE_SCOPE)
+            .unwrap_err();
+        assert_eq!(e.code(), "revoked");
     }
 }

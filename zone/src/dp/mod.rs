@@ -29,11 +29,13 @@ use std::time::{Duration, Instant};
 
 use common::model::{Dataplane, Inbound, Networking, SERVICE_TAG};
 use common::shutdown::Shutdown;
-use common::tokens::{DATAPLANE_SCOPE, DataplaneClaim};
+use common::tokens::{DATAPLANE_SCOPE, DataplaneClaim, TokenError};
 
 /// What a proxy's token allows, once checked: until when, and what to warn about.
 struct Authenticated {
     expires_unix: u64,
+    /// The token, checked again whenever global's keys or revocations change.
+    token: String,
     /// Set for a token that binds no service (made before tokens bound services).
     warning: Option<String>,
 }
@@ -211,6 +213,7 @@ impl DpServer {
         match claims.body.allows(&tags) {
             Ok(warning) => Ok(Authenticated {
                 expires_unix: claims.exp,
+                token: token.to_string(),
                 warning,
             }),
             Err(not) => Err(Refusal {
@@ -315,6 +318,7 @@ struct Registered {
     subscription: IdentitySubscription,
     who: String,
     token_expires: u64,
+    token: String,
 }
 
 impl DpServer {
@@ -385,6 +389,7 @@ impl DpServer {
             subscription,
             who,
             token_expires: claim.expires_unix,
+            token: claim.token,
         })
     }
 
@@ -445,6 +450,7 @@ impl DpServer {
         });
         Ok(Response::new(bundles(
             registered,
+            &self.inner.ctx,
             self.inner.shutdown.clone(),
             Some(reports.abort_handle()),
         )))
@@ -463,6 +469,7 @@ impl DataplaneIdentity for DpServer {
         let registered = self.register(request, false)?;
         Ok(Response::new(bundles(
             registered,
+            &self.inner.ctx,
             self.inner.shutdown.clone(),
             None,
         )))
@@ -483,6 +490,11 @@ struct Feed {
     shutdown: Shutdown,
     /// When the token the stream was opened with expires (unix seconds): the stream ends then.
     token_expires: u64,
+    /// The token the stream was opened with, and the changes of global's keys and revocations:
+    /// on each, the token is checked again (revoked, or its key retired: the stream ends).
+    token: String,
+    token_keys: tokio::sync::watch::Receiver<u64>,
+    store: common::store::Store,
     /// Generation of the last bundle handed to the server.
     sent: Option<u64>,
     who: String,
@@ -506,17 +518,23 @@ impl Drop for Feed {
 
 /// The response stream of one proxy: the subscription's latest bundle whenever its generation
 /// changes; an UNAVAILABLE status when a newer connection of the dataplane replaces this one or
-/// the zone stops, UNAUTHENTICATED when its token expires (the agent reads its token file again
-/// and reconnects).
+/// the zone stops, UNAUTHENTICATED when its token expires or is revoked (the agent reads its
+/// token file again and reconnects).
 fn bundles(
     registered: Registered,
+    ctx: &ZoneCtx,
     shutdown: Shutdown,
     reports: Option<tokio::task::AbortHandle>,
 ) -> BoxStream<'static, Result<IdentityResponse, Status>> {
+    let mut token_keys = ctx.token_keys.subscribe();
+    token_keys.borrow_and_update();
     let feed = Feed {
         subscription: registered.subscription,
         shutdown,
         token_expires: registered.token_expires,
+        token: registered.token,
+        token_keys,
+        store: ctx.store.clone(),
         sent: None,
         who: registered.who,
         ended: None,
@@ -567,6 +585,28 @@ async fn next_bundle(mut feed: Feed) -> Option<(Result<IdentityResponse, Status>
                 continue;
             }
             _ = feed.shutdown.wait() => ("the zone is shutting down", "the zone is shutting down"),
+            r = feed.token_keys.changed() => {
+                if r.is_err() {
+                    continue;
+                }
+                feed.token_keys.borrow_and_update();
+                let refused = match keys::load(&feed.store) {
+                    Ok(keys) => keys.verify::<DataplaneClaim>(&feed.token, DATAPLANE_SCOPE).err(),
+                    // The keys held could not be read: the stream goes on with what it was given.
+                    Err(_) => None,
+                };
+                match refused {
+                    Some(e @ (TokenError::Revoked(_) | TokenError::BadSignature)) => {
+                        tracing::info!(dataplane = %feed.who, reason = e.code(), "ending the proxy's stream: its dataplane token is no longer accepted");
+                        feed.ended = Some("its dataplane token was revoked or its signing key retired");
+                        return Some((
+                            Err(Status::unauthenticated(format!("dataplane token refused: {e}"))),
+                            feed,
+                        ));
+                    }
+                    _ => continue,
+                }
+            }
             // The token was accepted with the stated leeway; the stream ends when that runs out.
             _ = tokio::time::sleep(until_unix(feed.token_expires.saturating_add(common::clock::LEEWAY.as_secs()))) => {
                 feed.ended = Some("its dataplane token expired");
