@@ -3,8 +3,8 @@
 //! that restores into a fresh global with the same content hashes.
 
 use axum::Json;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Extension, Query, State};
+
 use common::model::Kind;
 use serde::Deserialize;
 use serde_json::Value;
@@ -22,18 +22,16 @@ pub struct ExportQuery {
 
 pub(super) async fn export(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    Extension(caller): Extension<crate::rights::Caller>,
     Query(query): Query<ExportQuery>,
 ) -> ApiResult<Json<List<Value>>> {
-    if query.include_secrets && !state.admin.matches(&headers) {
-        let mut e = ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "exporting Secrets needs the admin token: send Authorization: Bearer <token>",
-        );
-        e.title = "Unauthorized".into();
-        return Err(e);
+    // `crate::rights` let only admins ask for Secrets.
+    let admin = caller.is_admin();
+    if query.include_secrets && !admin {
+        return Err(ApiError::denied(crate::rights::Denied::Forbidden(
+            "exporting Secrets needs group admin".into(),
+        )));
     }
-    let admin = state.admin.matches(&headers);
     let mut items: Vec<Value> = state
         .store
         .list(Kind::Mesh, None)?
