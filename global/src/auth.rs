@@ -1,11 +1,10 @@
-//! The admin token of global: created once in `<data-dir>/admin-token` (mode 0600) and required as
-//! `Authorization: Bearer TOKEN` on writes, on everything under secrets, and on token generation.
-//! Reads of meshes, zones and dataplanes are open to loopback clients only.
+//! The admin token of global: created once in `<data-dir>/admin-token` (mode 0600), sent as
+//! `Authorization: Bearer TOKEN`; it may do everything (`crate::rights` decides who may do what).
+//! Also the once-a-minute memory of refused sources, so a brute force does not flood the log.
 
-use std::net::SocketAddr;
 use std::path::Path;
 
-use axum::http::{HeaderMap, Method};
+use axum::http::HeaderMap;
 
 /// The admin token, compared in constant time. `Debug` never shows it.
 #[derive(Clone)]
@@ -64,21 +63,6 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Whether a request needs the admin token: every write, everything under secrets and tokens,
-/// and any read from a non-loopback peer.
-pub fn needs_admin(method: &Method, path: &str, peer: Option<SocketAddr>) -> bool {
-    if !matches!(*method, Method::GET | Method::HEAD) {
-        return true;
-    }
-    if path.contains("/secrets") || path.starts_with("/tokens") {
-        return true;
-    }
-    if matches!(path, "/healthz" | "/readyz" | "/metrics") {
-        return false;
-    }
-    !peer.map(|p| p.ip().is_loopback()).unwrap_or(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,22 +86,6 @@ mod tests {
         assert!(t1.matches(&h));
         h.insert("authorization", "Bearer nope".parse().unwrap());
         assert!(!t1.matches(&h));
-    }
-
-    #[test]
-    fn which_requests_need_the_token() {
-        let local: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let remote: SocketAddr = "10.0.0.1:1".parse().unwrap();
-        assert!(!needs_admin(&Method::GET, "/meshes", Some(local)));
-        assert!(needs_admin(&Method::GET, "/meshes", Some(remote)));
-        assert!(needs_admin(
-            &Method::GET,
-            "/meshes/default/secrets",
-            Some(local)
-        ));
-        assert!(needs_admin(&Method::PUT, "/meshes/default", Some(local)));
-        assert!(needs_admin(&Method::DELETE, "/meshes/default", Some(local)));
-        assert!(!needs_admin(&Method::GET, "/healthz", Some(remote)));
     }
 }
 

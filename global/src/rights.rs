@@ -198,6 +198,31 @@ mod tests {
     }
 
     #[test]
+    fn anonymous_reads_are_open_on_loopback_only() {
+        let local = Caller::Anonymous { loopback: true };
+        let remote = Caller::Anonymous { loopback: false };
+        let meshes = need(&Method::GET, "/meshes", "");
+        assert_eq!(check(&local, &meshes), Ok(()));
+        assert!(matches!(
+            check(&remote, &meshes),
+            Err(Denied::Unauthenticated(_))
+        ));
+        let secrets = need(&Method::GET, "/meshes/default/secrets", "");
+        assert!(matches!(
+            check(&local, &secrets),
+            Err(Denied::Unauthenticated(_))
+        ));
+        for m in [Method::PUT, Method::DELETE] {
+            let write = need(&m, "/meshes/default", "");
+            assert!(matches!(
+                check(&local, &write),
+                Err(Denied::Unauthenticated(_))
+            ));
+        }
+        assert_eq!(check(&remote, &need(&Method::GET, "/healthz", "")), Ok(()));
+    }
+
+    #[test]
     fn forbidden_names_the_missing_right() {
         let viewer = user(Group::Viewer, &[]);
         let Err(Denied::Forbidden(m)) = check(&viewer, &need(&Method::PUT, "/meshes/default", ""))

@@ -125,7 +125,7 @@ async fn every_change_and_attempt_is_one_line_and_no_secret_is_in_it() {
     );
     let log = std::fs::read_to_string(global.dir.join("global.log")).unwrap();
     assert_eq!(
-        log.matches("without a valid admin token refused").count(),
+        log.matches("without a valid token refused").count(),
         1,
         "{log}"
     );

@@ -211,10 +211,13 @@ impl Sender {
         }
     }
 
-    /// Keys or revocations changed: the stream's own token is checked again (revoked, or its
-    /// key retired: the stream ends), and the zone gets the new keys and revocation list.
+    /// Keys or revocations changed: the zone gets the new keys and revocation list (first, so a
+    /// zone whose own token a retirement refuses still learns which proxies' tokens to refuse),
+    /// then the stream's own token is checked again (revoked, or its key retired: the stream
+    /// ends).
     async fn keys_changed(&mut self) -> Result<(), End> {
         let keys = self.ctx.authority.key_set();
+        self.send_message(super::token_keys_message(&keys)).await?;
         if let Err(e) =
             keys.verify::<crate::tokens::ZoneClaim>(&self.token.0, crate::tokens::ZONE_SCOPE)
         {
@@ -222,7 +225,7 @@ impl Sender {
             tracing::warn!(zone = %self.zone, reason = e.code(), "ending the sync stream: {why}");
             return Err(End::Status(Status::unauthenticated(why.clone()), why));
         }
-        self.send_message(super::token_keys_message(&keys)).await
+        Ok(())
     }
 
     async fn send(&mut self, response: DiscoveryResponse) -> Result<(), End> {

@@ -370,7 +370,18 @@ impl GlobalProc {
         let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let takes_api = matches!(
             args.first().copied(),
-            Some("apply" | "get" | "delete" | "export" | "zone-token" | "dataplane-token")
+            Some(
+                "apply"
+                    | "get"
+                    | "delete"
+                    | "export"
+                    | "zone-token"
+                    | "dataplane-token"
+                    | "generate"
+                    | "revoke-token"
+                    | "rotate-signing-key"
+                    | "retire-signing-key"
+            )
         );
         if takes_api {
             all.extend(["--api".to_string(), self.api_url()]);
