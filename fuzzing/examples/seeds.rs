@@ -422,6 +422,7 @@ fn sync_messages() {
                 algorithm: common::tokens::ED25519_ALGORITHM.into(),
                 public_key: signer.verifier().public_key().to_vec(),
             }],
+            revoked_token_ids: vec!["0123456789abcdef0123456789abcdef".into()],
         })),
     }
     .encode_to_vec();
