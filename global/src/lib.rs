@@ -9,6 +9,7 @@ pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod cli;
+pub mod gui;
 pub mod kds;
 pub mod metrics;
 pub mod replicas;
