@@ -81,6 +81,7 @@ return {
     rotations: svg.querySelectorAll('circle.tl-rotation').length,
     expiries: svg.querySelectorAll('path.tl-expiry').length,
     now: svg.querySelectorAll('line.tl-now').length,
+    width: Number(svg.getAttribute('width')),
     labels: [...svg.querySelectorAll('g.tl-row')].map(g => g.dataset.dp),
   } : null,
   backends: [...document.querySelectorAll('#backends tbody tr')].map(r => r.innerText),
@@ -301,8 +302,8 @@ async fn the_gui_shows_zones_vault_checks_and_certificates_as_they_change() {
     b.wait_value("the mesh page to fit 390 px", SHOWN, FITS, |v| *v == true)
         .await
         .unwrap();
-    b.wait_value("the timeline redrawn", SHOWN, MESH_PAGE, |v| {
-        v["timeline"]["rows"] == 3
+    b.wait_value("the timeline drawn for 390 px", SHOWN, MESH_PAGE, |v| {
+        v["timeline"]["rows"] == 3 && v["timeline"]["width"].as_u64().is_some_and(|w| w <= 390)
     })
     .await
     .unwrap();
