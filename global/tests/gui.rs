@@ -13,7 +13,7 @@
 //! - a reader who is not on loopback (the browser's connections come from the host's own
 //!   non-loopback address) gets the sign-in form, is refused with a wrong token, reads with the
 //!   admin token kept in the tab's session storage only (no cookie, no local storage), and signs
-//!   out;
+//!   out; when global goes away the page keeps what it last read and says so;
 //! - nothing is requested from any other host: every request of the browser goes through a proxy
 //!   that records the host of each (and never connects to another); the check is shown to work by
 //!   a page of another host that it does record. The pages at a phone's width fit its width.
@@ -698,6 +698,31 @@ async fn a_reader_from_another_host_signs_in_with_a_token_kept_in_the_tab() {
             && !csp.contains("unsafe")
             && csp.contains("frame-ancestors 'none'"),
         "{csp}"
+    );
+
+    // Global goes away while the page is open: it keeps what it last read and says so.
+    b.type_into("#token", &global.token).await.unwrap();
+    b.click("#sign-in-submit").await.unwrap();
+    b.wait_for("the overview, signed in again", SHOWN, OVERVIEW)
+        .await
+        .unwrap();
+    let mut global = global;
+    global.proc.kill9();
+    let stale = b
+        .wait_for(
+            "the page to say global does not answer",
+            SHOWN,
+            r#"if (document.body.dataset.state !== 'stale') return null;
+               return { banner: document.querySelector('#banner').innerText,
+                        meshes: document.querySelectorAll('#meshes tbody tr').length };"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stale["meshes"], 1, "{stale}");
+    let banner = stale["banner"].as_str().unwrap();
+    assert!(
+        banner.contains("Showing what was read at") && banner.contains("trying again every 5 s"),
+        "{banner}"
     );
     b.close().await.unwrap();
 }
