@@ -109,6 +109,10 @@
     return h('div', { class: 'table-wrap' }, h('table', Object.assign({ class: 'grid' }, attrs || {}), h('thead', null, head), h('tbody', null, body)));
   }
 
+  function plural(n, word) {
+    return n + ' ' + word + (n === 1 ? '' : 's');
+  }
+
   function empty(text) {
     return h('p', { class: 'muted empty' }, text);
   }
@@ -541,7 +545,7 @@
           ['Last connected', when(z.lastConnected, now)],
           ['Last disconnect', [when(z.lastDisconnect, now), z.lastDisconnectReason ? h('div', { class: 'reason' }, z.lastDisconnectReason) : null]],
           ['Last error', z.lastError ? h('span', { class: 'reason' }, z.lastError) : h('span', { class: 'muted' }, 'none')],
-          ['Connections', z.connects + ' connects, ' + z.disconnects + ' disconnects'],
+          ['Connections', plural(z.connects, 'connect') + ', ' + plural(z.disconnects, 'disconnect')],
           ['Address', z.peer || '—'],
           ['Held by replica', z.replica ? h('code', null, z.replica) : '—'],
           ['Zone token expires', when(z.tokenExpires, now)],
