@@ -197,18 +197,28 @@ async fn serve(req: Request<Incoming>, s: &Shared) -> Response<Body> {
     }
 }
 
-/// A non-loopback address of this host (from `ip -4 addr`), to connect to loopback from as a
-/// reader from another host; `None` when the host has none.
+/// A non-loopback IPv4 address of this host (from `ip -4 addr`, else `hostname -I`), to connect
+/// to loopback from as a reader from another host; `None` when the host has none.
 pub fn non_loopback_address() -> Option<IpAddr> {
-    let out = std::process::Command::new("ip")
-        .args(["-o", "-4", "addr", "show", "scope", "global"])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
+    let run = |cmd: &str, args: &[&str]| {
+        std::process::Command::new(cmd)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let ip = run("ip", &["-o", "-4", "addr", "show", "scope", "global"]);
+    let from_ip = ip
         .split_whitespace()
         .skip_while(|w| *w != "inet")
         .nth(1)
         .and_then(|cidr| cidr.split('/').next())
-        .and_then(|ip| ip.parse::<IpAddr>().ok())
-        .filter(|ip| !ip.is_loopback())
+        .map(str::to_string);
+    let hostname = run("hostname", &["-I"]);
+    from_ip
+        .into_iter()
+        .chain(hostname.split_whitespace().map(str::to_string))
+        .filter_map(|a| a.parse::<IpAddr>().ok())
+        .find(|a| a.is_ipv4() && !a.is_loopback() && !a.is_unspecified())
 }
