@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod authority;
 pub mod cli;
+pub mod gui;
 pub mod kds;
 pub mod metrics;
 pub mod replicas;

@@ -192,6 +192,10 @@ fn where_things_are(c: &Cluster) -> String {
             g.proc.log.display()
         ));
     }
+    lines.push(format!(
+        "  GUI         {}  (open it in a browser on this host; every replica serves it)",
+        c.global.url("/gui/")
+    ));
     for z in &c.zones {
         lines.push(format!(
             "  {:<10}  API {}  proxies {}  log {}",

@@ -397,6 +397,7 @@ fn demo_stays_up_until_ctrl_c_and_leaves_no_process_behind() {
     let started = Instant::now();
     let mut seen = String::new();
     let mut bao_port = None;
+    let mut gui = None;
     loop {
         let line = rx
             .recv_timeout(Duration::from_secs(180).saturating_sub(started.elapsed()))
@@ -409,6 +410,9 @@ fn demo_stays_up_until_ctrl_c_and_leaves_no_process_behind() {
                 .split(|c: char| !c.is_ascii_digit())
                 .next()
                 .map(str::to_string);
+        }
+        if let Some(rest) = line.trim_start().strip_prefix("GUI") {
+            gui = rest.split_whitespace().next().map(str::to_string);
         }
         seen.push_str(&line);
         seen.push('\n');
@@ -426,6 +430,14 @@ fn demo_stays_up_until_ctrl_c_and_leaves_no_process_behind() {
     // global, 2 zones, 2 proxies.
     assert!(running.len() >= 5, "{running:?}");
     assert_eq!(pgrep(&bao).len(), 1, "OpenBao is not running");
+    // The GUI's address among "Where things are", and global serves it there.
+    let gui = gui.expect("the demo printed the GUI's address");
+    let page = http_get(&gui);
+    assert!(
+        page.starts_with("HTTP/1.1 200")
+            && page.contains("content-security-policy: default-src 'self'"),
+        "{gui}: {page}"
+    );
 
     // Ctrl-C.
     testkit::proc::signal_pid(child.id(), libc::SIGINT);
@@ -448,4 +460,22 @@ fn demo_stays_up_until_ctrl_c_and_leaves_no_process_behind() {
     let left = pgrep(&bao);
     assert!(left.is_empty(), "OpenBao left behind: {left:?}");
     assert!(Path::new(&dir).join("global").join("global.log").exists());
+}
+
+/// `GET url` (`http://127.0.0.1:PORT/PATH`) over a plain socket: the answer's head and body.
+fn http_get(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut conn = std::net::TcpStream::connect(host).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    answer
 }

@@ -5,10 +5,12 @@
 //! harness every test and scenario uses (`cluster`: OpenBao + global + zones + proxies on
 //! loopback), with what reads the proxies' files (`certs`) and a real mTLS exchange with the
 //! `openssl` command (`openssl`); disks broken on purpose (`disk`); a raw zone on the sync stream (`kds`);
-//! the real py-spiffe client in a virtualenv of its own (`python`).
+//! the real py-spiffe client in a virtualenv of its own (`python`); a real headless Chromium
+//! behind a proxy that records every host it asks for (`browser`).
 
 pub mod api;
 pub mod bins;
+pub mod browser;
 pub mod certs;
 pub mod cluster;
 pub mod disk;

@@ -75,6 +75,7 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             authorize,
         ))
+        .merge(crate::gui::router()) // static pages only: their reads come back through `authorize`
         .layer(axum::middleware::from_fn_with_state(
             state.hosts.clone(),
             common::http::check_host,

@@ -334,6 +334,9 @@ pub struct CertificateView {
     pub backend: String,
     pub serial: String,
     pub expiration: Option<String>,
+    /// When its zone means to replace it (`null`: a zone too old to say).
+    #[serde(default)]
+    pub rotation: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

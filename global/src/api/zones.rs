@@ -180,6 +180,9 @@ pub fn present_dataplane(zone: &ZoneRecord, d: &DataplaneReport) -> DataplaneVie
         backend: d.backend.clone(),
         serial: d.serial.clone(),
         expiration: rfc3339_ms(d.expires_ms.max(0)),
+        rotation: (d.rotates_ms > 0)
+            .then(|| rfc3339_ms(d.rotates_ms))
+            .flatten(),
     });
     DataplaneView {
         type_: "Dataplane".into(),
@@ -261,5 +264,28 @@ mod tests {
         assert_eq!(v["online"], false);
         assert_eq!(v["connectedSince"], Value::Null);
         assert_eq!(v["lastError"], "global restarted");
+    }
+
+    #[test]
+    fn a_certificate_shows_its_next_rotation_when_the_zone_said_it() {
+        let zone = ZoneRecord {
+            name: "east".into(),
+            ..Default::default()
+        };
+        // A record written before zones reported rotations has none.
+        let old: DataplaneReport = serde_json::from_value(serde_json::json!({
+            "mesh": "default", "name": "web-1", "backend": "ca-1", "serial": "aa",
+            "expiresMs": 1_700_000_000_000i64, "connected": true,
+        }))
+        .unwrap();
+        let v = serde_json::to_value(present_dataplane(&zone, &old)).unwrap();
+        assert_eq!(v["certificate"]["expiration"], "2023-11-14T22:13:20Z");
+        assert_eq!(v["certificate"]["rotation"], Value::Null);
+        let new = DataplaneReport {
+            rotates_ms: 1_699_999_000_000,
+            ..old
+        };
+        let v = serde_json::to_value(present_dataplane(&zone, &new)).unwrap();
+        assert_eq!(v["certificate"]["rotation"], "2023-11-14T21:56:40Z");
     }
 }

@@ -91,6 +91,10 @@ pub struct DataplaneReport {
     pub serial: String,
     /// Expiry of its current certificate, unix milliseconds (0: none).
     pub expires_ms: i64,
+    /// When the zone means to replace it, unix milliseconds (0: none, or a zone too old to say;
+    /// absent from records written before).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rotates_ms: i64,
     pub connected: bool,
     /// What the zone warns about this proxy (a token that binds no service).
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -102,6 +106,10 @@ pub struct DataplaneReport {
     /// In words, e.g. `ok`, `holding an expired certificate on disk` (empty from older zones).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub state: String,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 impl From<&proto::kds::DataplaneStatus> for DataplaneReport {
@@ -116,6 +124,7 @@ impl From<&proto::kds::DataplaneStatus> for DataplaneReport {
             backend: p(&d.backend),
             serial: p(&d.cert_serial),
             expires_ms: d.cert_expires_unix_ms,
+            rotates_ms: d.cert_rotates_unix_ms,
             connected: d.connected,
             warning: p(&d.warning),
             last_error: p(&d.last_error),

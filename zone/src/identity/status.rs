@@ -146,6 +146,7 @@ impl StatusSource for IdentityManager {
                     .map(|c| c.serial.clone())
                     .unwrap_or_default(),
                 cert_expires_unix_ms: p.cert.as_ref().map_or(0, |c| c.not_after * 1000),
+                cert_rotates_unix_ms: p.cert.as_ref().map_or(0, |c| c.rotate_at * 1000),
                 connected: p.conn.is_some(),
                 warning: p
                     .dp
