@@ -285,6 +285,16 @@ async fn the_gui_shows_zones_vault_checks_and_certificates_as_they_change() {
         mesh["backends"][0].as_str().unwrap().contains("Enabled"),
         "{mesh}"
     );
+    // The last validation at global: the Vault test certificate's check of vault-1.
+    let text = mesh["text"].as_str().unwrap();
+    let validation = text
+        .split("Last validation at global")
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        validation.contains("vault-1") && validation.contains("Passed"),
+        "{text}"
+    );
     // Never a credential: the Vault token is in a Secret the page names, not shows.
     let vault_token = c.vault.as_ref().unwrap().token.clone();
     assert!(!mesh["text"].as_str().unwrap().contains(&vault_token));

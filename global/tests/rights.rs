@@ -212,6 +212,13 @@ async fn every_route_for_every_caller() {
             WriteOther,
         ),
         route(
+            "/meshes/{name}/validation",
+            Method::GET,
+            "/meshes/default/validation",
+            "",
+            Read,
+        ),
+        route(
             "/meshes/{mesh}/secrets",
             Method::GET,
             "/meshes/default/secrets",

@@ -156,6 +156,7 @@ impl Admission {
         drop(relock);
         count(true);
         self.metrics.meshes.set(self.store.count(Kind::Mesh) as i64);
+        super::history::remember(&self.store, &admitted.checks).await;
         Ok((admitted, outcomes))
     }
 
@@ -208,7 +209,12 @@ impl Admission {
                         relock = Some(self.lock.lock().await);
                     }
                 }
-                r => return r,
+                r => {
+                    if r.is_ok() {
+                        super::history::forget(&self.store, name).await;
+                    }
+                    return r;
+                }
             }
         }
     }

@@ -43,6 +43,7 @@ pub fn router(state: ApiState) -> Router {
             "/meshes/{name}",
             put(put_mesh).get(get_mesh).delete(delete_mesh),
         )
+        .route("/meshes/{name}/validation", get(get_validation))
         .route("/meshes/{mesh}/secrets", get(list_secrets))
         .route(
             "/meshes/{mesh}/secrets/{name}",

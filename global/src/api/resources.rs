@@ -88,6 +88,27 @@ pub(super) async fn get_mesh(
     }
 }
 
+/// `GET /meshes/{name}/validation`: the backend checks of the last admission that stored the
+/// Mesh with checks (steps, warnings), and when it ran.
+pub(super) async fn get_validation(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<crate::admission::history::LastValidation>> {
+    if state.store.get(&ResourceKey::mesh(&name))?.is_none() {
+        return Err(ApiError::not_found(format!("mesh {name:?} not found")));
+    }
+    match crate::admission::history::last(&state.replicas.coordinator(), &name).await {
+        Ok(Some(v)) => Ok(Json(v)),
+        Ok(None) => Err(ApiError::not_found(format!(
+            "mesh {name:?} has no validation on record (stored by a release that kept none, or with no backend check)"
+        ))),
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        )),
+    }
+}
+
 pub(super) async fn list_secrets(
     State(state): State<ApiState>,
     Path(mesh): Path<String>,

@@ -198,6 +198,32 @@
     return body;
   }
 
+  // The backend checks of the last admission that stored the mesh: result, failed steps and
+  // warnings per backend.
+  function validationView(v, now) {
+    if (!v || !(v.checks || []).length) return empty('No validation on record for this mesh (stored without a backend check).');
+    const rows = v.checks.map((c) => {
+      const failed = (c.checks || []).filter((s) => !s.passed);
+      const warnings = c.warnings || [];
+      return {
+        attrs: { 'data-backend': c.backend },
+        cells: [
+          h('strong', null, c.backend),
+          c.type,
+          c.ok ? pill('ok', 'Passed') : pill('bad', 'Failed'),
+          failed.length || warnings.length
+            ? h('ul', { class: 'warnings' },
+              failed.map((s) => h('li', null, pill('bad', s.name), ' ', s.detail)),
+              warnings.map((w) => h('li', { class: 'warning' }, pill('warn', 'warning'), ' ', w)))
+            : 'every step passed, no warning',
+        ],
+      };
+    });
+    return h('div', null,
+      h('p', { class: 'muted' }, 'Checked ', inline(v.at, now)),
+      table(['Backend', 'Type', 'Result', 'Failed steps and warnings'], rows, { class: 'grid validation' }));
+  }
+
   async function dataplanesOf(meshes) {
     const lists = await Promise.all(meshes.map((m) => api('/meshes/' + encodeURIComponent(m.name) + '/dataplanes')));
     return lists.flatMap((l) => l.items || []);
@@ -495,11 +521,13 @@
       title: (r) => 'Mesh ' + r.name,
       async load(r) {
         const enc = encodeURIComponent(r.name);
-        const [mesh, dps, zones] = await Promise.all([api('/meshes/' + enc), api('/meshes/' + enc + '/dataplanes'), api('/zones')]);
-        return { mesh: mesh, dataplanes: dps.items || [], zones: zones.items || [] };
+        // The last validation at global: absent (404) for a mesh stored before it was kept.
+        const validation = api('/meshes/' + enc + '/validation').catch((e) => (e.status === 404 ? null : Promise.reject(e)));
+        const [mesh, dps, zones, last] = await Promise.all([api('/meshes/' + enc), api('/meshes/' + enc + '/dataplanes'), api('/zones'), validation]);
+        return { mesh: mesh, dataplanes: dps.items || [], zones: zones.items || [], validation: last };
       },
       draw(data, now, r) {
-        const { mesh, dataplanes, zones } = data;
+        const { mesh, dataplanes, zones, validation } = data;
         const eb = enabledBackend(mesh);
         const backends = (mesh.mtls || {}).backends || [];
         const backendRows = backends.map((b) => ({
@@ -524,6 +552,7 @@
           section('Certificates: expiry and next rotation', { id: 'timeline' }, timeline(dataplanes, now, width)),
           section('Dataplanes', { id: 'dataplanes' }, dataplaneTable(dataplanes, now, true, false)),
           section('Warnings', { id: 'warnings' }, warnings.length ? h('ul', { class: 'warnings' }, warnings.map((w) => h('li', { class: 'warning' }, pill('warn', w.what), ' ', w.text))) : empty('No zone rejected this mesh, and no proxy reports a problem.')),
+          section('Last validation at global', { id: 'validation' }, validationView(validation, now)),
           section('Backend checks by zone', { id: 'checks' }, checksTable(checks, now, true, false)),
         ];
       },
