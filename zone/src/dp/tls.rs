@@ -20,6 +20,7 @@ pub fn load_or_generate(data_dir: &Path) -> std::io::Result<TlsMaterial> {
             ca_common_name: "kmesh zone dataplane service CA",
             server_common_name: "kmesh zone dataplane service",
             clients_flag: "--zone-ca-file",
+            extra_names: &[],
         },
     )?;
     Ok(material)
