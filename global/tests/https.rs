@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use testkit::bins::binary;
 use testkit::cluster::{GlobalOptions, GlobalProc, run_global};
+use testkit::pki::OperatorPki;
 use testkit::postgres::PgServer;
 use tokio::io::AsyncReadExt;
 
@@ -198,39 +199,14 @@ async fn api_hosts_are_named_by_the_generated_certificate_from_the_same_ca() {
     assert_eq!(r.status(), 200);
 }
 
-/// A CA and a server certificate for `127.0.0.1` and `cp.test` signed by it, made here as an
-/// operator would: (CA PEM, certificate PEM, key PEM).
-fn operator_pki() -> (String, String, String) {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name
-        .push(DnType::CommonName, "Operator Test Root");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut leaf = CertificateParams::new(vec!["127.0.0.1".into(), "cp.test".into()]).unwrap();
-    leaf.distinguished_name
-        .push(DnType::CommonName, "operator api");
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let cert = leaf.signed_by(&key, &issuer).unwrap();
-    (ca_cert.pem(), cert.pem(), key.serialize_pem())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operators_certificate_is_served_and_a_foreign_key_refused_at_start() {
     let tmp = tempfile::tempdir().unwrap();
-    let (ca_pem, cert_pem, key_pem) = operator_pki();
-    let ca = write(tmp.path(), "op-ca.pem", &ca_pem);
-    let cert = write(tmp.path(), "op-cert.pem", &cert_pem);
-    let key = write(tmp.path(), "op-key.pem", &key_pem);
-    let (_, _, other_key_pem) = operator_pki();
-    let other_key = write(tmp.path(), "other-key.pem", &other_key_pem);
+    let pki =
+        OperatorPki::create(tmp.path(), "op", "Operator API", &["127.0.0.1", "cp.test"]).unwrap();
+    let other = OperatorPki::create(tmp.path(), "other", "Other", &["127.0.0.1"]).unwrap();
+    let (ca, cert, key, other_key) = (&pki.ca, &pki.cert, &pki.key, &other.key);
+    let ca_pem = pki.ca_pem().unwrap();
 
     // A key that is not the certificate's: refused at start (exit 1), the flags and reason said.
     let options = GlobalOptions::default().args(&[
@@ -257,7 +233,7 @@ async fn an_operators_certificate_is_served_and_a_foreign_key_refused_at_start()
         .arg(tmp.path().join("half"))
         .args(["--api-addr", "127.0.0.1:0", "--kds-addr", "127.0.0.1:0"])
         .args(["--api-tls-addr", "127.0.0.1:0", "--api-tls-cert"])
-        .arg(&cert)
+        .arg(cert)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
@@ -285,13 +261,13 @@ async fn an_operators_certificate_is_served_and_a_foreign_key_refused_at_start()
     let out = cli(
         &g,
         &g.https_url(),
-        Some(&ca),
+        Some(ca),
         &["apply", "-f", mesh.to_str().unwrap()],
     );
     assert_eq!(out.code, Some(0), "{}", out.text());
-    let served = s_client(g.api_tls_port, "h2", &ca, "cp.test");
+    let served = s_client(g.api_tls_port, "h2", ca, "cp.test");
     assert!(served.contains("Verify return code: 0 (ok)"), "{served}");
-    assert!(served.contains("operator api"), "{served}");
+    assert!(served.contains("Operator API server"), "{served}");
     // Another CA (the KDS one global generated) does not verify it.
     let out = cli(&g, &g.https_url(), Some(&g.ca_file()), &["get", "meshes"]);
     assert_eq!(out.code, Some(3), "{}", out.text());

@@ -17,6 +17,7 @@ pub mod faults;
 pub mod kds;
 pub mod openbao;
 pub mod openssl;
+pub mod pki;
 pub mod postgres;
 pub mod proc;
 pub mod python;
