@@ -5,7 +5,8 @@
 //! harness every test and scenario uses (`cluster`: OpenBao + global + zones + proxies on
 //! loopback), with what reads the proxies' files (`certs`) and a real mTLS exchange with the
 //! `openssl` command (`openssl`); disks broken on purpose (`disk`); a raw zone on the sync stream (`kds`);
-//! the real py-spiffe client in a virtualenv of its own (`python`).
+//! the real py-spiffe client in a virtualenv of its own (`python`); an operator's own PKI for
+//! the listeners that take one (`pki`).
 
 pub mod api;
 pub mod bins;
