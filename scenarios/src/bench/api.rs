@@ -143,13 +143,7 @@ fn plain_mesh_yaml(i: usize) -> String {
 }
 
 /// Runs `n` operations with one task per client, each taking the next index from a shared counter.
-pub(crate) async fn run_phase<F>(
-    name: &str,
-    clients: &[Api],
-    pid: u32,
-    n: usize,
-    op: F,
-) -> Phase
+pub(crate) async fn run_phase<F>(name: &str, clients: &[Api], pid: u32, n: usize, op: F) -> Phase
 where
     F: Fn(usize) -> Request + Send + Sync + 'static,
 {

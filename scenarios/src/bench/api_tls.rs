@@ -38,7 +38,9 @@ struct Protocol {
 }
 
 pub async fn run(clients: usize, ops: usize) -> Result<()> {
-    let dir = tempfile::Builder::new().prefix("bench-api-tls-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("bench-api-tls-")
+        .tempdir()?;
     println!(
         "bench api --tls: {clients} clients per protocol, {ops} Secret PUTs per protocol in {ROUNDS} rounds (logs in {})",
         dir.path().display()
@@ -74,10 +76,18 @@ async fn measure(clients: usize, ops: usize, dir: &std::path::Path) -> Result<()
             Ok(Api::new(&plain, token.clone()))
         })?,
         make("HTTPS, HTTP/1.1", "h1", &|| {
-            Ok(Api::with_client(&https, token.clone(), https_client(&ca, false)?))
+            Ok(Api::with_client(
+                &https,
+                token.clone(),
+                https_client(&ca, false)?,
+            ))
         })?,
         make("HTTPS, h2", "h2", &|| {
-            Ok(Api::with_client(&https, token.clone(), https_client(&ca, true)?))
+            Ok(Api::with_client(
+                &https,
+                token.clone(),
+                https_client(&ca, true)?,
+            ))
         })?,
     ];
     global.apply(&format!("type: Mesh\nname: {MESH}\n")).await?;
@@ -86,7 +96,9 @@ async fn measure(clients: usize, ops: usize, dir: &std::path::Path) -> Result<()
     for p in &mut protocols {
         let opened = p.clients.iter().map(|c| async move {
             let t = Instant::now();
-            c.get_ok("/healthz").await.map(|_| t.elapsed().as_secs_f64() * 1000.0)
+            c.get_ok("/healthz")
+                .await
+                .map(|_| t.elapsed().as_secs_f64() * 1000.0)
         });
         for r in futures::future::join_all(opened).await {
             p.connect_ms.push(r?);
@@ -132,7 +144,11 @@ async fn measure(clients: usize, ops: usize, dir: &std::path::Path) -> Result<()
     let mut problems = Vec::new();
     let mut failures = 0;
     for p in &protocols {
-        let latencies: Vec<f64> = p.phases.iter().flat_map(|ph| ph.latencies.clone()).collect();
+        let latencies: Vec<f64> = p
+            .phases
+            .iter()
+            .flat_map(|ph| ph.latencies.clone())
+            .collect();
         let wall: f64 = p.phases.iter().map(|ph| ph.elapsed.as_secs_f64()).sum();
         let done: usize = p.phases.iter().map(|ph| ph.ok.len()).sum();
         let failed: usize = p
@@ -143,7 +159,12 @@ async fn measure(clients: usize, ops: usize, dir: &std::path::Path) -> Result<()
         failures += failed;
         let cpu: f64 = p.phases.iter().map(|ph| ph.global_cpu).sum();
         for ph in &p.phases {
-            problems.extend(ph.failures.iter().take(5).map(|f| format!("{}: {f}", p.name)));
+            problems.extend(
+                ph.failures
+                    .iter()
+                    .take(5)
+                    .map(|f| format!("{}: {f}", p.name)),
+            );
         }
         let s = Stats::of(&latencies);
         let rate = done as f64 / wall.max(1e-9);
