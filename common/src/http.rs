@@ -1,20 +1,30 @@
-//! The HTTP API server loop of both control planes: axum on hyper with bounded header reads and
+//! The HTTP API server loops of both control planes: axum on hyper with bounded header reads and
 //! request times (`axum::serve` runs hyper without a timer, so it keeps idle and slow connections
-//! forever). Global and zone serve their read/write APIs through it.
+//! forever). Global and zone serve their read/write APIs through `serve_http` (HTTP/1.1 in the
+//! clear); global also serves its API through `serve_https` (rustls, HTTP/1.1 or h2 by ALPN, the
+//! handshake itself bounded in time).
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-/// The time bounds of `serve_http_with`. `Default` is what both APIs use: `limits::HTTP_HEADER_READ_TIMEOUT` and
-/// `limits::HTTP_REQUEST_TIMEOUT`; tests shorten them.
+/// The time bounds of `serve_http_with` and `serve_https_with`. `Default` is what the APIs use:
+/// `limits::HTTP_HEADER_READ_TIMEOUT`, `limits::HTTP_REQUEST_TIMEOUT` and
+/// `limits::TLS_HANDSHAKE_TIMEOUT`; tests shorten them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpLimits {
-    /// See `limits::HTTP_HEADER_READ_TIMEOUT`: the headers of each request, idle keep-alive time included.
+    /// See `limits::HTTP_HEADER_READ_TIMEOUT`: the headers of each request, idle keep-alive time
+    /// included (over h2: a connection with no request in flight and none begun for this long is
+    /// closed).
     pub header_read: Duration,
     /// See `limits::HTTP_REQUEST_TIMEOUT`: a whole request once its headers are in (408 and close after it).
     pub request: Duration,
+    /// See `limits::TLS_HANDSHAKE_TIMEOUT`: the TLS handshake of an HTTPS connection, counted from
+    /// the accept (a client that connects and sends nothing is closed after it).
+    pub tls_handshake: Duration,
 }
 
 impl Default for HttpLimits {
@@ -22,8 +32,64 @@ impl Default for HttpLimits {
         HttpLimits {
             header_read: crate::limits::HTTP_HEADER_READ_TIMEOUT,
             request: crate::limits::HTTP_REQUEST_TIMEOUT,
+            tls_handshake: crate::limits::TLS_HANDSHAKE_TIMEOUT,
         }
     }
+}
+
+/// The next connection of `listener`, or `None` once `shutdown` completed. Accept errors (out of
+/// file descriptors and the like) are logged and waited out.
+async fn accept_next(
+    listener: &TcpListener,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = shutdown.as_mut() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Some((stream, peer));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "API accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+/// The router with the request time bound (408 after it).
+fn with_request_timeout(app: axum::Router, limits: &HttpLimits) -> axum::Router {
+    app.layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        axum::http::StatusCode::REQUEST_TIMEOUT,
+        limits.request,
+    ))
+}
+
+/// The router as the hyper service of one connection: each request sees its peer address as
+/// `ConnectInfo<SocketAddr>`.
+fn connection_service(
+    app: axum::Router,
+    peer: SocketAddr,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<axum::response::Response, std::convert::Infallible>>
+             + Send
+             + 'static,
+> + Clone
++ Send
++ 'static {
+    use axum::extract::ConnectInfo;
+    use tower::ServiceExt;
+    let service = app.map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        req.map(axum::body::Body::new)
+    });
+    hyper_util::service::TowerToHyperService::new(service)
 }
 
 /// Serves an HTTP/1.1 API (axum router) with bounded header reads and request times, which
@@ -45,42 +111,17 @@ pub async fn serve_http_with(
     limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::extract::ConnectInfo;
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::server::graceful::GracefulShutdown;
-    use tower::ServiceExt;
 
-    let app = app.layer(tower_http::timeout::TimeoutLayer::with_status_code(
-        axum::http::StatusCode::REQUEST_TIMEOUT,
-        limits.request,
-    ));
+    let app = with_request_timeout(app, &limits);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait and accept again.
-                    tracing::warn!(error = %e, "API accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let service =
-            app.clone()
-                .map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ConnectInfo(peer));
-                    req.map(axum::body::Body::new)
-                });
-        let service = hyper_util::service::TowerToHyperService::new(service);
+    while let Some((stream, peer)) = accept_next(&listener, &mut shutdown).await {
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read)
-            .serve_connection(TokioIo::new(stream), service);
+            .serve_connection(TokioIo::new(stream), connection_service(app.clone(), peer));
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -91,6 +132,213 @@ pub async fn serve_http_with(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// The ALPN protocols `serve_https` offers, preferred first: h2, then HTTP/1.1.
+pub const HTTPS_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// Serves the API over TLS with `tls` (see `tls::server_config`, which should offer
+/// [`HTTPS_ALPN`]): HTTP/1.1 or h2 as ALPN chose (sniffed when the client named none), with the
+/// bounds of `serve_http` and the handshake bounded by `limits::TLS_HANDSHAKE_TIMEOUT`. Stops
+/// accepting when `shutdown` completes, abandons handshakes under way and waits for the requests
+/// in flight.
+pub async fn serve_https(
+    listener: TcpListener,
+    app: axum::Router,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_https_with(listener, app, tls, HttpLimits::default(), shutdown).await
+}
+
+/// When a connection last had nothing to do: no request in flight since the instant kept.
+struct Activity {
+    start: tokio::time::Instant,
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Milliseconds from `start` to the last request's start or end.
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Activity {
+            start: tokio::time::Instant::now(),
+            in_flight: Default::default(),
+            last_ms: Default::default(),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Completes once no request has been in flight for `idle` (polled at a quarter of it).
+    async fn idle_for(&self, idle: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        loop {
+            let last = self.start + Duration::from_millis(self.last_ms.load(Relaxed));
+            let now = tokio::time::Instant::now();
+            if self.in_flight.load(Relaxed) == 0 && now >= last + idle {
+                return;
+            }
+            let wake = if self.in_flight.load(Relaxed) == 0 {
+                last + idle
+            } else {
+                now + idle / 4
+            };
+            tokio::time::sleep_until(wake.max(now + Duration::from_millis(10))).await;
+        }
+    }
+}
+
+/// Counts a request in flight for as long as it lives.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(a: &Arc<Activity>) -> Self {
+        a.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        a.touch();
+        InFlight(a.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// `serve_https` with explicit time bounds.
+pub async fn serve_https_with(
+    listener: TcpListener,
+    app: axum::Router,
+    tls: Arc<rustls::ServerConfig>,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = with_request_timeout(app, &limits);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    // Fired once when accepting stops; every connection task holds a sender of `done`, so that
+    // `done` closes when the last one ended.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let (done_tx, mut done) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::pin!(shutdown);
+    while let Some((stream, peer)) = accept_next(&listener, &mut shutdown).await {
+        let conn = serve_tls_connection(
+            stream,
+            peer,
+            acceptor.clone(),
+            app.clone(),
+            limits,
+            stopping.clone(),
+        );
+        let done_tx = done_tx.clone();
+        tokio::spawn(async move {
+            conn.await;
+            drop(done_tx);
+        });
+    }
+    drop(listener);
+    let _ = stopping_tx.send(true);
+    drop(done_tx);
+    let _ = done.recv().await;
+    Ok(())
+}
+
+/// One HTTPS connection: the handshake within `limits.tls_handshake` (abandoned when `stopping`
+/// fires), then HTTP/1.1 or h2 until the peer leaves, the connection is idle for
+/// `limits.header_read` or `stopping` fires (in-flight requests are finished first).
+async fn serve_tls_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: axum::Router,
+    limits: HttpLimits,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+
+    let handshake = tokio::time::timeout(limits.tls_handshake, acceptor.accept(stream));
+    let tls = tokio::select! {
+        r = handshake => match r {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "API TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "API TLS handshake not completed in time: connection closed");
+                return;
+            }
+        },
+        _ = stopping.wait_for(|s| *s) => return,
+    };
+    let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(crate::limits::HTTP2_STREAMS_PER_CONNECTION);
+    let builder = match alpn.as_deref() {
+        Some(b"h2") => builder.http2_only(),
+        Some(b"http/1.1") => builder.http1_only(),
+        _ => builder,
+    };
+    let activity = Activity::new();
+    let counted = activity.clone();
+    let inner = connection_service(app, peer);
+    let service = hyper::service::service_fn(move |req| {
+        let guard = InFlight::new(&counted);
+        let call = hyper::service::Service::call(&inner, req);
+        async move {
+            let r = call.await;
+            drop(guard);
+            r
+        }
+    });
+    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    tokio::pin!(conn);
+    let idle = activity.idle_for(limits.header_read);
+    tokio::pin!(idle);
+    // Once closing, how long the peer has to let the connection end (an h2 peer acknowledges the
+    // GOAWAY's PING; in-flight requests finish) before it is dropped.
+    let closing = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(closing);
+    let mut is_closing = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "API connection ended with an error");
+                }
+                return;
+            }
+            _ = stopping.wait_for(|s| *s), if !is_closing => {
+                conn.as_mut().graceful_shutdown();
+                is_closing = true;
+                closing.as_mut().reset(tokio::time::Instant::now() + limits.request);
+            }
+            _ = idle.as_mut(), if !is_closing => {
+                conn.as_mut().graceful_shutdown();
+                is_closing = true;
+                closing.as_mut().reset(tokio::time::Instant::now() + limits.header_read / 4);
+            }
+            _ = closing.as_mut(), if is_closing => {
+                tracing::debug!(%peer, "API connection did not end when asked to: dropped");
+                return;
+            }
+        }
+    }
 }
 
 /// The `Host` names an API answers to: loopback names and addresses, and the names given with

@@ -25,8 +25,10 @@ pub const DATA_BYTES: usize = 1024 * 1024;
 pub const INPUT_BYTES: usize = 4 * 1024 * 1024;
 /// An HTTP client must send a request's headers within this; also the idle keep-alive limit.
 pub const HTTP_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// A TLS client of the sync or proxy listener must complete its handshake within this; a silent
-/// connection is closed after it.
+/// A TLS client of the sync, proxy or HTTPS API listener must complete its handshake within
+/// this; a silent connection is closed after it.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A whole HTTP request once its headers are in (408 and close after it).
 pub const HTTP_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Requests in flight at once on one h2 connection of the HTTPS API.
+pub const HTTP2_STREAMS_PER_CONNECTION: u32 = 100;

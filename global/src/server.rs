@@ -1,7 +1,9 @@
 //! Wiring of the global control plane: opens the store (sled in the data directory, or a
 //! PostgreSQL database shared by replicas, waited for with backoff while it is unreachable) and the
-//! admin token, signing key and sync identity (shared through the store on PostgreSQL), serves the API on the given listener and the sync server (KDS) on its own, and stops
-//! everything on the one shutdown signal.
+//! admin token, signing key, sync identity and HTTPS API CA (shared through the store on
+//! PostgreSQL), serves the API on the given plain listener and, with the same router, on the HTTPS
+//! one (`https`), the sync server (KDS) on its own, and stops everything on the one shutdown
+//! signal.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -36,15 +38,22 @@ impl KdsEndpoint {
     }
 }
 
-/// The sockets global serves on. Without `kds`, no sync server runs (API-only tests).
+/// The sockets global serves on. Without `kds`, no sync server runs (API-only tests); without
+/// `api_tls`, the API is served in plain HTTP only.
 pub struct Listeners {
     pub api: TcpListener,
     pub kds: Option<KdsEndpoint>,
+    /// The API over HTTPS (`--api-tls-addr`), the same routes as `api`.
+    pub api_tls: Option<crate::https::ApiTlsEndpoint>,
 }
 
 impl From<TcpListener> for Listeners {
     fn from(api: TcpListener) -> Self {
-        Self { api, kds: None }
+        Self {
+            api,
+            kds: None,
+            api_tls: None,
+        }
     }
 }
 
@@ -114,6 +123,8 @@ pub enum GlobalError {
     DataSources(String),
     #[error("sync server (KDS): {0}")]
     Kds(String),
+    #[error("HTTPS API (--api-tls-addr): {0}")]
+    ApiTls(String),
     #[error("state shared by the replicas: {0}")]
     Shared(#[from] crate::shared::ShareError),
     #[error("stopped while waiting for the store")]
@@ -193,6 +204,7 @@ pub async fn run(
     let Listeners {
         api: api_listener,
         kds,
+        api_tls,
     } = listeners.into();
     let data_dir_err = |source| GlobalError::DataDir {
         path: config.data_dir.display().to_string(),
@@ -282,6 +294,24 @@ pub async fn run(
         }
         None => None,
     };
+    let https = match api_tls {
+        Some(endpoint) => {
+            let local = endpoint.listener.local_addr().ok();
+            let names = crate::https::certificate_names(local, &config.api_hosts);
+            if let crate::https::ApiTls::Generated = endpoint.tls {
+                crate::shared::files(&store, dir, &crate::shared::API_CA, || {
+                    crate::https::server_config(dir, &endpoint.tls, &names)
+                        .map(drop)
+                        .map_err(std::io::Error::other)
+                })
+                .await?;
+            }
+            let tls = crate::https::server_config(dir, &endpoint.tls, &names)
+                .map_err(GlobalError::ApiTls)?;
+            Some((endpoint.listener, tls))
+        }
+        None => None,
+    };
     let state = ApiState {
         admission: Admission::new(store.clone(), metrics.clone(), config.vault_timeouts),
         store,
@@ -297,11 +327,36 @@ pub async fn run(
     let app = api::router(state);
     tracing::info!(
         api = %api_listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        api_tls = %https
+            .as_ref()
+            .and_then(|(l, _)| l.local_addr().ok())
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "off".into()),
         data_dir = %config.data_dir.display(),
         store = ?config.store,
         "global control plane started"
     );
-    let api = serve_http(api_listener, app, async move { stopped.wait().await });
+    let api = {
+        let plain_stop = stopped.clone();
+        let plain = serve_http(
+            api_listener,
+            app.clone(),
+            async move { plain_stop.wait().await },
+        );
+        let tls_stop = stopped.clone();
+        async move {
+            match https {
+                None => plain.await,
+                Some((listener, tls)) => {
+                    let secure = common::http::serve_https(listener, app, tls, async move {
+                        tls_stop.wait().await
+                    });
+                    let (a, b) = tokio::join!(plain, secure);
+                    a.and(b)
+                }
+            }
+        }
+    };
     let result = match kds_task {
         None => api.await.map_err(GlobalError::Serve),
         Some(mut kds_task) => {

@@ -1,7 +1,9 @@
 //! What every replica on one PostgreSQL store must hold identically, kept in the store and
 //! written to each replica's data directory: the admin token (`admin-token`), the token signing
-//! key (so a token made on one replica verifies on another) and the generated sync server identity
-//! (so `kds-ca.pem` is the same everywhere). The first replica to start proposes the files it loaded
+//! key (so a token made on one replica verifies on another), the generated sync server identity
+//! (so `kds-ca.pem` is the same everywhere) and the generated HTTPS API's CA and its key (so
+//! `api-ca.pem` is the same everywhere; each replica issues its own server certificate from it,
+//! for its own names). The first replica to start proposes the files it loaded
 //! or created; the store keeps the first proposal (`INSERT ... ON CONFLICT DO NOTHING`, then read
 //! back), so replicas starting at once agree, and every replica writes what the store holds. On
 //! sled nothing is shared and the files stay as they are.
@@ -53,6 +55,17 @@ pub const KDS_IDENTITY: Group<'static> = Group {
         ("kds-tls/cert.pem", 0o600),
         ("kds-tls/key.pem", 0o600),
         (crate::kds::tls::CA_FILE, 0o600),
+    ],
+};
+
+/// The CA of the generated HTTPS API identity: its key first (the CA's presence marks a complete
+/// CA), then the CA and the clients' copy. Server certificates stay each replica's own.
+pub const API_CA: Group<'static> = Group {
+    name: "api-ca",
+    files: &[
+        ("api-tls/ca-key.pem", 0o600),
+        ("api-tls/ca.pem", 0o600),
+        (crate::https::CA_FILE, 0o600),
     ],
 };
 

@@ -1,6 +1,7 @@
 //! Credentials, with the real binaries: the admin token on every write and secret read, zone token
 //! refusals logged once per reason, no secret in any log or API answer of a full scenario, private
-//! files 0600, TLS 1.2 at least on every TLS listener, and idle or slow HTTP clients cut off.
+//! files 0600, TLS 1.2 at least on every TLS listener (the HTTPS API included), and idle or slow
+//! HTTP clients, or HTTPS clients that never start their handshake, cut off.
 //! (What global/tests/api.rs, global/tests/sync.rs and zone/tests/proxy.rs already prove is not
 //! repeated here: see the notes on each test.)
 
@@ -341,6 +342,10 @@ async fn a_full_scenario_leaks_nothing_keeps_keys_private_and_cuts_slow_clients(
             "global slow headers",
             tokio::spawn(time_to_close(gport, slow, limit)),
         ),
+        (
+            "global HTTPS, no TLS handshake",
+            tokio::spawn(time_to_close(c.global.api_tls_port, b"", limit)),
+        ),
         ("zone idle", tokio::spawn(time_to_close(zport, b"", limit))),
         (
             "zone slow headers",
@@ -485,7 +490,11 @@ async fn a_full_scenario_leaks_nothing_keeps_keys_private_and_cuts_slow_clients(
     }
 
     // ---- TLS 1.2 at least ----
-    for (what, port) in [("KDS", c.global.kds_port), ("dp", c.zones[0].dp_port)] {
+    for (what, port) in [
+        ("KDS", c.global.kds_port),
+        ("dp", c.zones[0].dp_port),
+        ("HTTPS API", c.global.api_tls_port),
+    ] {
         let (ok, text) = openssl(port, "-tls1_1");
         assert!(!ok, "{what} accepted TLS 1.1:\n{text}");
         let (ok, text) = openssl(port, "-tls1");

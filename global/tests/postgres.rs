@@ -192,6 +192,7 @@ async fn a_schema_newer_than_the_binary_is_refused() {
         .args(["run", "--store", &pg.url(), "--data-dir"])
         .arg(tmp.path())
         .args(["--api-addr", "127.0.0.1:0", "--kds-addr", "127.0.0.1:0"])
+        .args(["--api-tls-addr", "127.0.0.1:0"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");

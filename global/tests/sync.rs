@@ -756,6 +756,7 @@ impl InProcessGlobal {
         let listeners = global::Listeners {
             api,
             kds: Some(endpoint),
+            api_tls: None,
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let config = global::GlobalConfig {

@@ -186,8 +186,9 @@ fn where_things_are(c: &Cluster) -> String {
             format!("global-{}", i + 1)
         };
         lines.push(format!(
-            "  {name:<10}  API {}  sync {}  log {}",
+            "  {name:<10}  API {} and {}  sync {}  log {}",
             g.api_url(),
+            g.https_url(),
             g.kds_address(),
             g.proc.log.display()
         ));
@@ -221,6 +222,11 @@ fn where_things_are(c: &Cluster) -> String {
     lines.push("Try, in another terminal:".into());
     lines.push(format!("  export PATH={bin_dir}:$PATH"));
     lines.push(format!("  global get zones --api {}", c.global.api_url()));
+    lines.push(format!(
+        "  global get meshes --api {} --ca-file {}",
+        c.global.https_url(),
+        c.global.api_ca_file().display()
+    ));
     lines.push(format!(
         "  global get dataplanes --mesh {MESH} --api {}",
         c.global.api_url()
@@ -336,8 +342,9 @@ async fn body(
                 .iter()
                 .map(|g| {
                     format!(
-                        "API {}, sync {}\ndata {}, log {}",
+                        "API {} and {}, sync {}\ndata {}, log {}",
                         g.api_url(),
+                        g.https_url(),
                         g.kds_address(),
                         g.dir.display(),
                         g.proc.log.display()

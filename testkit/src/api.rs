@@ -1,5 +1,5 @@
 //! Talking to the control planes over HTTP as a test does: [`Api`], a small JSON client for one
-//! base URL (with an optional bearer token), the one-shot [`get_json`] and [`get_text`], and
+//! base URL (with an optional bearer token; over HTTPS with [`https_client`]), the one-shot [`get_json`] and [`get_text`], and
 //! [`metric_sum`], which reads a sample out of a `GET /metrics` text.
 
 use std::time::Duration;
@@ -25,6 +25,15 @@ impl Api {
                 .pool_max_idle_per_host(64)
                 .build()
                 .expect("a default reqwest client builds"),
+        }
+    }
+
+    /// The same client on `http`, e.g. an [`https_client`].
+    pub fn with_client(base: &str, token: Option<String>, http: reqwest::Client) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http,
         }
     }
 
@@ -103,6 +112,21 @@ impl Api {
         let status = resp.status().as_u16();
         Ok((status, resp.json().await.unwrap_or(Value::Null)))
     }
+}
+
+/// An HTTPS client trusting only the CAs of `ca_pem` (a PEM bundle), each request on HTTP/2
+/// (offered alone by ALPN) when `h2`, else on HTTP/1.1; kept-alive connections as [`Api::new`].
+pub fn https_client(ca_pem: &[u8], h2: bool) -> Result<reqwest::Client> {
+    let builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(64)
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(ca_pem)?);
+    let builder = if h2 {
+        builder.http2_prior_knowledge()
+    } else {
+        builder.http1_only()
+    };
+    Ok(builder.build()?)
 }
 
 /// One GET of `url` (5 s timeout, optional bearer token): (status, JSON body), `None` when there

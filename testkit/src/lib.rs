@@ -6,7 +6,8 @@
 //! loopback), with what reads the proxies' files (`certs`) and a real mTLS exchange with the
 //! `openssl` command (`openssl`); disks broken on purpose (`disk`); a raw zone on the sync stream (`kds`);
 //! the real py-spiffe client in a virtualenv of its own (`python`); a real headless Chromium
-//! behind a proxy that records every host it asks for (`browser`).
+//! behind a proxy that records every host it asks for (`browser`); an operator's own PKI for the
+//! listeners that take one (`pki`).
 
 pub mod api;
 pub mod bins;
@@ -19,6 +20,7 @@ pub mod faults;
 pub mod kds;
 pub mod openbao;
 pub mod openssl;
+pub mod pki;
 pub mod postgres;
 pub mod proc;
 pub mod python;

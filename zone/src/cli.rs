@@ -134,6 +134,13 @@ pub struct RunArgs {
     /// is written to <data-dir>/dp-ca.pem). Without it no proxy can connect.
     #[arg(long)]
     pub dp_addr: Option<String>,
+    /// PEM certificate (chain) the proxy identity service serves instead of the generated one
+    /// (proxies then trust its CA with --zone-ca-file).
+    #[arg(long, requires = "dp_tls_key", value_name = "FILE")]
+    pub dp_tls_cert: Option<PathBuf>,
+    /// PEM private key of --dp-tls-cert.
+    #[arg(long, requires = "dp_tls_cert", value_name = "FILE")]
+    pub dp_tls_key: Option<PathBuf>,
     /// Certificates issued at once, at most (shapes the burst when many proxies need one).
     #[arg(long)]
     pub max_concurrent_issuance: Option<usize>,
@@ -240,6 +247,15 @@ async fn run(args: RunArgs) -> ExitCode {
     config.insecure_skip_verify = args.insecure_skip_verify;
     config.api_hosts = args.api_hosts.clone();
     config.data_source_dirs = args.data_source_dirs.clone();
+    if let (Some(cert), Some(key)) = (args.dp_tls_cert.clone(), args.dp_tls_key.clone()) {
+        if args.dp_addr.is_none() {
+            eprintln!(
+                "error: --dp-tls-cert and --dp-tls-key need --dp-addr, the listener they serve"
+            );
+            return ExitCode::from(exit::USAGE);
+        }
+        config.dp_tls = crate::dp::tls::DpTls::Files { cert, key };
+    }
     if let Err(e) = crate::client::targets(&config) {
         eprintln!("error: {e}");
         return ExitCode::from(exit::USAGE);

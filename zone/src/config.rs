@@ -1,6 +1,7 @@
 //! The configuration of a zone control plane (`zone run`'s flags, as the library takes them):
 //! where global is (one address or several replicas, dialed in order) and how to trust it, the zone token, the data directory, the reconnection
-//! backoff, and the tunables of certificate issuance and of requests to Vault.
+//! backoff, the proxy identity service's certificate, and the tunables of certificate issuance
+//! and of requests to Vault.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +34,8 @@ pub struct ZoneConfig {
     /// The only directories `file:` data sources are read from (`--data-source-dir`); empty:
     /// none. Applied by `zone::run` (a zone embedded in a test reads any).
     pub data_source_dirs: Vec<PathBuf>,
+    /// The certificate of the proxy identity service (`--dp-tls-cert/--dp-tls-key`, or generated).
+    pub dp_tls: crate::dp::tls::DpTls,
 }
 
 impl ZoneConfig {
@@ -51,6 +54,7 @@ impl ZoneConfig {
             vault_timeouts: common::vault::Timeouts::default(),
             api_hosts: Vec::new(),
             data_source_dirs: Vec::new(),
+            dp_tls: Default::default(),
         }
     }
 

@@ -158,10 +158,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     let dp_tls = match &listeners.dp {
-        Some(_) => Some(
-            dp::tls::load_or_generate(&config.data_dir)
-                .map_err(|e| ZoneError::Dp(format!("cannot prepare its TLS certificate: {e}")))?,
-        ),
+        Some(_) => Some(dp::tls::load(&config.data_dir, &config.dp_tls).map_err(ZoneError::Dp)?),
         None => None,
     };
     let sync = tokio::spawn(client::run(ctx.clone(), targets, shutdown.clone()));

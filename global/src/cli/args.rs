@@ -26,6 +26,10 @@ pub struct ApiArgs {
     /// File holding a user token (`global generate user-token`), instead of the admin token.
     #[arg(long, env = "GLOBAL_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// PEM bundle of the CAs to trust for an https:// --api, instead of the system's (global's
+    /// generated certificate: <data-dir>/api-ca.pem).
+    #[arg(long, env = "GLOBAL_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `zone-token` / `generate zone-token`.
@@ -107,8 +111,23 @@ pub enum Generate {
 pub struct RunFlags {
     #[arg(long)]
     pub data_dir: PathBuf,
+    /// Address of the API in plain HTTP: a loopback address unless --api-insecure-http.
     #[arg(long, default_value = "127.0.0.1:5681")]
     pub api_addr: String,
+    /// Serve the plain-HTTP --api-addr on a non-loopback address too (the admin token and
+    /// Secrets then cross the network in clear).
+    #[arg(long)]
+    pub api_insecure_http: bool,
+    /// Address of the API over HTTPS (HTTP/1.1 and h2): the same routes as --api-addr.
+    #[arg(long, default_value = "127.0.0.1:5682")]
+    pub api_tls_addr: String,
+    /// PEM certificate (chain) of the HTTPS API; without it one is generated for localhost, the
+    /// listener's address and every --api-host, and its CA written to <data-dir>/api-ca.pem.
+    #[arg(long, requires = "api_tls_key", value_name = "FILE")]
+    pub api_tls_cert: Option<PathBuf>,
+    /// PEM private key of the HTTPS API.
+    #[arg(long, requires = "api_tls_cert", value_name = "FILE")]
+    pub api_tls_key: Option<PathBuf>,
     /// Address of the sync server zones dial (gRPC over TLS).
     #[arg(long, default_value = "127.0.0.1:5685")]
     pub kds_addr: String,

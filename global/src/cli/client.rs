@@ -1,6 +1,7 @@
 //! The commands that talk to a running global over its HTTP API (`apply`, `get`, `delete`, the
-//! token commands, revocation and signing-key rotation): the client, the reading of answers into the API's types
-//! (`api::types`) and the mapping of failures to exit codes (unreachable server or Vault: 3).
+//! token commands, revocation and signing-key rotation): the client, the reading of answers into
+//! the API's types (`api::types`) and the mapping of failures to exit codes (unreachable server or
+//! Vault: 3; a certificate that does not verify is one, said with the way out: `--ca-file`).
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -43,8 +44,11 @@ impl Client {
             ),
             None => None,
         };
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(120))
+        let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(120));
+        if let Some(path) = &args.ca_file {
+            builder = builder.tls_certs_only(read_ca_file(path)?);
+        }
+        let http = builder
             .build()
             .map_err(|e| Failure::refused(e.to_string()))?;
         Ok(Self {
@@ -64,12 +68,18 @@ impl Client {
 
     /// Sends a request; returns the JSON body of a 2xx, or a Failure with the API's error.
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value, Failure> {
-        let resp = req.send().await.map_err(|e| {
-            Failure::unreachable(format!(
+        let resp = req.send().await.map_err(|e| match certificate_error(&e) {
+            Some(reason) => Failure::unreachable(format!(
+                "cannot verify the TLS certificate of global at {}: {reason}\n  \
+                 (global's generated certificate: pass --ca-file <data-dir>/api-ca.pem, the CA global run writes there; \
+                 an operator's certificate: --ca-file with the CA that signed it)",
+                self.base
+            )),
+            None => Failure::unreachable(format!(
                 "cannot reach global at {}: {}",
                 self.base,
                 error_chain(&e)
-            ))
+            )),
         })?;
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
@@ -83,6 +93,42 @@ impl Client {
         }
         Err(Failure::refused(message))
     }
+}
+
+/// The certificates of `--ca-file` (a PEM bundle), to trust instead of the system's.
+fn read_ca_file(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, Failure> {
+    let pem = std::fs::read(path)
+        .map_err(|e| Failure::usage(format!("cannot read --ca-file {}: {e}", path.display())))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+        Failure::usage(format!(
+            "--ca-file {}: not a PEM certificate bundle: {e}",
+            path.display()
+        ))
+    })?;
+    if certs.is_empty() {
+        return Err(Failure::usage(format!(
+            "--ca-file {}: holds no PEM CERTIFICATE block",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+/// Why the server's certificate was not accepted, when that is why a request failed: the rustls
+/// error found among the causes (an `io::Error` carries it as its inner error, which `source()`
+/// skips, so inner errors are searched too).
+fn certificate_error(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    if let Some(
+        tls @ (rustls::Error::InvalidCertificate(_) | rustls::Error::InvalidCertRevocationList(_)),
+    ) = e.downcast_ref::<rustls::Error>()
+    {
+        return Some(tls.to_string());
+    }
+    let inner = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .and_then(|i| certificate_error(i as &(dyn std::error::Error + 'static)));
+    inner.or_else(|| e.source().and_then(certificate_error))
 }
 
 /// A 2xx body read as the type the API answers with.

@@ -1,4 +1,5 @@
-//! `global run`: binds the listeners the flags name and runs the server until Ctrl-C or SIGTERM.
+//! `global run`: binds the listeners the flags name (plain HTTP on loopback only unless
+//! `--api-insecure-http`) and runs the server until Ctrl-C or SIGTERM.
 
 use super::args::RunFlags;
 use super::failure::Failure;
@@ -7,6 +8,10 @@ pub(super) async fn run(flags: RunFlags) -> Result<(), Failure> {
     let RunFlags {
         data_dir,
         api_addr,
+        api_insecure_http,
+        api_tls_addr,
+        api_tls_cert,
+        api_tls_key,
         kds_addr,
         kds_tls_cert,
         kds_tls_key,
@@ -17,9 +22,35 @@ pub(super) async fn run(flags: RunFlags) -> Result<(), Failure> {
         data_source_dirs,
     } = flags;
     let vault_timeouts = super::vault_timeouts(&vault_timeout)?;
+    // Plain HTTP stays on loopback unless the operator says otherwise, checked before binding.
+    let resolved: Vec<std::net::SocketAddr> = tokio::net::lookup_host(&api_addr)
+        .await
+        .map_err(|e| Failure::usage(format!("--api-addr {api_addr}: {e}")))?
+        .collect();
+    if let Some(refusal) = crate::https::plain_http_refusal(&api_addr, &resolved, api_insecure_http)
+    {
+        return Err(Failure::usage(refusal));
+    }
     let listener = tokio::net::TcpListener::bind(&api_addr)
         .await
         .map_err(|e| Failure::usage(format!("cannot listen on --api-addr {api_addr}: {e}")))?;
+    if !resolved.iter().all(|a| a.ip().is_loopback()) {
+        tracing::warn!(
+            api = %api_addr,
+            "--api-insecure-http: the API is served in plain HTTP beyond loopback; the admin token and Secrets cross the network in clear"
+        );
+    }
+    let tls_listener = tokio::net::TcpListener::bind(&api_tls_addr)
+        .await
+        .map_err(|e| {
+            Failure::usage(format!(
+                "cannot listen on --api-tls-addr {api_tls_addr}: {e}"
+            ))
+        })?;
+    let mut api_tls = crate::ApiTlsEndpoint::new(tls_listener);
+    if let (Some(cert), Some(key)) = (api_tls_cert, api_tls_key) {
+        api_tls.tls = crate::ApiTls::Files { cert, key };
+    }
     let kds_listener = tokio::net::TcpListener::bind(&kds_addr)
         .await
         .map_err(|e| Failure::usage(format!("cannot listen on --kds-addr {kds_addr}: {e}")))?;
@@ -30,6 +61,7 @@ pub(super) async fn run(flags: RunFlags) -> Result<(), Failure> {
     let listeners = crate::Listeners {
         api: listener,
         kds: Some(kds),
+        api_tls: Some(api_tls),
     };
     crate::run(
         crate::GlobalConfig {

@@ -47,6 +47,7 @@ fn load_or_generate(data_dir: &Path) -> std::io::Result<TlsMaterial> {
             ca_common_name: "kmesh global KDS CA",
             server_common_name: "kmesh global KDS",
             clients_flag: "--global-ca-file",
+            extra_names: &[],
         },
     )?;
     Ok(material)

@@ -26,6 +26,8 @@
 //! differed; that write also repairs it, so a data difference is reported by the first check
 //! only). global's CPU seconds (per phase and in all) and RSS come from `/proc`.
 //!
+//! `--tls` measures what HTTPS costs a Secret PUT instead (`api_tls`).
+//!
 //! `--store postgres` runs global on a private PostgreSQL server instead of sled; `--store both`
 //! runs the whole bench on sled, then on PostgreSQL, and prints their applies/s side by side, so
 //! the two stores are compared within one run on the same machine.
@@ -69,6 +71,10 @@ pub struct ApiBench {
     /// run) or `both`, one after the other in the same run, with their applies/s side by side.
     #[arg(long, value_enum, default_value_t = StoreChoice::Sled)]
     pub store: StoreChoice,
+    /// Measure instead what HTTPS costs a Secret PUT: `--ops` PUTs per protocol over plain HTTP,
+    /// HTTPS with HTTP/1.1 and HTTPS with h2, `--clients` clients each, in the same run (sled).
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// Which store(s) `bench api` runs global on.
@@ -102,26 +108,26 @@ const SHOWN_FAILURES: usize = 10;
 
 /// One request of a phase: method, path, body, and the `result` a 2xx must carry (each of the
 /// `results` for `POST /apply`).
-struct Request {
-    method: Method,
-    path: String,
-    body: String,
-    expect: &'static str,
+pub(crate) struct Request {
+    pub(crate) method: Method,
+    pub(crate) path: String,
+    pub(crate) body: String,
+    pub(crate) expect: &'static str,
 }
 
 /// What one phase did.
-struct Phase {
-    name: String,
-    elapsed: Duration,
+pub(crate) struct Phase {
+    pub(crate) name: String,
+    pub(crate) elapsed: Duration,
     /// Latency of every request, ms.
-    latencies: Vec<f64>,
+    pub(crate) latencies: Vec<f64>,
     /// Per operation index: did it get the expected 2xx?
-    ok: Vec<bool>,
-    failures: Vec<String>,
-    global_cpu: f64,
+    pub(crate) ok: Vec<bool>,
+    pub(crate) failures: Vec<String>,
+    pub(crate) global_cpu: f64,
 }
 
-fn secret_data(i: usize, version: u32) -> String {
+pub(crate) fn secret_data(i: usize, version: u32) -> String {
     testkit::cluster::b64(&format!("v{version}-secret-{i}-payload"))
 }
 
@@ -137,7 +143,7 @@ fn plain_mesh_yaml(i: usize) -> String {
 }
 
 /// Runs `n` operations with one task per client, each taking the next index from a shared counter.
-async fn run_phase<F>(name: &str, clients: &[Api], pid: u32, n: usize, op: F) -> Phase
+pub(crate) async fn run_phase<F>(name: &str, clients: &[Api], pid: u32, n: usize, op: F) -> Phase
 where
     F: Fn(usize) -> Request + Send + Sync + 'static,
 {
@@ -372,6 +378,9 @@ fn ms(v: f64) -> String {
 pub async fn run(p: ApiBench) -> Result<()> {
     if p.clients == 0 {
         bail!("--clients must be at least 1");
+    }
+    if p.tls {
+        return super::api_tls::run(p.clients, p.ops).await;
     }
     let dir = tempfile::Builder::new().prefix("bench-api-").tempdir()?;
     println!(

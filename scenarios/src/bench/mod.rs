@@ -2,6 +2,7 @@
 //! the command that produced them.
 
 pub mod api;
+pub mod api_tls;
 pub mod issue;
 pub mod rotation;
 pub mod sync;

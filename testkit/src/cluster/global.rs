@@ -54,13 +54,18 @@ pub(crate) async fn wait_healthy(
     }
 }
 
-/// How a global is started: ports (free ones unless given), working directory (where `file:`
-/// data sources with `/proc/self/cwd/...` paths resolve; this process's own unless given) and
-/// `RUST_LOG`.
+/// How a global is started: ports (free ones unless given: the plain API, the sync server and the
+/// HTTPS API), working directory (where `file:` data sources with `/proc/self/cwd/...` paths
+/// resolve; this process's own unless given) and `RUST_LOG`.
 #[derive(Debug, Clone)]
 pub struct GlobalOptions {
     pub api_port: u16,
     pub kds_port: u16,
+    /// `--api-tls-addr 127.0.0.1:PORT`: never global's default port, which parallel globals
+    /// would share.
+    pub api_tls_port: u16,
+    /// The host of `--api-addr` (`127.0.0.1` unless given; the API is asked on 127.0.0.1).
+    pub api_bind: String,
     pub cwd: Option<PathBuf>,
     pub rust_log: String,
     /// `--store` (sled when unset).
@@ -74,6 +79,8 @@ impl Default for GlobalOptions {
         Self {
             api_port: free_port(),
             kds_port: free_port(),
+            api_tls_port: free_port(),
+            api_bind: "127.0.0.1".into(),
             cwd: None,
             rust_log: log_filter(),
             store: None,
@@ -106,6 +113,12 @@ impl GlobalOptions {
         self
     }
 
+    /// `--api-addr HOST:<api port>` (e.g. `0.0.0.0`, with `--api-insecure-http`).
+    pub fn api_bind(mut self, host: &str) -> Self {
+        self.api_bind = host.to_string();
+        self
+    }
+
     pub fn rust_log(mut self, filter: &str) -> Self {
         self.rust_log = filter.to_string();
         self
@@ -124,6 +137,7 @@ pub struct GlobalProc {
     pub dir: PathBuf,
     pub api_port: u16,
     pub kds_port: u16,
+    pub api_tls_port: u16,
     /// The API with the admin token.
     pub api: Api,
     /// The admin token.
@@ -147,13 +161,15 @@ impl GlobalProc {
 
     pub async fn start_with(dir: &Path, options: GlobalOptions) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let (api_port, kds_port) = (options.api_port, options.kds_port);
+        let (api_port, kds_port, api_tls_port) =
+            (options.api_port, options.kds_port, options.api_tls_port);
         let mut cmd = Command::new(binary("global")?);
         cmd.arg("run")
             .arg("--data-dir")
             .arg(dir)
-            .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
+            .args(["--api-addr", &format!("{}:{api_port}", options.api_bind)])
             .args(["--kds-addr", &format!("127.0.0.1:{kds_port}")])
+            .args(["--api-tls-addr", &format!("127.0.0.1:{api_tls_port}")])
             .env("RUST_LOG", &options.rust_log);
         if let Some(store) = &options.store {
             cmd.args(["--store", store]);
@@ -173,6 +189,7 @@ impl GlobalProc {
             dir: dir.to_path_buf(),
             api_port,
             kds_port,
+            api_tls_port,
             api: Api::new(&base, Some(token.clone())),
             token,
             options,
@@ -223,6 +240,27 @@ impl GlobalProc {
     /// `http://127.0.0.1:<api port>{path}`.
     pub fn url(&self, path: &str) -> String {
         self.api.url(path)
+    }
+
+    /// `https://127.0.0.1:<HTTPS API port>`.
+    pub fn https_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.api_tls_port)
+    }
+
+    /// The CA of the HTTPS API's generated certificate (`<data-dir>/api-ca.pem`).
+    pub fn api_ca_file(&self) -> PathBuf {
+        self.dir.join("api-ca.pem")
+    }
+
+    /// The API over HTTPS with the admin token, trusting `api-ca.pem` only; `h2` asks for
+    /// HTTP/2 (by ALPN), else HTTP/1.1.
+    pub fn https_api(&self, h2: bool) -> Result<Api> {
+        let client = crate::api::https_client(&std::fs::read(self.api_ca_file())?, h2)?;
+        Ok(Api::with_client(
+            &self.https_url(),
+            Some(self.token.clone()),
+            client,
+        ))
     }
 
     pub fn kds_address(&self) -> String {

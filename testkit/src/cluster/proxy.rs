@@ -29,6 +29,9 @@ pub struct ProxySpec {
     pub env: Vec<(String, String)>,
     /// More `zone proxy` arguments (e.g. `--workload-api unix:///PATH`).
     pub args: Vec<String>,
+    /// `--zone-ca-file` (the zone's generated `dp-ca.pem` unless given: an operator's CA when
+    /// the zone serves `--dp-tls-cert`).
+    pub zone_ca_file: Option<PathBuf>,
 }
 
 impl ProxySpec {
@@ -42,7 +45,14 @@ impl ProxySpec {
             rust_log: log_filter(),
             env: Vec::new(),
             args: Vec::new(),
+            zone_ca_file: None,
         }
+    }
+
+    /// `--zone-ca-file FILE` instead of the zone's generated `dp-ca.pem`.
+    pub fn zone_ca_file(mut self, file: &Path) -> Self {
+        self.zone_ca_file = Some(file.to_path_buf());
+        self
     }
 
     /// More `zone proxy` arguments, after the others.
@@ -95,7 +105,11 @@ impl ProxyProc {
         let mut cmd = std::process::Command::new(binary("zone")?);
         cmd.args(["proxy", "--zone-address", &zone.dp_address()])
             .arg("--zone-ca-file")
-            .arg(zone.dp_ca_file())
+            .arg(
+                spec.zone_ca_file
+                    .clone()
+                    .unwrap_or_else(|| zone.dp_ca_file()),
+            )
             .arg("--token-file")
             .arg(token_file)
             .args(["--mesh", &spec.mesh, "--name", &spec.name])
