@@ -679,6 +679,31 @@ async fn a_reader_from_another_host_signs_in_with_a_token_kept_in_the_tab() {
         .unwrap();
     assert_eq!(b.eval("return sessionStorage.length").await.unwrap(), 0);
 
+    // A viewer's user token reads what the API lets viewers read: the same pages.
+    let viewer = global
+        .api
+        .write_ok(
+            reqwest::Method::POST,
+            "/tokens/user",
+            r#"{"name":"vera","group":"viewer"}"#,
+        )
+        .await
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    b.type_into("#token", &viewer).await.unwrap();
+    b.click("#sign-in-submit").await.unwrap();
+    let shown = b
+        .wait_for("the overview, signed in as a viewer", SHOWN, OVERVIEW)
+        .await
+        .unwrap();
+    assert_eq!(shown["meshes"][0]["mesh"], "default", "{shown}");
+    b.click("#sign-out").await.unwrap();
+    b.wait_for("the sign-in form after the viewer signs out", SHOWN, signin)
+        .await
+        .unwrap();
+
     // Every read of data carried the token once given, nothing carried a cookie, and nothing
     // went elsewhere.
     let requests = b.proxy.requests();
