@@ -262,12 +262,20 @@ impl VaultIssuer {
         self.lease_tx.send_modify(|n| *n += 1);
     }
 
-    /// Forgets the token (Vault refused it): the next request needs a login.
+    /// Tells lease changes on `tx` instead of a channel of its own (a caller that replaces its
+    /// client keeps one channel across them).
+    pub fn with_lease_changes(mut self, tx: tokio::sync::watch::Sender<u64>) -> Self {
+        self.lease_tx = tx;
+        self
+    }
+
+    /// Forgets the token's lease (Vault refused the token), and a login's token: the next
+    /// request needs a login. A given token (`auth.token`) stays, as there is no other.
     pub fn forget_token(&self) {
         if self.login.is_some() {
             *self.token.write().unwrap_or_else(|e| e.into_inner()) = None;
-            self.set_lease(None);
         }
+        self.set_lease(None);
     }
 
     /// Logs in (`auth.tls`, `auth.approle`, `auth.jwt`); nothing to do for a token or an agent.

@@ -45,6 +45,7 @@
 mod check;
 mod clock;
 mod keygen;
+mod login;
 mod outcome;
 mod policy;
 mod reconcile;
@@ -179,6 +180,8 @@ pub struct IdentityManager {
     records_due: Notify,
     next_conn: AtomicU64,
     clock: Clock,
+    /// A Vault source's login health changed (see `check::sync_login_health`).
+    login_changed: Arc<Notify>,
     me: Weak<IdentityManager>,
 }
 
@@ -186,11 +189,14 @@ impl IdentityManager {
     /// The engine of the zone `ctx`, with what the zone's store remembers (its dataplanes, the
     /// metadata of their certificates). Call [`IdentityManager::run`] to start it.
     pub fn new(ctx: Arc<ZoneCtx>, config: IssuanceConfig) -> Arc<Self> {
+        let login_changed = Arc::new(Notify::new());
         let factory = Arc::new(RealFactory {
             vault_latency: ctx.metrics.identity.vault_request_seconds.clone(),
+            vault_logins: ctx.metrics.identity.vault_logins.clone(),
+            login_changed: login_changed.clone(),
             timeouts: ctx.config.vault_timeouts,
         });
-        Self::build(ctx, config, factory, Clock::system())
+        Self::build(ctx, config, factory, Clock::system(), login_changed)
     }
 
     fn build(
@@ -198,6 +204,7 @@ impl IdentityManager {
         config: IssuanceConfig,
         factory: Arc<dyn SourceFactory>,
         clock: Clock,
+        login_changed: Arc<Notify>,
     ) -> Arc<Self> {
         let persist = match Persist::open(&ctx.store) {
             Ok(p) => Some(p),
@@ -243,6 +250,7 @@ impl IdentityManager {
             records_due: Notify::new(),
             next_conn: AtomicU64::new(1),
             clock,
+            login_changed,
             me: me.clone(),
         });
         let source: Weak<dyn StatusSource> = Arc::downgrade(&manager) as Weak<dyn StatusSource>;
