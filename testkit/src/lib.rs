@@ -5,7 +5,8 @@
 //! harness every test and scenario uses (`cluster`: OpenBao + global + zones + proxies on
 //! loopback), with what reads the proxies' files (`certs`) and a real mTLS exchange with the
 //! `openssl` command (`openssl`); disks broken on purpose (`disk`); a raw zone on the sync stream (`kds`);
-//! the real py-spiffe client in a virtualenv of its own (`python`).
+//! the real py-spiffe client in a virtualenv of its own (`python`); what looks for secrets in
+//! every log and answer of a test (`leaks`).
 
 pub mod api;
 pub mod bins;
@@ -15,6 +16,7 @@ pub mod disk;
 pub mod faketime;
 pub mod faults;
 pub mod kds;
+pub mod leaks;
 pub mod openbao;
 pub mod openssl;
 pub mod postgres;
