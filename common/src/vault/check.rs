@@ -355,8 +355,8 @@ fn login_detail(issuer: &VaultIssuer, lease: Option<super::login::Lease>) -> Str
     let token = match lease {
         Some(l) if l.ttl.is_zero() => " (a token that does not expire)".to_string(),
         Some(l) => format!(
-            " (a token for {}s, {})",
-            l.ttl.as_secs(),
+            " (a token for {}, {})",
+            human(l.ttl.as_secs() as i64),
             if l.renewable {
                 "renewable"
             } else {

@@ -9,7 +9,9 @@
 //!   are written behind, in batches, at most a second after a change and when the engine stops.
 //! - **Issuance** goes to the mesh's enabled backend through a [`source::CertSource`]: Vault
 //!   (`<pki>/issue/<role>`; one cached client per backend, rebuilt when its conf or the Secrets and
-//!   files it reads change; renewable tokens renewed), or the builtin/provided CA signing locally.
+//!   files it reads change; its token — given, or a cert, AppRole or JWT login's — kept alive by
+//!   `login`: renewed, replaced by a login before its max TTL and at once after a 403), or the
+//!   builtin/provided CA signing locally.
 //!   URI SANs come from `common::ca::leaf_uri_sans`, the lifetime is `dpCert.rotation.expiration`.
 //! - **Reuse.** A reconnecting proxy presents the chain it holds; when it chains to the current
 //!   backend's anchors, carries the SANs (and common name) for the proxy's tags, was issued under
@@ -39,8 +41,8 @@
 //! `outcome` (issuance through semaphore and breaker, success and failure), `trust` (anchors and
 //! trust bundles), `reconcile` (meshes and backends from the store), `status` (counters, status
 //! report, gauges); the state they share is `table` (a proxy's phase is its `Work`, `Health` and
-//! `Holding`), with `policy` (backoff, rotation point, breaker), `source`, `records`, `check` and
-//! `clock` below them.
+//! `Holding`), with `policy` (backoff, rotation point, breaker), `source`, `login` (the Vault
+//! token's life), `records`, `check` and `clock` below them.
 
 mod check;
 mod clock;
