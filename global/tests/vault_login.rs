@@ -134,6 +134,40 @@ async fn refused_logins_are_validation_errors_naming_the_method_and_vaults_reaso
     );
     answers.push(body.to_string());
 
+    // The Secrets the auth block names are in use: deleting one is refused, naming the field.
+    let (status, body) = g
+        .api
+        .delete("/meshes/approle/secrets/secret-id")
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.to_string()
+            .contains("mtls.backends[0].conf.fromCp.auth.approle.secretId"),
+        "{body}"
+    );
+    // A JWT file outside the --data-source-dir is not read.
+    let outside = tmp.path().join("outside.jwt");
+    std::fs::write(&outside, &jwt).unwrap();
+    let (status, body) = g
+        .api
+        .send(
+            reqwest::Method::POST,
+            "/apply",
+            &jwt_mesh(&addr, &pki_j.pki, outside.to_str().unwrap()).replace("1h", "3h"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{body}");
+    let lines = refusals(&body);
+    assert!(
+        lines.iter().any(
+            |l| l.starts_with("mtls.backends[0].conf.fromCp.auth.jwt.token")
+                && l.contains("--data-source-dir")
+        ),
+        "{lines:#?}"
+    );
+
     // A wrong secret ID: refused by apply and by its dry run; nothing stored.
     let wrong = approle_mesh(&addr, &pki_a.pki, &role_id, "0000-not-the-secret-id")
         .replace("expiration: 1h", "expiration: 2h");

@@ -543,6 +543,8 @@ pub struct VaultSource {
     material: Mutex<String>,
     /// Serializes rebuilding the client.
     rebuild: tokio::sync::Mutex<()>,
+    /// Why the last rebuild failed (Vault away), so that it is logged once.
+    rebuild_error: Mutex<Option<String>>,
     chains: Mutex<HashMap<String, Arc<ChainParts>>>,
     /// The chain of the last issuance as Vault returned it, and its parts: nearly every
     /// issuance returns the same CA chain, recognised here by comparison, without hashing it.
@@ -605,6 +607,7 @@ impl VaultSource {
             issuer: RwLock::new(Arc::new(issuer)),
             material: Mutex::new(material),
             rebuild: tokio::sync::Mutex::new(()),
+            rebuild_error: Mutex::new(None),
             chains: Mutex::new(HashMap::new()),
             last_chain: Mutex::new(None),
             keeper: Mutex::new(None),
@@ -680,20 +683,29 @@ impl VaultSource {
         if *self.material.lock().unwrap_or_else(|e| e.into_inner()) == material {
             return None;
         }
-        // Whatever comes of it, these credentials were tried: not again until they change.
-        *self.material.lock().unwrap_or_else(|e| e.into_inner()) = material;
         match self.connect().await {
             Ok(issuer) => {
                 *self.issuer.write().unwrap_or_else(|e| e.into_inner()) = issuer;
+                *self.material.lock().unwrap_or_else(|e| e.into_inner()) = material;
+                *self.rebuild_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 self.epoch.send_modify(|n| *n += 1);
                 tracing::info!(mesh = %self.mesh, backend = %self.backend, "Vault credentials changed: client rebuilt");
                 Some(Ok(()))
             }
             Err(e) => {
-                tracing::warn!(mesh = %self.mesh, backend = %self.backend, error = %e, "cannot rebuild the Vault client");
                 let message = e.to_string();
                 if matches!(e, VaultError::LoginRefused { .. } | VaultError::Conf { .. }) {
+                    // Refused credentials are not tried again until they change (a new client
+                    // has no backoff of its own); Vault being away is no verdict on them.
+                    *self.material.lock().unwrap_or_else(|e| e.into_inner()) = material;
                     self.set_health(Err(message.clone()));
+                } else {
+                    // Tried again on the next poll or refusal: said once per reason.
+                    let mut last = self.rebuild_error.lock().unwrap_or_else(|e| e.into_inner());
+                    if last.as_deref() != Some(message.as_str()) {
+                        tracing::warn!(mesh = %self.mesh, backend = %self.backend, error = %e, "cannot rebuild the Vault client");
+                        *last = Some(message.clone());
+                    }
                 }
                 Some(Err(message))
             }
