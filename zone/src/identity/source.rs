@@ -505,18 +505,24 @@ async fn connect_with(
 ) -> Result<VaultIssuer, VaultError> {
     let issuer =
         VaultIssuer::from_conf(mesh, from_cp, store, timeouts)?.with_lease_changes(epoch.clone());
-    let (logins, mesh, backend) = (logins.clone(), mesh.to_string(), backend.to_string());
+    let (logins, m, b) = (logins.clone(), mesh.to_string(), backend.to_string());
     issuer.set_login_observer(Arc::new(move |method, ok| {
         logins
             .get_or_create(&LoginLabels {
-                mesh: mesh.clone(),
-                backend: backend.clone(),
+                mesh: m.clone(),
+                backend: b.clone(),
                 method: method.as_str().to_string(),
                 result: if ok { "ok" } else { "refused" }.to_string(),
             })
             .inc();
     }));
     issuer.authenticate().await?;
+    if issuer.auth_mode() == AuthMode::Token {
+        // A given token: its TTL says whether (and when) to renew it.
+        if let Err(e) = issuer.read_lease().await {
+            tracing::debug!(mesh = %mesh, backend = %backend, error = %e, "cannot look up the Vault token; it is not renewed");
+        }
+    }
     Ok(issuer)
 }
 
@@ -587,12 +593,6 @@ impl VaultSource {
         )
         .await
         .map_err(|e| SourceError::from_vault(&e))?;
-        if issuer.auth_mode() == AuthMode::Token {
-            // A given token: its TTL says whether (and when) to renew it.
-            if let Err(e) = issuer.read_lease().await {
-                tracing::debug!(mesh = %mesh, backend = %backend, error = %e, "cannot look up the Vault token; it is not renewed");
-            }
-        }
         let logs_in = issuer.can_login();
         let src = Arc::new(Self {
             mesh: mesh.to_string(),
