@@ -202,64 +202,54 @@ impl VaultIssuer {
         let auth = if via_agent {
             AuthMode::Agent
         } else {
-            match auth_conf.methods().as_slice() {
-                [] => {
-                    return Err(conf_err(
-                        "fromCp.auth",
-                        "one of token, tls, approle, jwt must be set (or agentAddress)",
-                    ));
-                }
-                [_, _, ..] => {
-                    return Err(conf_err(
-                        "fromCp.auth",
-                        "exactly one of token, tls, approle, jwt must be set",
-                    ));
-                }
-                ["token"] => {
-                    let ds = auth_conf.token.as_ref().expect("set");
-                    token = Some(credential(
-                        ds,
-                        "fromCp.auth.token",
-                        "a Vault token",
-                        mesh,
-                        secrets,
-                    )?);
-                    AuthMode::Token
-                }
-                ["tls"] => {
-                    let tls = auth_conf.tls.as_ref().expect("set");
-                    let cert_ds = tls
-                        .client_cert
-                        .as_ref()
-                        .ok_or_else(|| conf_err("fromCp.auth.tls.clientCert", "must be set"))?;
-                    let key_ds = tls
-                        .client_key
-                        .as_ref()
-                        .ok_or_else(|| conf_err("fromCp.auth.tls.clientKey", "must be set"))?;
-                    let cert_pem = resolve(cert_ds, "fromCp.auth.tls.clientCert", mesh, secrets)?;
-                    let key_pem = resolve(key_ds, "fromCp.auth.tls.clientKey", mesh, secrets)?;
-                    let certs = parse_certs(&cert_pem, "fromCp.auth.tls.clientCert")?;
-                    // The parse error of a key never includes the key itself.
-                    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
-                        conf_err(
-                            "fromCp.auth.tls.clientKey",
-                            "not a PEM private key (PKCS#8, SEC1 or PKCS#1)",
-                        )
-                    })?;
-                    client = Some((certs, key));
-                    login = Some(Login::Cert);
-                    AuthMode::Cert
-                }
-                ["approle"] => {
-                    let a = auth_conf.approle.as_ref().expect("set");
-                    login = Some(Login::approle(a, mesh, secrets)?);
-                    AuthMode::AppRole
-                }
-                _ => {
-                    let j = auth_conf.jwt.as_ref().expect("one method is set");
-                    login = Some(Login::jwt(j, mesh, secrets)?);
-                    AuthMode::Jwt
-                }
+            if auth_conf.methods().len() > 1 {
+                return Err(conf_err(
+                    "fromCp.auth",
+                    "exactly one of token, tls, approle, jwt must be set",
+                ));
+            }
+            if let Some(ds) = &auth_conf.token {
+                token = Some(credential(
+                    ds,
+                    "fromCp.auth.token",
+                    "a Vault token",
+                    mesh,
+                    secrets,
+                )?);
+                AuthMode::Token
+            } else if let Some(tls) = &auth_conf.tls {
+                let cert_ds = tls
+                    .client_cert
+                    .as_ref()
+                    .ok_or_else(|| conf_err("fromCp.auth.tls.clientCert", "must be set"))?;
+                let key_ds = tls
+                    .client_key
+                    .as_ref()
+                    .ok_or_else(|| conf_err("fromCp.auth.tls.clientKey", "must be set"))?;
+                let cert_pem = resolve(cert_ds, "fromCp.auth.tls.clientCert", mesh, secrets)?;
+                let key_pem = resolve(key_ds, "fromCp.auth.tls.clientKey", mesh, secrets)?;
+                let certs = parse_certs(&cert_pem, "fromCp.auth.tls.clientCert")?;
+                // The parse error of a key never includes the key itself.
+                let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
+                    conf_err(
+                        "fromCp.auth.tls.clientKey",
+                        "not a PEM private key (PKCS#8, SEC1 or PKCS#1)",
+                    )
+                })?;
+                client = Some((certs, key));
+                login = Some(Login::Cert);
+                AuthMode::Cert
+            } else if let Some(a) = &auth_conf.approle {
+                login = Some(Login::approle(a, mesh, secrets)?);
+                AuthMode::AppRole
+            } else if let Some(j) = &auth_conf.jwt {
+                login = Some(Login::jwt(j, mesh, secrets)?);
+                AuthMode::Jwt
+            } else {
+                return Err(conf_err(
+                    "fromCp.auth",
+                    "one of token, tls, approle, jwt must be set (or agentAddress)",
+                ));
             }
         };
 
