@@ -389,6 +389,7 @@ pub struct VaultTls {
     pub server_name: String,
 }
 
+/// `conf.fromCp.auth`: exactly one of `token`, `tls`, `approle`, `jwt` (checked by validation).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct VaultAuth {
@@ -396,6 +397,55 @@ pub struct VaultAuth {
     pub token: Option<DataSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<VaultAuthTls>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approle: Option<VaultAuthAppRole>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<VaultAuthJwt>,
+}
+
+/// The mount of AppRole auth when `auth.approle.mount` is not set.
+pub const DEFAULT_APPROLE_MOUNT: &str = "approle";
+/// The mount of JWT auth when `auth.jwt.mount` is not set.
+pub const DEFAULT_JWT_MOUNT: &str = "jwt";
+
+impl VaultAuth {
+    /// The names of the methods set (`token`, `tls`, `approle`, `jwt`), in that order.
+    pub fn methods(&self) -> Vec<&'static str> {
+        [
+            ("token", self.token.is_some()),
+            ("tls", self.tls.is_some()),
+            ("approle", self.approle.is_some()),
+            ("jwt", self.jwt.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, set)| *set)
+        .map(|(name, _)| name)
+        .collect()
+    }
+
+    /// Every data source of the block, with its field below `auth` (`token`,
+    /// `tls.clientCert`, `approle.secretId`, `jwt.token`...): what a login is made of.
+    pub fn data_sources(&self) -> Vec<(&'static str, &DataSource)> {
+        let tls = self.tls.as_ref();
+        let approle = self.approle.as_ref();
+        [
+            ("token", self.token.as_ref()),
+            ("tls.clientCert", tls.and_then(|t| t.client_cert.as_ref())),
+            ("tls.clientKey", tls.and_then(|t| t.client_key.as_ref())),
+            ("approle.roleId", approle.and_then(|a| a.role_id.as_ref())),
+            (
+                "approle.secretId",
+                approle.and_then(|a| a.secret_id.as_ref()),
+            ),
+            (
+                "jwt.token",
+                self.jwt.as_ref().and_then(|j| j.token.as_ref()),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(field, ds)| ds.map(|ds| (field, ds)))
+        .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -405,6 +455,55 @@ pub struct VaultAuthTls {
     pub client_key: Option<DataSource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_cert: Option<DataSource>,
+}
+
+/// `auth.approle`: a Vault AppRole login (`auth/<mount>/login` with `role_id` and `secret_id`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VaultAuthAppRole {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_id: Option<DataSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_id: Option<DataSource>,
+    /// Where AppRole auth is enabled (default [`DEFAULT_APPROLE_MOUNT`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mount: String,
+}
+
+impl VaultAuthAppRole {
+    /// `mount`, or [`DEFAULT_APPROLE_MOUNT`].
+    pub fn mount_or_default(&self) -> &str {
+        mount_or(&self.mount, DEFAULT_APPROLE_MOUNT)
+    }
+}
+
+/// `auth.jwt`: a Vault JWT login (`auth/<mount>/login` with `role` and `jwt`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VaultAuthJwt {
+    /// The role of the JWT auth method to log in with.
+    #[serde(default)]
+    pub role: String,
+    /// The JWT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<DataSource>,
+    /// Where JWT auth is enabled (default [`DEFAULT_JWT_MOUNT`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mount: String,
+}
+
+impl VaultAuthJwt {
+    /// `mount`, or [`DEFAULT_JWT_MOUNT`].
+    pub fn mount_or_default(&self) -> &str {
+        mount_or(&self.mount, DEFAULT_JWT_MOUNT)
+    }
+}
+
+fn mount_or<'a>(mount: &'a str, default: &'a str) -> &'a str {
+    match mount.trim().trim_matches('/') {
+        "" => default,
+        m => m,
+    }
 }
 
 /// Where a piece of configuration data comes from: exactly one field must be set (checked by

@@ -296,25 +296,30 @@ fn validate_from_cp(
         }
     }
 
-    // Authentication: exactly one of token or tls (none needed through a Vault Agent).
+    // Authentication: exactly one of token, tls, approle or jwt (none needed through a Vault
+    // Agent).
     let auth_field = format!("{base}.auth");
     match &fc.auth {
         None if fc.agent_address.is_empty() => errs.push(
             auth_field,
-            "missing: set exactly one of auth.token or auth.tls (or agentAddress, to go through a Vault Agent)",
+            "missing: set exactly one of auth.token, auth.tls, auth.approle or auth.jwt (or agentAddress, to go through a Vault Agent)",
         ),
         None => {}
         Some(auth) => {
-            match (&auth.token, &auth.tls) {
-                (Some(_), Some(_)) => errs.push(
+            let methods = auth.methods();
+            match methods.len() {
+                1 => {}
+                0 => errs.push(
                     &auth_field,
-                    "exactly one of token or tls must be set, found both: keep the one Vault is configured for",
+                    "exactly one of token, tls, approle or jwt must be set, found none",
                 ),
-                (None, None) => errs.push(
+                _ => errs.push(
                     &auth_field,
-                    "exactly one of token or tls must be set, found neither",
+                    format!(
+                        "exactly one of token, tls, approle or jwt must be set, found {}: keep the one Vault is configured for",
+                        methods.join(" and ")
+                    ),
                 ),
-                _ => {}
             }
             if let Some(token) = &auth.token {
                 validate_data_source(&format!("{auth_field}.token"), token, mesh, secrets, errs);
@@ -329,8 +334,59 @@ fn validate_from_cp(
                     required_data_source(&field, ds.as_ref(), missing, mesh, secrets, errs);
                 }
             }
+            if let Some(approle) = &auth.approle {
+                let base = format!("{auth_field}.approle");
+                for (key, ds, what) in [
+                    ("roleId", &approle.role_id, "the role ID (vault read auth/approle/role/NAME/role-id)"),
+                    ("secretId", &approle.secret_id, "a secret ID (vault write -f auth/approle/role/NAME/secret-id)"),
+                ] {
+                    let missing = format!("missing: an AppRole login needs {what} as a data source");
+                    required_data_source(&format!("{base}.{key}"), ds.as_ref(), missing, mesh, secrets, errs);
+                }
+                check_auth_mount(&format!("{base}.mount"), &approle.mount, errs);
+            }
+            if let Some(jwt) = &auth.jwt {
+                let base = format!("{auth_field}.jwt");
+                let role_field = format!("{base}.role");
+                if jwt.role.trim().is_empty() {
+                    errs.push(
+                        role_field,
+                        "missing: the role of Vault's JWT auth method to log in with (vault write auth/jwt/role/NAME ...)",
+                    );
+                } else if !too_long(&role_field, &jwt.role, errs) {
+                    check_vault_path(&role_field, &jwt.role, false, errs);
+                }
+                required_data_source(
+                    &format!("{base}.token"),
+                    jwt.token.as_ref(),
+                    "missing: a JWT login needs the JWT as a data source (e.g. file: /var/run/secrets/tokens/vault)".to_string(),
+                    mesh,
+                    secrets,
+                    errs,
+                );
+                check_auth_mount(&format!("{base}.mount"), &jwt.mount, errs);
+            }
         }
     }
+}
+
+/// The mount of an auth method (`approle`, `jwt`, `auth/` not included): empty for the default,
+/// else a Vault path.
+fn check_auth_mount(field: &str, mount: &str, errs: &mut ValidationErrors) {
+    if mount.is_empty() || too_long(field, mount, errs) {
+        return;
+    }
+    if mount.trim_matches('/').starts_with("auth/") {
+        errs.push(
+            field,
+            format!(
+                "the mount is given without auth/ (e.g. approle for auth/approle), found {}",
+                show(mount)
+            ),
+        );
+        return;
+    }
+    check_vault_path(field, mount, true, errs);
 }
 
 /// A data source that must be set: `missing` when it is not, else [`validate_data_source`].
@@ -937,7 +993,7 @@ mod tests {
             );
             assert_eq!(
                 reason(&e, &format!("{FC}.auth")),
-                "exactly one of token or tls must be set, found both: keep the one Vault is configured for"
+                "exactly one of token, tls, approle or jwt must be set, found token and tls: keep the one Vault is configured for"
             );
             assert_eq!(
                 reason(&e, &format!("{FC}.auth.token.secret")),
@@ -1044,6 +1100,61 @@ mod tests {
     #[test]
     fn base_mesh_is_valid() {
         validate_mesh(&mesh_from(base()), &seed_secrets()).unwrap();
+    }
+
+    /// SPEC.md's `auth.approle` and `auth.jwt`, in the Universal and the Kubernetes form: both
+    /// parse to the same Mesh and validate; the Secrets they name must exist in the mesh.
+    #[test]
+    fn approle_and_jwt_blocks_validate_in_both_forms() {
+        let auth_universal = [
+            "        auth:\n          approle:\n            roleId: { inlineString: 0d8d-role }\n            secretId: { secret: approle-1 }\n",
+            "        auth:\n          jwt:\n            role: kmesh\n            token: { file: /var/run/kmesh/jwt }\n            mount: jwt/k8s\n",
+        ];
+        for auth in auth_universal {
+            let universal = format!(
+                "type: Mesh\nname: default\nmtls:\n  enabledBackend: vault-1\n  backends:\n  - name: vault-1\n    type: vault\n    conf:\n      fromCp:\n        address: http://vault:8200\n        namespace: team-a\n        pki: kmesh-pki-default\n        role: dataplane-proxies\n{auth}"
+            );
+            // The same block one level deeper, under spec.
+            let indented: String = auth.lines().map(|l| format!("  {l}\n")).collect();
+            let kubernetes = format!(
+                "apiVersion: kuma.io/v1alpha1\nkind: Mesh\nmetadata:\n  name: default\nspec:\n  mtls:\n    enabledBackend: vault-1\n    backends:\n    - name: vault-1\n      type: vault\n      conf:\n        fromCp:\n          address: http://vault:8200\n          namespace: team-a\n          pki: kmesh-pki-default\n          role: dataplane-proxies\n{indented}"
+            );
+            let u = parse_mesh(&universal);
+            let k = parse_mesh(&kubernetes);
+            assert_eq!(u, k, "{universal}\n{kubernetes}");
+            let mut secrets = SecretMap::default();
+            secrets.insert("default", "approle-1", b"secret-id".to_vec());
+            validate_mesh(&u, &secrets).unwrap();
+            let BackendConf::Vault(v) = u.backends()[0].typed_conf().unwrap() else {
+                panic!("not vault")
+            };
+            let a = v.from_cp.unwrap().auth.unwrap();
+            assert_eq!(a.methods().len(), 1);
+            if let Some(approle) = &a.approle {
+                assert_eq!(approle.mount_or_default(), "approle");
+                let sources: Vec<&str> = a.data_sources().iter().map(|(f, _)| *f).collect();
+                assert_eq!(sources, ["approle.roleId", "approle.secretId"]);
+                // Without its Secret the mesh is refused, naming the field.
+                let e = validate_mesh(&u, &SecretMap::default()).unwrap_err();
+                assert_eq!(
+                    fields(&e),
+                    ["mtls.backends[0].conf.fromCp.auth.approle.secretId.secret"]
+                );
+            }
+            if let Some(jwt) = &a.jwt {
+                assert_eq!(
+                    (jwt.role.as_str(), jwt.mount_or_default()),
+                    ("kmesh", "jwt/k8s")
+                );
+                assert_eq!(
+                    crate::datasource::file_sources(&u),
+                    [(
+                        "mtls.backends[0].conf.fromCp.auth.jwt.token.file".to_string(),
+                        "/var/run/kmesh/jwt".to_string()
+                    )]
+                );
+            }
+        }
     }
 
     type Edit = fn(&mut Value);
@@ -1244,6 +1355,77 @@ mod tests {
                 "auth tls incomplete",
                 |v| fc(v)["auth"] = json!({"tls": {"clientKey": {"file": "/k.pem"}}}),
                 vec!["mtls.backends[0].conf.fromCp.auth.tls.clientCert"],
+            ),
+            (
+                "token and approle",
+                |v| {
+                    fc(v)["auth"]["approle"] =
+                        json!({"roleId": {"inlineString": "r"}, "secretId": {"secret": "token-1"}})
+                },
+                vec!["mtls.backends[0].conf.fromCp.auth"],
+            ),
+            (
+                "approle and jwt",
+                |v| {
+                    fc(v)["auth"] = json!({
+                        "approle": {"roleId": {"inlineString": "r"}, "secretId": {"secret": "token-1"}},
+                        "jwt": {"role": "kmesh", "token": {"file": "/var/run/jwt"}}
+                    })
+                },
+                vec!["mtls.backends[0].conf.fromCp.auth"],
+            ),
+            (
+                "approle without roleId, secretId from a missing Secret",
+                |v| fc(v)["auth"] = json!({"approle": {"secretId": {"secret": "approle-9"}}}),
+                vec![
+                    "mtls.backends[0].conf.fromCp.auth.approle.roleId",
+                    "mtls.backends[0].conf.fromCp.auth.approle.secretId.secret",
+                ],
+            ),
+            (
+                "approle mount with auth/ and a bad secretId source",
+                |v| {
+                    fc(v)["auth"] = json!({"approle": {
+                        "roleId": {"inlineString": "r"},
+                        "secretId": {"file": "secret-id"},
+                        "mount": "auth/approle"
+                    }})
+                },
+                vec![
+                    "mtls.backends[0].conf.fromCp.auth.approle.secretId.file",
+                    "mtls.backends[0].conf.fromCp.auth.approle.mount",
+                ],
+            ),
+            (
+                "approle unknown field",
+                |v| {
+                    fc(v)["auth"] = json!({"approle": {
+                        "roleId": {"inlineString": "r"},
+                        "secretId": {"inlineString": "s"},
+                        "secret_id": "s"
+                    }})
+                },
+                vec!["mtls.backends[0].conf.fromCp.auth.approle.secret_id"],
+            ),
+            (
+                "jwt without role nor token",
+                |v| fc(v)["auth"] = json!({"jwt": {"mount": "jwt/k8s"}}),
+                vec![
+                    "mtls.backends[0].conf.fromCp.auth.jwt.role",
+                    "mtls.backends[0].conf.fromCp.auth.jwt.token",
+                ],
+            ),
+            (
+                "jwt role with slash, mount with spaces",
+                |v| {
+                    fc(v)["auth"] = json!({"jwt": {
+                        "role": "a/b", "token": {"inlineString": "x.y.z"}, "mount": "my jwt"
+                    }})
+                },
+                vec![
+                    "mtls.backends[0].conf.fromCp.auth.jwt.role",
+                    "mtls.backends[0].conf.fromCp.auth.jwt.mount",
+                ],
             ),
             (
                 "data source with two fields",

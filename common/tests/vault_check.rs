@@ -64,7 +64,7 @@ fn token_conf(address: &str, pki: &str, role: &str, token: &str) -> FromCp {
         role: role.to_string(),
         auth: Some(VaultAuth {
             token: Some(DataSource::inline_string(token)),
-            tls: None,
+            ..Default::default()
         }),
         ..Default::default()
     }
@@ -512,11 +512,11 @@ async fn tls_client_certificate_auth() {
                 ..Default::default()
             }),
             auth: Some(VaultAuth {
-                token: None,
                 tls: Some(VaultAuthTls {
                     client_key: Some(DataSource::secret(&format!("{name}-key"))),
                     client_cert: Some(DataSource::file(cert_path.to_str().unwrap())),
                 }),
+                ..Default::default()
             }),
             ..Default::default()
         }

@@ -7,7 +7,8 @@
 //! `openssl` command (`openssl`); disks broken on purpose (`disk`); a raw zone on the sync stream (`kds`);
 //! the real py-spiffe client in a virtualenv of its own (`python`); a real headless Chromium
 //! behind a proxy that records every host it asks for (`browser`); an operator's own PKI for the
-//! listeners that take one (`pki`).
+//! listeners that take one (`pki`); what looks for secrets in every log and answer of a test
+//! (`leaks`).
 
 pub mod api;
 pub mod bins;
@@ -18,6 +19,7 @@ pub mod disk;
 pub mod faketime;
 pub mod faults;
 pub mod kds;
+pub mod leaks;
 pub mod openbao;
 pub mod openssl;
 pub mod pki;

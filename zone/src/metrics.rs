@@ -129,6 +129,16 @@ pub struct BackendLabels {
     pub backend: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LoginLabels {
+    pub mesh: String,
+    pub backend: String,
+    /// tls, approle or jwt.
+    pub method: String,
+    /// ok or refused (by Vault, or Vault could not be reached).
+    pub result: String,
+}
+
 /// Metrics of proxy certificate issuance (`zone/src/identity`).
 pub struct IdentityMetrics {
     pub issued: Family<BackendTypeLabels, Counter>,
@@ -139,6 +149,8 @@ pub struct IdentityMetrics {
     /// Issuance requests sent to a backend (each retry counts).
     pub attempts: Counter,
     pub vault_request_seconds: Histogram,
+    /// Login attempts of the zone's Vault clients (their own checks' logins are not counted).
+    pub vault_logins: Family<LoginLabels, Counter>,
     /// Seconds until the earliest certificate of a connected proxy expires (negative: expired).
     pub earliest_expiry_seconds: Gauge,
     /// 0 closed, 1 open, 2 half-open.
@@ -185,6 +197,12 @@ impl IdentityMetrics {
                 "vault_request_seconds",
                 "Latency of certificate requests to Vault",
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            ),
+            vault_logins: register(
+                r,
+                "vault_logins",
+                "Logins of the zone's Vault clients (auth.tls, auth.approle, auth.jwt), per mesh, backend, method and result (ok, refused)",
+                Family::default(),
             ),
             earliest_expiry_seconds: register(
                 r,

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::client::{AuthMode, VaultIssuer};
-use super::error::{CERT_AUTH_MOUNT, VaultError};
+use super::error::VaultError;
 use super::issued::{IssueRequest, IssuedCert};
 use super::timeouts::Timeouts;
 use crate::datasource::SecretLookup;
@@ -154,6 +154,10 @@ const LIFETIME_SLACK_SECS: i64 = 90;
 /// - `keyUsage`: a certificate without a Key Usage extension passes with a warning (the page's
 ///   `KeyUsage*` spellings are accepted but ignored by OpenBao).
 ///
+/// The `auth` step logs in (`auth.tls`, `auth.approle`, `auth.jwt`, inside the namespace); a
+/// refused login fails it with Vault's reason, blaming `conf.fromCp.auth.<method>`. The token of
+/// that login is revoked when the check ends.
+///
 /// Vault's own warnings are passed through. Every request is bounded by `timeouts`. Never
 /// panics; every outcome is in the report.
 pub async fn check_backend(
@@ -163,7 +167,20 @@ pub async fn check_backend(
     timeouts: Timeouts,
 ) -> VaultCheckReport {
     let mut report = VaultCheckReport::new(mesh, &backend.name);
+    if let Some(issuer) = check_steps(&mut report, mesh, backend, secrets, timeouts).await {
+        issuer.revoke_login().await;
+    }
+    report
+}
 
+/// The steps of [`check_backend`]; the client, once one was built.
+async fn check_steps(
+    report: &mut VaultCheckReport,
+    mesh: &str,
+    backend: &Backend,
+    secrets: &dyn SecretLookup,
+    timeouts: Timeouts,
+) -> Option<VaultIssuer> {
     // conf
     let from_cp = match backend.typed_conf() {
         Ok(BackendConf::Vault(v)) => match v.from_cp {
@@ -174,7 +191,7 @@ pub async fn check_backend(
                     "conf.fromCp must be set",
                     Some("conf.fromCp".to_string()),
                 );
-                return report;
+                return None;
             }
         },
         Ok(_) => {
@@ -183,7 +200,7 @@ pub async fn check_backend(
                 format!("backend type is {:?}, not vault", backend.type_),
                 Some("type".to_string()),
             );
-            return report;
+            return None;
         }
         Err(e) => {
             let field = if e.path.is_empty() {
@@ -192,14 +209,14 @@ pub async fn check_backend(
                 format!("conf.{}", e.path)
             };
             report.fail("conf", format!("{field}: {}", e.reason), Some(field));
-            return report;
+            return None;
         }
     };
     let issuer = match VaultIssuer::from_conf(mesh, &from_cp, secrets, timeouts) {
         Ok(i) => i,
         Err(e) => {
             report.fail_err("conf", &e);
-            return report;
+            return None;
         }
     };
     report.pass(
@@ -222,20 +239,17 @@ pub async fn check_backend(
         ),
         Err(e) => {
             report.fail_err("connect", &e);
-            return report;
+            return Some(issuer);
         }
     }
 
     // auth
     match issuer.auth {
-        AuthMode::Cert => match issuer.authenticate().await {
-            Ok(()) => report.pass(
-                "auth",
-                format!("logged in at auth/{CERT_AUTH_MOUNT}/login with the client certificate"),
-            ),
+        AuthMode::Cert | AuthMode::AppRole | AuthMode::Jwt => match issuer.login().await {
+            Ok(lease) => report.pass("auth", login_detail(&issuer, lease)),
             Err(e) => {
                 report.fail_err("auth", &e);
-                return report;
+                return Some(issuer);
             }
         },
         AuthMode::Token => report.pass(
@@ -256,7 +270,7 @@ pub async fn check_backend(
         Ok(cn) => cn,
         Err(e) => {
             report.fail_err("issue", &e);
-            return report;
+            return Some(issuer);
         }
     };
     let ttl = backend.dp_cert_expiration();
@@ -281,7 +295,7 @@ pub async fn check_backend(
                 Ok(m) => m,
                 Err(e) => {
                     report.fail("issue", e.to_string(), None);
-                    return report;
+                    return Some(issuer);
                 }
             };
             let csr_pem = crate::csr::pem_of(&made.csr_der);
@@ -304,7 +318,7 @@ pub async fn check_backend(
                             ),
                             Some("dpCert.keyType".to_string()),
                         );
-                        return report;
+                        return Some(issuer);
                     }
                     Err(e)
                 }
@@ -315,11 +329,43 @@ pub async fn check_backend(
         Ok(c) => c,
         Err(e) => {
             report.fail_err("issue", &e);
-            return report;
+            return Some(issuer);
         }
     };
-    inspect_test_certificate(&mut report, &issuer, &req, &cert, started, style);
-    report
+    inspect_test_certificate(report, &issuer, &req, &cert, started, style);
+    Some(issuer)
+}
+
+/// What the `auth` step says of a login: where, with what, and the token it gave.
+fn login_detail(issuer: &VaultIssuer, lease: Option<super::login::Lease>) -> String {
+    let mount = issuer.login_mount().unwrap_or_default();
+    let with = match issuer.auth {
+        AuthMode::Cert => "the client certificate".to_string(),
+        AuthMode::AppRole => "the role ID and secret ID of auth.approle".to_string(),
+        AuthMode::Jwt => format!(
+            "the JWT of auth.jwt as role {}",
+            issuer.login_role().unwrap_or_default()
+        ),
+        AuthMode::Token | AuthMode::Agent => String::new(),
+    };
+    let ns = issuer
+        .namespace()
+        .map(|n| format!(" in namespace {n}"))
+        .unwrap_or_default();
+    let token = match lease {
+        Some(l) if l.ttl.is_zero() => " (a token that does not expire)".to_string(),
+        Some(l) => format!(
+            " (a token for {}, {})",
+            human(l.ttl.as_secs() as i64),
+            if l.renewable {
+                "renewable"
+            } else {
+                "not renewable"
+            }
+        ),
+        None => String::new(),
+    };
+    format!("logged in at auth/{mount}/login{ns} with {with}{token}")
 }
 
 /// The checks of a test certificate Vault issued for `req` (asked at unix `started`): parses,

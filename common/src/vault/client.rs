@@ -1,38 +1,30 @@
 //! The client of one vault backend, [`VaultIssuer`], built from a backend's `conf.fromCp` (data
 //! sources resolved) and a [`Timeouts`]: it talks to the Vault address (or, when `agentAddress`
 //! is set, to a Vault Agent that adds the token itself), sends `X-Vault-Namespace`, uses the TLS
-//! of [`super::tls`], and authenticates with a token or with a TLS client certificate
-//! (`auth/cert/login`, through vaultrs). It issues from `<pki>/issue/<role>`, reads `sys/health`,
-//! the token's TTL and the PKI's CA chain; failures are classified by [`super::error`]. The
-//! token never appears in `Debug` output.
+//! of [`super::tls`], and authenticates with a token or logs in ([`super::login`]: a TLS client
+//! certificate, AppRole or JWT, inside the namespace). It issues from `<pki>/issue/<role>` (a
+//! login's token refused with 403 makes it log in again once and retry), reads `sys/health`,
+//! the token's TTL and the PKI's CA chain; failures are classified by [`super::error`]. Tokens
+//! and credentials never appear in `Debug` output.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::RwLock;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{PrivateKeyDer, ServerName};
 
 use super::error::{
-    CERT_AUTH_MOUNT, Ctx, VaultError, classify_body, classify_transport, classify_vaultrs,
-    conf_err, retry_after_header,
+    Ctx, LoginMethod, VaultError, classify_body, classify_transport, conf_err, retry_after_header,
 };
 use super::issued::{IssueAnswer, IssueRequest, IssuedCert, TokenInfo};
+use super::login::{Held, Lease, Login, LoginObserver, Secret, credential};
 use super::timeouts::Timeouts;
 use super::tls::{TlsSettings, parse_certs, rustls_config};
 use crate::datasource::SecretLookup;
 use crate::model::{DataSource, FromCp};
-
-/// A secret string (a token): `Debug` and `Display` never show it.
-#[derive(Clone, PartialEq, Eq)]
-struct Secret(String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
 
 /// The [`TokenInfo`] of Vault's `data` (lookup) or `auth` (renewal) object, its TTL in `ttl_key`.
 fn token_info_of(v: &serde_json::Value, ttl_key: &str) -> TokenInfo {
@@ -43,7 +35,7 @@ fn token_info_of(v: &serde_json::Value, ttl_key: &str) -> TokenInfo {
 }
 
 /// Reads the data source at `field` of the conf.
-fn resolve(
+pub(super) fn resolve(
     ds: &DataSource,
     field: &str,
     mesh: &str,
@@ -55,28 +47,68 @@ fn resolve(
 
 /// How a client authenticates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum AuthMode {
+pub enum AuthMode {
     /// A token from `auth.token`.
     Token,
     /// A token from `auth/cert/login` with the client certificate of `auth.tls`.
     Cert,
+    /// A token from `auth/<mount>/login` with the role ID and secret ID of `auth.approle`.
+    AppRole,
+    /// A token from `auth/<mount>/login` with the role and JWT of `auth.jwt`.
+    Jwt,
     /// `agentAddress`: the agent adds its own token.
     Agent,
+}
+
+impl AuthMode {
+    /// `token`, `tls`, `approle`, `jwt` (the keys of `conf.fromCp.auth`), or `agent`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Token => "token",
+            AuthMode::Cert => "tls",
+            AuthMode::AppRole => "approle",
+            AuthMode::Jwt => "jwt",
+            AuthMode::Agent => "agent",
+        }
+    }
+
+    /// The login it makes, if it logs in.
+    pub fn login_method(self) -> Option<LoginMethod> {
+        match self {
+            AuthMode::Cert => Some(LoginMethod::Cert),
+            AuthMode::AppRole => Some(LoginMethod::AppRole),
+            AuthMode::Jwt => Some(LoginMethod::Jwt),
+            AuthMode::Token | AuthMode::Agent => None,
+        }
+    }
 }
 
 /// A client of one vault backend: issues proxy certificates from `<pki>/issue/<role>`. Not
 /// `Clone`: share it in an `Arc` (issuing is `&self` and concurrent).
 pub struct VaultIssuer {
-    mesh: String,
-    address: String,
+    pub(super) mesh: String,
+    pub(super) address: String,
     pub(super) auth: AuthMode,
-    namespace: Option<String>,
+    pub(super) namespace: Option<String>,
     pki: String,
     role: String,
     common_name: Option<String>,
-    http: reqwest::Client,
-    token: RwLock<Option<Secret>>,
-    timeouts: Timeouts,
+    pub(super) http: reqwest::Client,
+    pub(super) token: RwLock<Option<Secret>>,
+    pub(super) timeouts: Timeouts,
+    /// The credentials of a login (`auth.tls`, `auth.approle`, `auth.jwt`).
+    pub(super) login: Option<Login>,
+    /// The lease of the token in use, once known (a login's, a renewal's, a lookup's).
+    pub(super) lease: Mutex<Option<Lease>>,
+    /// Bumped whenever `lease` changes.
+    pub(super) lease_tx: tokio::sync::watch::Sender<u64>,
+    /// Successful logins so far: which token a request was made with.
+    pub(super) logins: AtomicU64,
+    /// Serializes logins.
+    pub(super) gate: tokio::sync::Mutex<()>,
+    /// A refused login's error, held for its backoff.
+    pub(super) held: Mutex<Held>,
+    pub(super) observer: OnceLock<LoginObserver>,
 }
 
 impl fmt::Debug for VaultIssuer {
@@ -84,7 +116,7 @@ impl fmt::Debug for VaultIssuer {
         f.debug_struct("VaultIssuer")
             .field("mesh", &self.mesh)
             .field("address", &self.address)
-            .field("auth", &self.auth)
+            .field("auth", &self.auth.as_str())
             .field("namespace", &self.namespace)
             .field("pki", &self.pki)
             .field("role", &self.role)
@@ -96,9 +128,9 @@ impl fmt::Debug for VaultIssuer {
 
 impl VaultIssuer {
     /// Builds the client from `conf` (data sources resolved against the mesh's Secrets) and
-    /// authenticates: with `auth.token` nothing is sent yet; with `auth.tls` the client certificate
-    /// logs in at `auth/cert/login`; with `agentAddress` the agent authenticates. Every request
-    /// is bounded by `timeouts`.
+    /// authenticates: with `auth.token` nothing is sent yet; with `auth.tls`, `auth.approle` or
+    /// `auth.jwt` it logs in (see [`VaultIssuer::login`]); with `agentAddress` the agent
+    /// authenticates. Every request is bounded by `timeouts`.
     pub async fn connect(
         mesh: &str,
         conf: &FromCp,
@@ -166,61 +198,58 @@ impl VaultIssuer {
         let auth_conf = conf.auth.clone().unwrap_or_default();
         let mut token = None;
         let mut client = None;
+        let mut login = None;
         let auth = if via_agent {
             AuthMode::Agent
         } else {
-            match (&auth_conf.token, &auth_conf.tls) {
-                (Some(_), Some(_)) => {
-                    return Err(conf_err(
-                        "fromCp.auth",
-                        "exactly one of token, tls must be set",
-                    ));
-                }
-                (None, None) => {
-                    return Err(conf_err(
-                        "fromCp.auth",
-                        "one of token, tls must be set (or agentAddress)",
-                    ));
-                }
-                (Some(ds), None) => {
-                    let raw = resolve(ds, "fromCp.auth.token", mesh, secrets)?;
-                    let text = String::from_utf8(raw)
-                        .map_err(|_| conf_err("fromCp.auth.token", "is not UTF-8 text"))?;
-                    let text = text.trim();
-                    if text.is_empty() {
-                        return Err(conf_err("fromCp.auth.token", "is empty"));
-                    }
-                    if !text.chars().all(|c| c.is_ascii_graphic()) {
-                        return Err(conf_err(
-                            "fromCp.auth.token",
-                            "contains whitespace, control or non-ASCII characters: not a Vault token",
-                        ));
-                    }
-                    token = Some(Secret(text.to_string()));
-                    AuthMode::Token
-                }
-                (None, Some(tls)) => {
-                    let cert_ds = tls
-                        .client_cert
-                        .as_ref()
-                        .ok_or_else(|| conf_err("fromCp.auth.tls.clientCert", "must be set"))?;
-                    let key_ds = tls
-                        .client_key
-                        .as_ref()
-                        .ok_or_else(|| conf_err("fromCp.auth.tls.clientKey", "must be set"))?;
-                    let cert_pem = resolve(cert_ds, "fromCp.auth.tls.clientCert", mesh, secrets)?;
-                    let key_pem = resolve(key_ds, "fromCp.auth.tls.clientKey", mesh, secrets)?;
-                    let certs = parse_certs(&cert_pem, "fromCp.auth.tls.clientCert")?;
-                    // The parse error of a key never includes the key itself.
-                    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
-                        conf_err(
-                            "fromCp.auth.tls.clientKey",
-                            "not a PEM private key (PKCS#8, SEC1 or PKCS#1)",
-                        )
-                    })?;
-                    client = Some((certs, key));
-                    AuthMode::Cert
-                }
+            if auth_conf.methods().len() > 1 {
+                return Err(conf_err(
+                    "fromCp.auth",
+                    "exactly one of token, tls, approle, jwt must be set",
+                ));
+            }
+            if let Some(ds) = &auth_conf.token {
+                token = Some(credential(
+                    ds,
+                    "fromCp.auth.token",
+                    "a Vault token",
+                    mesh,
+                    secrets,
+                )?);
+                AuthMode::Token
+            } else if let Some(tls) = &auth_conf.tls {
+                let cert_ds = tls
+                    .client_cert
+                    .as_ref()
+                    .ok_or_else(|| conf_err("fromCp.auth.tls.clientCert", "must be set"))?;
+                let key_ds = tls
+                    .client_key
+                    .as_ref()
+                    .ok_or_else(|| conf_err("fromCp.auth.tls.clientKey", "must be set"))?;
+                let cert_pem = resolve(cert_ds, "fromCp.auth.tls.clientCert", mesh, secrets)?;
+                let key_pem = resolve(key_ds, "fromCp.auth.tls.clientKey", mesh, secrets)?;
+                let certs = parse_certs(&cert_pem, "fromCp.auth.tls.clientCert")?;
+                // The parse error of a key never includes the key itself.
+                let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
+                    conf_err(
+                        "fromCp.auth.tls.clientKey",
+                        "not a PEM private key (PKCS#8, SEC1 or PKCS#1)",
+                    )
+                })?;
+                client = Some((certs, key));
+                login = Some(Login::Cert);
+                AuthMode::Cert
+            } else if let Some(a) = &auth_conf.approle {
+                login = Some(Login::approle(a, mesh, secrets)?);
+                AuthMode::AppRole
+            } else if let Some(j) = &auth_conf.jwt {
+                login = Some(Login::jwt(j, mesh, secrets)?);
+                AuthMode::Jwt
+            } else {
+                return Err(conf_err(
+                    "fromCp.auth",
+                    "one of token, tls, approle, jwt must be set (or agentAddress)",
+                ));
             }
         };
 
@@ -265,6 +294,13 @@ impl VaultIssuer {
             http,
             token: RwLock::new(token),
             timeouts,
+            login,
+            lease: Mutex::new(None),
+            lease_tx: tokio::sync::watch::Sender::new(0),
+            logins: AtomicU64::new(0),
+            gate: tokio::sync::Mutex::new(()),
+            held: Mutex::new(Held::default()),
+            observer: OnceLock::new(),
         })
     }
 
@@ -294,6 +330,11 @@ impl VaultIssuer {
         self.auth == AuthMode::Agent
     }
 
+    /// How this client authenticates.
+    pub fn auth_mode(&self) -> AuthMode {
+        self.auth
+    }
+
     /// `<pki>/issue/<role>`.
     pub fn issue_path(&self) -> String {
         format!("{}/issue/{}", self.pki, self.role)
@@ -313,7 +354,7 @@ impl VaultIssuer {
     }
 
     /// What a failed request to `path` (for `req`, if an issue) is classified with.
-    fn ctx<'a>(&'a self, path: &'a str, req: Option<&'a IssueRequest>) -> Ctx<'a> {
+    pub(super) fn ctx<'a>(&'a self, path: &'a str, req: Option<&'a IssueRequest>) -> Ctx<'a> {
         Ctx {
             address: &self.address,
             address_field: self.address_field(),
@@ -323,21 +364,27 @@ impl VaultIssuer {
             path,
             uri_sans: req.map(|r| r.uri_sans.as_slice()).unwrap_or_default(),
             common_name: req.and_then(|r| r.common_name.as_deref()),
+            login: self
+                .login
+                .as_ref()
+                .map(|l| (l.method(), l.mount()))
+                .filter(|_| super::error::is_login(path)),
+            namespace: self.namespace.as_deref(),
         }
     }
 
-    /// A token of our own is in use (not through an agent, and not before a cert login).
-    fn has_own_token(&self) -> bool {
+    /// A token of our own is in use (not through an agent, and not before a login).
+    pub(super) fn has_own_token(&self) -> bool {
         self.auth != AuthMode::Agent && self.current_token().is_some()
     }
 
-    fn current_token(&self) -> Option<Secret> {
+    pub(super) fn current_token(&self) -> Option<Secret> {
         self.token.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// A vaultrs client on our HTTP client (same TLS settings and timeouts), with the given
     /// token and, if `with_namespace`, the namespace.
-    fn vaultrs_client(
+    pub(super) fn vaultrs_client(
         &self,
         token: Option<&Secret>,
         with_namespace: bool,
@@ -371,27 +418,6 @@ impl VaultIssuer {
             },
             settings,
         })
-    }
-
-    /// Logs in with the client certificate (`auth.tls`); nothing to do for a token or an agent.
-    pub async fn authenticate(&self) -> Result<(), VaultError> {
-        if self.auth != AuthMode::Cert {
-            return Ok(());
-        }
-        let client = self.vaultrs_client(None, true)?;
-        let path = format!("auth/{CERT_AUTH_MOUNT}/login");
-        let info = vaultrs::auth::cert::login(&client, CERT_AUTH_MOUNT, "")
-            .await
-            .map_err(|e| classify_vaultrs(&self.ctx(&path, None), e))?;
-        if info.client_token.is_empty() {
-            return Err(VaultError::BadResponse {
-                address: self.address.clone(),
-                path,
-                reason: "the login returned no token".to_string(),
-            });
-        }
-        *self.token.write().unwrap_or_else(|e| e.into_inner()) = Some(Secret(info.client_token));
-        Ok(())
     }
 
     /// `sys/health` (unauthenticated): reachable, TLS verified, initialized and unsealed.
@@ -464,19 +490,20 @@ impl VaultIssuer {
         }
     }
 
-    /// Issues a certificate from `<pki>/issue/<role>`. With a cert login whose token was
-    /// refused (expired), logs in again once and retries.
+    /// Issues a certificate from `<pki>/issue/<role>`. With a login whose token was refused
+    /// (expired, revoked), logs in again at once and retries once.
     pub async fn issue(&self, req: &IssueRequest) -> Result<IssuedCert, VaultError> {
-        match self.issue_once(req).await {
-            Err(VaultError::PermissionDenied { .. }) if self.auth == AuthMode::Cert => {
-                self.authenticate().await?;
-                self.issue_once(req).await
+        let seen = self.login_count();
+        match self.request_cert(req, None).await {
+            Err(VaultError::PermissionDenied { .. }) if self.login.is_some() => {
+                self.relogin_after(seen).await?;
+                self.request_cert(req, None).await
             }
             other => other,
         }
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub(super) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let mut rb = self
             .http
             .request(method, format!("{}/v1/{}", self.address, path))
@@ -496,20 +523,17 @@ impl VaultIssuer {
     }
 
     /// Has `<pki>/sign/<role>` sign `csr_pem` with the names and lifetime of `req` (the CSR's own
-    /// names are refused before: see `common::csr`). With a cert login whose token was refused,
-    /// logs in again once and retries. The answer has no private key.
+    /// names are refused before: see `common::csr`). With a login whose token was refused, logs
+    /// in again at once and retries once. The answer has no private key.
     pub async fn sign(&self, req: &IssueRequest, csr_pem: &str) -> Result<IssuedCert, VaultError> {
+        let seen = self.login_count();
         match self.request_cert(req, Some(csr_pem)).await {
-            Err(VaultError::PermissionDenied { .. }) if self.auth == AuthMode::Cert => {
-                self.authenticate().await?;
+            Err(VaultError::PermissionDenied { .. }) if self.login.is_some() => {
+                self.relogin_after(seen).await?;
                 self.request_cert(req, Some(csr_pem)).await
             }
             other => other,
         }
-    }
-
-    async fn issue_once(&self, req: &IssueRequest) -> Result<IssuedCert, VaultError> {
-        self.request_cert(req, None).await
     }
 
     // Raw request: vaultrs' GenerateCertificateResponse drops `warnings`.
@@ -548,7 +572,7 @@ impl VaultIssuer {
     /// Sends a request to `path` and reads the whole answer: status, `Retry-After` seconds and
     /// body. A failure below HTTP (connect, TLS, timeout) is classified here; the answer is the
     /// caller's.
-    async fn exchange(
+    pub(super) async fn exchange(
         &self,
         path: &str,
         rb: reqwest::RequestBuilder,
@@ -646,23 +670,7 @@ impl VaultIssuer {
         Ok(Some(token_info_of(&v["data"], "ttl")))
     }
 
-    /// `auth/token/renew-self`: renews the token in use (by `increment`, or by its own period or
-    /// default TTL) and returns its new TTL. `None` when there is no token (see [`Self::token_info`]).
-    pub async fn renew_token(
-        &self,
-        increment: Option<Duration>,
-    ) -> Result<Option<TokenInfo>, VaultError> {
-        if !self.has_own_token() {
-            return Ok(None);
-        }
-        let body = increment.map(|d| serde_json::json!({"increment": format!("{}s", d.as_secs())}));
-        let v = self
-            .token_call(reqwest::Method::POST, "auth/token/renew-self", body)
-            .await?;
-        Ok(Some(token_info_of(&v["auth"], "lease_duration")))
-    }
-
-    async fn token_call(
+    pub(super) async fn token_call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -730,12 +738,103 @@ mod tests {
             role: "r".into(),
             auth: Some(crate::model::VaultAuth {
                 token: Some(DataSource::inline_string("s.SECRETTOKEN")),
-                tls: None,
+                ..Default::default()
             }),
             ..Default::default()
         };
         let secrets = crate::datasource::SecretMap::default();
         let issuer = VaultIssuer::from_conf("m", &conf, &secrets, Timeouts::default()).unwrap();
         assert!(!format!("{issuer:?}").contains("SECRETTOKEN"));
+
+        // AppRole and JWT credentials: neither in Debug nor in the errors about them.
+        let mut secrets = crate::datasource::SecretMap::default();
+        secrets.insert("m", "approle-1", b"SECRETID-1\n".to_vec());
+        let approle = FromCp {
+            auth: Some(crate::model::VaultAuth {
+                approle: Some(crate::model::VaultAuthAppRole {
+                    role_id: Some(DataSource::inline_string("ROLEID-1")),
+                    secret_id: Some(DataSource::secret("approle-1")),
+                    mount: String::new(),
+                }),
+                ..Default::default()
+            }),
+            namespace: "team-a/".into(),
+            ..conf.clone()
+        };
+        let issuer = VaultIssuer::from_conf("m", &approle, &secrets, Timeouts::default()).unwrap();
+        let debug = format!("{issuer:?}");
+        assert!(
+            !debug.contains("ROLEID") && !debug.contains("SECRETID"),
+            "{debug}"
+        );
+        assert_eq!(issuer.auth_mode(), AuthMode::AppRole);
+        assert_eq!(issuer.login_mount(), Some("approle"));
+        assert_eq!(issuer.namespace(), Some("team-a"));
+        assert!(issuer.can_login() && issuer.lease().is_none());
+
+        let jwt = |token: &str| FromCp {
+            auth: Some(crate::model::VaultAuth {
+                jwt: Some(crate::model::VaultAuthJwt {
+                    role: "kmesh".into(),
+                    token: Some(DataSource::inline_string(token)),
+                    mount: "jwt/k8s".into(),
+                }),
+                ..Default::default()
+            }),
+            ..conf.clone()
+        };
+        let issuer = VaultIssuer::from_conf(
+            "m",
+            &jwt("HEAD.SECRETCLAIMS.SIG"),
+            &secrets,
+            Timeouts::default(),
+        )
+        .unwrap();
+        assert!(!format!("{issuer:?}").contains("SECRETCLAIMS"));
+        assert_eq!(issuer.login_mount(), Some("jwt/k8s"));
+        assert_eq!(issuer.login_role(), Some("kmesh"));
+        for bad in ["SECRET NOT A JWT", "SECRETNOTAJWT"] {
+            let e = VaultIssuer::from_conf("m", &jwt(bad), &secrets, Timeouts::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("conf.fromCp.auth.jwt.token: "), "{e}");
+            assert!(!e.contains("SECRET"), "{e}");
+        }
+        // Two methods at once are refused here too (validation says it first).
+        let mut both = approle.clone();
+        both.auth.as_mut().unwrap().token = Some(DataSource::inline_string("t"));
+        let e = VaultIssuer::from_conf("m", &both, &secrets, Timeouts::default()).unwrap_err();
+        assert_eq!(e.field().as_deref(), Some("conf.fromCp.auth"));
+    }
+
+    /// A refused AppRole or JWT login: Vault's reason first, the method's field blamed.
+    #[test]
+    fn refused_logins_name_the_method_and_the_reason() {
+        use super::super::error::LoginMethod;
+        let e = VaultError::LoginRefused {
+            address: "http://v".into(),
+            method: LoginMethod::AppRole,
+            mount: "approle".into(),
+            namespace: Some("team-a".into()),
+            reason: "invalid role or secret ID".into(),
+        };
+        assert_eq!(e.field().as_deref(), Some("conf.fromCp.auth.approle"));
+        let text = e.to_string();
+        assert!(
+            text.starts_with("login refused by Vault: invalid role or secret ID (auth/approle/login at http://v in namespace team-a)"),
+            "{text}"
+        );
+        let e = VaultError::LoginRefused {
+            address: "http://v".into(),
+            method: LoginMethod::Jwt,
+            mount: "jwt".into(),
+            namespace: None,
+            reason: "error validating token".into(),
+        };
+        assert_eq!(e.field().as_deref(), Some("conf.fromCp.auth.jwt"));
+        assert!(e.to_string().starts_with(
+            "login refused by Vault: error validating token (auth/jwt/login at http://v)"
+        ));
+        assert!(!e.is_unreachable());
     }
 }

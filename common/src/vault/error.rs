@@ -1,8 +1,9 @@
 //! Why talking to Vault failed: [`VaultError`], each variant a message that says what to fix
-//! (timeout, unreachable, TLS, sealed, 429 with `Retry-After`, 5xx, permission denied, refused
-//! cert login, missing mount or role, SANs or common name the role forbids, ...), and the
-//! classifiers that turn an answer (status, `errors` body, `Retry-After`), a transport failure
-//! (connect, TLS, timeout, walked through the error's sources) or a vaultrs error into one.
+//! (timeout, unreachable, TLS, sealed, 429 with `Retry-After`, 5xx, permission denied, a refused
+//! login — cert, AppRole or JWT, with Vault's reason —, missing mount or role, SANs or common
+//! name the role forbids, ...), and the classifiers that turn an answer (status, `errors` body,
+//! `Retry-After`), a transport failure (connect, TLS, timeout, walked through the error's
+//! sources) or a vaultrs error into one.
 
 use std::time::Duration;
 
@@ -60,12 +61,13 @@ pub enum VaultError {
         "Vault at {address} refused the token: permission denied on {path}; the token was revoked or expired, or no policy allows update on {path}: put a valid token in conf.fromCp.auth.token (its Secret or file is read again on the next attempt)"
     )]
     PermissionDenied { address: String, path: String },
-    #[error(
-        "Vault at {address} refused the TLS client certificate login on auth/{mount}/login: {reason}; check that cert auth is enabled at auth/{mount} and trusts the CA of conf.fromCp.auth.tls.clientCert (and that the certificate has a common name)"
-    )]
+    /// A login (`auth/<mount>/login`) that Vault refused; `reason` is Vault's.
+    #[error("{}", login_refused(*method, address, mount, namespace.as_deref(), reason))]
     LoginRefused {
         address: String,
+        method: LoginMethod,
         mount: String,
+        namespace: Option<String>,
         reason: String,
     },
     #[error(
@@ -163,7 +165,9 @@ impl VaultError {
             VaultError::Unreachable { address_field, .. } => format!("conf.fromCp.{address_field}"),
             VaultError::Tls { .. } => "conf.fromCp.tls".to_string(),
             VaultError::PermissionDenied { .. } => "conf.fromCp.auth".to_string(),
-            VaultError::LoginRefused { .. } => "conf.fromCp.auth.tls".to_string(),
+            VaultError::LoginRefused { method, .. } => {
+                format!("conf.fromCp.auth.{}", method.as_str())
+            }
             VaultError::MountMissing { .. } => "conf.fromCp.pki".to_string(),
             VaultError::UnknownRole { .. } | VaultError::UriSanNotAllowed { .. } => {
                 "conf.fromCp.role".to_string()
@@ -199,6 +203,51 @@ impl VaultError {
     }
 }
 
+/// The auth methods that log in (`auth.tls`, `auth.approle`, `auth.jwt`), by their name in the
+/// auth block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LoginMethod {
+    /// `auth.tls`: the TLS client certificate at `auth/cert/login`.
+    Cert,
+    AppRole,
+    Jwt,
+}
+
+impl LoginMethod {
+    /// The method's key in `conf.fromCp.auth`: `tls`, `approle`, `jwt`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoginMethod::Cert => "tls",
+            LoginMethod::AppRole => "approle",
+            LoginMethod::Jwt => "jwt",
+        }
+    }
+}
+
+/// The message of a refused login: Vault's reason first, then where and what to check.
+fn login_refused(
+    method: LoginMethod,
+    address: &str,
+    mount: &str,
+    namespace: Option<&str>,
+    reason: &str,
+) -> String {
+    let ns = namespace
+        .map(|n| format!(" in namespace {n}"))
+        .unwrap_or_default();
+    match method {
+        LoginMethod::Cert => format!(
+            "Vault at {address} refused the TLS client certificate login on auth/{mount}/login{ns}: {reason}; check that cert auth is enabled at auth/{mount} and trusts the CA of conf.fromCp.auth.tls.clientCert (and that the certificate has a common name)"
+        ),
+        LoginMethod::AppRole => format!(
+            "login refused by Vault: {reason} (auth/{mount}/login at {address}{ns}); check auth.approle.roleId and secretId (a secret ID expires and may be limited to a number of uses) and that AppRole auth is enabled at auth/{mount}{ns}"
+        ),
+        LoginMethod::Jwt => format!(
+            "login refused by Vault: {reason} (auth/{mount}/login at {address}{ns}); check the JWT of auth.jwt.token (its signature, expiry, and the audience and claims the role binds), auth.jwt.role, and that JWT auth is enabled at auth/{mount}{ns}"
+        ),
+    }
+}
+
 /// `Retry-After` in seconds (the HTTP-date form is not used by Vault and is ignored), at most an
 /// hour.
 pub(super) fn retry_after_header(headers: &reqwest::header::HeaderMap) -> Option<u64> {
@@ -225,6 +274,10 @@ pub(super) struct Ctx<'a> {
     /// The URI SANs and common name of the certificate asked for (an issue request only).
     pub uri_sans: &'a [String],
     pub common_name: Option<&'a str>,
+    /// For a login: the method, its mount and the namespace (a refusal is a
+    /// [`VaultError::LoginRefused`]).
+    pub login: Option<(LoginMethod, &'a str)>,
+    pub namespace: Option<&'a str>,
 }
 
 pub(super) fn classify_answer(
@@ -278,9 +331,12 @@ pub(super) fn classify_answer(
         };
     }
     if is_login(ctx.path) {
+        let (method, mount) = ctx.login.unwrap_or((LoginMethod::Cert, CERT_AUTH_MOUNT));
         return VaultError::LoginRefused {
             address,
-            mount: CERT_AUTH_MOUNT.to_string(),
+            method,
+            mount: mount.to_string(),
+            namespace: ctx.namespace.map(str::to_string),
             reason: message,
         };
     }
@@ -336,7 +392,7 @@ pub(super) fn classify_body(
     classify_answer(ctx, status, &errors, body, retry_after)
 }
 
-fn is_login(path: &str) -> bool {
+pub(super) fn is_login(path: &str) -> bool {
     path.starts_with("auth/") && path.ends_with("/login")
 }
 

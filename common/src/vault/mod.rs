@@ -1,5 +1,5 @@
 //! The vault CA backend: a client built from a backend's `conf.fromCp` ([`VaultIssuer`], in
-//! `client`), the classification of Vault's failures into [`VaultError`]s that say what to fix
+//! `client`), its logins and their leases (cert, AppRole, JWT: `login`), the classification of Vault's failures into [`VaultError`]s that say what to fix
 //! (`error`), the TLS of the client (`tls`), what is asked and issued (`issued`), the bounds of
 //! every request ([`Timeouts`], a value each caller passes), and the backend check that issues
 //! and inspects a test certificate ([`check_backend`], in `check`).
@@ -16,6 +16,7 @@ mod check;
 mod client;
 mod error;
 mod issued;
+mod login;
 mod timeouts;
 mod tls;
 
@@ -23,7 +24,8 @@ pub use check::{
     CHECK_SERVICE, CheckResult, SUGGESTED_KEY_USAGE, VaultCheckReport, check_backend,
     inspect_test_certificate,
 };
-pub use client::VaultIssuer;
-pub use error::{CERT_AUTH_MOUNT, VaultError};
+pub use client::{AuthMode, VaultIssuer};
+pub use error::{CERT_AUTH_MOUNT, LoginMethod, VaultError};
 pub use issued::{IssueRequest, IssuedCert, TokenInfo};
+pub use login::{LOGIN_BACKOFF_INITIAL, LOGIN_BACKOFF_MAX, Lease, LoginObserver};
 pub use timeouts::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, Timeouts};

@@ -14,8 +14,8 @@ mod zone;
 pub use global::{GlobalOptions, GlobalProc, global_output, run_global};
 pub use proxy::{ProxyProc, ProxySpec};
 pub use vault::{
-    MESH, PKI, ROLE, Vault, VaultMesh, b64, builtin_mesh_yaml, provided_mesh_yaml, token_secret,
-    vault_mesh, vault_mesh_yaml,
+    MESH, PKI, ROLE, Vault, VaultMesh, b64, builtin_mesh_yaml, provided_mesh_yaml, secret_yaml,
+    token_secret, vault_auth_mesh, vault_mesh, vault_mesh_yaml,
 };
 pub use zone::{ZoneOptions, ZoneProc};
 

@@ -239,6 +239,32 @@ mtls:
     }
 }
 
+/// A Universal Mesh `mesh` with one vault backend `vault-1` at `address`, in Vault namespace
+/// `namespace` (none when empty), issuing from PKI `pki` with role [`ROLE`], certificates of
+/// `expiration`; `auth` is the YAML of the auth block below `auth:` (e.g. an `approle:` mapping),
+/// each line indented by two spaces.
+pub fn vault_auth_mesh(
+    mesh: &str,
+    address: &str,
+    namespace: &str,
+    pki: &str,
+    expiration: &str,
+    auth: &str,
+) -> String {
+    let auth: String = auth.lines().map(|l| format!("          {l}\n")).collect();
+    format!(
+        "type: Mesh\nname: {mesh}\nmtls:\n  enabledBackend: vault-1\n  backends:\n  - name: vault-1\n    type: vault\n    dpCert:\n      rotation:\n        expiration: {expiration}\n    conf:\n      fromCp:\n        address: {address}\n        namespace: \"{namespace}\"\n        pki: {pki}\n        role: {ROLE}\n        auth:\n{auth}"
+    )
+}
+
+/// A Secret of `mesh` holding `data`.
+pub fn secret_yaml(mesh: &str, name: &str, data: &str) -> String {
+    format!(
+        "type: Secret\nname: {name}\nmesh: {mesh}\ndata: {}\n",
+        b64(data)
+    )
+}
+
 /// The page's Universal Mesh (vault backend) for `address`; `auth_token` is the YAML of the
 /// token data source (e.g. `secret: token-1`).
 pub fn vault_mesh(address: &str, expiration: &str, auth_token: &str) -> String {
@@ -289,6 +315,28 @@ pub fn provided_mesh_yaml(mesh: &str, expiration: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mesh_with_an_approle_login_parses() {
+        let yaml = vault_auth_mesh(
+            "m1",
+            "http://127.0.0.1:8200",
+            "team-a",
+            "kmesh-pki-m1",
+            "10s",
+            "approle:\n  roleId: { secret: role-id }\n  secretId: { secret: secret-id }\n",
+        );
+        let r = common::parse::parse_documents(&yaml).unwrap();
+        let common::model::Resource::Mesh(m) = &r[0] else {
+            panic!("{yaml}")
+        };
+        let common::model::BackendConf::Vault(v) = m.backends()[0].typed_conf().unwrap() else {
+            panic!("{yaml}")
+        };
+        let fc = v.from_cp.unwrap();
+        assert_eq!(fc.namespace, "team-a");
+        assert!(fc.auth.unwrap().approle.is_some(), "{yaml}");
+    }
 
     #[test]
     fn the_pages_vault_mesh_with_its_secrets() {

@@ -6,11 +6,15 @@
 //! `sys/health` answers, logs to a file in a temporary directory, and kills the whole process
 //! group on drop; [`BaoAgent`] is a Vault Agent in front of it; [`BaoCli`] runs `bao` commands
 //! against it, and [`seed`] performs the Vault steps of the reference page (Root CA,
-//! Intermediate CA, role, policy, token) with the same commands, plus cert auth and namespaces.
+//! Intermediate CA, role, policy, token) with the same commands, plus cert auth and namespaces;
+//! [`auth`] sets up AppRole and JWT logins (and signs JWTs), and [`audit`] reads back the logins
+//! of a server started with a raw audit log.
 
 use std::time::Duration;
 
 mod agent;
+pub mod audit;
+pub mod auth;
 mod cli;
 pub mod install;
 pub mod seed;

@@ -1,7 +1,8 @@
 //! A running `bao server -dev` on a free loopback port, plain HTTP or `-dev-tls`, its state in
 //! memory: started (retrying when the port was taken meanwhile), waited for until `sys/health`
-//! answers, stopped, started again on the same port, sealed and unsealed. The process group is
-//! killed on drop.
+//! answers, stopped, started again on the same port, sealed and unsealed; optionally with a raw
+//! file audit log (declared in a config file: OpenBao refuses to enable audit devices through
+//! its API), which [`super::audit`] reads. The process group is killed on drop.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,8 @@ pub struct BaoServer {
     log_path: PathBuf,
     ca_pem: Option<String>,
     starts: u32,
+    /// The raw audit log, when the server keeps one.
+    audit_log: Option<PathBuf>,
 }
 
 impl fmt::Debug for BaoServer {
@@ -47,16 +50,22 @@ impl fmt::Debug for BaoServer {
 impl BaoServer {
     /// Starts a plain-HTTP dev server on a free loopback port.
     pub async fn start() -> Result<Self, BaoError> {
-        Self::launch(false).await
+        Self::launch(false, false).await
     }
 
     /// Starts a dev server with `-dev-tls`: HTTPS with a CA that OpenBao generates and writes to
     /// [`BaoServer::ca_file`].
     pub async fn start_tls() -> Result<Self, BaoError> {
-        Self::launch(true).await
+        Self::launch(true, false).await
     }
 
-    async fn launch(tls: bool) -> Result<Self, BaoError> {
+    /// Starts a plain-HTTP dev server that writes every request and answer, unhashed, to its
+    /// audit log ([`BaoServer::audit_log`]): what tests count logins and find tokens with.
+    pub async fn start_audited() -> Result<Self, BaoError> {
+        Self::launch(false, true).await
+    }
+
+    async fn launch(tls: bool, audit: bool) -> Result<Self, BaoError> {
         let bin = tokio::task::spawn_blocking(bao_binary)
             .await
             .map_err(|e| BaoError::Binary(format!("installer task failed: {e}")))??;
@@ -69,7 +78,8 @@ impl BaoServer {
         for _ in 0..3 {
             let port = free_loopback_port()?;
             let log_path = dir.path().join("server.log");
-            let child = spawn_server(&bin, dir.path(), &log_path, port, tls)?;
+            let audit_log = audit.then(|| dir.path().join("audit.log"));
+            let child = spawn_server(&bin, dir.path(), &log_path, port, tls, audit_log.as_deref())?;
             let mut server = Self {
                 bin: bin.clone(),
                 port,
@@ -79,6 +89,7 @@ impl BaoServer {
                 ca_pem: None,
                 starts: 1,
                 dir,
+                audit_log,
             };
             match server.wait_ready().await {
                 Ok(()) => return Ok(server),
@@ -187,6 +198,12 @@ impl BaoServer {
         &self.log_path
     }
 
+    /// The raw audit log ([`BaoServer::start_audited`] only): one JSON object per request and
+    /// per answer, credentials and tokens unhashed.
+    pub fn audit_log(&self) -> Option<&Path> {
+        self.audit_log.as_deref()
+    }
+
     /// A scratch directory that lives as long as the server.
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -222,6 +239,7 @@ impl BaoServer {
             &self.log_path,
             self.port,
             self.tls,
+            self.audit_log.as_deref(),
         )?;
         self.wait_ready().await
     }
@@ -283,6 +301,7 @@ fn spawn_server(
     log_path: &Path,
     port: u16,
     tls: bool,
+    audit_log: Option<&Path>,
 ) -> Result<ProcessGroup, BaoError> {
     let log = std::fs::File::create(log_path)
         .map_err(io_err(format!("cannot create {}", log_path.display())))?;
@@ -300,6 +319,17 @@ fn spawn_server(
             .map_err(io_err(format!("cannot create {}", tls_dir.display())))?;
         cmd.arg("-dev-tls")
             .arg(format!("-dev-tls-cert-dir={}", tls_dir.display()));
+    }
+    if let Some(audit_log) = audit_log {
+        // Declarative: OpenBao refuses `audit enable` through its API.
+        let config = dir.join("audit.hcl");
+        let hcl = format!(
+            "audit \"file\" \"raw\" {{\n  options {{\n    file_path = \"{}\"\n    log_raw = \"true\"\n  }}\n}}\n",
+            audit_log.display()
+        );
+        std::fs::write(&config, hcl)
+            .map_err(io_err(format!("cannot write {}", config.display())))?;
+        cmd.arg(format!("-config={}", config.display()));
     }
     // The dev server writes the root token to ~/.vault-token: keep that in the temporary directory.
     cmd.env("HOME", dir)

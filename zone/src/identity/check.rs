@@ -2,8 +2,10 @@
 //! with this zone's `file:` paths, issue a test certificate (`common::vault::check_backend`) when
 //! the backend appears or its conf changes, and again every `vault_recheck` while it fails. While
 //! it passes, a `sys/health` ping every `vault_recheck` notices a Vault that went away (as does
-//! a failed proxy issuance, at once). Each result (ok or the reason), when the zone last issued
-//! with the backend, and how many certificates it issued, go into the status report to global.
+//! a failed proxy issuance, at once, and a Vault login of the backend's source that fails:
+//! [`IdentityManager::sync_login_health`]). Each result (ok or the reason), when the zone last
+//! issued with the backend, and how many certificates it issued, go into the status report to
+//! global.
 
 use std::sync::Arc;
 
@@ -73,7 +75,62 @@ impl CheckState {
     }
 }
 
+/// The prefix of a check's error that came from the source's login.
+const LOGIN_FAILED: &str = "auth: ";
+
 impl IdentityManager {
+    /// Brings the login health of every mesh's Vault source into its backend's check: a failing
+    /// login fails the check at once with Vault's reason (a full check runs again after
+    /// `vault_recheck`); a login that works again has a failed check run again now.
+    pub(super) fn sync_login_health(&self) {
+        let now = Instant::now();
+        let now_ms = self.clock.now_ms().max(0) as u64;
+        let mut st = self.lock();
+        let healths: Vec<(BackendId, Result<(), String>)> = st
+            .meshes
+            .iter()
+            .filter_map(|(mesh, ms)| {
+                let slot = ms.slot.as_ref()?;
+                let cell = slot.source.try_lock().ok()?;
+                let health = cell.as_ref()?.login_health()?;
+                Some(((mesh.clone(), slot.backend.name.clone()), health))
+            })
+            .collect();
+        let mut changed = false;
+        for (bid, health) in healths {
+            let Some(c) = st.checks.get_mut(&bid) else {
+                continue;
+            };
+            match health {
+                Err(e) => {
+                    let error = format!("{LOGIN_FAILED}{e}");
+                    if c.ok != Some(false) || c.error != error {
+                        c.ok = Some(false);
+                        c.error = error;
+                        c.checked_at_ms = now_ms;
+                        c.full = true;
+                        if !c.running {
+                            c.next = Some(now + self.config.vault_recheck);
+                        }
+                        changed = true;
+                    }
+                }
+                Ok(()) => {
+                    if c.ok == Some(false) && c.error.starts_with(LOGIN_FAILED) && !c.running {
+                        c.full = true;
+                        c.next = Some(now);
+                        changed = true;
+                    }
+                }
+            }
+        }
+        drop(st);
+        if changed {
+            self.wake.notify_one();
+            self.dirty.notify_one();
+        }
+    }
+
     pub(super) async fn run_check(self: Arc<Self>, bid: BackendId, backend: Backend, full: bool) {
         let result: Result<(), String> = if full {
             let report = common::vault::check_backend(

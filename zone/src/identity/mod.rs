@@ -9,7 +9,9 @@
 //!   are written behind, in batches, at most a second after a change and when the engine stops.
 //! - **Issuance** goes to the mesh's enabled backend through a [`source::CertSource`]: Vault
 //!   (`<pki>/issue/<role>`; one cached client per backend, rebuilt when its conf or the Secrets and
-//!   files it reads change; renewable tokens renewed), or the builtin/provided CA signing locally.
+//!   files it reads change; its token — given, or a cert, AppRole or JWT login's — kept alive by
+//!   `login`: renewed, replaced by a login before its max TTL and at once after a 403), or the
+//!   builtin/provided CA signing locally.
 //!   URI SANs come from `common::ca::leaf_uri_sans`, the lifetime is `dpCert.rotation.expiration`.
 //! - **Reuse.** A reconnecting proxy presents the chain it holds; when it chains to the current
 //!   backend's anchors, carries the SANs (and common name) for the proxy's tags, was issued under
@@ -39,12 +41,13 @@
 //! `outcome` (issuance through semaphore and breaker, success and failure), `trust` (anchors and
 //! trust bundles), `reconcile` (meshes and backends from the store), `status` (counters, status
 //! report, gauges); the state they share is `table` (a proxy's phase is its `Work`, `Health` and
-//! `Holding`), with `policy` (backoff, rotation point, breaker), `source`, `records`, `check` and
-//! `clock` below them.
+//! `Holding`), with `policy` (backoff, rotation point, breaker), `source`, `login` (the Vault
+//! token's life), `records`, `check` and `clock` below them.
 
 mod check;
 mod clock;
 mod keygen;
+mod login;
 mod outcome;
 mod policy;
 mod reconcile;
@@ -179,6 +182,8 @@ pub struct IdentityManager {
     records_due: Notify,
     next_conn: AtomicU64,
     clock: Clock,
+    /// A Vault source's login health changed (see `check::sync_login_health`).
+    login_changed: Arc<Notify>,
     me: Weak<IdentityManager>,
 }
 
@@ -186,11 +191,14 @@ impl IdentityManager {
     /// The engine of the zone `ctx`, with what the zone's store remembers (its dataplanes, the
     /// metadata of their certificates). Call [`IdentityManager::run`] to start it.
     pub fn new(ctx: Arc<ZoneCtx>, config: IssuanceConfig) -> Arc<Self> {
+        let login_changed = Arc::new(Notify::new());
         let factory = Arc::new(RealFactory {
             vault_latency: ctx.metrics.identity.vault_request_seconds.clone(),
+            vault_logins: ctx.metrics.identity.vault_logins.clone(),
+            login_changed: login_changed.clone(),
             timeouts: ctx.config.vault_timeouts,
         });
-        Self::build(ctx, config, factory, Clock::system())
+        Self::build(ctx, config, factory, Clock::system(), login_changed)
     }
 
     fn build(
@@ -198,6 +206,7 @@ impl IdentityManager {
         config: IssuanceConfig,
         factory: Arc<dyn SourceFactory>,
         clock: Clock,
+        login_changed: Arc<Notify>,
     ) -> Arc<Self> {
         let persist = match Persist::open(&ctx.store) {
             Ok(p) => Some(p),
@@ -243,6 +252,7 @@ impl IdentityManager {
             records_due: Notify::new(),
             next_conn: AtomicU64::new(1),
             clock,
+            login_changed,
             me: me.clone(),
         });
         let source: Weak<dyn StatusSource> = Arc::downgrade(&manager) as Weak<dyn StatusSource>;

@@ -49,6 +49,7 @@ impl IdentityManager {
                     }
                 }
                 _ = self.wake.notified() => {}
+                _ = self.login_changed.notified() => self.sync_login_health(),
                 _ = tokio::time::sleep_until(next.unwrap_or(far)) => {}
             }
             self.tick();

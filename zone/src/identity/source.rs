@@ -2,9 +2,13 @@
 //! small [`CertSource`] trait (so that the engine's scheduling can be unit-tested with fakes):
 //!
 //! - [`VaultSource`]: `<pki>/issue/<role>` through a [`VaultIssuer`] built from the backend's
-//!   `conf.fromCp` with the zone's Secrets and files; renewable tokens are renewed at 2/3 of their
-//!   TTL; when Vault answers "permission denied" the data sources are read again (a token rotated
-//!   in its file or Secret) and, if they changed, the client is rebuilt and the request retried.
+//!   `conf.fromCp` with the zone's Secrets and files; its token (given, or a login's: cert,
+//!   AppRole, JWT) is kept alive by `login::keep` (renewed, replaced by a login before it
+//!   expires, `file:` credentials read again); every login is counted
+//!   (`zone_vault_logins_total`) and the login's health goes to the zone's Vault check. When
+//!   Vault answers "permission denied" (after the client's own login again, for a login) the
+//!   data sources are read again (a token rotated in its file or Secret) and, if they changed,
+//!   the client is rebuilt and the request retried.
 //!   Every request is bounded by the zone's `--vault-timeout`; a 429 with `Retry-After` makes
 //!   the source answer from memory (the same error, no request) until that time has passed.
 //! - [`LocalSource`]: the builtin CA (the mesh Secrets `<mesh>.ca-builtin-cert/key-<backend>`) or
@@ -24,10 +28,16 @@ use common::ca::{CaError, CaKeyPair, CaSigner, LeafRequest, builtin_secret_names
 use common::datasource::SecretLookup;
 use common::model::{Backend, BackendConf, DataSource, FromCp};
 use common::store::Store;
-use common::vault::{IssueRequest, Timeouts, VaultError, VaultIssuer};
+use common::vault::{AuthMode, IssueRequest, Lease, Timeouts, VaultError, VaultIssuer};
 use common::x509;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, watch};
+
+use super::login::{self, Keeping, RenewFailure};
+use crate::metrics::LoginLabels;
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -234,6 +244,10 @@ pub trait CertSource: Send + Sync {
     ) -> BoxFut<'a, Result<Issued, SourceError>>;
     /// The trust anchors of the backend as it stands (PEM, one certificate each).
     fn anchors(&self) -> BoxFut<'_, Result<Vec<String>, SourceError>>;
+    /// Whether the backend's Vault login works, once known (`None`: no login, or not yet).
+    fn login_health(&self) -> Option<Result<(), String>> {
+        None
+    }
 }
 
 /// Builds sources (the real ones, or fakes in unit tests).
@@ -253,6 +267,10 @@ pub trait SourceFactory: Send + Sync {
 /// The real sources.
 pub struct RealFactory {
     pub vault_latency: Histogram,
+    /// Logins to Vault, per mesh, backend, method and result.
+    pub vault_logins: Family<LoginLabels, Counter>,
+    /// Notified when a source's login health changes.
+    pub login_changed: Arc<Notify>,
     /// Bounds on every request to Vault (`--vault-timeout`).
     pub timeouts: Timeouts,
 }
@@ -278,9 +296,14 @@ impl SourceFactory for RealFactory {
                     })?;
                     let src = VaultSource::new(
                         mesh,
+                        &backend.name,
                         from_cp,
                         store.clone(),
-                        self.vault_latency.clone(),
+                        VaultSourceMetrics {
+                            latency: self.vault_latency.clone(),
+                            logins: self.vault_logins.clone(),
+                            login_changed: self.login_changed.clone(),
+                        },
                         self.timeouts,
                     )
                     .await?;
@@ -380,15 +403,13 @@ pub fn backend_material(mesh: &str, backend: &Backend, store: &Store) -> String 
     }
 }
 
+/// A hash of what the client of `f` is built from: the CA certificate and every data source of
+/// the auth block (token, client certificate, AppRole IDs, JWT), read now.
 fn vault_material(mesh: &str, f: &FromCp, secrets: &dyn SecretLookup) -> String {
     let auth = f.auth.clone().unwrap_or_default();
-    let tls_auth = auth.tls.clone().unwrap_or_default();
-    let sources = [
-        f.tls.as_ref().and_then(|t| t.ca_cert.clone()),
-        auth.token.clone(),
-        tls_auth.client_cert.clone(),
-        tls_auth.client_key.clone(),
-    ];
+    let mut sources: Vec<Option<&DataSource>> =
+        vec![f.tls.as_ref().and_then(|t| t.ca_cert.as_ref())];
+    sources.extend(auth.data_sources().into_iter().map(|(_, ds)| Some(ds)));
     let resolved: Vec<Vec<u8>> = sources
         .iter()
         .map(|ds| match ds {
@@ -471,20 +492,71 @@ struct ChainParts {
     intermediates: String,
 }
 
+/// A client from `from_cp` and the credentials as they read now, logged in if it logs in, its
+/// login attempts counted in `logins` and its lease changes told on `epoch`.
+async fn connect_with(
+    mesh: &str,
+    backend: &str,
+    from_cp: &FromCp,
+    store: &Store,
+    timeouts: Timeouts,
+    epoch: &watch::Sender<u64>,
+    logins: &Family<LoginLabels, Counter>,
+) -> Result<VaultIssuer, VaultError> {
+    let issuer =
+        VaultIssuer::from_conf(mesh, from_cp, store, timeouts)?.with_lease_changes(epoch.clone());
+    let (logins, m, b) = (logins.clone(), mesh.to_string(), backend.to_string());
+    issuer.set_login_observer(Arc::new(move |method, ok| {
+        logins
+            .get_or_create(&LoginLabels {
+                mesh: m.clone(),
+                backend: b.clone(),
+                method: method.as_str().to_string(),
+                result: if ok { "ok" } else { "refused" }.to_string(),
+            })
+            .inc();
+    }));
+    issuer.authenticate().await?;
+    if issuer.auth_mode() == AuthMode::Token {
+        // A given token: its TTL says whether (and when) to renew it.
+        if let Err(e) = issuer.read_lease().await {
+            tracing::debug!(mesh = %mesh, backend = %backend, error = %e, "cannot look up the Vault token; it is not renewed");
+        }
+    }
+    Ok(issuer)
+}
+
+/// What a [`VaultSource`] reports to.
+pub struct VaultSourceMetrics {
+    pub latency: Histogram,
+    pub logins: Family<LoginLabels, Counter>,
+    pub login_changed: Arc<Notify>,
+}
+
 pub struct VaultSource {
     mesh: String,
+    backend: String,
     from_cp: FromCp,
     store: Store,
     latency: Histogram,
+    logins: Family<LoginLabels, Counter>,
+    /// Whether the login works (None: not known yet, or no login).
+    health: Mutex<Option<Result<(), String>>>,
+    login_changed: Arc<Notify>,
+    /// Bumped by every client of this source when its lease changes, and by a rebuild.
+    epoch: watch::Sender<u64>,
     issuer: RwLock<Arc<VaultIssuer>>,
     material: Mutex<String>,
     /// Serializes rebuilding the client.
     rebuild: tokio::sync::Mutex<()>,
+    /// Why the last rebuild failed (Vault away), so that it is logged once.
+    rebuild_error: Mutex<Option<String>>,
     chains: Mutex<HashMap<String, Arc<ChainParts>>>,
     /// The chain of the last issuance as Vault returned it, and its parts: nearly every
     /// issuance returns the same CA chain, recognised here by comparison, without hashing it.
     last_chain: Mutex<Option<LastChain>>,
-    renewal: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The task keeping the token alive (`login::keep`).
+    keeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
     timeouts: Timeouts,
     /// Vault asked (429 `Retry-After`) not to be called before this instant: until then the
     /// error is repeated without a request.
@@ -493,12 +565,7 @@ pub struct VaultSource {
 
 impl Drop for VaultSource {
     fn drop(&mut self) {
-        if let Some(h) = self
-            .renewal
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(h) = self.keeper.lock().unwrap_or_else(|e| e.into_inner()).take() {
             h.abort();
         }
     }
@@ -507,33 +574,70 @@ impl Drop for VaultSource {
 impl VaultSource {
     pub async fn new(
         mesh: &str,
+        backend: &str,
         from_cp: FromCp,
         store: Store,
-        latency: Histogram,
+        metrics: VaultSourceMetrics,
         timeouts: Timeouts,
     ) -> Result<Arc<Self>, SourceError> {
         let material = vault_material(mesh, &from_cp, &store);
-        let issuer = Arc::new(
-            VaultIssuer::connect(mesh, &from_cp, &store, timeouts)
-                .await
-                .map_err(|e| SourceError::from_vault(&e))?,
-        );
+        let epoch = watch::Sender::new(0);
+        let issuer = connect_with(
+            mesh,
+            backend,
+            &from_cp,
+            &store,
+            timeouts,
+            &epoch,
+            &metrics.logins,
+        )
+        .await
+        .map_err(|e| SourceError::from_vault(&e))?;
+        let logs_in = issuer.can_login();
         let src = Arc::new(Self {
             mesh: mesh.to_string(),
+            backend: backend.to_string(),
             from_cp,
             store,
-            latency,
-            issuer: RwLock::new(issuer.clone()),
+            latency: metrics.latency,
+            logins: metrics.logins,
+            health: Mutex::new(None),
+            login_changed: metrics.login_changed,
+            epoch,
+            issuer: RwLock::new(Arc::new(issuer)),
             material: Mutex::new(material),
             rebuild: tokio::sync::Mutex::new(()),
+            rebuild_error: Mutex::new(None),
             chains: Mutex::new(HashMap::new()),
             last_chain: Mutex::new(None),
-            renewal: Mutex::new(None),
+            keeper: Mutex::new(None),
             timeouts,
             hold: Mutex::new(None),
         });
-        src.start_renewal(issuer);
+        if logs_in {
+            src.set_health(Ok(()));
+        }
+        let handle = tokio::spawn(login::keep(Arc::downgrade(&src)));
+        *src.keeper.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         Ok(src)
+    }
+
+    /// [`connect_with`] this source's conf; a login's success is its health.
+    async fn connect(&self) -> Result<Arc<VaultIssuer>, VaultError> {
+        let issuer = connect_with(
+            &self.mesh,
+            &self.backend,
+            &self.from_cp,
+            &self.store,
+            self.timeouts,
+            &self.epoch,
+            &self.logins,
+        )
+        .await?;
+        if issuer.can_login() {
+            self.set_health(Ok(()));
+        }
+        Ok(Arc::new(issuer))
     }
 
     fn issuer(&self) -> Arc<VaultIssuer> {
@@ -543,67 +647,67 @@ impl VaultSource {
             .clone()
     }
 
-    /// Keeps a renewable token alive: renew-self at 2/3 of its TTL.
-    fn start_renewal(&self, issuer: Arc<VaultIssuer>) {
-        let mesh = self.mesh.clone();
-        let handle = tokio::spawn(async move {
-            let mut info = match issuer.token_info().await {
-                Ok(Some(i)) => i,
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::debug!(mesh = %mesh, error = %e, "cannot look up the Vault token; it is not renewed");
-                    return;
-                }
-            };
-            loop {
-                if !info.renewable || info.ttl.is_zero() {
-                    return;
-                }
-                tokio::time::sleep(info.ttl.mul_f64(2.0 / 3.0)).await;
-                match issuer.renew_token(None).await {
-                    Ok(Some(i)) => {
-                        tracing::debug!(mesh = %mesh, ttl_s = i.ttl.as_secs(), "renewed the Vault token");
-                        info = i;
-                    }
-                    Ok(None) => return,
-                    Err(e) => {
-                        tracing::warn!(mesh = %mesh, error = %e, "cannot renew the Vault token");
-                        // Try again within what is left of the last known TTL.
-                        info.ttl = (info.ttl / 3).max(Duration::from_secs(3));
-                    }
-                }
-            }
-        });
-        if let Some(old) = self
-            .renewal
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(handle)
-        {
-            old.abort();
+    /// Records the login's health; a change is logged once and told to the Vault check.
+    fn set_health(&self, health: Result<(), String>) {
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        if h.as_ref() == Some(&health) {
+            return;
         }
+        let before = h.replace(health.clone());
+        drop(h);
+        let (mesh, backend) = (&self.mesh, &self.backend);
+        match (&before, &health) {
+            (_, Err(e)) => {
+                tracing::warn!(mesh = %mesh, backend = %backend, error = %e, "Vault login failed; retried with backoff")
+            }
+            (Some(Err(_)), Ok(())) => {
+                tracing::info!(mesh = %mesh, backend = %backend, "Vault login works again")
+            }
+            (_, Ok(())) => {
+                tracing::info!(mesh = %mesh, backend = %backend, method = %self.issuer().auth_mode().as_str(), "logged in to Vault")
+            }
+        }
+        self.login_changed.notify_one();
     }
 
-    /// Reads the data sources again; if they changed (a rotated token), rebuilds the client.
-    /// Returns true when a new client is in place.
+    /// Reads the data sources again; if they changed (a rotated token, a new secret ID or JWT),
+    /// rebuilds the client (logging in with them). Returns true when a new client is in place.
     async fn refresh(&self) -> bool {
+        self.rebuild_if_changed().await == Some(Ok(()))
+    }
+
+    /// [`Self::refresh`]: `None` when nothing changed, else how the rebuild went.
+    async fn rebuild_if_changed(&self) -> Option<Result<(), String>> {
         let _guard = self.rebuild.lock().await;
         let material = vault_material(&self.mesh, &self.from_cp, &self.store);
         if *self.material.lock().unwrap_or_else(|e| e.into_inner()) == material {
-            return false;
+            return None;
         }
-        match VaultIssuer::connect(&self.mesh, &self.from_cp, &self.store, self.timeouts).await {
+        match self.connect().await {
             Ok(issuer) => {
-                let issuer = Arc::new(issuer);
-                *self.issuer.write().unwrap_or_else(|e| e.into_inner()) = issuer.clone();
+                *self.issuer.write().unwrap_or_else(|e| e.into_inner()) = issuer;
                 *self.material.lock().unwrap_or_else(|e| e.into_inner()) = material;
-                self.start_renewal(issuer);
-                tracing::info!(mesh = %self.mesh, "Vault credentials changed: client rebuilt");
-                true
+                *self.rebuild_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                self.epoch.send_modify(|n| *n += 1);
+                tracing::info!(mesh = %self.mesh, backend = %self.backend, "Vault credentials changed: client rebuilt");
+                Some(Ok(()))
             }
             Err(e) => {
-                tracing::warn!(mesh = %self.mesh, error = %e, "cannot rebuild the Vault client");
-                false
+                let message = e.to_string();
+                if matches!(e, VaultError::LoginRefused { .. } | VaultError::Conf { .. }) {
+                    // Refused credentials are not tried again until they change (a new client
+                    // has no backoff of its own); Vault being away is no verdict on them.
+                    *self.material.lock().unwrap_or_else(|e| e.into_inner()) = material;
+                    self.set_health(Err(message.clone()));
+                } else {
+                    // Tried again on the next poll or refusal: said once per reason.
+                    let mut last = self.rebuild_error.lock().unwrap_or_else(|e| e.into_inner());
+                    if last.as_deref() != Some(message.as_str()) {
+                        tracing::warn!(mesh = %self.mesh, backend = %self.backend, error = %e, "cannot rebuild the Vault client");
+                        *last = Some(message.clone());
+                    }
+                }
+                Some(Err(message))
             }
         }
     }
@@ -759,7 +863,84 @@ impl VaultSource {
     }
 }
 
+impl Keeping for VaultSource {
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.epoch.subscribe()
+    }
+
+    fn lease(&self) -> Option<Lease> {
+        self.issuer().lease()
+    }
+
+    fn can_login(&self) -> bool {
+        self.issuer().can_login()
+    }
+
+    fn login_held_until(&self) -> Option<tokio::time::Instant> {
+        self.issuer().login_held_until()
+    }
+
+    fn polls_files(&self) -> bool {
+        self.from_cp
+            .auth
+            .as_ref()
+            .is_some_and(|a| a.data_sources().iter().any(|(_, ds)| ds.file.is_some()))
+    }
+
+    fn credentials_changed(&self) -> bool {
+        vault_material(&self.mesh, &self.from_cp, &self.store)
+            != *self.material.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn login(&self) -> BoxFut<'_, Result<(), String>> {
+        Box::pin(async move {
+            let issuer = self.issuer();
+            match issuer.login().await {
+                Ok(_) => {
+                    tracing::debug!(mesh = %self.mesh, backend = %self.backend, "logged in to Vault again");
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+
+    fn renew(&self) -> BoxFut<'_, Result<(), RenewFailure>> {
+        Box::pin(async move {
+            let issuer = self.issuer();
+            match issuer.renew().await {
+                Ok(lease) => {
+                    tracing::debug!(mesh = %self.mesh, backend = %self.backend, ttl_s = lease.map(|l| l.ttl.as_secs()), "renewed the Vault token");
+                    Ok(())
+                }
+                Err(VaultError::PermissionDenied { .. }) => {
+                    issuer.forget_token();
+                    Err(RenewFailure::Refused)
+                }
+                Err(e) => Err(RenewFailure::Failed(e.to_string())),
+            }
+        })
+    }
+
+    fn rebuild(&self) -> BoxFut<'_, Result<(), String>> {
+        Box::pin(async move { self.rebuild_if_changed().await.unwrap_or(Ok(())) })
+    }
+
+    fn report(&self, health: &Result<(), String>) {
+        if self.issuer().can_login() {
+            self.set_health(health.clone());
+        }
+    }
+}
+
 impl CertSource for VaultSource {
+    fn login_health(&self) -> Option<Result<(), String>> {
+        self.health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn issue<'a>(&'a self, spec: &'a LeafSpec) -> BoxFut<'a, Result<Issued, SourceError>> {
         Box::pin(self.issue_inner(spec, None))
     }

@@ -224,6 +224,7 @@ async fn harness(config: IssuanceConfig, m: Mesh) -> Harness {
         config,
         Arc::new(FakeFactory(fake.clone())),
         clock,
+        Arc::new(tokio::sync::Notify::new()),
     );
     let (stop_tx, stop_rx) = common::shutdown::Trigger::new();
     tokio::spawn(manager.clone().run(stop_rx));
