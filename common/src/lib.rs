@@ -19,6 +19,7 @@ pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod parse;
+pub mod sealing;
 pub mod shutdown;
 pub mod store;
 mod store_pg;
