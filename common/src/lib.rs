@@ -24,6 +24,7 @@ pub mod shutdown;
 pub mod store;
 mod store_pg;
 mod store_records;
+mod store_sealing;
 mod store_sled;
 pub mod sync;
 pub mod table;

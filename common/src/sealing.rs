@@ -228,6 +228,26 @@ impl SecretsKey {
         }
     }
 
+    /// The key a control plane with data in `data_dir` seals with: the file the operator named
+    /// (`--secrets-key-file`, which must exist), else `<data-dir>/secrets.key`, generated on the
+    /// first start. A key generated now says so in messages (a store sealed with another key
+    /// then tells that the key file was lost), and the start logs it.
+    pub fn for_data_dir(data_dir: &Path, named: Option<&Path>) -> Result<Self, KeyError> {
+        if let Some(path) = named {
+            return Self::load(path);
+        }
+        let path = data_dir.join(KEY_FILE);
+        let (mut key, generated) = Self::load_or_generate(&path)?;
+        if generated {
+            tracing::info!(key_file = %path.display(), key_id = %key.id, "generated the Secrets key (back it up with the data directory)");
+            key.origin = format!(
+                "{} (generated at this start: it was missing)",
+                path.display()
+            );
+        }
+        Ok(key)
+    }
+
     /// The key's id.
     pub fn id(&self) -> KeyId {
         self.id
@@ -435,7 +455,10 @@ mod tests {
         let err = SecretsKey::load(&key_file(dir.path(), "not base64 at all!", 0o600)).unwrap_err();
         assert!(matches!(err, KeyError::NotBase64 { .. }), "{err}");
         let err = SecretsKey::load(&key_file(dir.path(), "", 0o600)).unwrap_err();
-        assert!(matches!(err, KeyError::WrongLength { found: 0, .. }), "{err}");
+        assert!(
+            matches!(err, KeyError::WrongLength { found: 0, .. }),
+            "{err}"
+        );
         for mode in [0o604, 0o644, 0o602, 0o666] {
             let err = SecretsKey::load(&key_file(dir.path(), &good, mode)).unwrap_err();
             assert!(matches!(err, KeyError::Exposed { .. }), "{mode:o}: {err}");

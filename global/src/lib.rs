@@ -17,4 +17,4 @@ pub mod shared;
 pub mod store_guard;
 pub mod tokens;
 
-pub use server::{GlobalConfig, KdsEndpoint, Listeners, StoreKind, run};
+pub use server::{GlobalConfig, GlobalError, KdsEndpoint, Listeners, StoreKind, run};

@@ -33,6 +33,9 @@ pub struct ZoneConfig {
     /// The only directories `file:` data sources are read from (`--data-source-dir`); empty:
     /// none. Applied by `zone::run` (a zone embedded in a test reads any).
     pub data_source_dirs: Vec<PathBuf>,
+    /// The key the Secrets the zone holds are sealed with at rest (`--secrets-key-file`); `None`:
+    /// `<data-dir>/secrets.key`, generated on the first start.
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 impl ZoneConfig {
@@ -51,6 +54,7 @@ impl ZoneConfig {
             vault_timeouts: common::vault::Timeouts::default(),
             api_hosts: Vec::new(),
             data_source_dirs: Vec::new(),
+            secrets_key_file: None,
         }
     }
 

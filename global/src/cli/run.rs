@@ -15,8 +15,14 @@ pub(super) async fn run(flags: RunFlags) -> Result<(), Failure> {
         accept_store_rollback,
         api_hosts,
         data_source_dirs,
+        secrets_key_file,
     } = flags;
     let vault_timeouts = super::vault_timeouts(&vault_timeout)?;
+    if matches!(store, crate::StoreKind::Postgres(_)) && secrets_key_file.is_none() {
+        return Err(Failure::usage(
+            crate::GlobalError::SecretsKeyRequired.to_string(),
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(&api_addr)
         .await
         .map_err(|e| Failure::usage(format!("cannot listen on --api-addr {api_addr}: {e}")))?;
@@ -39,6 +45,7 @@ pub(super) async fn run(flags: RunFlags) -> Result<(), Failure> {
             accept_store_rollback,
             api_hosts,
             data_source_dirs,
+            secrets_key_file,
         },
         listeners,
         common::shutdown::signal(),

@@ -90,12 +90,20 @@ mod tests {
             }],
         };
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = Store::open(
+                dir.path(),
+                common::sealing::SecretsKey::for_data_dir(dir.path(), None).unwrap(),
+            )
+            .unwrap();
             assert!(load(&store).unwrap().is_empty());
             assert!(save(&store, &msg).await.unwrap());
             assert!(!save(&store, &msg).await.unwrap(), "unchanged");
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(
+            dir.path(),
+            common::sealing::SecretsKey::for_data_dir(dir.path(), None).unwrap(),
+        )
+        .unwrap();
         let keys = load(&store).unwrap();
         let token = signer.issue_dataplane_token(
             common::tokens::DataplaneClaim::bound("m", "n", "s"),

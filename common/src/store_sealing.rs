@@ -1,0 +1,207 @@
+//! How the store applies `sealing` to what it writes: which records are sealed (Secrets: their
+//! whole spec, with the resource's key as the identity bound to the envelope), the shape of a
+//! record on sled's disk (the plain spec, or the envelope in its place), and, on sled, sealing at
+//! open what an older version stored in plain text (one batch, hashes and revisions untouched) after
+//! checking that every sealed record opens with the key given. PostgreSQL's columns and its
+//! migration are in `store_pg`; both call [`Sealing::seal`] and [`Sealing::open`] here.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::model::Kind;
+use crate::sealing::SecretsKey;
+use crate::store::{ResourceKey, StoreError, StoredResource};
+
+/// Whether and with which key a store seals Secrets.
+#[derive(Clone)]
+pub(crate) enum Sealing {
+    Key(Arc<SecretsKey>),
+    /// Nothing sealed: only the benchmark's baseline (`Store::open_unsealed_bench_baseline`).
+    Off,
+}
+
+/// Whether records of `kind` are sealed.
+pub(crate) fn sealed_kind(kind: Kind) -> bool {
+    kind == Kind::Secret
+}
+
+impl Sealing {
+    /// The envelope of `spec` when records of its kind are sealed; `None` when it is stored as is.
+    pub(crate) fn seal(
+        &self,
+        key: &ResourceKey,
+        spec: &serde_json::Value,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let Sealing::Key(k) = self else {
+            return Ok(None);
+        };
+        if !sealed_kind(key.kind) {
+            return Ok(None);
+        }
+        let mut plain = serde_json::to_vec(spec).expect("JSON values always serialize");
+        let sealed = k
+            .seal(&key.encode(), &plain)
+            .map_err(|e| self.error(key, e));
+        plain.fill(0);
+        sealed.map(Some)
+    }
+
+    /// The spec sealed in `envelope` for the resource `key`.
+    pub(crate) fn open(
+        &self,
+        key: &ResourceKey,
+        envelope: &[u8],
+    ) -> Result<serde_json::Value, StoreError> {
+        let Sealing::Key(k) = self else {
+            return Err(StoreError::Corrupt {
+                key: describe(key),
+                reason: "it is sealed, and this store was opened without a key".into(),
+            });
+        };
+        let mut plain = k
+            .open(&key.encode(), envelope)
+            .map_err(|e| self.error(key, e))?;
+        let spec = serde_json::from_slice(&plain).map_err(|e| StoreError::Corrupt {
+            key: describe(key),
+            reason: format!("its sealed spec is not JSON: {e}"),
+        });
+        plain.fill(0);
+        spec
+    }
+
+    fn error(&self, key: &ResourceKey, source: crate::sealing::SealError) -> StoreError {
+        let origin = match self {
+            Sealing::Key(k) => format!("{} (key id {})", k.origin(), k.id()),
+            Sealing::Off => "(none)".into(),
+        };
+        StoreError::Unseal {
+            what: describe(key),
+            origin,
+            source,
+        }
+    }
+}
+
+/// `Secret default/token-1`, as messages name a resource.
+fn describe(key: &ResourceKey) -> String {
+    format!("{} {}/{}", key.kind.as_str(), key.mesh, key.name)
+}
+
+/// A record as sled holds it: `StoredResource`'s fields, with the spec either plain (what older
+/// versions wrote, and every kind but Secret) or sealed (base64 of the envelope) in its place.
+/// A plain record is byte for byte what older versions wrote.
+#[derive(Serialize, Deserialize)]
+struct DiskRecord {
+    key: ResourceKey,
+    hash: String,
+    revision: u64,
+    created_unix: u64,
+    modified_unix: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    spec: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed: Option<String>,
+}
+
+/// What a write needs of a record on disk, read without unsealing it.
+#[derive(Deserialize)]
+pub(crate) struct DiskMeta {
+    pub hash: String,
+    pub created_unix: u64,
+    #[serde(default)]
+    sealed: Option<serde::de::IgnoredAny>,
+}
+
+fn corrupt(key: &[u8], reason: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+impl Sealing {
+    /// The bytes sled stores for `record` (its spec sealed when its kind is).
+    pub(crate) fn encode_sled(&self, record: &StoredResource) -> Result<Vec<u8>, StoreError> {
+        let sealed = self.seal(&record.key, &record.spec)?;
+        let disk = DiskRecord {
+            key: record.key.clone(),
+            hash: record.hash.clone(),
+            revision: record.revision,
+            created_unix: record.created_unix,
+            modified_unix: record.modified_unix,
+            spec: sealed.is_none().then(|| record.spec.clone()),
+            sealed: sealed.map(|e| base64::engine::general_purpose::STANDARD.encode(e)),
+        };
+        Ok(serde_json::to_vec(&disk).expect("stored records always serialize"))
+    }
+
+    /// The record sled holds as `bytes` under `key`, its spec unsealed.
+    pub(crate) fn decode_sled(
+        &self,
+        key: &[u8],
+        bytes: &[u8],
+    ) -> Result<StoredResource, StoreError> {
+        let disk: DiskRecord = serde_json::from_slice(bytes).map_err(|e| corrupt(key, e))?;
+        let spec = match (disk.spec, disk.sealed) {
+            (_, Some(sealed)) => {
+                let envelope = base64::engine::general_purpose::STANDARD
+                    .decode(sealed)
+                    .map_err(|e| corrupt(key, format!("its sealed spec is not base64: {e}")))?;
+                self.open(&disk.key, &envelope)?
+            }
+            (Some(spec), None) => spec,
+            (None, None) => return Err(corrupt(key, "it holds no spec")),
+        };
+        Ok(StoredResource {
+            key: disk.key,
+            hash: disk.hash,
+            revision: disk.revision,
+            created_unix: disk.created_unix,
+            modified_unix: disk.modified_unix,
+            spec,
+        })
+    }
+}
+
+impl DiskMeta {
+    pub(crate) fn decode(key: &[u8], bytes: &[u8]) -> Result<Self, StoreError> {
+        serde_json::from_slice(bytes).map_err(|e| corrupt(key, e))
+    }
+}
+
+/// On a sled store just opened: every sealed record is opened once with the key (a wrong key or
+/// an altered record is `StoreError::Unseal` before anything is served), and every record of a
+/// sealed kind still in plain text (written by an older version) is sealed, all in one batch,
+/// flushed, with its hash, revision and times unchanged. Returns how many were sealed.
+pub(crate) fn seal_plain_sled(
+    sealing: &Sealing,
+    h: &crate::store_sled::Handles,
+) -> Result<usize, StoreError> {
+    let Sealing::Key(_) = sealing else {
+        return Ok(0);
+    };
+    let mut batch = sled::Batch::default();
+    let mut sealed = 0;
+    for kind in [Kind::Mesh, Kind::Secret, Kind::Dataplane] {
+        if !sealed_kind(kind) {
+            continue;
+        }
+        for item in h.resources.scan_prefix(ResourceKey::prefix(kind, None)) {
+            let (k, v) = item?;
+            let meta = DiskMeta::decode(&k, &v)?;
+            // Decoding opens a sealed spec: the key is checked against every record.
+            let record = sealing.decode_sled(&k, &v)?;
+            if meta.sealed.is_none() {
+                batch.insert(k, sealing.encode_sled(&record)?);
+                sealed += 1;
+            }
+        }
+    }
+    if sealed > 0 {
+        h.resources.apply_batch(batch)?;
+        h.db.flush()?;
+    }
+    Ok(sealed)
+}
