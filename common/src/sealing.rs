@@ -43,6 +43,14 @@ impl fmt::Display for KeyId {
     }
 }
 
+impl KeyId {
+    /// The id shown as `Display` shows it (16 hex digits).
+    pub fn parse(hex_id: &str) -> Option<Self> {
+        let bytes = hex::decode(hex_id).ok()?;
+        Some(Self(bytes.try_into().ok()?))
+    }
+}
+
 impl fmt::Debug for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "KeyId({self})")

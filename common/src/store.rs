@@ -72,7 +72,7 @@ pub enum StoreError {
     Url { reason: String },
     /// A sealed Secret does not open with the key given (another key, or altered): nothing of it
     /// is served.
-    #[error("{what} in the store cannot be unsealed with the Secrets key {origin}: {source}")]
+    #[error("{what} cannot be unsealed with the Secrets key {origin}: {source}")]
     Unseal {
         what: String,
         origin: String,
@@ -1368,7 +1368,14 @@ mod tests {
         let StoreError::Unseal { what, source, .. } = &err else {
             panic!("{err:?}");
         };
-        assert_eq!(what, "Secret m/s");
+        let expected = match &db {
+            TestDb::Sled(_) => "Secret m/s in the store",
+            // PostgreSQL knows the replicas' key before it reads a row.
+            TestDb::Pg(_) => {
+                "the Secrets of this PostgreSQL store (its replicas seal with another key)"
+            }
+        };
+        assert_eq!(what, expected);
         assert_eq!(
             source,
             &SealError::OtherKey {
@@ -1377,11 +1384,7 @@ mod tests {
             }
         );
         let text = err.to_string();
-        for part in [
-            key().id().to_string(),
-            other.id().to_string(),
-            "Secret m/s".into(),
-        ] {
+        for part in [key().id().to_string(), other.id().to_string()] {
             assert!(text.contains(&part), "{text}");
         }
         assert!(!text.contains(&secret_b64()));
@@ -1449,6 +1452,15 @@ mod tests {
         // Opened again: nothing left to seal, the same state.
         let store = db.open().await;
         assert_eq!(store.fingerprint(), before_fp);
+        if let TestDb::Pg(pg) = &db {
+            // The table was rewritten: no file of it holds a plain row (the WAL still does, until
+            // PostgreSQL recycles it).
+            pg.psql("CHECKPOINT").unwrap();
+            assert_eq!(
+                files_holding(&pg.data_dir().join("base"), &secret_b64()),
+                Vec::<String>::new()
+            );
+        }
         if let TestDb::Sled(dir) = &db {
             // sled's log held the plain values: the files were rewritten, and none is left.
             drop(store);
@@ -1658,6 +1670,28 @@ mod tests {
         assert_eq!(a.share("k", "one").await.unwrap(), "one");
         assert_eq!(b.share("k", "two").await.unwrap(), "one");
         assert_eq!(b.shared_value("k").await.unwrap().as_deref(), Some("one"));
+    }
+
+    /// Replicas must share the key: one given another file is refused at connect, even while
+    /// the database holds no Secret yet (nothing it wrote could be read by the others).
+    #[tokio::test]
+    async fn postgres_a_replica_with_another_key_is_refused_before_any_secret() {
+        let db = TestDb::pg();
+        let first = db.open().await;
+        assert_eq!(first.count(Kind::Secret), 0);
+        let TestDb::Pg(pg) = &db else { unreachable!() };
+        let other = Arc::new(SecretsKey::generate().unwrap());
+        let err = Store::connect(&pg.url(), other.clone())
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, StoreError::Unseal { source: SealError::OtherKey { sealed_with, held }, .. }
+                if *sealed_with == key().id() && *held == other.id()),
+            "{err}"
+        );
+        // The same key is welcome.
+        db.open().await;
     }
 
     #[tokio::test]

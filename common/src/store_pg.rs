@@ -26,7 +26,7 @@ use crate::store::{
     Existing, Expect, Op, Outcome, ResourceKey, Store, StoreError, StoredResource, index_changes,
     prepare, replacement,
 };
-use crate::store_sealing::{Sealing, sealed_kind};
+use crate::store_sealing::{KEY_ID_SHARED, Sealing, sealed_kind};
 
 /// A version index change: the key and its new version (`None`: deleted).
 type IndexChange = (ResourceKey, Option<String>);
@@ -148,6 +148,44 @@ async fn migrate(client: &mut Client) -> Result<i64, StoreError> {
     }
     tx.commit().await.map_err(pg_err)?;
     Ok(known_version())
+}
+
+/// Refuses a key other than the one the replicas of this database seal with: the first replica
+/// to connect names its key's id in `shared`, and every later one must hold the same key (so a
+/// replica given another file never starts, even before any Secret is stored).
+async fn check_key(client: &Client, sealing: &Sealing) -> Result<(), StoreError> {
+    let Some(id) = sealing.key_id() else {
+        return Ok(());
+    };
+    client
+        .execute(
+            "INSERT INTO shared (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            &[&KEY_ID_SHARED, &id.to_string()],
+        )
+        .await
+        .map_err(pg_err)?;
+    let stored: String = client
+        .query_one(
+            "SELECT value FROM shared WHERE name = $1",
+            &[&KEY_ID_SHARED],
+        )
+        .await
+        .map_err(pg_err)?
+        .get(0);
+    match crate::sealing::KeyId::parse(&stored) {
+        Some(theirs) if theirs == id => Ok(()),
+        Some(theirs) => Err(sealing.refusal(
+            "the Secrets of this PostgreSQL store (its replicas seal with another key)".into(),
+            crate::sealing::SealError::OtherKey {
+                sealed_with: theirs,
+                held: id,
+            },
+        )),
+        None => Err(StoreError::Corrupt {
+            key: format!("shared value {KEY_ID_SHARED}"),
+            reason: format!("{stored:?} is not a key id"),
+        }),
+    }
 }
 
 /// Seals, in one transaction, every row of a sealed kind an older version stored in plain text
@@ -303,6 +341,7 @@ impl Pg {
         let config = parse_url(url)?;
         let mut client = connect_client(&config).await?;
         migrate(&mut client).await?;
+        check_key(&client, &sealing).await?;
         seal_plain_rows(&mut client, &sealing).await?;
         let tx = client
             .build_transaction()

@@ -22,6 +22,10 @@ pub(crate) enum Sealing {
     Off,
 }
 
+/// The shared value (PostgreSQL) naming the id of the key the replicas seal with: the first
+/// replica's, and every later one must hold the same key.
+pub(crate) const KEY_ID_SHARED: &str = "secrets-key-id";
+
 /// Whether records of `kind` are sealed.
 pub(crate) fn sealed_kind(kind: Kind) -> bool {
     kind == Kind::Secret
@@ -71,13 +75,26 @@ impl Sealing {
         spec
     }
 
+    /// The id of the key, when sealing.
+    pub(crate) fn key_id(&self) -> Option<crate::sealing::KeyId> {
+        match self {
+            Sealing::Key(k) => Some(k.id()),
+            Sealing::Off => None,
+        }
+    }
+
     fn error(&self, key: &ResourceKey, source: crate::sealing::SealError) -> StoreError {
+        self.refusal(format!("{} in the store", describe(key)), source)
+    }
+
+    /// `what` cannot be unsealed with this key, for `source`.
+    pub(crate) fn refusal(&self, what: String, source: crate::sealing::SealError) -> StoreError {
         let origin = match self {
             Sealing::Key(k) => format!("{} (key id {})", k.origin(), k.id()),
             Sealing::Off => "(none)".into(),
         };
         StoreError::Unseal {
-            what: describe(key),
+            what,
             origin,
             source,
         }

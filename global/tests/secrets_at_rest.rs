@@ -233,7 +233,7 @@ async fn postgres_secret_values_reach_issuance_and_no_file_of_the_database_or_st
     // The replicas' key is the operator's file: neither data directory has one of its own.
     assert!(!root.join("global/secrets.key").exists());
 
-    // Another key: refused, naming the Secret and both key ids.
+    // Another key: refused, naming both key ids.
     let other = root.join("other.key");
     common::sealing::SecretsKey::load_or_generate(&other).unwrap();
     let options = GlobalOptions::default()
@@ -245,7 +245,19 @@ async fn postgres_secret_values_reach_issuance_and_no_file_of_the_database_or_st
         .err()
         .expect("a replica with another key must not start");
     assert!(refusal.contains("cannot be unsealed"), "{refusal}");
-    assert!(refusal.contains("Secret default/"), "{refusal}");
+    assert!(
+        refusal.contains("its replicas seal with another key"),
+        "{refusal}"
+    );
+    let ids = [
+        common::sealing::SecretsKey::load(&pg.secrets_key_file())
+            .unwrap()
+            .id(),
+        common::sealing::SecretsKey::load(&other).unwrap().id(),
+    ];
+    for id in ids {
+        assert!(refusal.contains(&id.to_string()), "{refusal}");
+    }
     assert!(
         refusal.contains("start with the key that sealed it"),
         "{refusal}"

@@ -4,5 +4,6 @@
 pub mod api;
 pub mod issue;
 pub mod rotation;
+pub mod secrets;
 pub mod sync;
 pub mod zones;
