@@ -238,13 +238,18 @@ impl SecretsKey {
 
     /// The key a control plane with data in `data_dir` seals with: the file the operator named
     /// (`--secrets-key-file`, which must exist), else `<data-dir>/secrets.key`, generated on the
-    /// first start. A key generated now says so in messages (a store sealed with another key
-    /// then tells that the key file was lost), and the start logs it.
+    /// first start (the data directory made first, 0700, as the store would). A key generated
+    /// now says so in messages (a store sealed with another key then tells that the key file was
+    /// lost), and the start logs it.
     pub fn for_data_dir(data_dir: &Path, named: Option<&Path>) -> Result<Self, KeyError> {
         if let Some(path) = named {
             return Self::load(path);
         }
         let path = data_dir.join(KEY_FILE);
+        crate::file::private_dir(data_dir).map_err(|source| KeyError::Write {
+            path: path.clone(),
+            source,
+        })?;
         let (mut key, generated) = Self::load_or_generate(&path)?;
         if generated {
             tracing::info!(key_file = %path.display(), key_id = %key.id, "generated the Secrets key (back it up with the data directory)");
