@@ -363,7 +363,9 @@ async fn a_wrong_lost_or_exposed_key_is_a_clear_start_up_error() {
     // The zone, with another key: refused too, naming its key file.
     let zkey = root.join("zone-1/secrets.key");
     replace_key(&zkey);
-    let err = zone.restart().await.err().expect("the zone must not start");
+    let Err(err) = zone.restart().await else {
+        panic!("the zone must not start with another key");
+    };
     let text = format!("{err:#}");
     assert!(text.contains("exited (exit status: 1)"), "{text}");
     assert!(text.contains("cannot be unsealed"), "{text}");
