@@ -447,7 +447,8 @@ impl Store {
         let mut entries = Vec::new();
         for item in h.resources.iter() {
             let (k, v) = item?;
-            let r: KeyAndHash = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+            let (json, _) = crate::store_sealing::split_sled(&k, &v)?;
+            let r: KeyAndHash = serde_json::from_slice(json).map_err(|e| StoreError::Corrupt {
                 key: String::from_utf8_lossy(&k).into_owned(),
                 reason: e.to_string(),
             })?;

@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::model::Kind;
@@ -106,9 +105,11 @@ fn describe(key: &ResourceKey) -> String {
     format!("{} {}/{}", key.kind.as_str(), key.mesh, key.name)
 }
 
-/// A record as sled holds it: `StoredResource`'s fields, with the spec either plain (what older
-/// versions wrote, and every kind but Secret) or sealed (base64 of the envelope) in its place.
-/// A plain record is byte for byte what older versions wrote.
+/// A record as sled holds it. A plain record (every kind but Secret, and what older versions
+/// wrote) is the JSON of `StoredResource`, byte for byte what older versions wrote. A sealed
+/// record is `0x01 | length of the JSON (4 bytes, big endian) | the JSON of the metadata (no
+/// spec) | the envelope`: the envelope stays binary (base64 in the JSON would make every sealed
+/// record a third larger, and sled's writes with it), and JSON never starts with 0x01.
 #[derive(Serialize, Deserialize)]
 struct DiskRecord {
     key: ResourceKey,
@@ -118,17 +119,16 @@ struct DiskRecord {
     modified_unix: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     spec: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    sealed: Option<String>,
 }
+
+/// The first byte of a sealed record.
+const SEALED_RECORD: u8 = 0x01;
 
 /// What a write needs of a record on disk, read without unsealing it.
 #[derive(Deserialize)]
 pub(crate) struct DiskMeta {
     pub hash: String,
     pub created_unix: u64,
-    #[serde(default)]
-    sealed: Option<serde::de::IgnoredAny>,
 }
 
 fn corrupt(key: &[u8], reason: impl ToString) -> StoreError {
@@ -136,6 +136,25 @@ fn corrupt(key: &[u8], reason: impl ToString) -> StoreError {
         key: String::from_utf8_lossy(key).into_owned(),
         reason: reason.to_string(),
     }
+}
+
+/// A sled record's JSON (the whole of a plain record, the metadata of a sealed one) and, when
+/// sealed, its envelope.
+pub(crate) fn split_sled<'a>(
+    key: &[u8],
+    bytes: &'a [u8],
+) -> Result<(&'a [u8], Option<&'a [u8]>), StoreError> {
+    if bytes.first() != Some(&SEALED_RECORD) {
+        return Ok((bytes, None));
+    }
+    let len = bytes
+        .get(1..5)
+        .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize)
+        .ok_or_else(|| corrupt(key, "a sealed record cut short"))?;
+    let json = bytes
+        .get(5..5 + len)
+        .ok_or_else(|| corrupt(key, "a sealed record cut short"))?;
+    Ok((json, Some(&bytes[5 + len..])))
 }
 
 impl Sealing {
@@ -149,9 +168,18 @@ impl Sealing {
             created_unix: record.created_unix,
             modified_unix: record.modified_unix,
             spec: sealed.is_none().then(|| record.spec.clone()),
-            sealed: sealed.map(|e| base64::engine::general_purpose::STANDARD.encode(e)),
         };
-        Ok(serde_json::to_vec(&disk).expect("stored records always serialize"))
+        let json = serde_json::to_vec(&disk).expect("stored records always serialize");
+        let Some(envelope) = sealed else {
+            return Ok(json);
+        };
+        let len = u32::try_from(json.len()).expect("a record's metadata is small");
+        let mut out = Vec::with_capacity(5 + json.len() + envelope.len());
+        out.push(SEALED_RECORD);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&json);
+        out.extend_from_slice(&envelope);
+        Ok(out)
     }
 
     /// The record sled holds as `bytes` under `key`, its spec unsealed.
@@ -160,15 +188,12 @@ impl Sealing {
         key: &[u8],
         bytes: &[u8],
     ) -> Result<StoredResource, StoreError> {
-        let disk: DiskRecord = serde_json::from_slice(bytes).map_err(|e| corrupt(key, e))?;
-        let spec = match (disk.spec, disk.sealed) {
-            (_, Some(sealed)) => {
-                let envelope = base64::engine::general_purpose::STANDARD
-                    .decode(sealed)
-                    .map_err(|e| corrupt(key, format!("its sealed spec is not base64: {e}")))?;
-                self.open(&disk.key, &envelope)?
-            }
+        let (json, envelope) = split_sled(key, bytes)?;
+        let disk: DiskRecord = serde_json::from_slice(json).map_err(|e| corrupt(key, e))?;
+        let spec = match (disk.spec, envelope) {
+            (None, Some(envelope)) => self.open(&disk.key, envelope)?,
             (Some(spec), None) => spec,
+            (Some(_), Some(_)) => return Err(corrupt(key, "it holds a spec and a sealed one")),
             (None, None) => return Err(corrupt(key, "it holds no spec")),
         };
         Ok(StoredResource {
@@ -184,7 +209,8 @@ impl Sealing {
 
 impl DiskMeta {
     pub(crate) fn decode(key: &[u8], bytes: &[u8]) -> Result<Self, StoreError> {
-        serde_json::from_slice(bytes).map_err(|e| corrupt(key, e))
+        let (json, _) = split_sled(key, bytes)?;
+        serde_json::from_slice(json).map_err(|e| corrupt(key, e))
     }
 }
 
@@ -207,10 +233,10 @@ pub(crate) fn seal_plain_sled(
         }
         for item in h.resources.scan_prefix(ResourceKey::prefix(kind, None)) {
             let (k, v) = item?;
-            let meta = DiskMeta::decode(&k, &v)?;
+            let (_, envelope) = split_sled(&k, &v)?;
             // Decoding opens a sealed spec: the key is checked against every record.
             let record = sealing.decode_sled(&k, &v)?;
-            if meta.sealed.is_none() {
+            if envelope.is_none() {
                 batch.insert(k, sealing.encode_sled(&record)?);
                 sealed += 1;
             }

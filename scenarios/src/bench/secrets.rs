@@ -72,12 +72,18 @@ impl Phase {
     }
 }
 
-/// The data of Secret `i` in `version`: `bytes` long, different for each.
+/// The data of Secret `i` in `version`: `bytes` of noise (xorshift), different for each, as
+/// incompressible as real keys and tokens (PostgreSQL compresses large values: repetitive data
+/// would flatter the plain baseline, whose rows it compresses, against sealed ones it cannot).
 fn data(i: usize, version: u32, bytes: usize) -> Vec<u8> {
-    let head = format!("v{version}-secret-{i}-");
-    head.bytes()
-        .chain(std::iter::repeat(b'x'))
-        .take(bytes.max(head.len()))
+    let mut x = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(version);
+    (0..bytes)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
         .collect()
 }
 
