@@ -10,7 +10,8 @@
 //! constructor only this bench uses; no flag or setting reaches it), on a fresh store each time,
 //! alternating which goes first, so that the machine's noise falls on both alike, after a short
 //! warm-up round of each that is not counted. Per mode:
-//! writes/s and p50/p99 latency of each phase, and this process's CPU time per write. The cost of
+//! writes/s and p50/p99 latency of each phase, and this process's CPU time per write; the
+//! sealed / plain ratio of writes/s over all rounds and its median over the rounds' pairs. The cost of
 //! one seal and one open of a Secret's spec (`--data-bytes` of data) is measured alone too, next
 //! to the SHA-256 content hash every write computes anyway.
 
@@ -162,8 +163,17 @@ async fn fresh_store(
     }
 }
 
-/// Per mode (sealed, plain): the create phase and the update phase over every round.
-type Modes = [(Phase, Phase); 2];
+/// Per mode (sealed, plain): the create phase and the update phase over every round; and per
+/// round and phase, the sealed / plain writes/s ratio of that round's pair of runs.
+struct Modes {
+    phases: [(Phase, Phase); 2],
+    ratios: [Vec<f64>; 2],
+}
+
+/// The median of `v` (0 when empty).
+fn median(v: &[f64]) -> f64 {
+    Stats::of(v).p50
+}
 
 async fn measure(p: &SecretsBench, postgres: bool) -> Result<Modes> {
     let pg = if postgres {
@@ -171,7 +181,10 @@ async fn measure(p: &SecretsBench, postgres: bool) -> Result<Modes> {
     } else {
         None
     };
-    let mut modes: Modes = Default::default();
+    let mut modes = Modes {
+        phases: Default::default(),
+        ratios: Default::default(),
+    };
     let mut db = 0;
     // A short round of each mode first, not counted: the runtime's threads, the allocator and
     // PostgreSQL's caches warm up on it.
@@ -182,6 +195,7 @@ async fn measure(p: &SecretsBench, postgres: bool) -> Result<Modes> {
         phase(&store, p.clients, warmup, 1, p.data_bytes, Outcome::Created).await?;
     }
     for round in 0..p.rounds {
+        let mut rates = [(0.0, 0.0); 2];
         // Alternate which mode goes first.
         let order = if round % 2 == 0 {
             [true, false]
@@ -198,7 +212,8 @@ async fn measure(p: &SecretsBench, postgres: bool) -> Result<Modes> {
                 phase(&store, p.clients, p.ops, 1, p.data_bytes, Outcome::Created).await?;
             let updated =
                 phase(&store, p.clients, p.ops, 2, p.data_bytes, Outcome::Updated).await?;
-            let slot = &mut modes[usize::from(!sealed)];
+            rates[usize::from(!sealed)] = (created.rate(), updated.rate());
+            let slot = &mut modes.phases[usize::from(!sealed)];
             slot.0.merge(&created);
             slot.1.merge(&updated);
             eprintln!(
@@ -209,6 +224,9 @@ async fn measure(p: &SecretsBench, postgres: bool) -> Result<Modes> {
                 updated.rate()
             );
         }
+        let [(sc, su), (pc, pu)] = rates;
+        modes.ratios[0].push(sc / pc.max(1e-9));
+        modes.ratios[1].push(su / pu.max(1e-9));
     }
     Ok(modes)
 }
@@ -271,12 +289,13 @@ pub async fn run(p: SecretsBench) -> Result<()> {
             "phase",
             "sealed: writes/s, p50 / p99 ms",
             "plain: writes/s, p50 / p99 ms",
-            "sealed / plain writes/s",
+            "sealed / plain writes/s: all, median of rounds (min-max)",
             "bench CPU µs per write, sealed / plain",
         ]);
         for (i, phase) in ["create", "update"].iter().enumerate() {
             let pick = |m: &(Phase, Phase)| if i == 0 { m.0.clone() } else { m.1.clone() };
-            let (sealed, plain) = (pick(&modes[0]), pick(&modes[1]));
+            let (sealed, plain) = (pick(&modes.phases[0]), pick(&modes.phases[1]));
+            let ratios = Stats::of(&modes.ratios[i]);
             let (s, q) = (Stats::of(&sealed.latencies), Stats::of(&plain.latencies));
             t.row(&[
                 format!(
@@ -285,7 +304,13 @@ pub async fn run(p: SecretsBench) -> Result<()> {
                 ),
                 format!("{:.0}, {:.2} / {:.2}", sealed.rate(), s.p50, s.p99),
                 format!("{:.0}, {:.2} / {:.2}", plain.rate(), q.p50, q.p99),
-                format!("{:.3}", sealed.rate() / plain.rate().max(1e-9)),
+                format!(
+                    "{:.3}, {:.3} ({:.2}-{:.2})",
+                    sealed.rate() / plain.rate().max(1e-9),
+                    median(&modes.ratios[i]),
+                    ratios.min,
+                    ratios.max
+                ),
                 format!(
                     "{:.0} / {:.0}",
                     sealed.cpu_us_per_write(),
