@@ -348,9 +348,11 @@ mod tests {
     #[tokio::test]
     async fn postgres_one_leader_stamped_heartbeats_and_compare_and_set() {
         let pg = testkit::postgres::PgServer::start().unwrap();
+        // Replicas share the Secrets key.
+        let key = std::sync::Arc::new(crate::sealing::SecretsKey::generate().unwrap());
         let (a, b) = (
-            Store::connect(&pg.url()).await.unwrap(),
-            Store::connect(&pg.url()).await.unwrap(),
+            Store::connect(&pg.url(), key.clone()).await.unwrap(),
+            Store::connect(&pg.url(), key).await.unwrap(),
         );
         let (a, b) = (Coordinator::new(&a), Coordinator::new(&b));
         assert!(a.is_shared());
@@ -396,7 +398,8 @@ mod tests {
     #[tokio::test]
     async fn a_sled_store_always_leads() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store =
+            Store::open(dir.path(), crate::sealing::SecretsKey::generate().unwrap()).unwrap();
         let c = Coordinator::new(&store);
         assert!(!c.is_shared());
         assert!(c.lead().await.unwrap());

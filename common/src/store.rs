@@ -9,6 +9,14 @@
 //! in-memory index of those hashes per kind (`versions`) lets the sync server diff what a zone
 //! holds against the store without decoding records. Side tables that are not resources (global's
 //! zone records, a zone's sync bookkeeping) live in named record trees (`records`).
+//!
+//! Secret data is sealed at rest (`sealing`): the store seals a Secret's spec as it encodes the
+//! record for sled or PostgreSQL and opens it as it decodes one, so everything above the store
+//! (reads, the sync stream, admission, issuance) sees plain resources, and the content hash (the
+//! per-resource version) is computed from the plain spec as before: the same on every replica
+//! and across restarts, never dependent on a nonce. A store opened with a key checks every sealed
+//! Secret against it and seals, in one batch and without touching hashes or revisions, what an
+//! older version stored in plain text.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -22,6 +30,7 @@ use tokio::sync::watch;
 
 use crate::datasource::SecretLookup;
 use crate::model::{Dataplane, Kind, Mesh, Resource, Secret};
+use crate::sealing::{SealError, SecretsKey};
 pub use crate::store_records::Records;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -61,6 +70,15 @@ pub enum StoreError {
     SchemaTooNew { found: i64, known: i64 },
     #[error("invalid store URL: {reason}")]
     Url { reason: String },
+    /// A sealed Secret does not open with the key given (another key, or altered): nothing of it
+    /// is served.
+    #[error("{what} cannot be unsealed with the Secrets key {origin}: {source}")]
+    Unseal {
+        what: String,
+        origin: String,
+        #[source]
+        source: SealError,
+    },
 }
 
 /// What a checked write expects of the store (see [`Store::write_checked`]).
@@ -171,25 +189,40 @@ pub fn resource_json(r: &Resource) -> serde_json::Value {
     v.expect("model types always serialize to JSON")
 }
 
+/// What a put needs of the record it replaces: its content hash and creation time.
+pub(crate) struct Existing<'a> {
+    pub hash: &'a str,
+    pub created_unix: u64,
+}
+
+impl<'a> Existing<'a> {
+    pub(crate) fn of(r: &'a StoredResource) -> Self {
+        Self {
+            hash: &r.hash,
+            created_unix: r.created_unix,
+        }
+    }
+}
+
 /// The record a put of `spec` (content hash `hash`) leaves in place of `existing` at `revision`,
 /// and the outcome: `None` when the content is unchanged (nothing is written). Both backends write
 /// exactly this.
 pub(crate) fn replacement(
-    existing: Option<&StoredResource>,
+    existing: Option<Existing<'_>>,
     key: &ResourceKey,
     spec: &serde_json::Value,
     hash: &str,
     revision: u64,
     now: u64,
 ) -> Option<(StoredResource, Outcome)> {
-    if existing.is_some_and(|e| e.hash == hash) {
+    if existing.as_ref().is_some_and(|e| e.hash == hash) {
         return None;
     }
     let record = StoredResource {
         key: key.clone(),
         hash: hash.to_string(),
         revision,
-        created_unix: existing.map_or(now, |e| e.created_unix),
+        created_unix: existing.as_ref().map_or(now, |e| e.created_unix),
         modified_unix: now,
         spec: spec.clone(),
     };
@@ -286,6 +319,8 @@ pub struct VersionSnapshot {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// How Secrets are sealed on disk (`store_sealing`).
+    pub(crate) sealing: crate::store_sealing::Sealing,
     /// Where `file:` data sources may be read (see [`Store::confine_files`]); None: anywhere.
     file_roots: Arc<RwLock<Option<Arc<crate::datasource::FileRoots>>>>,
     pub(crate) revision_tx: std::sync::Arc<watch::Sender<u64>>,
@@ -306,6 +341,7 @@ pub(crate) struct WeakStore {
     write_lock: std::sync::Weak<tokio::sync::Mutex<()>>,
     index: std::sync::Weak<RwLock<VersionIndex>>,
     file_roots: std::sync::Weak<RwLock<Option<Arc<crate::datasource::FileRoots>>>>,
+    sealing: crate::store_sealing::Sealing,
 }
 
 impl WeakStore {
@@ -316,14 +352,28 @@ impl WeakStore {
             write_lock: self.write_lock.upgrade()?,
             index: self.index.upgrade()?,
             file_roots: self.file_roots.upgrade()?,
+            sealing: self.sealing.clone(),
         })
     }
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`. Every record is read once, which checks sled's
-    /// checksums of all of them: a store that fails is `StoreError::Damaged`.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+    /// Opens (or creates) the store in `dir`, sealing Secrets with `key`. Every record is read
+    /// once, which checks sled's checksums of all of them: a store that fails is
+    /// `StoreError::Damaged`. Every sealed Secret is opened once with `key` (another key is
+    /// `StoreError::Unseal`), and Secrets an older version stored in plain text are sealed.
+    pub fn open(dir: &Path, key: impl Into<Arc<SecretsKey>>) -> Result<Self, StoreError> {
+        Self::open_with(dir, crate::store_sealing::Sealing::Key(key.into()))
+    }
+
+    /// A sled store that seals nothing: the baseline of `scenarios bench secrets`, which measures
+    /// what sealing costs a Secret write. No control plane opens a store this way.
+    #[doc(hidden)]
+    pub fn open_unsealed_bench_baseline(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, crate::store_sealing::Sealing::Off)
+    }
+
+    fn open_with(dir: &Path, sealing: crate::store_sealing::Sealing) -> Result<Self, StoreError> {
         let damaged = |reason: String| StoreError::Damaged {
             path: dir.join("store").display().to_string(),
             reason,
@@ -338,16 +388,48 @@ impl Store {
             Ok(Err(StoreError::Corrupt { key, reason })) => {
                 Err(damaged(format!("record {key:?}: {reason}")))
             }
-            Ok(r) => Ok(Self::with_backend(Backend::Sled(sled), r?)),
+            Ok(r) => {
+                let index = r?;
+                let sealed = match crate::store_sealing::seal_plain_sled(&sealing, &handles) {
+                    Err(StoreError::Corrupt { key, reason }) => {
+                        return Err(damaged(format!("record {key:?}: {reason}")));
+                    }
+                    r => r?,
+                };
+                if sealed > 0 {
+                    tracing::info!(
+                        store = %dir.join("store").display(), secrets = sealed,
+                        "sealed the Secrets an older version stored in plain text"
+                    );
+                    // sled's log still holds the plain values: the database is rewritten into
+                    // fresh files, which are then opened in its place.
+                    match crate::store_sled::rewrite_copy(dir, &handles) {
+                        Ok(()) => {
+                            drop((sled, handles));
+                            return Self::open_with(dir, sealing);
+                        }
+                        Err(e) => tracing::warn!(
+                            store = %dir.join("store").display(), error = %e,
+                            "the store's files could not be rewritten: the plain values stay in them until sled reclaims their space"
+                        ),
+                    }
+                }
+                Ok(Self::with_backend(Backend::Sled(sled), index, sealing))
+            }
             Err(p) => Err(damaged(crate::store_sled::panic_text(p))),
         }
     }
 
-    /// A store that lives in memory only (unit tests).
+    /// A store that lives in memory only (unit tests), sealing with a key of its own.
     pub fn temporary() -> Result<Self, StoreError> {
         let (sled, handles) = crate::store_sled::Sled::temporary()?;
         let index = Self::load_index(&handles)?;
-        Ok(Self::with_backend(Backend::Sled(sled), index))
+        let key = SecretsKey::generate().map_err(|e| StoreError::Open {
+            path: "(in memory)".into(),
+            reason: e.to_string(),
+        })?;
+        let sealing = crate::store_sealing::Sealing::Key(Arc::new(key));
+        Ok(Self::with_backend(Backend::Sled(sled), index, sealing))
     }
 
     /// The version index of what the database holds.
@@ -365,7 +447,8 @@ impl Store {
         let mut entries = Vec::new();
         for item in h.resources.iter() {
             let (k, v) = item?;
-            let r: KeyAndHash = serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+            let (json, _) = crate::store_sealing::split_sled(&k, &v)?;
+            let r: KeyAndHash = serde_json::from_slice(json).map_err(|e| StoreError::Corrupt {
                 key: String::from_utf8_lossy(&k).into_owned(),
                 reason: e.to_string(),
             })?;
@@ -374,10 +457,15 @@ impl Store {
         Ok(VersionIndex::of(revision, entries))
     }
 
-    fn with_backend(backend: Backend, index: VersionIndex) -> Self {
+    fn with_backend(
+        backend: Backend,
+        index: VersionIndex,
+        sealing: crate::store_sealing::Sealing,
+    ) -> Self {
         let (revision_tx, _) = watch::channel(index.revision);
         let store = Self {
             backend,
+            sealing,
             revision_tx: std::sync::Arc::new(revision_tx),
             write_lock: std::sync::Arc::new(tokio::sync::Mutex::new(())),
             index: Arc::new(RwLock::new(index)),
@@ -408,11 +496,27 @@ impl Store {
     /// Connects to the PostgreSQL store at `url` (`postgres://USER[:PASS]@HOST[:PORT]/DB`),
     /// applies the migrations this binary knows, loads every resource and record into memory and
     /// follows the other replicas' writes (LISTEN/NOTIFY, and a poll as a safety net). One
-    /// attempt: a database that cannot be reached is `StoreError::Unavailable`.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let (pg, resources, revision) = crate::store_pg::Pg::connect(url).await?;
+    /// attempt: a database that cannot be reached is `StoreError::Unavailable`. Secrets are
+    /// sealed with `key` (the same on every replica); every sealed row is opened once with it
+    /// (another key is `StoreError::Unseal`) and rows an older version wrote in plain text are
+    /// sealed, in one transaction.
+    pub async fn connect(url: &str, key: impl Into<Arc<SecretsKey>>) -> Result<Self, StoreError> {
+        Self::connect_with(url, crate::store_sealing::Sealing::Key(key.into())).await
+    }
+
+    /// A PostgreSQL store that seals nothing: the baseline of `scenarios bench secrets` only.
+    #[doc(hidden)]
+    pub async fn connect_unsealed_bench_baseline(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, crate::store_sealing::Sealing::Off).await
+    }
+
+    async fn connect_with(
+        url: &str,
+        sealing: crate::store_sealing::Sealing,
+    ) -> Result<Self, StoreError> {
+        let (pg, resources, revision) = crate::store_pg::Pg::connect(url, sealing.clone()).await?;
         let index = VersionIndex::of(revision, resources.into_iter().map(|r| (r.key, r.hash)));
-        let store = Self::with_backend(Backend::Pg(pg.clone()), index);
+        let store = Self::with_backend(Backend::Pg(pg.clone()), index, sealing);
         crate::store_pg::spawn_listener(&store, pg);
         Ok(store)
     }
@@ -491,6 +595,7 @@ impl Store {
             write_lock: Arc::downgrade(&self.write_lock),
             index: Arc::downgrade(&self.index),
             file_roots: Arc::downgrade(&self.file_roots),
+            sealing: self.sealing.clone(),
         }
     }
 
@@ -675,7 +780,7 @@ impl Store {
                 if let Some(before) = sled.hidden().get(&key.encode()) {
                     return before
                         .as_ref()
-                        .map(|b| decode_record(&key.encode(), b))
+                        .map(|b| self.sealing.decode_sled(&key.encode(), b))
                         .transpose();
                 }
                 sled.handles()?.resources
@@ -683,7 +788,7 @@ impl Store {
             Backend::Pg(pg) => return Ok(pg.get(key)),
         };
         match resources.get(key.encode())? {
-            Some(bytes) => Ok(Some(decode_record(&key.encode(), &bytes)?)),
+            Some(bytes) => Ok(Some(self.sealing.decode_sled(&key.encode(), &bytes)?)),
             None => Ok(None),
         }
     }
@@ -731,7 +836,10 @@ impl Store {
                 None => found.remove(k),
             };
         }
-        found.iter().map(|(k, v)| decode_record(k, v)).collect()
+        found
+            .iter()
+            .map(|(k, v)| self.sealing.decode_sled(k, v))
+            .collect()
     }
 
     pub fn list_meshes(&self) -> Result<Vec<Mesh>, StoreError> {
@@ -793,23 +901,30 @@ impl Store {
                 let mut outcomes = Vec::with_capacity(prepared.len());
                 let mut changed = false;
                 for ((key_bytes, put), key) in prepared.iter().zip(&keys) {
+                    // Hash and creation time only: the spec is not unsealed.
                     let existing = match res.get(key_bytes)? {
                         Some(bytes) => Some(
-                            decode_record(key_bytes, &bytes)
+                            crate::store_sealing::DiskMeta::decode(key_bytes, &bytes)
                                 .map_err(ConflictableTransactionError::Abort)?,
                         ),
                         None => None,
                     };
                     match put {
                         Some((spec, hash)) => {
+                            let old = existing.as_ref().map(|e| Existing {
+                                hash: &e.hash,
+                                created_unix: e.created_unix,
+                            });
                             let Some((record, outcome)) =
-                                replacement(existing.as_ref(), key, spec, hash, next, now)
+                                replacement(old, key, spec, hash, next, now)
                             else {
                                 outcomes.push(Outcome::Unchanged);
                                 continue;
                             };
-                            let bytes = serde_json::to_vec(&record)
-                                .expect("stored records always serialize");
+                            let bytes = self
+                                .sealing
+                                .encode_sled(&record)
+                                .map_err(ConflictableTransactionError::Abort)?;
                             res.insert(key_bytes.as_slice(), bytes)?;
                             changed = true;
                             outcomes.push(outcome);
@@ -920,13 +1035,6 @@ fn decode_u64(v: &[u8]) -> u64 {
     u64::from_be_bytes(buf)
 }
 
-pub(crate) fn decode_record(key: &[u8], bytes: &[u8]) -> Result<StoredResource, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        reason: e.to_string(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -938,6 +1046,14 @@ mod tests {
             labels: Default::default(),
             mtls: None,
         })
+    }
+
+    /// The Secrets key of every test store (a reopen must use the same).
+    static KEY: std::sync::LazyLock<Arc<SecretsKey>> =
+        std::sync::LazyLock::new(|| Arc::new(SecretsKey::generate().unwrap()));
+
+    fn key() -> Arc<SecretsKey> {
+        KEY.clone()
     }
 
     /// Where a test store lives: a sled directory, or a private PostgreSQL server.
@@ -958,8 +1074,8 @@ mod tests {
         /// Opens the store (again: a reopen after the previous one was dropped).
         async fn open(&self) -> Store {
             match self {
-                TestDb::Sled(dir) => Store::open(dir.path()).unwrap(),
-                TestDb::Pg(pg) => Store::connect(&pg.url()).await.unwrap(),
+                TestDb::Sled(dir) => Store::open(dir.path(), key()).unwrap(),
+                TestDb::Pg(pg) => Store::connect(&pg.url(), key()).await.unwrap(),
             }
         }
     }
@@ -1110,12 +1226,313 @@ mod tests {
         };
     }
 
+    /// The bytes a test store holds for `key`: sled's record, or PostgreSQL's row as
+    /// `spec|hex of sealed` (psql's output).
+    fn raw_bytes(db: &TestDb, store: &Store, key: &ResourceKey) -> Vec<u8> {
+        match (db, &store.backend) {
+            (TestDb::Sled(_), Backend::Sled(sled)) => sled
+                .handles()
+                .unwrap()
+                .resources
+                .get(key.encode())
+                .unwrap()
+                .expect("the record is there")
+                .to_vec(),
+            (TestDb::Pg(pg), _) => pg
+                .psql(&format!(
+                    "SELECT coalesce(spec, ''), coalesce(encode(sealed, 'hex'), '') FROM resources
+                     WHERE kind = '{}' AND mesh = '{}' AND name = '{}'",
+                    key.kind.as_str(),
+                    key.mesh,
+                    key.name
+                ))
+                .unwrap()
+                .into_bytes(),
+            _ => unreachable!(),
+        }
+    }
+
+    /// Every file under `dir` whose bytes hold `needle`.
+    fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
+        let mut found = vec![];
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                found.extend(files_holding(&e.path(), needle));
+            } else if contains(&std::fs::read(e.path()).unwrap(), needle) {
+                found.push(e.path().display().to_string());
+            }
+        }
+        found
+    }
+
+    fn contains(haystack: &[u8], needle: &str) -> bool {
+        haystack
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+    }
+
+    /// What the test Secrets hold: distinctive, so that finding it (or its base64) anywhere in
+    /// the store's bytes is meaningful.
+    const SECRET_VALUE: &[u8] = b"sealed-at-rest-4f2a9c-value";
+
+    fn secret_b64() -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(SECRET_VALUE)
+    }
+
+    async fn secrets_are_sealed_on_disk_and_read_plain(db: TestDb) {
+        let secret = Secret::new("m", "s", SECRET_VALUE);
+        let key = ResourceKey::new(Kind::Secret, "m", "s");
+        let expected_hash = content_hash(&resource_json(&Resource::Secret(secret.clone())));
+        {
+            let store = db.open().await;
+            store
+                .write(vec![
+                    Op::Put(mesh("m")),
+                    Op::Put(Resource::Secret(secret.clone())),
+                ])
+                .await
+                .unwrap();
+            assert_eq!(store.get_secret("m", "s").unwrap().unwrap(), secret);
+            assert_eq!(
+                store.version_of(&key).unwrap(),
+                expected_hash,
+                "hash of the plain spec"
+            );
+            let raw = raw_bytes(&db, &store, &key);
+            assert!(
+                !contains(&raw, &secret_b64()),
+                "{}",
+                String::from_utf8_lossy(&raw)
+            );
+            assert!(!contains(&raw, "sealed-at-rest"));
+            // Meshes are not sealed.
+            assert!(contains(&raw_mesh(&db, &store), "\"Mesh\""));
+            // A second write of the same data is unchanged (the hash is the plain one, whatever
+            // the nonce of the stored envelope).
+            let out = store
+                .write(vec![Op::Put(Resource::Secret(secret.clone()))])
+                .await
+                .unwrap();
+            assert_eq!(out, vec![Outcome::Unchanged]);
+            // And an update re-seals.
+            let other = Secret::new("m", "s", b"second-value-77d1");
+            let out = store
+                .write(vec![Op::Put(Resource::Secret(other.clone()))])
+                .await
+                .unwrap();
+            assert_eq!(out, vec![Outcome::Updated]);
+            assert_eq!(store.get_secret("m", "s").unwrap().unwrap(), other);
+            assert!(!contains(&raw_bytes(&db, &store, &key), "second-value"));
+            store
+                .write(vec![Op::Put(Resource::Secret(secret.clone()))])
+                .await
+                .unwrap();
+        }
+        // After a reopen: the same versions, the same plain data.
+        let store = db.open().await;
+        assert_eq!(store.version_of(&key).unwrap(), expected_hash);
+        assert_eq!(
+            store.list(Kind::Secret, Some("m")).unwrap()[0]
+                .resource()
+                .unwrap(),
+            Resource::Secret(secret.clone())
+        );
+        assert_eq!(store.secret_data("m", "s").unwrap(), SECRET_VALUE);
+    }
+
+    fn raw_mesh(db: &TestDb, store: &Store) -> Vec<u8> {
+        raw_bytes(db, store, &ResourceKey::mesh("m"))
+    }
+
+    async fn another_key_is_refused_at_open(db: TestDb) {
+        {
+            let store = db.open().await;
+            store
+                .write(vec![Op::Put(Resource::Secret(Secret::new(
+                    "m",
+                    "s",
+                    SECRET_VALUE,
+                )))])
+                .await
+                .unwrap();
+        }
+        let other = Arc::new(SecretsKey::generate().unwrap());
+        let err = match &db {
+            TestDb::Sled(dir) => Store::open(dir.path(), other.clone()).err().unwrap(),
+            TestDb::Pg(pg) => Store::connect(&pg.url(), other.clone())
+                .await
+                .err()
+                .unwrap(),
+        };
+        let StoreError::Unseal { what, source, .. } = &err else {
+            panic!("{err:?}");
+        };
+        let expected = match &db {
+            TestDb::Sled(_) => "Secret m/s in the store",
+            // PostgreSQL knows the replicas' key before it reads a row.
+            TestDb::Pg(_) => {
+                "the Secrets of this PostgreSQL store (its replicas seal with another key)"
+            }
+        };
+        assert_eq!(what, expected);
+        assert_eq!(
+            source,
+            &SealError::OtherKey {
+                sealed_with: key().id(),
+                held: other.id()
+            }
+        );
+        let text = err.to_string();
+        for part in [key().id().to_string(), other.id().to_string()] {
+            assert!(text.contains(&part), "{text}");
+        }
+        assert!(!text.contains(&secret_b64()));
+        // The right key still opens it.
+        assert_eq!(db.open().await.secret_data("m", "s").unwrap(), SECRET_VALUE);
+    }
+
+    async fn plain_secrets_of_an_older_version_are_sealed_at_open(db: TestDb) {
+        // An older version wrote its records with the spec in plain text: the unsealed baseline
+        // writes exactly that (sled: the same bytes; PostgreSQL: `spec` set, `sealed` NULL).
+        let (before_fp, before_versions) = {
+            let store = match &db {
+                TestDb::Sled(dir) => Store::open_unsealed_bench_baseline(dir.path()).unwrap(),
+                TestDb::Pg(pg) => Store::connect_unsealed_bench_baseline(&pg.url())
+                    .await
+                    .unwrap(),
+            };
+            let mut ops = vec![Op::Put(mesh("m"))];
+            for i in 0..5 {
+                ops.push(Op::Put(Resource::Secret(Secret::new(
+                    "m",
+                    &format!("s{i}"),
+                    SECRET_VALUE,
+                ))));
+            }
+            store.write(ops).await.unwrap();
+            store
+                .write(vec![Op::Delete(ResourceKey::new(Kind::Secret, "m", "s4"))])
+                .await
+                .unwrap();
+            let raw = raw_bytes(&db, &store, &ResourceKey::new(Kind::Secret, "m", "s0"));
+            assert!(
+                contains(&raw, &secret_b64()),
+                "the older version's plain record"
+            );
+            (store.fingerprint(), store.versions(Kind::Secret).1)
+        };
+        let store = db.open().await;
+        assert_eq!(
+            store.fingerprint(),
+            before_fp,
+            "revision, count and digest unchanged"
+        );
+        assert_eq!(store.versions(Kind::Secret).1, before_versions);
+        for i in 0..4 {
+            let key = ResourceKey::new(Kind::Secret, "m", &format!("s{i}"));
+            let raw = raw_bytes(&db, &store, &key);
+            assert!(
+                !contains(&raw, &secret_b64()),
+                "{}",
+                String::from_utf8_lossy(&raw)
+            );
+            assert_eq!(
+                store.get(&key).unwrap().unwrap().revision,
+                1,
+                "revision kept"
+            );
+            assert_eq!(
+                store.secret_data("m", &format!("s{i}")).unwrap(),
+                SECRET_VALUE
+            );
+        }
+        assert_eq!(store.revision(), 2);
+        drop(store);
+        // Opened again: nothing left to seal, the same state.
+        let store = db.open().await;
+        assert_eq!(store.fingerprint(), before_fp);
+        if let TestDb::Pg(pg) = &db {
+            // The table was rewritten: no file of it holds a plain row (the WAL still does, until
+            // PostgreSQL recycles it).
+            pg.psql("CHECKPOINT").unwrap();
+            assert_eq!(
+                files_holding(&pg.data_dir().join("base"), &secret_b64()),
+                Vec::<String>::new()
+            );
+        }
+        if let TestDb::Sled(dir) = &db {
+            // sled's log held the plain values: the files were rewritten, and none is left.
+            drop(store);
+            assert_eq!(
+                files_holding(dir.path(), &secret_b64()),
+                Vec::<String>::new()
+            );
+            let names: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(names, ["store"], "nothing of the rewrite left beside it");
+        }
+    }
+
     on_both!(
         writes_are_atomic_and_versioned,
         version_index_follows_writes_and_reopen,
         survives_reopen,
-        checked_writes_refuse_what_changed
+        checked_writes_refuse_what_changed,
+        secrets_are_sealed_on_disk_and_read_plain,
+        another_key_is_refused_at_open,
+        plain_secrets_of_an_older_version_are_sealed_at_open
     );
+
+    /// A start that stopped in the middle of a rewrite: a complete copy is swapped in at the
+    /// next open, an incomplete one deleted; either way the store holds everything.
+    #[tokio::test]
+    async fn an_interrupted_rewrite_is_finished_at_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let fingerprint = {
+            let store = Store::open_unsealed_bench_baseline(dir.path()).unwrap();
+            store
+                .write(vec![
+                    Op::Put(mesh("m")),
+                    Op::Put(Resource::Secret(Secret::new("m", "s", SECRET_VALUE))),
+                ])
+                .await
+                .unwrap();
+            store.fingerprint()
+        };
+        {
+            // Sealed and copied, then stopped before the swap.
+            let (sled, handles) = crate::store_sled::Sled::open(dir.path()).unwrap();
+            let sealing = crate::store_sealing::Sealing::Key(key());
+            assert_eq!(
+                crate::store_sealing::seal_plain_sled(&sealing, &handles).unwrap(),
+                1
+            );
+            crate::store_sled::rewrite_copy(dir.path(), &handles).unwrap();
+            drop((sled, handles));
+        }
+        assert!(dir.path().join("store.rewritten").is_dir());
+        let store = Store::open(dir.path(), key()).unwrap();
+        assert_eq!(store.fingerprint(), fingerprint);
+        assert_eq!(store.secret_data("m", "s").unwrap(), SECRET_VALUE);
+        drop(store);
+        assert_eq!(
+            files_holding(dir.path(), &secret_b64()),
+            Vec::<String>::new()
+        );
+        assert!(!dir.path().join("store.rewritten").exists());
+        assert!(!dir.path().join("store.replaced").exists());
+
+        // An incomplete copy is dropped; the store in place is the one served.
+        std::fs::create_dir(dir.path().join("store.rewriting")).unwrap();
+        std::fs::write(dir.path().join("store.rewriting/db"), b"half").unwrap();
+        let store = Store::open(dir.path(), key()).unwrap();
+        assert_eq!(store.fingerprint(), fingerprint);
+        assert!(!dir.path().join("store.rewriting").exists());
+    }
 
     /// A quick figure, not a timed test: `cargo test -p common --lib write_rate -- --ignored
     /// --nocapture`.
@@ -1256,21 +1673,43 @@ mod tests {
         assert_eq!(b.shared_value("k").await.unwrap().as_deref(), Some("one"));
     }
 
+    /// Replicas must share the key: one given another file is refused at connect, even while
+    /// the database holds no Secret yet (nothing it wrote could be read by the others).
+    #[tokio::test]
+    async fn postgres_a_replica_with_another_key_is_refused_before_any_secret() {
+        let db = TestDb::pg();
+        let first = db.open().await;
+        assert_eq!(first.count(Kind::Secret), 0);
+        let TestDb::Pg(pg) = &db else { unreachable!() };
+        let other = Arc::new(SecretsKey::generate().unwrap());
+        let err = Store::connect(&pg.url(), other.clone())
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, StoreError::Unseal { source: SealError::OtherKey { sealed_with, held }, .. }
+                if *sealed_with == key().id() && *held == other.id()),
+            "{err}"
+        );
+        // The same key is welcome.
+        db.open().await;
+    }
+
     #[tokio::test]
     async fn postgres_schema_from_a_newer_binary_is_refused() {
         let TestDb::Pg(pg) = TestDb::pg() else {
             unreachable!()
         };
-        assert_eq!(Store::migrate(&pg.url()).await.unwrap(), 1);
+        assert_eq!(Store::migrate(&pg.url()).await.unwrap(), 2);
         pg.psql("INSERT INTO schema_migrations VALUES (99, 0)")
             .unwrap();
-        let err = Store::connect(&pg.url()).await.err().unwrap();
+        let err = Store::connect(&pg.url(), key()).await.err().unwrap();
         assert!(
             matches!(
                 err,
                 StoreError::SchemaTooNew {
                     found: 99,
-                    known: 1
+                    known: 2
                 }
             ),
             "{err}"
@@ -1283,7 +1722,7 @@ mod tests {
         let TestDb::Pg(mut pg) = TestDb::pg() else {
             unreachable!()
         };
-        let store = Store::connect(&pg.url()).await.unwrap();
+        let store = Store::connect(&pg.url(), key()).await.unwrap();
         store.write(vec![Op::Put(mesh("m"))]).await.unwrap();
         pg.stop().unwrap();
         let err = store.write(vec![Op::Put(mesh("n"))]).await.unwrap_err();

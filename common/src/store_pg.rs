@@ -10,7 +10,9 @@
 //! last_seen` on each notification and every few seconds, so a missed notification loses nothing
 //! and the store's revision watch fires on every replica. The schema is versioned
 //! (`schema_migrations`); migrations are embedded and applied on connect; a database migrated by
-//! a newer binary is refused.
+//! a newer binary is refused. A Secret's spec is sealed (`store_sealing`): its row holds the
+//! envelope in `sealed` and no `spec`; rows an older version wrote in plain text are sealed on
+//! connect, in one transaction, hash and revision untouched (so no replica or zone sees a change).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -21,9 +23,10 @@ use tokio_postgres::{AsyncMessage, Client, GenericClient, NoTls};
 
 use crate::model::Kind;
 use crate::store::{
-    Expect, Op, Outcome, ResourceKey, Store, StoreError, StoredResource, index_changes, prepare,
-    replacement,
+    Existing, Expect, Op, Outcome, ResourceKey, Store, StoreError, StoredResource, index_changes,
+    prepare, replacement,
 };
+use crate::store_sealing::{KEY_ID_SHARED, Sealing, sealed_kind};
 
 /// A version index change: the key and its new version (`None`: deleted).
 type IndexChange = (ResourceKey, Option<String>);
@@ -36,9 +39,10 @@ const POLL: Duration = Duration::from_secs(2);
 const MIGRATION_LOCK: i64 = 0x6b6d_6573_6801;
 
 /// The schema, one entry per version, applied in order and never edited once released.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE revision (id int PRIMARY KEY CHECK (id = 1), value bigint NOT NULL);
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE revision (id int PRIMARY KEY CHECK (id = 1), value bigint NOT NULL);
      INSERT INTO revision VALUES (1, 0);
      CREATE TABLE resources (
          kind text NOT NULL, mesh text NOT NULL, name text NOT NULL,
@@ -51,7 +55,10 @@ const MIGRATIONS: &[(i64, &str)] = &[(
      CREATE TABLE records (tree text NOT NULL, key text NOT NULL, value text NOT NULL,
          PRIMARY KEY (tree, key));
      CREATE TABLE shared (name text PRIMARY KEY, value text NOT NULL);",
-)];
+    ),
+    // The envelope of a sealed spec (Secrets): `spec` is then NULL.
+    (2, "ALTER TABLE resources ADD COLUMN sealed bytea;"),
+];
 
 /// The newest schema version this binary knows.
 fn known_version() -> i64 {
@@ -143,6 +150,107 @@ async fn migrate(client: &mut Client) -> Result<i64, StoreError> {
     Ok(known_version())
 }
 
+/// Refuses a key other than the one the replicas of this database seal with: the first replica
+/// to connect names its key's id in `shared`, and every later one must hold the same key (so a
+/// replica given another file never starts, even before any Secret is stored).
+async fn check_key(client: &Client, sealing: &Sealing) -> Result<(), StoreError> {
+    let Some(id) = sealing.key_id() else {
+        return Ok(());
+    };
+    client
+        .execute(
+            "INSERT INTO shared (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            &[&KEY_ID_SHARED, &id.to_string()],
+        )
+        .await
+        .map_err(pg_err)?;
+    let stored: String = client
+        .query_one(
+            "SELECT value FROM shared WHERE name = $1",
+            &[&KEY_ID_SHARED],
+        )
+        .await
+        .map_err(pg_err)?
+        .get(0);
+    match crate::sealing::KeyId::parse(&stored) {
+        Some(theirs) if theirs == id => Ok(()),
+        Some(theirs) => Err(sealing.refusal(
+            "the Secrets of this PostgreSQL store (its replicas seal with another key)".into(),
+            crate::sealing::SealError::OtherKey {
+                sealed_with: theirs,
+                held: id,
+            },
+        )),
+        None => Err(StoreError::Corrupt {
+            key: format!("shared value {KEY_ID_SHARED}"),
+            reason: format!("{stored:?} is not a key id"),
+        }),
+    }
+}
+
+/// Seals, in one transaction, every row of a sealed kind an older version stored in plain text
+/// (its spec moves into `sealed`; hash, revision and times stay, so no replica or zone sees a
+/// change); returns how many. Replicas starting at once take turns (the migration lock); a row
+/// changed meanwhile (its hash moved) is left to its writer.
+async fn seal_plain_rows(client: &mut Client, sealing: &Sealing) -> Result<usize, StoreError> {
+    if let Sealing::Off = sealing {
+        return Ok(0);
+    }
+    let tx = client.transaction().await.map_err(pg_err)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(pg_err)?;
+    let mut sealed = 0;
+    for kind in [Kind::Mesh, Kind::Secret, Kind::Dataplane] {
+        if !sealed_kind(kind) {
+            continue;
+        }
+        let rows = tx
+            .query(
+                "SELECT mesh, name, hash, spec FROM resources
+                 WHERE kind = $1 AND hash IS NOT NULL AND sealed IS NULL FOR UPDATE",
+                &[&kind.as_str()],
+            )
+            .await
+            .map_err(pg_err)?;
+        for row in rows {
+            let key = ResourceKey::new(kind, row.get(0), row.get(1));
+            let hash: String = row.get(2);
+            let spec: Option<String> = row.get(3);
+            let spec: serde_json::Value = serde_json::from_str(spec.as_deref().unwrap_or("null"))
+                .map_err(|e| StoreError::Corrupt {
+                key: format!("{key:?}"),
+                reason: e.to_string(),
+            })?;
+            let Some(envelope) = sealing.seal(&key, &spec)? else {
+                continue;
+            };
+            sealed += tx
+                .execute(
+                    "UPDATE resources SET spec = NULL, sealed = $4
+                     WHERE kind = $1 AND mesh = $2 AND name = $3 AND hash = $5",
+                    &[&kind.as_str(), &key.mesh, &key.name, &envelope, &hash],
+                )
+                .await
+                .map_err(pg_err)?;
+        }
+    }
+    tx.commit().await.map_err(pg_err)?;
+    let sealed = usize::try_from(sealed).unwrap_or(usize::MAX);
+    if sealed > 0 {
+        tracing::info!(
+            secrets = sealed,
+            "sealed the Secrets an older version stored in plain text (PostgreSQL)"
+        );
+        // The plain rows are dead tuples now: rewriting the table drops them from its files
+        // (PostgreSQL's WAL and backups made before keep them until they are recycled).
+        if let Err(e) = client.batch_execute("VACUUM FULL resources").await {
+            tracing::warn!(error = %e, "VACUUM FULL resources failed: the plain rows an older version wrote stay in the table's free space until PostgreSQL reuses it");
+        }
+    }
+    Ok(sealed)
+}
+
 pub(crate) async fn migrate_only(url: &str) -> Result<i64, StoreError> {
     let mut client = connect_client(&parse_url(url)?).await?;
     migrate(&mut client).await
@@ -169,6 +277,8 @@ pub struct Pg {
     caught_up_from: std::sync::Mutex<std::time::Instant>,
     /// Batches waiting for the next group commit (see `write`).
     queue: std::sync::Mutex<std::collections::VecDeque<Pending>>,
+    /// How Secrets are sealed in their rows.
+    sealing: Sealing,
 }
 
 fn kind_of(s: &str) -> Option<Kind> {
@@ -177,9 +287,10 @@ fn kind_of(s: &str) -> Option<Kind> {
         .find(|k| k.as_str() == s)
 }
 
-/// One row of `resources`: the resource, or `None` for a tombstone.
+/// One row of `resources`: the resource (its spec unsealed), or `None` for a tombstone.
 fn row_resource(
     row: &tokio_postgres::Row,
+    sealing: &Sealing,
 ) -> Result<(ResourceKey, Option<StoredResource>, u64), StoreError> {
     let kind: String = row.get("kind");
     let key = ResourceKey {
@@ -195,13 +306,19 @@ fn row_resource(
     let Some(hash) = hash else {
         return Ok((key, None, revision));
     };
-    let spec: Option<String> = row.get("spec");
-    let spec = serde_json::from_str(spec.as_deref().unwrap_or("null")).map_err(|e| {
-        StoreError::Corrupt {
-            key: format!("{key:?}"),
-            reason: e.to_string(),
+    let sealed: Option<Vec<u8>> = row.get("sealed");
+    let spec = match sealed {
+        Some(envelope) => sealing.open(&key, &envelope)?,
+        None => {
+            let spec: Option<String> = row.get("spec");
+            serde_json::from_str(spec.as_deref().unwrap_or("null")).map_err(|e| {
+                StoreError::Corrupt {
+                    key: format!("{key:?}"),
+                    reason: e.to_string(),
+                }
+            })?
         }
-    })?;
+    };
     let stored = StoredResource {
         key: key.clone(),
         hash,
@@ -213,16 +330,19 @@ fn row_resource(
     Ok((key, Some(stored), revision))
 }
 
-const COLUMNS: &str = "kind, mesh, name, hash, revision, created_unix, modified_unix, spec";
+const COLUMNS: &str = "kind, mesh, name, hash, revision, created_unix, modified_unix, spec, sealed";
 
 impl Pg {
     /// Connects, migrates and loads everything: the backend, the resources and the revision.
     pub(crate) async fn connect(
         url: &str,
+        sealing: Sealing,
     ) -> Result<(Arc<Pg>, Vec<StoredResource>, u64), StoreError> {
         let config = parse_url(url)?;
         let mut client = connect_client(&config).await?;
         migrate(&mut client).await?;
+        check_key(&client, &sealing).await?;
+        seal_plain_rows(&mut client, &sealing).await?;
         let tx = client
             .build_transaction()
             .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
@@ -245,7 +365,7 @@ impl Pg {
             .await
             .map_err(pg_err)?;
         for row in &rows {
-            if let (key, Some(r), _) = row_resource(row)? {
+            if let (key, Some(r), _) = row_resource(row, &sealing)? {
                 mem.resources.insert(key.encode(), r.clone());
                 resources.push(r);
             }
@@ -269,6 +389,7 @@ impl Pg {
             reachable: std::sync::atomic::AtomicBool::new(true),
             caught_up_from: std::sync::Mutex::new(std::time::Instant::now()),
             queue: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            sealing,
         });
         Ok((pg, resources, u64::try_from(revision).unwrap_or(0)))
     }
@@ -446,7 +567,7 @@ impl Pg {
         let mut max = 0;
         let mut mem = self.mem_mut();
         for row in rows {
-            let (key, stored, revision) = row_resource(row)?;
+            let (key, stored, revision) = row_resource(row, &self.sealing)?;
             max = max.max(revision);
             match stored {
                 Some(r) => {
@@ -644,17 +765,21 @@ async fn commit_group(store: &Store, pg: &Pg, group: Vec<Pending>) -> Vec<Pendin
                 match put {
                     Some((spec, hash)) => {
                         let Some((record, outcome)) =
-                            replacement(existing.as_ref(), key, spec, hash, next_u, now)
+                            replacement(existing.as_ref().map(Existing::of), key, spec, hash, next_u, now)
                         else {
                             outcomes.push(Outcome::Unchanged);
                             continue;
                         };
+                        // A sealed kind's row holds the envelope and no plain spec.
+                        let sealed = pg.sealing.seal(key, spec)?;
+                        let plain = sealed.is_none().then(|| spec.to_string());
                         tx.execute(
                             &format!(
-                                "INSERT INTO resources ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                                "INSERT INTO resources ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                                  ON CONFLICT (kind, mesh, name) DO UPDATE SET hash = excluded.hash,
                                  revision = excluded.revision, created_unix = excluded.created_unix,
-                                 modified_unix = excluded.modified_unix, spec = excluded.spec"
+                                 modified_unix = excluded.modified_unix, spec = excluded.spec,
+                                 sealed = excluded.sealed"
                             ),
                             &[
                                 &key.kind.as_str(),
@@ -664,7 +789,8 @@ async fn commit_group(store: &Store, pg: &Pg, group: Vec<Pending>) -> Vec<Pendin
                                 &next,
                                 &i64::try_from(record.created_unix).unwrap_or(0),
                                 &i64::try_from(now).unwrap_or(0),
-                                &spec.to_string(),
+                                &plain,
+                                &sealed,
                             ],
                         )
                         .await
@@ -678,7 +804,7 @@ async fn commit_group(store: &Store, pg: &Pg, group: Vec<Pending>) -> Vec<Pendin
                             continue;
                         }
                         tx.execute(
-                            "UPDATE resources SET hash = NULL, spec = NULL, revision = $4,
+                            "UPDATE resources SET hash = NULL, spec = NULL, sealed = NULL, revision = $4,
                              modified_unix = $5 WHERE kind = $1 AND mesh = $2 AND name = $3",
                             &[
                                 &key.kind.as_str(),

@@ -7,6 +7,11 @@
 //! refused saying why (`failing`: `/readyz`, 507 answers, a zone's report), and every second a
 //! probe looks for room on the disk; once there is, the database is opened again from what is on
 //! disk, the store's index made to match it, and writes go on by themselves.
+//!
+//! sled keeps superseded values in its log until it reclaims their segments, so once records
+//! written in plain text were sealed (`store_sealing`), the database is rewritten whole into
+//! fresh files and swapped in (`rewrite_copy`, `finish_rewrite`), which leaves no plain copy in
+//! the store's directory; a start interrupted in the middle of a swap finishes it.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -71,6 +76,7 @@ impl Sled {
             reason: e.to_string(),
         };
         crate::file::private_dir(dir).map_err(open_err)?;
+        finish_rewrite(dir).map_err(open_err)?;
         let handles = open_handles(dir)?;
         // sled creates its files with the process's umask: readable by no one else, whatever it.
         crate::file::restrict_tree(&dir.join("store")).map_err(open_err)?;
@@ -328,4 +334,83 @@ pub(crate) fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
         .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "no message".into());
     format!("the storage engine failed reading it ({text})")
+}
+
+/// Where a rewrite copies the database, and where the copy waits, complete, to be swapped in.
+const REWRITING: &str = "store.rewriting";
+const REWRITTEN: &str = "store.rewritten";
+/// Where the database replaced by its copy goes before it is deleted.
+const REPLACED: &str = "store.replaced";
+
+/// The first half of a rewrite of the database of the store in `dir` (open as `h`): every tree
+/// copied into fresh files (`store.rewriting`), checked against the original (sled's checksum of
+/// every tree, key and value), and renamed `store.rewritten` once complete. The caller then
+/// drops every handle of the database and calls [`finish_rewrite`], which swaps the copy in.
+pub(crate) fn rewrite_copy(dir: &Path, h: &Handles) -> Result<(), StoreError> {
+    let copying = dir.join(REWRITING);
+    let io = |e: std::io::Error| StoreError::Open {
+        path: copying.display().to_string(),
+        reason: e.to_string(),
+    };
+    if copying.exists() {
+        std::fs::remove_dir_all(&copying).map_err(io)?;
+    }
+    {
+        let copy = sled::Config::new()
+            .path(&copying)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        for name in h.db.tree_names() {
+            let from = h.db.open_tree(&name)?;
+            let to = copy.open_tree(&name)?;
+            for item in from.iter() {
+                let (k, v) = item?;
+                to.insert(k, v)?;
+            }
+        }
+        copy.flush()?;
+        let (ours, theirs) = (h.db.checksum()?, copy.checksum()?);
+        if ours != theirs {
+            drop(copy);
+            let _ = std::fs::remove_dir_all(&copying);
+            return Err(StoreError::Open {
+                path: copying.display().to_string(),
+                reason: format!(
+                    "the copy differs from the store (checksums {theirs:08x} and {ours:08x})"
+                ),
+            });
+        }
+    }
+    crate::file::restrict_tree(&copying).map_err(io)?;
+    std::fs::rename(&copying, dir.join(REWRITTEN)).map_err(io)?;
+    Ok(())
+}
+
+/// Swaps a complete copy (`store.rewritten`) in for `store` and deletes the old files; also what
+/// every open does first, so a start that stopped in the middle of a swap is finished. An
+/// incomplete copy (`store.rewriting`) is deleted: the store it was made from is still in place.
+pub(crate) fn finish_rewrite(dir: &Path) -> std::io::Result<()> {
+    let (store, copying, copied, replaced) = (
+        dir.join("store"),
+        dir.join(REWRITING),
+        dir.join(REWRITTEN),
+        dir.join(REPLACED),
+    );
+    if copying.exists() {
+        std::fs::remove_dir_all(&copying)?;
+    }
+    if copied.exists() {
+        if store.exists() {
+            if replaced.exists() {
+                std::fs::remove_dir_all(&replaced)?;
+            }
+            std::fs::rename(&store, &replaced)?;
+        }
+        std::fs::rename(&copied, &store)?;
+        tracing::info!(store = %store.display(), "the store's files were rewritten");
+    }
+    if replaced.exists() && store.exists() {
+        std::fs::remove_dir_all(&replaced)?;
+    }
+    Ok(())
 }

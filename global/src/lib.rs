@@ -22,4 +22,4 @@ pub mod store_guard;
 pub mod tokens;
 
 pub use https::{ApiTls, ApiTlsEndpoint};
-pub use server::{GlobalConfig, KdsEndpoint, Listeners, StoreKind, run};
+pub use server::{GlobalConfig, GlobalError, KdsEndpoint, Listeners, StoreKind, run};

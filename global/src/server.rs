@@ -106,6 +106,10 @@ pub struct GlobalConfig {
     /// The only directories `file:` data sources are read from (`--data-source-dir`); empty:
     /// none (a `file:` source is refused, saying how to allow it).
     pub data_source_dirs: Vec<PathBuf>,
+    /// The key Secrets are sealed with at rest (`--secrets-key-file`): required with PostgreSQL
+    /// (the same file on every replica); on sled `None` is `<data-dir>/secrets.key`, generated on
+    /// the first start.
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +137,12 @@ pub enum GlobalError {
     Guard(#[from] crate::store_guard::GuardError),
     #[error(transparent)]
     Authority(#[from] crate::authority::AuthorityError),
+    #[error(transparent)]
+    SecretsKey(#[from] common::sealing::KeyError),
+    #[error(
+        "a PostgreSQL store needs --secrets-key-file FILE: the key Secrets are sealed with, the same file on every replica (32 random bytes in base64: `head -c 32 /dev/urandom | base64 > FILE && chmod 600 FILE`)"
+    )]
+    SecretsKeyRequired,
 }
 
 /// Opens the store; PostgreSQL is waited for with backoff while it is unreachable (one log line
@@ -142,9 +152,16 @@ async fn open_store(
     stopped: &Shutdown,
 ) -> Result<common::store::Store, GlobalError> {
     use common::store::{Store, StoreError};
+    if matches!(config.store, StoreKind::Postgres(_)) && config.secrets_key_file.is_none() {
+        return Err(GlobalError::SecretsKeyRequired);
+    }
+    let key = std::sync::Arc::new(common::sealing::SecretsKey::for_data_dir(
+        &config.data_dir,
+        config.secrets_key_file.as_deref(),
+    )?);
     let url = match &config.store {
         StoreKind::Sled => {
-            return Store::open(&config.data_dir).map_err(|e| match e {
+            return Store::open(&config.data_dir, key).map_err(|e| match e {
                 StoreError::Damaged { path, reason } => crate::store_guard::GuardError::Refused {
                     store: format!("at {path} (sled)"),
                     finding: format!("cannot be read: {reason}"),
@@ -162,7 +179,7 @@ async fn open_store(
     );
     let mut waiting = false;
     loop {
-        match Store::connect(url).await {
+        match Store::connect(url, key.clone()).await {
             Ok(store) => {
                 if waiting {
                     tracing::info!("PostgreSQL store reachable: starting");

@@ -217,7 +217,11 @@ async fn check_and_settle(g: &GlobalProc, model: &Mutex<Model>) {
 
 /// Checks the secret data in global's store (opened directly: global is stopped).
 fn check_store_data(dir: &Path, model: &Model) {
-    let store = common::store::Store::open(dir).unwrap();
+    let store = common::store::Store::open(
+        dir,
+        common::sealing::SecretsKey::for_data_dir(dir, None).unwrap(),
+    )
+    .unwrap();
     for (key, slot) in &model.slots {
         let Some(name) = key.strip_prefix("secret/") else {
             continue;
@@ -309,7 +313,11 @@ async fn global_killed_at_random_keeps_every_acknowledged_write_and_nothing_half
 /// Global's digests of what zones should hold, computed from its store as the zone does.
 fn global_digests(dir: &Path) -> BTreeMap<String, (u64, String)> {
     use sha2::Digest;
-    let store = common::store::Store::open(dir).unwrap();
+    let store = common::store::Store::open(
+        dir,
+        common::sealing::SecretsKey::for_data_dir(dir, None).unwrap(),
+    )
+    .unwrap();
     let mut out = BTreeMap::new();
     for kind in [Kind::Mesh, Kind::Secret] {
         let (_, map) = store.versions(kind);

@@ -184,13 +184,15 @@ async fn a_schema_newer_than_the_binary_is_refused() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("version 1"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("version 2"));
     pg.psql("INSERT INTO schema_migrations VALUES (99, 0)")
         .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(&global)
         .args(["run", "--store", &pg.url(), "--data-dir"])
         .arg(tmp.path())
+        .arg("--secrets-key-file")
+        .arg(pg.secrets_key_file())
         .args(["--api-addr", "127.0.0.1:0", "--kds-addr", "127.0.0.1:0"])
         .args(["--api-tls-addr", "127.0.0.1:0"])
         .output()

@@ -766,6 +766,7 @@ impl InProcessGlobal {
             accept_store_rollback: false,
             api_hosts: vec![],
             data_source_dirs: vec![],
+            secrets_key_file: None,
         };
         let handle = tokio::spawn(async move {
             global::run(config, listeners, async {

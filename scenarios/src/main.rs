@@ -63,6 +63,9 @@ enum Bench {
     /// Many zone streams (played by the bench) over global replicas on PostgreSQL: replica memory
     /// per stream and the fan-out time of one change.
     Zones(scenarios::bench::zones::ZonesBench),
+    /// What sealing Secrets at rest costs a Secret write: store writes with sealing on and off in
+    /// the same run (sled, PostgreSQL), and one seal and open alone.
+    Secrets(scenarios::bench::secrets::SecretsBench),
 }
 
 fn main() -> ExitCode {
@@ -133,6 +136,9 @@ fn main() -> ExitCode {
                 }
                 Command::Bench(Bench::Rotation(p)) => {
                     scenarios::bench::rotation::run(p).await.map(|()| 0)
+                }
+                Command::Bench(Bench::Secrets(p)) => {
+                    scenarios::bench::secrets::run(p).await.map(|()| 0)
                 }
                 Command::InstallOpenbao => Ok(0),
             }

@@ -1,6 +1,8 @@
 //! Upgrades lose nothing: the data directories that release 0.1.0 wrote (`tests/fixtures/`,
 //! made by `scripts/make-upgrade-fixture` with the released binaries) start under the binaries
-//! of this tree with every resource, Secret, token, CA and proxy certificate intact.
+//! of this tree with every resource, Secret, token, CA and proxy certificate intact. The Secrets
+//! that release stored in plain text are sealed at the first start, in global's store and in the
+//! zone's, without the zone being sent or applying anything again.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -51,6 +53,63 @@ fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
+/// Every file under `dir` whose bytes hold `needle`.
+fn files_holding(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            found.extend(files_holding(&entry.path(), needle));
+        } else {
+            let bytes = std::fs::read(entry.path()).unwrap();
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                found.push(entry.path().display().to_string());
+            }
+        }
+    }
+    found
+}
+
+/// The lines of a log that say `text`, without colour codes.
+fn log_lines(log: &Path, text: &str) -> Vec<String> {
+    read(log)
+        .lines()
+        .map(strip_colours)
+        .filter(|l| l.contains(text))
+        .collect()
+}
+
+/// `line` without ANSI colour sequences (`ESC [ ... m`).
+fn strip_colours(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Global's sync counters of one type for `zone` on its current stream (`GET /zones/{zone}`):
+/// (responses acknowledged, resources sent).
+async fn sync_counters(global: &GlobalProc, zone: &str, kind: &str) -> (u64, u64) {
+    let z = global.zone(zone).await.unwrap();
+    let t = &z["types"][kind];
+    (
+        t["acked"].as_u64().unwrap_or(0),
+        t["resourcesSent"].as_u64().unwrap_or(0),
+    )
+}
+
+const SEALED_LOG: &str = "sealed the Secrets an older version stored in plain text";
+
 fn names(list: &Value) -> Vec<String> {
     let mut v: Vec<String> = list["items"]
         .as_array()
@@ -92,6 +151,36 @@ async fn data_written_by_release_0_1_0_opens_with_these_binaries() {
         ]
     );
 
+    // The Secrets the old release stored in plain text were sealed, once, and every one is
+    // served as it was written.
+    let sealed = log_lines(&root.join("global/global.log"), SEALED_LOG);
+    assert_eq!(sealed.len(), 1, "{sealed:?}");
+    assert!(sealed[0].contains("secrets=3"), "{sealed:?}");
+    let export = global
+        .api
+        .get_ok("/export?includeSecrets=true")
+        .await
+        .unwrap();
+    let secret_data: Vec<(String, String)> = export["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["type"] == "Secret")
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap().to_string(),
+                i["data"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(secret_data.len(), 3, "{export}");
+    assert!(
+        secret_data.contains(&(
+            "token-1".to_string(),
+            "dXBncmFkZS1maXh0dXJlLXNlY3JldA==".to_string()
+        )),
+        "token-1 keeps the data release 0.1.0 stored: {secret_data:?}"
+    );
     // The zone, with the zone token the old global signed (the signing key is kept), serves the
     // same dp CA and its dataplane record before any proxy reconnects.
     let zone = ZoneProc::start(
@@ -103,6 +192,26 @@ async fn data_written_by_release_0_1_0_opens_with_these_binaries() {
     .await
     .unwrap();
     zone.wait_synced(&["default", "plain"], WAIT).await.unwrap();
+    // The zone sealed its copies too, and global sent it nothing again: the versions (content
+    // hashes of the plain resources) did not move, on either side.
+    let sealed = log_lines(&root.join("zone-1/zone.log"), SEALED_LOG);
+    assert_eq!(sealed.len(), 1, "{sealed:?}");
+    assert!(sealed[0].contains("secrets=3"), "{sealed:?}");
+    // (Global's counters are per stream: they start at 0 when the zone connects.)
+    let (mesh, secret) = wait_for_at_most(
+        "zone-1 acknowledged its first responses",
+        root,
+        WAIT,
+        || async {
+            let mesh = sync_counters(&global, "zone-1", "Mesh").await;
+            let secret = sync_counters(&global, "zone-1", "Secret").await;
+            (mesh.0 >= 1 && secret.0 >= 1).then_some((mesh, secret))
+        },
+    )
+    .await;
+    assert_eq!(mesh.1, 0, "no Mesh sent again");
+    assert_eq!(secret.1, 0, "no Secret sent again");
+    assert_eq!(zone.metric("zone_resources_applied").await.unwrap(), 0.0);
     assert_eq!(
         read(&root.join("zone-1/dp-ca.pem")),
         read(&fx.join("zone-1/dp-ca.pem")),
@@ -147,6 +256,46 @@ async fn data_written_by_release_0_1_0_opens_with_these_binaries() {
         held.usable(),
         "key, chain and trust bundle still fit together"
     );
+
+    // A new proxy is certified by the zone from the builtin CA, whose key is one of the sealed
+    // Secrets: the zone reads it back.
+    let new_dir = root.join("proxy-2");
+    let token = global
+        .dataplane_token_file("default", "web-2", &new_dir)
+        .await
+        .unwrap();
+    let spec2 = ProxySpec::new("default", "web-2", "web").tag("version", "v2");
+    let proxy2 = ProxyProc::start(&zone, &spec2, &token, &new_dir).unwrap();
+    proxy2.wait_leaf(root, None, WAIT).await.unwrap();
+    let issued = ProxyIdentity::read(&new_dir.join("out")).unwrap();
+    assert!(issued.usable(), "{}", issued.describe());
+    assert!(
+        issued.chains_to(&held.ca_pem),
+        "issued by the CA release 0.1.0 made"
+    );
+
+    // No file of either store holds a Secret's data in plain text any more, nor its base64.
+    for (name, data) in &secret_data {
+        use base64::Engine;
+        let plain = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .unwrap();
+        for dir in [root.join("global"), root.join("zone-1")] {
+            assert_eq!(
+                files_holding(&dir, data.as_bytes()),
+                Vec::<String>::new(),
+                "base64 of Secret {name}"
+            );
+            // The CA certificate is public, and the zone keeps it as a trust anchor.
+            if !name.contains("-cert-") {
+                assert_eq!(
+                    files_holding(&dir, &plain),
+                    Vec::<String>::new(),
+                    "data of Secret {name}"
+                );
+            }
+        }
+    }
 
     // Global lists it again, as the zone reports it.
     wait_for_at_most("global lists web-1", root, WAIT, || async {

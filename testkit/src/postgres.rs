@@ -7,7 +7,9 @@
 //! `/usr/lib/postgresql/*/bin`, else (as root, with apt-get) the `postgresql` package is installed
 //! under a cross-process lock. As root, the server runs as the `postgres` OS user via `runuser`.
 //! The server runs with `fsync=off`: a killed server loses nothing committed (the kernel still holds
-//! the writes), only a crash of the machine would. Linux only.
+//! the writes), only a crash of the machine would. Linux only. Beside its data directory a server
+//! keeps the Secrets key file global replicas on it share ([`secrets_key_file_for`]: the harness
+//! passes it as `--secrets-key-file`).
 
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -50,6 +52,21 @@ const PG_ENV: [&str; 11] = [
 ];
 
 static BIN_DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+/// The Secrets key file of each running server of this process, by URL (see
+/// [`secrets_key_file_for`]).
+static KEY_FILES: Mutex<std::collections::BTreeMap<String, PathBuf>> =
+    Mutex::new(std::collections::BTreeMap::new());
+
+/// The Secrets key file global replicas on the server at `url` share (`global run
+/// --secrets-key-file`), when that server was started by this process: 32 random bytes in
+/// base64, 0600, in the server's directory (outside its data directory), removed with it.
+pub fn secrets_key_file_for(url: &str) -> Option<PathBuf> {
+    KEY_FILES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(url)
+        .cloned()
+}
 static REAP: Once = Once::new();
 
 /// The directory holding `initdb`, `pg_ctl` and `postgres`: `$PG_BIN` if set, else the highest
@@ -243,6 +260,13 @@ impl PgServer {
         server
             .psql_in("postgres", &format!("CREATE DATABASE {DATABASE}"))
             .context("creating the database")?;
+        let key_file = server.root.join("secrets.key");
+        common::sealing::SecretsKey::load_or_generate(&key_file)
+            .context("making the replicas' Secrets key file")?;
+        KEY_FILES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(server.url(), key_file);
         Ok(server)
     }
 
@@ -253,6 +277,11 @@ impl PgServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The Secrets key file of the global replicas on this server (see [`secrets_key_file_for`]).
+    pub fn secrets_key_file(&self) -> PathBuf {
+        self.root.join("secrets.key")
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -490,6 +519,10 @@ impl Drop for PgServer {
         if self.is_running() && self.halt("immediate").is_err() {
             self.kill_postmaster();
         }
+        KEY_FILES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.url());
         // `_dir` then removes the directory.
     }
 }

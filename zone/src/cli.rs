@@ -168,6 +168,10 @@ pub struct RunArgs {
     /// Mesh with a `file:` source is refused (NACKed with the reason). Never the data directory.
     #[arg(long = "data-source-dir", value_name = "DIR")]
     pub data_source_dirs: Vec<PathBuf>,
+    /// The key the zone seals the Secrets it holds with (32 random bytes in base64, private to
+    /// its owner); by default <data-dir>/secrets.key, generated on the first start.
+    #[arg(long, value_name = "FILE")]
+    pub secrets_key_file: Option<PathBuf>,
     /// Share of a certificate's lifetime after which it is replaced (±5% jitter), above 0 and
     /// below 1.
     #[arg(long, default_value_t = 0.8)]
@@ -256,6 +260,7 @@ async fn run(args: RunArgs) -> ExitCode {
         }
         config.dp_tls = crate::dp::tls::DpTls::Files { cert, key };
     }
+    config.secrets_key_file = args.secrets_key_file.clone();
     if let Err(e) = crate::client::targets(&config) {
         eprintln!("error: {e}");
         return ExitCode::from(exit::USAGE);

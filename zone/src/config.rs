@@ -36,6 +36,9 @@ pub struct ZoneConfig {
     pub data_source_dirs: Vec<PathBuf>,
     /// The certificate of the proxy identity service (`--dp-tls-cert/--dp-tls-key`, or generated).
     pub dp_tls: crate::dp::tls::DpTls,
+    /// The key the Secrets the zone holds are sealed with at rest (`--secrets-key-file`); `None`:
+    /// `<data-dir>/secrets.key`, generated on the first start.
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 impl ZoneConfig {
@@ -55,6 +58,7 @@ impl ZoneConfig {
             api_hosts: Vec::new(),
             data_source_dirs: Vec::new(),
             dp_tls: Default::default(),
+            secrets_key_file: None,
         }
     }
 

@@ -56,6 +56,8 @@ pub enum ZoneError {
     Serve(std::io::Error),
     #[error("proxy identity service (--dp-addr): {0}")]
     Dp(String),
+    #[error(transparent)]
+    SecretsKey(#[from] common::sealing::KeyError),
     #[error(
         "the zone's store at {path} is damaged ({reason}), and global cannot be reached ({global}) to take its state again.\nWays out: make global reachable and start the zone again (it then moves the damaged store aside and takes global's state, global being the source of truth), or restore the zone's data directory from a backup."
     )]
@@ -75,7 +77,17 @@ async fn open_store(
 ) -> Result<common::store::Store, ZoneError> {
     use common::integrity::{Manifest, check};
     use common::store::{Store, StoreError};
-    let (path, reason) = match Store::open(&config.data_dir) {
+    common::file::private_dir(&config.data_dir).map_err(|e| {
+        ZoneError::Config(format!(
+            "cannot prepare the data directory {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
+    let key = std::sync::Arc::new(common::sealing::SecretsKey::for_data_dir(
+        &config.data_dir,
+        config.secrets_key_file.as_deref(),
+    )?);
+    let (path, reason) = match Store::open(&config.data_dir, key.clone()) {
         Err(StoreError::Damaged { path, reason }) => (path, reason),
         Err(e) => return Err(e.into()),
         Ok(store) => {
@@ -128,7 +140,7 @@ async fn open_store(
         moved_to = %aside.display(), global = %global,
         "moved the damaged store aside: taking global's state again (proxies are certified anew)"
     );
-    Ok(Store::open(&config.data_dir)?)
+    Ok(Store::open(&config.data_dir, key)?)
 }
 
 /// Runs the zone until `shutdown` completes.

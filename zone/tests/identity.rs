@@ -38,7 +38,11 @@ struct Zone {
 }
 
 async fn start_zone(dir: &Path, config: IssuanceConfig) -> Zone {
-    let store = Store::open(dir).expect("store opens");
+    let store = Store::open(
+        dir,
+        common::sealing::SecretsKey::for_data_dir(dir, None).unwrap(),
+    )
+    .expect("store opens");
     let zc = ZoneConfig::new(
         "zone-1",
         "grpcs://127.0.0.1:1",

@@ -36,7 +36,11 @@ struct Zone {
 
 impl Zone {
     async fn start(dir: &Path, vault_timeout: Duration) -> Zone {
-        let store = Store::open(dir).expect("store opens");
+        let store = Store::open(
+            dir,
+            common::sealing::SecretsKey::for_data_dir(dir, None).unwrap(),
+        )
+        .expect("store opens");
         let mut zc = ZoneConfig::new(
             "zone-1",
             "grpcs://127.0.0.1:1",

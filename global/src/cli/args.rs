@@ -158,6 +158,11 @@ pub struct RunFlags {
     /// `file:` source is refused. Never the data directory.
     #[arg(long = "data-source-dir", value_name = "DIR")]
     pub data_source_dirs: Vec<PathBuf>,
+    /// The key Secrets are sealed with at rest (AES-256-GCM): a file of 32 random bytes in
+    /// base64, private to its owner. Required with --store postgres://... (the same file on every
+    /// replica); with sled, <data-dir>/secrets.key is generated on the first start.
+    #[arg(long, value_name = "FILE")]
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -20,8 +20,14 @@ pub(super) async fn run(flags: RunFlags) -> Result<(), Failure> {
         accept_store_rollback,
         api_hosts,
         data_source_dirs,
+        secrets_key_file,
     } = flags;
     let vault_timeouts = super::vault_timeouts(&vault_timeout)?;
+    if matches!(store, crate::StoreKind::Postgres(_)) && secrets_key_file.is_none() {
+        return Err(Failure::usage(
+            crate::GlobalError::SecretsKeyRequired.to_string(),
+        ));
+    }
     // Plain HTTP stays on loopback unless the operator says otherwise, checked before binding.
     let resolved: Vec<std::net::SocketAddr> = tokio::net::lookup_host(&api_addr)
         .await
@@ -71,6 +77,7 @@ pub(super) async fn run(flags: RunFlags) -> Result<(), Failure> {
             accept_store_rollback,
             api_hosts,
             data_source_dirs,
+            secrets_key_file,
         },
         listeners,
         common::shutdown::signal(),

@@ -603,7 +603,11 @@ mod tests {
     async fn records_survive_a_restart_as_offline() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = Store::open(
+                dir.path(),
+                common::sealing::SecretsKey::for_data_dir(dir.path(), None).unwrap(),
+            )
+            .unwrap();
             let zones = Zones::load(&store).unwrap();
             let (session, _cancel) = zones.connect("east", "127.0.0.1:1", 0).await;
             zones.update_persist("east", session, |r| {
@@ -620,7 +624,11 @@ mod tests {
             zones.update("east", second, |r| r.last_error = "x".into());
             // No disconnect of the live stream: as after a crash.
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(
+            dir.path(),
+            common::sealing::SecretsKey::for_data_dir(dir.path(), None).unwrap(),
+        )
+        .unwrap();
         let zones = Zones::load(&store).unwrap();
         let r = zones.get("east").unwrap();
         assert!(!r.online);
@@ -635,7 +643,11 @@ mod tests {
     #[tokio::test]
     async fn adopted_records_never_replace_a_live_stream_and_name_the_replica() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(
+            dir.path(),
+            common::sealing::SecretsKey::for_data_dir(dir.path(), None).unwrap(),
+        )
+        .unwrap();
         let zones = Zones::load(&store).unwrap().with_replica("r1");
         zones.connect("east", "127.0.0.1:1", 0).await;
         assert_eq!(zones.get("east").unwrap().replica, "r1");

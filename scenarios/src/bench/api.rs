@@ -87,7 +87,7 @@ pub enum StoreChoice {
 
 impl StoreChoice {
     /// The stores to measure, in order: `true` for PostgreSQL.
-    fn runs(self) -> &'static [bool] {
+    pub(crate) fn runs(self) -> &'static [bool] {
         match self {
             StoreChoice::Sled => &[false],
             StoreChoice::Postgres => &[true],

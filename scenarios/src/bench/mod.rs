@@ -5,5 +5,6 @@ pub mod api;
 pub mod api_tls;
 pub mod issue;
 pub mod rotation;
+pub mod secrets;
 pub mod sync;
 pub mod zones;

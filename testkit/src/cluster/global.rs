@@ -173,6 +173,12 @@ impl GlobalProc {
             .env("RUST_LOG", &options.rust_log);
         if let Some(store) = &options.store {
             cmd.args(["--store", store]);
+            // Replicas on one database share its Secrets key file (a PostgreSQL server of this
+            // process has one); a test passing its own keeps it.
+            let named = options.extra.iter().any(|a| a == "--secrets-key-file");
+            if !named && let Some(key) = crate::postgres::secrets_key_file_for(store) {
+                cmd.arg("--secrets-key-file").arg(key);
+            }
         }
         cmd.args(&options.extra);
         if let Some(cwd) = &options.cwd {

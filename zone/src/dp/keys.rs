@@ -110,12 +110,20 @@ mod tests {
             revoked_token_ids: vec![],
         };
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = Store::open(
+                dir.path(),
+                common::sealing::SecretsKey::for_data_dir(dir.path(), None).unwrap(),
+            )
+            .unwrap();
             assert!(load(&store).unwrap().is_empty());
             assert!(save(&store, &msg).await.unwrap());
             assert!(!save(&store, &msg).await.unwrap(), "unchanged");
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(
+            dir.path(),
+            common::sealing::SecretsKey::for_data_dir(dir.path(), None).unwrap(),
+        )
+        .unwrap();
         let keys = load(&store).unwrap();
         let token = signer.issue_dataplane_token(
             common::tokens::DataplaneClaim::bound("m", "n", "s"),
@@ -142,7 +150,11 @@ mod tests {
         };
         assert!(save(&store, &revoked).await.unwrap());
         drop(store);
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(
+            dir.path(),
+            common::sealing::SecretsKey::for_data_dir(dir.path(), None).unwrap(),
+        )
+        .unwrap();
         let e = load(&store)
             .unwrap()
             .verify::<DataplaneClaim>(&token, DATAPLANE_SCOPE)
