@@ -756,6 +756,29 @@ impl Store {
         }
     }
 
+    /// Seals `plaintext` with the store's Secrets key, bound to `identity` (it opens only under
+    /// that identity): for the records that hold keys (global's token signing keys), which are
+    /// no resources and so not sealed by the store itself. Without a key (the bench baseline
+    /// alone) the bytes are kept as they are.
+    pub fn seal_bytes(&self, identity: &str, plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
+        match &self.sealing {
+            crate::store_sealing::Sealing::Key(k) => k
+                .seal(identity.as_bytes(), plaintext)
+                .map_err(|e| self.sealing.refusal(identity.to_string(), e)),
+            crate::store_sealing::Sealing::Off => Ok(plaintext.to_vec()),
+        }
+    }
+
+    /// What [`Store::seal_bytes`] sealed under `identity`.
+    pub fn open_bytes(&self, identity: &str, envelope: &[u8]) -> Result<Vec<u8>, StoreError> {
+        match &self.sealing {
+            crate::store_sealing::Sealing::Key(k) => k
+                .open(identity.as_bytes(), envelope)
+                .map_err(|e| self.sealing.refusal(identity.to_string(), e)),
+            crate::store_sealing::Sealing::Off => Ok(envelope.to_vec()),
+        }
+    }
+
     /// A named tree of records that are not resources (no revision, not synced, not in `list`).
     pub fn records(&self, name: &str) -> Result<Records, StoreError> {
         Ok(match &self.backend {

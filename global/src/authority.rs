@@ -1,6 +1,6 @@
 //! The token authority of global: the ring of keys that sign and verify every token (zone,
 //! dataplane, user), and the list of revoked tokens. Both live in the store (record trees
-//! `token-signing-keys` and `token-revocations`), so every replica on one PostgreSQL store signs
+//! `token-signing-keys`, each key sealed with the store's Secrets key, and `token-revocations`), so every replica on one PostgreSQL store signs
 //! with the same key and refuses the same tokens: each replica reads them again from the store
 //! every [`REFRESH`] (fresh reads, not its own copy), so a revocation or rotation made on one
 //! replica holds on all of them within that time. New tokens are signed by the newest key; older
@@ -53,14 +53,20 @@ pub enum AuthorityError {
     ActiveKey(String),
 }
 
-/// A signing key as the store keeps it. `Debug` never shows the key.
+/// A signing key as the store keeps it: sealed with the store's Secrets key, as Secrets are.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct StoredKey {
-    /// PKCS#8 PEM of the Ed25519 key.
-    pem: String,
+    /// Base64 of the sealed PKCS#8 PEM of the Ed25519 key (`Store::seal_bytes`, bound to the
+    /// key's id).
+    sealed: String,
     /// When it was made (unix ms); 0 for the key of an earlier release's key file.
     created_ms: i64,
+}
+
+/// What a signing key is sealed under: its kid, so a sealed key cannot pass for another.
+fn sealed_as(kid: &str) -> String {
+    format!("token-signing-key/{kid}")
 }
 
 /// A revoked token as the store keeps it.
@@ -136,13 +142,41 @@ impl Authority {
             let signer = TokenSigner::load_or_create(dir).map_err(file_err)?;
             let pem = std::fs::read_to_string(&path).map_err(file_err)?;
             // Replicas starting at once seed the same key (the shared file): same record.
-            authority
-                .keys_tree()?
-                .put(signer.verifier().kid(), &StoredKey { pem, created_ms: 0 })
-                .await?;
+            let kid = signer.verifier().kid().to_string();
+            let stored = authority.stored(&kid, &pem, 0)?;
+            authority.keys_tree()?.put(&kid, &stored).await?;
             authority.refresh().await?;
         }
         Ok(authority)
+    }
+
+    /// A key as the store keeps it: its PEM sealed.
+    fn stored(&self, kid: &str, pem: &str, created_ms: i64) -> Result<StoredKey, StoreError> {
+        use base64::Engine;
+        let sealed = self
+            .inner
+            .store
+            .seal_bytes(&sealed_as(kid), pem.as_bytes())?;
+        Ok(StoredKey {
+            sealed: base64::engine::general_purpose::STANDARD.encode(sealed),
+            created_ms,
+        })
+    }
+
+    /// The signer of a stored key.
+    fn unsealed(&self, kid: &str, text: &str) -> Result<(TokenSigner, i64), String> {
+        use base64::Engine;
+        let stored: StoredKey = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let sealed = base64::engine::general_purpose::STANDARD
+            .decode(&stored.sealed)
+            .map_err(|e| e.to_string())?;
+        let pem = self
+            .inner
+            .store
+            .open_bytes(&sealed_as(kid), &sealed)
+            .map_err(|e| e.to_string())?;
+        let pem = String::from_utf8(pem).map_err(|e| e.to_string())?;
+        Ok((TokenSigner::from_pem(&pem)?, stored.created_ms))
     }
 
     fn keys_tree(&self) -> Result<common::store::Records, StoreError> {
@@ -201,9 +235,8 @@ impl Authority {
         let (signer, pem) = TokenSigner::generate_pem();
         let kid = signer.verifier().kid().to_string();
         let created_ms = common::clock::now_ms().max(self.newest_ms() + 1);
-        self.keys_tree()?
-            .put(&kid, &StoredKey { pem, created_ms })
-            .await?;
+        let stored = self.stored(&kid, &pem, created_ms)?;
+        self.keys_tree()?.put(&kid, &stored).await?;
         self.refresh().await?;
         Ok(kid)
     }
@@ -267,10 +300,7 @@ impl Authority {
                 });
                 continue;
             }
-            let parsed = serde_json::from_str::<StoredKey>(&text)
-                .map_err(|e| e.to_string())
-                .and_then(|s| TokenSigner::from_pem(&s.pem).map(|k| (k, s.created_ms)));
-            match parsed {
+            match self.unsealed(&kid, &text) {
                 Ok((signer, created_ms)) => ring_keys.push(Key {
                     kid,
                     created_ms,
@@ -380,6 +410,14 @@ mod tests {
         a.retire(first.verifier().kid()).await.unwrap();
         assert!(a.key_set().verify::<ZoneClaim>(&old, ZONE_SCOPE).is_err());
         a.key_set().verify::<ZoneClaim>(&new, ZONE_SCOPE).unwrap();
+        // The keys are sealed in the store: no PEM in the record.
+        let records = store.records(KEYS_TREE).unwrap();
+        let stored: Vec<(String, serde_json::Value)> = records.list().unwrap();
+        assert!(
+            stored
+                .iter()
+                .all(|(_, v)| !v.to_string().contains("PRIVATE KEY"))
+        );
         // A restart reads the same ring (the old key file is not used again).
         let again = Authority::load(&store, dir.path()).await.unwrap();
         assert_eq!(again.signer().verifier().kid(), kid);
