@@ -71,6 +71,21 @@ pub fn listen_error(addr: &str, flag: &str, e: &std::io::Error) -> ListenError {
     }
 }
 
+/// Writes `bytes` (a completion script, a whole document) to stdout: a reader that went away (a
+/// closed pipe, `| head`) ends the command quietly, any other failure is said (exit 1).
+pub fn print_stdout(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::from(exit::OK),
+        Err(e) => {
+            eprintln!("error: cannot write to stdout: {e}");
+            ExitCode::from(exit::REFUSED)
+        }
+    }
+}
+
 /// Installs the process's TLS crypto provider and starts the runtime; on failure, says why on
 /// stderr and returns the exit code to end with.
 pub fn start() -> Result<tokio::runtime::Runtime, ExitCode> {

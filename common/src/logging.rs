@@ -96,6 +96,7 @@ pub fn init(binary: &str, args: &LogArgs) {
     };
     if installed {
         tracing::info!(
+            target: "kmesh",
             version = crate::cli::PACKAGE_VERSION,
             commit = crate::cli::COMMIT,
             "{binary} {} (commit {}) starting",
