@@ -7,12 +7,13 @@
 //! `openssl` command (`openssl`); disks broken on purpose (`disk`); a raw zone on the sync stream (`kds`);
 //! the real py-spiffe client in a virtualenv of its own (`python`); a real headless Chromium
 //! behind a proxy that records every host it asks for (`browser`); an operator's own PKI for the
-//! listeners that take one (`pki`).
+//! listeners that take one (`pki`); checks over a binary's whole command tree (`cli_tree`).
 
 pub mod api;
 pub mod bins;
 pub mod browser;
 pub mod certs;
+pub mod cli_tree;
 pub mod cluster;
 pub mod disk;
 pub mod faketime;
