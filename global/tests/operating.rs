@@ -66,6 +66,8 @@ async fn run_until_healthy(dir: &Path, args: &[&str], env: &[(&str, &str)], port
 fn every_flag_and_command_has_help() {
     let missing = testkit::cli_tree::missing_help(&global::cli::command());
     assert!(missing.is_empty(), "without help text: {missing:#?}");
+    let no_m = testkit::cli_tree::mesh_without_m(&global::cli::command());
+    assert!(no_m.is_empty(), "--mesh without -m: {no_m:#?}");
 }
 
 #[test]

@@ -46,6 +46,38 @@ fn walk(cmd: &Command, path: &str, out: &mut Vec<String>) {
     }
 }
 
+/// Every `--mesh` under `cmd` that has no `-m` (kumactl's short form), named by its path.
+pub fn mesh_without_m(cmd: &Command) -> Vec<String> {
+    fn walk(cmd: &Command, path: &str, out: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            if arg.get_long() == Some("mesh") && arg.get_short() != Some('m') {
+                out.push(format!("{path} --mesh"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(cmd, cmd.get_name(), &mut out);
+    out
+}
+
+/// The default of `--long` of the command at `path` (`["run"]`), as clap shows it.
+pub fn default_of(cmd: &Command, path: &[&str], long: &str) -> Option<String> {
+    let mut c = cmd;
+    for name in path {
+        c = c.find_subcommand(name)?;
+    }
+    let arg = c.get_arguments().find(|a| a.get_long() == Some(long))?;
+    let values: Vec<String> = arg
+        .get_default_values()
+        .iter()
+        .map(|v| v.to_string_lossy().into_owned())
+        .collect();
+    Some(values.join(","))
+}
+
 /// The args of the subcommand that variables and the file set.
 fn settable(sub: &Command) -> Vec<&Arg> {
     sub.get_arguments()
