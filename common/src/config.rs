@@ -310,7 +310,12 @@ fn check_value(sub: &Command, arg: &Arg, value: &OsStr) -> Result<(), String> {
         })
 }
 
-fn from_variable(sub: &Command, arg: &Arg, name: &str, value: &OsStr) -> Result<Values, ConfigError> {
+fn from_variable(
+    sub: &Command,
+    arg: &Arg,
+    name: &str,
+    value: &OsStr,
+) -> Result<Values, ConfigError> {
     let error = |reason: String| ConfigError::Variable {
         variable: name.to_string(),
         reason,
@@ -404,10 +409,7 @@ fn read_file(
                     serde_norway::Value::Number(n) => n.to_string(),
                     serde_norway::Value::Bool(b) => b.to_string(),
                     other => {
-                        return Err(at_key(format!(
-                            "expected a value, found {}",
-                            kind(&other)
-                        )));
+                        return Err(at_key(format!("expected a value, found {}", kind(&other))));
                     }
                 };
                 check_value(sub, arg, OsStr::new(&text)).map_err(at_key)?;
@@ -529,7 +531,15 @@ mod tests {
         assert_eq!((r.addr.as_str(), r.count), ("127.0.0.1:2", 3));
         assert_eq!(r.dirs, ["c"]);
         let r = parse(
-            &["cp", "run", "--addr", "127.0.0.1:1", "--dir=d", "--dir", "e"],
+            &[
+                "cp",
+                "run",
+                "--addr",
+                "127.0.0.1:1",
+                "--dir=d",
+                "--dir",
+                "e",
+            ],
             &[
                 ("CP_ADDR", "127.0.0.1:2"),
                 ("CP_CONFIG", &f),
@@ -541,8 +551,15 @@ mod tests {
         assert_eq!(r.dirs, ["d", "e"]);
         // Nothing set: the defaults, and a required flag stays required.
         let r = parse(&["cp", "run", "--data-dir", "/d"], &[]).unwrap();
-        assert_eq!((r.addr.as_str(), r.count, r.insecure), ("127.0.0.1:1", 5, false));
-        assert!(parse(&["cp", "run"], &[]).unwrap_err().contains("--data-dir"));
+        assert_eq!(
+            (r.addr.as_str(), r.count, r.insecure),
+            ("127.0.0.1:1", 5, false)
+        );
+        assert!(
+            parse(&["cp", "run"], &[])
+                .unwrap_err()
+                .contains("--data-dir")
+        );
     }
 
     #[test]
@@ -551,23 +568,42 @@ mod tests {
         assert!(parse(&["cp", "run", "--config", &f], &[]).unwrap().insecure);
         let r = parse(&["cp", "run", "--config", &f], &[("CP_INSECURE", "false")]).unwrap();
         assert!(!r.insecure);
-        let e = parse(&["cp", "run", "--data-dir", "/d"], &[("CP_INSECURE", "maybe")]).unwrap_err();
-        assert!(e.contains("CP_INSECURE") && e.contains("true or false"), "{e}");
+        let e = parse(
+            &["cp", "run", "--data-dir", "/d"],
+            &[("CP_INSECURE", "maybe")],
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("CP_INSECURE") && e.contains("true or false"),
+            "{e}"
+        );
         let (_d, f) = file("data-dir: /d\ninsecure: \"yes\"\n");
         let e = parse(&["cp", "run", "--config", &f], &[]).unwrap_err();
-        assert!(e.contains("\"insecure\"") && e.contains("expected true or false"), "{e}");
+        assert!(
+            e.contains("\"insecure\"") && e.contains("expected true or false"),
+            "{e}"
+        );
     }
 
     #[test]
     fn bad_files_and_values_name_the_file_and_the_key() {
         let (_d, f) = file("data-dir: /d\nadress: 1\n");
         let e = parse(&["cp", "run", "--config", &f], &[]).unwrap_err();
-        assert!(e.contains(&f) && e.contains("unknown key \"adress\""), "{e}");
+        assert!(
+            e.contains(&f) && e.contains("unknown key \"adress\""),
+            "{e}"
+        );
         assert!(e.contains("addr, count"), "{e}");
         for (text, says) in [
             ("count: abc\n", "\"count\": invalid value 'abc'"),
-            ("count: [1, 2]\n", "\"count\": expected one value, found a list"),
-            ("addr: {a: 1}\n", "\"addr\": expected a value, found a mapping"),
+            (
+                "count: [1, 2]\n",
+                "\"count\": expected one value, found a list",
+            ),
+            (
+                "addr: {a: 1}\n",
+                "\"addr\": expected a value, found a mapping",
+            ),
             ("dir: [[a]]\n", "\"dir\": expected a value, found a list"),
             ("- a\n", "expected a mapping"),
             ("config: other.yaml\n", "cannot name another"),
@@ -589,21 +625,19 @@ mod tests {
         let e = parse(&["cp", "run", "--config", &f], &[]).unwrap_err();
         assert!(e.contains("--key"), "{e}");
         let r = parse(&["cp", "run", "--config", &f], &[("CP_KEY", "k.pem")]).unwrap();
-        assert_eq!((r.cert.unwrap(), r.key.unwrap()), ("c.pem".into(), "k.pem".into()));
+        assert_eq!(
+            (r.cert.unwrap(), r.key.unwrap()),
+            ("c.pem".into(), "k.pem".into())
+        );
     }
 
     #[test]
     fn other_commands_are_left_alone() {
         let cmd = document(Cli::command(), &SOURCES);
         let vars = vec![(OsString::from("CP_ADDR"), OsString::from("127.0.0.1:9"))];
-        let (m, _) = try_matches(
-            &cmd,
-            &SOURCES,
-            vec!["cp".into(), "other".into()],
-            &vars,
-        )
-        .map_err(|_| ())
-        .unwrap();
+        let (m, _) = try_matches(&cmd, &SOURCES, vec!["cp".into(), "other".into()], &vars)
+            .map_err(|_| ())
+            .unwrap();
         let (_, sub) = m.subcommand().unwrap();
         assert_eq!(sub.get_one::<String>("addr").unwrap(), "x");
     }

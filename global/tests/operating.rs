@@ -76,7 +76,14 @@ fn every_run_flag_is_settable_by_its_variable_and_the_config_file() {
         &global::cli::command(),
         &global::cli::SOURCES,
     );
-    for f in ["data-dir", "api-addr", "store", "api-host", "log-level", "log-format"] {
+    for f in [
+        "data-dir",
+        "api-addr",
+        "store",
+        "api-host",
+        "log-level",
+        "log-format",
+    ] {
         assert!(flags.iter().any(|g| g == f), "{f} not among {flags:?}");
     }
 }
@@ -153,10 +160,22 @@ fn an_unknown_key_or_a_bad_value_is_refused_naming_it() {
     let data = format!("data-dir: {}\n", dir.join("data").display());
     for (text, says) in [
         ("api-adress: 127.0.0.1:1\n", "unknown key \"api-adress\""),
-        ("vault-timeout: [1s, 2s]\n", "key \"vault-timeout\": expected one value, found a list"),
-        ("api-insecure-http: sometimes\n", "key \"api-insecure-http\": expected true or false"),
-        ("log-level: loud\n", "key \"log-level\": invalid value 'loud'"),
-        ("store: mysql://x\n", "key \"store\": invalid value 'mysql://x'"),
+        (
+            "vault-timeout: [1s, 2s]\n",
+            "key \"vault-timeout\": expected one value, found a list",
+        ),
+        (
+            "api-insecure-http: sometimes\n",
+            "key \"api-insecure-http\": expected true or false",
+        ),
+        (
+            "log-level: loud\n",
+            "key \"log-level\": invalid value 'loud'",
+        ),
+        (
+            "store: mysql://x\n",
+            "key \"store\": invalid value 'mysql://x'",
+        ),
     ] {
         let file = write(dir, "bad.yaml", &format!("{data}{text}"));
         let out = global(&["run", "--config", &file.display().to_string()], &[]);
@@ -202,7 +221,10 @@ fn version_names_the_commit() {
         .and_then(|r| r.strip_suffix(')'))
         .unwrap_or_else(|| panic!("{line}"));
     match head_commit() {
-        Some(head) => assert!(head.starts_with(commit) && commit.len() >= 7, "{commit} vs {head}"),
+        Some(head) => assert!(
+            head.starts_with(commit) && commit.len() >= 7,
+            "{commit} vs {head}"
+        ),
         None => assert_eq!(commit, "unknown"),
     }
 }
@@ -222,9 +244,12 @@ async fn json_logs_are_objects_and_text_logs_in_a_file_have_no_escape_codes() {
     let json_dir = tmp.path().join("json");
     let mut g = GlobalProc::start_with(
         &json_dir,
-        GlobalOptions::default()
-            .rust_log("")
-            .args(&["--log-format", "json", "--log-level", "debug"]),
+        GlobalOptions::default().rust_log("").args(&[
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+        ]),
     )
     .await
     .unwrap();
@@ -269,7 +294,8 @@ async fn json_logs_are_objects_and_text_logs_in_a_file_have_no_escape_codes() {
     assert!(!text.contains('\u{1b}'), "escape codes in {text}");
     let first = text.lines().next().unwrap_or_default();
     assert!(
-        first.contains("INFO") && first.contains(&format!("global {}", env!("CARGO_PKG_VERSION")))
+        first.contains("INFO")
+            && first.contains(&format!("global {}", env!("CARGO_PKG_VERSION")))
             && first.contains(&format!("(commit {commit})")),
         "{first}"
     );
@@ -282,7 +308,11 @@ fn completion_scripts_for_bash_zsh_and_fish() {
         let out = global(&["completion", shell], &[]);
         assert_eq!(out.code, Some(0), "{shell}: {}", out.text());
         for word in ["apply", "validate", "api-addr", "log-format", "completion"] {
-            assert!(out.stdout.contains(word), "{shell}: no {word} in\n{}", out.stdout);
+            assert!(
+                out.stdout.contains(word),
+                "{shell}: no {word} in\n{}",
+                out.stdout
+            );
         }
         // The shell itself reads the script without a syntax error, where it is installed.
         let check = Command::new(shell)
@@ -326,8 +356,9 @@ async fn a_port_in_use_is_exit_1_naming_the_address() {
         let out = global(&args, &[]);
         assert_eq!(out.code, Some(1), "{flag}: {}", out.text());
         assert!(
-            out.stderr
-                .contains(&format!("cannot listen on {addr}: address already in use ({flag})")),
+            out.stderr.contains(&format!(
+                "cannot listen on {addr}: address already in use ({flag})"
+            )),
             "{flag}: {}",
             out.stderr
         );
@@ -348,12 +379,14 @@ async fn apply_takes_a_directory_and_m_is_short_for_mesh() {
     );
     write(&res, "30-mesh.json", r#"{"type": "Mesh", "name": "dir-b"}"#);
     write(&res, "notes.txt", "not a resource: {");
-    let out = g
-        .cli(&["apply", "-f", &res.display().to_string()])
-        .unwrap();
+    let out = g.cli(&["apply", "-f", &res.display().to_string()]).unwrap();
     assert_eq!(out.code, Some(0), "{}", out.text());
     let out = g.cli(&["get", "meshes", "-o", "json"]).unwrap();
-    assert!(out.stdout.contains("dir-a") && out.stdout.contains("dir-b"), "{}", out.text());
+    assert!(
+        out.stdout.contains("dir-a") && out.stdout.contains("dir-b"),
+        "{}",
+        out.text()
+    );
     let out = g.cli(&["get", "secrets", "-m", "dir-a"]).unwrap();
     assert_eq!(out.code, Some(0), "{}", out.text());
     assert!(out.stdout.contains("s1"), "{}", out.text());
@@ -362,9 +395,15 @@ async fn apply_takes_a_directory_and_m_is_short_for_mesh() {
     // An empty directory is a usage error.
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let out = g.cli(&["apply", "-f", &empty.display().to_string()]).unwrap();
+    let out = g
+        .cli(&["apply", "-f", &empty.display().to_string()])
+        .unwrap();
     assert_eq!(out.code, Some(2), "{}", out.text());
-    assert!(out.stderr.contains("no .yaml, .yml or .json file"), "{}", out.text());
+    assert!(
+        out.stderr.contains("no .yaml, .yml or .json file"),
+        "{}",
+        out.text()
+    );
 }
 
 /// `validate` of a vault backend whose Vault accepts connections and never answers: on a
@@ -396,18 +435,20 @@ async fn validate_says_what_it_waits_for_on_a_terminal_only() {
         "--vault-timeout".into(),
         "2s".into(),
     ];
-    let waits = format!("waiting for Vault: a test certificate for default/vault-1 (http://127.0.0.1:{port})");
+    let waits = format!(
+        "waiting for Vault: a test certificate for default/vault-1 (http://127.0.0.1:{port})"
+    );
 
     let piped = run_global(&args, Duration::from_secs(60)).unwrap();
     assert_eq!(piped.code, Some(3), "{}", piped.text());
-    assert!(!piped.stderr.contains("waiting for Vault"), "{}", piped.stderr);
+    assert!(
+        !piped.stderr.contains("waiting for Vault"),
+        "{}",
+        piped.stderr
+    );
     assert!(!piped.text().contains('\u{1b}'), "{}", piped.text());
 
-    let line = format!(
-        "{} {}",
-        binary("global").unwrap().display(),
-        args.join(" ")
-    );
+    let line = format!("{} {}", binary("global").unwrap().display(), args.join(" "));
     let mut cmd = Command::new("script");
     cmd.args(["-qefc", &line, "/dev/null"]);
     let tty = run_bounded(cmd, Duration::from_secs(60)).unwrap();

@@ -188,7 +188,7 @@ pub fn assert_run_flags_settable<T: clap::Parser>(cmd: &Command, sources: &Sourc
     for (arg, value) in &samples {
         assert_eq!(
             raw(&m, arg),
-            [value.clone()],
+            std::slice::from_ref(value),
             "{name} {} --{} by {}",
             sources.subcommand,
             arg.get_long().unwrap_or_default(),
@@ -217,7 +217,7 @@ pub fn assert_run_flags_settable<T: clap::Parser>(cmd: &Command, sources: &Sourc
     for (arg, value) in &samples {
         assert_eq!(
             raw(&m, arg),
-            [value.clone()],
+            std::slice::from_ref(value),
             "{name} {} --{} by the config file:\n{yaml}",
             sources.subcommand,
             arg.get_long().unwrap_or_default()
@@ -249,12 +249,20 @@ pub fn assert_run_flags_settable<T: clap::Parser>(cmd: &Command, sources: &Sourc
         // The file holds the sample of every flag; this flag's variable says `by_var`.
         let only_this = vec![(OsString::from(&var), OsString::from(&by_var))];
         let m = parse(argv(std::slice::from_ref(&config)), &only_this);
-        assert_eq!(raw(&m, arg), [by_var.clone()], "--{long}: variable over file");
+        assert_eq!(
+            raw(&m, arg),
+            std::slice::from_ref(&by_var),
+            "--{long}: variable over file"
+        );
         let m = parse(
             argv(&[config.clone(), format!("--{long}={by_flag}")]),
             &only_this,
         );
-        assert_eq!(raw(&m, arg), [by_flag.clone()], "--{long}: flag over variable");
+        assert_eq!(
+            raw(&m, arg),
+            std::slice::from_ref(&by_flag),
+            "--{long}: flag over variable"
+        );
     }
     samples
         .iter()

@@ -63,7 +63,13 @@ fn every_run_flag_is_settable_by_its_variable_and_the_config_file() {
         &zone::cli::command(),
         &zone::cli::SOURCES,
     );
-    for f in ["name", "global-address", "dp-addr", "data-source-dir", "log-format"] {
+    for f in [
+        "name",
+        "global-address",
+        "dp-addr",
+        "data-source-dir",
+        "log-format",
+    ] {
         assert!(flags.iter().any(|g| g == f), "{f} not among {flags:?}");
     }
 }
@@ -139,7 +145,13 @@ async fn a_zone_from_its_config_file_syncs_and_logs_json() {
     std::fs::create_dir_all(&dir).unwrap();
     let token = global.cli_zone_token_file("zone-cfg", &dir).unwrap();
     let api = free_port();
-    let config = write_config(&dir, &global, &token, api, &format!("127.0.0.1:{}", free_port()));
+    let config = write_config(
+        &dir,
+        &global,
+        &token,
+        api,
+        &format!("127.0.0.1:{}", free_port()),
+    );
 
     let mut cmd = Command::new(binary("zone").unwrap());
     cmd.args(["run", "--config", &config])
@@ -206,19 +218,27 @@ async fn a_port_in_use_is_exit_1_naming_the_address() {
     let out = zone(&["run", "--config", &config], &[]);
     assert_eq!(out.code, Some(1), "{}", out.text());
     assert!(
-        out.stderr
-            .contains(&format!("cannot listen on {addr}: address already in use (--dp-addr)")),
+        out.stderr.contains(&format!(
+            "cannot listen on {addr}: address already in use (--dp-addr)"
+        )),
         "{}",
         out.stderr
     );
     let out = zone(
-        &["run", "--config", &config, "--dp-addr", &format!("127.0.0.1:{}", free_port())],
+        &[
+            "run",
+            "--config",
+            &config,
+            "--dp-addr",
+            &format!("127.0.0.1:{}", free_port()),
+        ],
         &[("KMESH_ZONE_API_ADDR", &addr)],
     );
     assert_eq!(out.code, Some(1), "{}", out.text());
     assert!(
-        out.stderr
-            .contains(&format!("cannot listen on {addr}: address already in use (--api-addr)")),
+        out.stderr.contains(&format!(
+            "cannot listen on {addr}: address already in use (--api-addr)"
+        )),
         "{}",
         out.stderr
     );

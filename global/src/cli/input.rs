@@ -99,6 +99,10 @@ mod tests {
         let empty = tempfile::tempdir().unwrap();
         let e = read_inputs(&[empty.path().display().to_string()]).unwrap_err();
         assert_eq!(e.code, super::super::exit::USAGE);
-        assert!(e.message.contains("no .yaml, .yml or .json file"), "{}", e.message);
+        assert!(
+            e.message.contains("no .yaml, .yml or .json file"),
+            "{}",
+            e.message
+        );
     }
 }

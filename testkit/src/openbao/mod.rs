@@ -145,7 +145,10 @@ mod tests {
             .as_deref(),
             Some("2.7.2")
         );
-        assert_eq!(install::parse_version("Vault v1.15.0 ('abc')").as_deref(), Some("1.15.0"));
+        assert_eq!(
+            install::parse_version("Vault v1.15.0 ('abc')").as_deref(),
+            Some("1.15.0")
+        );
         assert_eq!(install::parse_version(""), None);
         assert_eq!(install::parse_version("very verbose"), None);
     }
@@ -156,7 +159,9 @@ mod tests {
     fn another_bao_is_named_and_used_only_when_it_is_the_tested_release() {
         let pinned = bao_binary().unwrap();
         assert!(
-            install::bao_version(&pinned).unwrap().starts_with(install::ACCEPTED_SERIES),
+            install::bao_version(&pinned)
+                .unwrap()
+                .starts_with(install::ACCEPTED_SERIES),
             "{}",
             pinned.display()
         );
@@ -177,7 +182,9 @@ mod tests {
             install::locate(None, Some(dir.path().as_os_str().to_os_string())).unwrap();
         assert_eq!(bin, dir.path().join("bao"));
         assert!(
-            notes.iter().any(|n| n.contains("OpenBao 2.7.") && n.contains("using it")),
+            notes
+                .iter()
+                .any(|n| n.contains("OpenBao 2.7.") && n.contains("using it")),
             "{notes:?}"
         );
     }
