@@ -8,12 +8,13 @@
 //! the real py-spiffe client in a virtualenv of its own (`python`); a real headless Chromium
 //! behind a proxy that records every host it asks for (`browser`); an operator's own PKI for the
 //! listeners that take one (`pki`); what looks for secrets in every log and answer of a test
-//! (`leaks`).
+//! (`leaks`); checks over a binary's whole command tree (`cli_tree`).
 
 pub mod api;
 pub mod bins;
 pub mod browser;
 pub mod certs;
+pub mod cli_tree;
 pub mod cluster;
 pub mod disk;
 pub mod faketime;

@@ -1,10 +1,13 @@
-//! The command line of the `zone` binary (SPEC.md): `zone run`, `zone proxy` (a proxy's agent)
-//! and `zone get dataplanes`. Exit codes: 0 success, 1 refused or failed, 2 usage, 3 unreachable.
+//! The command line of the `zone` binary (SPEC.md): `zone run`, `zone proxy` (a proxy's agent),
+//! `zone get dataplanes|meshes|status` and `zone completion`. The flags of `zone run` also come
+//! from `KMESH_ZONE_*` variables and `--config FILE` ([`SOURCES`], over `common::config`); its
+//! defaults are Kuma's zone control plane's (API on 127.0.0.1:5681, proxies on 5678). Exit codes:
+//! 0 success, 1 refused or failed (an address in use too), 2 usage, 3 unreachable.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use serde_json::Value;
 
 use crate::ZoneConfig;
@@ -13,7 +16,7 @@ use crate::views::{DataplaneView, ErrorBody, ListView};
 #[derive(Parser, Debug)]
 #[command(
     name = "zone",
-    version,
+    version = common::cli::VERSION,
     about = "Zone control plane: keeps a copy of global's Meshes and Secrets and serves from it"
 )]
 pub struct Cli {
@@ -30,19 +33,42 @@ pub enum Command {
     Proxy(ProxyArgs),
     /// Read what the zone holds.
     Get {
+        /// What to read.
         what: GetKind,
         /// URL of the zone's HTTP API (its --api-addr).
-        #[arg(long, default_value = "http://127.0.0.1:5682", env = "ZONE_API")]
+        #[arg(long, default_value = "http://127.0.0.1:5681", env = "ZONE_API")]
         api: String,
+        /// table, yaml or json.
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
         output: Format,
     },
+    /// Print a shell completion script: `source <(zone completion bash)`.
+    Completion {
+        /// The shell: bash, zsh or fish (also elvish, powershell).
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Where `zone run`'s flags come from besides the command line: `KMESH_ZONE_<FLAG>` variables
+/// and `--config FILE`.
+pub const SOURCES: common::config::Sources = common::config::Sources {
+    prefix: "KMESH_ZONE",
+    subcommand: "run",
+};
+
+/// The whole command line as clap sees it (each `run` flag's help names its variable): what
+/// parses, what `--help` and completion scripts show.
+pub fn command() -> clap::Command {
+    common::config::document(Cli::command(), &SOURCES)
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GetKind {
+    /// The proxies registered here, with their certificates.
     Dataplanes,
+    /// The meshes the zone holds from global.
     Meshes,
+    /// The connection to global, synced types, Vault checks and clocks.
     Status,
 }
 
@@ -56,7 +82,7 @@ pub enum Format {
 #[derive(clap::Args, Debug, Clone)]
 pub struct ProxyArgs {
     /// The zone's proxy identity service, grpcs://HOST:PORT (the zone's --dp-addr).
-    #[arg(long)]
+    #[arg(long, default_value = "grpcs://127.0.0.1:5678")]
     pub zone_address: String,
     /// PEM CA that signs the zone's certificate (the zone writes <data-dir>/dp-ca.pem).
     #[arg(long)]
@@ -67,7 +93,8 @@ pub struct ProxyArgs {
     /// File holding the dataplane token (`global dataplane-token --mesh MESH --name NAME`).
     #[arg(long)]
     pub token_file: PathBuf,
-    #[arg(long)]
+    /// The mesh the proxy belongs to: the one its token was issued for.
+    #[arg(short = 'm', long)]
     pub mesh: String,
     /// The dataplane's name: the one its token was issued for.
     #[arg(long)]
@@ -92,6 +119,8 @@ pub struct ProxyArgs {
     /// bundle, a new message on every rotation. The mesh's backend needs `dpCert.uriSans: spiffe`.
     #[arg(long, value_name = "unix:///PATH")]
     pub workload_api: Option<String>,
+    #[command(flatten)]
+    pub log: common::logging::LogArgs,
 }
 
 fn parse_tag(s: &str) -> Result<(String, String), String> {
@@ -103,6 +132,11 @@ fn parse_tag(s: &str) -> Result<(String, String), String> {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
+    /// A YAML file of flags of this command: flat keys named after the long flags
+    /// (`api-addr: 127.0.0.1:5681`; a list for a repeatable flag). A flag given here beats its
+    /// variable, which beats the file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// The zone's name: the one its token was issued for (`global zone-token --zone NAME`).
     #[arg(long)]
     pub name: String,
@@ -127,13 +161,13 @@ pub struct RunArgs {
     /// Where the zone keeps its store.
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// Address of the zone's HTTP API.
-    #[arg(long, default_value = "127.0.0.1:5682")]
+    /// Address of the zone's HTTP API (read-only), as Kuma's zone control plane.
+    #[arg(long, default_value = "127.0.0.1:5681")]
     pub api_addr: String,
-    /// Address of the proxy identity service (gRPC over TLS; the CA of its generated certificate
-    /// is written to <data-dir>/dp-ca.pem). Without it no proxy can connect.
-    #[arg(long)]
-    pub dp_addr: Option<String>,
+    /// Address of the proxy identity service proxies dial (gRPC over TLS; the CA of its generated
+    /// certificate is written to <data-dir>/dp-ca.pem), as Kuma's zone control plane.
+    #[arg(long, default_value = "127.0.0.1:5678")]
+    pub dp_addr: String,
     /// PEM certificate (chain) the proxy identity service serves instead of the generated one
     /// (proxies then trust its CA with --zone-ca-file).
     #[arg(long, requires = "dp_tls_key", value_name = "FILE")]
@@ -176,6 +210,8 @@ pub struct RunArgs {
     /// below 1.
     #[arg(long, default_value_t = 0.8)]
     pub rotation_fraction: f64,
+    #[command(flatten)]
+    pub log: common::logging::LogArgs,
 }
 
 /// The issuance tuning of `zone run`'s flags, checked.
@@ -226,7 +262,12 @@ pub use common::cli::{exit, init_tracing};
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = common::config::parse(&SOURCES);
+    if let Command::Completion { shell } = cli.command {
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut command(), "zone", &mut script);
+        return common::cli::print_stdout(&script);
+    }
     let runtime = match common::cli::start() {
         Ok(r) => r,
         Err(code) => return code,
@@ -235,11 +276,20 @@ pub fn main() -> ExitCode {
         Command::Run(args) => runtime.block_on(run(args)),
         Command::Proxy(args) => runtime.block_on(proxy(args)),
         Command::Get { what, api, output } => runtime.block_on(get(what, &api, output)),
+        Command::Completion { .. } => ExitCode::from(exit::OK),
     }
 }
 
+/// Binds the address of `flag`, or says why not (an address in use is exit 1).
+async fn listen(addr: &str, flag: &str) -> Result<tokio::net::TcpListener, ExitCode> {
+    common::cli::listen(addr, flag).await.map_err(|e| {
+        eprintln!("error: {}", e.message);
+        ExitCode::from(e.code)
+    })
+}
+
 async fn run(args: RunArgs) -> ExitCode {
-    init_tracing();
+    common::logging::init("zone", &args.log);
     let mut config = ZoneConfig::new(
         &args.name,
         "",
@@ -252,12 +302,6 @@ async fn run(args: RunArgs) -> ExitCode {
     config.api_hosts = args.api_hosts.clone();
     config.data_source_dirs = args.data_source_dirs.clone();
     if let (Some(cert), Some(key)) = (args.dp_tls_cert.clone(), args.dp_tls_key.clone()) {
-        if args.dp_addr.is_none() {
-            eprintln!(
-                "error: --dp-tls-cert and --dp-tls-key need --dp-addr, the listener they serve"
-            );
-            return ExitCode::from(exit::USAGE);
-        }
         config.dp_tls = crate::dp::tls::DpTls::Files { cert, key };
     }
     config.secrets_key_file = args.secrets_key_file.clone();
@@ -288,29 +332,18 @@ async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(exit::USAGE);
         }
     }
-    let listener = match tokio::net::TcpListener::bind(&args.api_addr).await {
+    let listener = match listen(&args.api_addr, "--api-addr").await {
         Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: cannot listen on --api-addr {}: {e}", args.api_addr);
-            return ExitCode::from(exit::USAGE);
-        }
+        Err(code) => return code,
     };
-    let dp = match &args.dp_addr {
-        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => Some(l),
-            Err(e) => {
-                eprintln!("error: cannot listen on --dp-addr {addr}: {e}");
-                return ExitCode::from(exit::USAGE);
-            }
-        },
-        None => {
-            tracing::warn!(
-                "no --dp-addr: the proxy identity service is not served, so no proxy can connect"
-            );
-            None
-        }
+    let dp = match listen(&args.dp_addr, "--dp-addr").await {
+        Ok(l) => l,
+        Err(code) => return code,
     };
-    let listeners = crate::Listeners { api: listener, dp };
+    let listeners = crate::Listeners {
+        api: listener,
+        dp: Some(dp),
+    };
     match crate::run(config, listeners, common::shutdown::signal()).await {
         Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
@@ -321,7 +354,7 @@ async fn run(args: RunArgs) -> ExitCode {
 }
 
 async fn proxy(args: ProxyArgs) -> ExitCode {
-    init_tracing();
+    common::logging::init("zone proxy", &args.log);
     let exec_timeout = match common::duration::parse_duration(&args.exec_timeout) {
         Ok(d) => d,
         Err(e) => {

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Parser, Debug)]
 #[command(
     name = "global",
-    version,
+    version = common::cli::VERSION,
     about = "Global control plane: holds Meshes and Secrets, validates CA backends, syncs zones"
 )]
 pub struct Cli {
@@ -109,7 +109,14 @@ pub enum Generate {
 /// The flags of `global run`.
 #[derive(clap::Args, Debug)]
 pub struct RunFlags {
-    #[arg(long)]
+    /// A YAML file of flags of this command: flat keys named after the long flags
+    /// (`api-addr: 127.0.0.1:5681`; a list for a repeatable flag). A flag given here beats its
+    /// variable, which beats the file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where global keeps its store (sled), admin token, keys, generated certificates and audit
+    /// log (0700).
+    #[arg(long, value_name = "DIR")]
     pub data_dir: PathBuf,
     /// Address of the API in plain HTTP: a loopback address unless --api-insecure-http.
     #[arg(long, default_value = "127.0.0.1:5681")]
@@ -163,6 +170,8 @@ pub struct RunFlags {
     /// replica); with sled, <data-dir>/secrets.key is generated on the first start.
     #[arg(long, value_name = "FILE")]
     pub secrets_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub log: common::logging::LogArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -171,7 +180,7 @@ pub enum Command {
     Run(RunFlags),
     /// Apply the PostgreSQL store's schema migrations and exit.
     Migrate {
-        /// postgres://USER[:PASS]@HOST[:PORT]/DB
+        /// The PostgreSQL store to migrate: postgres://USER[:PASS]@HOST[:PORT]/DB.
         #[arg(long)]
         store: crate::StoreKind,
     },
@@ -182,6 +191,7 @@ pub enum Command {
     DataplaneToken(DataplaneTokenArgs),
     /// Print a token (zone, dataplane or user), as kumactl's `generate`.
     Generate {
+        /// The token to make.
         #[command(subcommand)]
         what: Generate,
     },
@@ -217,7 +227,9 @@ pub enum Command {
     },
     /// Create or update resources from files (`-f -` reads stdin), all or nothing.
     Apply {
-        #[arg(short = 'f', long = "file", required = true)]
+        /// A resource file (YAML documents or JSON), `-` for stdin, or a directory (every .yaml,
+        /// .yml and .json in it, in name order); repeatable.
+        #[arg(short = 'f', long = "file", required = true, value_name = "FILE|DIR|-")]
         files: Vec<String>,
         /// Validate fully (the Vault test certificate included) and store nothing.
         #[arg(long)]
@@ -228,6 +240,7 @@ pub enum Command {
     /// Print every resource as a multi-document file that `global apply -f` takes back: Meshes,
     /// and every Secret with its data with --include-secrets (admin token needed).
     Export {
+        /// yaml (documents separated by ---) or json (an array).
         #[arg(short = 'o', long = "output", value_enum, default_value_t = ExportFormat::Yaml)]
         output: ExportFormat,
         /// Include every Secret with its data (needs the admin token).
@@ -238,10 +251,14 @@ pub enum Command {
     },
     /// Read resources.
     Get {
+        /// What to read.
         what: GetKind,
+        /// One resource by name (all of them without it).
         name: Option<String>,
-        #[arg(long, default_value = "default")]
+        /// The mesh of secrets and dataplanes.
+        #[arg(short = 'm', long, default_value = "default")]
         mesh: String,
+        /// table, yaml or json.
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
         output: Format,
         #[command(flatten)]
@@ -249,9 +266,12 @@ pub enum Command {
     },
     /// Delete a mesh (with everything in it) or a secret.
     Delete {
+        /// What to delete.
         what: DeleteKind,
+        /// Its name.
         name: String,
-        #[arg(long, default_value = "default")]
+        /// The mesh of a secret.
+        #[arg(short = 'm', long, default_value = "default")]
         mesh: String,
         #[command(flatten)]
         api: ApiArgs,
@@ -259,13 +279,21 @@ pub enum Command {
     /// Validate resource files without a running global: parse, validate, resolve data sources
     /// (Secrets from the same files), issue the Vault test certificate, print a report.
     Validate {
-        #[arg(short = 'f', long = "file", required = true)]
+        /// A resource file (YAML documents or JSON), `-` for stdin, or a directory (every .yaml,
+        /// .yml and .json in it, in name order); repeatable.
+        #[arg(short = 'f', long = "file", required = true, value_name = "FILE|DIR|-")]
         files: Vec<String>,
+        /// table, yaml or json.
         #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
         output: Format,
         /// Bound on each request to Vault (the test certificate), e.g. 10s.
         #[arg(long, default_value = "10s")]
         vault_timeout: String,
+    },
+    /// Print a shell completion script: `source <(global completion bash)`.
+    Completion {
+        /// The shell: bash, zsh or fish (also elvish, powershell).
+        shell: clap_complete::Shell,
     },
 }
 

@@ -187,7 +187,14 @@ fn describe(status: u16, error: &ApiError) -> String {
 pub(super) async fn apply(files: &[String], dry_run: bool, api: &ApiArgs) -> Result<(), Failure> {
     let inputs = read_inputs(files)?;
     // Parse locally first so that a typo is reported with its file, before anything is sent.
-    parse_inputs(&inputs)?;
+    let resources = parse_inputs(&inputs)?;
+    let vault = super::spinner::vault_backends(&resources);
+    let waiting = (!vault.is_empty()).then(|| {
+        format!(
+            "waiting for global: it has Vault issue a test certificate for {}",
+            vault.join(", ")
+        )
+    });
     let body = inputs
         .iter()
         .map(|(_, t)| t.trim_start_matches("---").to_string())
@@ -199,14 +206,16 @@ pub(super) async fn apply(files: &[String], dry_run: bool, api: &ApiArgs) -> Res
     } else {
         "/apply"
     };
-    let resp = client
-        .send(
+    let resp = super::spinner::while_waiting(
+        waiting,
+        client.send(
             client
                 .request(reqwest::Method::POST, path)
                 .header("content-type", "application/yaml")
                 .body(body),
-        )
-        .await?;
+        ),
+    )
+    .await?;
     let result: ApplyResult = decode(resp)?;
     print::apply_result(&result, dry_run);
     Ok(())

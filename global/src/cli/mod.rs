@@ -2,7 +2,9 @@
 //! exit codes (`failure`: 0 success, 1 refused or invalid, 2 usage, 3 server or Vault
 //! unreachable). `run` starts the server (`run`); `apply`, `get`, `delete` and the token commands
 //! talk to a running global over its HTTP API (`client`) and print what it answered (`print`);
-//! `validate` needs no server (`validate`). Resource files are read by `input`.
+//! `validate` needs no server (`validate`). Resource files are read by `input`. The flags of
+//! `run` also come from `KMESH_GLOBAL_*` variables and `--config FILE` ([`SOURCES`], over
+//! `common::config`); what waits on a terminal says so (`spinner`).
 
 mod args;
 mod client;
@@ -10,13 +12,14 @@ mod failure;
 mod input;
 mod print;
 mod run;
+mod spinner;
 mod validate;
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::CommandFactory;
 
 pub use args::{ApiArgs, Cli, Command, DeleteKind, Format, GetKind};
 pub use client::describe_api_error;
@@ -34,9 +37,27 @@ fn vault_timeouts(text: &str) -> Result<common::vault::Timeouts, Failure> {
     Ok(common::vault::Timeouts::with_request(d))
 }
 
+/// Where `global run`'s flags come from besides the command line: `KMESH_GLOBAL_<FLAG>`
+/// variables and `--config FILE`.
+pub const SOURCES: common::config::Sources = common::config::Sources {
+    prefix: "KMESH_GLOBAL",
+    subcommand: "run",
+};
+
+/// The whole command line as clap sees it (each `run` flag's help names its variable): what
+/// parses, what `--help` and completion scripts show.
+pub fn command() -> clap::Command {
+    common::config::document(Cli::command(), &SOURCES)
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = common::config::parse(&SOURCES);
+    if let Command::Completion { shell } = cli.command {
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut command(), "global", &mut script);
+        return common::cli::print_stdout(&script);
+    }
     let runtime = match common::cli::start() {
         Ok(r) => r,
         Err(code) => return code,
@@ -53,9 +74,10 @@ pub fn main() -> ExitCode {
 async fn dispatch(command: Command) -> Result<(), Failure> {
     match command {
         Command::Run(flags) => {
-            init_tracing();
+            common::logging::init("global", &flags.log);
             run::run(flags).await
         }
+        Command::Completion { .. } => Ok(()),
         Command::Migrate { store } => {
             init_tracing();
             run::migrate(store).await

@@ -1,11 +1,14 @@
 //! `global run`: binds the listeners the flags name (plain HTTP on loopback only unless
-//! `--api-insecure-http`) and runs the server until Ctrl-C or SIGTERM.
+//! `--api-insecure-http`) and runs the server until Ctrl-C or SIGTERM. A listener that cannot be
+//! opened (an address in use) is said with its address and flag: exit 1.
 
 use super::args::RunFlags;
 use super::failure::Failure;
 
 pub(super) async fn run(flags: RunFlags) -> Result<(), Failure> {
     let RunFlags {
+        config: _,
+        log: _,
         data_dir,
         api_addr,
         api_insecure_http,
@@ -37,29 +40,19 @@ pub(super) async fn run(flags: RunFlags) -> Result<(), Failure> {
     {
         return Err(Failure::usage(refusal));
     }
-    let listener = tokio::net::TcpListener::bind(&api_addr)
-        .await
-        .map_err(|e| Failure::usage(format!("cannot listen on --api-addr {api_addr}: {e}")))?;
+    let listener = listen(&api_addr, "--api-addr").await?;
     if !resolved.iter().all(|a| a.ip().is_loopback()) {
         tracing::warn!(
             api = %api_addr,
             "--api-insecure-http: the API is served in plain HTTP beyond loopback; the admin token and Secrets cross the network in clear"
         );
     }
-    let tls_listener = tokio::net::TcpListener::bind(&api_tls_addr)
-        .await
-        .map_err(|e| {
-            Failure::usage(format!(
-                "cannot listen on --api-tls-addr {api_tls_addr}: {e}"
-            ))
-        })?;
+    let tls_listener = listen(&api_tls_addr, "--api-tls-addr").await?;
     let mut api_tls = crate::ApiTlsEndpoint::new(tls_listener);
     if let (Some(cert), Some(key)) = (api_tls_cert, api_tls_key) {
         api_tls.tls = crate::ApiTls::Files { cert, key };
     }
-    let kds_listener = tokio::net::TcpListener::bind(&kds_addr)
-        .await
-        .map_err(|e| Failure::usage(format!("cannot listen on --kds-addr {kds_addr}: {e}")))?;
+    let kds_listener = listen(&kds_addr, "--kds-addr").await?;
     let mut kds = crate::KdsEndpoint::new(kds_listener);
     if let (Some(cert), Some(key)) = (kds_tls_cert, kds_tls_key) {
         kds.tls = crate::kds::KdsTls::Files { cert, key };
@@ -84,6 +77,14 @@ pub(super) async fn run(flags: RunFlags) -> Result<(), Failure> {
     )
     .await
     .map_err(|e| Failure::refused(e.to_string()))
+}
+
+/// Binds the address of `flag`: in use, not on this host or not allowed is exit 1.
+async fn listen(addr: &str, flag: &str) -> Result<tokio::net::TcpListener, Failure> {
+    common::cli::listen(addr, flag).await.map_err(|e| Failure {
+        code: e.code,
+        message: e.message,
+    })
 }
 
 /// `global migrate --store URL`: applies the migrations this binary knows, nothing else.

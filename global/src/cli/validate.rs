@@ -97,7 +97,16 @@ pub(super) async fn validate(
     if resources.is_empty() {
         return Err(Failure::usage("no resources in the given files"));
     }
-    Ok(validate_resources(resources, bounds).await)
+    let vault = super::spinner::vault_backends(&resources);
+    let message = if vault.is_empty() {
+        format!("validating {} resources", resources.len())
+    } else {
+        format!(
+            "waiting for Vault: a test certificate for {}",
+            vault.join(", ")
+        )
+    };
+    Ok(super::spinner::while_waiting(Some(message), validate_resources(resources, bounds)).await)
 }
 
 /// How `validate` ends: success when every resource is valid, exit 3 when the only failures

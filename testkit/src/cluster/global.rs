@@ -20,6 +20,16 @@ pub(crate) fn log_filter() -> String {
     std::env::var("SCENARIOS_LOG").unwrap_or_else(|_| "info".into())
 }
 
+/// `RUST_LOG=filter` for the child, or no `RUST_LOG` at all when `filter` is empty (so that its
+/// `--log-level` decides).
+pub(crate) fn set_rust_log(cmd: &mut Command, filter: &str) {
+    if filter.is_empty() {
+        cmd.env_remove("RUST_LOG");
+    } else {
+        cmd.env("RUST_LOG", filter);
+    }
+}
+
 /// Waits until `GET {base}/healthz` answers 200, or fails with the tail of the log.
 pub(crate) async fn wait_healthy(
     what: &str,
@@ -67,6 +77,7 @@ pub struct GlobalOptions {
     /// The host of `--api-addr` (`127.0.0.1` unless given; the API is asked on 127.0.0.1).
     pub api_bind: String,
     pub cwd: Option<PathBuf>,
+    /// `RUST_LOG` (none when empty).
     pub rust_log: String,
     /// `--store` (sled when unset).
     pub store: Option<String>,
@@ -169,8 +180,8 @@ impl GlobalProc {
             .arg(dir)
             .args(["--api-addr", &format!("{}:{api_port}", options.api_bind)])
             .args(["--kds-addr", &format!("127.0.0.1:{kds_port}")])
-            .args(["--api-tls-addr", &format!("127.0.0.1:{api_tls_port}")])
-            .env("RUST_LOG", &options.rust_log);
+            .args(["--api-tls-addr", &format!("127.0.0.1:{api_tls_port}")]);
+        set_rust_log(&mut cmd, &options.rust_log);
         if let Some(store) = &options.store {
             cmd.args(["--store", store]);
             // Replicas on one database share its Secrets key file (a PostgreSQL server of this

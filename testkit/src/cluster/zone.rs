@@ -20,6 +20,7 @@ use crate::proc::{Proc, free_port, logs};
 pub struct ZoneOptions {
     pub extra: Vec<String>,
     pub cwd: Option<PathBuf>,
+    /// `RUST_LOG` (none when empty).
     pub rust_log: String,
     /// More environment variables (e.g. [`crate::faketime::env`]).
     pub env: Vec<(String, String)>,
@@ -194,8 +195,8 @@ impl ZoneProc {
         .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
         .args(["--dp-addr", &format!("127.0.0.1:{dp_port}")])
         .args(&spec.options.extra)
-        .env("RUST_LOG", &spec.options.rust_log)
         .envs(spec.options.env.iter().map(|(k, v)| (k, v)));
+        super::global::set_rust_log(&mut cmd, &spec.options.rust_log);
         if let Some(cwd) = &spec.options.cwd {
             cmd.current_dir(cwd);
         }

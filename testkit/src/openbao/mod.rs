@@ -141,6 +141,59 @@ mod tests {
     }
 
     #[test]
+    fn versions_are_read_from_bao_version() {
+        assert_eq!(
+            install::parse_version(
+                "OpenBao v2.7.2 (9e0a0d3c3504a0a00b45e61355afac5e35c78379), committed 2026-10-26T20:32:27Z\n"
+            )
+            .as_deref(),
+            Some("2.7.2")
+        );
+        assert_eq!(
+            install::parse_version("Vault v1.15.0 ('abc')").as_deref(),
+            Some("1.15.0")
+        );
+        assert_eq!(install::parse_version(""), None);
+        assert_eq!(install::parse_version("very verbose"), None);
+    }
+
+    /// Another `bao` is said with its version and used only when it is 2.7.x; else the pinned
+    /// package is (installed if needed) — with the real binaries.
+    #[test]
+    fn another_bao_is_named_and_used_only_when_it_is_the_tested_release() {
+        let pinned = bao_binary().unwrap();
+        assert!(
+            install::bao_version(&pinned)
+                .unwrap()
+                .starts_with(install::ACCEPTED_SERIES),
+            "{}",
+            pinned.display()
+        );
+        // An ELF that is not OpenBao (`true version` says nothing): named, not used.
+        let (bin, notes) = install::locate(Some("/bin/true".into()), None).unwrap();
+        assert_eq!(bin, pinned);
+        assert!(
+            notes.iter().any(|n| n.contains("of unknown version")
+                && n.contains("/bin/true")
+                && n.contains("BAO_BIN")
+                && n.contains(install::PACKAGE)),
+            "{notes:?}"
+        );
+        // The pinned release on PATH: named with its version and used.
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(&pinned, dir.path().join("bao")).unwrap();
+        let (bin, notes) =
+            install::locate(None, Some(dir.path().as_os_str().to_os_string())).unwrap();
+        assert_eq!(bin, dir.path().join("bao"));
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("OpenBao 2.7.") && n.contains("using it")),
+            "{notes:?}"
+        );
+    }
+
+    #[test]
     fn cli_debug_hides_the_token() {
         let cli = BaoCli::new(
             Path::new("/bin/true"),
