@@ -3,6 +3,7 @@
 //! and scenarios (the OpenBao runner, the fault-injecting proxy, the multi-process harness) lives
 //! in the `testkit` crate.
 
+pub mod about;
 pub mod backoff;
 pub mod ca;
 pub mod cli;
@@ -18,6 +19,7 @@ pub mod integrity;
 pub mod limits;
 pub mod metrics;
 pub mod model;
+pub mod page;
 pub mod parse;
 pub mod shutdown;
 pub mod store;
