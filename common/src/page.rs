@@ -163,6 +163,50 @@ impl ListRequest {
     }
 }
 
+/// The path and query of a `next` link (absolute or not), to ask of the API a client was pointed
+/// at: a client follows pages on its own base URL, so its token never goes to a host a link names.
+pub fn next_path(next: &str) -> String {
+    match next.split_once("://") {
+        Some((_, rest)) => match rest.find('/') {
+            Some(i) => rest[i..].to_string(),
+            None => "/".into(),
+        },
+        None => next.to_string(),
+    }
+}
+
+/// The `next` link of a list body, when there is a next page.
+pub fn next_of(body: &serde_json::Value) -> Option<String> {
+    body.get("next")
+        .and_then(serde_json::Value::as_str)
+        .filter(|n| !n.is_empty())
+        .map(next_path)
+}
+
+/// Adds the items of a following page to `all` (the first page's body, whose other fields stay)
+/// and returns that page's `next` path; `all` ends with `"next": null` once the last is added.
+pub fn append_page(all: &mut serde_json::Value, page: serde_json::Value) -> Option<String> {
+    let next = next_of(&page);
+    if let (Some(items), Some(more)) = (
+        all.get_mut("items")
+            .and_then(serde_json::Value::as_array_mut),
+        page.get("items").and_then(serde_json::Value::as_array),
+    ) {
+        items.extend(more.iter().cloned());
+    }
+    if let Some(total) = page.get("total") {
+        all["total"] = total.clone();
+    }
+    all["next"] = next
+        .clone()
+        .map_or(serde_json::Value::Null, serde_json::Value::String);
+    next
+}
+
+/// How many pages a client reads of one list at most: beyond, the list is changing faster than
+/// it is read (or the server links in a loop).
+pub const MAX_PAGES: usize = 10_000;
+
 impl<S: Send + Sync> FromRequestParts<S> for ListRequest {
     type Rejection = PageError;
 
@@ -205,6 +249,23 @@ impl axum::response::IntoResponse for PageError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clients_follow_next_on_their_own_base() {
+        assert_eq!(
+            next_path("http://127.0.0.1:5681/meshes?size=2&offset=2"),
+            "/meshes?size=2&offset=2"
+        );
+        assert_eq!(next_path("/zones?offset=1"), "/zones?offset=1");
+        let mut all = serde_json::json!({"total": 3, "items": [1, 2], "next": "http://h/x?offset=2", "refusals": []});
+        let more = serde_json::json!({"total": 3, "items": [3], "next": null});
+        assert_eq!(next_of(&all).as_deref(), Some("/x?offset=2"));
+        assert_eq!(append_page(&mut all, more), None);
+        assert_eq!(
+            all,
+            serde_json::json!({"total": 3, "items": [1, 2, 3], "next": null, "refusals": []})
+        );
+    }
 
     #[test]
     fn sizes_and_offsets_are_checked_naming_the_parameter() {
