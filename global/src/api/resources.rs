@@ -88,7 +88,7 @@ pub(super) async fn list_meshes(
 }
 
 /// `GET /meshes/{name}`.
-#[utoipa::path(get, path = "/meshes/{name}", tag = "meshes", params(("name" = String, Path, description = "The Mesh")),
+#[utoipa::path(get, path = "/meshes/{name}", tag = "meshes", params(("name" = String, Path, description = "The Mesh", example = "default")),
     responses((status = 200, description = "The Mesh", body = ResourceView)))]
 pub(super) async fn get_mesh(
     State(state): State<ApiState>,
@@ -103,7 +103,7 @@ pub(super) async fn get_mesh(
 
 /// `GET /meshes/{mesh}/secrets`: a page of a mesh's Secrets, without their data.
 #[utoipa::path(get, path = "/meshes/{mesh}/secrets", tag = "secrets",
-    params(("mesh" = String, Path, description = "The mesh"), super::openapi::PageParams),
+    params(("mesh" = String, Path, description = "The mesh", example = "default"), super::openapi::PageParams),
     responses((status = 200, description = "A page of Secrets, without their data", body = List<ResourceView>)))]
 pub(super) async fn list_secrets(
     State(state): State<ApiState>,
@@ -118,7 +118,7 @@ pub(super) async fn list_secrets(
 
 /// `GET /meshes/{mesh}/secrets/{name}`: a Secret without its data.
 #[utoipa::path(get, path = "/meshes/{mesh}/secrets/{name}", tag = "secrets",
-    params(("mesh" = String, Path, description = "The mesh"), ("name" = String, Path, description = "The Secret")),
+    params(("mesh" = String, Path, description = "The mesh", example = "default"), ("name" = String, Path, description = "The Secret", example = "sec-1")),
     responses((status = 200, description = "The Secret, without its data", body = ResourceView)))]
 pub(super) async fn get_secret(
     State(state): State<ApiState>,
@@ -292,9 +292,11 @@ async fn put_resource(
 
 /// `PUT /meshes/{name}[?dryRun=true]`: creates or updates a Mesh through admission.
 #[utoipa::path(put, path = "/meshes/{name}", tag = "meshes",
-    params(("name" = String, Path, description = "The Mesh (as the body names it)"), WriteQuery),
+    params(("name" = String, Path, description = "The Mesh (as the body names it)", example = "default"), WriteQuery),
     request_body(description = "A Mesh in the Universal or Kubernetes form, JSON or YAML",
-        content((super::openapi::ResourceBody = "application/json"), (String = "application/yaml"))),
+        content((super::openapi::ResourceBody = "application/json",
+            example = json!({"type": "Mesh", "name": "default", "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}})),
+            (String = "application/yaml"))),
     responses(
         (status = 200, description = "Updated, unchanged, or valid (dry run)", body = WriteResult),
         (status = 201, description = "Created", body = WriteResult)))]
@@ -310,9 +312,11 @@ pub(super) async fn put_mesh(
 
 /// `PUT /meshes/{mesh}/secrets/{name}[?dryRun=true]`.
 #[utoipa::path(put, path = "/meshes/{mesh}/secrets/{name}", tag = "secrets",
-    params(("mesh" = String, Path, description = "The mesh"), ("name" = String, Path, description = "The Secret"), WriteQuery),
+    params(("mesh" = String, Path, description = "The mesh", example = "default"), ("name" = String, Path, description = "The Secret", example = "sec-1"), WriteQuery),
     request_body(description = "A Secret (`type: Secret`, `name`, `mesh`, `data`: base64), JSON or YAML",
-        content((super::openapi::ResourceBody = "application/json"), (String = "application/yaml"))),
+        content((super::openapi::ResourceBody = "application/json",
+            example = json!({"type": "Secret", "mesh": "default", "name": "sec-1", "data": "c2VjcmV0LXZhbHVl"})),
+            (String = "application/yaml"))),
     responses(
         (status = 200, description = "Updated, unchanged, or valid (dry run)", body = WriteResult),
         (status = 201, description = "Created", body = WriteResult)))]
@@ -327,7 +331,7 @@ pub(super) async fn put_secret(
 }
 
 /// `DELETE /meshes/{name}`: the Mesh and everything in it.
-#[utoipa::path(delete, path = "/meshes/{name}", tag = "meshes", params(("name" = String, Path, description = "The Mesh")),
+#[utoipa::path(delete, path = "/meshes/{name}", tag = "meshes", params(("name" = String, Path, description = "The Mesh", example = "default")),
     responses((status = 200, description = "Deleted", body = MeshDeleted)))]
 pub(super) async fn delete_mesh(
     State(state): State<ApiState>,
@@ -345,7 +349,7 @@ pub(super) async fn delete_mesh(
 
 /// `DELETE /meshes/{mesh}/secrets/{name}`: refused while a Mesh uses it.
 #[utoipa::path(delete, path = "/meshes/{mesh}/secrets/{name}", tag = "secrets",
-    params(("mesh" = String, Path, description = "The mesh"), ("name" = String, Path, description = "The Secret")),
+    params(("mesh" = String, Path, description = "The mesh", example = "default"), ("name" = String, Path, description = "The Secret", example = "sec-1")),
     responses((status = 200, description = "Deleted", body = ResourceResult)))]
 pub(super) async fn delete_secret(
     State(state): State<ApiState>,

@@ -397,7 +397,7 @@ pub async fn rotate_signing_key(State(state): State<ApiState>) -> Result<Respons
 
 /// `DELETE /tokens/signing-keys/{kid}` (admin only): tokens signed by that key are refused from
 /// now on (zones too, and streams opened with them end).
-#[utoipa::path(delete, path = "/tokens/signing-keys/{kid}", tag = "tokens", params(("kid" = String, Path, description = "The key's id")),
+#[utoipa::path(delete, path = "/tokens/signing-keys/{kid}", tag = "tokens", params(("kid" = String, Path, description = "The key's id", example = "no-such-key")),
     responses((status = 200, description = "The keys left", body = super::types::List<SigningKeyView>)))]
 pub async fn retire_signing_key(
     State(state): State<ApiState>,

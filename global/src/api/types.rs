@@ -125,9 +125,11 @@ pub struct MeshDeleted {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ZoneTokenRequest {
+    #[schema(example = "zone-1")]
     pub zone: String,
     /// Validity, e.g. `720h` (the default), `30d`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "720h")]
     pub valid_for: Option<String>,
 }
 
@@ -135,10 +137,13 @@ pub struct ZoneTokenRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DataplaneTokenRequest {
+    #[schema(example = "default")]
     pub mesh: String,
+    #[schema(example = "web-1")]
     pub name: String,
     /// The `kuma.io/service` the proxy may register (or `anyService`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "web")]
     pub service: Option<String>,
     /// More tags the proxy must register with these values.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -148,6 +153,7 @@ pub struct DataplaneTokenRequest {
     pub any_service: bool,
     /// Validity, e.g. `720h` (the default), `30d`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "720h")]
     pub valid_for: Option<String>,
 }
 
@@ -178,11 +184,14 @@ pub struct DataplaneToken {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UserTokenRequest {
     /// Who the token is for (the audit log's actor).
+    #[schema(example = "alice")]
     pub name: String,
     /// `admin`, `operator` or `viewer`.
+    #[schema(example = "operator")]
     pub group: String,
     /// The meshes an operator may change (operators only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(example = json!(["default"]))]
     pub meshes: Vec<String>,
     /// Validity, e.g. `24h` (the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -221,6 +230,7 @@ redacted_debug!(UserToken, name, group, meshes, expires, id);
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
+    #[schema(example = "0f5c2a9e-never-issued")]
     pub id: String,
 }
 

@@ -137,7 +137,7 @@ pub async fn list_zones(State(state): State<ApiState>, request: ListRequest) -> 
 }
 
 /// `GET /zones/{name}`.
-#[utoipa::path(get, path = "/zones/{name}", tag = "zones", params(("name" = String, Path, description = "The zone")),
+#[utoipa::path(get, path = "/zones/{name}", tag = "zones", params(("name" = String, Path, description = "The zone", example = "zone-1")),
     responses((status = 200, description = "What global knows of the zone", body = ZoneView)))]
 pub async fn get_zone(
     State(state): State<ApiState>,
@@ -153,7 +153,7 @@ pub async fn get_zone(
 
 /// `DELETE /zones/{name}` (admin): forgets an offline zone and everything it reported; 409 while
 /// it is online, 404 when it is not known.
-#[utoipa::path(delete, path = "/zones/{name}", tag = "zones", params(("name" = String, Path, description = "The zone")),
+#[utoipa::path(delete, path = "/zones/{name}", tag = "zones", params(("name" = String, Path, description = "The zone", example = "zone-1")),
     responses((status = 200, description = "The record is deleted", body = ZoneDeleted)))]
 pub async fn delete_zone(
     State(state): State<ApiState>,
@@ -217,7 +217,7 @@ pub fn present_dataplane(zone: &ZoneRecord, d: &DataplaneReport) -> DataplaneVie
 /// `GET /meshes/{mesh}/dataplanes`: the dataplanes of the mesh as every zone last reported them,
 /// sorted by zone and name.
 #[utoipa::path(get, path = "/meshes/{mesh}/dataplanes", tag = "zones",
-    params(("mesh" = String, Path, description = "The mesh"), super::openapi::PageParams),
+    params(("mesh" = String, Path, description = "The mesh", example = "default"), super::openapi::PageParams),
     responses((status = 200, description = "A page of the mesh's dataplanes as their zones reported them", body = List<DataplaneView>)))]
 pub async fn list_dataplanes(
     State(state): State<ApiState>,
