@@ -11,63 +11,12 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use testkit::cluster::{BackendKind, Cluster, ClusterOptions, GlobalProc, MESH, ProxySpec};
 
-/// Every (method, path) the description lists.
-fn described(spec: &Value) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for (path, item) in spec["paths"].as_object().expect("paths") {
-        for method in item.as_object().expect("a path item").keys() {
-            out.push((method.clone(), path.clone()));
-        }
-    }
-    out.sort();
-    out
-}
-
-/// Every (method, pattern) of the router in `source`.
-fn routed(source: &str) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = testkit::routes::routes_in(source)
-        .into_iter()
-        .flat_map(|r| r.methods.into_iter().map(move |m| (m, r.pattern.clone())))
-        .collect();
-    out.sort();
-    out
-}
-
-/// The description at `base`: OpenAPI 3.1, and its routes exactly the router's.
-fn check_describes_the_router(spec: &Value, source: &str) {
-    assert!(
-        spec["openapi"].as_str().unwrap_or("").starts_with("3.1"),
-        "{}",
-        spec["openapi"]
-    );
-    let routed = routed(source);
-    assert!(routed.len() > 5, "routes read from {source}: {routed:?}");
-    let described = described(spec);
-    let missing: Vec<_> = routed.iter().filter(|r| !described.contains(r)).collect();
-    let extra: Vec<_> = described.iter().filter(|d| !routed.contains(d)).collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "routes of {source} not described: {missing:?}; described but not routed: {extra:?}"
-    );
-    // Every operation says what its errors look like.
-    for (method, path) in &described {
-        let op = &spec["paths"][path][method];
-        assert_eq!(
-            op["responses"]["default"]["content"]["application/problem+json"]["schema"]["$ref"]
-                .as_str()
-                .map(|r| r.starts_with("#/components/schemas/")),
-            Some(true),
-            "{method} {path}: {op}"
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_describes_every_route_of_its_router() {
     let tmp = tempfile::tempdir().unwrap();
     let g = GlobalProc::start(&tmp.path().join("global")).await.unwrap();
     let spec = g.api.get_ok("/openapi.json").await.unwrap();
-    check_describes_the_router(
+    testkit::routes::check_description(
         &spec,
         concat!(env!("CARGO_MANIFEST_DIR"), "/src/api/mod.rs"),
     );

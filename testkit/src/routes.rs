@@ -1,6 +1,9 @@
 //! The routes of an axum router as its source declares them (`.route("/meshes/{name}",
 //! put(..).get(..))`): each pattern with its methods, so that a test can hold a table or a
-//! description (rights, `/openapi.json`) against every route, and a new route cannot go unseen.
+//! description (rights, `/openapi.json`: [`check_description`]) against every route, and a new
+//! route cannot go unseen.
+
+use serde_json::Value;
 
 /// One `.route(...)` of a router.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +52,51 @@ pub fn routes_in(path: &str) -> Vec<Route> {
     let src = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("cannot read the router's source {path}: {e}"));
     routes_of(&src)
+}
+
+/// Every (method, path) an OpenAPI description lists, sorted.
+pub fn described(spec: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (path, item) in spec["paths"].as_object().into_iter().flatten() {
+        for method in item.as_object().into_iter().flatten().map(|(m, _)| m) {
+            out.push((method.clone(), path.clone()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Checks that `spec` (an API's `/openapi.json`) is OpenAPI 3.1 and describes exactly the routes
+/// of the router in the source file at `source`, each operation with its errors as
+/// `application/problem+json`; panics naming what is missing or extra.
+pub fn check_description(spec: &Value, source: &str) {
+    assert!(
+        spec["openapi"].as_str().unwrap_or("").starts_with("3.1"),
+        "not OpenAPI 3.1: {}",
+        spec["openapi"]
+    );
+    let mut routed: Vec<(String, String)> = routes_in(source)
+        .into_iter()
+        .flat_map(|r| r.methods.into_iter().map(move |m| (m, r.pattern.clone())))
+        .collect();
+    routed.sort();
+    assert!(routed.len() > 5, "routes read from {source}: {routed:?}");
+    let described = described(spec);
+    let missing: Vec<_> = routed.iter().filter(|r| !described.contains(r)).collect();
+    let extra: Vec<_> = described.iter().filter(|d| !routed.contains(d)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "routes of {source} not described: {missing:?}; described but not routed: {extra:?}"
+    );
+    for (method, path) in &described {
+        let op = &spec["paths"][path][method];
+        assert!(
+            op["responses"]["default"]["content"]["application/problem+json"]["schema"]["$ref"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("#/components/schemas/")),
+            "{method} {path} does not describe its errors: {op}"
+        );
+    }
 }
 
 #[cfg(test)]
