@@ -84,12 +84,13 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             authorize,
         ))
+        // Every error of the API as problem+json (the GUI's pages, merged below, stay HTML).
+        .layer(axum::middleware::from_fn(common::http::problem_errors))
         .merge(crate::gui::router()) // static pages only: their reads come back through `authorize`
         .layer(axum::middleware::from_fn_with_state(
             state.hosts.clone(),
             common::http::check_host,
         ))
-        .layer(axum::middleware::from_fn(common::http::problem_errors))
         // After routing (the route's pattern is known), around everything else: every answer timed.
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.http.clone(),
