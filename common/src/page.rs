@@ -207,11 +207,28 @@ pub fn append_page(all: &mut serde_json::Value, page: serde_json::Value) -> Opti
 /// it is read (or the server links in a loop).
 pub const MAX_PAGES: usize = 10_000;
 
+impl ListRequest {
+    /// A request of `path?query` sent to `host` (the `Host` it named, if any) over `scheme`.
+    pub fn from_parts(
+        scheme: &'static str,
+        host: Option<&str>,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<Self, PageError> {
+        Ok(Self {
+            page: Page::from_query(query)?,
+            scheme,
+            host: host.map(str::to_string),
+            path: path.to_string(),
+            query: query.unwrap_or("").to_string(),
+        })
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for ListRequest {
     type Rejection = PageError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let page = Page::from_query(parts.uri.query())?;
         let scheme = match parts.uri.scheme_str() {
             Some("https") => "https",
             Some(_) => "http",
@@ -227,13 +244,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ListRequest {
             .map(str::to_string)
             .or_else(|| parts.uri.authority().map(|a| a.to_string()))
             .filter(|h| !h.is_empty() && h.len() <= 255);
-        Ok(Self {
-            page,
-            scheme,
-            host,
-            path: parts.uri.path().to_string(),
-            query: parts.uri.query().unwrap_or("").to_string(),
-        })
+        Self::from_parts(scheme, host.as_deref(), parts.uri.path(), parts.uri.query())
     }
 }
 

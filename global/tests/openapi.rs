@@ -8,7 +8,6 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use testkit::cluster::{BackendKind, Cluster, ClusterOptions, GlobalProc, MESH, ProxySpec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
