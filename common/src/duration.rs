@@ -183,7 +183,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     if negative && total > 0 {
         return Err(DurationError::Negative(text.to_string()));
     }
-    Ok(Duration::from_nanos(total as u64))
+    const NANOS: u128 = 1_000_000_000;
+    // At most 1000 years: the seconds fit in a u64, the nanoseconds in a u32.
+    Ok(Duration::new(
+        (total / NANOS) as u64,
+        (total % NANOS) as u32,
+    ))
 }
 
 /// Formats a duration in the largest exact units (`24h`, `90s`, `1h30m`).
@@ -252,6 +257,8 @@ mod tests {
             ("1d", ms(86_400_000)),
             ("1.5d", ms(129_600_000)),
             ("2w", ms(14 * 86_400_000)),
+            ("900y", Duration::from_secs(900 * 365 * 86_400)),
+            ("1000y", Duration::from_secs(1000 * 365 * 86_400)),
         ] {
             assert_eq!(parse_duration(text), Ok(want), "{text:?}");
         }
