@@ -2,7 +2,10 @@
 //! request times (`axum::serve` runs hyper without a timer, so it keeps idle and slow connections
 //! forever). Global and zone serve their read/write APIs through `serve_http` (HTTP/1.1 in the
 //! clear); global also serves its API through `serve_https` (rustls, HTTP/1.1 or h2 by ALPN, the
-//! handshake itself bounded in time).
+//! handshake itself bounded in time). Also what both APIs share around it: error bodies as
+//! `application/problem+json` (RFC 9457: [`Problem`], [`problem`], and the [`problem_errors`]
+//! middleware that gives every other error answer that shape), the `Host` check, and the
+//! redaction of what readers see.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -297,15 +300,18 @@ async fn serve_tls_connection(
     let activity = Activity::new();
     let counted = activity.clone();
     let inner = connection_service(app, peer);
-    let service = hyper::service::service_fn(move |req| {
-        let guard = InFlight::new(&counted);
-        let call = hyper::service::Service::call(&inner, req);
-        async move {
-            let r = call.await;
-            drop(guard);
-            r
-        }
-    });
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            let guard = InFlight::new(&counted);
+            // Links the API builds (a page's `next`) say https.
+            req.extensions_mut().insert(crate::page::OverTls);
+            let call = hyper::service::Service::call(&inner, req);
+            async move {
+                let r = call.await;
+                drop(guard);
+                r
+            }
+        });
     let conn = builder.serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);
     let idle = activity.idle_for(limits.header_read);
@@ -385,7 +391,6 @@ pub async fn check_host(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    use axum::response::IntoResponse;
     let probe = matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics");
     let host = req
         .headers()
@@ -394,21 +399,127 @@ pub async fn check_host(
         .filter(|_| !probe)
         .map(str::to_string);
     match host {
-        Some(h) if !allowed.allows(&h) => (
+        Some(h) if !allowed.allows(&h) => problem(
             axum::http::StatusCode::MISDIRECTED_REQUEST,
-            axum::Json(serde_json::json!({
-                "title": "Misdirected request",
-                "status": 421,
-                "detail": format!(
+            &Problem {
+                title: "Misdirected request".into(),
+                status: 421,
+                detail: format!(
                     "this API does not answer to the Host {:?}: use a loopback address, or start it with --api-host {:?}",
                     h.chars().take(255).collect::<String>(),
-                    h.split(':').next().unwrap_or("").chars().take(255).collect::<String>()
+                    h.split(':')
+                        .next()
+                        .unwrap_or("")
+                        .chars()
+                        .take(255)
+                        .collect::<String>()
                 ),
-            })),
-        )
-            .into_response(),
+                invalid_parameters: vec![],
+            },
+        ),
         _ => next.run(req).await,
     }
+}
+
+/// The media type of every error answer of both APIs (RFC 9457).
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An error answer: `{"title", "status", "detail", "invalid_parameters"}` (the last only when a
+/// field was refused), served as `application/problem+json`. Global's error body adds its own
+/// fields to the same shape.
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+pub struct Problem {
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub status: u16,
+    #[serde(default)]
+    pub detail: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invalid_parameters: Vec<crate::FieldError>,
+}
+
+impl Problem {
+    /// A 400 naming one refused request parameter (`size`, `offset`, ...).
+    pub fn invalid_parameter(parameter: &str, reason: String) -> Self {
+        Self {
+            title: "Invalid request".into(),
+            status: 400,
+            detail: format!("{parameter}: {reason}"),
+            invalid_parameters: vec![crate::FieldError::new(parameter, reason)],
+        }
+    }
+}
+
+/// `body` (an error body) as the answer with `status`, typed `application/problem+json`.
+pub fn problem(
+    status: axum::http::StatusCode,
+    body: &impl serde::Serialize,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let json = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, PROBLEM_JSON)],
+        json,
+    )
+        .into_response()
+}
+
+/// The most of an error body [`problem_errors`] reads to quote it.
+const QUOTED_ERROR_BYTES: usize = 4096;
+
+/// Middleware giving every error answer (4xx, 5xx) the problem shape: a JSON error body is
+/// relabelled `application/problem+json`; any other (axum's own rejections of a path, query or
+/// body, 405, a timeout) becomes `{"title", "status", "detail"}` quoting its text. Headers such as
+/// `Allow` and `WWW-Authenticate` stay.
+pub async fn problem_errors(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+    let response = next.run(req).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let content_type = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if content_type.starts_with(PROBLEM_JSON) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, QUOTED_ERROR_BYTES)
+        .await
+        .unwrap_or_default();
+    let title = status.canonical_reason().unwrap_or("Error").to_string();
+    let is_error_object = content_type.starts_with("application/json")
+        && serde_json::from_slice::<serde_json::Value>(&bytes)
+            .is_ok_and(|v| v.get("status").is_some() && v.get("title").is_some());
+    let body = if is_error_object {
+        bytes.to_vec()
+    } else {
+        let text = printable(String::from_utf8_lossy(&bytes).trim());
+        serde_json::to_vec(&Problem {
+            detail: if text.is_empty() { title.clone() } else { text },
+            title,
+            status: status.as_u16(),
+            invalid_parameters: vec![],
+        })
+        .unwrap_or_default()
+    };
+    parts.headers.remove(CONTENT_LENGTH);
+    parts.headers.insert(
+        CONTENT_TYPE,
+        axum::http::HeaderValue::from_static(PROBLEM_JSON),
+    );
+    axum::response::Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 /// A resource's Universal JSON with every `inline` and `inlineString` data source value replaced

@@ -3,6 +3,7 @@
 //! and scenarios (the OpenBao runner, the fault-injecting proxy, the multi-process harness) lives
 //! in the `testkit` crate.
 
+pub mod about;
 pub mod backoff;
 pub mod ca;
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod page;
 pub mod parse;
 pub mod sealing;
 pub mod shutdown;

@@ -73,7 +73,14 @@ pub fn validate_mesh(mesh: &Mesh, secrets: &dyn SecretLookup) -> Result<(), Vali
             let base = format!("mtls.backends[{i}]");
             let name_field = format!("{base}.name");
             if !too_long(&name_field, &backend.name, &mut errs) {
+                let before = errs.errors.len();
                 validate_object_name(&name_field, &backend.name, &mut errs);
+                if errs.errors.len() == before
+                    && backend.backend_type() == Some(crate::model::BackendType::Builtin)
+                    && let Some(mesh) = mesh_name
+                {
+                    check_builtin_secret_names(&name_field, mesh, &backend.name, &mut errs);
+                }
                 if let Some(first) = seen.get(backend.name.as_str()) {
                     errs.push(
                         &name_field,
@@ -113,6 +120,46 @@ pub fn validate_mesh(mesh: &Mesh, secrets: &dyn SecretLookup) -> Result<(), Vali
         }
     }
     errs.into_result()
+}
+
+/// A builtin backend's CA is stored in the Secrets `<mesh>.ca-builtin-cert-<backend>` and
+/// `<mesh>.ca-builtin-key-<backend>` (Kuma's names): a backend name that would make either an
+/// invalid Secret name is refused on the backend's `name`, as Kuma refuses it.
+fn check_builtin_secret_names(
+    name_field: &str,
+    mesh: &str,
+    backend: &str,
+    errs: &mut ValidationErrors,
+) {
+    let (cert, key) = crate::ca::builtin_secret_names(mesh, backend);
+    for secret in [cert, key] {
+        let mut problems = ValidationErrors::new();
+        validate_object_name("", &secret, &mut problems);
+        if let Some(p) = problems.errors.first() {
+            let kind = if secret.contains("-cert-") {
+                "cert"
+            } else {
+                "key"
+            };
+            let longest = 253usize.saturating_sub(secret.len() - backend.len());
+            let why = if secret.len() > 253 {
+                format!(
+                    "would be {} characters long, and a Secret name is at most 253: with mesh {} a builtin backend's name may be at most {longest} characters",
+                    secret.len(),
+                    show(mesh)
+                )
+            } else {
+                format!("would not be a valid Secret name: {}", p.reason)
+            };
+            errs.push(
+                name_field,
+                format!(
+                    "a builtin backend's CA is kept in the Secret <mesh>.ca-builtin-{kind}-<backend name>, which {why}"
+                ),
+            );
+            return;
+        }
+    }
 }
 
 fn validate_backend(
@@ -1095,6 +1142,41 @@ mod tests {
             Resource::Mesh(m) => m,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_builtin_backend_name_must_make_valid_secret_names() {
+        let mesh = |mesh_name: &str, backend: &str, type_: &str| {
+            mesh_from(json!({
+                "type": "Mesh",
+                "name": mesh_name,
+                "mtls": {"enabledBackend": backend, "backends": [
+                    {"name": "ok-1", "type": "builtin"},
+                    {"name": backend, "type": type_},
+                ]}
+            }))
+        };
+        let none = SecretMap::default();
+        // The longest that fits: 253 = mesh + ".ca-builtin-cert-" + backend.
+        let m63 = "m".repeat(63);
+        let longest = "b".repeat(253 - 63 - ".ca-builtin-cert-".len());
+        validate_mesh(&mesh(&m63, &longest, "builtin"), &none).unwrap();
+        let too_long = format!("{longest}b");
+        let e = validate_mesh(&mesh(&m63, &too_long, "builtin"), &none).unwrap_err();
+        assert_eq!(fields(&e), ["mtls.backends[1].name"], "{e}");
+        let why = reason(&e, "mtls.backends[1].name");
+        assert!(why.contains("ca-builtin-cert-"), "{why}");
+        assert!(
+            why.contains(&format!("at most {} characters", longest.len())),
+            "{why}"
+        );
+        // A shorter mesh name leaves room; other types store no Secret under the name.
+        validate_mesh(&mesh("default", &too_long, "builtin"), &none).unwrap();
+        let e = validate_mesh(&mesh(&m63, &too_long, "provided"), &none).unwrap_err();
+        assert!(
+            !fields(&e).contains(&"mtls.backends[1].name"),
+            "a provided backend's name makes no Secret name: {e}"
+        );
     }
 
     #[test]

@@ -470,11 +470,35 @@ fn text_seeds() {
         "10s",
         "1w2d3h4m5s6ms",
         " 5m ",
+        "1.5h",
+        "2h45m10.25s",
+        "300us",
+        "-0",
     ]
     .iter()
     .enumerate()
     {
         put("duration", &i.to_string(), d);
+    }
+    for (i, q) in [
+        "",
+        "size=2",
+        "size=2&offset=4",
+        "offset=3&dryRun=true&size=1",
+        "size=1000&offset=0",
+        "size=0",
+        "offset=-1",
+        "%73ize=5&x=%FF",
+    ]
+    .iter()
+    .enumerate()
+    {
+        // The query, 0xFF, then the bytes that choose the list's length.
+        put(
+            "page_query",
+            &i.to_string(),
+            [q.as_bytes(), &[0xFF], b"7"].concat(),
+        );
     }
     for (name, d) in [
         ("secret", "secret: token"),

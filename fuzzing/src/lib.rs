@@ -9,6 +9,8 @@
 //! - a resource that parses and validates survives the trip global → store → sync payload →
 //!   zone unchanged, and is accepted by the zone's own check of received resources;
 //! - a parsed duration formats to text that parses to the same duration;
+//! - a list request's `size`/`offset` are refused or give a page within bounds whose `next`
+//!   link asks for exactly the following page;
 //! - `Debug` of a data source does not depend on its inline values;
 //! - a rendered `commonName` stays within its bound, and tag values are never evaluated;
 //! - a provided CA that passes validation can sign a leaf that verifies to it;
@@ -126,6 +128,55 @@ pub fn duration(data: &[u8]) {
     let json = serde_json::to_string(&h).expect("serializes");
     let back: common::duration::HumanDuration = serde_json::from_str(&json).expect("reads back");
     assert_eq!(back.as_duration(), d);
+}
+
+/// The query of a list request (`?size=N&offset=K&...`): refused, or a page of at most `size`
+/// items starting at `offset`, whose `next` link (when there is more) asks for the following one.
+pub fn page_query(data: &[u8]) {
+    use common::page::{ListRequest, MAX_SIZE, Page};
+    let (query, len) = split2(data);
+    let Ok(query) = std::str::from_utf8(query) else {
+        return;
+    };
+    let Ok(request) =
+        ListRequest::from_parts("http", Some("127.0.0.1:5681"), "/meshes", Some(query))
+    else {
+        return;
+    };
+    let Page { size, offset } = request.page;
+    assert!((1..=MAX_SIZE).contains(&size), "{query:?}: size {size}");
+    let n = len
+        .iter()
+        .fold(0usize, |n, b| (n * 31 + *b as usize) % 2500);
+    let (total, items, next) = request.cut((0..n).collect::<Vec<usize>>());
+    assert_eq!(total, n);
+    let want: Vec<usize> = (offset.min(n)..offset.saturating_add(size).min(n)).collect();
+    assert_eq!(items, want, "{query:?} of {n}");
+    match next {
+        Some(link) => {
+            assert!(
+                offset.saturating_add(size) < n,
+                "{query:?}: a next page past the end"
+            );
+            let rest = link
+                .strip_prefix("http://127.0.0.1:5681/meshes?")
+                .unwrap_or_else(|| panic!("{query:?}: next {link:?}"));
+            let again = Page::from_query(Some(rest))
+                .unwrap_or_else(|e| panic!("{query:?}: next {link:?} refused: {e}"));
+            assert_eq!(
+                again,
+                Page {
+                    size,
+                    offset: offset + size
+                },
+                "{query:?}: {link:?}"
+            );
+        }
+        None => assert!(
+            offset.saturating_add(size) >= n,
+            "{query:?}: no next page of {n}"
+        ),
+    }
 }
 
 /// A data source (`secret`/`file`/`inline`/`inlineString`) as YAML or JSON.
@@ -517,6 +568,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("resource_documents", resource_documents),
     ("resource_body", resource_body),
     ("duration", duration),
+    ("page_query", page_query),
     ("data_source", data_source),
     ("template", template),
     ("provided_ca", provided_ca),

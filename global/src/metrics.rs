@@ -1,5 +1,7 @@
-//! Prometheus metrics of global, served at `GET /metrics` in the text format: API requests,
-//! admissions by kind and result, and the backend checks (count by result, duration).
+//! Prometheus metrics of global, served at `GET /metrics` in the text format, every one named
+//! `kmesh_*` (`common::metrics`): build info, API request durations per route, admissions by kind
+//! and result and how long each took, the backend checks by result, and the sync server's
+//! (`kmesh_sync_*`).
 
 use common::metrics::register;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -8,12 +10,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    pub method: String,
-    pub status: u16,
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdmitLabels {
@@ -30,14 +26,16 @@ pub struct CheckLabels {
 /// All metrics of global. Cheap to share behind an `Arc`.
 pub struct Metrics {
     registry: Registry,
-    pub http_requests: Family<RequestLabels, Counter>,
+    /// API requests by route, method and status, with their durations.
+    pub http: common::metrics::HttpMetrics,
     pub admissions: Family<AdmitLabels, Counter>,
     pub backend_checks: Family<CheckLabels, Counter>,
-    pub vault_check_seconds: Histogram,
+    /// How long each admission took, backend checks (a Vault test certificate) included.
+    pub admission_seconds: Histogram,
     pub meshes: Gauge,
     /// Admissions run again because what they read changed while they ran.
     pub admission_retries: Counter,
-    /// The sync server's metrics (`global_kds_*`).
+    /// The sync server's metrics (`kmesh_sync_*`).
     pub kds: crate::kds::KdsMetrics,
     /// API requests that needed the admin token and did not bring a valid one.
     pub auth_failures: Counter,
@@ -51,13 +49,8 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("global");
-        let http_requests = register(
-            &mut registry,
-            "http_requests",
-            "HTTP API requests by method and status",
-            Family::<RequestLabels, Counter>::default(),
-        );
+        let mut registry = common::metrics::registry();
+        let http = common::metrics::HttpMetrics::register(&mut registry);
         let admissions = register(
             &mut registry,
             "admissions",
@@ -70,10 +63,10 @@ impl Metrics {
             "CA backend checks (Vault test certificates, provided CA checks) by result",
             Family::<CheckLabels, Counter>::default(),
         );
-        let vault_check_seconds = register(
+        let admission_seconds = register(
             &mut registry,
-            "vault_check_seconds",
-            "Duration of admission backend checks",
+            "admission_duration_seconds",
+            "Duration of each admission of a write or dry run: validation and backend checks (a Vault test certificate, a provided CA, a builtin CA's generation)",
             Histogram::new([
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
@@ -89,16 +82,16 @@ impl Metrics {
         let auth_failures = register(
             &mut registry,
             "api_auth_failures",
-            "API requests refused for a missing or wrong admin token",
+            "API requests refused for a missing, unknown, expired or revoked token",
             Counter::default(),
         );
         Self {
             auth_failures,
             registry,
-            http_requests,
+            http,
             admissions,
             backend_checks,
-            vault_check_seconds,
+            admission_seconds,
             meshes,
             admission_retries,
             kds,

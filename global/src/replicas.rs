@@ -15,6 +15,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::about::hostname;
 use common::coordination::{CoordinationError, Coordinator, FreshRecords};
 use common::shutdown::Shutdown;
 use common::store::Store;
@@ -78,15 +79,6 @@ impl Identity {
             started_at_ms: common::clock::now_ms(),
         }
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "unknown".into())
 }
 
 /// The replicas and zones as the store holds them now.

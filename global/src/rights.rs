@@ -70,7 +70,7 @@ impl Caller {
 /// The right a request needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Need {
-    /// Health, readiness and metrics: anyone.
+    /// The index (`GET /`), health, readiness and metrics: anyone.
     Open,
     /// Reads of meshes, zones, dataplanes and replicas (and unknown paths): any user, and
     /// anonymous loopback clients.
@@ -91,7 +91,7 @@ pub fn need(method: &Method, path: &str, query: &str) -> Need {
     let read = matches!(*method, Method::GET | Method::HEAD);
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (read, segments.as_slice()) {
-        (true, ["healthz"] | ["readyz"] | ["metrics"]) => Need::Open,
+        (true, [""] | ["healthz"] | ["readyz"] | ["metrics"]) => Need::Open,
         (true, ["meshes", mesh, "secrets", ..]) => Need::ReadSecrets(mesh.to_string()),
         (false, ["meshes", mesh, "secrets", _]) => Need::Write(mesh.to_string()),
         (false, ["meshes", mesh]) => Need::Write(mesh.to_string()),
@@ -220,6 +220,11 @@ mod tests {
             ));
         }
         assert_eq!(check(&remote, &need(&Method::GET, "/healthz", "")), Ok(()));
+        assert_eq!(check(&remote, &need(&Method::GET, "/", "")), Ok(()));
+        assert!(matches!(
+            check(&remote, &need(&Method::GET, "/openapi.json", "")),
+            Err(Denied::Unauthenticated(_))
+        ));
     }
 
     #[test]

@@ -501,8 +501,11 @@ async fn oversized_and_garbage_bodies_get_the_error_body() {
         .await
         .unwrap();
     let text = r.text().await.unwrap();
-    assert!(text.contains("global_http_requests_total"), "{text}");
-    assert!(text.contains("global_admissions_total"), "{text}");
+    assert!(
+        text.contains("kmesh_http_request_duration_seconds_count"),
+        "{text}"
+    );
+    assert!(text.contains("kmesh_admissions_total"), "{text}");
 }
 
 /// Sends a PUT over a raw connection, writing in a task while reading the answer.
@@ -595,10 +598,10 @@ async fn concurrent_writes_never_leave_a_secret_without_its_mesh() {
     // (otherwise this test would prove nothing about the optimistic path).
     let retries: f64 = metrics
         .lines()
-        .find(|l| l.starts_with("global_admission_retries_total"))
+        .find(|l| l.starts_with("kmesh_admission_retries_total"))
         .and_then(|l| l.split_whitespace().last())
         .and_then(|v| v.parse().ok())
-        .expect("global_admission_retries_total in /metrics");
+        .expect("kmesh_admission_retries_total in /metrics");
     eprintln!("re-admissions: {retries}");
     assert!(
         retries > 0.0,

@@ -120,7 +120,7 @@ async fn every_change_and_attempt_is_one_line_and_no_secret_is_in_it() {
     }
     let metrics = global.api.get_text("/metrics").await.unwrap();
     assert_eq!(
-        testkit::api::metric_sum(&metrics, "global_api_auth_failures"),
+        testkit::api::metric_sum(&metrics, "kmesh_api_auth_failures"),
         6.0
     );
     let log = std::fs::read_to_string(global.dir.join("global.log")).unwrap();

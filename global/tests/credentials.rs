@@ -190,7 +190,7 @@ async fn expired_and_other_zone_tokens_are_refused_and_logged_once_each() {
                 text.lines()
                     .find(|l| {
                         l.starts_with(&format!(
-                            "global_kds_auth_refusals_total{{reason=\"{reason}\"}}"
+                            "kmesh_sync_auth_refusals_total{{reason=\"{reason}\"}}"
                         ))
                     })
                     .and_then(|l| l.rsplit(' ').next())

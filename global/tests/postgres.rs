@@ -139,7 +139,7 @@ async fn conflicting_writes_on_two_replicas_never_both_win() {
     // The race really happened: some writes were admitted again (their reads changed, in this
     // process or in PostgreSQL) or B's delete found Secrets it had to take.
     let text = a.api.get_text("/metrics").await.unwrap();
-    let retries = testkit::api::metric_sum(&text, "global_admission_retries");
+    let retries = testkit::api::metric_sum(&text, "kmesh_admission_retries");
     eprintln!("re-admissions on A: {retries}");
     assert!(retries > 0.0, "no write on A overlapped a delete on B");
 }

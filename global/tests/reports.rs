@@ -115,7 +115,7 @@ async fn zone_reports_are_claims_kept_apart_clean_and_only_of_known_meshes() {
         .unwrap();
     assert!(
         text.lines()
-            .any(|l| l.starts_with("global_kds_report_entries_dropped_total{zone=\"zone-b\"} 1")),
+            .any(|l| l.starts_with("kmesh_sync_dropped_report_entries_total{zone=\"zone-b\"} 1")),
         "{text}"
     );
     // The terminal never gets an escape sequence from a report.

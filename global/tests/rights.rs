@@ -185,6 +185,8 @@ async fn every_route_for_every_caller() {
     let batch = |mesh: &str| secret(mesh).replace("s1", "s2");
     use Need::*;
     let routes = vec![
+        route("/", Method::GET, "/", "", Open),
+        route("/openapi.json", Method::GET, "/openapi.json", "", Read),
         route("/healthz", Method::GET, "/healthz", "", Open),
         route("/readyz", Method::GET, "/readyz", "", Open),
         route("/metrics", Method::GET, "/metrics", "", Open),

@@ -200,12 +200,12 @@ async fn three_zones_receive_meshes_and_secrets_then_deletes() {
         .await
         .unwrap();
     assert!(
-        metrics.contains(r#"global_kds_responses_sent_total{zone="zone-1",type="Secret"}"#),
+        metrics.contains(r#"kmesh_sync_sent_responses_total{zone="zone-1",type="Secret"}"#),
         "{metrics}"
     );
-    assert!(metrics.contains(r#"global_kds_responses_acked_total{zone="zone-3",type="Mesh"}"#));
-    assert!(metrics.contains(r#"global_kds_stream_connects_total{zone="zone-2"} 1"#));
-    assert!(metrics.contains("global_kds_zones_online 3"));
+    assert!(metrics.contains(r#"kmesh_sync_acked_responses_total{zone="zone-3",type="Mesh"}"#));
+    assert!(metrics.contains(r#"kmesh_sync_stream_connects_total{zone="zone-2"} 1"#));
+    assert!(metrics.contains("kmesh_sync_zones_online 3"));
 
     // A zone that dies without a word (stopped, its socket still open) is marked offline by
     // the keepalive within seconds.
@@ -489,7 +489,7 @@ async fn forged_expired_and_other_zone_tokens_are_refused() {
     for reason in ["forged", "expired", "wrong_zone"] {
         assert!(
             metrics.contains(&format!(
-                "global_kds_auth_refusals_total{{reason=\"{reason}\"}}"
+                "kmesh_sync_auth_refusals_total{{reason=\"{reason}\"}}"
             )),
             "{reason}: {metrics}"
         );
@@ -814,17 +814,17 @@ impl InProcessGlobal {
     }
 
     async fn zone_token(&self, zone: &str) -> String {
-        let resp: Value = reqwest::Client::new()
+        // The token alone, as text/plain (what `curl ... > token` keeps).
+        reqwest::Client::new()
             .post(format!("{}/tokens/zone", self.url))
             .bearer_auth(&self.token)
             .json(&serde_json::json!({"zone": zone}))
             .send()
             .await
             .unwrap()
-            .json()
+            .text()
             .await
-            .unwrap();
-        resp["token"].as_str().unwrap().to_string()
+            .unwrap()
     }
 
     async fn client(&self) -> ZoneSyncClient<Channel> {

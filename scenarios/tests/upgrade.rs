@@ -243,9 +243,9 @@ async fn data_written_by_release_0_1_0_opens_with_these_binaries() {
             .then_some(())
     })
     .await;
-    let reused = zone.metric("zone_certificates_reused").await.unwrap();
+    let reused = zone.metric("kmesh_certificates_reused").await.unwrap();
     assert!(reused >= 1.0, "the held certificate was reused ({reused})");
-    assert_eq!(zone.metric("zone_certificates_issued").await.unwrap(), 0.0);
+    assert_eq!(zone.metric("kmesh_certificates_issued").await.unwrap(), 0.0);
     let held = ProxyIdentity::read(&proxy_dir.join("out")).unwrap();
     assert_eq!(
         serial_digits(held.serial()),

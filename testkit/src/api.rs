@@ -1,6 +1,8 @@
 //! Talking to the control planes over HTTP as a test does: [`Api`], a small JSON client for one
-//! base URL (with an optional bearer token; over HTTPS with [`https_client`]), the one-shot [`get_json`] and [`get_text`], and
-//! [`metric_sum`], which reads a sample out of a `GET /metrics` text.
+//! base URL (with an optional bearer token; over HTTPS with [`https_client`]; it asks for JSON, so
+//! new tokens come with their id, and [`Api::get_ok`] reads every page of a list), the one-shot
+//! [`get_json`] and [`get_text`], and [`metric_sum`], which reads a sample out of a `GET /metrics`
+//! text.
 
 use std::time::Duration;
 
@@ -48,7 +50,10 @@ impl Api {
     }
 
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let r = self.http.request(method, self.url(path));
+        let r = self
+            .http
+            .request(method, self.url(path))
+            .header(reqwest::header::ACCEPT, "application/json");
         match &self.token {
             Some(t) => r.bearer_auth(t),
             None => r,
@@ -62,11 +67,25 @@ impl Api {
         Ok((status, resp.json().await.unwrap_or(Value::Null)))
     }
 
-    /// GET that must answer 200.
+    /// GET that must answer 200; a list is read to its end, following `next` (on this client's
+    /// base URL), into one body (`"next": null`).
     pub async fn get_ok(&self, path: &str) -> Result<Value> {
-        let (status, body) = self.get(path).await?;
+        let (status, mut body) = self.get(path).await?;
         if status != 200 {
             bail!("GET {path}: {status} {body}");
+        }
+        let mut next = common::page::next_of(&body);
+        let mut pages = 1;
+        while let Some(p) = next {
+            pages += 1;
+            if pages > common::page::MAX_PAGES {
+                bail!("GET {path}: the list did not end after {pages} pages");
+            }
+            let (status, page) = self.get(&p).await?;
+            if status != 200 {
+                bail!("GET {p}: {status} {page}");
+            }
+            next = common::page::append_page(&mut body, page);
         }
         Ok(body)
     }
@@ -158,7 +177,7 @@ pub async fn get_text(url: &str) -> Option<String> {
 
 /// The sum of the samples of metric family `name` (any labels) in a Prometheus / OpenMetrics
 /// text, 0 when absent. A counter may be named with or without its `_total` suffix
-/// (`zone_certificates_issued` and `zone_certificates_issued_total` are the same sum).
+/// (`kmesh_certificates_issued` and `kmesh_certificates_issued_total` are the same sum).
 pub fn metric_sum(text: &str, name: &str) -> f64 {
     let total = format!("{name}_total");
     text.lines()
@@ -177,10 +196,10 @@ mod tests {
 
     #[test]
     fn metric_sum_adds_label_sets_with_or_without_total() {
-        let text = "# HELP x\nzone_certificates_issued_total{backend_type=\"vault\"} 3\nzone_certificates_issued_total{backend_type=\"builtin\"} 2\nzone_certificates_issued_total_other 9\nzone_up 1\n";
-        assert_eq!(metric_sum(text, "zone_certificates_issued_total"), 5.0);
-        assert_eq!(metric_sum(text, "zone_certificates_issued"), 5.0);
-        assert_eq!(metric_sum(text, "zone_up"), 1.0);
+        let text = "# HELP x\nkmesh_certificates_issued_total{backend_type=\"vault\"} 3\nkmesh_certificates_issued_total{backend_type=\"builtin\"} 2\nkmesh_certificates_issued_total_other 9\nkmesh_up 1\n";
+        assert_eq!(metric_sum(text, "kmesh_certificates_issued_total"), 5.0);
+        assert_eq!(metric_sum(text, "kmesh_certificates_issued"), 5.0);
+        assert_eq!(metric_sum(text, "kmesh_up"), 1.0);
         assert_eq!(metric_sum(text, "absent"), 0.0);
     }
 }

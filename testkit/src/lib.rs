@@ -1,14 +1,16 @@
 //! The test kit: what serves only tests and scenarios, never a production binary. A real OpenBao
 //! and the reference page's Vault steps (`openbao`), a fault-injecting proxy to put in front of it
 //! (`faults`), child processes in their own process groups (`proc`), the workspace's binaries
-//! (`bins`), polling (`wait`), a JSON client and metrics text (`api`), and THE multi-process
+//! (`bins`), polling (`wait`), a JSON client and metrics text (`api`), a router's routes read from
+//! its source (`routes`), and THE multi-process
 //! harness every test and scenario uses (`cluster`: OpenBao + global + zones + proxies on
 //! loopback), with what reads the proxies' files (`certs`) and a real mTLS exchange with the
 //! `openssl` command (`openssl`); disks broken on purpose (`disk`); a raw zone on the sync stream (`kds`);
-//! the real py-spiffe client in a virtualenv of its own (`python`); a real headless Chromium
-//! behind a proxy that records every host it asks for (`browser`); an operator's own PKI for the
-//! listeners that take one (`pki`); what looks for secrets in every log and answer of a test
-//! (`leaks`); checks over a binary's whole command tree (`cli_tree`).
+//! the real py-spiffe client and schemathesis in virtualenvs of their own (`python`,
+//! `schemathesis`); a real headless Chromium behind a proxy that records every host it asks for
+//! (`browser`); an operator's own PKI for the listeners that take one (`pki`); what looks for
+//! secrets in every log and answer of a test (`leaks`); checks over a binary's whole command tree
+//! (`cli_tree`).
 
 pub mod api;
 pub mod bins;
@@ -27,5 +29,7 @@ pub mod pki;
 pub mod postgres;
 pub mod proc;
 pub mod python;
+pub mod routes;
+pub mod schemathesis;
 pub mod spiffe;
 pub mod wait;

@@ -1,8 +1,9 @@
-//! Python with the real SPIFFE clients: a virtualenv made once under `<target>/pyspiffe`
-//! (`python3 -m venv`, then `pip install` of [`PACKAGES`]: py-spiffe and py-spiffe's TLS helpers)
-//! under a lock file shared by parallel test processes, and snippets run with it: to completion
-//! and bounded in time ([`run`]), or in the background with their output in a log ([`spawn`]).
-//! A finished virtualenv is marked with the list it holds, so a changed list makes it anew.
+//! Python tools from PyPI in virtualenvs ([`Venv`]), each made once under `<target>/<name>`
+//! (`python3 -m venv`, then `pip install` of its pinned packages) under a lock file shared by
+//! parallel test processes; a finished virtualenv is marked with the list it holds, so a changed
+//! list makes it anew. The real SPIFFE clients ([`PYSPIFFE`]: py-spiffe and its TLS helpers) run
+//! snippets: to completion and bounded in time ([`run`]), or in the background with their output
+//! in a log ([`spawn`]); schemathesis ([`SCHEMATHESIS`]) is run by `crate::schemathesis`.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -14,42 +15,64 @@ use anyhow::{Context, Result, bail};
 use crate::bins::target_dir;
 use crate::proc::{CmdOutput, Proc, run_bounded};
 
-/// What the virtualenv holds: the py-spiffe release the tests were written against, and its TLS
-/// helpers.
+/// A virtualenv of pinned PyPI packages under `<target>/<dir>`.
+#[derive(Debug, Clone, Copy)]
+pub struct Venv {
+    pub dir: &'static str,
+    pub packages: &'static [&'static str],
+}
+
+/// What the py-spiffe virtualenv holds: the py-spiffe release the tests were written against,
+/// and its TLS helpers.
 pub const PACKAGES: &[&str] = &["spiffe==0.3.2", "spiffe-tls==0.4.0"];
 
-/// How long making the virtualenv may take (pip downloads).
+/// The real SPIFFE clients.
+pub const PYSPIFFE: Venv = Venv {
+    dir: "pyspiffe",
+    packages: PACKAGES,
+};
+
+/// schemathesis, the OpenAPI conformance checker, at the release the API tests were written
+/// against.
+pub const SCHEMATHESIS: Venv = Venv {
+    dir: "schemathesis",
+    packages: &["schemathesis==4.32.5"],
+};
+
+/// How long making a virtualenv may take (pip downloads).
 const INSTALL_LIMIT: Duration = Duration::from_secs(600);
 
-static PYTHON: Mutex<Option<PathBuf>> = Mutex::new(None);
+static MADE: Mutex<Vec<(&'static str, PathBuf)>> = Mutex::new(Vec::new());
 
-/// The virtualenv's `python`, made first if needed.
+/// The py-spiffe virtualenv's `python`, made first if needed.
 pub fn python() -> Result<PathBuf> {
-    let mut cached = PYTHON.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = cached.as_ref() {
+    venv_python(&PYSPIFFE)
+}
+
+/// `venv`'s `python`, made first if needed; its other programs are beside it.
+pub fn venv_python(venv: &Venv) -> Result<PathBuf> {
+    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = made.iter().find(|(d, _)| *d == venv.dir) {
         return Ok(p.clone());
     }
-    let p = make_venv()?;
-    *cached = Some(p.clone());
+    let p = make_venv(venv)?;
+    made.push((venv.dir, p.clone()));
     Ok(p)
 }
 
-fn marker_text() -> String {
-    PACKAGES.join("\n")
-}
-
-fn make_venv() -> Result<PathBuf> {
+fn make_venv(venv: &Venv) -> Result<PathBuf> {
+    let marker_text = venv.packages.join("\n");
     let target = target_dir();
     std::fs::create_dir_all(&target)
         .with_context(|| format!("cannot create {}", target.display()))?;
-    let dir = target.join("pyspiffe");
+    let dir = target.join(venv.dir);
     let python = dir.join("bin").join("python");
     let marker = dir.join(".kmesh-packages");
-    let ready = || std::fs::read_to_string(&marker).ok().as_deref() == Some(&marker_text());
+    let ready = || std::fs::read_to_string(&marker).ok().as_deref() == Some(&marker_text);
     if ready() {
         return Ok(python);
     }
-    let lock_path = target.join("pyspiffe.install.lock");
+    let lock_path = target.join(format!("{}.install.lock", venv.dir));
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -63,9 +86,9 @@ fn make_venv() -> Result<PathBuf> {
         return Ok(python);
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let mut venv = Command::new("python3");
-    venv.args(["-m", "venv"]).arg(&dir);
-    let out = run_bounded(venv, INSTALL_LIMIT)?;
+    let mut make = Command::new("python3");
+    make.args(["-m", "venv"]).arg(&dir);
+    let out = run_bounded(make, INSTALL_LIMIT)?;
     if out.code != Some(0) {
         bail!(
             "`python3 -m venv {}` failed ({:?}): {}",
@@ -83,19 +106,19 @@ fn make_venv() -> Result<PathBuf> {
         "--no-input",
         "--quiet",
     ])
-    .args(PACKAGES);
+    .args(venv.packages);
     let out = run_bounded(pip, INSTALL_LIMIT)?;
     if out.code != Some(0) {
         let _ = std::fs::remove_dir_all(&dir);
         bail!(
             "`pip install {}` into {} failed ({:?}): {}",
-            PACKAGES.join(" "),
+            venv.packages.join(" "),
             dir.display(),
             out.code,
             out.text().trim()
         );
     }
-    std::fs::write(&marker, marker_text())
+    std::fs::write(&marker, &marker_text)
         .with_context(|| format!("cannot write {}", marker.display()))?;
     drop(lock);
     Ok(python)

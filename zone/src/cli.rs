@@ -415,7 +415,7 @@ async fn get(what: GetKind, api: &str, output: Format) -> ExitCode {
         GetKind::Meshes => "meshes",
         GetKind::Status => "status",
     };
-    let url = format!("{}/{path}", api.trim_end_matches('/'));
+    let base = api.trim_end_matches('/');
     let client = match reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
         .build()
@@ -426,26 +426,27 @@ async fn get(what: GetKind, api: &str, output: Format) -> ExitCode {
             return ExitCode::from(exit::REFUSED);
         }
     };
-    let resp = match client.get(&url).send().await {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!(
-                "error: cannot reach the zone at {api}: {}",
-                crate::dial::error_chain(&e)
-            );
-            return ExitCode::from(exit::UNREACHABLE);
-        }
+    let mut body = match fetch(&client, base, &format!("/{path}")).await {
+        Ok(b) => b,
+        Err(code) => return code,
     };
-    let status = resp.status();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        eprintln!(
-            "error: the zone answered {status}: {}",
-            serde_json::from_value::<ErrorBody>(body)
-                .map(|e| e.detail)
-                .unwrap_or_default()
-        );
-        return ExitCode::from(exit::REFUSED);
+    // A list comes a page at a time: follow `next` to the end, on the URL we were given.
+    let mut next = common::page::next_of(&body);
+    let mut pages = 1;
+    while let Some(path) = next {
+        pages += 1;
+        if pages > common::page::MAX_PAGES {
+            eprintln!(
+                "error: the zone's list did not end after {} pages",
+                common::page::MAX_PAGES
+            );
+            return ExitCode::from(exit::REFUSED);
+        }
+        let page = match fetch(&client, base, &path).await {
+            Ok(b) => b,
+            Err(code) => return code,
+        };
+        next = common::page::append_page(&mut body, page);
     }
     match output {
         Format::Json => {
@@ -468,6 +469,32 @@ async fn get(what: GetKind, api: &str, output: Format) -> ExitCode {
     };
     print!("{}", common::table::render(&rows));
     ExitCode::from(exit::OK)
+}
+
+/// `GET {base}{path}`: the JSON body of a 2xx, or the exit code after saying why on stderr.
+async fn fetch(client: &reqwest::Client, base: &str, path: &str) -> Result<Value, ExitCode> {
+    let resp = match client.get(format!("{base}{path}")).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "error: cannot reach the zone at {base}: {}",
+                crate::dial::error_chain(&e)
+            );
+            return Err(ExitCode::from(exit::UNREACHABLE));
+        }
+    };
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        eprintln!(
+            "error: the zone answered {status}: {}",
+            serde_json::from_value::<ErrorBody>(body)
+                .map(|e| e.detail)
+                .unwrap_or_default()
+        );
+        return Err(ExitCode::from(exit::REFUSED));
+    }
+    Ok(body)
 }
 
 /// The table of `zone get meshes`.

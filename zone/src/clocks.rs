@@ -2,7 +2,7 @@
 //! carries the time it was sent) and each Vault backend's (the `Date` of its answers). One reading
 //! per peer, kept as [`Skew`]s; a peer whose clock moves past the tolerance, or back within it,
 //! is logged once per change of state (never per reading). The readings are the
-//! `zone_clock_skew_seconds{peer}` gauge, the `clocks` of `GET /status` and of the status report
+//! `kmesh_clock_skew_seconds{peer}` gauge, the `clocks` of `GET /status` and of the status report
 //! to global. A leaf: it knows neither the sync stream nor the identity engine, which feed it.
 
 use std::collections::BTreeMap;
@@ -53,7 +53,7 @@ pub struct Clocks {
 }
 
 /// One peer's clock in `GET /status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClockView {
     pub peer: String,

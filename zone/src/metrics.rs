@@ -1,7 +1,8 @@
-//! Prometheus metrics of a zone (`GET /metrics`): responses applied and rejected per type,
-//! resources applied, reconnections, and whether the zone is connected to global; and, under
-//! `identity`, the proxy certificates (issued, failed, rotated, reused, Vault latency, breakers);
-//! and how far the peers' clocks are from the zone's.
+//! Prometheus metrics of a zone (`GET /metrics`), every one named `kmesh_*` (`common::metrics`):
+//! build info and API request durations per route; the sync with global (`kmesh_sync_*`:
+//! responses applied and rejected per type, resources applied and removed, reconnections, whether
+//! the zone is connected); under `identity`, the proxy certificates (issued, failed, rotated,
+//! reused, Vault latency, breakers); and how far the peers' clocks are from the zone's.
 
 use common::metrics::register;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -18,6 +19,8 @@ pub struct TypeLabels {
 
 pub struct ZoneMetrics {
     registry: Registry,
+    /// API requests by route, method and status, with their durations.
+    pub http: common::metrics::HttpMetrics,
     pub syncs_applied: Family<TypeLabels, Counter>,
     pub resources_applied: Family<TypeLabels, Counter>,
     pub resources_removed: Family<TypeLabels, Counter>,
@@ -37,40 +40,41 @@ impl Default for ZoneMetrics {
 
 impl ZoneMetrics {
     pub fn new() -> Self {
-        let mut r = Registry::with_prefix("zone");
+        let mut r = common::metrics::registry();
+        let http = common::metrics::HttpMetrics::register(&mut r);
         let syncs_applied = register(
             &mut r,
-            "syncs_applied",
+            "sync_applied_responses",
             "Responses from global applied to the store, per type",
             Family::default(),
         );
         let resources_applied = register(
             &mut r,
-            "resources_applied",
+            "sync_applied_resources",
             "Resources added or changed from global, per type",
             Family::default(),
         );
         let resources_removed = register(
             &mut r,
-            "resources_removed",
+            "sync_removed_resources",
             "Resources removed on global's word, per type",
             Family::default(),
         );
         let nacks = register(
             &mut r,
-            "nacks",
+            "sync_rejected_responses",
             "Responses from global rejected (wholly or in part), per type",
             Family::default(),
         );
         let reconnects = register(
             &mut r,
-            "reconnects",
+            "sync_reconnects",
             "Connection attempts to global after the first",
             Counter::default(),
         );
         let connected = register(
             &mut r,
-            "connected",
+            "sync_connected",
             "1 while the sync stream to global is up",
             Gauge::default(),
         );
@@ -83,6 +87,7 @@ impl ZoneMetrics {
         let identity = IdentityMetrics::register(&mut r);
         Self {
             clock_skew_seconds,
+            http,
             registry: r,
             identity,
             syncs_applied,
@@ -194,7 +199,7 @@ impl IdentityMetrics {
             ),
             vault_request_seconds: register(
                 r,
-                "vault_request_seconds",
+                "vault_request_duration_seconds",
                 "Latency of certificate requests to Vault",
                 Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             ),

@@ -1,7 +1,8 @@
 //! The bodies of the zone's read-only HTTP API, as types: `GET /meshes` and `/meshes/{name}`
 //! ([`ResourceView`]), `GET /dataplanes` ([`DataplaneView`]), `GET /status` ([`StatusView`]), lists
-//! ([`ListView`]) and errors ([`ErrorBody`]). The handlers (`api`) build them and `zone get`
-//! (`cli`) reads them, so the two cannot drift apart. Fields are declared in the order of their
+//! ([`ListView`], a page at a time: `common::page`) and errors ([`ErrorBody`], served as
+//! `application/problem+json`). The handlers (`api`) build them, `zone get` (`cli`) reads them, and
+//! `/openapi.json` describes them (utoipa), so the three cannot drift apart. Fields are declared in the order of their
 //! JSON names, so a body is written exactly as before (sorted keys). Times are RFC 3339 strings,
 //! `null` for never.
 
@@ -11,32 +12,45 @@ use common::model::Kind;
 use common::store::StoredResource;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 
 /// RFC 3339 of unix milliseconds; `None` ("never", `null`) for 0.
 fn time_ms(ms: i64) -> Option<String> {
     common::clock::rfc3339_ms(ms)
 }
 
-/// `{"items": [...], "total": N}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `{"items": [...], "next": URL, "total": N}`: a page of a list (`common::page`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ListView<T> {
     #[serde(default = "Vec::new")]
     pub items: Vec<T>,
+    /// The URL of the next page; `null` on the last.
+    #[serde(default)]
+    pub next: Option<String>,
+    /// How many items the whole list holds.
     #[serde(default)]
     pub total: usize,
 }
 
 impl<T> ListView<T> {
+    /// The whole list at once.
     pub fn new(items: Vec<T>) -> Self {
         Self {
             total: items.len(),
             items,
+            next: None,
         }
+    }
+
+    /// The page `request` asks for of `items` (sorted).
+    pub fn page(items: Vec<T>, request: &common::page::ListRequest) -> Self {
+        let (total, items, next) = request.cut(items);
+        Self { items, next, total }
     }
 }
 
 /// An error answer: `{"detail", "status", "title"}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct ErrorBody {
     pub detail: String,
@@ -92,6 +106,39 @@ impl ResourceView {
     }
 }
 
+/// Its description in `/openapi.json`: the resource's own fields, its times and (read alone) the
+/// names of its Secrets.
+impl utoipa::PartialSchema for ResourceView {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{
+            AdditionalProperties, ArrayBuilder, ObjectBuilder, SchemaType, Type,
+        };
+        let time = || {
+            ObjectBuilder::new()
+                .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+                .description(Some("RFC 3339"))
+        };
+        ObjectBuilder::new()
+            .description(Some(
+                "A resource the zone holds (its Universal form, Secret data never shown) with its times",
+            ))
+            .property("creationTime", time())
+            .required("creationTime")
+            .property("modificationTime", time())
+            .required("modificationTime")
+            .property(
+                "secrets",
+                ArrayBuilder::new()
+                    .items(ObjectBuilder::new().schema_type(Type::String))
+                    .description(Some("The names of the mesh's Secrets (GET /meshes/{name} only)")),
+            )
+            .additional_properties(Some(AdditionalProperties::FreeForm(true)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ResourceView {}
+
 impl Serialize for ResourceView {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.to_value().serialize(s)
@@ -99,7 +146,7 @@ impl Serialize for ResourceView {
 }
 
 /// A dataplane with the state of its certificate (`GET /dataplanes`, `zone get dataplanes`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct DataplaneView {
     /// How far the agent's clock is from the zone's (positive: ahead), as it last reported.
@@ -133,14 +180,14 @@ pub struct DataplaneView {
 }
 
 /// The certificate in an agent's files.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DiskCertView {
     pub serial: String,
     pub expiration: Option<String>,
 }
 
 /// `GET /status`: the zone, its connection to global, each synced type and its Vault checks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct StatusView {
     /// How far each peer's clock is from the zone's (absent from older zones' answers).
     #[serde(default)]
@@ -153,7 +200,7 @@ pub struct StatusView {
 }
 
 /// The connection to global.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GlobalView {
     /// The address of global the zone is connected to; while disconnected, the one it is dialing
@@ -185,7 +232,7 @@ impl GlobalView {
 }
 
 /// One synced type: what the zone holds and what it applied.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TypeView {
     pub count: u64,
@@ -212,7 +259,7 @@ impl TypeView {
 }
 
 /// The last rejection of a type.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct NackView {
     pub at: Option<String>,
     pub error: String,
@@ -237,7 +284,7 @@ impl NackView {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct NackedResource {
     pub mesh: String,
     pub name: String,
@@ -245,7 +292,7 @@ pub struct NackedResource {
 }
 
 /// The zone's own check of a vault backend.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VaultCheckView {
     pub backend: String,

@@ -207,9 +207,11 @@ async fn without_global_it_serves_reports_and_logs_once() {
             .await
             .unwrap();
         if text.lines().any(|l| {
-            l.starts_with("zone_reconnects_total ") && !l.ends_with(" 0") && !l.ends_with(" 1")
+            l.starts_with("kmesh_sync_reconnects_total ")
+                && !l.ends_with(" 0")
+                && !l.ends_with(" 1")
         }) {
-            assert!(text.contains("zone_connected 0"), "{text}");
+            assert!(text.contains("kmesh_sync_connected 0"), "{text}");
             break;
         }
         assert!(

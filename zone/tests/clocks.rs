@@ -3,7 +3,7 @@
 //! an agent whose clock runs ahead of its zone's, an agent whose out-dir is full (a small
 //! tmpfs), and Vault going away and coming back under 30 s certificates. Each time: the issuance
 //! rate stays bounded, the skew is named (the zone's `clock skew` check, its `/status` clocks,
-//! the `zone_clock_skew_seconds` metric, global's view of the zone), no proxy holds an expired
+//! the `kmesh_clock_skew_seconds` metric, global's view of the zone), no proxy holds an expired
 //! certificate for more than a few seconds once Vault is back, and the proxy's failures show at
 //! the zone and at global.
 
@@ -182,7 +182,7 @@ async fn a_zone_two_days_ahead_of_vault_never_loops_and_says_why() {
     let e = row["lastError"].as_str().unwrap();
     assert!(e.contains("already expired"), "{e}");
     tokio::time::sleep(Duration::from_secs(12)).await;
-    let attempts = s.zone.metric("zone_issuance_attempts").await.unwrap();
+    let attempts = s.zone.metric("kmesh_issuance_attempts").await.unwrap();
     let secs = started.elapsed().as_secs_f64();
     eprintln!("{attempts} issuances in {secs:.1}s (bound {})", bound(secs));
     assert!(
@@ -212,7 +212,7 @@ async fn a_zone_two_days_ahead_of_vault_never_loops_and_says_why() {
     );
     let global_clock = clocks.iter().find(|c| c["peer"] == "global").unwrap();
     assert_eq!(global_clock["skewed"], true, "{global_clock}");
-    let skew = s.zone.metric("zone_clock_skew_seconds").await.unwrap();
+    let skew = s.zone.metric("kmesh_clock_skew_seconds").await.unwrap();
     assert!(skew < -172_000.0, "{skew}");
     let check = wait_until(
         "the state asked for",
@@ -275,7 +275,7 @@ async fn a_zone_minutes_behind_vault_never_loops_and_says_why() {
         "{row}"
     );
     tokio::time::sleep(Duration::from_secs(8)).await;
-    let attempts = s.zone.metric("zone_issuance_attempts").await.unwrap();
+    let attempts = s.zone.metric("kmesh_issuance_attempts").await.unwrap();
     let secs = started.elapsed().as_secs_f64();
     eprintln!("{attempts} issuances in {secs:.1}s (bound {})", bound(secs));
     assert!(
@@ -351,7 +351,7 @@ async fn an_agent_ahead_of_its_zone_says_so_and_the_zone_and_global_show_it() {
     assert!(g["lastError"].as_str().unwrap().contains("expired"), "{g}");
     // A refused bundle is no reason to issue again.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(s.zone.metric("zone_issuance_attempts").await.unwrap(), 1.0);
+    assert_eq!(s.zone.metric("kmesh_issuance_attempts").await.unwrap(), 1.0);
     let log = proxy.log();
     assert!(
         log.contains("clock skew: this host's clock is 2d 0h ahead of the clock of the zone"),
@@ -457,7 +457,7 @@ async fn vault_flapping_under_30s_certificates_never_leaves_a_proxy_expired_for_
             .unwrap();
     }
     let t0 = Instant::now();
-    let before = s.zone.metric("zone_issuance_attempts").await.unwrap();
+    let before = s.zone.metric("kmesh_issuance_attempts").await.unwrap();
     // Two cycles of 12 s down, 18 s up, the first outage over the rotation points (about 24 s
     // after issue) and the expiry (30 s): certificates expire while Vault is away.
     let mut worst = Duration::ZERO;
@@ -490,7 +490,7 @@ async fn vault_flapping_under_30s_certificates_never_leaves_a_proxy_expired_for_
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-    let attempts = s.zone.metric("zone_issuance_attempts").await.unwrap() - before;
+    let attempts = s.zone.metric("kmesh_issuance_attempts").await.unwrap() - before;
     eprintln!(
         "vault flapping: {expired_while_down} expired proxy-samples while Vault was down, the longest a proxy held an expired certificate after Vault came back: {worst:?}, {attempts} issuance attempts in 80 s"
     );

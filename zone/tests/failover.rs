@@ -150,7 +150,7 @@ async fn a_first_address_where_nothing_listens_is_left_at_once() {
         gap >= time::Duration::ZERO && gap < time::Duration::milliseconds(300),
         "{gap}\n{log}"
     );
-    assert_eq!(zone.metric("zone_reconnects").await.unwrap(), 1.0);
+    assert_eq!(zone.metric("kmesh_sync_reconnects").await.unwrap(), 1.0);
     assert_eq!(moves_logged(&zone), 0, "{log}");
 
     // Global learns the address from the status report.
@@ -209,8 +209,11 @@ async fn a_killed_global_is_left_for_a_replica_without_resend_or_removal() {
         secrets.as_ref().is_some_and(|s| !s.is_empty()),
         "{secrets:?}"
     );
-    let applied = zone.metric("zone_resources_applied").await.unwrap();
-    assert_eq!(zone.metric("zone_resources_removed").await.unwrap(), 0.0);
+    let applied = zone.metric("kmesh_sync_applied_resources").await.unwrap();
+    assert_eq!(
+        zone.metric("kmesh_sync_removed_resources").await.unwrap(),
+        0.0
+    );
 
     // Global A dies; a replica starts on a copy of its data, at the zone's second address.
     a.proc.kill9();
@@ -251,9 +254,12 @@ async fn a_killed_global_is_left_for_a_replica_without_resend_or_removal() {
     }
     assert_eq!(zone.meshes().await.unwrap(), ["default"]);
     assert_eq!(zone.secrets("default").await.unwrap(), secrets);
-    assert_eq!(zone.metric("zone_resources_removed").await.unwrap(), 0.0);
     assert_eq!(
-        zone.metric("zone_resources_applied").await.unwrap(),
+        zone.metric("kmesh_sync_removed_resources").await.unwrap(),
+        0.0
+    );
+    assert_eq!(
+        zone.metric("kmesh_sync_applied_resources").await.unwrap(),
         applied
     );
     assert_eq!(moves_logged(&zone), 1, "{}", logs(&zdir));

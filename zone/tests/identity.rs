@@ -426,7 +426,7 @@ async fn vault_certificates_verify_and_follow_changes() {
         Some("web.mesh"),
         86_400,
     );
-    assert!(metrics(&zone).contains("zone_certificate_rotations_total{cause=\"tags_change\"} 1"));
+    assert!(metrics(&zone).contains("kmesh_certificate_rotations_total{cause=\"tags_change\"} 1"));
 
     // A token rotated in its Secret is picked up (the old one is revoked).
     let new_token =
@@ -467,14 +467,14 @@ async fn vault_certificates_verify_and_follow_changes() {
     }
     let m = metrics(&zone);
     assert!(
-        m.contains("zone_certificate_rotations_total{cause=\"backend_change\"} 3"),
+        m.contains("kmesh_certificate_rotations_total{cause=\"backend_change\"} 3"),
         "{m}"
     );
     assert!(
-        m.contains("zone_certificates_issued_total{backend_type=\"vault\"} 7"),
+        m.contains("kmesh_certificates_issued_total{backend_type=\"vault\"} 7"),
         "{m}"
     );
-    assert!(m.contains("zone_vault_request_seconds_count"));
+    assert!(m.contains("kmesh_vault_request_duration_seconds_count"));
     assert_eq!(zone.manager.stats().failed, 0);
     eprintln!(
         "vault_certificates_verify_and_follow_changes: {:?}",
@@ -565,7 +565,7 @@ async fn seed_rsa_role_and_restart_keeps_presented_certificates() {
         (0, 0, 3),
         "zero new issuances"
     );
-    assert!(metrics(&zone).contains("zone_certificates_reused_total 3"));
+    assert!(metrics(&zone).contains("kmesh_certificates_reused_total 3"));
     // A certificate that does not match the proxy's tags is not kept.
     let mut other = zone
         .manager
@@ -680,8 +680,8 @@ async fn builtin_and_provided_backends_issue_locally() {
     // Another mesh's CA does not verify these certificates.
     assert!(x509::verify_chain_pem(&ba.cert_chain_pem, &[], &[&bc.trust_bundle_pem]).is_err());
     let m = metrics(&zone);
-    assert!(m.contains("zone_certificates_issued_total{backend_type=\"builtin\"} 2"));
-    assert!(m.contains("zone_certificates_issued_total{backend_type=\"provided\"} 1"));
+    assert!(m.contains("kmesh_certificates_issued_total{backend_type=\"builtin\"} 2"));
+    assert!(m.contains("kmesh_certificates_issued_total{backend_type=\"provided\"} 1"));
     eprintln!(
         "builtin_and_provided_backends_issue_locally: {:?}",
         started.elapsed()
@@ -852,7 +852,7 @@ async fn switching_vault_to_builtin_trusts_both_until_all_are_reissued() {
     let m = metrics(&zone);
     assert!(
         m.contains(&format!(
-            "zone_certificate_rotations_total{{cause=\"backend_change\"}} {N}"
+            "kmesh_certificate_rotations_total{{cause=\"backend_change\"}} {N}"
         )),
         "{m}"
     );
@@ -953,8 +953,8 @@ async fn vault_outage_keeps_certificates_and_recovers_without_storm() {
         "{v:?}"
     );
     let m = metrics(&zone);
-    assert!(m.contains("zone_certificates_failed_total{reason=\"unreachable\"}"));
-    assert!(m.contains("zone_ca_breaker_state{mesh=\"default\",backend=\"vault-1\"} 1"));
+    assert!(m.contains("kmesh_certificates_failed_total{reason=\"unreachable\"}"));
+    assert!(m.contains("kmesh_ca_breaker_state{mesh=\"default\",backend=\"vault-1\"} 1"));
 
     // Vault back: a fresh dev server, set up again, with a new token in the token file.
     bao.start_again().await.unwrap();
@@ -1176,7 +1176,7 @@ async fn short_certificates_rotate_before_expiry_with_a_renewed_token() {
     );
     // The token's own TTL (6 s) ran out twice over: it was renewed.
     assert_eq!(zone.manager.stats().failed, 0);
-    assert!(metrics(&zone).contains("zone_certificate_rotations_total{cause=\"expiry\"} 1"));
+    assert!(metrics(&zone).contains("kmesh_certificate_rotations_total{cause=\"expiry\"} 1"));
     eprintln!(
         "short_certificates_rotate_before_expiry_with_a_renewed_token: {:?}",
         started.elapsed()

@@ -215,17 +215,18 @@ async fn one_connection_holds_a_bounded_number_of_identity_streams() {
     let http = reqwest::Client::new();
     let mut tokens = Vec::new();
     for i in 0..=MAX {
-        let v: serde_json::Value = http
+        // The token alone, as text/plain.
+        let token = http
             .post(global.url("/tokens/dataplane"))
             .bearer_auth(&admin)
             .json(&serde_json::json!({"mesh": "default", "name": format!("p-{i}"), "anyService": true}))
             .send()
             .await
             .unwrap()
-            .json()
+            .text()
             .await
             .unwrap();
-        tokens.push(v["token"].as_str().unwrap().to_string());
+        tokens.push(token);
     }
     let ch = zone.dp_channel().await.unwrap();
     let open = |i: usize, ch: Channel| {

@@ -242,7 +242,7 @@ async fn proxies_in_two_zones_get_vault_identities_talk_mtls_rotate_and_survive_
 
     // Zone 1 restarts under its connected proxy: the proxy reconnects, presents its certificate,
     // keeps it, and the new zone process issues nothing.
-    let issued_before = z1.metric("zone_certificates_issued").await.unwrap();
+    let issued_before = z1.metric("kmesh_certificates_issued").await.unwrap();
     assert!(issued_before >= 1.0, "zone-1 issued {issued_before}");
     z1.terminate();
     z1.restart().await.unwrap();
@@ -256,12 +256,12 @@ async fn proxies_in_two_zones_get_vault_identities_talk_mtls_rotate_and_survive_
     // Long enough for an issuance to have happened if one were going to.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        z1.metric("zone_certificates_issued").await.unwrap(),
+        z1.metric("kmesh_certificates_issued").await.unwrap(),
         0.0,
         "the restarted zone issued certificates\n{}",
         logs(root)
     );
-    assert!(z1.metric("zone_certificates_reused").await.unwrap() >= 1.0);
+    assert!(z1.metric("kmesh_certificates_reused").await.unwrap() >= 1.0);
     assert_eq!(
         web.leaf().unwrap().serial,
         web_leaf.serial,

@@ -181,9 +181,7 @@ impl Admission {
             Ok(a) => &a.checks,
             Err(r) => &r.checks,
         };
-        if !checks.is_empty() {
-            self.metrics.vault_check_seconds.observe(elapsed);
-        }
+        self.metrics.admission_seconds.observe(elapsed);
         for c in checks {
             self.metrics.count_check(&c.type_, c.ok);
         }

@@ -17,7 +17,7 @@ use super::BackendCheck;
 pub const TREE: &str = "mesh-validation";
 
 /// The last validation of one Mesh.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LastValidation {
     pub mesh: String,

@@ -24,7 +24,7 @@ pub trait Existing: SecretLookup {
 }
 
 /// The result of a backend check, for the response body and the `validate` report.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BackendCheck {
     pub mesh: String,
     pub backend: String,
@@ -39,7 +39,7 @@ pub struct BackendCheck {
     pub unreachable: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckStep {
     pub name: String,
     pub passed: bool,

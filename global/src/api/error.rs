@@ -1,7 +1,7 @@
 //! How refusals become HTTP answers: the constructors of the error body ([`ApiError`], defined
-//! with the other bodies in `types`) and the status of each typed refusal of admission.
+//! with the other bodies in `types`, served as `application/problem+json`) and the status of each
+//! typed refusal of admission.
 
-use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use common::ValidationErrors;
@@ -73,7 +73,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(self)).into_response()
+        common::http::problem(status, &self)
     }
 }
 

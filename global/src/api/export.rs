@@ -13,17 +13,23 @@ use super::error::{ApiError, ApiResult};
 use super::state::ApiState;
 use super::types::List;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
 pub struct ExportQuery {
+    /// Every Secret with its data too (admin only).
     #[serde(default)]
     pub include_secrets: bool,
 }
 
+/// `GET /export[?includeSecrets=true]`: a page of every resource, as `apply` takes it back.
+#[utoipa::path(get, path = "/export", tag = "meshes", params(ExportQuery, super::openapi::PageParams),
+    responses((status = 200, description = "A page of resources in the Universal form", body = List<Value>)))]
 pub(super) async fn export(
     State(state): State<ApiState>,
     Extension(caller): Extension<crate::rights::Caller>,
     Query(query): Query<ExportQuery>,
+    request: common::page::ListRequest,
 ) -> ApiResult<Json<List<Value>>> {
     // `crate::rights` let only admins ask for Secrets.
     let admin = caller.is_admin();
@@ -53,5 +59,5 @@ pub(super) async fn export(
                 .map(|r| r.spec),
         );
     }
-    Ok(Json(List::new(items)))
+    Ok(Json(List::page(items, &request)))
 }

@@ -1,11 +1,14 @@
-//! The HTTP API of global (axum): meshes, secrets, batch apply, zones, dataplanes, tokens, health
-//! and metrics, in the shapes of SPEC.md (`types`). It owns routing, request parsing,
-//! authorization, every presenter and the mapping of refusals to statuses (`error`); writes are
-//! handed to `admission`, reads go to `common::store` and the zone records of `kds::zones`.
-//! Secret data never leaves through it.
+//! The HTTP API of global (axum): the index, meshes, secrets, batch apply, zones, dataplanes,
+//! tokens, health and metrics, in the shapes of SPEC.md (`types`) and as Kuma's API shapes them:
+//! lists a page at a time (`common::page`), errors as `application/problem+json`, every route
+//! described in `/openapi.json` (`openapi`). It owns routing, request parsing, authorization,
+//! every presenter and the mapping of refusals to statuses (`error`); writes are handed to
+//! `admission`, reads go to `common::store` and the zone records of `kds::zones`. Secret data
+//! never leaves through it.
 
 pub mod error;
 pub mod export;
+pub mod openapi;
 pub mod replicas;
 pub mod resources;
 pub mod state;
@@ -24,7 +27,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use common::model::Kind;
 
-use crate::metrics::RequestLabels;
 use crate::rights;
 
 pub use error::{ApiError, ApiResult};
@@ -35,7 +37,9 @@ pub use state::ApiState;
 pub fn router(state: ApiState) -> Router {
     use resources::*;
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/", get(index))
+        .route("/openapi.json", get(openapi::serve))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/meshes", get(list_meshes))
@@ -71,15 +75,27 @@ pub fn router(state: ApiState) -> Router {
             "/tokens/signing-keys/{kid}",
             axum::routing::delete(tokens::retire_signing_key),
         )
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such API path") })
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such API path (GET /openapi.json lists them)",
+            )
+        })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authorize,
         ))
+        // Every error of the API as problem+json (the GUI's pages, merged below, stay HTML).
+        .layer(axum::middleware::from_fn(common::http::problem_errors))
         .merge(crate::gui::router()) // static pages only: their reads come back through `authorize`
         .layer(axum::middleware::from_fn_with_state(
             state.hosts.clone(),
             common::http::check_host,
+        ))
+        // After routing (the route's pattern is known), around everything else: every answer timed.
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.http.clone(),
+            common::metrics::track_requests,
         ))
         .layer(DefaultBodyLimit::max(common::limits::API_BODY_BYTES))
         .with_state(state)
@@ -154,7 +170,7 @@ async fn authorize(State(state): State<ApiState>, mut req: Request, next: Next) 
                 state.metrics.auth_failures.inc();
                 // Said once per source and minute: a brute force does not flood the log.
                 if state.auth_log.first_in_a_while(peer.map(|p| p.ip())) {
-                    tracing::warn!(%method, %path, peer = ?peer, "request without a valid token refused (further ones from this address are counted in global_api_auth_failures_total, logged again in a minute)");
+                    tracing::warn!(%method, %path, peer = ?peer, "request without a valid token refused (further ones from this address are counted in kmesh_api_auth_failures_total, logged again in a minute)");
                 }
             }
             denied(d)
@@ -168,14 +184,6 @@ async fn authorize(State(state): State<ApiState>, mut req: Request, next: Next) 
             next.run(req).await
         }
     };
-    state
-        .metrics
-        .http_requests
-        .get_or_create(&RequestLabels {
-            method: method.to_string(),
-            status: response.status().as_u16(),
-        })
-        .inc();
     tracing::debug!(%method, %path, status = response.status().as_u16(), elapsed_ms = start.elapsed().as_millis() as u64, "request");
     if crate::audit::audited(&method) {
         let (action, resource) = crate::audit::action_of(method.as_str(), &path);
@@ -207,7 +215,24 @@ async fn authorize(State(state): State<ApiState>, mut req: Request, next: Next) 
 /// A response header a handler sets to add a detail to the request's audit line (a token's id).
 pub const AUDIT_DETAIL_HEADER: &str = "x-kmesh-audit";
 
-async fn readyz(State(state): State<ApiState>) -> ApiResult<&'static str> {
+/// `GET /`: what answers here (product, version, commit, mode, host, the GUI's path).
+#[utoipa::path(get, path = "/", tag = "meta", security(()),
+    responses((status = 200, description = "What answers here", body = common::about::Index)))]
+pub(super) async fn index() -> axum::Json<common::about::Index> {
+    axum::Json(common::about::Index::new(common::about::Mode::Global))
+}
+
+/// `GET /healthz`: the process serves.
+#[utoipa::path(get, path = "/healthz", tag = "meta", security(()),
+    responses((status = 200, description = "The process serves", body = String, content_type = "text/plain")))]
+pub(super) async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: the store answers and takes writes.
+#[utoipa::path(get, path = "/readyz", tag = "meta", security(()),
+    responses((status = 200, description = "Ready", body = String, content_type = "text/plain")))]
+pub(super) async fn readyz(State(state): State<ApiState>) -> ApiResult<&'static str> {
     if !state.store.reachable() {
         let why = state.store.write_failure().borrow().clone();
         let mut e = ApiError::new(
@@ -226,7 +251,11 @@ async fn readyz(State(state): State<ApiState>) -> ApiResult<&'static str> {
     Ok("ready")
 }
 
-async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
+/// `GET /metrics`: Prometheus / OpenMetrics text.
+#[utoipa::path(get, path = "/metrics", tag = "meta", security(()),
+    responses((status = 200, description = "Every metric, named kmesh_*", body = String,
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
+pub(super) async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
     (
         [(
             axum::http::header::CONTENT_TYPE,

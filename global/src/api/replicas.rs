@@ -8,15 +8,20 @@ use axum::http::StatusCode;
 
 use super::error::ApiError;
 use super::state::ApiState;
-use super::types::{List, ReplicaList};
+use super::types::{List, ReplicaList, ReplicaView};
 
 /// `GET /replicas`.
-pub async fn list_replicas(State(state): State<ApiState>) -> Result<Json<ReplicaList>, ApiError> {
+#[utoipa::path(get, path = "/replicas", tag = "zones", params(super::openapi::PageParams),
+    responses((status = 200, description = "A page of global's replicas", body = List<ReplicaView>)))]
+pub async fn list_replicas(
+    State(state): State<ApiState>,
+    request: common::page::ListRequest,
+) -> Result<Json<ReplicaList>, ApiError> {
     let snapshot = state.replicas.snapshot().await.map_err(|e| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("cannot read the replicas from the store: {e}"),
         )
     })?;
-    Ok(Json(List::new(snapshot.present())))
+    Ok(Json(List::page(snapshot.present(), &request)))
 }

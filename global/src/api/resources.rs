@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use common::ValidationErrors;
 use common::clock::rfc3339;
 use common::model::{Kind, Resource};
+use common::page::ListRequest;
 use common::store::{Op, Outcome, ResourceKey, StoredResource};
 use serde::Deserialize;
 use serde_json::Value;
@@ -21,9 +22,13 @@ use super::state::{ApiState, Caller};
 use super::types::{ApplyResult, List, MeshDeleted, ResourceResult, ResourceView, WriteResult};
 use crate::admission::Admitted;
 
-#[derive(Debug, Deserialize, Default)]
+/// `?dryRun=true`: validate fully (the Vault test certificate included) and store nothing.
+#[derive(Debug, Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WriteQuery {
+    /// `true` (or `1`, or empty): a dry run.
     #[serde(default, rename = "dryRun")]
+    #[param(rename = "dryRun")]
     pub dry_run: Option<String>,
 }
 
@@ -51,8 +56,8 @@ pub fn present(r: &StoredResource) -> ResourceView {
     }
 }
 
-fn list_body(items: Vec<StoredResource>) -> List<ResourceView> {
-    List::new(items.iter().map(present).collect())
+fn list_body(items: Vec<StoredResource>, request: &ListRequest) -> List<ResourceView> {
+    List::page(items.iter().map(present).collect(), request)
 }
 
 /// A Mesh as `caller` may see it: `inline`/`inlineString` values redacted unless admin.
@@ -67,16 +72,24 @@ fn present_mesh(r: &StoredResource, caller: &Caller) -> ResourceView {
     view
 }
 
+/// `GET /meshes`: a page of Meshes (`inline` values redacted unless admin).
+#[utoipa::path(get, path = "/meshes", tag = "meshes", params(super::openapi::PageParams),
+    responses((status = 200, description = "A page of Meshes", body = List<ResourceView>)))]
 pub(super) async fn list_meshes(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
+    request: ListRequest,
 ) -> ApiResult<Json<List<ResourceView>>> {
     let meshes = state.store.list(Kind::Mesh, None)?;
-    Ok(Json(List::new(
+    Ok(Json(List::page(
         meshes.iter().map(|r| present_mesh(r, &caller)).collect(),
+        &request,
     )))
 }
 
+/// `GET /meshes/{name}`.
+#[utoipa::path(get, path = "/meshes/{name}", tag = "meshes", params(("name" = String, Path, description = "The Mesh", example = "default")),
+    responses((status = 200, description = "The Mesh", body = ResourceView)))]
 pub(super) async fn get_mesh(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -90,6 +103,11 @@ pub(super) async fn get_mesh(
 
 /// `GET /meshes/{name}/validation`: the backend checks of the last admission that stored the
 /// Mesh with checks (steps, warnings), and when it ran.
+#[utoipa::path(get, path = "/meshes/{name}/validation", tag = "meshes",
+    params(("name" = String, Path, description = "The mesh", example = "default")),
+    responses(
+        (status = 200, description = "The mesh's last validation at global", body = crate::admission::history::LastValidation),
+        (status = 404, description = "No such mesh, or no validation on record", body = common::http::Problem)))]
 pub(super) async fn get_validation(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -109,15 +127,25 @@ pub(super) async fn get_validation(
     }
 }
 
+/// `GET /meshes/{mesh}/secrets`: a page of a mesh's Secrets, without their data.
+#[utoipa::path(get, path = "/meshes/{mesh}/secrets", tag = "secrets",
+    params(("mesh" = String, Path, description = "The mesh", example = "default"), super::openapi::PageParams),
+    responses((status = 200, description = "A page of Secrets, without their data", body = List<ResourceView>)))]
 pub(super) async fn list_secrets(
     State(state): State<ApiState>,
     Path(mesh): Path<String>,
+    request: ListRequest,
 ) -> ApiResult<Json<List<ResourceView>>> {
     Ok(Json(list_body(
         state.store.list(Kind::Secret, Some(&mesh))?,
+        &request,
     )))
 }
 
+/// `GET /meshes/{mesh}/secrets/{name}`: a Secret without its data.
+#[utoipa::path(get, path = "/meshes/{mesh}/secrets/{name}", tag = "secrets",
+    params(("mesh" = String, Path, description = "The mesh", example = "default"), ("name" = String, Path, description = "The Secret", example = "sec-1")),
+    responses((status = 200, description = "The Secret, without its data", body = ResourceView)))]
 pub(super) async fn get_secret(
     State(state): State<ApiState>,
     Path((mesh, name)): Path<(String, String)>,
@@ -288,6 +316,16 @@ async fn put_resource(
     Ok(write_response(outcome, &resource, &admitted, dry_run))
 }
 
+/// `PUT /meshes/{name}[?dryRun=true]`: creates or updates a Mesh through admission.
+#[utoipa::path(put, path = "/meshes/{name}", tag = "meshes",
+    params(("name" = String, Path, description = "The Mesh (as the body names it)", example = "default"), WriteQuery),
+    request_body(description = "A Mesh in the Universal or Kubernetes form, JSON or YAML",
+        content((super::openapi::ResourceBody = "application/json",
+            example = json!({"type": "Mesh", "name": "default", "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}})),
+            (String = "application/yaml"))),
+    responses(
+        (status = 200, description = "Updated, unchanged, or valid (dry run)", body = WriteResult),
+        (status = 201, description = "Created", body = WriteResult)))]
 pub(super) async fn put_mesh(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -298,6 +336,16 @@ pub(super) async fn put_mesh(
     put_resource(state, caller, Kind::Mesh, name.clone(), name, query, body).await
 }
 
+/// `PUT /meshes/{mesh}/secrets/{name}[?dryRun=true]`.
+#[utoipa::path(put, path = "/meshes/{mesh}/secrets/{name}", tag = "secrets",
+    params(("mesh" = String, Path, description = "The mesh", example = "default"), ("name" = String, Path, description = "The Secret", example = "sec-1"), WriteQuery),
+    request_body(description = "A Secret (`type: Secret`, `name`, `mesh`, `data`: base64), JSON or YAML",
+        content((super::openapi::ResourceBody = "application/json",
+            example = json!({"type": "Secret", "mesh": "default", "name": "sec-1", "data": "c2VjcmV0LXZhbHVl"})),
+            (String = "application/yaml"))),
+    responses(
+        (status = 200, description = "Updated, unchanged, or valid (dry run)", body = WriteResult),
+        (status = 201, description = "Created", body = WriteResult)))]
 pub(super) async fn put_secret(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
@@ -308,6 +356,9 @@ pub(super) async fn put_secret(
     put_resource(state, caller, Kind::Secret, mesh, name, query, body).await
 }
 
+/// `DELETE /meshes/{name}`: the Mesh and everything in it.
+#[utoipa::path(delete, path = "/meshes/{name}", tag = "meshes", params(("name" = String, Path, description = "The Mesh", example = "default")),
+    responses((status = 200, description = "Deleted", body = MeshDeleted)))]
 pub(super) async fn delete_mesh(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -322,6 +373,10 @@ pub(super) async fn delete_mesh(
     }))
 }
 
+/// `DELETE /meshes/{mesh}/secrets/{name}`: refused while a Mesh uses it.
+#[utoipa::path(delete, path = "/meshes/{mesh}/secrets/{name}", tag = "secrets",
+    params(("mesh" = String, Path, description = "The mesh", example = "default"), ("name" = String, Path, description = "The Secret", example = "sec-1")),
+    responses((status = 200, description = "Deleted", body = ResourceResult)))]
 pub(super) async fn delete_secret(
     State(state): State<ApiState>,
     Path((mesh, name)): Path<(String, String)>,
@@ -339,6 +394,10 @@ pub(super) async fn delete_secret(
 /// `POST /apply[?dryRun=true]`: several documents (YAML stream or JSON), admitted and stored as one
 /// all-or-nothing batch. Secrets in the batch count for the Meshes in it, so a dry run of a file
 /// with a Mesh and its Secrets validates exactly what a real apply would.
+#[utoipa::path(post, path = "/apply", tag = "meshes", params(WriteQuery),
+    request_body(description = "Resources: a YAML stream (documents separated by ---) or JSON",
+        content((String = "application/yaml"), (super::openapi::ResourceBody = "application/json"))),
+    responses((status = 200, description = "What each resource became", body = ApplyResult)))]
 pub(super) async fn apply_batch(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,

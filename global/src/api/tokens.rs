@@ -2,22 +2,24 @@
 //! /tokens/zone`, `/tokens/dataplane`, `/tokens/user`), revocation (`POST /tokens/revoke`, `GET
 //! /tokens/revoked`) and the signing keys (`GET|POST /tokens/signing-keys`: list, rotate;
 //! `DELETE /tokens/signing-keys/{kid}`: retire). Signing, keys and revocations are
-//! `crate::authority`; this module parses the requests and presents the answers. Each answer names
-//! the token's id (`jti`) for the audit log.
+//! `crate::authority`; this module parses the requests and presents the answers. A new token is
+//! answered as Kuma's API does, the token alone as `text/plain` (`curl ... > token`), unless the
+//! request asks for `Accept: application/json`: then its id (`jti`) and expiry come with it (the
+//! command line asks so). Each answer names the token's id for the audit log.
 
 use std::time::Duration;
 
 use super::error::ApiError;
 use super::state::ApiState;
 use super::types::{
-    DataplaneToken, DataplaneTokenRequest, RevokeRequest, Revoked, SigningKeyView, UserToken,
-    UserTokenRequest, ZoneToken, ZoneTokenRequest,
+    DataplaneToken, DataplaneTokenRequest, RevokeRequest, Revoked, RevokedView, SigningKeyView,
+    UserToken, UserTokenRequest, ZoneToken, ZoneTokenRequest,
 };
 use crate::tokens::{DEFAULT_VALIDITY, check_zone_name, dataplane_claim};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
@@ -66,9 +68,58 @@ fn audited<T: serde::Serialize>(detail: String, body: T) -> Response {
     ([(super::AUDIT_DETAIL_HEADER, detail)], Json(body)).into_response()
 }
 
-/// `POST /tokens/zone` (admin only): `{"zone": NAME, "validFor": "720h"}` -> `{"token": ...}`.
+/// Whether the request's `Accept` asks for JSON (a media range `application/json` whose `q` is
+/// not 0).
+pub fn wants_json(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|range| {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("");
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            media.eq_ignore_ascii_case("application/json") && !refused
+        })
+}
+
+/// A new token as the request asks: `body` (the token with its id and expiry) as JSON, or the
+/// token alone as `text/plain`; with `detail` for the audit line either way.
+fn token_answer<T: serde::Serialize>(
+    headers: &HeaderMap,
+    detail: String,
+    token: &str,
+    body: T,
+) -> Response {
+    if wants_json(headers) {
+        return audited(detail, body);
+    }
+    (
+        [
+            (
+                header::CONTENT_TYPE.as_str(),
+                "text/plain; charset=utf-8".to_string(),
+            ),
+            (super::AUDIT_DETAIL_HEADER, detail),
+        ],
+        token.to_string(),
+    )
+        .into_response()
+}
+
+/// `POST /tokens/zone` (admin only): `{"zone": NAME, "validFor": "720h"}` -> the token (or
+/// `{"token": ..., "id": ..., "expires": ...}` with `Accept: application/json`).
+#[utoipa::path(post, path = "/tokens/zone", tag = "tokens", request_body = ZoneTokenRequest,
+    responses((status = 200, description = "A token for a zone: the token alone as text/plain, or with its id and expiry as JSON (Accept: application/json)",
+        content((String = "text/plain"), (ZoneToken = "application/json")))))]
 pub async fn issue_zone_token(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: ZoneTokenRequest = parse_request(&body, r#"{"zone": NAME, "validFor": DURATION}"#)?;
@@ -81,13 +132,15 @@ pub async fn issue_zone_token(
     let expires = expires(valid_for);
     let id = id_of(&token);
     tracing::info!(zone = %req.zone, %expires, %id, "zone token issued");
-    Ok(audited(
+    Ok(token_answer(
+        &headers,
         format!("id={id} zone={}", req.zone),
+        &token,
         ZoneToken {
             zone: req.zone,
             expires,
             id,
-            token,
+            token: token.clone(),
         },
     ))
 }
@@ -96,8 +149,12 @@ pub async fn issue_zone_token(
 /// "validFor": "720h"}` (or `"anyService": true` instead of a service) -> `{"token": ...}`: a
 /// token with which the proxy `N` of mesh `M` authenticates to its zone, registering service `S`
 /// and the bound tags. The mesh need not exist yet (tokens may be prepared before the Mesh).
+#[utoipa::path(post, path = "/tokens/dataplane", tag = "tokens", request_body = DataplaneTokenRequest,
+    responses((status = 200, description = "A token for a proxy: the token alone as text/plain, or with its id and expiry as JSON (Accept: application/json)",
+        content((String = "text/plain"), (DataplaneToken = "application/json")))))]
 pub async fn issue_dataplane_token(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: DataplaneTokenRequest = parse_request(
@@ -127,14 +184,16 @@ pub async fn issue_dataplane_token(
     let expires = expires(valid_for);
     let id = id_of(&token);
     tracing::info!(mesh = %req.mesh, name = %req.name, service = ?req.service, tags = ?req.tags, any_service = req.any_service, %expires, %id, "dataplane token issued");
-    Ok(audited(
+    Ok(token_answer(
+        &headers,
         format!("id={id} mesh={} name={}", req.mesh, req.name),
+        &token,
         DataplaneToken {
             mesh: req.mesh,
             name: req.name,
             expires,
             id,
-            token,
+            token: token.clone(),
         },
     ))
 }
@@ -188,8 +247,12 @@ pub fn user_claim(
 
 /// `POST /tokens/user` (admin only): `{"name": N, "group": "admin|operator|viewer", "meshes":
 /// [...], "validFor": "24h"}` -> `{"token": ..., "id": JTI}`.
+#[utoipa::path(post, path = "/tokens/user", tag = "tokens", request_body = UserTokenRequest,
+    responses((status = 200, description = "A token for a user: the token alone as text/plain, or with its id and expiry as JSON (Accept: application/json)",
+        content((String = "text/plain"), (UserToken = "application/json")))))]
 pub async fn issue_user_token(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: UserTokenRequest = parse_request(
@@ -213,21 +276,25 @@ pub async fn issue_user_token(
     let expires = expires(valid_for);
     let id = id_of(&token);
     tracing::info!(user = %claim.name, group = %claim.group, meshes = ?claim.meshes, %expires, %id, "user token issued");
-    Ok(audited(
+    Ok(token_answer(
+        &headers,
         format!("id={id} user={} group={}", claim.name, claim.group),
+        &token,
         UserToken {
             name: claim.name,
             group: claim.group.to_string(),
             meshes: claim.meshes,
             expires,
             id,
-            token,
+            token: token.clone(),
         },
     ))
 }
 
 /// `POST /tokens/revoke` (admin only): `{"id": JTI}`. Every replica refuses the token within
 /// `authority::REFRESH`; zones get the list over the sync stream.
+#[utoipa::path(post, path = "/tokens/revoke", tag = "tokens", request_body = RevokeRequest,
+    responses((status = 200, description = "Revoked (or already)", body = Revoked)))]
 pub async fn revoke(
     State(state): State<ApiState>,
     Extension(caller): Extension<crate::rights::Caller>,
@@ -267,22 +334,24 @@ pub async fn revoke(
 }
 
 /// `GET /tokens/revoked` (admin only): the revoked token ids, when and by whom.
+#[utoipa::path(get, path = "/tokens/revoked", tag = "tokens", params(super::openapi::PageParams),
+    responses((status = 200, description = "A page of revoked token ids", body = super::types::List<RevokedView>)))]
 pub async fn list_revoked(
     State(state): State<ApiState>,
-) -> Json<super::types::List<serde_json::Value>> {
-    Json(super::types::List::new(
+    request: common::page::ListRequest,
+) -> Json<super::types::List<RevokedView>> {
+    Json(super::types::List::page(
         state
             .authority
             .revocations()
             .into_iter()
-            .map(|(id, r)| {
-                serde_json::json!({
-                    "id": id,
-                    "revokedAt": common::clock::rfc3339_ms(r.revoked_at_ms).unwrap_or_default(),
-                    "by": r.by,
-                })
+            .map(|(id, r)| RevokedView {
+                id,
+                revoked_at: common::clock::rfc3339_ms(r.revoked_at_ms).unwrap_or_default(),
+                by: r.by,
             })
             .collect(),
+        &request,
     ))
 }
 
@@ -304,14 +373,19 @@ fn key_views(state: &ApiState) -> Vec<SigningKeyView> {
 }
 
 /// `GET /tokens/signing-keys` (admin only): the keys, oldest first; the active one signs.
+#[utoipa::path(get, path = "/tokens/signing-keys", tag = "tokens", params(super::openapi::PageParams),
+    responses((status = 200, description = "A page of the signing keys, oldest first", body = super::types::List<SigningKeyView>)))]
 pub async fn list_signing_keys(
     State(state): State<ApiState>,
+    request: common::page::ListRequest,
 ) -> Json<super::types::List<SigningKeyView>> {
-    Json(super::types::List::new(key_views(&state)))
+    Json(super::types::List::page(key_views(&state), &request))
 }
 
 /// `POST /tokens/signing-keys` (admin only): a new key signs from now on; older ones keep
 /// verifying until retired. Zones get the new public key over the sync stream.
+#[utoipa::path(post, path = "/tokens/signing-keys", tag = "tokens",
+    responses((status = 200, description = "Every key, the new one active", body = super::types::List<SigningKeyView>)))]
 pub async fn rotate_signing_key(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let kid = state.authority.rotate().await.map_err(authority_error)?;
     tracing::info!(%kid, "token signing key rotated");
@@ -323,6 +397,8 @@ pub async fn rotate_signing_key(State(state): State<ApiState>) -> Result<Respons
 
 /// `DELETE /tokens/signing-keys/{kid}` (admin only): tokens signed by that key are refused from
 /// now on (zones too, and streams opened with them end).
+#[utoipa::path(delete, path = "/tokens/signing-keys/{kid}", tag = "tokens", params(("kid" = String, Path, description = "The key's id", example = "no-such-key")),
+    responses((status = 200, description = "The keys left", body = super::types::List<SigningKeyView>)))]
 pub async fn retire_signing_key(
     State(state): State<ApiState>,
     Path(kid): Path<String>,
@@ -348,5 +424,25 @@ fn authority_error(e: crate::authority::AuthorityError) -> ApiError {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
         }
         e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_only_when_the_request_accepts_it() {
+        let with = |accept: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT, accept.parse().unwrap());
+            wants_json(&h)
+        };
+        assert!(!wants_json(&HeaderMap::new()));
+        assert!(with("application/json"));
+        assert!(with("text/plain, Application/JSON;q=0.5"));
+        assert!(!with("*/*"));
+        assert!(!with("text/plain"));
+        assert!(!with("application/json;q=0"));
     }
 }

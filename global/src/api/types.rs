@@ -8,12 +8,13 @@ use std::collections::BTreeMap;
 use common::FieldError;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use crate::admission::BackendCheck;
 pub use crate::kds::zones::Rejected;
 
 /// The error body of every refused request.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct ApiError {
     #[serde(default)]
     pub title: String,
@@ -31,24 +32,36 @@ pub struct ApiError {
     pub vault_unreachable: bool,
 }
 
-/// `{"total": N, "items": [...]}`: every list.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `{"total": N, "items": [...], "next": URL}`: every list, a page at a time (`common::page`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct List<T> {
+    /// How many items the whole list holds.
     pub total: usize,
     pub items: Vec<T>,
+    /// The URL of the next page; `null` on the last.
+    #[serde(default)]
+    pub next: Option<String>,
 }
 
 impl<T> List<T> {
+    /// The whole list at once (an answer that is not a paged read).
     pub fn new(items: Vec<T>) -> Self {
         Self {
             total: items.len(),
             items,
+            next: None,
         }
+    }
+
+    /// The page `request` asks for of `items` (sorted).
+    pub fn page(items: Vec<T>, request: &common::page::ListRequest) -> Self {
+        let (total, items, next) = request.cut(items);
+        Self { total, items, next }
     }
 }
 
 /// A stored Mesh or Secret: its Universal form (a Secret without its data) plus its times.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceView {
     #[serde(flatten)]
@@ -66,7 +79,7 @@ impl ResourceView {
 
 /// What a write did to one resource: an item of a batch apply, the answer to
 /// `DELETE /meshes/{mesh}/secrets/{name}`, and the head of [`WriteResult`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ResourceResult {
     #[serde(rename = "type")]
     pub type_: String,
@@ -77,7 +90,7 @@ pub struct ResourceResult {
 }
 
 /// The answer to `PUT /meshes/{name}` and `PUT /meshes/{mesh}/secrets/{name}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WriteResult {
     #[serde(flatten)]
@@ -88,7 +101,7 @@ pub struct WriteResult {
 }
 
 /// The answer to `POST /apply`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ApplyResult {
     pub dry_run: bool,
@@ -98,7 +111,7 @@ pub struct ApplyResult {
 }
 
 /// The answer to `DELETE /meshes/{name}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MeshDeleted {
     #[serde(rename = "type")]
@@ -109,23 +122,28 @@ pub struct MeshDeleted {
 }
 
 /// Body of `POST /tokens/zone`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ZoneTokenRequest {
+    #[schema(example = "zone-1")]
     pub zone: String,
     /// Validity, e.g. `720h` (the default), `30d`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "720h")]
     pub valid_for: Option<String>,
 }
 
 /// Body of `POST /tokens/dataplane`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DataplaneTokenRequest {
+    #[schema(example = "default")]
     pub mesh: String,
+    #[schema(example = "web-1")]
     pub name: String,
     /// The `kuma.io/service` the proxy may register (or `anyService`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "web")]
     pub service: Option<String>,
     /// More tags the proxy must register with these values.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -135,11 +153,12 @@ pub struct DataplaneTokenRequest {
     pub any_service: bool,
     /// Validity, e.g. `720h` (the default), `30d`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "720h")]
     pub valid_for: Option<String>,
 }
 
 /// The answer to `POST /tokens/zone`. `Debug` never shows the token.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct ZoneToken {
     pub zone: String,
     pub expires: String,
@@ -150,7 +169,7 @@ pub struct ZoneToken {
 }
 
 /// The answer to `POST /tokens/dataplane`. `Debug` never shows the token.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct DataplaneToken {
     pub mesh: String,
     pub name: String,
@@ -161,15 +180,18 @@ pub struct DataplaneToken {
 }
 
 /// Body of `POST /tokens/user`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UserTokenRequest {
     /// Who the token is for (the audit log's actor).
+    #[schema(example = "alice")]
     pub name: String,
     /// `admin`, `operator` or `viewer`.
+    #[schema(example = "operator")]
     pub group: String,
     /// The meshes an operator may change (operators only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(example = json!(["default"]))]
     pub meshes: Vec<String>,
     /// Validity, e.g. `24h` (the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -177,7 +199,7 @@ pub struct UserTokenRequest {
 }
 
 /// The answer to `POST /tokens/user`. `Debug` never shows the token.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
 pub struct UserToken {
     pub name: String,
     pub group: String,
@@ -205,22 +227,35 @@ redacted_debug!(DataplaneToken, mesh, name, expires, id);
 redacted_debug!(UserToken, name, group, meshes, expires, id);
 
 /// Body of `POST /tokens/revoke`: the token's id (`jti`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RevokeRequest {
+    #[schema(example = "0f5c2a9e-never-issued")]
     pub id: String,
 }
 
 /// The answer to `POST /tokens/revoke`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Revoked {
     pub id: String,
     /// `revoked`, or `already revoked`.
     pub result: String,
 }
 
+/// A revoked token (`GET /tokens/revoked`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevokedView {
+    /// The token's id (`jti`).
+    pub id: String,
+    /// RFC 3339.
+    pub revoked_at: String,
+    /// Who revoked it (the audit log's actor).
+    pub by: String,
+}
+
 /// A token signing key (`GET /tokens/signing-keys`): never its private part.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SigningKeyView {
     pub kid: String,
@@ -231,7 +266,7 @@ pub struct SigningKeyView {
 }
 
 /// A refused sync stream.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RefusalView {
     pub at: Option<String>,
     pub zone: String,
@@ -240,7 +275,7 @@ pub struct RefusalView {
 }
 
 /// The last rejection of a type by a zone.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NackView {
     pub at: Option<String>,
     pub error: String,
@@ -248,7 +283,7 @@ pub struct NackView {
 }
 
 /// Per synced type, what was sent to a zone and what it answered.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TypeStatsView {
     pub sent: u64,
@@ -264,7 +299,7 @@ pub struct TypeStatsView {
 }
 
 /// A resource not sent to a zone because it alone exceeds the message size limit.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TooLargeView {
     #[serde(rename = "type")]
     pub type_: String,
@@ -277,7 +312,7 @@ pub struct TooLargeView {
 }
 
 /// `GET /zones/{name}`: what global knows of one zone.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ZoneView {
     pub name: String,
@@ -320,16 +355,26 @@ pub struct ZoneVaultCheck {
     pub last_issued_at: Option<String>,
 }
 
-/// `GET /zones`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `GET /zones`: a page of zones, and the last sync streams refused.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ZoneList {
     pub total: usize,
     pub items: Vec<ZoneView>,
+    #[serde(default)]
+    pub next: Option<String>,
     pub refusals: Vec<RefusalView>,
 }
 
+/// The answer to `DELETE /zones/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ZoneDeleted {
+    pub name: String,
+    /// `deleted`.
+    pub result: String,
+}
+
 /// The current certificate of a dataplane.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CertificateView {
     pub backend: String,
     pub serial: String,
@@ -339,18 +384,18 @@ pub struct CertificateView {
     pub rotation: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Inbound {
     pub tags: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Networking {
     pub inbound: Vec<Inbound>,
 }
 
 /// A dataplane as its zone last reported it (`GET /meshes/{mesh}/dataplanes`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataplaneView {
     #[serde(rename = "type")]
@@ -378,7 +423,7 @@ pub struct DataplaneView {
 }
 
 /// One global replica in `GET /replicas`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicaView {
     pub id: String,

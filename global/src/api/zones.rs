@@ -6,13 +6,14 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use common::clock::rfc3339_ms;
+use common::page::ListRequest;
 use serde_json::Value;
 
 use super::error::ApiError;
 use super::state::ApiState;
 use super::types::{
     CertificateView, DataplaneView, Inbound, List, NackView, Networking, RefusalView, TooLargeView,
-    TypeStatsView, ZoneList, ZoneView,
+    TypeStatsView, ZoneDeleted, ZoneList, ZoneView,
 };
 use crate::kds::zones::{DataplaneReport, Refusal, ZoneRecord};
 
@@ -120,17 +121,24 @@ pub fn present(r: &ZoneRecord) -> ZoneView {
 }
 
 /// `GET /zones`.
-pub async fn list_zones(State(state): State<ApiState>) -> Json<ZoneList> {
-    let items: Vec<ZoneView> = state.zones.list().iter().map(present).collect();
+#[utoipa::path(get, path = "/zones", tag = "zones", params(super::openapi::PageParams),
+    responses((status = 200, description = "A page of zones, and the last refused sync streams", body = ZoneList)))]
+pub async fn list_zones(State(state): State<ApiState>, request: ListRequest) -> Json<ZoneList> {
+    // Sorted by name, so pages do not overlap.
+    let zones = state.zones.list();
+    let (total, items, next) = request.cut(zones.iter().map(present).collect());
     let refusals = state.zones.refusals().iter().map(present_refusal).collect();
     Json(ZoneList {
-        total: items.len(),
+        total,
         items,
+        next,
         refusals,
     })
 }
 
 /// `GET /zones/{name}`.
+#[utoipa::path(get, path = "/zones/{name}", tag = "zones", params(("name" = String, Path, description = "The zone", example = "zone-1")),
+    responses((status = 200, description = "What global knows of the zone", body = ZoneView)))]
 pub async fn get_zone(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -145,16 +153,19 @@ pub async fn get_zone(
 
 /// `DELETE /zones/{name}` (admin): forgets an offline zone and everything it reported; 409 while
 /// it is online, 404 when it is not known.
+#[utoipa::path(delete, path = "/zones/{name}", tag = "zones", params(("name" = String, Path, description = "The zone", example = "zone-1")),
+    responses((status = 200, description = "The record is deleted", body = ZoneDeleted)))]
 pub async fn delete_zone(
     State(state): State<ApiState>,
     Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ZoneDeleted>, ApiError> {
     match state.zones.remove(&name).await {
         Ok(true) => {
             tracing::info!(zone = %name, "zone record deleted");
-            Ok(Json(
-                serde_json::json!({ "name": name, "result": "deleted" }),
-            ))
+            Ok(Json(ZoneDeleted {
+                name,
+                result: "deleted".into(),
+            }))
         }
         Ok(false) => Err(ApiError::not_found(format!("zone {name:?} is not known"))),
         Err(crate::kds::zones::RemoveError::Online) => {
@@ -205,9 +216,13 @@ pub fn present_dataplane(zone: &ZoneRecord, d: &DataplaneReport) -> DataplaneVie
 
 /// `GET /meshes/{mesh}/dataplanes`: the dataplanes of the mesh as every zone last reported them,
 /// sorted by zone and name.
+#[utoipa::path(get, path = "/meshes/{mesh}/dataplanes", tag = "zones",
+    params(("mesh" = String, Path, description = "The mesh", example = "default"), super::openapi::PageParams),
+    responses((status = 200, description = "A page of the mesh's dataplanes as their zones reported them", body = List<DataplaneView>)))]
 pub async fn list_dataplanes(
     State(state): State<ApiState>,
     Path(mesh): Path<String>,
+    request: ListRequest,
 ) -> Json<List<DataplaneView>> {
     let zones = state.zones.list();
     let mut items: Vec<DataplaneView> = zones
@@ -243,7 +258,7 @@ pub async fn list_dataplanes(
             ));
         }
     }
-    Json(List::new(items))
+    Json(List::page(items, &request))
 }
 
 #[cfg(test)]

@@ -131,6 +131,28 @@ fn certificate_error(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     inner.or_else(|| e.source().and_then(certificate_error))
 }
 
+impl Client {
+    /// `GET path`, and when the answer is a page of a list, every following page (`next`, asked
+    /// on this client's own base URL): one body holding every item, `"next": null`.
+    async fn get_all(&self, path: &str) -> Result<Value, Failure> {
+        let mut body = self.send(self.request(reqwest::Method::GET, path)).await?;
+        let mut next = common::page::next_of(&body);
+        let mut pages = 1;
+        while let Some(path) = next {
+            pages += 1;
+            if pages > common::page::MAX_PAGES {
+                return Err(Failure::refused(format!(
+                    "the list did not end after {} pages",
+                    common::page::MAX_PAGES
+                )));
+            }
+            let page = self.send(self.request(reqwest::Method::GET, &path)).await?;
+            next = common::page::append_page(&mut body, page);
+        }
+        Ok(body)
+    }
+}
+
 /// A 2xx body read as the type the API answers with.
 fn decode<T: DeserializeOwned>(body: Value) -> Result<T, Failure> {
     serde_json::from_value(body)
@@ -233,9 +255,7 @@ pub(super) async fn export(
     } else {
         "/export"
     };
-    let body = client
-        .send(client.request(reqwest::Method::GET, path))
-        .await?;
+    let body = client.get_all(path).await?;
     print::export(output, &items::<Value>(body)?);
     Ok(())
 }
@@ -260,11 +280,9 @@ pub(super) async fn get(
         (GetKind::SigningKeys, _) => "/tokens/signing-keys".to_string(),
         (GetKind::RevokedTokens, _) => "/tokens/revoked".to_string(),
     };
-    let body = client
-        .send(client.request(reqwest::Method::GET, &path))
-        .await?;
+    let body = client.get_all(&path).await?;
     match output {
-        // What global answered, as it answered it.
+        // What global answered (every page of a list), as it answered it.
         Format::Json | Format::Yaml => print::document(output, &body),
         Format::Table => match what {
             GetKind::Meshes | GetKind::Mesh => print::meshes(&items::<ResourceView>(body)?),
@@ -316,7 +334,8 @@ pub(super) async fn delete(
     Ok(())
 }
 
-/// Posts a token request and reads the token of the answer.
+/// Posts a token request and reads the token of the answer, asked as JSON to have its id and
+/// expiry too (the API answers the token alone as `text/plain` otherwise).
 async fn request_token<T: DeserializeOwned>(
     api: &ApiArgs,
     path: &str,
@@ -324,7 +343,12 @@ async fn request_token<T: DeserializeOwned>(
 ) -> Result<T, Failure> {
     let client = Client::new(api)?;
     let resp = client
-        .send(client.request(reqwest::Method::POST, path).json(body))
+        .send(
+            client
+                .request(reqwest::Method::POST, path)
+                .header(reqwest::header::ACCEPT, "application/json")
+                .json(body),
+        )
         .await?;
     serde_json::from_value(resp).map_err(|_| Failure::refused("global answered without a token"))
 }

@@ -1,4 +1,5 @@
-//! Metrics of the sync server, registered in global's registry (served at `GET /metrics`):
+//! Metrics of the sync server, registered in global's registry (served at `GET /metrics`) as
+//! `kmesh_sync_*`, units before `_total` (`kmesh_sync_sent_bytes_total`):
 //! per zone and type the responses sent, acknowledged and rejected and the resources sent; stream
 //! connects and disconnects per zone; refused streams by reason; zones online.
 
@@ -41,37 +42,37 @@ pub struct KdsMetrics {
 }
 
 impl KdsMetrics {
-    /// Creates the metrics and registers them under `kds_`.
+    /// Creates the metrics and registers them under `sync_`.
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self::default();
-        let r = registry.sub_registry_with_prefix("kds");
+        let r = registry.sub_registry_with_prefix("sync");
         r.register(
-            "responses_sent",
+            "sent_responses",
             "Discovery responses sent, per zone and type",
             m.responses_sent.clone(),
         );
         r.register(
-            "responses_acked",
+            "acked_responses",
             "Discovery responses acknowledged by the zone, per zone and type",
             m.responses_acked.clone(),
         );
         r.register(
-            "responses_nacked",
+            "nacked_responses",
             "Discovery responses rejected (wholly or in part) by the zone, per zone and type",
             m.responses_nacked.clone(),
         );
         r.register(
-            "resources_sent",
+            "sent_resources",
             "Resources sent (added or changed), per zone and type",
             m.resources_sent.clone(),
         );
         r.register(
-            "bytes_sent",
+            "sent_bytes",
             "Encoded size of the discovery responses sent (before compression), per zone and type",
             m.bytes_sent.clone(),
         );
         r.register(
-            "resources_too_large",
+            "too_large_resources",
             "Resources not sent because one alone exceeds the message size limit",
             m.resources_too_large.clone(),
         );
@@ -91,7 +92,7 @@ impl KdsMetrics {
             m.auth_refusals.clone(),
         );
         r.register(
-            "report_entries_dropped",
+            "dropped_report_entries",
             "Entries of zone status reports dropped because global holds no such mesh, per zone",
             m.report_entries_dropped.clone(),
         );

@@ -312,8 +312,8 @@ impl VaultRun {
         let ready = t0.elapsed();
         let metrics = self.zone().api.get_text("/metrics").await?;
         Ok(Restart {
-            issued: metric_sum(&metrics, "zone_certificates_issued_total") as u64,
-            reused: metric_sum(&metrics, "zone_certificates_reused_total") as u64,
+            issued: metric_sum(&metrics, "kmesh_certificates_issued_total") as u64,
+            reused: metric_sum(&metrics, "kmesh_certificates_reused_total") as u64,
             ready,
         })
     }

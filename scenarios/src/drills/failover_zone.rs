@@ -317,8 +317,8 @@ async fn body(opts: &FailoverZoneOptions, work: &WorkDir, steps: &mut Steps) -> 
                     }
                 }
                 let z = c.zone(ZONE)?;
-                let issued = z.metric("zone_certificates_issued_total").await?;
-                let reused = z.metric("zone_certificates_reused_total").await?;
+                let issued = z.metric("kmesh_certificates_issued_total").await?;
+                let reused = z.metric("kmesh_certificates_reused_total").await?;
                 let needed = (n - holders.len()) as f64;
                 if !changed.is_empty() {
                     bail!(
@@ -332,7 +332,7 @@ async fn body(opts: &FailoverZoneOptions, work: &WorkDir, steps: &mut Steps) -> 
                     );
                 }
                 Ok(format!(
-                    "{kept} proxies kept the certificate they held (restarted zone: zone_certificates_reused_total {reused}); \
+                    "{kept} proxies kept the certificate they held (restarted zone: kmesh_certificates_reused_total {reused}); \
                      it issued {issued} = one for each of the {needed} proxies without one; {n} distinct serials"
                 ))
             }

@@ -330,7 +330,7 @@ async fn breaker_bounds_attempts_and_recovery_has_no_storm() {
         h.ctx
             .metrics
             .encode()
-            .contains("zone_certificates_failed_total{reason=\"unreachable\"}")
+            .contains("kmesh_certificates_failed_total{reason=\"unreachable\"}")
     );
 }
 
@@ -458,7 +458,7 @@ async fn backend_switch_trusts_both_until_every_proxy_is_reissued() {
         h.ctx
             .metrics
             .encode()
-            .contains("zone_certificate_rotations_total{cause=\"backend_change\"} 3")
+            .contains("kmesh_certificate_rotations_total{cause=\"backend_change\"} 3")
     );
 }
 
@@ -479,7 +479,7 @@ async fn new_tags_mean_a_new_certificate() {
         h.ctx
             .metrics
             .encode()
-            .contains("zone_certificate_rotations_total{cause=\"tags_change\"} 1")
+            .contains("kmesh_certificate_rotations_total{cause=\"tags_change\"} 1")
     );
     // The status report carries the dataplane.
     let extra = h.ctx.status_report();
@@ -603,11 +603,11 @@ async fn a_zone_ahead_of_its_backend_never_loops() {
     );
     let metrics = h.ctx.metrics.encode();
     assert!(
-        metrics.contains("zone_certificates_failed_total{reason=\"clock_skew\"}"),
+        metrics.contains("kmesh_certificates_failed_total{reason=\"clock_skew\"}"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("zone_clock_skew_seconds{peer=\"vault m/ca-a\"} -172800"),
+        metrics.contains("kmesh_clock_skew_seconds{peer=\"vault m/ca-a\"} -172800"),
         "{metrics}"
     );
 }

@@ -176,7 +176,23 @@
     }
   }
 
+  // A read of the API; a list is read to its end, page after page (`next`), always on this
+  // page's own origin (only the path and query of a link are followed).
   async function api(path) {
+    const body = await apiPage(path);
+    let next = body && Array.isArray(body.items) ? body.next : null;
+    for (let pages = 1; typeof next === 'string' && next && pages < 10000; pages++) {
+      const url = new URL(next, window.location.origin);
+      const more = await apiPage(url.pathname + url.search);
+      body.items = body.items.concat(more.items || []);
+      body.total = more.total;
+      next = more.next;
+    }
+    if (body && Array.isArray(body.items)) body.next = null;
+    return body;
+  }
+
+  async function apiPage(path) {
     const headers = { Accept: 'application/json' };
     if (app.token) headers.Authorization = 'Bearer ' + app.token;
     let resp;
