@@ -22,8 +22,6 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::tokens::{Claims, DATAPLANE_SCOPE, DataplaneClaim, TokenSigner};
-use proto::dpid::IdentityRequest;
-use proto::dpid::dataplane_identity_client::DataplaneIdentityClient;
 use testkit::bins::binary;
 use testkit::cluster::*;
 use testkit::openssl::{mtls_handshake, openssl_verify};
@@ -325,26 +323,9 @@ async fn open_stream(
     mesh: &str,
     name: &str,
 ) -> Result<proto::dpid::IdentityResponse, tonic::Status> {
-    let channel = zone.dp_channel().await.unwrap();
-    let mut request = tonic::Request::new(IdentityRequest {
-        mesh: mesh.into(),
-        name: name.into(),
-        tags: [("kuma.io/service".to_string(), "web".to_string())].into(),
-        ..Default::default()
-    });
-    if let Some(t) = token {
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {t}").parse().unwrap());
-    }
-    let mut stream = DataplaneIdentityClient::new(channel)
-        .stream(request)
-        .await?
-        .into_inner();
-    let msg = tokio::time::timeout(WAIT, stream.message())
+    zone.identity_stream(token, mesh, name)
         .await
-        .expect("a bundle in time")?;
-    Ok(msg.expect("a bundle"))
+        .map(|(first, _)| first)
 }
 
 fn refused(r: Result<proto::dpid::IdentityResponse, tonic::Status>, what: &str, needle: &str) {

@@ -13,8 +13,6 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use proto::dpid::IdentityRequest;
-use proto::dpid::dataplane_identity_client::DataplaneIdentityClient;
 use serde_json::Value;
 use testkit::cluster::*;
 use testkit::wait::{WAIT, wait_for};
@@ -25,24 +23,7 @@ struct Open(tonic::Streaming<proto::dpid::IdentityResponse>);
 /// Opens the identity stream of `name` (service web) with `token`: the stream after its first
 /// bundle, or the refusal.
 async fn open(zone: &ZoneProc, token: &str, name: &str) -> Result<Open, tonic::Status> {
-    let channel = zone.dp_channel().await.unwrap();
-    let mut request = tonic::Request::new(IdentityRequest {
-        mesh: "default".into(),
-        name: name.into(),
-        tags: [("kuma.io/service".to_string(), "web".to_string())].into(),
-        ..Default::default()
-    });
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    let mut stream = DataplaneIdentityClient::new(channel)
-        .stream(request)
-        .await?
-        .into_inner();
-    let first = tokio::time::timeout(WAIT, stream.message())
-        .await
-        .expect("a bundle in time")?;
-    assert!(first.is_some(), "a bundle");
+    let (_, stream) = zone.identity_stream(Some(token), "default", name).await?;
     Ok(Open(stream))
 }
 

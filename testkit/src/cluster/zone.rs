@@ -277,6 +277,47 @@ impl ZoneProc {
         )
     }
 
+    /// Opens the identity stream of dataplane `name` of `mesh` (service web) as a proxy would,
+    /// with `token` as its bearer token: the first message and the open stream, or the status the
+    /// zone refused it with. Panics when the zone sends nothing within [`crate::wait::WAIT`].
+    pub async fn identity_stream(
+        &self,
+        token: Option<&str>,
+        mesh: &str,
+        name: &str,
+    ) -> std::result::Result<
+        (
+            proto::dpid::IdentityResponse,
+            tonic::Streaming<proto::dpid::IdentityResponse>,
+        ),
+        tonic::Status,
+    > {
+        use proto::dpid::IdentityRequest;
+        use proto::dpid::dataplane_identity_client::DataplaneIdentityClient;
+        let channel = self.dp_channel().await.expect("a channel to the zone");
+        let mut request = tonic::Request::new(IdentityRequest {
+            mesh: mesh.into(),
+            name: name.into(),
+            tags: [("kuma.io/service".to_string(), "web".to_string())].into(),
+            ..Default::default()
+        });
+        if let Some(t) = token {
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {t}").parse().expect("a token is ASCII"),
+            );
+        }
+        let mut stream = DataplaneIdentityClient::new(channel)
+            .stream(request)
+            .await?
+            .into_inner();
+        let first = tokio::time::timeout(crate::wait::WAIT, stream.message())
+            .await
+            .expect("a first message in time")?
+            .expect("a first message");
+        Ok((first, stream))
+    }
+
     /// `GET /dataplanes` items.
     pub async fn dataplanes(&self) -> Result<Vec<Value>> {
         let v = self.api.get_ok("/dataplanes").await?;
