@@ -105,9 +105,7 @@ pub(super) async fn get_mesh(
 /// Mesh with checks (steps, warnings), and when it ran.
 #[utoipa::path(get, path = "/meshes/{name}/validation", tag = "meshes",
     params(("name" = String, Path, description = "The mesh", example = "default")),
-    responses(
-        (status = 200, description = "The mesh's last validation at global", body = crate::admission::history::LastValidation),
-        (status = 404, description = "No such mesh, or no validation on record", body = common::http::Problem)))]
+    responses((status = 200, description = "The mesh's last validation at global", body = crate::admission::history::LastValidation)))]
 pub(super) async fn get_validation(
     State(state): State<ApiState>,
     Path(name): Path<String>,
