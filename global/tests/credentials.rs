@@ -5,7 +5,7 @@
 //! (What global/tests/api.rs, global/tests/sync.rs and zone/tests/proxy.rs already prove is not
 //! repeated here: see the notes on each test.)
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -232,26 +232,6 @@ async fn expired_and_other_zone_tokens_are_refused_and_logged_once_each() {
     assert_eq!(zones["total"], 0, "{zones}");
 }
 
-/// All files under `dir` (recursively).
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 fn mode(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -386,7 +366,7 @@ async fn a_full_scenario_leaks_nothing_keeps_keys_private_and_cuts_slow_clients(
                 .to_string(),
         ),
     ];
-    for f in files(&root.join("tokens")) {
+    for f in testkit::leaks::files_under(&root.join("tokens")) {
         let t = std::fs::read_to_string(&f).unwrap();
         secrets.push((format!("token {}", f.display()), t.trim().to_string()));
     }
@@ -395,7 +375,7 @@ async fn a_full_scenario_leaks_nothing_keeps_keys_private_and_cuts_slow_clients(
         key_files.push(p.file("key.pem"));
     }
     key_files.push(c.global.dir.join("token-signing-key.pem"));
-    for f in files(root) {
+    for f in testkit::leaks::files_under(root) {
         let name = f.file_name().unwrap().to_string_lossy().to_string();
         if name == "key.pem" && !key_files.contains(&f) {
             key_files.push(f);
@@ -542,7 +522,7 @@ async fn a_full_scenario_leaks_nothing_keeps_keys_private_and_cuts_slow_clients(
         c.global.dir.join("token-signing-key.pem"),
     ];
     private.extend(key_files.iter().cloned());
-    for f in files(root) {
+    for f in testkit::leaks::files_under(root) {
         let name = f.file_name().unwrap().to_string_lossy().to_string();
         if name.ends_with(".token") || name.contains("key") && name.ends_with(".pem") {
             private.push(f);
