@@ -424,6 +424,24 @@ async fn zone_killed_while_updates_stream_in_resyncs_to_exactly_globals_state() 
     )
     .await
     .unwrap();
+    // Everything global sent was acknowledged, twice in a row: nothing is in flight (the mesh
+    // names alone can match while a Secret's last update is still on its way).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut settled = 0;
+    while settled < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the zone did not acknowledge all global sent within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let all_acked = g.zone("east").await.is_ok_and(|z| {
+            ["Mesh", "Secret"].iter().all(|k| {
+                let t = &z["types"][k];
+                t["sent"].as_u64().is_some() && t["sent"] == t["acked"]
+            })
+        });
+        settled = if all_acked { settled + 1 } else { 0 };
+    }
     // Exactly global's content: stop global (the zone keeps serving) and compare the digests of
     // its store with the zone's.
     g.proc.stop(Duration::from_secs(10));
