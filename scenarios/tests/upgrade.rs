@@ -211,7 +211,7 @@ async fn data_written_by_release_0_1_0_opens_with_these_binaries() {
     .await;
     assert_eq!(mesh.1, 0, "no Mesh sent again");
     assert_eq!(secret.1, 0, "no Secret sent again");
-    assert_eq!(zone.metric("zone_resources_applied").await.unwrap(), 0.0);
+    assert_eq!(zone.metric("kmesh_resources_applied").await.unwrap(), 0.0);
     assert_eq!(
         read(&root.join("zone-1/dp-ca.pem")),
         read(&fx.join("zone-1/dp-ca.pem")),

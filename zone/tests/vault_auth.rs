@@ -6,7 +6,7 @@
 //! no issuance fails), a secret ID rotated through its Secret (the old one destroyed), and a JWT
 //! rotated in its file while Vault switches to the new signing key — both picked up without a
 //! restart. Then: every proxy rotated throughout, no issuance failed, logins are bounded (the
-//! zone's `zone_vault_logins_total` and Vault's audit log agree), and once the secret ID is
+//! zone's `kmesh_vault_logins_total` and Vault's audit log agree), and once the secret ID is
 //! destroyed the zone's check at global says the login is refused and why, with one log line for
 //! it however often the zone tries. No credential (role and secret IDs, JWTs, login tokens) is in
 //! any log or API answer.
@@ -100,11 +100,11 @@ impl Login {
     }
 }
 
-/// `zone_vault_logins_total` of `mesh` with `result` (ok or refused).
+/// `kmesh_vault_logins_total` of `mesh` with `result` (ok or refused).
 async fn zone_logins(zone: &ZoneProc, mesh: &str, result: &str) -> u64 {
     let text = zone.api.get_text("/metrics").await.unwrap();
     text.lines()
-        .filter(|l| l.starts_with("zone_vault_logins_total{"))
+        .filter(|l| l.starts_with("kmesh_vault_logins_total{"))
         .filter(|l| {
             l.contains(&format!("mesh=\"{mesh}\"")) && l.contains(&format!("result=\"{result}\""))
         })

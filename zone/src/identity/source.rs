@@ -5,7 +5,7 @@
 //!   `conf.fromCp` with the zone's Secrets and files; its token (given, or a login's: cert,
 //!   AppRole, JWT) is kept alive by `login::keep` (renewed, replaced by a login before it
 //!   expires, `file:` credentials read again); every login is counted
-//!   (`zone_vault_logins_total`) and the login's health goes to the zone's Vault check. When
+//!   (`kmesh_vault_logins_total`) and the login's health goes to the zone's Vault check. When
 //!   Vault answers "permission denied" (after the client's own login again, for a login) the
 //!   data sources are read again (a token rotated in its file or Secret) and, if they changed,
 //!   the client is rebuilt and the request retried.
