@@ -336,7 +336,7 @@ async fn approle_and_jwt_logins_keep_issuing_past_their_max_ttl_in_root_and_chil
         );
     }
     // No issuance failed: no token ever lapsed, a 403 was answered by a login at once.
-    let failed = zone.metric("zone_certificates_failed").await.unwrap();
+    let failed = zone.metric("kmesh_certificates_failed").await.unwrap();
     assert_eq!(
         failed,
         0.0,
