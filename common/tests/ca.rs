@@ -371,11 +371,7 @@ struct Handshake {
 /// files, on a free loopback port, and `openssl s_client -verify_return_error` with the client's
 /// files sending one HTTP request. The `-www` page echoes the client certificate the server accepted.
 fn mtls(dir: &Path, server: (&Path, &Path, &Path), client: (&Path, &Path, &Path)) -> Handshake {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = testkit::proc::free_port();
     let accept = format!("127.0.0.1:{port}");
     let srv_out = dir.join(format!("s_server-{port}.out"));
     let srv_err = dir.join(format!("s_server-{port}.err"));

@@ -11,12 +11,47 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-/// A free TCP port on loopback (bound and released: good enough on a quiet machine).
+/// A free TCP port on loopback, for a child process to listen on.
+///
+/// Never one of the kernel's ephemeral ports (`net.ipv4.ip_local_port_range`): those are what
+/// every outgoing connection (a zone's to Vault, a test's to an API) takes, so a port that was
+/// free when asked can be somebody's source port before the child binds it (a CI run failed so:
+/// "address already in use (--kds-addr)"). Ports below that range are handed out in turn from a
+/// start that differs per process (test binaries running side by side do not walk in step), each
+/// checked bindable on 127.0.0.1 and 0.0.0.0, and never twice by one process.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let (low, high) = (10_000u32, ephemeral_start().clamp(10_001, 65_535));
+    let span = high - low;
+    if NEXT.load(Ordering::Relaxed) == u32::MAX {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let seed = std::process::id().wrapping_mul(7_919).wrapping_add(nanos) % span;
+        let _ = NEXT.compare_exchange(u32::MAX, seed, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..span {
+        let port = (low + NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
+        let free = |host: &str| std::net::TcpListener::bind((host, port)).is_ok();
+        if free("127.0.0.1") && free("0.0.0.0") {
+            return port;
+        }
+    }
+    // Everything below the ephemeral range is taken: let the kernel choose.
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or(0)
+}
+
+/// The first of the kernel's ephemeral ports (Linux's default when it cannot be read).
+fn ephemeral_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// The last `lines` lines of a log file.

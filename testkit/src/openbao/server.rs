@@ -16,11 +16,12 @@ use super::{
 use crate::proc::{ProcessGroup, log_tail};
 
 pub(super) fn free_loopback_port() -> Result<u16, BaoError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(io_err("cannot bind a free loopback port"))?;
-    Ok(l.local_addr()
-        .map_err(io_err("cannot read local address"))?
-        .port())
+    match crate::proc::free_port() {
+        0 => Err(io_err("cannot bind a free loopback port")(
+            std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        )),
+        port => Ok(port),
+    }
 }
 
 /// A running `bao server -dev` on 127.0.0.1 (plain HTTP or TLS), its state in memory. The child and
