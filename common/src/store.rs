@@ -550,6 +550,15 @@ impl Store {
         }
     }
 
+    /// Replaces the shared value `name` (a no-op on sled): only for a value whose meaning does
+    /// not change, such as the same files sealed where an earlier build stored them in clear.
+    pub async fn replace_shared(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sled(_) => Ok(()),
+            Backend::Pg(pg) => pg.set_shared(name, value).await,
+        }
+    }
+
     /// Catches up with what other replicas committed (PostgreSQL; a no-op on sled), so that a
     /// read after it sees every write acknowledged anywhere before it. Gives up quietly after
     /// `limit` or when PostgreSQL is unreachable: reads then answer from what the replica holds.

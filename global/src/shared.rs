@@ -6,7 +6,10 @@
 //! for its own names). The first replica to start proposes the files it loaded
 //! or created; the store keeps the first proposal (`INSERT ... ON CONFLICT DO NOTHING`, then read
 //! back), so replicas starting at once agree, and every replica writes what the store holds. On
-//! sled nothing is shared and the files stay as they are.
+//! sled nothing is shared and the files stay as they are. Each group is sealed in the store with
+//! the Secrets key, bound to its name, as Secrets are: the database and its backups hold no admin
+//! token and no private key in clear. A group an earlier build stored in clear is sealed in place
+//! on first read.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,12 +27,52 @@ pub enum ShareError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the shared value {name} in the store is not readable: {source}")]
-    Corrupt {
-        name: String,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error("the shared value {name} in the store is not readable: {reason}")]
+    Corrupt { name: String, reason: String },
+}
+
+/// How a sealed group starts in the store; an earlier build's clear JSON starts with `{`.
+const SEALED_PREFIX: &str = "sealed:";
+
+/// What a group is sealed as (the associated data of its envelope).
+fn sealed_as(group: &str) -> String {
+    format!("shared/{group}")
+}
+
+/// The store's form of a group's files: sealed with the Secrets key, in base64.
+fn seal(store: &Store, group: &str, map: &BTreeMap<String, String>) -> Result<String, ShareError> {
+    use base64::Engine;
+    let json = serde_json::to_string(map).expect("strings always serialize");
+    let sealed = store.seal_bytes(&sealed_as(group), json.as_bytes())?;
+    Ok(format!(
+        "{SEALED_PREFIX}{}",
+        base64::engine::general_purpose::STANDARD.encode(sealed)
+    ))
+}
+
+/// The files of a group as the store holds them, and whether it holds them in clear (an earlier
+/// build's form, to be sealed).
+fn open(
+    store: &Store,
+    group: &str,
+    stored: &str,
+) -> Result<(BTreeMap<String, String>, bool), ShareError> {
+    use base64::Engine;
+    let corrupt = |reason: String| ShareError::Corrupt {
+        name: group.to_string(),
+        reason,
+    };
+    let (json, clear) = match stored.strip_prefix(SEALED_PREFIX) {
+        Some(b64) => {
+            let sealed = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|e| corrupt(format!("its envelope is not base64 ({e})")))?;
+            (store.open_bytes(&sealed_as(group), &sealed)?, false)
+        }
+        None => (stored.as_bytes().to_vec(), true),
+    };
+    let map = serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))?;
+    Ok((map, clear))
 }
 
 /// One shared group: its name in the store and its files (path under the data directory, mode).
@@ -94,15 +137,22 @@ pub async fn files(
                 let text = std::fs::read_to_string(&path).map_err(file_err(&path))?;
                 local.insert(file.to_string(), text);
             }
-            let proposed = serde_json::to_string(&local).expect("strings always serialize");
-            store.share(group.name, &proposed).await?
+            store
+                .share(group.name, &seal(store, group.name, &local)?)
+                .await?
         }
     };
-    let map: BTreeMap<String, String> =
-        serde_json::from_str(&stored).map_err(|source| ShareError::Corrupt {
-            name: group.name.to_string(),
-            source,
-        })?;
+    let (map, clear) = open(store, group.name, &stored)?;
+    if clear {
+        // Replicas upgrading at once may both seal it: the same files either way.
+        store
+            .replace_shared(group.name, &seal(store, group.name, &map)?)
+            .await?;
+        tracing::info!(
+            group = group.name,
+            "shared value sealed with the Secrets key"
+        );
+    }
     for (file, mode) in group.files {
         let path = dir.join(file);
         let Some(text) = map.get(*file) else {

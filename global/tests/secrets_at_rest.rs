@@ -264,6 +264,75 @@ async fn postgres_secret_values_reach_issuance_and_no_file_of_the_database_or_st
     );
 }
 
+/// What replicas on one database share (the admin token, the token signing key, the sync
+/// server's and the HTTPS API CA's private keys) is sealed in it: no file of PostgreSQL holds the
+/// token or a key. A group an earlier build stored in clear is sealed by the next replica to
+/// start, which still gets the same files from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_shared_keys_and_admin_token_are_sealed_and_clear_ones_get_sealed() {
+    let pg = PgServer::start().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let mut a = GlobalProc::start_with(&root.join("a"), GlobalOptions::default().store(&pg.url()))
+        .await
+        .unwrap();
+    let token = std::fs::read_to_string(root.join("a/admin-token")).unwrap();
+    let mut needles: Vec<(String, Vec<u8>)> = vec![
+        ("admin token".into(), token.trim().as_bytes().to_vec()),
+        (
+            "admin token (base64)".into(),
+            b64(token.trim().as_bytes()).into_bytes(),
+        ),
+    ];
+    for key in [
+        common::tokens::KEY_FILE,
+        "kds-tls/key.pem",
+        "api-tls/ca-key.pem",
+    ] {
+        let pem = std::fs::read_to_string(root.join("a").join(key)).unwrap();
+        let body = pem.lines().nth(1).unwrap().to_string();
+        needles.push((format!("{key} (first PEM line)"), body.into_bytes()));
+    }
+    let groups = pg
+        .psql("SELECT name || ' ' || left(value, 7) FROM shared WHERE name IN ('admin-token', 'api-ca', 'kds-identity', 'token-signing-key') ORDER BY name")
+        .unwrap();
+    assert_eq!(
+        groups,
+        "admin-token sealed:\napi-ca sealed:\nkds-identity sealed:\ntoken-signing-key sealed:"
+    );
+    a.terminate();
+    pg.psql("CHECKPOINT").unwrap();
+    for (what, needle) in &needles {
+        assert_eq!(
+            files_holding(pg.data_dir(), needle),
+            Vec::<String>::new(),
+            "{what} found in PostgreSQL's files"
+        );
+    }
+
+    // An earlier build's clear admin token: the next replica reads it, then seals it.
+    let clear = serde_json::json!({ "admin-token": token }).to_string();
+    pg.psql(&format!(
+        "UPDATE shared SET value = '{}' WHERE name = 'admin-token'",
+        clear.replace('\'', "''")
+    ))
+    .unwrap();
+    let b = GlobalProc::start_with(&root.join("b"), GlobalOptions::default().store(&pg.url()))
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(root.join("b/admin-token")).unwrap(),
+        token,
+        "the replica got the admin token the store held"
+    );
+    b.api.get_ok("/export?includeSecrets=true").await.unwrap();
+    assert_eq!(
+        pg.psql("SELECT left(value, 7) FROM shared WHERE name = 'admin-token'")
+            .unwrap(),
+        "sealed:"
+    );
+}
+
 #[tokio::test]
 async fn postgres_without_a_key_file_exits_2_saying_so() {
     let pg = PgServer::start().unwrap();
