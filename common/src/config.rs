@@ -108,9 +108,26 @@ pub fn try_matches(
 /// exits like clap on an error (2 for usage errors, the config file's and variables' included;
 /// 0 after `--help` and `--version`), printing warnings on stderr.
 pub fn parse<T: clap::Parser>(sources: &Sources) -> T {
-    let cmd = document(T::command(), sources);
+    parse_any(std::slice::from_ref(sources))
+}
+
+/// [`parse`] for a binary with several subcommands that take variables and a file (`zone run`
+/// and `zone proxy`): each documented, the one the command line runs resolved.
+pub fn parse_any<T: clap::Parser>(all: &[Sources]) -> T {
+    let cmd = all
+        .iter()
+        .fold(T::command(), document);
     let vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-    match try_matches(&cmd, sources, std::env::args_os().collect(), &vars) {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let sub = argv.get(1).map(OsString::as_os_str);
+    let Some(sources) = all
+        .iter()
+        .find(|s| sub == Some(OsStr::new(s.subcommand)))
+        .or(all.first())
+    else {
+        return T::from_arg_matches(&cmd.get_matches_from(argv)).unwrap_or_else(|e| e.exit());
+    };
+    match try_matches(&cmd, sources, argv, &vars) {
         Ok((matches, warnings)) => {
             for w in warnings {
                 eprintln!("warning: {w}");

@@ -1,6 +1,7 @@
 //! The command line of the `zone` binary (SPEC.md): `zone run`, `zone proxy` (a proxy's agent),
 //! `zone get dataplanes|meshes|status` and `zone completion`. The flags of `zone run` also come
-//! from `KMESH_ZONE_*` variables and `--config FILE` ([`SOURCES`], over `common::config`); its
+//! from `KMESH_ZONE_*` variables and `--config FILE` ([`SOURCES`], over `common::config`), those
+//! of `zone proxy` from `KMESH_PROXY_*` variables and its own `--config FILE`; `zone run`'s
 //! defaults are Kuma's zone control plane's (API on 127.0.0.1:5681, proxies on 5678). Exit codes:
 //! 0 success, 1 refused or failed (an address in use too), 2 usage, 3 unreachable.
 
@@ -56,10 +57,18 @@ pub const SOURCES: common::config::Sources = common::config::Sources {
     subcommand: "run",
 };
 
-/// The whole command line as clap sees it (each `run` flag's help names its variable): what
-/// parses, what `--help` and completion scripts show.
+/// Where `zone proxy`'s flags come from besides the command line: `KMESH_PROXY_<FLAG>`
+/// variables (`KMESH_PROXY_TOKEN_FILE`, as a sidecar's environment sets them) and `--config FILE`.
+pub const PROXY_SOURCES: common::config::Sources = common::config::Sources {
+    prefix: "KMESH_PROXY",
+    subcommand: "proxy",
+};
+
+/// The whole command line as clap sees it (each `run` and `proxy` flag's help names its
+/// variable): what parses, what `--help` and completion scripts show.
 pub fn command() -> clap::Command {
-    common::config::document(Cli::command(), &SOURCES)
+    let cmd = common::config::document(Cli::command(), &SOURCES);
+    common::config::document(cmd, &PROXY_SOURCES)
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +90,11 @@ pub enum Format {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ProxyArgs {
+    /// A YAML file of flags of this command: flat keys named after the long flags
+    /// (`token-file: /var/run/secrets/kmesh/token`; a list for a repeatable flag). A flag given
+    /// here beats its variable, which beats the file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// The zone's proxy identity service, grpcs://HOST:PORT (the zone's --dp-addr).
     #[arg(long, default_value = "grpcs://127.0.0.1:5678")]
     pub zone_address: String,
@@ -262,7 +276,7 @@ pub use common::cli::{exit, init_tracing};
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let cli: Cli = common::config::parse(&SOURCES);
+    let cli: Cli = common::config::parse_any(&[SOURCES, PROXY_SOURCES]);
     if let Command::Completion { shell } = cli.command {
         let mut script = Vec::new();
         clap_complete::generate(shell, &mut command(), "zone", &mut script);

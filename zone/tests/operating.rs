@@ -3,6 +3,8 @@
 //! `--config FILE` (every flag; a zone started from a file and a variable syncs with a real
 //! global and logs JSON lines), an unknown key refused with exit 2; help text and `-m` on every
 //! flag; `--version` with the commit; completion scripts; a port in use is exit 1 naming it.
+//! `zone proxy`'s flags likewise from `KMESH_PROXY_*` variables and its own `--config FILE` (a
+//! proxy set up only so gets its certificate).
 
 use std::path::Path;
 use std::process::Command;
@@ -11,7 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 use testkit::bins::binary;
 use testkit::cli_tree::default_of;
-use testkit::cluster::GlobalProc;
+use testkit::cluster::{GlobalProc, ZoneProc, builtin_mesh_yaml};
 use testkit::proc::{CmdOutput, Proc, free_port, run_bounded};
 
 /// `zone ARGS` with the variables `env` (and none of the caller's `KMESH_*` or `RUST_LOG`).
@@ -72,6 +74,97 @@ fn every_run_flag_is_settable_by_its_variable_and_the_config_file() {
     ] {
         assert!(flags.iter().any(|g| g == f), "{f} not among {flags:?}");
     }
+}
+
+#[test]
+fn every_proxy_flag_is_settable_by_its_variable_and_the_config_file() {
+    let flags = testkit::cli_tree::assert_run_flags_settable::<zone::cli::Cli>(
+        &zone::cli::command(),
+        &zone::cli::PROXY_SOURCES,
+    );
+    for f in ["zone-address", "token-file", "mesh", "name", "workload-api"] {
+        assert!(flags.iter().any(|g| g == f), "{f} not among {flags:?}");
+    }
+    let help = zone(&["proxy", "--help"], &[]);
+    assert!(
+        help.stdout.contains("[env: KMESH_PROXY_TOKEN_FILE]"),
+        "{}",
+        help.stdout
+    );
+}
+
+/// A proxy set up as a sidecar's environment sets it: the zone's address, its CA and the token
+/// from `KMESH_PROXY_*` variables, the rest from the file `KMESH_PROXY_CONFIG` names; a flag on
+/// the command line still beats both. It registers and gets its certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_from_its_variables_and_config_file_gets_its_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let global = GlobalProc::start(&root.join("global")).await.unwrap();
+    global
+        .apply(&builtin_mesh_yaml("default", "1h"))
+        .await
+        .unwrap();
+    let token = global.cli_zone_token_file("zone-1", root).unwrap();
+    let zone = ZoneProc::start("zone-1", &global, &token, &root.join("zone-1"))
+        .await
+        .unwrap();
+    zone.wait_synced(&["default"], Duration::from_secs(20))
+        .await
+        .unwrap();
+    let dp_token = global
+        .cli_dataplane_token_file("default", "web-1", root)
+        .unwrap();
+    let out = root.join("out");
+    let config = root.join("proxy.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "mesh: default\nname: web-1\nservice: web\ntag: [\"version=v1\"]\nout-dir: {}\nexec-timeout: 5s\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(binary("zone").unwrap());
+    cmd.args(["proxy", "--name", "web-1"]);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("KMESH_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("KMESH_PROXY_ZONE_ADDRESS", zone.dp_address())
+        .env("KMESH_PROXY_ZONE_CA_FILE", zone.dp_ca_file())
+        .env("KMESH_PROXY_TOKEN_FILE", &dp_token)
+        .env("KMESH_PROXY_CONFIG", &config)
+        // The command line's --name beats the variable's.
+        .env("KMESH_PROXY_NAME", "not-web-1");
+    let mut proc = Proc::spawn("proxy", cmd, root.join("proxy.log")).unwrap();
+    let mut leaf = None;
+    for _ in 0..400 {
+        if let Ok(id) = testkit::certs::ProxyIdentity::read(&out) {
+            leaf = Some(id);
+            break;
+        }
+        assert!(
+            proc.is_running(),
+            "the proxy exited:\n{}",
+            proc.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let leaf = leaf.unwrap_or_else(|| panic!("no certificate:\n{}", proc.log_tail(30)));
+    assert!(
+        leaf.leaf.uri_sans.iter().any(|u| u.contains("web")),
+        "{:?}",
+        leaf.leaf.uri_sans
+    );
+    let dataplanes = zone.api.get_ok("/dataplanes").await.unwrap().to_string();
+    assert!(dataplanes.contains("\"web-1\""), "{dataplanes}");
+    assert!(
+        dataplanes.contains("version"),
+        "the file's tag: {dataplanes}"
+    );
+    proc.terminate(root);
 }
 
 #[test]
