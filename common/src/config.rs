@@ -114,9 +114,7 @@ pub fn parse<T: clap::Parser>(sources: &Sources) -> T {
 /// [`parse`] for a binary with several subcommands that take variables and a file (`zone run`
 /// and `zone proxy`): each documented, the one the command line runs resolved.
 pub fn parse_any<T: clap::Parser>(all: &[Sources]) -> T {
-    let cmd = all
-        .iter()
-        .fold(T::command(), document);
+    let cmd = all.iter().fold(T::command(), document);
     let vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let argv: Vec<OsString> = std::env::args_os().collect();
     let sub = argv.get(1).map(OsString::as_os_str);

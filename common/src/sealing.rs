@@ -8,8 +8,10 @@
 //! another resource, a tampered one, or one opened with another key is refused, never returned
 //! as garbage. The store (`store`, `store_pg`) calls [`SecretsKey::seal`] and
 //! [`SecretsKey::open`]; the control planes load or generate the key file at start
-//! ([`SecretsKey::load`], [`SecretsKey::load_or_generate`]). The key never appears in `Debug`,
-//! errors or logs: only its id and the file it came from do.
+//! ([`SecretsKey::load`], [`SecretsKey::load_or_generate`]). A key may carry extra keys
+//! ([`SecretsKey::with_extra`], `--secrets-extra-key-file`): they open what they sealed, never
+//! seal, and [`SecretsKey::is_current`] tells what the stores must seal again (a rotation). The
+//! key never appears in `Debug`, errors or logs: only its id and the file it came from do.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -44,6 +46,11 @@ impl fmt::Display for KeyId {
 }
 
 impl KeyId {
+    /// The id's bytes, as envelopes carry them (after the version byte).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     /// The id shown as `Display` shows it (16 hex digits).
     pub fn parse(hex_id: &str) -> Option<Self> {
         let bytes = hex::decode(hex_id).ok()?;
@@ -117,6 +124,9 @@ pub struct SecretsKey {
     key: RandomizedNonceKey,
     id: KeyId,
     origin: String,
+    /// Keys that open what they sealed and never seal: the key being rotated out (or, on a
+    /// PostgreSQL store, the next one, given to every replica before any seals with it).
+    extra: Vec<SecretsKey>,
 }
 
 impl fmt::Debug for SecretsKey {
@@ -125,6 +135,7 @@ impl fmt::Debug for SecretsKey {
             .field("id", &self.id)
             .field("origin", &self.origin)
             .field("key", &"<redacted>")
+            .field("extra", &self.extra)
             .finish()
     }
 }
@@ -140,7 +151,38 @@ impl SecretsKey {
             key,
             id: KeyId(id),
             origin,
+            extra: Vec::new(),
         })
+    }
+
+    /// This key, also opening what the `extra` keys sealed (they never seal). An extra key
+    /// equal to this one, or to an earlier extra, is dropped.
+    pub fn with_extra(mut self, extra: Vec<SecretsKey>) -> Self {
+        for k in extra {
+            if k.id != self.id && !self.extra.iter().any(|e| e.id == k.id) {
+                self.extra.push(SecretsKey {
+                    extra: Vec::new(),
+                    ..k
+                });
+            }
+        }
+        self
+    }
+
+    /// The ids of the extra keys.
+    pub fn extra_ids(&self) -> Vec<KeyId> {
+        self.extra.iter().map(|k| k.id).collect()
+    }
+
+    /// Whether this key or one of its extras opens what `id` sealed.
+    pub fn opens(&self, id: KeyId) -> bool {
+        id == self.id || self.extra.iter().any(|k| k.id == id)
+    }
+
+    /// Whether `envelope` was sealed with this key (not an extra one): what is not gets sealed
+    /// again by the stores at start, so that the extra keys can then be dropped.
+    pub fn is_current(&self, envelope: &[u8]) -> bool {
+        envelope_key_id(envelope).is_ok_and(|id| id == self.id)
     }
 
     /// A new random key (held in memory only: a temporary store, tests).
@@ -261,6 +303,21 @@ impl SecretsKey {
         Ok(key)
     }
 
+    /// [`SecretsKey::for_data_dir`], also opening what the keys in the `extra` files sealed
+    /// (each loaded as [`SecretsKey::load`] does: it must exist and be private).
+    pub fn for_data_dir_with_extra(
+        data_dir: &Path,
+        named: Option<&Path>,
+        extra: &[PathBuf],
+    ) -> Result<Self, KeyError> {
+        let key = Self::for_data_dir(data_dir, named)?;
+        let extra = extra
+            .iter()
+            .map(|p| Self::load(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(key.with_extra(extra))
+    }
+
     /// The key's id.
     pub fn id(&self) -> KeyId {
         self.id
@@ -304,10 +361,13 @@ impl SecretsKey {
     pub fn open(&self, identity: &[u8], envelope: &[u8]) -> Result<Vec<u8>, SealError> {
         let sealed_with = envelope_key_id(envelope)?;
         if sealed_with != self.id {
-            return Err(SealError::OtherKey {
-                sealed_with,
-                held: self.id,
-            });
+            return match self.extra.iter().find(|k| k.id == sealed_with) {
+                Some(k) => k.open(identity, envelope),
+                None => Err(SealError::OtherKey {
+                    sealed_with,
+                    held: self.id,
+                }),
+            };
         }
         if envelope.len() < HEADER_LEN + TAG_LEN {
             return Err(SealError::Malformed {
@@ -383,6 +443,44 @@ mod tests {
         assert_eq!(k.open(ID, &a).unwrap(), b"hello");
         assert_eq!(k.open(ID, &b).unwrap(), b"hello");
         assert_eq!(k.open(ID, &k.seal(ID, b"").unwrap()).unwrap(), b"");
+    }
+
+    #[test]
+    fn extra_keys_open_what_they_sealed_and_never_seal() {
+        let old = SecretsKey::generate().unwrap();
+        let (old_id, by_old) = (old.id(), old.seal(ID, b"before").unwrap());
+        let new = SecretsKey::generate().unwrap();
+        let new_id = new.id();
+        let stranger = SecretsKey::generate().unwrap();
+        let by_stranger = stranger.seal(ID, b"x").unwrap();
+        let ring = new.with_extra(vec![old, SecretsKey::generate().unwrap()]);
+        assert_eq!(ring.extra_ids().len(), 2);
+        assert!(ring.opens(old_id) && ring.opens(new_id) && !ring.opens(stranger.id()));
+        assert_eq!(ring.open(ID, &by_old).unwrap(), b"before");
+        assert!(
+            !ring.is_current(&by_old),
+            "sealed by an extra key: to seal again"
+        );
+        let by_ring = ring.seal(ID, b"after").unwrap();
+        assert_eq!(
+            envelope_key_id(&by_ring).unwrap(),
+            new_id,
+            "seals with its own key"
+        );
+        assert!(ring.is_current(&by_ring));
+        assert_eq!(
+            ring.open(ID, &by_stranger).unwrap_err(),
+            SealError::OtherKey {
+                sealed_with: stranger.id(),
+                held: new_id
+            }
+        );
+        // The extra key's identity binding holds as the key's own does.
+        assert!(matches!(
+            ring.open(b"Secret/m/other", &by_old).unwrap_err(),
+            SealError::Unauthentic { .. }
+        ));
+        assert!(!format!("{ring:?}").contains("before"));
     }
 
     #[test]

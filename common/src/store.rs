@@ -390,19 +390,28 @@ impl Store {
             }
             Ok(r) => {
                 let index = r?;
-                let sealed = match crate::store_sealing::seal_plain_sled(&sealing, &handles) {
-                    Err(StoreError::Corrupt { key, reason }) => {
-                        return Err(damaged(format!("record {key:?}: {reason}")));
-                    }
-                    r => r?,
-                };
-                if sealed > 0 {
+                let (plain, rotated) =
+                    match crate::store_sealing::seal_plain_sled(&sealing, &handles) {
+                        Err(StoreError::Corrupt { key, reason }) => {
+                            return Err(damaged(format!("record {key:?}: {reason}")));
+                        }
+                        r => r?,
+                    };
+                if plain > 0 {
                     tracing::info!(
-                        store = %dir.join("store").display(), secrets = sealed,
+                        store = %dir.join("store").display(), secrets = plain,
                         "sealed the Secrets an older version stored in plain text"
                     );
-                    // sled's log still holds the plain values: the database is rewritten into
-                    // fresh files, which are then opened in its place.
+                }
+                if rotated > 0 {
+                    tracing::info!(
+                        store = %dir.join("store").display(), secrets = rotated,
+                        "sealed again with the key the Secrets an extra key sealed"
+                    );
+                }
+                if plain + rotated > 0 {
+                    // sled's log still holds the plain values (or those the extra key sealed):
+                    // the database is rewritten into fresh files, opened in its place.
                     match crate::store_sled::rewrite_copy(dir, &handles) {
                         Ok(()) => {
                             drop((sled, handles));
@@ -776,6 +785,12 @@ impl Store {
                 .map_err(|e| self.sealing.refusal(identity.to_string(), e)),
             crate::store_sealing::Sealing::Off => Ok(plaintext.to_vec()),
         }
+    }
+
+    /// Whether `sealed` (from [`Store::seal_bytes`]) is sealed with the key that seals now: what
+    /// an extra key sealed (a rotation) is to be sealed again, so the extra key can go.
+    pub fn sealed_with_current_key(&self, sealed: &[u8]) -> bool {
+        self.sealing.is_current(sealed)
     }
 
     /// What [`Store::seal_bytes`] sealed under `identity`.
@@ -1541,7 +1556,7 @@ mod tests {
             let sealing = crate::store_sealing::Sealing::Key(key());
             assert_eq!(
                 crate::store_sealing::seal_plain_sled(&sealing, &handles).unwrap(),
-                1
+                (1, 0)
             );
             crate::store_sled::rewrite_copy(dir.path(), &handles).unwrap();
             drop((sled, handles));

@@ -152,10 +152,12 @@ async fn migrate(client: &mut Client) -> Result<i64, StoreError> {
 
 /// Refuses a key other than the one the replicas of this database seal with: the first replica
 /// to connect names its key's id in `shared`, and every later one must hold the same key (so a
-/// replica given another file never starts, even before any Secret is stored).
-async fn check_key(client: &Client, sealing: &Sealing) -> Result<(), StoreError> {
+/// replica given another file never starts, even before any Secret is stored). A replica whose
+/// extra keys hold the one named rotates the store to its own key: every row is sealed again
+/// ([`seal_plain_rows`]) and then its key is named. Returns whether it rotates.
+async fn check_key(client: &Client, sealing: &Sealing) -> Result<bool, StoreError> {
     let Some(id) = sealing.key_id() else {
-        return Ok(());
+        return Ok(false);
     };
     client
         .execute(
@@ -173,7 +175,8 @@ async fn check_key(client: &Client, sealing: &Sealing) -> Result<(), StoreError>
         .map_err(pg_err)?
         .get(0);
     match crate::sealing::KeyId::parse(&stored) {
-        Some(theirs) if theirs == id => Ok(()),
+        Some(theirs) if theirs == id => Ok(false),
+        Some(theirs) if sealing.opens(theirs) => Ok(true),
         Some(theirs) => Err(sealing.refusal(
             "the Secrets of this PostgreSQL store (its replicas seal with another key)".into(),
             crate::sealing::SealError::OtherKey {
@@ -190,26 +193,27 @@ async fn check_key(client: &Client, sealing: &Sealing) -> Result<(), StoreError>
 
 /// Seals, in one transaction, every row of a sealed kind an older version stored in plain text
 /// (its spec moves into `sealed`; hash, revision and times stay, so no replica or zone sees a
-/// change); returns how many. Replicas starting at once take turns (the migration lock); a row
-/// changed meanwhile (its hash moved) is left to its writer.
+/// change) or an extra key sealed (a rotation); returns how many in all. Replicas starting at once take
+/// turns (the migration lock); a row changed meanwhile (its hash moved) is left to its writer.
 async fn seal_plain_rows(client: &mut Client, sealing: &Sealing) -> Result<usize, StoreError> {
-    if let Sealing::Off = sealing {
+    let Some(current) = sealing.key_id() else {
         return Ok(0);
-    }
+    };
     let tx = client.transaction().await.map_err(pg_err)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(pg_err)?;
-    let mut sealed = 0;
+    let (mut plain, mut rotated) = (0u64, 0u64);
     for kind in [Kind::Mesh, Kind::Secret, Kind::Dataplane] {
         if !sealed_kind(kind) {
             continue;
         }
         let rows = tx
             .query(
-                "SELECT mesh, name, hash, spec FROM resources
-                 WHERE kind = $1 AND hash IS NOT NULL AND sealed IS NULL FOR UPDATE",
-                &[&kind.as_str()],
+                "SELECT mesh, name, hash, spec, sealed FROM resources
+                 WHERE kind = $1 AND hash IS NOT NULL
+                   AND (sealed IS NULL OR substring(sealed FROM 2 FOR 8) <> $2) FOR UPDATE",
+                &[&kind.as_str(), &current.as_bytes()],
             )
             .await
             .map_err(pg_err)?;
@@ -217,15 +221,22 @@ async fn seal_plain_rows(client: &mut Client, sealing: &Sealing) -> Result<usize
             let key = ResourceKey::new(kind, row.get(0), row.get(1));
             let hash: String = row.get(2);
             let spec: Option<String> = row.get(3);
-            let spec: serde_json::Value = serde_json::from_str(spec.as_deref().unwrap_or("null"))
-                .map_err(|e| StoreError::Corrupt {
-                key: format!("{key:?}"),
-                reason: e.to_string(),
-            })?;
+            let old: Option<Vec<u8>> = row.get(4);
+            let was_plain = old.is_none();
+            let spec: serde_json::Value = match old {
+                Some(e) if sealing.is_current(&e) => continue,
+                Some(e) => sealing.open(&key, &e)?,
+                None => serde_json::from_str(spec.as_deref().unwrap_or("null")).map_err(|e| {
+                    StoreError::Corrupt {
+                        key: format!("{key:?}"),
+                        reason: e.to_string(),
+                    }
+                })?,
+            };
             let Some(envelope) = sealing.seal(&key, &spec)? else {
                 continue;
             };
-            sealed += tx
+            let changed = tx
                 .execute(
                     "UPDATE resources SET spec = NULL, sealed = $4
                      WHERE kind = $1 AND mesh = $2 AND name = $3 AND hash = $5",
@@ -233,15 +244,24 @@ async fn seal_plain_rows(client: &mut Client, sealing: &Sealing) -> Result<usize
                 )
                 .await
                 .map_err(pg_err)?;
+            *(if was_plain { &mut plain } else { &mut rotated }) += changed;
         }
     }
     tx.commit().await.map_err(pg_err)?;
-    let sealed = usize::try_from(sealed).unwrap_or(usize::MAX);
-    if sealed > 0 {
+    if plain > 0 {
         tracing::info!(
-            secrets = sealed,
+            secrets = plain,
             "sealed the Secrets an older version stored in plain text (PostgreSQL)"
         );
+    }
+    if rotated > 0 {
+        tracing::info!(
+            secrets = rotated,
+            "sealed again with the key the Secrets an extra key sealed (PostgreSQL)"
+        );
+    }
+    let sealed = usize::try_from(plain + rotated).unwrap_or(usize::MAX);
+    if sealed > 0 {
         // The plain rows are dead tuples now: rewriting the table drops them from its files
         // (PostgreSQL's WAL and backups made before keep them until they are recycled).
         if let Err(e) = client.batch_execute("VACUUM FULL resources").await {
@@ -341,8 +361,18 @@ impl Pg {
         let config = parse_url(url)?;
         let mut client = connect_client(&config).await?;
         migrate(&mut client).await?;
-        check_key(&client, &sealing).await?;
+        let rotating = check_key(&client, &sealing).await?;
         seal_plain_rows(&mut client, &sealing).await?;
+        if rotating && let Some(id) = sealing.key_id() {
+            client
+                .execute(
+                    "UPDATE shared SET value = $2 WHERE name = $1",
+                    &[&KEY_ID_SHARED, &id.to_string()],
+                )
+                .await
+                .map_err(pg_err)?;
+            tracing::info!(key_id = %id, "the replicas of this PostgreSQL store seal with this key from now on");
+        }
         let tx = client
             .build_transaction()
             .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)

@@ -74,6 +74,23 @@ impl Sealing {
         spec
     }
 
+    /// Whether `envelope` is sealed with the key that seals now (always, when not sealing): what
+    /// is not (an extra key's, during a rotation) is sealed again at start.
+    pub(crate) fn is_current(&self, envelope: &[u8]) -> bool {
+        match self {
+            Sealing::Key(k) => k.is_current(envelope),
+            Sealing::Off => true,
+        }
+    }
+
+    /// Whether the key or one of its extras opens what `id` sealed.
+    pub(crate) fn opens(&self, id: crate::sealing::KeyId) -> bool {
+        match self {
+            Sealing::Key(k) => k.opens(id),
+            Sealing::Off => false,
+        }
+    }
+
     /// The id of the key, when sealing.
     pub(crate) fn key_id(&self) -> Option<crate::sealing::KeyId> {
         match self {
@@ -216,17 +233,18 @@ impl DiskMeta {
 
 /// On a sled store just opened: every sealed record is opened once with the key (a wrong key or
 /// an altered record is `StoreError::Unseal` before anything is served), and every record of a
-/// sealed kind still in plain text (written by an older version) is sealed, all in one batch,
-/// flushed, with its hash, revision and times unchanged. Returns how many were sealed.
+/// sealed kind still in plain text (written by an older version) or sealed with an extra key (a
+/// rotation) is sealed with the key, all in one batch, flushed, with its hash, revision and
+/// times unchanged. Returns how many were sealed: those in plain text, those an extra key sealed.
 pub(crate) fn seal_plain_sled(
     sealing: &Sealing,
     h: &crate::store_sled::Handles,
-) -> Result<usize, StoreError> {
+) -> Result<(usize, usize), StoreError> {
     let Sealing::Key(_) = sealing else {
-        return Ok(0);
+        return Ok((0, 0));
     };
     let mut batch = sled::Batch::default();
-    let mut sealed = 0;
+    let (mut plain, mut rotated) = (0, 0);
     for kind in [Kind::Mesh, Kind::Secret, Kind::Dataplane] {
         if !sealed_kind(kind) {
             continue;
@@ -236,15 +254,18 @@ pub(crate) fn seal_plain_sled(
             let (_, envelope) = split_sled(&k, &v)?;
             // Decoding opens a sealed spec: the key is checked against every record.
             let record = sealing.decode_sled(&k, &v)?;
-            if envelope.is_none() {
-                batch.insert(k, sealing.encode_sled(&record)?);
-                sealed += 1;
-            }
+            let counter = match envelope {
+                None => &mut plain,
+                Some(e) if !sealing.is_current(e) => &mut rotated,
+                Some(_) => continue,
+            };
+            batch.insert(k, sealing.encode_sled(&record)?);
+            *counter += 1;
         }
     }
-    if sealed > 0 {
+    if plain + rotated > 0 {
         h.resources.apply_batch(batch)?;
         h.db.flush()?;
     }
-    Ok(sealed)
+    Ok((plain, rotated))
 }

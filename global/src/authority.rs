@@ -133,6 +133,7 @@ impl Authority {
             }),
         };
         authority.refresh().await?;
+        authority.seal_again().await?;
         if authority.ring().keys.is_empty() {
             let path = dir.join(common::tokens::KEY_FILE);
             let file_err = |source| AuthorityError::File {
@@ -148,6 +149,35 @@ impl Authority {
             authority.refresh().await?;
         }
         Ok(authority)
+    }
+
+    /// Seals again with the Secrets key the signing keys an extra key sealed (a rotation of the
+    /// Secrets key), so that the extra key can go. Replicas starting at once may both do it: the
+    /// same key either way.
+    async fn seal_again(&self) -> Result<(), AuthorityError> {
+        use base64::Engine;
+        let keys = self.inner.coordinator.list(KEYS_TREE).await?.records;
+        for (kid, text) in keys {
+            let Ok(stored) = serde_json::from_str::<StoredKey>(&text) else {
+                continue;
+            };
+            let Ok(sealed) = base64::engine::general_purpose::STANDARD.decode(&stored.sealed)
+            else {
+                continue;
+            };
+            if self.inner.store.sealed_with_current_key(&sealed) {
+                continue;
+            }
+            // One that does not open was reported by `refresh`.
+            let Ok(pem) = self.inner.store.open_bytes(&sealed_as(&kid), &sealed) else {
+                continue;
+            };
+            let pem = String::from_utf8_lossy(&pem).into_owned();
+            let again = self.stored(&kid, &pem, stored.created_ms)?;
+            self.keys_tree()?.put(&kid, &again).await?;
+            tracing::info!(%kid, "token signing key sealed again with the Secrets key");
+        }
+        Ok(())
     }
 
     /// A key as the store keeps it: its PEM sealed.

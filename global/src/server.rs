@@ -110,6 +110,8 @@ pub struct GlobalConfig {
     /// (the same file on every replica); on sled `None` is `<data-dir>/secrets.key`, generated on
     /// the first start.
     pub secrets_key_file: Option<PathBuf>,
+    /// Keys that open what they sealed and never seal (`--secrets-extra-key-file`): a rotation.
+    pub secrets_extra_key_files: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,9 +157,10 @@ async fn open_store(
     if matches!(config.store, StoreKind::Postgres(_)) && config.secrets_key_file.is_none() {
         return Err(GlobalError::SecretsKeyRequired);
     }
-    let key = std::sync::Arc::new(common::sealing::SecretsKey::for_data_dir(
+    let key = std::sync::Arc::new(common::sealing::SecretsKey::for_data_dir_with_extra(
         &config.data_dir,
         config.secrets_key_file.as_deref(),
+        &config.secrets_extra_key_files,
     )?);
     let url = match &config.store {
         StoreKind::Sled => {

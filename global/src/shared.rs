@@ -8,8 +8,8 @@
 //! back), so replicas starting at once agree, and every replica writes what the store holds. On
 //! sled nothing is shared and the files stay as they are. Each group is sealed in the store with
 //! the Secrets key, bound to its name, as Secrets are: the database and its backups hold no admin
-//! token and no private key in clear. A group an earlier build stored in clear is sealed in place
-//! on first read.
+//! token and no private key in clear. A group an earlier build stored in clear, or an extra key
+//! sealed (a rotation of the Secrets key), is sealed again in place on first read.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -50,8 +50,8 @@ fn seal(store: &Store, group: &str, map: &BTreeMap<String, String>) -> Result<St
     ))
 }
 
-/// The files of a group as the store holds them, and whether it holds them in clear (an earlier
-/// build's form, to be sealed).
+/// The files of a group as the store holds them, and whether they are to be sealed again: held
+/// in clear (an earlier build's form) or sealed with an extra key (a rotation).
 fn open(
     store: &Store,
     group: &str,
@@ -67,7 +67,8 @@ fn open(
             let sealed = base64::engine::general_purpose::STANDARD
                 .decode(b64.trim())
                 .map_err(|e| corrupt(format!("its envelope is not base64 ({e})")))?;
-            (store.open_bytes(&sealed_as(group), &sealed)?, false)
+            let stale = !store.sealed_with_current_key(&sealed);
+            (store.open_bytes(&sealed_as(group), &sealed)?, stale)
         }
         None => (stored.as_bytes().to_vec(), true),
     };
@@ -142,8 +143,8 @@ pub async fn files(
                 .await?
         }
     };
-    let (map, clear) = open(store, group.name, &stored)?;
-    if clear {
+    let (map, stale) = open(store, group.name, &stored)?;
+    if stale {
         // Replicas upgrading at once may both seal it: the same files either way.
         store
             .replace_shared(group.name, &seal(store, group.name, &map)?)

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
-use testkit::cluster::{GlobalOptions, GlobalProc, ProxyProc, ProxySpec, ZoneProc};
+use testkit::cluster::{GlobalOptions, GlobalProc, ProxyProc, ProxySpec, ZoneOptions, ZoneProc};
 use testkit::postgres::PgServer;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -331,6 +331,277 @@ async fn postgres_shared_keys_and_admin_token_are_sealed_and_clear_ones_get_seal
             .unwrap(),
         "sealed:"
     );
+}
+
+/// A new key file (0600) at `dir/name`; its path and its key id.
+fn new_key(dir: &Path, name: &str) -> (String, String) {
+    let path = dir.join(name);
+    let (key, _) = common::sealing::SecretsKey::load_or_generate(&path).unwrap();
+    (path.display().to_string(), key.id().to_string())
+}
+
+/// How many times `text` appears in the file at `path`.
+fn times_in(path: &Path, text: &str) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .matches(text)
+        .count()
+}
+
+/// Rotating the Secrets key of a sled global and of a zone: started with the new key and the old
+/// one as an extra key, each seals everything again with the new one (Secrets, and global's
+/// token signing keys), so that the old key can go: started with the new key alone, both serve
+/// every Secret (a proxy is issued from the provided CA whose key is one); with the old key
+/// alone, global is refused, naming the new key's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secrets_key_rotates_on_global_and_zone_through_an_extra_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let keys = root.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (old, _) = new_key(&keys, "old.key");
+    let (new, new_id) = new_key(&keys, "new.key");
+    let (zone_old, _) = new_key(&keys, "zone-old.key");
+    let (zone_new, _) = new_key(&keys, "zone-new.key");
+    let m = Material::new("default");
+    let gdir = root.join("global");
+    let mut global = GlobalProc::start_with(
+        &gdir,
+        GlobalOptions::default().args(&["--secrets-key-file", &old]),
+    )
+    .await
+    .unwrap();
+    global.apply(&m.yaml).await.unwrap();
+    let token = global.zone_token_file("zone-1", root).await.unwrap();
+    let mut zone = ZoneProc::start_with_token(
+        "zone-1",
+        &global,
+        &token,
+        &root.join("zone-1"),
+        ZoneOptions::default().args(&["--secrets-key-file", &zone_old]),
+    )
+    .await
+    .unwrap();
+    let three = |zone: &ZoneProc| {
+        let zone = zone.api.clone();
+        async move {
+            testkit::wait::wait_until(
+                "the zone to hold the 3 Secrets",
+                WAIT,
+                Duration::from_millis(100),
+                || {
+                    let zone = zone.clone();
+                    async move {
+                        let mesh = zone.get_ok("/meshes/default").await.ok()?;
+                        (mesh["secrets"].as_array()?.len() == 3).then_some(())
+                    }
+                },
+            )
+            .await
+            .unwrap()
+        }
+    };
+    three(&zone).await;
+    let restart = |global: &mut GlobalProc, args: &[&str]| {
+        let mut options = global.options();
+        options.extra = args.iter().map(|a| a.to_string()).collect();
+        global.terminate();
+        options
+    };
+    let serves_every_secret = |global: &GlobalProc| {
+        let api = global.api.clone();
+        let m = &m;
+        async move {
+            let export = api.get_ok("/export?includeSecrets=true").await.unwrap();
+            for (name, value) in &m.hidden {
+                assert!(
+                    export.to_string().contains(&b64(value)),
+                    "Secret {name} served"
+                );
+            }
+        }
+    };
+    let log = gdir.join("global.log");
+    let zone_log = root.join("zone-1/zone.log");
+    let sealed_again = "sealed again with the key the Secrets an extra key sealed";
+
+    // The rotation: the new key seals, the old one only opens.
+    let options = restart(
+        &mut global,
+        &["--secrets-key-file", &new, "--secrets-extra-key-file", &old],
+    );
+    global = GlobalProc::start_with(&gdir, options).await.unwrap();
+    assert_eq!(
+        times_in(&log, sealed_again),
+        1,
+        "{}",
+        global.proc.log_tail(20)
+    );
+    assert_eq!(
+        times_in(&log, "token signing key sealed again"),
+        1,
+        "{}",
+        global.proc.log_tail(20)
+    );
+    serves_every_secret(&global).await;
+    zone.restart_with_args(&[
+        "--secrets-key-file",
+        &zone_new,
+        "--secrets-extra-key-file",
+        &zone_old,
+    ])
+    .await
+    .unwrap();
+    three(&zone).await;
+    assert_eq!(
+        times_in(&zone_log, sealed_again),
+        1,
+        "{}",
+        zone.proc.log_tail(20)
+    );
+
+    // The old keys go: everything opens with the new ones alone, and nothing is sealed again.
+    let options = restart(&mut global, &["--secrets-key-file", &new]);
+    global = GlobalProc::start_with(&gdir, options).await.unwrap();
+    serves_every_secret(&global).await;
+    assert_eq!(times_in(&log, sealed_again), 1);
+    zone.restart_with_args(&["--secrets-key-file", &zone_new])
+        .await
+        .unwrap();
+    three(&zone).await;
+    assert_eq!(times_in(&zone_log, sealed_again), 1);
+    let proxy_dir = root.join("proxy");
+    let dp_token = global
+        .dataplane_token_file("default", "web-1", &proxy_dir)
+        .await
+        .unwrap();
+    let mut proxy = ProxyProc::start(
+        &zone,
+        &ProxySpec::new("default", "web-1", "web"),
+        &dp_token,
+        &proxy_dir,
+    )
+    .unwrap();
+    proxy.wait_leaf(root, None, WAIT).await.unwrap();
+    assert!(
+        proxy.identity().unwrap().chains_to(&m.ca_cert),
+        "issued by the provided CA whose key the zone unsealed with its new key"
+    );
+    proxy.terminate();
+
+    // The old key alone no longer opens anything.
+    let options = restart(&mut global, &["--secrets-key-file", &old]);
+    let refusal = GlobalProc::start_or_refusal(&gdir, options)
+        .await
+        .unwrap()
+        .err()
+        .expect("global must not start with the retired key");
+    assert!(refusal.contains(&new_id), "{refusal}");
+    assert!(
+        refusal.contains("start with the key that sealed it"),
+        "{refusal}"
+    );
+    zone.terminate();
+}
+
+/// Rotating the Secrets key of PostgreSQL replicas: a replica given the new key as an extra key
+/// changes nothing; one started with the new key and the old one as an extra key seals every Secret row, the shared values and the signing keys again
+/// and names the new key as the one the replicas seal with; then a replica with the new key
+/// alone starts, and one with the old key alone is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_replicas_rotate_the_secrets_key_through_an_extra_key() {
+    use base64::Engine;
+    let pg = PgServer::start().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let old = pg.secrets_key_file().display().to_string();
+    let old_id = common::sealing::SecretsKey::load(&pg.secrets_key_file())
+        .unwrap()
+        .id()
+        .to_string();
+    let (new, new_id) = new_key(root, "new.key");
+    let m = Material::new("default");
+    let mut a = GlobalProc::start_with(&root.join("a"), GlobalOptions::default().store(&pg.url()))
+        .await
+        .unwrap();
+    a.apply(&m.yaml).await.unwrap();
+    a.terminate();
+    let key_ids = |pg: &PgServer| {
+        let rows = pg
+            .psql("SELECT DISTINCT encode(substring(sealed FROM 2 FOR 8), 'hex') FROM resources WHERE kind = 'Secret'")
+            .unwrap();
+        let shared = pg
+            .psql("SELECT value FROM shared WHERE name IN ('admin-token', 'api-ca', 'kds-identity', 'token-signing-key')")
+            .unwrap();
+        let mut ids: Vec<String> = shared
+            .lines()
+            .map(|v| {
+                let sealed = base64::engine::general_purpose::STANDARD
+                    .decode(v.strip_prefix("sealed:").unwrap())
+                    .unwrap();
+                hex::encode(&sealed[1..9])
+            })
+            .collect();
+        ids.extend(rows.lines().map(str::to_string));
+        ids.sort();
+        ids.dedup();
+        let named = pg
+            .psql("SELECT value FROM shared WHERE name = 'secrets-key-id'")
+            .unwrap();
+        (ids, named)
+    };
+    assert_eq!(key_ids(&pg), (vec![old_id.clone()], old_id.clone()));
+
+    // Step 1 of the rolling rotation: the new key as an extra key changes nothing.
+    let first = GlobalProc::start_with(
+        &root.join("a"),
+        GlobalOptions::default().store(&pg.url()).args(&[
+            "--secrets-key-file",
+            &old,
+            "--secrets-extra-key-file",
+            &new,
+        ]),
+    )
+    .await
+    .unwrap();
+    drop(first);
+    assert_eq!(key_ids(&pg), (vec![old_id.clone()], old_id.clone()));
+
+    let b = GlobalProc::start_with(
+        &root.join("b"),
+        GlobalOptions::default().store(&pg.url()).args(&[
+            "--secrets-key-file",
+            &new,
+            "--secrets-extra-key-file",
+            &old,
+        ]),
+    )
+    .await
+    .unwrap();
+    let export = b.api.get_ok("/export?includeSecrets=true").await.unwrap();
+    assert!(export.to_string().contains(&b64(&m.hidden[1].1)));
+    drop(b);
+    assert_eq!(key_ids(&pg), (vec![new_id.clone()], new_id.clone()));
+
+    let c = GlobalProc::start_with(
+        &root.join("c"),
+        GlobalOptions::default()
+            .store(&pg.url())
+            .args(&["--secrets-key-file", &new]),
+    )
+    .await
+    .unwrap();
+    let export = c.api.get_ok("/export?includeSecrets=true").await.unwrap();
+    assert!(export.to_string().contains(&b64(&m.hidden[1].1)));
+    drop(c);
+
+    let refusal =
+        GlobalProc::start_or_refusal(&root.join("d"), GlobalOptions::default().store(&pg.url()))
+            .await
+            .unwrap()
+            .err()
+            .expect("a replica with the retired key alone must not start");
+    assert!(refusal.contains(&new_id), "{refusal}");
 }
 
 #[tokio::test]

@@ -767,6 +767,7 @@ impl InProcessGlobal {
             api_hosts: vec![],
             data_source_dirs: vec![],
             secrets_key_file: None,
+            secrets_extra_key_files: Vec::new(),
         };
         let handle = tokio::spawn(async move {
             global::run(config, listeners, async {

@@ -107,9 +107,14 @@ fn sample(sub: &Command, arg: &Arg) -> String {
         .map(|p| p.get_name().to_string())
         .collect();
     let candidates: Vec<String> = if possible.is_empty() {
-        ["7", "postgres://kmesh@127.0.0.1:7/kmesh", "127.0.0.1:7", "k=v"]
-            .map(String::from)
-            .to_vec()
+        [
+            "7",
+            "postgres://kmesh@127.0.0.1:7/kmesh",
+            "127.0.0.1:7",
+            "k=v",
+        ]
+        .map(String::from)
+        .to_vec()
     } else {
         possible.into_iter().rev().collect()
     };

@@ -220,6 +220,10 @@ pub struct RunArgs {
     /// its owner); by default <data-dir>/secrets.key, generated on the first start.
     #[arg(long, value_name = "FILE")]
     pub secrets_key_file: Option<PathBuf>,
+    /// Another key that opens Secrets it sealed and never seals (repeatable): the key being
+    /// rotated out; what it sealed is sealed again with the zone's key at start.
+    #[arg(long = "secrets-extra-key-file", value_name = "FILE")]
+    pub secrets_extra_key_files: Vec<PathBuf>,
     /// Share of a certificate's lifetime after which it is replaced (±5% jitter), above 0 and
     /// below 1.
     #[arg(long, default_value_t = 0.8)]
@@ -319,6 +323,7 @@ async fn run(args: RunArgs) -> ExitCode {
         config.dp_tls = crate::dp::tls::DpTls::Files { cert, key };
     }
     config.secrets_key_file = args.secrets_key_file.clone();
+    config.secrets_extra_key_files = args.secrets_extra_key_files.clone();
     if let Err(e) = crate::client::targets(&config) {
         eprintln!("error: {e}");
         return ExitCode::from(exit::USAGE);

@@ -39,6 +39,8 @@ pub struct ZoneConfig {
     /// The key the Secrets the zone holds are sealed with at rest (`--secrets-key-file`); `None`:
     /// `<data-dir>/secrets.key`, generated on the first start.
     pub secrets_key_file: Option<PathBuf>,
+    /// Keys that open what they sealed and never seal (`--secrets-extra-key-file`): a rotation.
+    pub secrets_extra_key_files: Vec<PathBuf>,
 }
 
 impl ZoneConfig {
@@ -59,6 +61,7 @@ impl ZoneConfig {
             data_source_dirs: Vec::new(),
             dp_tls: Default::default(),
             secrets_key_file: None,
+            secrets_extra_key_files: Vec::new(),
         }
     }
 

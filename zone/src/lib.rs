@@ -83,9 +83,10 @@ async fn open_store(
             config.data_dir.display()
         ))
     })?;
-    let key = std::sync::Arc::new(common::sealing::SecretsKey::for_data_dir(
+    let key = std::sync::Arc::new(common::sealing::SecretsKey::for_data_dir_with_extra(
         &config.data_dir,
         config.secrets_key_file.as_deref(),
+        &config.secrets_extra_key_files,
     )?);
     let (path, reason) = match Store::open(&config.data_dir, key.clone()) {
         Err(StoreError::Damaged { path, reason }) => (path, reason),

@@ -170,6 +170,11 @@ pub struct RunFlags {
     /// replica); with sled, <data-dir>/secrets.key is generated on the first start.
     #[arg(long, value_name = "FILE")]
     pub secrets_key_file: Option<PathBuf>,
+    /// Another key that opens Secrets it sealed and never seals (repeatable): the key being
+    /// rotated out, whose Secrets are sealed again with --secrets-key-file at start; on
+    /// PostgreSQL also the next key, given to every replica before any seals with it.
+    #[arg(long = "secrets-extra-key-file", value_name = "FILE")]
+    pub secrets_extra_key_files: Vec<PathBuf>,
     #[command(flatten)]
     pub log: common::logging::LogArgs,
 }

@@ -24,6 +24,7 @@ pub(super) async fn run(flags: RunFlags) -> Result<(), Failure> {
         api_hosts,
         data_source_dirs,
         secrets_key_file,
+        secrets_extra_key_files,
     } = flags;
     let vault_timeouts = super::vault_timeouts(&vault_timeout)?;
     if matches!(store, crate::StoreKind::Postgres(_)) && secrets_key_file.is_none() {
@@ -71,6 +72,7 @@ pub(super) async fn run(flags: RunFlags) -> Result<(), Failure> {
             api_hosts,
             data_source_dirs,
             secrets_key_file,
+            secrets_extra_key_files,
         },
         listeners,
         common::shutdown::signal(),

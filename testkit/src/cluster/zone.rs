@@ -235,6 +235,13 @@ impl ZoneProc {
         Ok(())
     }
 
+    /// The same zone again with `extra` as its extra `zone run` arguments instead of those it
+    /// had (e.g. another `--secrets-key-file`).
+    pub async fn restart_with_args(&mut self, extra: &[&str]) -> Result<()> {
+        self.spec.options.extra = extra.iter().map(|s| s.to_string()).collect();
+        self.restart().await
+    }
+
     /// SIGTERM; panics with the logs unless the zone exits successfully within 10 s.
     pub fn terminate(&mut self) {
         self.proc.terminate(&self.dir);
