@@ -399,14 +399,14 @@ impl Store {
                     };
                 if plain > 0 {
                     tracing::info!(
-                        store = %dir.join("store").display(), secrets = plain,
-                        "sealed the Secrets an older version stored in plain text"
+                        store = %dir.join("store").display(), resources = plain,
+                        "sealed the Secrets and Meshes an older version stored in plain text"
                     );
                 }
                 if rotated > 0 {
                     tracing::info!(
-                        store = %dir.join("store").display(), secrets = rotated,
-                        "sealed again with the key the Secrets an extra key sealed"
+                        store = %dir.join("store").display(), resources = rotated,
+                        "sealed again with the key the Secrets and Meshes an extra key sealed"
                     );
                 }
                 if plain + rotated > 0 {
@@ -1354,8 +1354,14 @@ mod tests {
                 String::from_utf8_lossy(&raw)
             );
             assert!(!contains(&raw, "sealed-at-rest"));
-            // Meshes are not sealed.
-            assert!(contains(&raw_mesh(&db, &store), "\"Mesh\""));
+            // Meshes are sealed too (their backends may hold inline credentials).
+            let raw = raw_mesh(&db, &store);
+            assert!(!raw.is_empty());
+            assert!(
+                !contains(&raw, "\"type\":\"Mesh\""),
+                "{}",
+                String::from_utf8_lossy(&raw)
+            );
             // A second write of the same data is unchanged (the hash is the plain one, whatever
             // the nonce of the stored envelope).
             let out = store
@@ -1556,7 +1562,8 @@ mod tests {
             let sealing = crate::store_sealing::Sealing::Key(key());
             assert_eq!(
                 crate::store_sealing::seal_plain_sled(&sealing, &handles).unwrap(),
-                (1, 0)
+                (2, 0),
+                "the Mesh and the Secret"
             );
             crate::store_sled::rewrite_copy(dir.path(), &handles).unwrap();
             drop((sled, handles));

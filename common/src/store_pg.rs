@@ -10,7 +10,7 @@
 //! last_seen` on each notification and every few seconds, so a missed notification loses nothing
 //! and the store's revision watch fires on every replica. The schema is versioned
 //! (`schema_migrations`); migrations are embedded and applied on connect; a database migrated by
-//! a newer binary is refused. A Secret's spec is sealed (`store_sealing`): its row holds the
+//! a newer binary is refused. A Secret's or Mesh's spec is sealed (`store_sealing`): its row holds the
 //! envelope in `sealed` and no `spec`; rows an older version wrote in plain text are sealed on
 //! connect, in one transaction, hash and revision untouched (so no replica or zone sees a change).
 
@@ -250,14 +250,14 @@ async fn seal_plain_rows(client: &mut Client, sealing: &Sealing) -> Result<usize
     tx.commit().await.map_err(pg_err)?;
     if plain > 0 {
         tracing::info!(
-            secrets = plain,
-            "sealed the Secrets an older version stored in plain text (PostgreSQL)"
+            resources = plain,
+            "sealed the Secrets and Meshes an older version stored in plain text (PostgreSQL)"
         );
     }
     if rotated > 0 {
         tracing::info!(
-            secrets = rotated,
-            "sealed again with the key the Secrets an extra key sealed (PostgreSQL)"
+            resources = rotated,
+            "sealed again with the key the Secrets and Meshes an extra key sealed (PostgreSQL)"
         );
     }
     let sealed = usize::try_from(plain + rotated).unwrap_or(usize::MAX);

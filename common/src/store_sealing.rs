@@ -1,5 +1,6 @@
-//! How the store applies `sealing` to what it writes: which records are sealed (Secrets: their
-//! whole spec, with the resource's key as the identity bound to the envelope), the shape of a
+//! How the store applies `sealing` to what it writes: which records are sealed (Secrets and
+//! Meshes, whose backends may hold inline credentials: their whole spec, with the resource's key
+//! as the identity bound to the envelope), the shape of a
 //! record on sled's disk (the plain spec, or the envelope in its place), and, on sled, sealing at
 //! open what an older version stored in plain text (one batch, hashes and revisions untouched) after
 //! checking that every sealed record opens with the key given. PostgreSQL's columns and its
@@ -25,9 +26,10 @@ pub(crate) enum Sealing {
 /// replica's, and every later one must hold the same key.
 pub(crate) const KEY_ID_SHARED: &str = "secrets-key-id";
 
-/// Whether records of `kind` are sealed.
+/// Whether records of `kind` are sealed: Secrets, and Meshes, whose backends may hold inline
+/// credentials (a Vault token, an AppRole secret ID) where a `secret:` source is not used.
 pub(crate) fn sealed_kind(kind: Kind) -> bool {
-    kind == Kind::Secret
+    matches!(kind, Kind::Secret | Kind::Mesh)
 }
 
 impl Sealing {

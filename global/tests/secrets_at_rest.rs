@@ -43,8 +43,9 @@ fn files_holding(dir: &Path, needle: &[u8]) -> Vec<String> {
     found
 }
 
-/// The Secrets of one test: a Mesh with a `provided` CA whose certificate and key are Secrets,
-/// and a token Secret with a value made for this run.
+/// The Secrets of one test: a Mesh with a `provided` CA whose certificate is a Secret and whose
+/// key is inline in the Mesh (Kuma's `inline`: a credential in a Mesh, sealed as Secrets are),
+/// the same key as a Secret too, and a token Secret with a value made for this run.
 struct Material {
     yaml: String,
     ca_cert: String,
@@ -60,10 +61,10 @@ impl Material {
             hex::encode(rand::random::<[u8; 8]>())
         );
         let yaml = format!(
-            "type: Mesh\nname: {mesh}\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: provided\n    dpCert:\n      rotation:\n        expiration: 24h\n    conf:\n      cert:\n        secret: ca-cert\n      key:\n        secret: ca-key\n---\ntype: Secret\nname: ca-cert\nmesh: {mesh}\ndata: {}\n---\ntype: Secret\nname: ca-key\nmesh: {mesh}\ndata: {}\n---\ntype: Secret\nname: token\nmesh: {mesh}\ndata: {}\n",
-            b64(ca.cert_pem.as_bytes()),
-            b64(ca.key_pem().as_bytes()),
-            b64(token.as_bytes()),
+            "type: Mesh\nname: {mesh}\nmtls:\n  enabledBackend: ca-1\n  backends:\n  - name: ca-1\n    type: provided\n    dpCert:\n      rotation:\n        expiration: 24h\n    conf:\n      cert:\n        secret: ca-cert\n      key:\n        inline: {key}\n---\ntype: Secret\nname: ca-cert\nmesh: {mesh}\ndata: {cert}\n---\ntype: Secret\nname: ca-key\nmesh: {mesh}\ndata: {key}\n---\ntype: Secret\nname: token\nmesh: {mesh}\ndata: {token}\n",
+            cert = b64(ca.cert_pem.as_bytes()),
+            key = b64(ca.key_pem().as_bytes()),
+            token = b64(token.as_bytes()),
         );
         Self {
             yaml,
@@ -162,7 +163,7 @@ async fn write_sync_issue(
     assert!(identity.usable(), "{}", identity.describe());
     assert!(
         identity.chains_to(&m.ca_cert),
-        "issued by the provided CA whose key is a sealed Secret"
+        "issued by the provided CA whose key is inline in the sealed Mesh"
     );
     (zone, proxy)
 }
@@ -227,9 +228,12 @@ async fn postgres_secret_values_reach_issuance_and_no_file_of_the_database_or_st
     ]);
     // The rows hold envelopes, not specs.
     let rows = pg
-        .psql("SELECT name, spec IS NULL, length(sealed) > 0 FROM resources WHERE kind = 'Secret' ORDER BY name")
+        .psql("SELECT kind, name, spec IS NULL, length(sealed) > 0 FROM resources ORDER BY kind, name")
         .unwrap();
-    assert_eq!(rows, "ca-cert|t|t\nca-key|t|t\ntoken|t|t");
+    assert_eq!(
+        rows,
+        "Mesh|default|t|t\nSecret|ca-cert|t|t\nSecret|ca-key|t|t\nSecret|token|t|t"
+    );
     // The replicas' key is the operator's file: neither data directory has one of its own.
     assert!(!root.join("global/secrets.key").exists());
 
@@ -351,7 +355,7 @@ fn times_in(path: &Path, text: &str) -> usize {
 /// Rotating the Secrets key of a sled global and of a zone: started with the new key and the old
 /// one as an extra key, each seals everything again with the new one (Secrets, and global's
 /// token signing keys), so that the old key can go: started with the new key alone, both serve
-/// every Secret (a proxy is issued from the provided CA whose key is one); with the old key
+/// every Secret (a proxy is issued from the provided CA whose key is inline in the Mesh); with the old key
 /// alone, global is refused, naming the new key's id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_secrets_key_rotates_on_global_and_zone_through_an_extra_key() {
@@ -423,7 +427,7 @@ async fn the_secrets_key_rotates_on_global_and_zone_through_an_extra_key() {
     };
     let log = gdir.join("global.log");
     let zone_log = root.join("zone-1/zone.log");
-    let sealed_again = "sealed again with the key the Secrets an extra key sealed";
+    let sealed_again = "sealed again with the key the Secrets and Meshes an extra key sealed";
 
     // The rotation: the new key seals, the old one only opens.
     let options = restart(
@@ -485,7 +489,7 @@ async fn the_secrets_key_rotates_on_global_and_zone_through_an_extra_key() {
     proxy.wait_leaf(root, None, WAIT).await.unwrap();
     assert!(
         proxy.identity().unwrap().chains_to(&m.ca_cert),
-        "issued by the provided CA whose key the zone unsealed with its new key"
+        "issued by the provided CA whose key (in the Mesh) the zone unsealed with its new key"
     );
     proxy.terminate();
 
@@ -528,7 +532,7 @@ async fn postgres_replicas_rotate_the_secrets_key_through_an_extra_key() {
     a.terminate();
     let key_ids = |pg: &PgServer| {
         let rows = pg
-            .psql("SELECT DISTINCT encode(substring(sealed FROM 2 FOR 8), 'hex') FROM resources WHERE kind = 'Secret'")
+            .psql("SELECT DISTINCT encode(substring(sealed FROM 2 FOR 8), 'hex') FROM resources WHERE sealed IS NOT NULL")
             .unwrap();
         let shared = pg
             .psql("SELECT value FROM shared WHERE name IN ('admin-token', 'api-ca', 'kds-identity', 'token-signing-key')")
@@ -552,48 +556,30 @@ async fn postgres_replicas_rotate_the_secrets_key_through_an_extra_key() {
     };
     assert_eq!(key_ids(&pg), (vec![old_id.clone()], old_id.clone()));
 
+    // A replica in `dir` with these key flags: it serves the token Secret, then stops.
+    let replica = |dir: &'static str, args: Vec<&str>| {
+        let options = GlobalOptions::default().store(&pg.url()).args(&args);
+        let (dir, m) = (root.join(dir), &m);
+        async move {
+            let replica = GlobalProc::start_with(&dir, options).await.unwrap();
+            let export = replica
+                .api
+                .get_ok("/export?includeSecrets=true")
+                .await
+                .unwrap();
+            assert!(export.to_string().contains(&b64(&m.hidden[1].1)));
+        }
+    };
+    let extra = "--secrets-extra-key-file";
+
     // Step 1 of the rolling rotation: the new key as an extra key changes nothing.
-    let first = GlobalProc::start_with(
-        &root.join("a"),
-        GlobalOptions::default().store(&pg.url()).args(&[
-            "--secrets-key-file",
-            &old,
-            "--secrets-extra-key-file",
-            &new,
-        ]),
-    )
-    .await
-    .unwrap();
-    drop(first);
+    replica("a", vec!["--secrets-key-file", &old, extra, &new]).await;
     assert_eq!(key_ids(&pg), (vec![old_id.clone()], old_id.clone()));
-
-    let b = GlobalProc::start_with(
-        &root.join("b"),
-        GlobalOptions::default().store(&pg.url()).args(&[
-            "--secrets-key-file",
-            &new,
-            "--secrets-extra-key-file",
-            &old,
-        ]),
-    )
-    .await
-    .unwrap();
-    let export = b.api.get_ok("/export?includeSecrets=true").await.unwrap();
-    assert!(export.to_string().contains(&b64(&m.hidden[1].1)));
-    drop(b);
+    // Step 2: the new key seals, the old one opens: everything is sealed again.
+    replica("b", vec!["--secrets-key-file", &new, extra, &old]).await;
     assert_eq!(key_ids(&pg), (vec![new_id.clone()], new_id.clone()));
-
-    let c = GlobalProc::start_with(
-        &root.join("c"),
-        GlobalOptions::default()
-            .store(&pg.url())
-            .args(&["--secrets-key-file", &new]),
-    )
-    .await
-    .unwrap();
-    let export = c.api.get_ok("/export?includeSecrets=true").await.unwrap();
-    assert!(export.to_string().contains(&b64(&m.hidden[1].1)));
-    drop(c);
+    // Step 3: the old key goes.
+    replica("c", vec!["--secrets-key-file", &new]).await;
 
     let refusal =
         GlobalProc::start_or_refusal(&root.join("d"), GlobalOptions::default().store(&pg.url()))
@@ -743,7 +729,9 @@ async fn a_previous_release_store_with_its_manifest_is_sealed_and_not_taken_for_
     let log = std::fs::read_to_string(dir.join("global.log")).unwrap();
     assert!(log.contains("store checked against its manifest"), "{log}");
     assert!(
-        log.contains("sealed the Secrets an older version stored in plain text"),
+        log.lines().any(|l| l
+            .contains("sealed the Secrets and Meshes an older version stored in plain text")
+            && l.contains("resources=2")),
         "{log}"
     );
     let export = global

@@ -108,7 +108,7 @@ async fn sync_counters(global: &GlobalProc, zone: &str, kind: &str) -> (u64, u64
     )
 }
 
-const SEALED_LOG: &str = "sealed the Secrets an older version stored in plain text";
+const SEALED_LOG: &str = "sealed the Secrets and Meshes an older version stored in plain text";
 
 fn names(list: &Value) -> Vec<String> {
     let mut v: Vec<String> = list["items"]
@@ -155,7 +155,10 @@ async fn data_written_by_release_0_1_0_opens_with_these_binaries() {
     // served as it was written.
     let sealed = log_lines(&root.join("global/global.log"), SEALED_LOG);
     assert_eq!(sealed.len(), 1, "{sealed:?}");
-    assert!(sealed[0].contains("secrets=3"), "{sealed:?}");
+    assert!(
+        sealed[0].contains("resources=5"),
+        "3 Secrets, 2 Meshes: {sealed:?}"
+    );
     let export = global
         .api
         .get_ok("/export?includeSecrets=true")
@@ -196,7 +199,10 @@ async fn data_written_by_release_0_1_0_opens_with_these_binaries() {
     // hashes of the plain resources) did not move, on either side.
     let sealed = log_lines(&root.join("zone-1/zone.log"), SEALED_LOG);
     assert_eq!(sealed.len(), 1, "{sealed:?}");
-    assert!(sealed[0].contains("secrets=3"), "{sealed:?}");
+    assert!(
+        sealed[0].contains("resources=5"),
+        "3 Secrets, 2 Meshes: {sealed:?}"
+    );
     // (Global's counters are per stream: they start at 0 when the zone connects.)
     let (mesh, secret) = wait_for_at_most(
         "zone-1 acknowledged its first responses",
