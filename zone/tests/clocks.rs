@@ -291,15 +291,21 @@ async fn a_zone_minutes_behind_vault_never_loops_and_says_why() {
         .find(|c| c["peer"] == "vault default/vault-1")
         .cloned()
         .unwrap_or_else(|| panic!("{status:#}"));
+    // Five minutes, within the measurement's own error bound (a loaded machine's round trips
+    // widen it: 300,501 ms ± 502 ms was seen, shown as "5m 1s") and a second of rounding.
+    let skew = vault["skewMs"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{vault}"));
+    let error = vault["errorMs"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{vault}"));
     assert!(
-        vault["detail"]
-            .as_str()
-            .unwrap()
-            .contains("5m 0s behind the clock of Vault")
-            || vault["detail"]
-                .as_str()
-                .unwrap()
-                .contains("4m 59s behind the clock of Vault"),
+        (skew - 300_000).abs() <= error + 1_000,
+        "5 minutes behind, within {error} ms: {vault}"
+    );
+    let detail = vault["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("behind the clock of Vault") && detail.contains("fix the clocks"),
         "{vault}"
     );
 }
