@@ -17,26 +17,33 @@ use anyhow::{Context, Result};
 /// every outgoing connection (a zone's to Vault, a test's to an API) takes, so a port that was
 /// free when asked can be somebody's source port before the child binds it (a CI run failed so:
 /// "address already in use (--kds-addr)"). Ports below that range are handed out in turn from a
-/// start that differs per process (test binaries running side by side do not walk in step), each
-/// checked bindable on 127.0.0.1 and 0.0.0.0, and never twice by one process.
+/// start that differs per process (test binaries running side by side do not walk in step),
+/// never twice by one process, and only even ones: a server may also take the port after its
+/// own (`bao server -dev` listens on PORT+1 for its cluster), which is never handed out then
+/// (another CI run failed so, when ports were handed out one after the other). Each is checked
+/// bindable, with the one after it, on 127.0.0.1 and 0.0.0.0.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let (low, high) = (10_000u32, ephemeral_start().clamp(10_001, 65_535));
-    let span = high - low;
+    let (low, high) = (10_000u32, ephemeral_start().clamp(10_002, 65_535));
+    // How many even ports below `high` there are from `low` on, with room for the one after.
+    let pairs = (high - low) / 2;
     if NEXT.load(Ordering::Relaxed) == u32::MAX {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
-        let seed = std::process::id().wrapping_mul(7_919).wrapping_add(nanos) % span;
+        let seed = std::process::id().wrapping_mul(7_919).wrapping_add(nanos) % pairs;
         let _ = NEXT.compare_exchange(u32::MAX, seed, Ordering::Relaxed, Ordering::Relaxed);
     }
-    for _ in 0..span {
-        let port = (low + NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
-        let free = |host: &str| std::net::TcpListener::bind((host, port)).is_ok();
-        if free("127.0.0.1") && free("0.0.0.0") {
-            return port;
+    let free = |host: &str, port: u32| std::net::TcpListener::bind((host, port as u16)).is_ok();
+    for _ in 0..pairs {
+        let port = low + 2 * (NEXT.fetch_add(1, Ordering::Relaxed) % pairs);
+        if [port, port + 1]
+            .iter()
+            .all(|&p| free("127.0.0.1", p) && free("0.0.0.0", p))
+        {
+            return port as u16;
         }
     }
     // Everything below the ephemeral range is taken: let the kernel choose.
@@ -372,4 +379,28 @@ pub fn run_bounded(mut cmd: Command, limit: Duration) -> Result<CmdOutput> {
         stdout: out_reader.join().unwrap_or_default(),
         stderr: err_reader.join().unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ports come from below the ephemeral range, even, never twice, and the port after each is
+    /// free too (where `bao server -dev` puts its cluster listener).
+    #[test]
+    fn free_ports_are_distinct_even_and_below_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        let mut unique = ports.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "{ports:?}");
+        for p in ports {
+            assert!(p >= 10_000 && u32::from(p) + 1 < ephemeral_start(), "{p}");
+            assert_eq!(p % 2, 0, "{p}");
+            assert!(
+                std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok(),
+                "{p}"
+            );
+        }
+    }
 }
