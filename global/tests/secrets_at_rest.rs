@@ -76,6 +76,19 @@ impl Material {
         }
     }
 
+    /// Asserts that `global` serves every hidden value whole to its admin (`/export`).
+    async fn assert_served(&self, global: &GlobalProc) {
+        let export = global
+            .api
+            .get_ok("/export?includeSecrets=true")
+            .await
+            .unwrap()
+            .to_string();
+        for (name, value) in &self.hidden {
+            assert!(export.contains(&b64(value)), "Secret {name} served");
+        }
+    }
+
     /// Asserts that no file under `dirs` holds a hidden value or the base64 of one, nor the
     /// base64 of the CA certificate (the certificate itself is public: the zone keeps it as its
     /// trust anchor, and proxies get it).
@@ -209,11 +222,7 @@ async fn postgres_secret_values_reach_issuance_and_no_file_of_the_database_or_st
     )
     .await
     .unwrap();
-    let export = b.api.get_ok("/export?includeSecrets=true").await.unwrap();
-    assert!(
-        export.to_string().contains(&b64(&m.hidden[1].1)),
-        "replica b serves the token Secret"
-    );
+    m.assert_served(&b).await;
     drop(b);
     proxy.terminate();
     zone.terminate();
@@ -412,19 +421,6 @@ async fn the_secrets_key_rotates_on_global_and_zone_through_an_extra_key() {
         global.terminate();
         options
     };
-    let serves_every_secret = |global: &GlobalProc| {
-        let api = global.api.clone();
-        let m = &m;
-        async move {
-            let export = api.get_ok("/export?includeSecrets=true").await.unwrap();
-            for (name, value) in &m.hidden {
-                assert!(
-                    export.to_string().contains(&b64(value)),
-                    "Secret {name} served"
-                );
-            }
-        }
-    };
     let log = gdir.join("global.log");
     let zone_log = root.join("zone-1/zone.log");
     let sealed_again = "sealed again with the key the Secrets and Meshes an extra key sealed";
@@ -447,7 +443,7 @@ async fn the_secrets_key_rotates_on_global_and_zone_through_an_extra_key() {
         "{}",
         global.proc.log_tail(20)
     );
-    serves_every_secret(&global).await;
+    m.assert_served(&global).await;
     zone.restart_with_args(&[
         "--secrets-key-file",
         &zone_new,
@@ -467,7 +463,7 @@ async fn the_secrets_key_rotates_on_global_and_zone_through_an_extra_key() {
     // The old keys go: everything opens with the new ones alone, and nothing is sealed again.
     let options = restart(&mut global, &["--secrets-key-file", &new]);
     global = GlobalProc::start_with(&gdir, options).await.unwrap();
-    serves_every_secret(&global).await;
+    m.assert_served(&global).await;
     assert_eq!(times_in(&log, sealed_again), 1);
     zone.restart_with_args(&["--secrets-key-file", &zone_new])
         .await
@@ -556,18 +552,13 @@ async fn postgres_replicas_rotate_the_secrets_key_through_an_extra_key() {
     };
     assert_eq!(key_ids(&pg), (vec![old_id.clone()], old_id.clone()));
 
-    // A replica in `dir` with these key flags: it serves the token Secret, then stops.
+    // A replica in `dir` with these key flags: it serves every hidden value, then stops.
     let replica = |dir: &'static str, args: Vec<&str>| {
         let options = GlobalOptions::default().store(&pg.url()).args(&args);
         let (dir, m) = (root.join(dir), &m);
         async move {
             let replica = GlobalProc::start_with(&dir, options).await.unwrap();
-            let export = replica
-                .api
-                .get_ok("/export?includeSecrets=true")
-                .await
-                .unwrap();
-            assert!(export.to_string().contains(&b64(&m.hidden[1].1)));
+            m.assert_served(&replica).await;
         }
     };
     let extra = "--secrets-extra-key-file";
@@ -679,12 +670,7 @@ async fn a_wrong_lost_or_exposed_key_is_a_clear_start_up_error() {
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     let global = GlobalProc::start_with(&gdir, options).await.unwrap();
-    let export = global
-        .api
-        .get_ok("/export?includeSecrets=true")
-        .await
-        .unwrap();
-    assert!(export.to_string().contains(&b64(&m.hidden[1].1)));
+    m.assert_served(&global).await;
 
     // The zone, with another key: refused too, naming its key file.
     let zkey = root.join("zone-1/secrets.key");
