@@ -92,6 +92,21 @@ fn is_switch(arg: &Arg) -> bool {
 
 /// A value the flag takes that is not its default: a possible value (the last one that is not
 /// the default), else the first of a few shapes its parser accepts; `true` for a switch.
+/// Whether the flag's own parser, alone, takes `value`.
+fn accepts(arg: &Arg, value: &str) -> bool {
+    let long = arg.get_long().unwrap_or_default();
+    Command::new("probe")
+        .no_binary_name(true)
+        .arg(
+            Arg::new("x")
+                .long(long.to_string())
+                .action(ArgAction::Append)
+                .value_parser(arg.get_value_parser().clone()),
+        )
+        .try_get_matches_from([format!("--{long}={value}")])
+        .is_ok()
+}
+
 fn sample(sub: &Command, arg: &Arg) -> String {
     if is_switch(arg) {
         return "true".into();
@@ -122,19 +137,7 @@ fn sample(sub: &Command, arg: &Arg) -> String {
     candidates
         .into_iter()
         .filter(|c| !defaults.contains(c))
-        .find(|c| {
-            // The flag's own parser, alone.
-            Command::new("probe")
-                .no_binary_name(true)
-                .arg(
-                    Arg::new("x")
-                        .long(long.to_string())
-                        .action(ArgAction::Append)
-                        .value_parser(arg.get_value_parser().clone()),
-                )
-                .try_get_matches_from([format!("--{long}={c}")])
-                .is_ok()
-        })
+        .find(|c| accepts(arg, c))
         .unwrap_or_else(|| {
             panic!(
                 "no sample value for {} {long}: teach testkit::cli_tree::sample one",
@@ -236,17 +239,7 @@ pub fn assert_run_flags_settable<T: clap::Parser>(cmd: &Command, sources: &Sourc
         let other = |tag: &str| -> Option<String> {
             // Another value the parser takes, when the flag has one: the sample with a suffix.
             let v = format!("{value}{tag}");
-            Command::new("probe")
-                .no_binary_name(true)
-                .arg(
-                    Arg::new("x")
-                        .long(long.to_string())
-                        .action(ArgAction::Append)
-                        .value_parser(arg.get_value_parser().clone()),
-                )
-                .try_get_matches_from([format!("--{long}={v}")])
-                .is_ok()
-                .then_some(v)
+            accepts(arg, &v).then_some(v)
         };
         let (Some(by_var), Some(by_flag)) = (other("1"), other("2")) else {
             continue;
